@@ -1,0 +1,289 @@
+//! The key ring of one encryption domain: numbered AES-256 key versions, one of them primary.
+//!
+//! Invariants: versions are numbered from 1 and only grow (rotation adds `max + 1` and makes it
+//! primary); the primary version is always present; key bytes are zeroized on drop and never
+//! appear in `Debug` or `Display`. The ring is pure data: key bytes and times come in from the
+//! caller, so the cluster state machine can hold and replicate it without I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::ids::{DomainId, KeyVersion};
+
+/// Why a key ring cannot be built or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRingError {
+    #[error("key ring of domain {domain} has no key version {version}")]
+    UnknownVersion { domain: DomainId, version: KeyVersion },
+    #[error("key ring of domain {0} has no keys")]
+    Empty(DomainId),
+    #[error("key ring of domain {domain} lists version {version} twice")]
+    DuplicateVersion { domain: DomainId, version: KeyVersion },
+    #[error("key ring of domain {0} has used up all 2^32 key versions")]
+    VersionsExhausted(DomainId),
+    #[error("key version {version} of domain {domain} is not 32 bytes of base64")]
+    BadKeyBytes { domain: DomainId, version: KeyVersion },
+}
+
+/// One key version: 32 secret bytes and when it was made (Unix seconds).
+#[derive(Clone)]
+pub struct DomainKey {
+    version: KeyVersion,
+    created_unix: u64,
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl DomainKey {
+    pub fn new(version: KeyVersion, created_unix: u64, bytes: Zeroizing<[u8; 32]>) -> Self {
+        Self { version, created_unix, bytes }
+    }
+
+    pub fn version(&self) -> KeyVersion {
+        self.version
+    }
+
+    pub fn created_unix(&self) -> u64 {
+        self.created_unix
+    }
+
+    /// The secret bytes. Callers derive or wrap from them; they never log or store them raw.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for DomainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DomainKey(v{}, created {}, <redacted>)", self.version, self.created_unix)
+    }
+}
+
+impl PartialEq for DomainKey {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.version == other.version
+            && self.created_unix == other.created_unix
+            && bool::from(self.bytes.ct_eq(&*other.bytes))
+    }
+}
+impl Eq for DomainKey {}
+
+/// All key versions of one domain and which one seals new records.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRing {
+    domain: DomainId,
+    primary: KeyVersion,
+    keys: BTreeMap<KeyVersion, DomainKey>,
+}
+
+impl KeyRing {
+    /// A new ring whose only key, version 1, is `bytes`.
+    pub fn new(domain: DomainId, created_unix: u64, bytes: Zeroizing<[u8; 32]>) -> Self {
+        let v = KeyVersion::FIRST;
+        let mut keys = BTreeMap::new();
+        keys.insert(v, DomainKey::new(v, created_unix, bytes));
+        Self { domain, primary: v, keys }
+    }
+
+    /// Rebuilds a ring from its parts (an unwrapped export, a stored state), checking that the
+    /// primary exists and no version repeats.
+    pub fn from_keys(
+        domain: DomainId,
+        primary: KeyVersion,
+        keys: impl IntoIterator<Item = DomainKey>,
+    ) -> Result<Self, KeyRingError> {
+        let mut map = BTreeMap::new();
+        for k in keys {
+            let version = k.version;
+            if map.insert(version, k).is_some() {
+                return Err(KeyRingError::DuplicateVersion { domain, version });
+            }
+        }
+        if map.is_empty() {
+            return Err(KeyRingError::Empty(domain));
+        }
+        if !map.contains_key(&primary) {
+            return Err(KeyRingError::UnknownVersion { domain, version: primary });
+        }
+        Ok(Self { domain, primary, keys: map })
+    }
+
+    /// Adds version `newest + 1` with `bytes` and makes it primary. Old versions stay, so
+    /// records sealed under them still open.
+    pub fn rotate(
+        &mut self,
+        created_unix: u64,
+        bytes: Zeroizing<[u8; 32]>,
+    ) -> Result<KeyVersion, KeyRingError> {
+        let v = self
+            .newest()
+            .next()
+            .ok_or(KeyRingError::VersionsExhausted(self.domain))?;
+        self.keys.insert(v, DomainKey::new(v, created_unix, bytes));
+        self.primary = v;
+        Ok(v)
+    }
+
+    pub fn domain(&self) -> DomainId {
+        self.domain
+    }
+
+    pub fn primary_version(&self) -> KeyVersion {
+        self.primary
+    }
+
+    pub fn primary(&self) -> &DomainKey {
+        &self.keys[&self.primary]
+    }
+
+    pub fn newest(&self) -> KeyVersion {
+        *self.keys.keys().next_back().expect("a key ring is never empty")
+    }
+
+    pub fn get(&self, v: KeyVersion) -> Result<&DomainKey, KeyRingError> {
+        self.keys
+            .get(&v)
+            .ok_or(KeyRingError::UnknownVersion { domain: self.domain, version: v })
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &DomainKey> {
+        self.keys.values()
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = KeyVersion> + '_ {
+        self.keys.keys().copied()
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("domain", &self.domain)
+            .field("primary", &self.primary)
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The serialized form of a ring, for the sealed state file and for the peer sync (which runs
+/// only over mutually authenticated TLS). Key bytes are base64.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RingRepr {
+    domain: DomainId,
+    primary: KeyVersion,
+    keys: Vec<KeyRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRepr {
+    version: KeyVersion,
+    created_unix: u64,
+    key: Zeroizing<String>,
+}
+
+impl Serialize for KeyRing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RingRepr {
+            domain: self.domain,
+            primary: self.primary,
+            keys: self
+                .keys
+                .values()
+                .map(|k| KeyRepr {
+                    version: k.version,
+                    created_unix: k.created_unix,
+                    key: Zeroizing::new(B64.encode(&k.bytes[..])),
+                })
+                .collect(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyRing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = RingRepr::deserialize(d)?;
+        let domain = r.domain;
+        let keys = r
+            .keys
+            .into_iter()
+            .map(|k| {
+                let raw = Zeroizing::new(B64.decode(k.key.as_bytes()).unwrap_or_default());
+                let mut bytes = Zeroizing::new([0u8; 32]);
+                if raw.len() != 32 {
+                    return Err(KeyRingError::BadKeyBytes { domain, version: k.version });
+                }
+                bytes.copy_from_slice(&raw);
+                Ok(DomainKey::new(k.version, k.created_unix, bytes))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(serde::de::Error::custom)?;
+        KeyRing::from_keys(domain, r.primary, keys).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        KeyRing::new(DomainId::from_bytes([1; 16]), 100, Zeroizing::new([7; 32]))
+    }
+
+    #[test]
+    fn rotation_adds_a_primary_version_and_keeps_old_ones() {
+        let mut r = ring();
+        assert_eq!(r.primary_version().get(), 1);
+        let v2 = r.rotate(200, Zeroizing::new([8; 32])).unwrap();
+        assert_eq!(v2.get(), 2);
+        assert_eq!(r.primary_version(), v2);
+        assert_eq!(r.get(KeyVersion::FIRST).unwrap().bytes(), &[7; 32]);
+        assert_eq!(r.primary().created_unix(), 200);
+        assert_eq!(r.versions().map(|v| v.get()).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn debug_never_shows_key_bytes() {
+        let r = KeyRing::new(DomainId::from_bytes([1; 16]), 1, Zeroizing::new([0xAB; 32]));
+        let s = format!("{r:?} {:?}", r.primary());
+        assert!(!s.to_lowercase().contains("abab"), "{s}");
+        assert!(!s.contains("171"), "{s}");
+    }
+
+    #[test]
+    fn serde_round_trip_and_validation() {
+        let mut r = ring();
+        r.rotate(5, Zeroizing::new([9; 32])).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        let back: KeyRing = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let bad = json.replace("\"primary\":2", "\"primary\":3");
+        let err = serde_json::from_str::<KeyRing>(&bad).unwrap_err().to_string();
+        assert!(err.contains("no key version 3"), "{err}");
+    }
+
+    #[test]
+    fn from_keys_refuses_duplicates_and_missing_primary() {
+        let d = DomainId::from_bytes([1; 16]);
+        let k = || DomainKey::new(KeyVersion::FIRST, 0, Zeroizing::new([0; 32]));
+        assert!(matches!(
+            KeyRing::from_keys(d, KeyVersion::FIRST, [k(), k()]),
+            Err(KeyRingError::DuplicateVersion { .. })
+        ));
+        assert!(matches!(
+            KeyRing::from_keys(d, KeyVersion::new(2).unwrap(), [k()]),
+            Err(KeyRingError::UnknownVersion { .. })
+        ));
+        assert!(matches!(
+            KeyRing::from_keys(d, KeyVersion::FIRST, []),
+            Err(KeyRingError::Empty(_))
+        ));
+    }
+}

@@ -1,0 +1,10 @@
+//! Cryptography: the domain key ring, the archived-record format, password records, RSA key
+//! export for download, and sealing of local state under the node key.
+//!
+//! Invariant: key bytes never leave this module except sealed (AES-GCM under the node key or a
+//! derived record key) or wrapped (RSA-OAEP); they are zeroized on drop and redacted in `Debug`.
+
+pub mod aead;
+pub mod keyring;
+pub mod random;
+pub mod password;

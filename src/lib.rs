@@ -1,0 +1,5 @@
+//! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
+//! clusters. See docs/ for the behaviour, the formats and the operations guide.
+
+pub mod crypto;
+pub mod ids;
