@@ -8,3 +8,7 @@ pub mod aead;
 pub mod keyring;
 pub mod random;
 pub mod password;
+pub mod counter;
+pub mod record;
+pub mod export;
+pub mod seal;

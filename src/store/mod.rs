@@ -1,0 +1,293 @@
+//! Crash-safe persistence of sealed state.
+//!
+//! ```text
+//! offset  size   field
+//! 0       8      magic "IMCSTATE"
+//! 8       2      schema version, unsigned big-endian (this build writes and reads 1)
+//! 10      12     nonce, random
+//! 22      n+16   AES-256-GCM ciphertext and tag of the n-byte JSON document;
+//!                key = the node key's sealing key for the purpose, AAD = bytes 0..10
+//! ```
+//!
+//! A write goes to `NAME.tmp` in the same directory, is fsynced, renamed over `NAME`, and the
+//! directory is fsynced. Invariants: after a crash at any point the file holds the old or the
+//! new state, never a mix; a file that exists but cannot be authenticated or parsed is an error
+//! that stops the start, never silently replaced by a fresh state.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use crate::crypto::aead::{AeadKey, NONCE_LEN};
+use crate::crypto::random;
+use crate::crypto::seal::{NodeKey, Purpose};
+
+pub const MAGIC: &[u8; 8] = b"IMCSTATE";
+pub const SCHEMA_VERSION: u16 = 1;
+const HEADER_LEN: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {action} state file {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path} is not an imcrypt state file (bad magic); move it away or point the config elsewhere")]
+    NotAStateFile { path: PathBuf },
+    #[error(
+        "state file {path} has schema version {found}; this imcrypt reads version {SCHEMA_VERSION} \
+         (was it written by a newer release?)"
+    )]
+    UnsupportedSchema { path: PathBuf, found: u16 },
+    #[error(
+        "state file {path} cannot be authenticated: it was altered or truncated, or the node key \
+         is not the one that wrote it. Restore the state file and node key from the same backup; \
+         imcrypt will not replace them with a fresh state, which would lose the keys"
+    )]
+    Authentication { path: PathBuf },
+    #[error("state file {path} authenticated but does not parse: {reason}")]
+    Parse { path: PathBuf, reason: String },
+}
+
+/// One step of a state write, in order. Exposed so tests can stop a write after any step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum WriteStep {
+    CreateTemp,
+    WriteHalf,
+    WriteAll,
+    SyncTemp,
+    Rename,
+    SyncDir,
+}
+
+impl WriteStep {
+    pub const ALL: [WriteStep; 6] = [
+        WriteStep::CreateTemp,
+        WriteStep::WriteHalf,
+        WriteStep::WriteAll,
+        WriteStep::SyncTemp,
+        WriteStep::Rename,
+        WriteStep::SyncDir,
+    ];
+}
+
+/// A sealed JSON file on disk.
+pub struct SealedFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    key: AeadKey,
+}
+
+impl std::fmt::Debug for SealedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedFile({})", self.path.display())
+    }
+}
+
+impl SealedFile {
+    pub fn new(path: impl Into<PathBuf>, node_key: &NodeKey, purpose: Purpose) -> Self {
+        let path = path.into();
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        Self { path, tmp: tmp.into(), key: node_key.sealing_key(purpose) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored value, or `None` when no state was ever written.
+    pub fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io { action: "read", path: self.path.clone(), source });
+            }
+        };
+        let path = || self.path.clone();
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
+            return Err(StoreError::NotAStateFile { path: path() });
+        }
+        let found = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::UnsupportedSchema { path: path(), found });
+        }
+        if bytes.len() < HEADER_LEN + NONCE_LEN {
+            return Err(StoreError::Authentication { path: path() });
+        }
+        let nonce: &[u8; NONCE_LEN] =
+            bytes[HEADER_LEN..HEADER_LEN + NONCE_LEN].try_into().expect("12 bytes");
+        let json = self
+            .key
+            .open(nonce, &bytes[..HEADER_LEN], &bytes[HEADER_LEN + NONCE_LEN..])
+            .map_err(|_| StoreError::Authentication { path: path() })?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| StoreError::Parse { path: path(), reason: e.to_string() })
+    }
+
+    /// Replaces the stored value, crash-safely.
+    pub fn save<T: Serialize>(&self, value: &T) -> Result<(), StoreError> {
+        self.save_until(value, WriteStep::SyncDir)
+    }
+
+    /// Runs the write only up to and including `last`, as if the process died right after it.
+    #[doc(hidden)]
+    pub fn save_until<T: Serialize>(&self, value: &T, last: WriteStep) -> Result<(), StoreError> {
+        let bytes = self.encode(value)?;
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { action, path, source }
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&self.tmp)
+            .map_err(io("create", &self.tmp))?;
+        if last == WriteStep::CreateTemp {
+            return Ok(());
+        }
+        let half = bytes.len() / 2;
+        f.write_all(&bytes[..half]).map_err(io("write", &self.tmp))?;
+        if last == WriteStep::WriteHalf {
+            return Ok(());
+        }
+        f.write_all(&bytes[half..]).map_err(io("write", &self.tmp))?;
+        if last == WriteStep::WriteAll {
+            return Ok(());
+        }
+        f.sync_all().map_err(io("fsync", &self.tmp))?;
+        drop(f);
+        if last == WriteStep::SyncTemp {
+            return Ok(());
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(io("rename", &self.path))?;
+        if last == WriteStep::Rename {
+            return Ok(());
+        }
+        let dir = parent_dir(&self.path);
+        sync_dir(dir).map_err(io("fsync the directory of", &self.path))
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let json = Zeroizing::new(serde_json::to_vec(value).map_err(|e| StoreError::Parse {
+            path: self.path.clone(),
+            reason: format!("cannot serialize: {e}"),
+        })?);
+        let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + NONCE_LEN + json.len() + 16));
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&SCHEMA_VERSION.to_be_bytes());
+        let nonce = random::os_bytes::<NONCE_LEN>();
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(&json);
+        let (header, _) = out.split_at(HEADER_LEN);
+        let header = header.to_vec();
+        self.key.seal_in_place(&nonce, &header, &mut out, start);
+        Ok(out)
+    }
+}
+
+fn parent_dir(p: &Path) -> &Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// fsyncs a directory so that a rename or a new file in it survives power loss.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(parent_or_self(dir))?.sync_all()
+}
+
+fn parent_or_self(dir: &Path) -> &Path {
+    if dir.as_os_str().is_empty() { Path::new(".") } else { dir }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct S {
+        n: u32,
+        text: String,
+    }
+
+    fn file(dir: &Path) -> SealedFile {
+        SealedFile::new(dir.join("state.sealed"), &NodeKey::from_bytes([1; 32]), Purpose::State)
+    }
+
+    #[test]
+    fn missing_file_is_none_and_round_trip_works() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path());
+        assert_eq!(f.load::<S>().unwrap(), None);
+        let s = S { n: 7, text: "secret words".into() };
+        f.save(&s).unwrap();
+        assert_eq!(f.load::<S>().unwrap(), Some(s));
+        let raw = std::fs::read(f.path()).unwrap();
+        assert!(!raw.windows(6).any(|w| w == b"secret"), "state must be encrypted at rest");
+    }
+
+    #[test]
+    fn a_write_interrupted_after_any_step_leaves_old_or_new() {
+        for step in WriteStep::ALL {
+            let d = tempfile::tempdir().unwrap();
+            let f = file(d.path());
+            let old = S { n: 1, text: "old".into() };
+            let new = S { n: 2, text: "new".into() };
+            f.save(&old).unwrap();
+            f.save_until(&new, step).unwrap();
+            let got = f.load::<S>().unwrap().unwrap();
+            if step >= WriteStep::Rename {
+                assert_eq!(got, new, "after {step:?}");
+            } else {
+                assert_eq!(got, old, "after {step:?}");
+            }
+            // The next full save recovers from the leftover temp file.
+            f.save(&new).unwrap();
+            assert_eq!(f.load::<S>().unwrap(), Some(new));
+        }
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_errors_not_fresh_state() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path());
+        f.save(&S { n: 1, text: "x".into() }).unwrap();
+        let good = std::fs::read(f.path()).unwrap();
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            std::fs::write(f.path(), &bad).unwrap();
+            assert!(f.load::<S>().is_err(), "flipped byte {i} went unnoticed");
+        }
+        std::fs::write(f.path(), &good[..good.len() - 1]).unwrap();
+        assert!(matches!(f.load::<S>(), Err(StoreError::Authentication { .. })));
+        let mut newer = good.clone();
+        newer[9] = 2;
+        std::fs::write(f.path(), &newer).unwrap();
+        assert!(matches!(f.load::<S>(), Err(StoreError::UnsupportedSchema { found: 2, .. })));
+        std::fs::write(f.path(), b"hello world, not a state").unwrap();
+        assert!(matches!(f.load::<S>(), Err(StoreError::NotAStateFile { .. })));
+        std::fs::write(f.path(), &good).unwrap();
+        let other_key =
+            SealedFile::new(f.path(), &NodeKey::from_bytes([2; 32]), Purpose::State);
+        let e = other_key.load::<S>().unwrap_err().to_string();
+        assert!(e.contains("cannot be authenticated") && e.contains("backup"), "{e}");
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Other {
+            missing: u8,
+        }
+        assert!(matches!(f.load::<Other>(), Err(StoreError::Parse { .. })));
+    }
+}
