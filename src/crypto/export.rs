@@ -12,7 +12,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, KeyInit, Mac};
 use rsa::pkcs1::der::Decode;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::spki::SubjectPublicKeyInfoRef;
@@ -152,9 +151,7 @@ fn algorithm_name(oid: &str) -> String {
 /// The key check value of a key: the first 8 bytes of HMAC-SHA256(key, "imcrypt key check
 /// value v1"), hex. It identifies a key without revealing it.
 pub fn check_value(key: &[u8; 32]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
-    mac.update(KCV_LABEL);
-    hex::encode(&mac.finalize().into_bytes()[..8])
+    hex::encode(&super::mac::hmac_sha256(key, KCV_LABEL)[..8])
 }
 
 /// The download document.
@@ -276,16 +273,36 @@ impl Unwrapper {
 
     /// RSA-OAEP decryption with SHA-256 and MGF1-SHA-256 and the given label (ours is empty).
     /// Blinded with OS randomness.
+    ///
+    /// The `rsa` crate's OAEP decoder ignores the leading octet Y of the encoded message,
+    /// while RFC 8017 §7.1.2 step 3.g requires Y = 0 (Wycheproof's "First byte is 1" cases).
+    /// So the raw RSA result is also checked to be below 2^(8(k-1)); both checks always run
+    /// and are combined at the end, so a failure does not tell which one failed.
     pub fn oaep_decrypt(&self, label: &[u8], ct: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let k = self.key.size();
+        let leading_zero = ct.len() == k
+            && rsa::BoxedUint::from_be_slice(ct, self.key.n_bits_precision())
+                .ok()
+                .and_then(|c| {
+                    rsa::hazmat::rsa_decrypt_and_check(&self.key, Some(&mut getrandom::SysRng), &c)
+                        .ok()
+                })
+                .map(Zeroizing::new)
+                .is_some_and(|m| m.bit_width() <= 8 * (k as u32 - 1));
         let padding = if label.is_empty() {
             Oaep::<Sha256>::new()
         } else {
             Oaep::<Sha256>::new_with_label(label)
         };
-        self.key
-            .decrypt_blinded(&mut getrandom::SysRng, padding, ct)
-            .ok()
-            .map(Zeroizing::new)
+        let decoded = self.key.decrypt_blinded(&mut getrandom::SysRng, padding, ct);
+        match (leading_zero, decoded) {
+            (true, Ok(pt)) => Some(Zeroizing::new(pt)),
+            (_, Ok(mut pt)) => {
+                zeroize::Zeroize::zeroize(&mut pt);
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Unwraps every key of an export into a key ring, checking fingerprint and check values.
@@ -329,6 +346,7 @@ impl Unwrapper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, KeyInit, Mac};
     use rsa::pkcs1::EncodeRsaPublicKey;
     use rsa::pkcs8::EncodePrivateKey;
 

@@ -11,4 +11,5 @@ pub mod password;
 pub mod counter;
 pub mod record;
 pub mod export;
+pub mod mac;
 pub mod seal;

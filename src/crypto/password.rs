@@ -162,8 +162,14 @@ impl fmt::Debug for PasswordRecord {
 
 fn derive(password: &Password, salt: &[u8], iterations: u32) -> Zeroizing<[u8; HASH_LEN]> {
     let mut out = Zeroizing::new([0u8; HASH_LEN]);
-    pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out[..]);
+    pbkdf2_sha256(password.as_bytes(), salt, iterations, &mut out[..]);
     out
+}
+
+/// PBKDF2-HMAC-SHA256 filling `out`: the primitive under `PasswordRecord`, exposed for the
+/// Wycheproof and RFC 7914 vector tests.
+pub fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
+    pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, out);
 }
 
 #[cfg(test)]
