@@ -147,3 +147,36 @@ mod tests {
         assert_eq!(ROTATE_AT, 3_865_470_566);
     }
 }
+
+/// The persisted reservations of one cluster, per key version of its current domain. Kept in
+/// its own sealed file (`store::SealedFile` with `Purpose::Counters`) so that reserving a
+/// block rewrites a few bytes, not the whole state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reservations {
+    domain: Option<crate::ids::DomainId>,
+    by_version: std::collections::BTreeMap<crate::ids::KeyVersion, u64>,
+}
+
+impl Reservations {
+    /// The reservation persisted for `version` of `domain`; 0 for a version never used here
+    /// or a domain this cluster no longer belongs to.
+    pub fn get(&self, domain: crate::ids::DomainId, version: crate::ids::KeyVersion) -> u64 {
+        if self.domain == Some(domain) {
+            self.by_version.get(&version).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Records a new reservation; joining another domain forgets the old domain's counts.
+    /// Reservations never go down.
+    pub fn set(&mut self, domain: crate::ids::DomainId, version: crate::ids::KeyVersion, n: u64) {
+        if self.domain != Some(domain) {
+            self.domain = Some(domain);
+            self.by_version.clear();
+        }
+        let e = self.by_version.entry(version).or_insert(0);
+        *e = (*e).max(n);
+    }
+}
