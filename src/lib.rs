@@ -1,6 +1,7 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
+pub mod cli;
 pub mod crypto;
 pub mod ids;
 pub mod store;
