@@ -169,11 +169,7 @@ impl KeyVersion {
     pub const FIRST: KeyVersion = KeyVersion(1);
 
     pub fn new(v: u32) -> Result<Self, IdError> {
-        if v == 0 {
-            Err(IdError::ZeroKeyVersion)
-        } else {
-            Ok(Self(v))
-        }
+        if v == 0 { Err(IdError::ZeroKeyVersion) } else { Ok(Self(v)) }
     }
 
     pub fn get(self) -> u32 {
@@ -208,15 +204,9 @@ mod tests {
         assert!(ClusterId::new("im-east.example.com").is_ok());
         assert_eq!(ClusterId::new(""), Err(IdError::EmptyClusterId));
         for bad in ["A", "a..b", "-a", "a-", "a_b", "a b", ".a"] {
-            assert!(
-                matches!(ClusterId::new(bad), Err(IdError::ClusterIdNotDnsName(_))),
-                "{bad}"
-            );
+            assert!(matches!(ClusterId::new(bad), Err(IdError::ClusterIdNotDnsName(_))), "{bad}");
         }
-        assert!(matches!(
-            ClusterId::new("a".repeat(254)),
-            Err(IdError::ClusterIdTooLong(_))
-        ));
+        assert!(matches!(ClusterId::new("a".repeat(254)), Err(IdError::ClusterIdTooLong(_))));
     }
 
     #[test]

@@ -12,7 +12,8 @@ fn imcrypt(args: &[&str]) -> (i32, String, String) {
 }
 
 fn openssl(args: &[&str]) {
-    let st = Command::new("openssl").args(args).status().expect("openssl (scripts/test.sh installs it)");
+    let st =
+        Command::new("openssl").args(args).status().expect("openssl (scripts/test.sh installs it)");
     assert!(st.success(), "openssl {args:?}");
 }
 
@@ -20,19 +21,43 @@ fn openssl(args: &[&str]) {
 fn check_key_accepts_a_3072_bit_key_and_refuses_weak_or_wrong_ones() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n).to_str().unwrap().to_owned();
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", &p("k.pem")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:3072",
+        "-out",
+        &p("k.pem"),
+    ]);
     openssl(&["pkey", "-in", &p("k.pem"), "-pubout", "-out", &p("pub.pem")]);
     let (code, out, _) = imcrypt(&["check-key", &p("pub.pem")]);
     assert_eq!(code, 0);
     assert!(out.contains("RSA 3072 bits") && out.contains("acceptable"), "{out}");
 
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", &p("s.pem")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:1024",
+        "-out",
+        &p("s.pem"),
+    ]);
     openssl(&["pkey", "-in", &p("s.pem"), "-pubout", "-out", &p("spub.pem")]);
     let (code, _, err) = imcrypt(&["check-key", &p("spub.pem")]);
     assert_eq!(code, 3);
     assert!(err.contains("1024 bits; at least 2048"), "{err}");
 
-    openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &p("ec.pem")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &p("ec.pem"),
+    ]);
     openssl(&["pkey", "-in", &p("ec.pem"), "-pubout", "-out", &p("ecpub.pem")]);
     let (code, _, err) = imcrypt(&["check-key", &p("ecpub.pem")]);
     assert_eq!(code, 3);

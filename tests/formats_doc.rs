@@ -19,7 +19,8 @@ fn record_example() -> String {
     let key: [u8; 32] = std::array::from_fn(|i| i as u8);
     let domain = DomainId::from_bytes(std::array::from_fn(|i| 0xa0 + i as u8));
     let v2 = KeyVersion::new(2).unwrap();
-    let ring = KeyRing::from_keys(domain, v2, [DomainKey::new(v2, 0, Zeroizing::new(key))]).unwrap();
+    let ring =
+        KeyRing::from_keys(domain, v2, [DomainKey::new(v2, 0, Zeroizing::new(key))]).unwrap();
     let cluster = ClusterId::new("east").unwrap();
     let nonce: [u8; 12] = hex::decode("cafebabefacedbaddecaf888").unwrap().try_into().unwrap();
     let metadata = b"msg-42|bob@example.com";

@@ -17,12 +17,7 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| {
         panic!("cannot run {:?} ({e}); scripts/test.sh installs it", cmd.get_program())
     });
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}",
-        cmd,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
 
@@ -34,7 +29,9 @@ fn openssl_keypair(dir: &Path) -> (String, String) {
         "-out",
         sk.to_str().unwrap(),
     ]));
-    run(Command::new("openssl").args(["pkey", "-in", sk.to_str().unwrap(), "-pubout", "-out"]).arg(&pk));
+    run(Command::new("openssl")
+        .args(["pkey", "-in", sk.to_str().unwrap(), "-pubout", "-out"])
+        .arg(&pk));
     (std::fs::read_to_string(sk).unwrap(), std::fs::read_to_string(pk).unwrap())
 }
 
@@ -49,17 +46,22 @@ fn openssl_pkeyutl_unwraps_an_imcrypt_export() {
     let doc = export_ring(&ring, &to, 1_700_000_200).unwrap();
 
     // The fingerprint is SHA-256 of the SPKI DER, as OpenSSL computes it.
-    let der = run(Command::new("openssl").args(["pkey", "-pubin", "-outform", "DER", "-in"]).arg(
-        dir.path().join("admin.pub.pem"),
-    ));
+    let der = run(Command::new("openssl")
+        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+        .arg(dir.path().join("admin.pub.pem")));
     let fp = run(Command::new("python3")
-        .args(["-c", "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"])
-        .stdin(std::fs::File::open({
-            let p = dir.path().join("spki.der");
-            std::fs::write(&p, &der).unwrap();
-            p
-        })
-        .unwrap()));
+        .args([
+            "-c",
+            "import sys,hashlib;print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
+        .stdin(
+            std::fs::File::open({
+                let p = dir.path().join("spki.der");
+                std::fs::write(&p, &der).unwrap();
+                p
+            })
+            .unwrap(),
+        ));
     assert_eq!(String::from_utf8(fp).unwrap().trim(), doc.recipient_sha256);
 
     for k in &doc.keys {

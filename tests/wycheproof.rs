@@ -112,7 +112,8 @@ fn oaep_file(name: &str, expect_valid_to_pass: bool) -> (usize, usize) {
 #[test]
 fn rsa_oaep_sha256_mgf1_sha256_2048_3072_4096() {
     for bits in [2048, 3072, 4096] {
-        let (ok, rejected) = oaep_file(&format!("rsa_oaep_{bits}_sha256_mgf1sha256_test.json"), true);
+        let (ok, rejected) =
+            oaep_file(&format!("rsa_oaep_{bits}_sha256_mgf1sha256_test.json"), true);
         assert!(ok > 10 && rejected > 5, "{bits}: {ok} valid, {rejected} invalid");
     }
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use crate::crypto::export::{PublicKeyError, parse_public_key};
 
 #[derive(Debug, Parser)]
-#[command(name = "imcrypt", version, about = "Encrypted IM compliance archives across peered clusters")]
+#[command(
+    name = "imcrypt",
+    version,
+    about = "Encrypted IM compliance archives across peered clusters"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -25,7 +25,9 @@ pub const BLOCK: u64 = 1 << 20;
 pub enum CounterError {
     /// The reserved block is used up and the next one is not on disk yet. Transient: the
     /// daemon persists a new reservation and the caller retries.
-    #[error("the invocation counter reservation is used up; waiting for the next block to be persisted")]
+    #[error(
+        "the invocation counter reservation is used up; waiting for the next block to be persisted"
+    )]
     ReservationExhausted,
     /// 2^32 records were sealed under this record key: sealing more would break GCM's bound.
     #[error("this key version has been used 2^32 times on this cluster; rotate the key")]

@@ -35,18 +35,26 @@ const RSA_ENCRYPTION_OID: &str = "1.2.840.113549.1.1.1";
 /// Why a public key is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublicKeyError {
-    #[error("public key is not a PEM document ({0}); give a file that starts with -----BEGIN PUBLIC KEY-----")]
+    #[error(
+        "public key is not a PEM document ({0}); give a file that starts with -----BEGIN PUBLIC KEY-----"
+    )]
     NotPem(String),
     #[error(
         "the PEM document is a private key ({0}); give the public key instead, e.g. \
          `openssl pkey -in private.pem -pubout -out public.pem`"
     )]
     PrivateKeyGiven(String),
-    #[error("the PEM document is a certificate; extract its key with `openssl x509 -in cert.pem -pubkey -noout`")]
+    #[error(
+        "the PEM document is a certificate; extract its key with `openssl x509 -in cert.pem -pubkey -noout`"
+    )]
     CertificateGiven,
-    #[error("PEM label {0:?} is not a public key; expected PUBLIC KEY (SPKI) or RSA PUBLIC KEY (PKCS#1)")]
+    #[error(
+        "PEM label {0:?} is not a public key; expected PUBLIC KEY (SPKI) or RSA PUBLIC KEY (PKCS#1)"
+    )]
     UnsupportedLabel(String),
-    #[error("public key is {0}, not RSA; key download wraps keys with RSA-OAEP and needs an RSA key")]
+    #[error(
+        "public key is {0}, not RSA; key download wraps keys with RSA-OAEP and needs an RSA key"
+    )]
     NotRsa(String),
     #[error("public key is malformed: {0}")]
     Malformed(String),
@@ -130,9 +138,7 @@ pub fn parse_public_key(pem: &str) -> Result<Recipient, PublicKeyError> {
     }
     let key = PublicKey::from_pkcs1_der(&pkcs1_der)
         .map_err(|e| PublicKeyError::Malformed(e.to_string()))?;
-    let spki_der = key
-        .to_public_key_der()
-        .map_err(|e| PublicKeyError::Malformed(e.to_string()))?;
+    let spki_der = key.to_public_key_der().map_err(|e| PublicKeyError::Malformed(e.to_string()))?;
     let fingerprint = Sha256::digest(spki_der.as_bytes()).into();
     Ok(Recipient { key, bits, fingerprint })
 }
@@ -185,7 +191,11 @@ fn rfc3339(unix: u64) -> String {
 }
 
 /// Wraps every version of `ring` for `to`. `now_unix` is the export time.
-pub fn export_ring(ring: &KeyRing, to: &Recipient, now_unix: u64) -> Result<KeyExport, ExportError> {
+pub fn export_ring(
+    ring: &KeyRing,
+    to: &Recipient,
+    now_unix: u64,
+) -> Result<KeyExport, ExportError> {
     let keys = ring
         .keys()
         .map(|k| {
@@ -403,10 +413,7 @@ mod tests {
         assert!(matches!(parse_public_key("hello"), Err(PublicKeyError::NotPem(_))));
         let (sk, _) = keypair(2048);
         let priv_pem = sk.to_pkcs8_pem(Default::default()).unwrap();
-        assert!(matches!(
-            parse_public_key(&priv_pem),
-            Err(PublicKeyError::PrivateKeyGiven(_))
-        ));
+        assert!(matches!(parse_public_key(&priv_pem), Err(PublicKeyError::PrivateKeyGiven(_))));
         // An EC P-256 public key (SPKI), as `openssl ecparam -genkey -name prime256v1` makes.
         let ec = "-----BEGIN PUBLIC KEY-----\n\
             MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEMKBCTNIcKUSDii11ySs3526iDZ8A\n\

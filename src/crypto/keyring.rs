@@ -120,10 +120,7 @@ impl KeyRing {
         created_unix: u64,
         bytes: Zeroizing<[u8; 32]>,
     ) -> Result<KeyVersion, KeyRingError> {
-        let v = self
-            .newest()
-            .next()
-            .ok_or(KeyRingError::VersionsExhausted(self.domain))?;
+        let v = self.newest().next().ok_or(KeyRingError::VersionsExhausted(self.domain))?;
         self.keys.insert(v, DomainKey::new(v, created_unix, bytes));
         self.primary = v;
         Ok(v)
@@ -146,9 +143,7 @@ impl KeyRing {
     }
 
     pub fn get(&self, v: KeyVersion) -> Result<&DomainKey, KeyRingError> {
-        self.keys
-            .get(&v)
-            .ok_or(KeyRingError::UnknownVersion { domain: self.domain, version: v })
+        self.keys.get(&v).ok_or(KeyRingError::UnknownVersion { domain: self.domain, version: v })
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &DomainKey> {

@@ -5,11 +5,11 @@
 //! derived record key) or wrapped (RSA-OAEP); they are zeroized on drop and redacted in `Debug`.
 
 pub mod aead;
-pub mod keyring;
-pub mod random;
-pub mod password;
 pub mod counter;
-pub mod record;
 pub mod export;
+pub mod keyring;
 pub mod mac;
+pub mod password;
+pub mod random;
+pub mod record;
 pub mod seal;

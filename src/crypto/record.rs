@@ -49,7 +49,9 @@ pub enum RecordError {
     ZeroKeyVersion,
     #[error("record header names an invalid cluster id")]
     BadClusterId,
-    #[error("record was sealed with key version {version}, which this key ring of domain {domain} does not hold")]
+    #[error(
+        "record was sealed with key version {version}, which this key ring of domain {domain} does not hold"
+    )]
     UnknownKeyVersion { domain: DomainId, version: KeyVersion },
     #[error(
         "record failed authentication: it was altered, or belongs to another domain, key or row \
@@ -90,8 +92,7 @@ impl<'a> RecordHeader<'a> {
         let key_version = KeyVersion::new(v).map_err(|_| RecordError::ZeroKeyVersion)?;
         let l = rec[5] as usize;
         need(FIXED_OVERHEAD + l)?;
-        let cluster =
-            std::str::from_utf8(&rec[6..6 + l]).map_err(|_| RecordError::BadClusterId)?;
+        let cluster = std::str::from_utf8(&rec[6..6 + l]).map_err(|_| RecordError::BadClusterId)?;
         ClusterId::new(cluster).map_err(|_| RecordError::BadClusterId)?;
         Ok(Self {
             key_version,
@@ -371,7 +372,10 @@ mod tests {
         let rec = sealer(&ring, &b, AeadImpl::Ring)
             .seal(&mut NonceSource::from_os(), b"", b"from west")
             .unwrap();
-        assert_eq!(&RecordOpener::new(&ring, AeadImpl::Ring).open(&rec, b"").unwrap()[..], b"from west");
+        assert_eq!(
+            &RecordOpener::new(&ring, AeadImpl::Ring).open(&rec, b"").unwrap()[..],
+            b"from west"
+        );
     }
 
     #[test]

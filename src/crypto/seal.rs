@@ -13,7 +13,7 @@ use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::aead::{AeadKey, AeadImpl};
+use super::aead::{AeadImpl, AeadKey};
 use super::random;
 
 /// What a derived sealing key is for; each purpose gets its own key.

@@ -35,7 +35,9 @@ const HEADER_LEN: usize = 10;
 pub enum StoreError {
     #[error("cannot {action} state file {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{path} is not an imcrypt state file (bad magic); move it away or point the config elsewhere")]
+    #[error(
+        "{path} is not an imcrypt state file (bad magic); move it away or point the config elsewhere"
+    )]
     NotAStateFile { path: PathBuf },
     #[error(
         "state file {path} has schema version {found}; this imcrypt reads version {SCHEMA_VERSION} \
@@ -279,8 +281,7 @@ mod tests {
         std::fs::write(f.path(), b"hello world, not a state").unwrap();
         assert!(matches!(f.load::<S>(), Err(StoreError::NotAStateFile { .. })));
         std::fs::write(f.path(), &good).unwrap();
-        let other_key =
-            SealedFile::new(f.path(), &NodeKey::from_bytes([2; 32]), Purpose::State);
+        let other_key = SealedFile::new(f.path(), &NodeKey::from_bytes([2; 32]), Purpose::State);
         let e = other_key.load::<S>().unwrap_err().to_string();
         assert!(e.contains("cannot be authenticated") && e.contains("backup"), "{e}");
         #[derive(Debug, Deserialize)]

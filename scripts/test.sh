@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The test command of README.md: installs what the tests need when it is missing, then runs
+# the whole suite. Safe to run again; installs nothing that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_updated=
+apt_install() {
+  [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# openssl CLI: the interop tests unwrap key exports with `openssl pkeyutl`.
+command -v openssl >/dev/null || apt_install openssl
+
+# python3 with `cryptography`: the interop tests open records with a script written from
+# docs/formats.md.
+command -v python3 >/dev/null || apt_install python3 python3-pip
+if ! python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null; then
+  python3 -m pip install --quiet cryptography 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages cryptography 2>/dev/null \
+    || apt_install python3-cryptography
+fi
+
+# Wycheproof vectors live beside the repository, in ../shared/testvectors.
+vectors="${IMCRYPT_TESTVECTORS:-../shared/testvectors/wycheproof}"
+if [ ! -f "$vectors/aes_gcm_test.json" ]; then
+  echo "scripts/test.sh: test vectors not found at $vectors (set IMCRYPT_TESTVECTORS)" >&2
+  exit 1
+fi
+
+exec cargo test --locked "$@"
