@@ -1,7 +1,9 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
+pub mod alarm;
 pub mod cli;
+pub mod cluster;
 pub mod crypto;
 pub mod ids;
 pub mod store;

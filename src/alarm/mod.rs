@@ -1,0 +1,241 @@
+//! Alarms: the names operators see in their monitoring, how severe each is, and what to do.
+//!
+//! The cluster state machine decides which alarms are active; this module only names them and
+//! keeps the registry that turns "the set of alarms that should be active now" into raise and
+//! clear events, so that sinks (log, SNMP, the admin API) see each change exactly once.
+//!
+//! Invariants: an alarm is identified by its [`AlarmKey`] (name + the cluster it is about); at
+//! most one alarm per key is active; [`AlarmRegistry::reconcile`] reports a raise only for a
+//! key that was not active (or whose cause or remedy changed) and a clear only for a key that
+//! was. Alarm texts never contain key material or passwords.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::ClusterId;
+
+/// Every alarm imcrypt can raise. The `MA…` strings are what operators grep and configure
+/// their monitoring for; they never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AlarmName {
+    /// Two encryption domains meet across a peering: two masters, a master and a slave of
+    /// another master, or two slaves of different masters. Nothing crosses between them.
+    #[serde(rename = "MAencryptionMultiMaster")]
+    MultiMaster,
+    /// A slave has not heard from its master for longer than the configured threshold. It
+    /// keeps encrypting with the keys it holds; changes wait for the master.
+    #[serde(rename = "MAencryptionMasterUnreachable")]
+    MasterUnreachable,
+    /// Encryption data that nobody will ever update or delete: a slave whose master is no
+    /// longer a peer, or a slave removed from the master's peers without disabling.
+    #[serde(rename = "MAencryptionStaleData")]
+    StaleData,
+    /// A peer refused the state this master sent it (it follows another master, is not
+    /// eligible, left the domain, or holds a newer state than this master).
+    #[serde(rename = "MAencryptionSyncRejected")]
+    SyncRejected,
+}
+
+impl AlarmName {
+    pub const ALL: [AlarmName; 4] = [
+        AlarmName::MultiMaster,
+        AlarmName::MasterUnreachable,
+        AlarmName::StaleData,
+        AlarmName::SyncRejected,
+    ];
+
+    /// The operator-facing name, e.g. `MAencryptionMultiMaster`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmName::MultiMaster => "MAencryptionMultiMaster",
+            AlarmName::MasterUnreachable => "MAencryptionMasterUnreachable",
+            AlarmName::StaleData => "MAencryptionStaleData",
+            AlarmName::SyncRejected => "MAencryptionSyncRejected",
+        }
+    }
+
+    /// How bad it is. Multi-master is critical: archives of one network are split between two
+    /// key sets, and whoever downloads keys from one master cannot read the other's records.
+    pub fn severity(self) -> Severity {
+        match self {
+            AlarmName::MultiMaster => Severity::Critical,
+            AlarmName::MasterUnreachable | AlarmName::StaleData | AlarmName::SyncRejected => {
+                Severity::Major
+            }
+        }
+    }
+}
+
+impl fmt::Display for AlarmName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Severity in the usual telecom order (X.733 perceived severity, without "indeterminate").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Minor,
+    Major,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Minor => "minor",
+            Severity::Major => "major",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// What identifies one alarm instance: its name and the peer cluster it is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmKey {
+    pub name: AlarmName,
+    /// The other cluster involved (the conflicting peer, the unreachable master, the removed
+    /// slave…). Alarms are always about a relation with one peer.
+    pub about: ClusterId,
+}
+
+/// One active alarm as shown to operators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alarm {
+    pub key: AlarmKey,
+    pub severity: Severity,
+    /// What is wrong, in the operator's terms.
+    pub cause: String,
+    /// What the operator should do about it.
+    pub remedy: String,
+}
+
+impl Alarm {
+    pub fn new(
+        name: AlarmName,
+        about: ClusterId,
+        cause: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Self {
+        Self {
+            key: AlarmKey { name, about },
+            severity: name.severity(),
+            cause: cause.into(),
+            remedy: remedy.into(),
+        }
+    }
+
+    pub fn name(&self) -> AlarmName {
+        self.key.name
+    }
+}
+
+impl fmt::Display for Alarm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}) about cluster {}: {} Remedy: {}",
+            self.key.name, self.severity, self.key.about, self.cause, self.remedy
+        )
+    }
+}
+
+/// A change of the active alarm set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlarmChange {
+    Raise(Alarm),
+    Clear(AlarmKey),
+}
+
+/// The set of active alarms of one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlarmRegistry {
+    active: BTreeMap<AlarmKey, Alarm>,
+}
+
+impl AlarmRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `desired` the active set and returns the changes, clears first, in key order.
+    /// An alarm whose cause or remedy text changed is raised again with the new text.
+    pub fn reconcile(&mut self, desired: impl IntoIterator<Item = Alarm>) -> Vec<AlarmChange> {
+        let desired: BTreeMap<AlarmKey, Alarm> =
+            desired.into_iter().map(|a| (a.key.clone(), a)).collect();
+        let mut changes = Vec::new();
+        for key in self.active.keys() {
+            if !desired.contains_key(key) {
+                changes.push(AlarmChange::Clear(key.clone()));
+            }
+        }
+        for (key, alarm) in &desired {
+            if self.active.get(key) != Some(alarm) {
+                changes.push(AlarmChange::Raise(alarm.clone()));
+            }
+        }
+        self.active = desired;
+        changes
+    }
+
+    pub fn is_active(&self, name: AlarmName, about: &ClusterId) -> bool {
+        self.active.contains_key(&AlarmKey { name, about: about.clone() })
+    }
+
+    pub fn get(&self, name: AlarmName, about: &ClusterId) -> Option<&Alarm> {
+        self.active.get(&AlarmKey { name, about: about.clone() })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Alarm> {
+        self.active.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClusterId {
+        ClusterId::new(s).unwrap()
+    }
+
+    #[test]
+    fn names_are_the_operator_strings() {
+        assert_eq!(AlarmName::MultiMaster.to_string(), "MAencryptionMultiMaster");
+        assert_eq!(AlarmName::MasterUnreachable.as_str(), "MAencryptionMasterUnreachable");
+        for n in AlarmName::ALL {
+            let json = serde_json::to_string(&n).unwrap();
+            assert_eq!(json, format!("\"{}\"", n.as_str()));
+            assert_eq!(serde_json::from_str::<AlarmName>(&json).unwrap(), n);
+        }
+        assert_eq!(AlarmName::MultiMaster.severity(), Severity::Critical);
+    }
+
+    #[test]
+    fn reconcile_reports_each_change_once() {
+        let mut r = AlarmRegistry::new();
+        let a = Alarm::new(AlarmName::MultiMaster, id("b"), "cause", "remedy");
+        assert_eq!(r.reconcile([a.clone()]), vec![AlarmChange::Raise(a.clone())]);
+        assert_eq!(r.reconcile([a.clone()]), vec![]);
+        let a2 = Alarm::new(AlarmName::MultiMaster, id("b"), "other cause", "remedy");
+        assert_eq!(r.reconcile([a2.clone()]), vec![AlarmChange::Raise(a2)]);
+        assert!(r.is_active(AlarmName::MultiMaster, &id("b")));
+        assert_eq!(r.reconcile([]), vec![AlarmChange::Clear(a.key)]);
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,152 @@
+//! Administrator commands, and the errors that refuse them.
+//!
+//! Invariant: a command that returns an error has changed nothing (no state, no effect).
+//! Every error message says, in the operator's terms, why and what to do instead.
+
+use crate::crypto::password::{Password, PolicyError};
+use crate::ids::{ClusterId, DomainId, KeyVersion};
+
+use super::state::{ComplianceDb, NodeId};
+
+/// One administrator command, as given on the CLI or the admin API of this cluster.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Turn encryption on here: this cluster becomes master of a new domain, with a new key and
+    /// this password. With `remote`, every eligible peer is enrolled as a slave.
+    Enable {
+        password: Password,
+        remote: bool,
+    },
+    /// On the master: enroll every eligible peer (now and later) as a slave.
+    EnableRemote,
+    /// On the master: stop encrypting on the slaves; they delete their copy of the keys (the
+    /// master keeps them, so nothing becomes unreadable).
+    DisableRemote,
+    /// On the master: new password (the current one is required).
+    ChangePassword {
+        old: Password,
+        new: Password,
+    },
+    /// On the master: add a key version and make it primary; old versions stay for decryption.
+    RotateKey,
+    /// On the master: check that a key download is allowed (password) and record it. The
+    /// daemon validates the administrator's public key *before* issuing this command and wraps
+    /// the ring from [`super::Effect::KeysForDownload`].
+    DownloadKeys {
+        password: Password,
+    },
+    /// On the master: disable encryption in the whole domain. All key material is deleted
+    /// everywhere, so this is refused unless the current key set was downloaded since its last
+    /// change, or `i_understand_data_loss` is set.
+    DisableOnMaster {
+        password: Password,
+        i_understand_data_loss: bool,
+    },
+    /// On a slave: stop encrypting here; needs the master's password. The master does not
+    /// enroll this cluster again unless its administrator switches "remote" on again.
+    DisableOnSlave {
+        master_password: Password,
+    },
+    AddPeer {
+        peer: ClusterId,
+    },
+    RemovePeer {
+        peer: ClusterId,
+    },
+    AddNode {
+        node: NodeId,
+        archiver: Option<ComplianceDb>,
+    },
+    RemoveNode {
+        node: NodeId,
+    },
+    /// Configure (or unconfigure, with `None`) the message archiver on a node.
+    SetArchiver {
+        node: NodeId,
+        archiver: Option<ComplianceDb>,
+    },
+    /// The operator has dealt with the stale data on a removed former slave.
+    AcknowledgeStaleData {
+        peer: ClusterId,
+    },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("this cluster's software does not support encryption; upgrade it first")]
+    NoCapability,
+    #[error("encryption is already enabled: this cluster is master of domain {domain}")]
+    AlreadyMaster { domain: DomainId },
+    #[error(
+        "encryption is already enabled: this cluster is a slave of cluster {master} in domain \
+         {domain}; one master per peer network"
+    )]
+    AlreadySlave { master: ClusterId, domain: DomainId },
+    #[error(
+        "encryption cannot be enabled here: peer cluster {peer} is {role}, and a peer network \
+         has one master; enable it on that master with \"enable on remote clusters\" instead"
+    )]
+    PeerEncrypts { peer: ClusterId, role: String },
+    #[error("this cluster is not eligible for encryption: {reason}")]
+    NotEligible { reason: String },
+    #[error("{what} is only possible on the master: this cluster is a slave of cluster {master}")]
+    NotMasterButSlave { what: &'static str, master: ClusterId },
+    #[error("{what} is only possible on the master: encryption is not enabled on this cluster")]
+    NotMasterButOff { what: &'static str },
+    #[error("{what} is only possible on a slave: this cluster is master of domain {domain}")]
+    NotSlaveButMaster { what: &'static str, domain: DomainId },
+    #[error("{what} is only possible on a slave: encryption is not enabled on this cluster")]
+    NotSlaveButOff { what: &'static str },
+    #[error("the password is wrong")]
+    WrongPassword,
+    #[error("the master's password is wrong (it is the password set on cluster {master})")]
+    WrongMasterPassword { master: ClusterId },
+    #[error("the new password is refused: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("\"enable on remote clusters\" is already {}", if *.0 { "on" } else { "off" })]
+    RemoteAlreadySet(bool),
+    #[error("the key ring has used up all key versions; disable and enable encryption again")]
+    KeyVersionsExhausted,
+    #[error(
+        "disabling deletes every key of domain {domain} on every cluster, and archived \
+         messages encrypted with them become unreadable; key versions up to {newest} have not \
+         all been downloaded since the last key change. Download the keys first, or repeat \
+         the command with --i-understand-data-loss"
+    )]
+    KeysNotDownloaded { domain: DomainId, newest: KeyVersion },
+    #[error("cluster {0} is already a peer")]
+    PeerExists(ClusterId),
+    #[error("cluster {0} is not a peer")]
+    NoSuchPeer(ClusterId),
+    #[error("a cluster cannot be its own peer")]
+    PeerIsSelf,
+    #[error(
+        "a node cannot be added while encryption is enabled on this cluster: disable encryption \
+         first, add the node, configure its archiver, then enable encryption again (the new \
+         node would otherwise archive messages without the keys)"
+    )]
+    NodeAddWhileEncrypting,
+    #[error(
+        "the archiver of node {node} cannot be removed or changed to an unsupported database \
+         while encryption is enabled: its messages would be archived unencrypted; disable \
+         encryption first"
+    )]
+    ArchiverChangeWhileEncrypting { node: NodeId },
+    #[error("node {0} already exists")]
+    NodeExists(NodeId),
+    #[error("node {0} does not exist")]
+    NoSuchNode(NodeId),
+    #[error("there is no stale-data alarm about cluster {0}")]
+    NoStaleData(ClusterId),
+}
+
+/// Why a peer message was refused outright (as opposed to a [`super::RejectReason`], which is
+/// a normal protocol answer). The daemon logs it and drops the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("cluster {0} is not a configured peer of this cluster")]
+    UnknownPeer(ClusterId),
+    #[error("a message claims to come from this cluster itself")]
+    FromSelf,
+}

@@ -1,0 +1,148 @@
+//! Messages between the daemons of peered clusters (JSON over mutually authenticated TLS; the
+//! sender's identity is the name in its certificate and is passed beside the message, never
+//! read from it).
+//!
+//! Invariants: every type refuses unknown fields; only [`PeerMessage::State`] carries key
+//! material, and a cluster sends it only to a peer whose last hello shows it as this master's
+//! slave or as an off, capable, eligible cluster that did not opt out of the domain.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{Capabilities, DomainState, Tombstone};
+use crate::ids::{ClusterId, DomainId, Epoch};
+
+/// One message from a peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerMessage {
+    /// Who I am and what I hold. Sent when a peer is added, whenever the role or epoch
+    /// changes, and every hello interval. Carries no key material.
+    Hello(Hello),
+    /// The master's full domain state (key ring included) for a slave or a cluster it enrolls.
+    State(Box<DomainState>),
+    /// The master's instruction to delete all encryption data of a domain.
+    Leave(Tombstone),
+    /// The receiver refused a `State` (or its hello contradicts it); the master raises
+    /// `MAencryptionSyncRejected`.
+    Reject(Rejection),
+}
+
+impl PeerMessage {
+    /// True for the only message kind that carries key material.
+    pub fn carries_keys(&self) -> bool {
+        matches!(self, PeerMessage::State(_))
+    }
+}
+
+/// The hello of one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Grows with every hello the sender sends; a receiver ignores a hello not newer than the
+    /// last one it accepted from that sender (reordering cannot bring back an old role).
+    pub seq: u64,
+    /// The sender has no hello from the receiver (just added, or just restarted): answer with
+    /// a hello at once instead of waiting for the next interval.
+    pub want_reply: bool,
+    pub capabilities: Capabilities,
+    pub eligibility: Eligibility,
+    pub role: Announced,
+}
+
+/// Whether a cluster can encrypt its archive: the archiver must run on every node with a
+/// supported compliance database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Eligibility {
+    Eligible,
+    /// Why not, in the operator's terms (e.g. "node n2 has no archiver database").
+    NotEligible {
+        reason: String,
+    },
+}
+
+impl Eligibility {
+    pub fn is_eligible(&self) -> bool {
+        matches!(self, Eligibility::Eligible)
+    }
+}
+
+/// The role as announced in a hello (no key material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Announced {
+    Off {
+        /// The last domain this cluster left and why, if any.
+        left: Option<Tombstone>,
+    },
+    Master {
+        domain: DomainId,
+        epoch: Epoch,
+    },
+    Slave {
+        domain: DomainId,
+        master: ClusterId,
+        epoch: Epoch,
+    },
+}
+
+impl Announced {
+    /// The domain this role encrypts for, if any.
+    pub fn domain(&self) -> Option<DomainId> {
+        match self {
+            Announced::Off { .. } => None,
+            Announced::Master { domain, .. } | Announced::Slave { domain, .. } => Some(*domain),
+        }
+    }
+
+    pub fn is_master(&self) -> bool {
+        matches!(self, Announced::Master { .. })
+    }
+}
+
+impl fmt::Display for Announced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Announced::Off { .. } => f.write_str("not encrypting"),
+            Announced::Master { domain, .. } => write!(f, "master of domain {domain}"),
+            Announced::Slave { domain, master, .. } => {
+                write!(f, "a slave of cluster {master} in domain {domain}")
+            }
+        }
+    }
+}
+
+/// Why a cluster refused a domain state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rejection {
+    pub domain: DomainId,
+    /// The epoch of the refused state.
+    pub epoch: Epoch,
+    pub reason: RejectReason,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RejectReason {
+    #[error("it is itself master of domain {domain}")]
+    IsMaster { domain: DomainId },
+    #[error("it is a slave of cluster {master} in domain {domain}")]
+    SlaveOfOther { master: ClusterId, domain: DomainId },
+    #[error("its software does not support encryption")]
+    NoCapability,
+    #[error("it is not eligible: {reason}")]
+    NotEligible { reason: String },
+    #[error("its administrator disabled encryption there (at epoch {at})")]
+    OptedOut { at: Epoch },
+    #[error("it already left this domain (at epoch {at})")]
+    AlreadyLeft { at: Epoch },
+    #[error("it holds epoch {held} of this domain, newer than the epoch offered (a rollback)")]
+    Rollback { held: Epoch },
+    #[error("it holds a different state under the same epoch {held} (a fork)")]
+    Fork { held: Epoch },
+    #[error("the state names cluster {claimed} as master, not the sender")]
+    WrongMaster { claimed: ClusterId },
+}

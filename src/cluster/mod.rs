@@ -1,0 +1,83 @@
+//! The cluster state machine: every rule of the product manual about roles, domains, epochs,
+//! eligibility and conflicts, as a pure core with no I/O (the style of quinn-proto and rustls).
+//!
+//! Inputs go in through [`Cluster::handle_command`], [`Cluster::handle_peer_message`] and
+//! [`Cluster::handle_timeout`], each with the current [`Time`] passed in; random bytes come in
+//! as an [`Entropy`] argument. Outputs come out of [`Cluster::poll_effect`]: messages to send,
+//! state to persist, alarms to raise or clear, log lines and key-ring changes for the hot path.
+//! The daemon applies effects **in order**, and a [`Effect::Persist`] must be durable before
+//! the effects after it are carried out (so a slave never holds an epoch its master lost).
+//!
+//! Invariants (each is asserted by the simulator in [`sim`] over random networks):
+//! 1. a cluster holds the key material of at most one domain;
+//! 2. a slave's epoch for its domain never decreases (no rollback, no replay);
+//! 3. once the network is quiet, every slave whose master is its peer holds exactly the
+//!    master's domain state (key ring and settings);
+//! 4. `MAencryptionMultiMaster` is active on a cluster exactly where one of its peerings joins
+//!    two domains (two masters, a master and another master's slave, slaves of two masters);
+//! 5. key material is only ever addressed to this domain's slaves or to clusters that, by
+//!    their last hello, are off and may be enrolled; never to a cluster known to be in another
+//!    domain.
+//!
+//! Errors change nothing: a refused command leaves state and effects untouched.
+
+mod command;
+mod machine;
+mod message;
+mod state;
+
+pub mod sim;
+
+#[cfg(test)]
+mod tests;
+
+pub use command::{Command, CommandError, PeerError};
+pub use machine::{Cluster, PeerRelation, StateError};
+pub use message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
+pub use state::{
+    BadNodeId, Capabilities, ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason,
+    MAX_TOMBSTONES, MasterState, NodeId, PersistedState, Role, STATE_FORMAT, StaleSlave, Time,
+    Tombstone,
+};
+
+use crate::alarm::{Alarm, AlarmKey};
+use crate::crypto::keyring::KeyRing;
+use crate::ids::ClusterId;
+
+/// The exact log line written when a cluster starts encrypting (operators grep for it).
+pub const LOG_ENCRYPTION_ENABLED: &str = "Encryption enabled";
+/// The exact log line written when a cluster stops encrypting.
+pub const LOG_ENCRYPTION_DISABLED: &str = "Encryption disabled";
+
+/// Something the daemon must do on behalf of the state machine.
+#[derive(Clone, Debug)]
+pub enum Effect {
+    /// Send `msg` to peer `to` (best effort: the protocol tolerates loss, duplicates, reorder).
+    Send {
+        to: ClusterId,
+        msg: PeerMessage,
+    },
+    /// Seal and write this state crash-safely before carrying out the next effect.
+    Persist(Box<PersistedState>),
+    RaiseAlarm(Alarm),
+    ClearAlarm(AlarmKey),
+    Log(LogLine),
+    /// The key ring the hot path must use from now on (`None`: encryption is off here).
+    KeyRingChanged(Option<Box<KeyRing>>),
+    /// A key download was authorised: wrap this ring under the administrator's public key.
+    KeysForDownload(Box<KeyRing>),
+}
+
+/// How important a log line is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warn,
+}
+
+/// One line for the operator's log. Never contains key material or passwords.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub text: String,
+}

@@ -1,0 +1,703 @@
+//! An in-memory network of [`Cluster`]s for scenario tests and property tests: N clusters,
+//! a bag of messages in flight that can be delivered in any order, dropped or duplicated, and
+//! a fake clock. It carries effects the way the daemon does (messages into the network,
+//! `Persist` into a "disk", key-ring changes into a "hot path", alarms into a sink) and checks
+//! the module's invariants as it goes.
+//!
+//! Invariants checked after every step ([`Network::violations`] collects failures):
+//! 1. no cluster holds (in its role, its hot path or its persisted state) key material of two
+//!    domains;
+//! 2. a slave's epoch for a domain never decreases;
+//! 5. a key-carrying message is addressed only to a peer whose newest hello (as delivered to the
+//!    sender) shows it as the sender's slave or as an enrollable off cluster, and a cluster of
+//!    another domain that receives one stores nothing;
+//!
+//! plus: a refused command changes nothing and emits nothing, and the alarms carried by effects
+//! are exactly the machine's active alarms. [`Network::check_quiet`] checks the properties that
+//! hold once the network is quiet (after [`Network::settle`]):
+//! 3. every slave whose master is its peer holds exactly its master's domain state, and every
+//!    off cluster that the master may enroll is enrolled;
+//! 4. `MAencryptionMultiMaster` is active exactly where a peering joins two domains.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::alarm::{Alarm, AlarmKey, AlarmName};
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::password::{Iterations, Password};
+use crate::ids::{ClusterId, DomainId, Epoch};
+
+use super::{
+    Announced, Capabilities, Cluster, ClusterConfig, Command, CommandError, ComplianceDb, Effect,
+    Entropy, Hello, LeaveReason, LogLine, NodeId, PeerMessage, PersistedState, Role, Time,
+};
+
+/// The two passwords the simulator uses (a master alternates between them on change).
+pub const PASSWORDS: [&str; 2] = ["Correct-Horse-Battery-1", "Staple-Purple-Monkey-2"];
+
+/// One message in flight.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    pub from: ClusterId,
+    pub to: ClusterId,
+    pub msg: PeerMessage,
+}
+
+/// One simulated cluster and what its daemon would have carried out.
+#[derive(Debug)]
+pub struct SimCluster {
+    pub machine: Cluster,
+    /// The last state the machine asked to persist (what a restart starts from).
+    pub disk: PersistedState,
+    /// The ring the hot path uses.
+    pub hot_ring: Option<KeyRing>,
+    pub logs: Vec<LogLine>,
+    /// Alarms as raised and cleared by effects.
+    pub alarms: BTreeMap<AlarmKey, Alarm>,
+    pub downloads: Vec<KeyRing>,
+}
+
+/// Settings for every cluster of a network.
+#[derive(Clone, Debug)]
+pub struct SimSettings {
+    pub iterations: Iterations,
+    pub hello_interval: Duration,
+    pub master_unreachable_after: Duration,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        Self {
+            iterations: Iterations::insecure_for_tests(1_000),
+            hello_interval: Duration::from_secs(30),
+            master_unreachable_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One step of a random scenario (what the property test generates). Cluster and message
+/// indices are taken modulo the number of clusters / messages in flight.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Enable {
+        at: usize,
+        remote: bool,
+    },
+    EnableRemote(usize),
+    DisableRemote(usize),
+    Rotate(usize),
+    ChangePassword(usize),
+    Download(usize),
+    DisableOnMaster(usize),
+    DisableOnSlave(usize),
+    Peer(usize, usize),
+    Unpeer(usize, usize),
+    /// Configure (true) or unconfigure (false) the archiver of the cluster's second node.
+    SetArchiver(usize, bool),
+    /// Restart the daemon from its persisted state, running current software.
+    Restart(usize),
+    Deliver(usize),
+    Drop(usize),
+    Duplicate(usize),
+    DeliverAll,
+    Tick(Duration),
+}
+
+/// The simulated network.
+#[derive(Debug)]
+pub struct Network {
+    settings: SimSettings,
+    clusters: BTreeMap<ClusterId, SimCluster>,
+    in_flight: Vec<Envelope>,
+    now: Time,
+    entropy_seed: u64,
+    /// The current password of each master (by master id), as the simulator set it.
+    passwords: BTreeMap<ClusterId, usize>,
+    /// Newest hello delivered, per (receiver, sender): what the receiver knows of the sender.
+    delivered_hellos: BTreeMap<(ClusterId, ClusterId), Hello>,
+    /// Highest epoch each cluster ever held as a slave, per domain.
+    slave_epochs: BTreeMap<(ClusterId, DomainId), Epoch>,
+    violations: Vec<String>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self::new(SimSettings::default())
+    }
+}
+
+/// A cluster id from a short name; panics on an invalid name (test helper).
+pub fn cid(name: &str) -> ClusterId {
+    ClusterId::new(name).expect("valid cluster name")
+}
+
+impl Network {
+    pub fn new(settings: SimSettings) -> Self {
+        Self {
+            settings,
+            clusters: BTreeMap::new(),
+            in_flight: Vec::new(),
+            now: Time::from_unix_millis(1_700_000_000_000),
+            entropy_seed: 0,
+            passwords: BTreeMap::new(),
+            delivered_hellos: BTreeMap::new(),
+            slave_epochs: BTreeMap::new(),
+            violations: Vec::new(),
+        }
+    }
+
+    /// `n` eligible clusters named `c0`, `c1`, … each with two nodes archiving to SQL Server.
+    pub fn with_clusters(n: usize) -> Self {
+        let mut net = Self::default();
+        for i in 0..n {
+            net.add_cluster(&format!("c{i}"));
+        }
+        net
+    }
+
+    fn config(&self, id: ClusterId, capabilities: Capabilities) -> ClusterConfig {
+        ClusterConfig {
+            id,
+            capabilities,
+            iterations: self.settings.iterations,
+            hello_interval: self.settings.hello_interval,
+            master_unreachable_after: self.settings.master_unreachable_after,
+        }
+    }
+
+    /// Adds an eligible cluster with nodes `n1` and `n2` archiving to SQL Server.
+    pub fn add_cluster(&mut self, name: &str) -> ClusterId {
+        let db = Some(ComplianceDb::SqlServer);
+        self.add_cluster_with(name, Capabilities::CURRENT, &[("n1", db.clone()), ("n2", db)])
+    }
+
+    /// Adds a cluster with the given software and nodes.
+    pub fn add_cluster_with(
+        &mut self,
+        name: &str,
+        capabilities: Capabilities,
+        nodes: &[(&str, Option<ComplianceDb>)],
+    ) -> ClusterId {
+        let id = cid(name);
+        let mut disk = PersistedState::new(id.clone());
+        for (n, db) in nodes {
+            disk.nodes.insert(NodeId::new(*n).expect("valid node name"), db.clone());
+        }
+        let machine = Cluster::new(self.config(id.clone(), capabilities), disk.clone(), self.now)
+            .expect("fresh state");
+        self.clusters.insert(
+            id.clone(),
+            SimCluster {
+                machine,
+                disk,
+                hot_ring: None,
+                logs: Vec::new(),
+                alarms: BTreeMap::new(),
+                downloads: Vec::new(),
+            },
+        );
+        self.drain(&id);
+        id
+    }
+
+    pub fn ids(&self) -> Vec<ClusterId> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    pub fn get(&self, id: &ClusterId) -> &SimCluster {
+        &self.clusters[id]
+    }
+
+    pub fn cluster(&self, id: &ClusterId) -> &Cluster {
+        &self.clusters[id].machine
+    }
+
+    pub fn in_flight(&self) -> &[Envelope] {
+        &self.in_flight
+    }
+
+    /// Failed invariants so far (empty in a correct implementation).
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    pub fn alarm_active(&self, at: &ClusterId, name: AlarmName, about: &ClusterId) -> bool {
+        self.clusters[at].alarms.contains_key(&AlarmKey { name, about: about.clone() })
+    }
+
+    pub fn alarm(&self, at: &ClusterId, name: AlarmName, about: &ClusterId) -> Option<&Alarm> {
+        self.clusters[at].alarms.get(&AlarmKey { name, about: about.clone() })
+    }
+
+    pub fn logged(&self, at: &ClusterId, line: &str) -> usize {
+        self.clusters[at].logs.iter().filter(|l| l.text == line).count()
+    }
+
+    /// The password currently set on master `m` (as the simulator set it).
+    pub fn password_of(&self, m: &ClusterId) -> Password {
+        Password::new(PASSWORDS[self.passwords.get(m).copied().unwrap_or(0)])
+    }
+
+    // ----- driving ---------------------------------------------------------------------------
+
+    /// Runs an administrator command on `at` with fresh deterministic entropy.
+    pub fn command(&mut self, at: &ClusterId, cmd: Command) -> Result<(), CommandError> {
+        self.entropy_seed += 1;
+        let entropy = Entropy::from_seed(self.entropy_seed);
+        let pw_change = match &cmd {
+            Command::Enable { .. } => Some(0),
+            Command::ChangePassword { new, .. } => {
+                PASSWORDS.iter().position(|p| p.as_bytes() == new.as_bytes())
+            }
+            _ => None,
+        };
+        let sc = self.clusters.get_mut(at).expect("known cluster");
+        let before = sc.machine.state().clone();
+        let result = sc.machine.handle_command(cmd, self.now, entropy);
+        if let Err(e) = &result {
+            if sc.machine.state() != &before {
+                self.violations.push(format!("{at}: refused command changed the state ({e})"));
+            }
+            if let Some(eff) = sc.machine.poll_effect() {
+                self.violations.push(format!("{at}: refused command emitted {eff:?} ({e})"));
+            }
+        } else if let Some(i) = pw_change {
+            self.passwords.insert(at.clone(), i);
+        }
+        self.drain(at);
+        result
+    }
+
+    /// Peers `a` and `b` (both sides, as operators configure both ends).
+    pub fn peer(&mut self, a: &ClusterId, b: &ClusterId) {
+        let _ = self.command(a, Command::AddPeer { peer: b.clone() });
+        let _ = self.command(b, Command::AddPeer { peer: a.clone() });
+    }
+
+    /// Removes the peering between `a` and `b` on both sides.
+    pub fn unpeer(&mut self, a: &ClusterId, b: &ClusterId) {
+        let _ = self.command(a, Command::RemovePeer { peer: b.clone() });
+        let _ = self.command(b, Command::RemovePeer { peer: a.clone() });
+        self.delivered_hellos.remove(&(a.clone(), b.clone()));
+        self.delivered_hellos.remove(&(b.clone(), a.clone()));
+    }
+
+    /// Peers every pair of the given clusters.
+    pub fn peer_all(&mut self, ids: &[ClusterId]) {
+        for (i, a) in ids.iter().enumerate() {
+            for b in &ids[i + 1..] {
+                self.peer(a, b);
+            }
+        }
+    }
+
+    /// Delivers message `i` of the bag (taken out of it).
+    pub fn deliver(&mut self, i: usize) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let env = self.in_flight.remove(i % self.in_flight.len());
+        self.deliver_envelope(env);
+    }
+
+    /// Drops message `i` of the bag.
+    pub fn drop_message(&mut self, i: usize) {
+        if !self.in_flight.is_empty() {
+            let n = self.in_flight.len();
+            self.in_flight.remove(i % n);
+        }
+    }
+
+    /// Puts a copy of message `i` at the end of the bag.
+    pub fn duplicate(&mut self, i: usize) {
+        if !self.in_flight.is_empty() {
+            let env = self.in_flight[i % self.in_flight.len()].clone();
+            self.in_flight.push(env);
+        }
+    }
+
+    /// Delivers everything in flight, oldest first, including what the deliveries cause.
+    pub fn deliver_all(&mut self) {
+        let mut budget = 100_000;
+        while !self.in_flight.is_empty() && budget > 0 {
+            budget -= 1;
+            let env = self.in_flight.remove(0);
+            self.deliver_envelope(env);
+        }
+        if budget == 0 {
+            self.violations.push("messages keep causing messages forever".into());
+        }
+    }
+
+    /// Puts a message into the network as if `env.from` had sent it (to test what a receiver
+    /// does with a message a correct sender would not send).
+    pub fn inject(&mut self, env: Envelope) {
+        self.in_flight.push(env);
+    }
+
+    /// Takes out of the network every message for which `pick` is true, and returns them.
+    pub fn take(&mut self, mut pick: impl FnMut(&Envelope) -> bool) -> Vec<Envelope> {
+        let (taken, kept) = std::mem::take(&mut self.in_flight).into_iter().partition(|e| pick(e));
+        self.in_flight = kept;
+        taken
+    }
+
+    /// Drops everything in flight.
+    pub fn drop_all(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Lets `d` pass and runs every cluster's timers.
+    pub fn advance(&mut self, d: Duration) {
+        self.now = self.now.after(d);
+        for id in self.ids() {
+            let now = self.now;
+            self.clusters.get_mut(&id).expect("known").machine.handle_timeout(now);
+            self.drain(&id);
+        }
+    }
+
+    /// Restarts `id`'s daemon from its persisted state, with the given software.
+    pub fn restart_with(&mut self, id: &ClusterId, capabilities: Capabilities) {
+        let disk = self.clusters[id].disk.clone();
+        self.restart_from(id, disk, capabilities);
+    }
+
+    /// Restarts `id`'s daemon from `state` (e.g. an old backup), with the given software.
+    pub fn restart_from(
+        &mut self,
+        id: &ClusterId,
+        state: PersistedState,
+        capabilities: Capabilities,
+    ) {
+        let config = self.config(id.clone(), capabilities);
+        let sc = self.clusters.get_mut(id).expect("known cluster");
+        sc.disk = state.clone();
+        sc.machine = Cluster::new(config, state, self.now).expect("own state loads");
+        sc.hot_ring = None;
+        sc.alarms.clear();
+        self.delivered_hellos.retain(|(to, _), _| to != id);
+        self.drain(id);
+    }
+
+    /// Restarts `id`'s daemon from its persisted state, running current software.
+    pub fn restart(&mut self, id: &ClusterId) {
+        self.restart_with(id, Capabilities::CURRENT);
+    }
+
+    /// Delivers everything, then lets hello rounds pass until nothing changes any more: the
+    /// network is quiet. Records a violation if it never gets quiet.
+    pub fn settle(&mut self) {
+        self.deliver_all();
+        let mut calm_rounds = 0;
+        for _ in 0..30 {
+            let before: Vec<_> =
+                self.clusters.values().map(|c| (c.disk.clone(), c.alarms.clone())).collect();
+            self.advance(self.settings.hello_interval);
+            self.deliver_all();
+            let after: Vec<_> =
+                self.clusters.values().map(|c| (c.disk.clone(), c.alarms.clone())).collect();
+            let same = before
+                .iter()
+                .zip(&after)
+                .all(|(b, a)| b.1 == a.1 && strip_seq(&b.0) == strip_seq(&a.0));
+            calm_rounds = if same { calm_rounds + 1 } else { 0 };
+            if calm_rounds == 2 {
+                return;
+            }
+        }
+        self.violations.push("the network never became quiet".into());
+    }
+
+    /// Applies one random-scenario step.
+    pub fn apply(&mut self, op: &Op) {
+        let ids = self.ids();
+        let n = ids.len();
+        let at = |i: usize| ids[i % n].clone();
+        match op {
+            Op::Enable { at: i, remote } => {
+                let pw = Password::new(PASSWORDS[0]);
+                let _ = self.command(&at(*i), Command::Enable { password: pw, remote: *remote });
+            }
+            Op::EnableRemote(i) => {
+                let _ = self.command(&at(*i), Command::EnableRemote);
+            }
+            Op::DisableRemote(i) => {
+                let _ = self.command(&at(*i), Command::DisableRemote);
+            }
+            Op::Rotate(i) => {
+                let _ = self.command(&at(*i), Command::RotateKey);
+            }
+            Op::ChangePassword(i) => {
+                let c = at(*i);
+                let cur = self.passwords.get(&c).copied().unwrap_or(0);
+                let cmd = Command::ChangePassword {
+                    old: Password::new(PASSWORDS[cur]),
+                    new: Password::new(PASSWORDS[1 - cur]),
+                };
+                let _ = self.command(&c, cmd);
+            }
+            Op::Download(i) => {
+                let c = at(*i);
+                let password = self.password_of(&c);
+                let _ = self.command(&c, Command::DownloadKeys { password });
+            }
+            Op::DisableOnMaster(i) => {
+                let c = at(*i);
+                let password = self.password_of(&c);
+                let cmd = Command::DisableOnMaster { password, i_understand_data_loss: true };
+                let _ = self.command(&c, cmd);
+            }
+            Op::DisableOnSlave(i) => {
+                let c = at(*i);
+                if let Role::Slave(s) = self.cluster(&c).role() {
+                    let master_password = self.password_of(&s.master.clone());
+                    let _ = self.command(&c, Command::DisableOnSlave { master_password });
+                }
+            }
+            Op::Peer(a, b) if a % n != b % n => self.peer(&at(*a), &at(*b)),
+            Op::Unpeer(a, b) if a % n != b % n => self.unpeer(&at(*a), &at(*b)),
+            Op::Peer(..) | Op::Unpeer(..) => {}
+            Op::SetArchiver(i, on) => {
+                let archiver = on.then_some(ComplianceDb::SqlServer);
+                let node = NodeId::new("n2").expect("valid");
+                let _ = self.command(&at(*i), Command::SetArchiver { node, archiver });
+            }
+            Op::Restart(i) => self.restart(&at(*i)),
+            Op::Deliver(i) => self.deliver(*i),
+            Op::Drop(i) => self.drop_message(*i),
+            Op::Duplicate(i) => self.duplicate(*i),
+            Op::DeliverAll => self.deliver_all(),
+            Op::Tick(d) => self.advance(*d),
+        }
+    }
+
+    // ----- carrying effects and checking -----------------------------------------------------
+
+    fn deliver_envelope(&mut self, env: Envelope) {
+        let Some(rc) = self.clusters.get_mut(&env.to) else { return };
+        let domain_before = rc.machine.domain_state().map(|d| d.domain);
+        let keys_of = match &env.msg {
+            PeerMessage::State(s) => Some(s.domain),
+            _ => None,
+        };
+        let hello = match &env.msg {
+            PeerMessage::Hello(h) => Some(h.clone()),
+            _ => None,
+        };
+        // Unknown peers are refused by the machine, as the TLS layer would.
+        let accepted = rc.machine.handle_peer_message(&env.from, env.msg, self.now).is_ok();
+        if accepted && let Some(h) = hello {
+            let key = (env.to.clone(), env.from.clone());
+            if self.delivered_hellos.get(&key).is_none_or(|old| old.seq < h.seq) {
+                self.delivered_hellos.insert(key, h);
+            }
+        }
+        if let (Some(d0), Some(k)) = (domain_before, keys_of) {
+            let after = self.clusters[&env.to].machine.domain_state().map(|d| d.domain);
+            if d0 != k && after != Some(d0) {
+                self.violations.push(format!(
+                    "{}: of domain {d0}, received keys of domain {k} from {} and changed domain",
+                    env.to, env.from
+                ));
+            }
+        }
+        let to = env.to;
+        self.drain(&to);
+    }
+
+    /// Carries out every pending effect of cluster `id` and checks the invariants.
+    fn drain(&mut self, id: &ClusterId) {
+        let sc = self.clusters.get_mut(id).expect("known cluster");
+        let mut sends = Vec::new();
+        while let Some(e) = sc.machine.poll_effect() {
+            match e {
+                Effect::Send { to, msg } => sends.push(Envelope { from: id.clone(), to, msg }),
+                Effect::Persist(s) => sc.disk = *s,
+                Effect::RaiseAlarm(a) => {
+                    sc.alarms.insert(a.key.clone(), a);
+                }
+                Effect::ClearAlarm(k) => {
+                    sc.alarms.remove(&k);
+                }
+                Effect::Log(l) => sc.logs.push(l),
+                Effect::KeyRingChanged(r) => sc.hot_ring = r.map(|b| *b),
+                Effect::KeysForDownload(r) => sc.downloads.push(*r),
+            }
+        }
+        for env in &sends {
+            if env.msg.carries_keys() {
+                self.check_key_send(env);
+            }
+        }
+        self.in_flight.extend(sends);
+        self.check_cluster(id);
+    }
+
+    fn check_key_send(&mut self, env: &Envelope) {
+        let PeerMessage::State(s) = &env.msg else { return };
+        let sender = &self.clusters[&env.from].machine;
+        let ok_sender = matches!(sender.role(), Role::Master(m) if m.state.domain == s.domain);
+        let known = self.delivered_hellos.get(&(env.from.clone(), env.to.clone()));
+        let ok_target = match known.map(|h| &h.role) {
+            Some(Announced::Slave { domain, master, .. }) => {
+                *domain == s.domain && master == &env.from
+            }
+            Some(Announced::Off { left }) => match left {
+                Some(t) if t.domain == s.domain && t.reason == LeaveReason::OptedOut => {
+                    s.remote_since > t.epoch
+                }
+                Some(t) if t.domain == s.domain => s.epoch > t.epoch,
+                _ => true,
+            },
+            Some(Announced::Master { .. }) | None => false,
+        };
+        if !ok_sender || !ok_target {
+            self.violations.push(format!(
+                "property 5: {} sent keys of domain {} to {}, known as {:?}",
+                env.from,
+                s.domain,
+                env.to,
+                known.map(|h| &h.role)
+            ));
+        }
+    }
+
+    fn check_cluster(&mut self, id: &ClusterId) {
+        let sc = &self.clusters[id];
+        let m = &sc.machine;
+        let role_domain = m.domain_state().map(|d| d.domain);
+        let mut bad = Vec::new();
+        // Property 1: one domain's keys at most, everywhere this cluster keeps them.
+        if let Some(ds) = m.domain_state()
+            && ds.ring.domain() != ds.domain
+        {
+            bad.push(format!("property 1: {id} holds a ring of another domain"));
+        }
+        if sc.hot_ring.as_ref().map(KeyRing::domain) != role_domain {
+            bad.push(format!("property 1: {id}'s hot path ring differs from its role"));
+        }
+        if sc.disk.role.domain_state().map(|d| d.domain) != role_domain || &sc.disk.role != m.role()
+        {
+            bad.push(format!("{id}: persisted role differs from the machine's role"));
+        }
+        // Alarms carried by effects are the machine's alarms.
+        let machine_alarms: BTreeMap<_, _> =
+            m.alarms().iter().map(|a| (a.key.clone(), a.clone())).collect();
+        if machine_alarms != sc.alarms {
+            bad.push(format!("{id}: alarm effects differ from the active alarms"));
+        }
+        // Property 2.
+        if let Role::Slave(s) = m.role() {
+            let key = (id.clone(), s.domain);
+            let max = self.slave_epochs.entry(key).or_insert(s.epoch);
+            if s.epoch < *max {
+                bad.push(format!("property 2: {id}'s epoch went back from {max} to {}", s.epoch));
+            }
+            *max = (*max).max(s.epoch);
+        }
+        self.violations.extend(bad);
+    }
+
+    /// Checks the properties of a quiet network (call after [`Network::settle`]); returns the
+    /// failures.
+    pub fn check_quiet(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let peered = |a: &ClusterId, b: &ClusterId| {
+            self.clusters[a].machine.state().peers.contains(b)
+                && self.clusters[b].machine.state().peers.contains(a)
+        };
+        for (id, sc) in &self.clusters {
+            let m = &sc.machine;
+            // Property 3.
+            if let Role::Slave(s) = m.role() {
+                if peered(id, &s.master) {
+                    match self.cluster(&s.master).role() {
+                        Role::Master(ms) if ms.state == **s => {}
+                        other => bad.push(format!(
+                            "property 3: slave {id} holds {s:?} but its master holds {other:?}"
+                        )),
+                    }
+                } else if !self.alarm_active(id, AlarmName::StaleData, &s.master) {
+                    bad.push(format!("{id}: slave of an unpeered master without stale alarm"));
+                }
+            }
+            if let Role::Master(ms) = m.role() {
+                let ds = &ms.state;
+                for p in &m.state().peers {
+                    let pc = &self.clusters[p].machine;
+                    let Role::Off { left } = pc.role() else { continue };
+                    let opted_out = left.as_ref().is_some_and(|t| {
+                        t.domain == ds.domain
+                            && if t.reason == LeaveReason::OptedOut {
+                                ds.remote_since <= t.epoch
+                            } else {
+                                ds.epoch <= t.epoch
+                            }
+                    });
+                    if peered(id, p)
+                        && ds.remote
+                        && pc.config().capabilities.encryption
+                        && pc.eligibility().is_eligible()
+                        && !opted_out
+                    {
+                        bad.push(format!("property 3: {p} is enrollable but {id} left it off"));
+                    }
+                }
+            }
+            // Property 4.
+            for other in self.clusters.keys() {
+                if other == id {
+                    continue;
+                }
+                let expected = peered(id, other) && conflict(m, self.cluster(other));
+                let actual = self.alarm_active(id, AlarmName::MultiMaster, other);
+                if expected != actual {
+                    bad.push(format!(
+                        "property 4: multi-master alarm on {id} about {other} is {actual}, \
+                         expected {expected} ({:?} / {:?})",
+                        m.announced(),
+                        self.cluster(other).announced()
+                    ));
+                }
+            }
+            for a in sc.alarms.values() {
+                if matches!(a.name(), AlarmName::MasterUnreachable | AlarmName::SyncRejected) {
+                    bad.push(format!("{id}: {a} active on a quiet network"));
+                }
+            }
+        }
+        bad
+    }
+}
+
+/// The ground truth of a conflicting peering: both encrypt, in two domains or as two masters;
+/// a slave and its own (former) master are a stale-data matter, not a multi-master one.
+pub fn conflict(a: &Cluster, b: &Cluster) -> bool {
+    let (ra, rb) = (a.announced(), b.announced());
+    let (Some(da), Some(db)) = (ra.domain(), rb.domain()) else { return false };
+    let slave_of =
+        |r: &Announced, m: &ClusterId| matches!(r, Announced::Slave { master, .. } if master == m);
+    if slave_of(&ra, b.id()) || slave_of(&rb, a.id()) {
+        return false;
+    }
+    da != db || (ra.is_master() && rb.is_master())
+}
+
+fn strip_seq(s: &PersistedState) -> PersistedState {
+    let mut s = s.clone();
+    s.hello_seq = 0;
+    s
+}
+
+/// The set of clusters that hold keys of `domain` (for assertions).
+pub fn holders(net: &Network, domain: DomainId) -> BTreeSet<ClusterId> {
+    net.ids()
+        .into_iter()
+        .filter(|id| net.cluster(id).domain_state().is_some_and(|d| d.domain == domain))
+        .collect()
+}

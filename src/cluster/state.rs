@@ -1,0 +1,353 @@
+//! The data of one cluster: configuration, the persisted state, and the replicated domain state.
+//!
+//! Invariants:
+//! - a cluster holds the key ring of at most one domain: the ring lives only inside
+//!   [`Role::Master`] or [`Role::Slave`], and its domain is the role's domain;
+//! - a domain's epoch only grows on its master; a slave's epoch for its domain never decreases;
+//! - everything here is plain data (no I/O), serde-serializable for the sealed state file
+//!   (`deny_unknown_fields`, so a state written by a newer version is refused, not misread).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::password::{Iterations, PasswordRecord};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+
+/// A point in time: milliseconds since the Unix epoch, as read by the daemon's wall clock and
+/// passed in. The state machine never reads a clock. Timeouts (hello interval, master
+/// unreachable) compare these values, so a wall clock that jumps back only delays an alarm.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub const fn from_unix_millis(ms: u64) -> Self {
+        Self(ms)
+    }
+
+    pub fn unix_millis(self) -> u64 {
+        self.0
+    }
+
+    /// Whole seconds since the Unix epoch (what key versions record as their creation time).
+    pub fn unix_secs(self) -> u64 {
+        self.0 / 1000
+    }
+
+    pub fn after(self, d: Duration) -> Self {
+        Self(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
+
+    /// How long from `earlier` to `self` (zero if `earlier` is later).
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// The random bytes one command may need: a new key, a new domain id, a new password salt.
+/// The daemon fills it from the OS CSPRNG ([`Entropy::from_os`]); tests and the simulator use
+/// [`Entropy::from_seed`]. Commands that need none simply ignore it.
+#[derive(Clone)]
+pub struct Entropy {
+    pub key: Zeroizing<[u8; 32]>,
+    pub domain: [u8; 16],
+    pub salt: [u8; 16],
+}
+
+impl Entropy {
+    pub fn from_os() -> Self {
+        use crate::crypto::random::{new_key, os_bytes};
+        Self { key: new_key(), domain: os_bytes(), salt: os_bytes() }
+    }
+
+    /// Deterministic bytes derived from `seed` (SHA-256 based). Tests and simulation only.
+    pub fn from_seed(seed: u64) -> Self {
+        use sha2::{Digest, Sha256};
+        let block = |tag: u8| {
+            let mut h = Sha256::new();
+            h.update([tag]);
+            h.update(seed.to_le_bytes());
+            h.finalize()
+        };
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&block(0));
+        let mut domain = [0u8; 16];
+        domain.copy_from_slice(&block(1)[..16]);
+        let mut salt = [0u8; 16];
+        salt.copy_from_slice(&block(2)[..16]);
+        Self { key, domain, salt }
+    }
+}
+
+impl fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Entropy(<redacted>)")
+    }
+}
+
+/// The name of one node of a cluster (usually its FQDN).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+/// Why a string is not a node name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node name {0:?} must be 1 to 253 printable characters without spaces")]
+pub struct BadNodeId(pub String);
+
+impl NodeId {
+    pub fn new(s: impl Into<String>) -> Result<Self, BadNodeId> {
+        let s = s.into();
+        if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(BadNodeId(s));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = BadNodeId;
+    fn try_from(s: String) -> Result<Self, BadNodeId> {
+        Self::new(s)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(n: NodeId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// The compliance database a node's message archiver writes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ComplianceDb {
+    SqlServer,
+    PostgreSql,
+    /// A database the archiver can write to but imcrypt cannot encrypt for (named as found).
+    Unsupported(String),
+}
+
+impl ComplianceDb {
+    pub fn is_supported(&self) -> bool {
+        !matches!(self, ComplianceDb::Unsupported(_))
+    }
+}
+
+impl fmt::Display for ComplianceDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComplianceDb::SqlServer => f.write_str("SQL Server"),
+            ComplianceDb::PostgreSql => f.write_str("PostgreSQL"),
+            ComplianceDb::Unsupported(name) => write!(f, "{name}"),
+        }
+    }
+}
+
+/// What this build of the software can do; exchanged in every hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// The software supports archive encryption at all (older versions do not).
+    pub encryption: bool,
+    /// Version of the peer protocol spoken.
+    pub protocol: u32,
+}
+
+impl Capabilities {
+    pub const PROTOCOL: u32 = 1;
+
+    /// What this build supports.
+    pub const CURRENT: Capabilities = Capabilities { encryption: true, protocol: Self::PROTOCOL };
+
+    /// A peer running software that predates encryption.
+    pub const LEGACY: Capabilities = Capabilities { encryption: false, protocol: 0 };
+}
+
+/// Settings of one cluster that come from its configuration file, not from the replicated
+/// state. Validated by the daemon when it loads the file.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub id: ClusterId,
+    pub capabilities: Capabilities,
+    /// PBKDF2 iterations for new password records (600,000 by default).
+    pub iterations: Iterations,
+    /// How often each peer is sent a hello even when nothing changed.
+    pub hello_interval: Duration,
+    /// How long a slave tolerates silence from its master before raising
+    /// `MAencryptionMasterUnreachable`.
+    pub master_unreachable_after: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(id: ClusterId) -> Self {
+        Self {
+            id,
+            capabilities: Capabilities::CURRENT,
+            iterations: Iterations::default(),
+            hello_interval: Duration::from_secs(30),
+            master_unreachable_after: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The replicated state of one encryption domain: what the master sends and every slave
+/// holds an exact copy of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainState {
+    pub domain: DomainId,
+    pub master: ClusterId,
+    /// Bumped by the master on every change of this state.
+    pub epoch: Epoch,
+    pub ring: KeyRing,
+    /// The master's password record (hash only), so that a slave can check the master's
+    /// password for a slave-side disable without ever holding the password.
+    pub password: PasswordRecord,
+    /// "Enable on remote clusters": eligible peers are enrolled as slaves.
+    pub remote: bool,
+    /// The epoch at which "enable on remote clusters" was last switched on. A cluster that
+    /// left the domain on its own administrator's decision rejoins only after that.
+    pub remote_since: Epoch,
+}
+
+/// Why a cluster stopped being part of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The master disabled encryption: the domain no longer exists.
+    DomainDisabled,
+    /// The master switched "enable on remote clusters" off.
+    RemoteDisabled,
+    /// This cluster's administrator disabled encryption here with the master's password.
+    OptedOut,
+}
+
+/// The master's instruction to a slave to delete all encryption data of a domain. The master
+/// keeps the tombstones of its domains so that slaves that were unreachable learn it later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tombstone {
+    pub domain: DomainId,
+    pub master: ClusterId,
+    /// Higher than every epoch of the domain's live state.
+    pub epoch: Epoch,
+    pub reason: LeaveReason,
+}
+
+/// The master's own state: the domain it replicates and what only the master knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterState {
+    pub state: DomainState,
+    /// The newest key version included in a key download since the last key change. Disable
+    /// is refused while the current key set was not downloaded (unless explicitly forced).
+    pub downloaded_through: Option<KeyVersion>,
+}
+
+/// The encryption role of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Role {
+    /// Not encrypting. `left` remembers the last domain this cluster left and why, so that
+    /// the master does not undo a local decision and stale state is never accepted again.
+    Off {
+        left: Option<Tombstone>,
+    },
+    Master(Box<MasterState>),
+    Slave(Box<DomainState>),
+}
+
+impl Role {
+    /// The domain state this cluster holds, if it encrypts.
+    pub fn domain_state(&self) -> Option<&DomainState> {
+        match self {
+            Role::Off { .. } => None,
+            Role::Master(m) => Some(&m.state),
+            Role::Slave(s) => Some(s),
+        }
+    }
+}
+
+/// A peer removed while it held this master's keys: its data is stale until the operator
+/// disables encryption there or peers it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleSlave {
+    pub domain: DomainId,
+    pub epoch: Epoch,
+}
+
+/// Everything a cluster must remember across restarts. The daemon seals it with the node key
+/// and writes it crash-safely whenever the machine emits [`super::Effect::Persist`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    /// Format of this structure; refused if unknown.
+    pub format: u32,
+    pub cluster: ClusterId,
+    /// The cluster's nodes and the compliance database each one archives to (`None`: the
+    /// archiver is not configured on that node).
+    pub nodes: BTreeMap<NodeId, Option<ComplianceDb>>,
+    pub peers: BTreeSet<ClusterId>,
+    pub role: Role,
+    /// Tombstones of the domains this cluster was master of (newest last, at most
+    /// [`MAX_TOMBSTONES`]).
+    pub tombstones: Vec<Tombstone>,
+    /// Former slaves removed from the peers without disabling.
+    pub stale_slaves: BTreeMap<ClusterId, StaleSlave>,
+    /// The sequence number of the last hello sent (hellos older than the newest one seen are
+    /// ignored by the receiver, so a reordered network cannot bring back an old role).
+    pub hello_seq: u64,
+}
+
+pub const STATE_FORMAT: u32 = 1;
+
+/// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
+/// domains covers any realistic history of disable/enable cycles.
+pub const MAX_TOMBSTONES: usize = 64;
+
+impl PersistedState {
+    /// The state of a cluster that was never configured: no nodes, no peers, encryption off.
+    pub fn new(cluster: ClusterId) -> Self {
+        Self {
+            format: STATE_FORMAT,
+            cluster,
+            nodes: BTreeMap::new(),
+            peers: BTreeSet::new(),
+            role: Role::Off { left: None },
+            tombstones: Vec::new(),
+            stale_slaves: BTreeMap::new(),
+            hello_seq: 0,
+        }
+    }
+}
