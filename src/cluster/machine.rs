@@ -290,7 +290,8 @@ impl Cluster {
         self.master_state("key download").map(|_| ())
     }
 
-    /// When [`Cluster::handle_timeout`] must be called next.
+    /// When [`Cluster::handle_timeout`] must be called next: the next hello, or the moment
+    /// the master becomes unreachable (not again once that alarm is raised).
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut t = self.next_hello;
         if let Some(d) = self.unreachable_deadline() {
@@ -928,6 +929,9 @@ impl Cluster {
 
     fn unreachable_deadline(&self) -> Option<Time> {
         let Role::Slave(s) = &self.state.role else { return None };
+        if self.alarms.is_active(AlarmName::MasterUnreachable, &s.master) {
+            return None;
+        }
         let v = self.views.get(&s.master)?;
         Some(v.last_heard.unwrap_or(v.since).after(self.config.master_unreachable_after))
     }
@@ -985,7 +989,7 @@ impl Cluster {
                         ));
                     }
                     let last = v.last_heard.unwrap_or(v.since);
-                    if now.since(last) > self.config.master_unreachable_after {
+                    if now.since(last) >= self.config.master_unreachable_after {
                         out.push(Alarm::new(
                             AlarmName::MasterUnreachable,
                             s.master.clone(),

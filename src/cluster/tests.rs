@@ -652,3 +652,23 @@ proptest! {
         prop_assert!(quiet.is_empty(), "{:#?}", quiet);
     }
 }
+
+#[test]
+fn poll_timeout_wakes_for_hellos_and_the_unreachable_alarm_without_busy_looping() {
+    let (mut net, a, b, _c) = three();
+    enable(&mut net, &a, true);
+    net.settle();
+    let mut raised_at = None;
+    for _ in 0..40 {
+        let now = net.now();
+        let next = net.cluster(&b).poll_timeout().unwrap();
+        assert!(next > now, "a timeout in the past would spin the daemon");
+        net.advance(next.since(now));
+        net.take(|e| e.from == a); // a is down
+        net.deliver_all();
+        if raised_at.is_none() && net.alarm_active(&b, AlarmName::MasterUnreachable, &a) {
+            raised_at = Some(net.now());
+        }
+    }
+    assert!(raised_at.is_some());
+}
