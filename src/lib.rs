@@ -6,4 +6,6 @@ pub mod cli;
 pub mod cluster;
 pub mod crypto;
 pub mod ids;
+pub mod peer;
+pub mod pki;
 pub mod store;
