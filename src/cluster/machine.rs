@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
-use crate::alarm::{Alarm, AlarmChange, AlarmName, AlarmRegistry};
+use crate::alarm::{AlarmChange, AlarmName, AlarmRegistry};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Password, PasswordRecord, check_policy};
 use crate::ids::{ClusterId, DomainId, Epoch};
@@ -36,13 +36,13 @@ pub enum StateError {
 /// What this cluster knows about one peer (in memory only; rebuilt from hellos after a
 /// restart).
 #[derive(Clone, Debug)]
-struct PeerView {
-    hello: Option<Hello>,
-    last_heard: Option<Time>,
+pub(super) struct PeerView {
+    pub(super) hello: Option<Hello>,
+    pub(super) last_heard: Option<Time>,
     /// Since when we expect to hear from it (peer added, or daemon started).
-    since: Time,
+    pub(super) since: Time,
     /// The last rejection of our state, until the peer's hellos show it resolved.
-    rejection: Option<Rejection>,
+    pub(super) rejection: Option<Rejection>,
 }
 
 impl PeerView {
@@ -92,10 +92,10 @@ impl fmt::Display for PeerRelation {
 /// The state machine of one cluster. See the [module documentation](super).
 #[derive(Debug)]
 pub struct Cluster {
-    config: ClusterConfig,
-    state: PersistedState,
-    views: BTreeMap<ClusterId, PeerView>,
-    alarms: AlarmRegistry,
+    pub(super) config: ClusterConfig,
+    pub(super) state: PersistedState,
+    pub(super) views: BTreeMap<ClusterId, PeerView>,
+    pub(super) alarms: AlarmRegistry,
     effects: VecDeque<Effect>,
     /// Effects of the input being handled; discarded if it fails.
     pending: Vec<Effect>,
@@ -705,56 +705,6 @@ impl Cluster {
         }
     }
 
-    /// Whether to accept a domain state from `from`: `Ok(true)` accept, `Ok(false)` ignore
-    /// (duplicate), `Err` reject with that reason.
-    fn judge_state(&self, from: &ClusterId, s: &DomainState) -> Result<bool, RejectReason> {
-        if &s.master != from {
-            return Err(RejectReason::WrongMaster { claimed: s.master.clone() });
-        }
-        if !self.config.capabilities.encryption {
-            return Err(RejectReason::NoCapability);
-        }
-        match &self.state.role {
-            Role::Master(m) => Err(RejectReason::IsMaster { domain: m.state.domain }),
-            Role::Slave(cur) => {
-                if &cur.master != from || cur.domain != s.domain {
-                    return Err(RejectReason::SlaveOfOther {
-                        master: cur.master.clone(),
-                        domain: cur.domain,
-                    });
-                }
-                if s.epoch < cur.epoch {
-                    return Err(RejectReason::Rollback { held: cur.epoch });
-                }
-                if s.epoch == cur.epoch {
-                    return if **cur == *s {
-                        Ok(false)
-                    } else {
-                        Err(RejectReason::Fork { held: cur.epoch })
-                    };
-                }
-                Ok(true)
-            }
-            Role::Off { left } => {
-                if let Eligibility::NotEligible { reason } = self.eligibility() {
-                    return Err(RejectReason::NotEligible { reason });
-                }
-                if let Some(t) = left
-                    && t.domain == s.domain
-                {
-                    if t.reason == LeaveReason::OptedOut {
-                        if s.remote_since <= t.epoch {
-                            return Err(RejectReason::OptedOut { at: t.epoch });
-                        }
-                    } else if s.epoch <= t.epoch {
-                        return Err(RejectReason::AlreadyLeft { at: t.epoch });
-                    }
-                }
-                Ok(true)
-            }
-        }
-    }
-
     fn on_leave(&mut self, from: &ClusterId, t: Tombstone) {
         let Role::Slave(cur) = &self.state.role else { return };
         if &cur.master != from
@@ -806,105 +756,6 @@ impl Cluster {
             }
         }
     }
-
-    /// What `peer` needs from us, judging by its last hello: our state (only if it is our
-    /// slave and behind, or off and enrollable), a tombstone (if it still holds a domain we
-    /// ended), or nothing.
-    fn offer_for(&self, peer: &ClusterId) -> Option<PeerMessage> {
-        let hello = self.views.get(peer)?.hello.as_ref()?;
-        let me = &self.config.id;
-        // A peer that still holds one of our ended domains gets its tombstone.
-        if let Announced::Slave { domain, master, epoch } = &hello.role
-            && master == me
-            && let Some(t) = self.state.tombstones.iter().rev().find(|t| t.domain == *domain)
-            && t.epoch > *epoch
-        {
-            return Some(PeerMessage::Leave(t.clone()));
-        }
-        let Role::Master(m) = &self.state.role else { return None };
-        let ds = &m.state;
-        match &hello.role {
-            Announced::Slave { domain, master, epoch } if *domain == ds.domain && master == me => {
-                if !ds.remote {
-                    Some(PeerMessage::Leave(Tombstone {
-                        domain: ds.domain,
-                        master: me.clone(),
-                        epoch: ds.epoch,
-                        reason: LeaveReason::RemoteDisabled,
-                    }))
-                } else if *epoch < ds.epoch {
-                    Some(PeerMessage::State(Box::new(ds.clone())))
-                } else {
-                    None
-                }
-            }
-            Announced::Off { left } => match self.why_not_enrolled(ds, hello, left.as_ref()) {
-                None => Some(PeerMessage::State(Box::new(ds.clone()))),
-                Some(_) => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// Why master state `ds` is not sent to an off peer with this hello (`None`: send it).
-    fn why_not_enrolled(
-        &self,
-        ds: &DomainState,
-        hello: &Hello,
-        left: Option<&Tombstone>,
-    ) -> Option<String> {
-        if !ds.remote {
-            return Some("\"enable on remote clusters\" is off".into());
-        }
-        if !hello.capabilities.encryption {
-            return Some("its software does not support encryption; upgrade it".into());
-        }
-        if let Eligibility::NotEligible { reason } = &hello.eligibility {
-            return Some(format!("not eligible: {reason}"));
-        }
-        if let Some(t) = left
-            && t.domain == ds.domain
-        {
-            if t.reason == LeaveReason::OptedOut && ds.remote_since <= t.epoch {
-                return Some(
-                    "its administrator disabled encryption there; switch \"enable on remote \
-                     clusters\" off and on again to enroll it again"
-                        .into(),
-                );
-            }
-            if t.reason != LeaveReason::OptedOut && ds.epoch <= t.epoch {
-                return Some("it left the domain at a newer epoch".into());
-            }
-        }
-        None
-    }
-
-    /// Why the peering with `peer` (announcing `theirs`) joins two domains, if it does.
-    fn conflict_with(&self, peer: &ClusterId, theirs: &Announced) -> Option<String> {
-        let mine = self.announced();
-        let (Some(my_domain), Some(their_domain)) = (mine.domain(), theirs.domain()) else {
-            return None;
-        };
-        // Our own former slave or former master, on its way out: handled as stale data.
-        if let Announced::Slave { master, .. } = theirs
-            && master == &self.config.id
-        {
-            return None;
-        }
-        if let Announced::Slave { master, .. } = &mine
-            && master == peer
-        {
-            return None;
-        }
-        if my_domain == their_domain && !(mine.is_master() && theirs.is_master()) {
-            return None;
-        }
-        Some(format!(
-            "this cluster is {mine} and peer cluster {peer} is {theirs}: one peer network can \
-             have only one encryption master, and no key material crosses between the two"
-        ))
-    }
-
     // ----- derived outputs -----------------------------------------------------------------
 
     fn hello(&self, want_reply: bool) -> Hello {
@@ -934,160 +785,6 @@ impl Cluster {
         }
         let v = self.views.get(&s.master)?;
         Some(v.last_heard.unwrap_or(v.since).after(self.config.master_unreachable_after))
-    }
-
-    /// Every alarm that should be active now.
-    fn desired_alarms(&self, now: Time) -> Vec<Alarm> {
-        let mut out = Vec::new();
-        let me = &self.config.id;
-        for (peer, view) in &self.views {
-            let Some(h) = &view.hello else { continue };
-            if let Some(why) = self.conflict_with(peer, &h.role) {
-                out.push(Alarm::new(
-                    AlarmName::MultiMaster,
-                    peer.clone(),
-                    why,
-                    format!(
-                        "keep one master per peer network: disable encryption on one side \
-                         (download its keys first), or remove the peering between this cluster \
-                         and {peer}"
-                    ),
-                ));
-            }
-        }
-        match &self.state.role {
-            Role::Slave(s) => match self.views.get(&s.master) {
-                None => out.push(Alarm::new(
-                    AlarmName::StaleData,
-                    s.master.clone(),
-                    format!(
-                        "this cluster holds the keys of encryption domain {} (epoch {}), but \
-                         its master, cluster {}, is no longer a peer: nobody will update or \
-                         delete them",
-                        s.domain, s.epoch, s.master
-                    ),
-                    format!(
-                        "peer cluster {} again, or disable encryption here with the master's \
-                         password (download the keys from the master first if it still exists)",
-                        s.master
-                    ),
-                )),
-                Some(v) => {
-                    if let Some(h) = &v.hello
-                        && h.role.domain() != Some(s.domain)
-                    {
-                        out.push(Alarm::new(
-                            AlarmName::StaleData,
-                            s.master.clone(),
-                            format!(
-                                "this cluster holds the keys of encryption domain {}, but its \
-                                 master, cluster {}, is now {}",
-                                s.domain, s.master, h.role
-                            ),
-                            "wait for the master's instruction to delete them; if this alarm \
-                             stays, disable encryption here with the master's password",
-                        ));
-                    }
-                    let last = v.last_heard.unwrap_or(v.since);
-                    if now.since(last) >= self.config.master_unreachable_after {
-                        out.push(Alarm::new(
-                            AlarmName::MasterUnreachable,
-                            s.master.clone(),
-                            format!(
-                                "the master of this cluster, cluster {}, has not been heard \
-                                 from for {} s; this cluster keeps encrypting with the keys it \
-                                 holds, and changes wait for the master",
-                                s.master,
-                                now.since(last).as_secs()
-                            ),
-                            format!(
-                                "check that the imcrypt daemon of cluster {} runs and that the \
-                                 intercluster link and certificates are valid",
-                                s.master
-                            ),
-                        ));
-                    }
-                }
-            },
-            Role::Master(m) => {
-                for (peer, view) in &self.views {
-                    if let Some(Hello { role: Announced::Slave { domain, master, epoch }, .. }) =
-                        &view.hello
-                        && master == me
-                        && *domain == m.state.domain
-                        && *epoch > m.state.epoch
-                    {
-                        out.push(Alarm::new(
-                            AlarmName::SyncRejected,
-                            peer.clone(),
-                            format!(
-                                "slave cluster {peer} holds epoch {epoch} of domain {domain}, \
-                                 newer than this master's epoch {}: this master's state was \
-                                 restored from an older copy, and the slave refuses the rollback",
-                                m.state.epoch
-                            ),
-                            "restore this master's newest state file; key versions created \
-                             after the restored copy exist only on the slaves",
-                        ));
-                    } else if let Some(r) = &view.rejection
-                        && r.domain == m.state.domain
-                    {
-                        out.push(Alarm::new(
-                            AlarmName::SyncRejected,
-                            peer.clone(),
-                            format!(
-                                "cluster {peer} refused this master's state (epoch {}): {}",
-                                r.epoch, r.reason
-                            ),
-                            format!(
-                                "see the encryption status of cluster {peer} and resolve the cause"
-                            ),
-                        ));
-                    }
-                }
-            }
-            Role::Off { .. } => {}
-        }
-        for (peer, view) in &self.views {
-            if let Some(Hello { role: Announced::Slave { domain, master, .. }, .. }) = &view.hello
-                && master == me
-                && self.domain_state().map(|d| d.domain) != Some(*domain)
-                && !self.state.tombstones.iter().any(|t| t.domain == *domain)
-            {
-                out.push(Alarm::new(
-                    AlarmName::StaleData,
-                    peer.clone(),
-                    format!(
-                        "cluster {peer} holds keys of domain {domain} as a slave of this cluster, \
-                         but this cluster has no record of that domain (its state was lost or \
-                         restored from an older copy)"
-                    ),
-                    format!(
-                        "if this cluster's state was lost, restore its newest copy; otherwise \
-                         disable encryption on {peer} with the old master password"
-                    ),
-                ));
-            }
-        }
-        {
-            for (peer, st) in &self.state.stale_slaves {
-                out.push(Alarm::new(
-                    AlarmName::StaleData,
-                    peer.clone(),
-                    format!(
-                        "cluster {peer} was removed from the peers while it was a slave of \
-                         domain {} (epoch {}): it still holds the keys, and nobody will update \
-                         or delete them",
-                        st.domain, st.epoch
-                    ),
-                    format!(
-                        "disable encryption on cluster {peer} with this master's password, or \
-                         peer it again; then acknowledge this alarm"
-                    ),
-                ));
-            }
-        }
-        out
     }
 
     /// Derives everything that follows from the state after an input, and queues the effects.

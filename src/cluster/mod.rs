@@ -24,6 +24,7 @@
 mod command;
 mod machine;
 mod message;
+mod rules;
 mod state;
 
 pub mod sim;

@@ -1,0 +1,321 @@
+//! The decision rules of the state machine, as pure functions of the state and of what the
+//! peers last announced: whether to accept a domain state, what each peer needs from us, why a
+//! peer is not enrolled, when a peering joins two domains, and which alarms must be active.
+//!
+//! Invariant: nothing here changes state or emits effects; `machine.rs` calls these rules and
+//! carries out their answers, so each rule can be read (and reviewed) on its own.
+
+use crate::alarm::{Alarm, AlarmName};
+use crate::ids::ClusterId;
+
+use super::machine::Cluster;
+use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason};
+use super::state::{DomainState, LeaveReason, Role, Time, Tombstone};
+
+impl Cluster {
+    /// Whether to accept a domain state from `from`: `Ok(true)` accept, `Ok(false)` ignore
+    /// (duplicate), `Err` reject with that reason.
+    pub(super) fn judge_state(
+        &self,
+        from: &ClusterId,
+        s: &DomainState,
+    ) -> Result<bool, RejectReason> {
+        if &s.master != from {
+            return Err(RejectReason::WrongMaster { claimed: s.master.clone() });
+        }
+        if !self.config.capabilities.encryption {
+            return Err(RejectReason::NoCapability);
+        }
+        match &self.state.role {
+            Role::Master(m) => Err(RejectReason::IsMaster { domain: m.state.domain }),
+            Role::Slave(cur) => {
+                if &cur.master != from || cur.domain != s.domain {
+                    return Err(RejectReason::SlaveOfOther {
+                        master: cur.master.clone(),
+                        domain: cur.domain,
+                    });
+                }
+                if s.epoch < cur.epoch {
+                    return Err(RejectReason::Rollback { held: cur.epoch });
+                }
+                if s.epoch == cur.epoch {
+                    return if **cur == *s {
+                        Ok(false)
+                    } else {
+                        Err(RejectReason::Fork { held: cur.epoch })
+                    };
+                }
+                Ok(true)
+            }
+            Role::Off { left } => {
+                if let Eligibility::NotEligible { reason } = self.eligibility() {
+                    return Err(RejectReason::NotEligible { reason });
+                }
+                if let Some(t) = left
+                    && t.domain == s.domain
+                {
+                    if t.reason == LeaveReason::OptedOut {
+                        if s.remote_since <= t.epoch {
+                            return Err(RejectReason::OptedOut { at: t.epoch });
+                        }
+                    } else if s.epoch <= t.epoch {
+                        return Err(RejectReason::AlreadyLeft { at: t.epoch });
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// What `peer` needs from us, judging by its last hello: our state (only if it is our
+    /// slave and behind, or off and enrollable), a tombstone (if it still holds a domain we
+    /// ended), or nothing.
+    pub(super) fn offer_for(&self, peer: &ClusterId) -> Option<PeerMessage> {
+        let hello = self.views.get(peer)?.hello.as_ref()?;
+        let me = &self.config.id;
+        // A peer that still holds one of our ended domains gets its tombstone.
+        if let Announced::Slave { domain, master, epoch } = &hello.role
+            && master == me
+            && let Some(t) = self.state.tombstones.iter().rev().find(|t| t.domain == *domain)
+            && t.epoch > *epoch
+        {
+            return Some(PeerMessage::Leave(t.clone()));
+        }
+        let Role::Master(m) = &self.state.role else { return None };
+        let ds = &m.state;
+        match &hello.role {
+            Announced::Slave { domain, master, epoch } if *domain == ds.domain && master == me => {
+                if !ds.remote {
+                    Some(PeerMessage::Leave(Tombstone {
+                        domain: ds.domain,
+                        master: me.clone(),
+                        epoch: ds.epoch,
+                        reason: LeaveReason::RemoteDisabled,
+                    }))
+                } else if *epoch < ds.epoch {
+                    Some(PeerMessage::State(Box::new(ds.clone())))
+                } else {
+                    None
+                }
+            }
+            Announced::Off { left } => match self.why_not_enrolled(ds, hello, left.as_ref()) {
+                None => Some(PeerMessage::State(Box::new(ds.clone()))),
+                Some(_) => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Why master state `ds` is not sent to an off peer with this hello (`None`: send it).
+    pub(super) fn why_not_enrolled(
+        &self,
+        ds: &DomainState,
+        hello: &Hello,
+        left: Option<&Tombstone>,
+    ) -> Option<String> {
+        if !ds.remote {
+            return Some("\"enable on remote clusters\" is off".into());
+        }
+        if !hello.capabilities.encryption {
+            return Some("its software does not support encryption; upgrade it".into());
+        }
+        if let Eligibility::NotEligible { reason } = &hello.eligibility {
+            return Some(format!("not eligible: {reason}"));
+        }
+        if let Some(t) = left
+            && t.domain == ds.domain
+        {
+            if t.reason == LeaveReason::OptedOut && ds.remote_since <= t.epoch {
+                return Some(
+                    "its administrator disabled encryption there; switch \"enable on remote \
+                     clusters\" off and on again to enroll it again"
+                        .into(),
+                );
+            }
+            if t.reason != LeaveReason::OptedOut && ds.epoch <= t.epoch {
+                return Some("it left the domain at a newer epoch".into());
+            }
+        }
+        None
+    }
+
+    /// Why the peering with `peer` (announcing `theirs`) joins two domains, if it does.
+    pub(super) fn conflict_with(&self, peer: &ClusterId, theirs: &Announced) -> Option<String> {
+        let mine = self.announced();
+        let (Some(my_domain), Some(their_domain)) = (mine.domain(), theirs.domain()) else {
+            return None;
+        };
+        // Our own former slave or former master, on its way out: handled as stale data.
+        if let Announced::Slave { master, .. } = theirs
+            && master == &self.config.id
+        {
+            return None;
+        }
+        if let Announced::Slave { master, .. } = &mine
+            && master == peer
+        {
+            return None;
+        }
+        if my_domain == their_domain && !(mine.is_master() && theirs.is_master()) {
+            return None;
+        }
+        Some(format!(
+            "this cluster is {mine} and peer cluster {peer} is {theirs}: one peer network can \
+             have only one encryption master, and no key material crosses between the two"
+        ))
+    }
+
+    /// Every alarm that should be active now.
+    pub(super) fn desired_alarms(&self, now: Time) -> Vec<Alarm> {
+        let mut out = Vec::new();
+        let me = &self.config.id;
+        for (peer, view) in &self.views {
+            let Some(h) = &view.hello else { continue };
+            if let Some(why) = self.conflict_with(peer, &h.role) {
+                out.push(Alarm::new(
+                    AlarmName::MultiMaster,
+                    peer.clone(),
+                    why,
+                    format!(
+                        "keep one master per peer network: disable encryption on one side \
+                         (download its keys first), or remove the peering between this cluster \
+                         and {peer}"
+                    ),
+                ));
+            }
+        }
+        match &self.state.role {
+            Role::Slave(s) => match self.views.get(&s.master) {
+                None => out.push(Alarm::new(
+                    AlarmName::StaleData,
+                    s.master.clone(),
+                    format!(
+                        "this cluster holds the keys of encryption domain {} (epoch {}), but \
+                         its master, cluster {}, is no longer a peer: nobody will update or \
+                         delete them",
+                        s.domain, s.epoch, s.master
+                    ),
+                    format!(
+                        "peer cluster {} again, or disable encryption here with the master's \
+                         password (download the keys from the master first if it still exists)",
+                        s.master
+                    ),
+                )),
+                Some(v) => {
+                    if let Some(h) = &v.hello
+                        && h.role.domain() != Some(s.domain)
+                    {
+                        out.push(Alarm::new(
+                            AlarmName::StaleData,
+                            s.master.clone(),
+                            format!(
+                                "this cluster holds the keys of encryption domain {}, but its \
+                                 master, cluster {}, is now {}",
+                                s.domain, s.master, h.role
+                            ),
+                            "wait for the master's instruction to delete them; if this alarm \
+                             stays, disable encryption here with the master's password",
+                        ));
+                    }
+                    let last = v.last_heard.unwrap_or(v.since);
+                    if now.since(last) >= self.config.master_unreachable_after {
+                        out.push(Alarm::new(
+                            AlarmName::MasterUnreachable,
+                            s.master.clone(),
+                            format!(
+                                "the master of this cluster, cluster {}, has not been heard \
+                                 from for {} s; this cluster keeps encrypting with the keys it \
+                                 holds, and changes wait for the master",
+                                s.master,
+                                now.since(last).as_secs()
+                            ),
+                            format!(
+                                "check that the imcrypt daemon of cluster {} runs and that the \
+                                 intercluster link and certificates are valid",
+                                s.master
+                            ),
+                        ));
+                    }
+                }
+            },
+            Role::Master(m) => {
+                for (peer, view) in &self.views {
+                    if let Some(Hello { role: Announced::Slave { domain, master, epoch }, .. }) =
+                        &view.hello
+                        && master == me
+                        && *domain == m.state.domain
+                        && *epoch > m.state.epoch
+                    {
+                        out.push(Alarm::new(
+                            AlarmName::SyncRejected,
+                            peer.clone(),
+                            format!(
+                                "slave cluster {peer} holds epoch {epoch} of domain {domain}, \
+                                 newer than this master's epoch {}: this master's state was \
+                                 restored from an older copy, and the slave refuses the rollback",
+                                m.state.epoch
+                            ),
+                            "restore this master's newest state file; key versions created \
+                             after the restored copy exist only on the slaves",
+                        ));
+                    } else if let Some(r) = &view.rejection
+                        && r.domain == m.state.domain
+                    {
+                        out.push(Alarm::new(
+                            AlarmName::SyncRejected,
+                            peer.clone(),
+                            format!(
+                                "cluster {peer} refused this master's state (epoch {}): {}",
+                                r.epoch, r.reason
+                            ),
+                            format!(
+                                "see the encryption status of cluster {peer} and resolve the cause"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Role::Off { .. } => {}
+        }
+        for (peer, view) in &self.views {
+            if let Some(Hello { role: Announced::Slave { domain, master, .. }, .. }) = &view.hello
+                && master == me
+                && self.domain_state().map(|d| d.domain) != Some(*domain)
+                && !self.state.tombstones.iter().any(|t| t.domain == *domain)
+            {
+                out.push(Alarm::new(
+                    AlarmName::StaleData,
+                    peer.clone(),
+                    format!(
+                        "cluster {peer} holds keys of domain {domain} as a slave of this cluster, \
+                         but this cluster has no record of that domain (its state was lost or \
+                         restored from an older copy)"
+                    ),
+                    format!(
+                        "if this cluster's state was lost, restore its newest copy; otherwise \
+                         disable encryption on {peer} with the old master password"
+                    ),
+                ));
+            }
+        }
+        {
+            for (peer, st) in &self.state.stale_slaves {
+                out.push(Alarm::new(
+                    AlarmName::StaleData,
+                    peer.clone(),
+                    format!(
+                        "cluster {peer} was removed from the peers while it was a slave of \
+                         domain {} (epoch {}): it still holds the keys, and nobody will update \
+                         or delete them",
+                        st.domain, st.epoch
+                    ),
+                    format!(
+                        "disable encryption on cluster {peer} with this master's password, or \
+                         peer it again; then acknowledge this alarm"
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
