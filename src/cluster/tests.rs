@@ -672,3 +672,34 @@ fn poll_timeout_wakes_for_hellos_and_the_unreachable_alarm_without_busy_looping(
     }
     assert!(raised_at.is_some());
 }
+
+#[test]
+fn logs_alarms_and_errors_never_contain_key_material_or_passwords() {
+    use base64::Engine as _;
+    let (mut net, a, b, x, y) = two_domains();
+    net.peer(&b, &y);
+    net.command(&a, Command::RotateKey).unwrap();
+    let err = net.command(&b, Command::DisableOnSlave { master_password: pw(1) }).unwrap_err();
+    net.unpeer(&a, &b);
+    net.settle();
+    let mut secrets: Vec<String> = PASSWORDS.iter().map(|p| p.to_string()).collect();
+    for id in [&a, &x] {
+        for k in net.cluster(id).key_ring().unwrap().keys() {
+            secrets.push(hex::encode(k.bytes()));
+            secrets.push(base64::engine::general_purpose::STANDARD.encode(k.bytes()));
+        }
+    }
+    let mut texts = vec![err.to_string()];
+    for id in net.ids() {
+        let sc = net.get(&id);
+        texts.extend(sc.logs.iter().map(|l| l.text.clone()));
+        texts.extend(sc.alarms.values().map(|a| a.to_string()));
+        texts.push(format!("{:?}", sc.machine));
+    }
+    assert!(texts.iter().any(|t| t.contains("MAencryption")), "the scenario raised alarms");
+    for t in &texts {
+        for s in &secrets {
+            assert!(!t.contains(s.as_str()), "secret in {t}");
+        }
+    }
+}
