@@ -5,6 +5,7 @@ pub mod alarm;
 pub mod cli;
 pub mod cluster;
 pub mod crypto;
+pub mod hotpath;
 pub mod ids;
 pub mod peer;
 pub mod pki;

@@ -1,0 +1,581 @@
+//! The router's client: async, pipelined over one connection, reconnecting, with a bounded
+//! queue for the time the daemon is unreachable.
+//!
+//! A `Client` owns a driver task. Callers encode their request in their own task (`submit`),
+//! queue it, and await its `Pending` answer; the driver numbers and writes requests, a reader
+//! task matches answers to requests by id. Many requests are in flight at once.
+//!
+//! Invariants:
+//! - Every submitted request resolves exactly once: with the server's answer (ciphertexts,
+//!   "encryption is off", or the server's explicit error), or with a `ClientError` saying why it
+//!   got none. A request is never silently dropped, and never answered twice.
+//! - `Encrypted::Off` is returned only when the server said encryption is off. An unreachable
+//!   daemon never looks like "off": requests wait in the queue (up to `max_queue` records),
+//!   then block or fail by the configured `QueuePolicy`. So when encryption is on, nothing is
+//!   written in plaintext because the daemon was unreachable.
+//! - A request whose connection died before its answer is sent again on the next connection,
+//!   at most `max_attempts` times in all. Sealing is safe to repeat: a record is delivered to the
+//!   caller at most once, so the archive never holds two ciphertexts of one record.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::frame::{self, ErrorCode, Response, SealedIter, StatusInfo};
+use super::keys::KeyStatus;
+use crate::crypto::record::FIXED_OVERHEAD;
+use crate::ids::{ClusterId, DomainId, KeyVersion};
+
+/// What a full queue does to the next request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueuePolicy {
+    /// Wait for room: the router's delivery slows down, nothing is lost.
+    #[default]
+    Block,
+    /// Fail the request at once with `ClientError::QueueFull`.
+    Fail,
+}
+
+/// The client's configuration (the router's side).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The daemon's hot-path socket.
+    pub path: PathBuf,
+    /// Records waiting or in flight at most (the manual's "Max Queue Size").
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    #[serde(default)]
+    pub when_full: QueuePolicy,
+    /// How many times one request is sent, across reconnections, before it fails.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Connect plus handshake must finish within this.
+    #[serde(default = "default_connect_timeout", with = "secs")]
+    pub connect_timeout: Duration,
+    /// First and longest pause between reconnection attempts (doubling in between).
+    #[serde(default = "default_backoff_min", with = "secs")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_backoff_max", with = "secs")]
+    pub reconnect_max: Duration,
+}
+
+fn default_max_queue() -> usize {
+    100_000
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(1)
+}
+
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl ClientConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_queue: default_max_queue(),
+            when_full: QueuePolicy::default(),
+            max_attempts: default_attempts(),
+            connect_timeout: default_connect_timeout(),
+            reconnect_min: default_backoff_min(),
+            reconnect_max: default_backoff_max(),
+        }
+    }
+}
+
+/// Why a request got no answer from the server, or the server's explicit refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("the hot-path queue is full ({max} records waiting or in flight)")]
+    QueueFull { max: usize },
+    #[error("a batch of {count} records is larger than the whole queue ({max})")]
+    BatchLargerThanQueue { count: usize, max: usize },
+    #[error("record metadata of {0} bytes exceeds the protocol's 65,535")]
+    MetadataTooLong(usize),
+    #[error("request of {len} bytes exceeds the server's maximum frame of {max}")]
+    TooLargeForServer { len: usize, max: u32 },
+    #[error("batch of {count} records exceeds the server's maximum of {max}")]
+    BatchTooLarge { count: usize, max: u32 },
+    #[error("the hot-path server refused the request ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error(
+        "the connection to the hot-path server was lost {attempts} times before an answer came"
+    )]
+    ConnectionLost { attempts: u32 },
+    #[error("the hot-path server answered with something this client cannot read: {0}")]
+    Protocol(String),
+    #[error("the hot-path client is shut down")]
+    Closed,
+}
+
+impl ClientError {
+    /// Whether the same request may succeed later (the daemon back, a reservation persisted).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::QueueFull { .. } | ClientError::ConnectionLost { .. } => true,
+            ClientError::Refused { code, .. } => code.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// The sealed records of one batch, in request order, in one buffer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedBatch {
+    raw: Vec<u8>,
+    count: u32,
+}
+
+impl SealedBatch {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The records, each in the archived-record format (docs/formats.md).
+    pub fn iter(&self) -> SealedIter<'_> {
+        SealedIter::new(&self.raw, self.count)
+    }
+
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+}
+
+impl std::fmt::Debug for SealedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedBatch({} records)", self.count)
+    }
+}
+
+/// The server's answer to an encryption request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encrypted {
+    Sealed(SealedBatch),
+    /// Encryption is off on this cluster: store plaintext, or block, by the router's policy.
+    Off,
+}
+
+enum Answer {
+    Sealed(SealedBatch),
+    Off,
+    Status(KeyStatus),
+}
+
+type Reply = oneshot::Sender<Result<Answer, ClientError>>;
+
+struct Job {
+    id: u64,
+    frame: Vec<u8>,
+    attempts: u32,
+    reply: Reply,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A submitted request's answer, to await later (pipelining).
+pub struct Pending {
+    rx: oneshot::Receiver<Result<Answer, ClientError>>,
+}
+
+impl Future for Pending {
+    type Output = Result<Encrypted, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok(Ok(Answer::Sealed(b))) => Ok(Encrypted::Sealed(b)),
+            Ok(Ok(Answer::Off)) => Ok(Encrypted::Off),
+            Ok(Ok(Answer::Status(_))) => {
+                Err(ClientError::Protocol("STATUS answer to an ENCRYPT request".into()))
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        })
+    }
+}
+
+/// A hot-path client. Cheap to share (`Arc<Client>`); all methods take `&self`.
+pub struct Client {
+    tx: mpsc::UnboundedSender<Job>,
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+    cfg: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "hotpath::Client({})", self.cfg.path.display())
+    }
+}
+
+impl Client {
+    /// Starts the client; it connects in the background (and again whenever the connection
+    /// is lost). Must be called inside a Tokio runtime.
+    pub fn new(cfg: ClientConfig) -> Self {
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Dropping the client closes the queue; the driver still answers (or fails) every
+        // request already submitted, then exits by itself.
+        tokio::spawn(drive(cfg.clone(), rx));
+        Self {
+            tx,
+            permits: Arc::new(Semaphore::new(cfg.max_queue.min(Semaphore::MAX_PERMITS))),
+            next_id: AtomicU64::new(1),
+            cfg,
+        }
+    }
+
+    /// Encrypts one record. `metadata` is bound to the ciphertext (e.g. the row's key).
+    pub async fn encrypt(
+        &self,
+        metadata: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Encrypted, ClientError> {
+        self.submit([(metadata, plaintext)].into_iter()).await?.await
+    }
+
+    /// Encrypts a batch in one frame; all sealed under one key version, or one error.
+    pub async fn encrypt_batch<'r>(
+        &self,
+        records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
+    ) -> Result<Encrypted, ClientError> {
+        self.submit(records).await?.await
+    }
+
+    /// Queues a batch and returns once it is queued (or at once with an error): await the
+    /// `Pending` for the answer. Submitting many before awaiting any pipelines them.
+    pub async fn submit<'r>(
+        &self,
+        records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
+    ) -> Result<Pending, ClientError> {
+        let count = records.len();
+        if let Some((m, _)) = records.clone().find(|(m, _)| m.len() > u16::MAX as usize) {
+            return Err(ClientError::MetadataTooLong(m.len()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut f = Vec::with_capacity(frame::encrypt_frame_len(records.clone()));
+        frame::encode_encrypt(&mut f, id, records);
+        let rx = self.enqueue(id, f, count.max(1)).await?;
+        Ok(Pending { rx })
+    }
+
+    /// Asks whether encryption is on, and with which domain and key version.
+    pub async fn status(&self) -> Result<KeyStatus, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut f = Vec::with_capacity(13);
+        frame::encode_status_request(&mut f, id);
+        match self.enqueue(id, f, 1).await?.await {
+            Ok(Ok(Answer::Status(s))) => Ok(s),
+            Ok(Ok(_)) => Err(ClientError::Protocol("non-STATUS answer to STATUS".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Records waiting or in flight now.
+    pub fn queued(&self) -> usize {
+        self.cfg.max_queue.min(Semaphore::MAX_PERMITS) - self.permits.available_permits()
+    }
+
+    async fn enqueue(
+        &self,
+        id: u64,
+        frame: Vec<u8>,
+        weight: usize,
+    ) -> Result<oneshot::Receiver<Result<Answer, ClientError>>, ClientError> {
+        let max = self.cfg.max_queue;
+        let w = u32::try_from(weight)
+            .ok()
+            .filter(|&w| w as usize <= max)
+            .ok_or(ClientError::BatchLargerThanQueue { count: weight, max })?;
+        let permits = self.permits.clone();
+        let permit = match self.cfg.when_full {
+            QueuePolicy::Block => {
+                permits.acquire_many_owned(w).await.map_err(|_| ClientError::Closed)?
+            }
+            QueuePolicy::Fail => {
+                permits.try_acquire_many_owned(w).map_err(|_| ClientError::QueueFull { max })?
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job { id, frame, attempts: 0, reply, _permit: Some(permit) };
+        self.tx.send(job).map_err(|_| ClientError::Closed)?;
+        Ok(rx)
+    }
+}
+
+type InFlight = Arc<Mutex<HashMap<u64, Job>>>;
+
+/// What the server announced in WELCOME.
+#[derive(Debug, Clone, Copy)]
+struct Welcome {
+    max_frame: u32,
+    max_batch: u32,
+}
+
+async fn connect(cfg: &ClientConfig) -> Result<(UnixStream, Welcome, Vec<u8>), String> {
+    let mut s = UnixStream::connect(&cfg.path).await.map_err(|e| e.to_string())?;
+    let mut hello = Vec::new();
+    frame::encode_hello(&mut hello, frame::VERSION, frame::VERSION);
+    s.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        match frame::decode_response(&buf, 4096).map_err(|e| e.to_string())? {
+            Some((Response::Welcome { version: _, max_frame, max_batch }, n)) => {
+                buf.drain(..n);
+                return Ok((s, Welcome { max_frame, max_batch }, buf));
+            }
+            Some((Response::Error { message, .. }, _)) => return Err(message.into_owned()),
+            Some((other, _)) => return Err(format!("expected WELCOME, got {other:?}")),
+            None => {}
+        }
+        if s.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("server closed the connection during the handshake".into());
+        }
+    }
+}
+
+/// The driver: (re)connects, writes queued requests, hands the connection's answers to the
+/// reader task, and re-queues or fails what a lost connection left unanswered.
+async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut retry: VecDeque<Job> = VecDeque::new();
+    let mut backoff = cfg.reconnect_min;
+    let mut closed = false;
+    loop {
+        retry.retain(|j| !j.reply.is_closed());
+        if closed && retry.is_empty() {
+            return;
+        }
+        let conn = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)).await;
+        let (stream, welcome, leftover) = match conn {
+            Ok(Ok(c)) => c,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e,
+                    _ => "handshake timed out".into(),
+                };
+                tracing::debug!(path = %cfg.path.display(), error = %why, "hot path unreachable");
+                // Keep accepting jobs while waiting, so a closed client is noticed.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        j = rx.recv(), if !closed => match j {
+                            Some(j) => retry.push_back(j),
+                            None => closed = true,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(cfg.reconnect_max);
+                continue;
+            }
+        };
+        backoff = cfg.reconnect_min;
+        tracing::debug!(path = %cfg.path.display(), "hot path connected");
+        let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let (rd, mut wr) = stream.into_split();
+        let max_answer = u64::from(welcome.max_frame)
+            + u64::from(welcome.max_batch) * (FIXED_OVERHEAD as u64 + 255 + 4)
+            + 1024;
+        let mut reader = tokio::spawn(read_answers(
+            rd,
+            leftover,
+            max_answer.min(u64::from(u32::MAX)) as u32,
+            inflight.clone(),
+        ));
+        let mut out = Vec::with_capacity(256 << 10);
+        let mut reader_done = false;
+        loop {
+            // Next job: re-sends first, then new requests.
+            let job = match retry.pop_front() {
+                Some(j) => Some(j),
+                None if closed => None,
+                None => tokio::select! {
+                    j = rx.recv() => j,
+                    _ = &mut reader => {
+                        reader_done = true;
+                        break;
+                    }
+                },
+            };
+            let Some(job) = job else {
+                closed = true;
+                if inflight.lock().expect("not poisoned").is_empty() {
+                    reader.abort();
+                    return;
+                }
+                // Wait for the last answers.
+                let _ = (&mut reader).await;
+                reader_done = true;
+                break;
+            };
+            out.clear();
+            let mut batch = Some(job);
+            while let Some(job) = batch.take() {
+                if let Some(j) = admit(job, welcome) {
+                    out.extend_from_slice(&j.frame);
+                    inflight.lock().expect("not poisoned").insert(j.id, j);
+                }
+                if out.len() < 256 << 10 {
+                    batch = retry.pop_front().or_else(|| rx.try_recv().ok());
+                }
+            }
+            if !out.is_empty() && wr.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+        if !reader_done {
+            reader.abort();
+            let _ = reader.await;
+        }
+        // The connection is gone: what it left unanswered is sent again, or fails.
+        let mut lost: Vec<Job> =
+            inflight.lock().expect("not poisoned").drain().map(|(_, j)| j).collect();
+        lost.sort_by_key(|j| std::cmp::Reverse(j.id));
+        let n = lost.len();
+        for j in lost {
+            if j.attempts >= cfg.max_attempts {
+                let _ = j.reply.send(Err(ClientError::ConnectionLost { attempts: j.attempts }));
+            } else {
+                retry.push_front(j);
+            }
+        }
+        tracing::info!(path = %cfg.path.display(), unanswered = n, "hot-path connection lost");
+    }
+}
+
+/// Checks a job against the server's limits; fails it (and returns `None`) if it cannot fit.
+fn admit(mut job: Job, w: Welcome) -> Option<Job> {
+    let len = job.frame.len() - frame::LEN_PREFIX;
+    let count = if job.frame[frame::LEN_PREFIX] == frame::kind::ENCRYPT {
+        u32::from_be_bytes(job.frame[13..17].try_into().expect("4 bytes"))
+    } else {
+        0
+    };
+    let err = if len > w.max_frame as usize {
+        Some(ClientError::TooLargeForServer { len, max: w.max_frame })
+    } else if count > w.max_batch {
+        Some(ClientError::BatchTooLarge { count: count as usize, max: w.max_batch })
+    } else {
+        None
+    };
+    if let Some(e) = err {
+        let _ = job.reply.send(Err(e));
+        return None;
+    }
+    job.attempts += 1;
+    Some(job)
+}
+
+/// Reads answers until the connection ends, delivering each to its request.
+async fn read_answers(mut rd: OwnedReadHalf, mut buf: Vec<u8>, max: u32, inflight: InFlight) {
+    let mut start = 0;
+    loop {
+        loop {
+            let (resp, n) = match frame::decode_response(&buf[start..], max) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable answer from the hot-path server");
+                    return;
+                }
+            };
+            start += n;
+            let (id, answer, closes) = match resp {
+                Response::Sealed { request_id, records } => (
+                    request_id,
+                    Ok(Answer::Sealed(SealedBatch {
+                        raw: records.raw().to_vec(),
+                        count: records.len() as u32,
+                    })),
+                    false,
+                ),
+                Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
+                Response::Status { request_id, status } => {
+                    (request_id, status_of(status).map(Answer::Status), false)
+                }
+                Response::Error { request_id, code, closes, message } => {
+                    if request_id == 0 || code.is_transient() && closes {
+                        // A connection-level error: the driver re-sends what is in flight.
+                        tracing::warn!(?code, %message, "hot-path server closed the connection");
+                        return;
+                    }
+                    let e = ClientError::Refused { code, message: message.into_owned() };
+                    (request_id, Err(e), closes)
+                }
+                Response::Welcome { .. } => {
+                    tracing::warn!("unexpected second WELCOME from the hot-path server");
+                    return;
+                }
+            };
+            let job = inflight.lock().expect("not poisoned").remove(&id);
+            match job {
+                Some(j) => {
+                    let _ = j.reply.send(answer);
+                }
+                None => tracing::warn!(id, "answer for no request in flight"),
+            }
+            if closes {
+                return;
+            }
+        }
+        if start == buf.len() {
+            buf.clear();
+            start = 0;
+        } else if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        let want = frame::frame_len(&buf).unwrap_or(0).max(buf.len() + (16 << 10));
+        buf.reserve(want.min(max as usize + 4) - buf.len().min(want));
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn status_of(s: StatusInfo) -> Result<KeyStatus, ClientError> {
+    Ok(match s {
+        StatusInfo::Off => KeyStatus::Off,
+        StatusInfo::On { domain, key_version, cluster } => KeyStatus::On {
+            domain: DomainId::from_bytes(domain),
+            key_version: KeyVersion::new(key_version)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            cluster: ClusterId::new(cluster).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        },
+    })
+}

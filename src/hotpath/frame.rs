@@ -1,0 +1,762 @@
+//! The hot-path wire format: length-prefixed binary frames, encoded and decoded without I/O.
+//!
+//! ```text
+//! frame    = length u32 | type u8 | body          (length counts type + body, 1..=max_frame)
+//!
+//! client → server
+//! 0x01 HELLO    magic "IMHP" | min_version u16 | max_version u16
+//! 0x02 ENCRYPT  request_id u64 | count u32 | count × (meta_len u16 | meta | pt_len u32 | pt)
+//! 0x03 STATUS   request_id u64
+//!
+//! server → client
+//! 0x81 WELCOME  version u16 | max_frame u32 | max_batch u32
+//! 0x82 SEALED   request_id u64 | count u32 | count × (record_len u32 | record)
+//! 0x83 OFF      request_id u64
+//! 0x84 STATUS   request_id u64 | on u8 | (if on) domain [16] | key_version u32
+//!               | cluster_len u8 | cluster
+//! 0x8F ERROR    request_id u64 | code u16 | closes u8 | msg_len u16 | msg (UTF-8)
+//! ```
+//!
+//! All integers are big-endian. docs/hotpath.md is the normative description.
+//!
+//! Invariants: the decoders never panic and never read past the buffer they are given, whatever
+//! the bytes (fuzzed in `fuzz/` and by a proptest below); a decoder either returns a whole,
+//! fully validated frame and how many bytes it used, `Ok(None)` when more bytes are needed, or a
+//! typed error. A frame's body must be consumed exactly: trailing bytes are an error. Frames
+//! longer than `max_frame` are refused from their length prefix alone, before the body arrives.
+
+use std::borrow::Cow;
+
+/// Protocol magic in HELLO.
+pub const MAGIC: &[u8; 4] = b"IMHP";
+/// The protocol version this build speaks.
+pub const VERSION: u16 = 1;
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Where the request id of an ENCRYPT or STATUS frame starts, from the frame's first byte.
+/// The client patches ids in place there.
+pub const REQUEST_ID_OFFSET: usize = LEN_PREFIX + 1;
+/// Bytes an ENCRYPT frame spends on its header (prefix, type, id, count).
+pub const ENCRYPT_HEADER_LEN: usize = LEN_PREFIX + 1 + 8 + 4;
+/// Bytes an ENCRYPT frame spends on each record besides its metadata and plaintext.
+pub const ENCRYPT_PER_RECORD: usize = 2 + 4;
+/// Bytes a SEALED frame spends on its header (prefix, type, id, count).
+pub const SEALED_HEADER_LEN: usize = LEN_PREFIX + 1 + 8 + 4;
+
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const ENCRYPT: u8 = 0x02;
+    pub const STATUS: u8 = 0x03;
+    pub const WELCOME: u8 = 0x81;
+    pub const SEALED: u8 = 0x82;
+    pub const OFF: u8 = 0x83;
+    pub const STATUS_REPLY: u8 = 0x84;
+    pub const ERROR: u8 = 0x8F;
+}
+
+/// Why a request failed, as carried in an ERROR frame. Codes below 16 are protocol errors (the
+/// connection closes after them); 16 and above concern one request and leave it open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// A frame did not follow the format (garbled).
+    Malformed,
+    /// A frame's length prefix exceeds the server's maximum frame size.
+    FrameTooLarge,
+    /// The connection ended in the middle of a frame.
+    Truncated,
+    /// No protocol version in common.
+    UnsupportedVersion,
+    /// HELLO missing, repeated, or a request sent before it.
+    HandshakeRequired,
+    /// An ENCRYPT carried more records than the server's maximum batch.
+    BatchTooLarge,
+    /// The frame type is not one this server knows.
+    UnknownType,
+    /// The invocation-counter reservation could not be persisted in time: retry later.
+    ReservationUnavailable,
+    /// The key version is used up (2^32 seals on this cluster): the master must rotate.
+    KeyExhausted,
+    /// The server is shutting down; the request was not processed.
+    ShuttingDown,
+    /// The server failed in a way the request did not cause.
+    Internal,
+    /// A code this build does not know (from a newer peer).
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::FrameTooLarge => 2,
+            ErrorCode::Truncated => 3,
+            ErrorCode::UnsupportedVersion => 4,
+            ErrorCode::HandshakeRequired => 5,
+            ErrorCode::BatchTooLarge => 6,
+            ErrorCode::UnknownType => 7,
+            ErrorCode::ReservationUnavailable => 16,
+            ErrorCode::KeyExhausted => 17,
+            ErrorCode::ShuttingDown => 18,
+            ErrorCode::Internal => 19,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    pub fn from_u16(c: u16) -> Self {
+        match c {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::FrameTooLarge,
+            3 => ErrorCode::Truncated,
+            4 => ErrorCode::UnsupportedVersion,
+            5 => ErrorCode::HandshakeRequired,
+            6 => ErrorCode::BatchTooLarge,
+            7 => ErrorCode::UnknownType,
+            16 => ErrorCode::ReservationUnavailable,
+            17 => ErrorCode::KeyExhausted,
+            18 => ErrorCode::ShuttingDown,
+            19 => ErrorCode::Internal,
+            c => ErrorCode::Other(c),
+        }
+    }
+
+    /// Whether the request may succeed if sent again later (on this or a new connection).
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::ReservationUnavailable | ErrorCode::ShuttingDown)
+    }
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: u32, max: u32 },
+    #[error("frame has length 0 (every frame has at least a type byte)")]
+    Empty,
+    #[error("frame type {0:#04x} is unknown")]
+    UnknownType(u8),
+    #[error("{what}")]
+    Malformed { what: &'static str, request_id: Option<u64> },
+    #[error("batch of {count} records exceeds the maximum of {max}")]
+    BatchTooLarge { request_id: u64, count: u32, max: u32 },
+    #[error("HELLO has a bad magic number (not an imcrypt hot-path client)")]
+    BadMagic,
+}
+
+impl FrameError {
+    /// The code an ERROR answer carries for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::UnknownType(_) => ErrorCode::UnknownType,
+            FrameError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            FrameError::Empty | FrameError::Malformed { .. } | FrameError::BadMagic => {
+                ErrorCode::Malformed
+            }
+        }
+    }
+
+    /// The request id, when the frame got far enough to carry one.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            FrameError::Malformed { request_id, .. } => *request_id,
+            FrameError::BatchTooLarge { request_id, .. } => Some(*request_id),
+            _ => None,
+        }
+    }
+}
+
+/// A bounds-checked reader over one frame body.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    id: Option<u64>,
+}
+
+impl<'a> Cursor<'a> {
+    fn fail(&self, what: &'static str) -> FrameError {
+        FrameError::Malformed { what, request_id: self.id }
+    }
+
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(self.fail(what));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, FrameError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, FrameError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, FrameError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, FrameError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn request_id(&mut self) -> Result<u64, FrameError> {
+        let id = self.u64("frame is too short for its request id")?;
+        self.id = Some(id);
+        Ok(id)
+    }
+
+    fn end(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() { Ok(()) } else { Err(self.fail("frame has trailing bytes")) }
+    }
+}
+
+/// One frame split off a buffer: its type, its body, and the bytes it took in all.
+type RawFrame<'a> = (u8, &'a [u8], usize);
+
+/// Splits one frame off the front of `buf`: `Ok(None)` until it is complete.
+fn split_frame(buf: &[u8], max_frame: u32) -> Result<Option<RawFrame<'_>>, FrameError> {
+    if buf.len() < LEN_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > max_frame {
+        return Err(FrameError::TooLarge { len, max: max_frame });
+    }
+    let total = LEN_PREFIX + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    Ok(Some((buf[LEN_PREFIX], &buf[LEN_PREFIX + 1..total], total)))
+}
+
+/// How many bytes the frame at the front of `buf` has in all, once its prefix is there.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= LEN_PREFIX)
+        .then(|| LEN_PREFIX + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
+}
+
+/// The records of an ENCRYPT request, validated, borrowed from the receive buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RecordList<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> RecordList<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Total plaintext bytes.
+    pub fn plaintext_bytes(&self) -> usize {
+        self.iter().map(|(_, p)| p.len()).sum()
+    }
+
+    /// `(metadata, plaintext)` pairs in request order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let mut rest = self.body;
+        (0..self.count).map(move |_| {
+            // Validated by `decode_request`: these reads are in bounds.
+            let ml = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let meta = &rest[2..2 + ml];
+            let p = 2 + ml;
+            let pl = u32::from_be_bytes([rest[p], rest[p + 1], rest[p + 2], rest[p + 3]]) as usize;
+            let pt = &rest[p + 4..p + 4 + pl];
+            rest = &rest[p + 4 + pl..];
+            (meta, pt)
+        })
+    }
+}
+
+impl std::fmt::Debug for RecordList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Plaintexts are archive content: never in logs.
+        write!(f, "RecordList({} records, <redacted>)", self.count)
+    }
+}
+
+/// A frame from client to server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello { min_version: u16, max_version: u16 },
+    Encrypt { request_id: u64, records: RecordList<'a> },
+    Status { request_id: u64 },
+}
+
+/// Decodes the client frame at the front of `buf`. `max_batch` bounds ENCRYPT's record count.
+pub fn decode_request(
+    buf: &[u8],
+    max_frame: u32,
+    max_batch: u32,
+) -> Result<Option<(Request<'_>, usize)>, FrameError> {
+    let Some((ty, body, used)) = split_frame(buf, max_frame)? else {
+        return Ok(None);
+    };
+    let mut c = Cursor { buf: body, id: None };
+    let req = match ty {
+        kind::HELLO => {
+            if c.take(4, "HELLO is too short for its magic")? != MAGIC {
+                return Err(FrameError::BadMagic);
+            }
+            let min_version = c.u16("HELLO is too short for its versions")?;
+            let max_version = c.u16("HELLO is too short for its versions")?;
+            Request::Hello { min_version, max_version }
+        }
+        kind::ENCRYPT => {
+            let request_id = c.request_id()?;
+            let count = c.u32("ENCRYPT is too short for its record count")?;
+            if count > max_batch {
+                return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
+            }
+            let start = c.buf;
+            for _ in 0..count {
+                let ml = c.u16("ENCRYPT record is cut in its metadata length")? as usize;
+                c.take(ml, "ENCRYPT record metadata runs past the frame")?;
+                let pl = c.u32("ENCRYPT record is cut in its plaintext length")? as usize;
+                c.take(pl, "ENCRYPT record plaintext runs past the frame")?;
+            }
+            c.end()?;
+            Request::Encrypt { request_id, records: RecordList { count, body: start } }
+        }
+        kind::STATUS => Request::Status { request_id: c.request_id()? },
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    c.end()?;
+    Ok(Some((req, used)))
+}
+
+/// The sealed records of a SEALED answer, borrowed from the receive buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SealedList<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> SealedList<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The raw body: `count × (record_len u32 | record)`.
+    pub fn raw(&self) -> &'a [u8] {
+        self.body
+    }
+
+    pub fn iter(&self) -> SealedIter<'a> {
+        SealedIter { rest: self.body, left: self.count }
+    }
+}
+
+impl std::fmt::Debug for SealedList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedList({} records)", self.count)
+    }
+}
+
+/// Walks `count × (len u32 | bytes)`; stops early (rather than panic) on a short buffer.
+#[derive(Debug, Clone)]
+pub struct SealedIter<'a> {
+    rest: &'a [u8],
+    left: u32,
+}
+
+impl<'a> SealedIter<'a> {
+    pub fn new(raw: &'a [u8], count: u32) -> Self {
+        Self { rest: raw, left: count }
+    }
+}
+
+impl<'a> Iterator for SealedIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 || self.rest.len() < 4 {
+            return None;
+        }
+        let l = u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]]);
+        let end = 4usize.checked_add(l as usize)?;
+        let rec = self.rest.get(4..end)?;
+        self.rest = &self.rest[end..];
+        self.left -= 1;
+        Some(rec)
+    }
+}
+
+/// What STATUS reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusInfo {
+    Off,
+    On { domain: [u8; 16], key_version: u32, cluster: String },
+}
+
+/// A frame from server to client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response<'a> {
+    Welcome { version: u16, max_frame: u32, max_batch: u32 },
+    Sealed { request_id: u64, records: SealedList<'a> },
+    Off { request_id: u64 },
+    Status { request_id: u64, status: StatusInfo },
+    Error { request_id: u64, code: ErrorCode, closes: bool, message: Cow<'a, str> },
+}
+
+/// Decodes the server frame at the front of `buf`.
+pub fn decode_response(
+    buf: &[u8],
+    max_frame: u32,
+) -> Result<Option<(Response<'_>, usize)>, FrameError> {
+    let Some((ty, body, used)) = split_frame(buf, max_frame)? else {
+        return Ok(None);
+    };
+    let mut c = Cursor { buf: body, id: None };
+    let resp = match ty {
+        kind::WELCOME => Response::Welcome {
+            version: c.u16("WELCOME is too short")?,
+            max_frame: c.u32("WELCOME is too short")?,
+            max_batch: c.u32("WELCOME is too short")?,
+        },
+        kind::SEALED => {
+            let request_id = c.request_id()?;
+            let count = c.u32("SEALED is too short for its record count")?;
+            let start = c.buf;
+            for _ in 0..count {
+                let l = c.u32("SEALED record is cut in its length")? as usize;
+                c.take(l, "SEALED record runs past the frame")?;
+            }
+            c.end()?;
+            Response::Sealed { request_id, records: SealedList { count, body: start } }
+        }
+        kind::OFF => Response::Off { request_id: c.request_id()? },
+        kind::STATUS_REPLY => {
+            let request_id = c.request_id()?;
+            let status = match c.u8("STATUS is too short for its state")? {
+                0 => StatusInfo::Off,
+                1 => {
+                    let domain: [u8; 16] =
+                        c.take(16, "STATUS is too short for its domain")?.try_into().expect("16");
+                    let key_version = c.u32("STATUS is too short for its key version")?;
+                    let l = c.u8("STATUS is too short for its cluster")? as usize;
+                    let cl = c.take(l, "STATUS cluster runs past the frame")?;
+                    let cluster = std::str::from_utf8(cl)
+                        .map_err(|_| c.fail("STATUS cluster is not UTF-8"))?
+                        .to_owned();
+                    StatusInfo::On { domain, key_version, cluster }
+                }
+                _ => return Err(c.fail("STATUS state is neither 0 nor 1")),
+            };
+            Response::Status { request_id, status }
+        }
+        kind::ERROR => {
+            let request_id = c.request_id()?;
+            let code = ErrorCode::from_u16(c.u16("ERROR is too short for its code")?);
+            let closes = match c.u8("ERROR is too short for its flag")? {
+                0 => false,
+                1 => true,
+                _ => return Err(c.fail("ERROR close flag is neither 0 nor 1")),
+            };
+            let l = c.u16("ERROR is too short for its message length")? as usize;
+            let m = c.take(l, "ERROR message runs past the frame")?;
+            let message = String::from_utf8_lossy(m);
+            Response::Error { request_id, code, closes, message }
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    };
+    c.end()?;
+    Ok(Some((resp, used)))
+}
+
+/// Writes a frame whose body `body` writes, filling in the length prefix afterwards.
+fn frame(out: &mut Vec<u8>, ty: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, ty]);
+    body(out);
+    let len = (out.len() - at - LEN_PREFIX) as u32;
+    out[at..at + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn encode_hello(out: &mut Vec<u8>, min_version: u16, max_version: u16) {
+    frame(out, kind::HELLO, |o| {
+        o.extend_from_slice(MAGIC);
+        o.extend_from_slice(&min_version.to_be_bytes());
+        o.extend_from_slice(&max_version.to_be_bytes());
+    });
+}
+
+/// The exact length of an ENCRYPT frame for records with these metadata and plaintext sizes.
+pub fn encrypt_frame_len<'r>(records: impl IntoIterator<Item = (&'r [u8], &'r [u8])>) -> usize {
+    ENCRYPT_HEADER_LEN
+        + records.into_iter().map(|(m, p)| ENCRYPT_PER_RECORD + m.len() + p.len()).sum::<usize>()
+}
+
+/// Encodes ENCRYPT. Metadata longer than 65,535 bytes is an error of the caller (checked by the
+/// client before encoding); here it is cut to fit, so the frame stays well formed.
+pub fn encode_encrypt<'r>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])>,
+) {
+    frame(out, kind::ENCRYPT, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        o.extend_from_slice(&(records.len() as u32).to_be_bytes());
+        for (meta, pt) in records {
+            let meta = &meta[..meta.len().min(u16::MAX as usize)];
+            o.extend_from_slice(&(meta.len() as u16).to_be_bytes());
+            o.extend_from_slice(meta);
+            o.extend_from_slice(&(pt.len() as u32).to_be_bytes());
+            o.extend_from_slice(pt);
+        }
+    });
+}
+
+pub fn encode_status_request(out: &mut Vec<u8>, request_id: u64) {
+    frame(out, kind::STATUS, |o| o.extend_from_slice(&request_id.to_be_bytes()));
+}
+
+pub fn encode_welcome(out: &mut Vec<u8>, version: u16, max_frame: u32, max_batch: u32) {
+    frame(out, kind::WELCOME, |o| {
+        o.extend_from_slice(&version.to_be_bytes());
+        o.extend_from_slice(&max_frame.to_be_bytes());
+        o.extend_from_slice(&max_batch.to_be_bytes());
+    });
+}
+
+/// Starts a SEALED frame; append each record with `push_sealed_record`-style framing
+/// (`record_len u32 | record`), then call `finish_sealed`.
+pub fn begin_sealed(out: &mut Vec<u8>, request_id: u64) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, kind::SEALED]);
+    out.extend_from_slice(&request_id.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    at
+}
+
+/// Completes the SEALED frame begun at `at` with `count` records.
+pub fn finish_sealed(out: &mut [u8], at: usize, count: u32) {
+    let len = (out.len() - at - LEN_PREFIX) as u32;
+    out[at..at + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    out[at + 13..at + 17].copy_from_slice(&count.to_be_bytes());
+}
+
+pub fn encode_off(out: &mut Vec<u8>, request_id: u64) {
+    frame(out, kind::OFF, |o| o.extend_from_slice(&request_id.to_be_bytes()));
+}
+
+pub fn encode_status(out: &mut Vec<u8>, request_id: u64, status: &StatusInfo) {
+    frame(out, kind::STATUS_REPLY, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        match status {
+            StatusInfo::Off => o.push(0),
+            StatusInfo::On { domain, key_version, cluster } => {
+                o.push(1);
+                o.extend_from_slice(domain);
+                o.extend_from_slice(&key_version.to_be_bytes());
+                let c = &cluster.as_bytes()[..cluster.len().min(255)];
+                o.push(c.len() as u8);
+                o.extend_from_slice(c);
+            }
+        }
+    });
+}
+
+pub fn encode_error(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, closes: bool, msg: &str) {
+    frame(out, kind::ERROR, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        o.extend_from_slice(&code.to_u16().to_be_bytes());
+        o.push(closes as u8);
+        // Cut on a character boundary so the message stays valid UTF-8.
+        let mut end = msg.len().min(1024);
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        o.extend_from_slice(&(end as u16).to_be_bytes());
+        o.extend_from_slice(&msg.as_bytes()[..end]);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: u32 = 1 << 20;
+
+    fn one_request(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, FrameError> {
+        decode_request(buf, MAX, 4096)
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let mut b = Vec::new();
+        encode_hello(&mut b, 1, 3);
+        let recs: Vec<(&[u8], &[u8])> = vec![(b"row-1", b"hello"), (b"", b""), (b"m", &[7; 300])];
+        encode_encrypt(&mut b, 42, recs.iter().copied());
+        assert_eq!(b.len() - 13, encrypt_frame_len(recs.iter().copied()));
+        encode_status_request(&mut b, 43);
+        let (r, n) = one_request(&b).unwrap().unwrap();
+        assert_eq!(r, Request::Hello { min_version: 1, max_version: 3 });
+        let rest = &b[n..];
+        let (r, n2) = one_request(rest).unwrap().unwrap();
+        let Request::Encrypt { request_id: 42, records } = r else { panic!("{r:?}") };
+        assert_eq!(records.iter().collect::<Vec<_>>(), recs);
+        assert_eq!(records.plaintext_bytes(), 305);
+        let (r, n3) = one_request(&rest[n2..]).unwrap().unwrap();
+        assert_eq!(r, Request::Status { request_id: 43 });
+        assert_eq!(n + n2 + n3, b.len());
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let mut b = Vec::new();
+        encode_welcome(&mut b, 1, 65536, 64);
+        let at = begin_sealed(&mut b, 9);
+        for rec in [&b"abc"[..], b"", b"defg"] {
+            b.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+            b.extend_from_slice(rec);
+        }
+        finish_sealed(&mut b, at, 3);
+        encode_off(&mut b, 10);
+        let on = StatusInfo::On { domain: [3; 16], key_version: 7, cluster: "east".into() };
+        encode_status(&mut b, 11, &on);
+        encode_status(&mut b, 12, &StatusInfo::Off);
+        encode_error(&mut b, 13, ErrorCode::KeyExhausted, false, "rotate");
+        let mut rest = &b[..];
+        let mut got = Vec::new();
+        while let Some((r, n)) = decode_response(rest, MAX).unwrap() {
+            got.push(format!("{r:?}"));
+            if let Response::Sealed { records, .. } = &r {
+                let v: Vec<&[u8]> = records.iter().collect();
+                assert_eq!(v, vec![&b"abc"[..], b"", b"defg"]);
+            }
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty());
+        assert_eq!(got.len(), 6);
+        assert!(got[3].contains("key_version: 7"));
+        assert!(got[5].contains("KeyExhausted") && got[5].contains("rotate"));
+    }
+
+    #[test]
+    fn incomplete_frames_ask_for_more() {
+        let mut b = Vec::new();
+        encode_encrypt(&mut b, 1, [(&b"m"[..], &b"p"[..])].into_iter());
+        for cut in 0..b.len() {
+            assert_eq!(one_request(&b[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        assert_eq!(one_request(&[0, 0, 0, 0]), Err(FrameError::Empty));
+        assert_eq!(
+            one_request(&[0, 0x10, 0, 1]),
+            Err(FrameError::TooLarge { len: 0x0010_0001, max: MAX })
+        );
+        assert_eq!(one_request(&[0, 0, 0, 1, 0x55]), Err(FrameError::UnknownType(0x55)));
+        let mut hello = Vec::new();
+        encode_hello(&mut hello, 1, 1);
+        hello[5] = b'X';
+        assert_eq!(one_request(&hello), Err(FrameError::BadMagic));
+        // A record whose plaintext length runs past the frame.
+        let mut b = Vec::new();
+        encode_encrypt(&mut b, 5, [(&b"m"[..], &b"pp"[..])].into_iter());
+        let l = b.len();
+        b[l - 3] = 9;
+        let e = one_request(&b).unwrap_err();
+        assert_eq!(e.request_id(), Some(5));
+        assert_eq!(e.code(), ErrorCode::Malformed);
+        // Too many records.
+        let mut b = Vec::new();
+        encode_encrypt(&mut b, 6, std::iter::repeat_n((&b""[..], &b""[..]), 5));
+        assert_eq!(
+            decode_request(&b, MAX, 4),
+            Err(FrameError::BatchTooLarge { request_id: 6, count: 5, max: 4 })
+        );
+        // Trailing bytes.
+        let mut b = Vec::new();
+        encode_status_request(&mut b, 1);
+        b.push(0);
+        b[3] += 1;
+        assert!(matches!(one_request(&b), Err(FrameError::Malformed { .. })));
+    }
+
+    #[test]
+    fn error_messages_are_cut_on_char_boundaries() {
+        let mut b = Vec::new();
+        encode_error(&mut b, 1, ErrorCode::Malformed, true, &"é".repeat(1000));
+        let (r, _) = decode_response(&b, MAX).unwrap().unwrap();
+        let Response::Error { message, closes: true, .. } = r else { panic!() };
+        assert_eq!(message.len(), 1024);
+    }
+
+    #[test]
+    fn error_codes_round_trip() {
+        for c in 0..40 {
+            assert_eq!(ErrorCode::from_u16(c).to_u16(), c);
+        }
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic a decoder, and a decoded frame never claims more bytes
+        /// than it was given.
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                max in 0u32..1024, batch in 0u32..16) {
+            if let Ok(Some((_, n))) = decode_request(&bytes, max, batch) {
+                prop_assert!(n <= bytes.len());
+            }
+            if let Ok(Some((_, n))) = decode_response(&bytes, max) {
+                prop_assert!(n <= bytes.len());
+            }
+        }
+
+        /// Arbitrary bytes behind a valid prefix/type (the likelier garbling) never panic.
+        #[test]
+        fn garbled_bodies_never_panic(ty in prop_oneof![Just(1u8), Just(2), Just(3), Just(0x82),
+                                                        Just(0x84), Just(0x8F)],
+                                      body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut b = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            b.push(ty);
+            b.extend_from_slice(&body);
+            if let Ok(Some((Request::Encrypt { records, .. }, _))) = decode_request(&b, MAX, 1 << 20) {
+                prop_assert!(records.iter().count() == records.len());
+            }
+            let _ = decode_response(&b, MAX);
+        }
+
+        /// Whatever the records, ENCRYPT decodes to exactly what was encoded, at any split.
+        #[test]
+        fn encrypt_round_trips(recs in proptest::collection::vec(
+                                   (proptest::collection::vec(any::<u8>(), 0..40),
+                                    proptest::collection::vec(any::<u8>(), 0..300)), 0..10),
+                               id in any::<u64>(), cut in any::<prop::sample::Index>()) {
+            let mut b = Vec::new();
+            encode_encrypt(&mut b, id, recs.iter().map(|(m, p)| (&m[..], &p[..])));
+            let c = cut.index(b.len());
+            prop_assert_eq!(one_request(&b[..c]), Ok(None));
+            let (r, n) = one_request(&b).unwrap().unwrap();
+            prop_assert_eq!(n, b.len());
+            let Request::Encrypt { request_id, records } = r else { panic!() };
+            prop_assert_eq!(request_id, id);
+            let got: Vec<(Vec<u8>, Vec<u8>)> =
+                records.iter().map(|(m, p)| (m.to_vec(), p.to_vec())).collect();
+            prop_assert_eq!(got, recs);
+        }
+    }
+}

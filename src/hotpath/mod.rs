@@ -1,0 +1,26 @@
+//! The hot path: the local encryption service the router/archiver calls for every archived
+//! message, and the client library the router links.
+//!
+//! - `frame`: the wire format (length-prefixed binary frames), pure encode/decode.
+//! - `session`: one connection's protocol logic, sans I/O.
+//! - `keys`: the key source the state machine's `Effect::KeyRingChanged` updates, and the
+//!   invocation-counter reservations persisted ahead of use.
+//! - `server`: the Unix-socket listener and per-connection driver (`bind_unix`, `serve`).
+//! - `client`: the router's async, pipelined, reconnecting client with a bounded queue.
+//!
+//! Invariants (detailed in each module and in docs/hotpath.md): every request gets exactly
+//! one answer — ciphertexts, "encryption is off", or an explicit error; a key ring change
+//! reaches new batches atomically without pausing sealing; nothing is sealed beyond a
+//! persisted counter reservation; an unreachable daemon never looks like "encryption off".
+//! Decryption is not offered on this socket. TCP with mutual TLS for routers on other nodes
+//! is not implemented yet: the service listens on a Unix socket only.
+
+pub mod client;
+pub mod frame;
+pub mod keys;
+pub mod server;
+pub mod session;
+
+pub use client::{Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch};
+pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
+pub use server::{ServerConfig, ServerError, UnixSocketConfig, bind_unix, serve};

@@ -1,0 +1,355 @@
+//! The hot-path listener: a Unix domain socket, one task per connection, each driving a
+//! `Session`. The daemon binds with `bind_unix` and runs `serve` until shutdown.
+//!
+//! Invariants:
+//! - The socket appears at its configured path already with its mode (and group): it is bound
+//!   under a temporary name, chmod/chowned, then renamed into place.
+//! - A live socket at the path is never taken over; a stale one (nobody accepting) is replaced.
+//! - Shutdown is one mechanism: the `shutdown` future. Then the listener stops accepting, every
+//!   connection answers the frames it has already received, closes, and `serve` returns once all
+//!   connections are closed (or `drain_timeout` passes).
+//! - One connection's bad frames or death never affects another connection.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::frame;
+use super::keys::KeySource;
+use super::session::{Limits, Next, Session};
+use crate::crypto::random::NonceSource;
+
+/// Why the hot-path listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "hot-path socket {0} is in use by a running process (another imcrypt daemon?); stop it \
+         or configure another path"
+    )]
+    InUse(PathBuf),
+    #[error("hot-path socket path {0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("hot-path socket group {0:?} does not exist")]
+    UnknownGroup(String),
+    #[error("cannot {action} hot-path socket {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("invalid hot-path configuration: {0}")]
+    Config(&'static str),
+}
+
+/// Where and how the Unix socket is made.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixSocketConfig {
+    pub path: PathBuf,
+    /// Permission bits of the socket file (default 0o660: owner and group).
+    #[serde(default = "default_mode")]
+    pub mode: u32,
+    /// Group owning the socket (name from /etc/group, or a numeric gid): the router's group.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn default_mode() -> u32 {
+    0o660
+}
+
+impl UnixSocketConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), mode: default_mode(), group: None }
+    }
+}
+
+/// Protocol limits and timeouts of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Largest frame accepted, in bytes (length prefix excluded).
+    pub max_frame: u32,
+    /// Most records in one ENCRYPT.
+    pub max_batch: u32,
+    /// A connection that sends no HELLO within this is closed.
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+    /// How long a batch waits for a counter reservation before an explicit error answer.
+    #[serde(with = "humantime_serde_compat")]
+    pub reservation_wait: Duration,
+    /// How long shutdown waits for connections to answer what they received.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: 4 << 20,
+            max_batch: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            reservation_wait: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.max_frame < 64 {
+            return Err(ServerError::Config("max_frame must be at least 64 bytes"));
+        }
+        if self.max_frame > 1 << 30 {
+            return Err(ServerError::Config("max_frame must be at most 1 GiB"));
+        }
+        if self.max_batch == 0 {
+            return Err(ServerError::Config("max_batch must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Durations as humantime strings ("2s", "150ms") in config files.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ServerError + use<> {
+    let path = path.to_owned();
+    move |source| ServerError::Io { action, path, source }
+}
+
+/// Resolves a group name (or numeric gid) through /etc/group.
+fn resolve_group(group: &str) -> Result<u32, ServerError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| ServerError::UnknownGroup(group.to_owned()))
+}
+
+/// Binds the hot-path socket with its mode and group. Must run inside a Tokio runtime.
+pub fn bind_unix(cfg: &UnixSocketConfig) -> Result<UnixListener, ServerError> {
+    let path = &cfg.path;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.clone()));
+            }
+            tracing::info!(path = %path.display(), "replacing stale hot-path socket");
+            std::fs::remove_file(path).map_err(io_err("remove stale", path))?;
+        }
+        Ok(_) => return Err(ServerError::NotASocket(path.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", path)(e)),
+    }
+    let gid = cfg.group.as_deref().map(resolve_group).transpose()?;
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let std_listener =
+        std::os::unix::net::UnixListener::bind(&tmp).map_err(io_err("bind", &tmp))?;
+    let finish = || -> Result<(), ServerError> {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(cfg.mode))
+            .map_err(io_err("chmod", &tmp))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(io_err("chown", &tmp))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io_err("rename into place", path))
+    };
+    if let Err(e) = finish() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std_listener.set_nonblocking(true).map_err(io_err("configure", path))?;
+    let l = UnixListener::from_std(std_listener).map_err(io_err("register", path))?;
+    tracing::info!(path = %path.display(), mode = format!("{:o}", cfg.mode), "hot path listening");
+    Ok(l)
+}
+
+/// Serves hot-path connections on `listener` until `shutdown` resolves, then drains.
+/// Also keeps the key source's counter reservations ahead of use.
+pub async fn serve(
+    listener: UnixListener,
+    keys: Arc<KeySource>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let reserver = {
+        let mut rx = stop_rx.clone();
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        tokio::spawn(keys.clone().run_reserver(stop, Duration::from_millis(100)))
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
+                    conns.spawn(async move {
+                        if let Err(e) = connection(stream, &keys, &config, stop).await {
+                            tracing::debug!(error = %e, "hot-path connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!(error = %e, "hot path cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let open = conns.len();
+    tracing::info!(open, "hot path shutting down");
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = conns.len(), "hot-path connections did not finish in time");
+        conns.shutdown().await;
+    }
+    let _ = reserver.await;
+    Ok(())
+}
+
+/// Drives one connection: read, `Session::handle`, write, until close.
+async fn connection(
+    mut stream: UnixStream,
+    keys: &KeySource,
+    config: &ServerConfig,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let limits = Limits { max_frame: config.max_frame, max_batch: config.max_batch };
+    let mut session = Session::new(limits, NonceSource::from_os());
+    let mut inbuf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut start = 0;
+    let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
+    let hello_by = Instant::now() + config.handshake_timeout;
+    let mut wait_until: Option<Instant> = None;
+    let mut stopping = false;
+    loop {
+        let give_up = wait_until.is_some_and(|d| Instant::now() >= d);
+        let p = session.handle(&inbuf[start..], keys, &mut out, give_up);
+        start += p.used;
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+            if out.capacity() > 1 << 20 {
+                out.shrink_to(64 << 10);
+            }
+        }
+        match p.next {
+            Next::Close => return stream.shutdown().await,
+            Next::WaitForReservation => {
+                let d = *wait_until.get_or_insert(Instant::now() + config.reservation_wait);
+                let left = d.saturating_duration_since(Instant::now());
+                keys.wait_for_reservation(left.min(Duration::from_millis(50))).await;
+                continue;
+            }
+            Next::NeedMore => wait_until = None,
+        }
+        if stopping {
+            // Everything received is answered; what the client sends later it will resend.
+            return stream.shutdown().await;
+        }
+        // Compact, and make room for at least the rest of the frame at the front.
+        if start == inbuf.len() {
+            inbuf.clear();
+            start = 0;
+        } else if start > 0 {
+            inbuf.drain(..start);
+            start = 0;
+        }
+        if inbuf.capacity() > 1 << 20 && inbuf.len() < 64 << 10 {
+            inbuf.shrink_to(64 << 10);
+        }
+        let want = frame::frame_len(&inbuf).unwrap_or(0).max(inbuf.len() + (16 << 10));
+        inbuf.reserve(want - inbuf.len());
+        tokio::select! {
+            r = stream.read_buf(&mut inbuf) => {
+                if r? == 0 {
+                    if !inbuf.is_empty() {
+                        Session::truncated(&mut out, inbuf.len());
+                        stream.write_all(&out).await?;
+                    }
+                    return stream.shutdown().await;
+                }
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => stopping = true,
+            _ = tokio::time::sleep_until(hello_by), if !session.greeted() => {
+                frame::encode_error(
+                    &mut out,
+                    0,
+                    frame::ErrorCode::HandshakeRequired,
+                    true,
+                    "no HELLO received in time",
+                );
+                stream.write_all(&out).await?;
+                return stream.shutdown().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_with_defaults_and_rejects_unknown_fields() {
+        let c: ServerConfig =
+            serde_json::from_str(r#"{"max_batch": 64, "reservation_wait": "150ms"}"#).unwrap();
+        assert_eq!(c.max_batch, 64);
+        assert_eq!(c.reservation_wait, Duration::from_millis(150));
+        assert_eq!(c.max_frame, ServerConfig::default().max_frame);
+        assert!(serde_json::from_str::<ServerConfig>(r#"{"max_batches": 1}"#).is_err());
+        let u: UnixSocketConfig =
+            serde_json::from_str(r#"{"path": "/run/imcrypt/hot.sock"}"#).unwrap();
+        assert_eq!(u.mode, 0o660);
+        assert!(ServerConfig { max_batch: 0, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn groups_resolve_by_number_and_name() {
+        assert_eq!(resolve_group("1234").unwrap(), 1234);
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        assert!(matches!(
+            resolve_group("no-such-group-imcrypt"),
+            Err(ServerError::UnknownGroup(_))
+        ));
+    }
+}

@@ -1,0 +1,364 @@
+//! The server side of one hot-path connection, without I/O: bytes in, answers out.
+//!
+//! The driver (`server`) reads into a buffer, calls `Session::handle`, writes what it appended
+//! to `out`, and does what the returned `Next` says. Nothing here reads a socket or a clock.
+//!
+//! Invariants:
+//! - Every complete request frame gets exactly one answer frame, in request order: SEALED (all
+//!   records of the batch, sealed under one key version), OFF, STATUS, or ERROR. A batch is all
+//!   or nothing: an ERROR answer carries no ciphertexts.
+//! - A frame that breaks the protocol (oversized, garbled, before HELLO) gets an ERROR answer
+//!   with `closes = 1`, and nothing after it is processed.
+//! - A batch that finds the counter reservation used up is not answered until the driver has
+//!   waited for the reservation (`Next::WaitForReservation`); after the wait it is sealed or,
+//!   if `give_up` is set, answered with `ReservationUnavailable`. It is never dropped.
+
+use super::frame::{self, ErrorCode, FrameError, Request, StatusInfo};
+use super::keys::{KeySource, KeyStatus};
+use crate::crypto::counter::CounterError;
+use crate::crypto::random::NonceSource;
+use crate::crypto::record::RecordError;
+
+/// Limits a session enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame: u32,
+    pub max_batch: u32,
+}
+
+/// What the driver does after `handle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// All complete frames are answered: read more.
+    NeedMore,
+    /// The frame at `used` waits for a counter reservation: wait, then call `handle` again.
+    WaitForReservation,
+    /// Write `out`, then close the connection.
+    Close,
+}
+
+/// The result of one `handle` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Input bytes consumed (whole frames only).
+    pub used: usize,
+    pub next: Next,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    limits: Limits,
+    greeted: bool,
+    nonces: NonceSource,
+}
+
+impl Session {
+    pub fn new(limits: Limits, nonces: NonceSource) -> Self {
+        Self { limits, greeted: false, nonces }
+    }
+
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
+    /// Answers the complete frames at the front of `input`, appending answer frames to `out`.
+    pub fn handle(
+        &mut self,
+        input: &[u8],
+        keys: &KeySource,
+        out: &mut Vec<u8>,
+        give_up: bool,
+    ) -> Progress {
+        let mut used = 0;
+        loop {
+            let rest = &input[used..];
+            let (req, n) =
+                match frame::decode_request(rest, self.limits.max_frame, self.limits.max_batch) {
+                    Ok(Some(x)) => x,
+                    Ok(None) => return Progress { used, next: Next::NeedMore },
+                    Err(e) => {
+                        protocol_error(out, &e);
+                        return Progress { used, next: Next::Close };
+                    }
+                };
+            match (self.greeted, req) {
+                (false, Request::Hello { min_version, max_version }) => {
+                    if !(min_version..=max_version).contains(&frame::VERSION) {
+                        frame::encode_error(
+                            out,
+                            0,
+                            ErrorCode::UnsupportedVersion,
+                            true,
+                            &format!(
+                                "client speaks versions {min_version}..={max_version}; this server \
+                                 speaks {}",
+                                frame::VERSION
+                            ),
+                        );
+                        return Progress { used, next: Next::Close };
+                    }
+                    self.greeted = true;
+                    frame::encode_welcome(
+                        out,
+                        frame::VERSION,
+                        self.limits.max_frame,
+                        self.limits.max_batch,
+                    );
+                }
+                (true, Request::Hello { .. }) | (false, _) => {
+                    frame::encode_error(
+                        out,
+                        0,
+                        ErrorCode::HandshakeRequired,
+                        true,
+                        "HELLO must be the first frame of a connection, and only the first",
+                    );
+                    return Progress { used, next: Next::Close };
+                }
+                (true, Request::Status { request_id }) => {
+                    frame::encode_status(out, request_id, &status_info(keys));
+                }
+                (true, Request::Encrypt { request_id, records }) => {
+                    let Some(sealer) = keys.sealer() else {
+                        frame::encode_off(out, request_id);
+                        used += n;
+                        continue;
+                    };
+                    let at = frame::begin_sealed(out, request_id);
+                    let mut failed = None;
+                    for (meta, pt) in records.iter() {
+                        let len_at = out.len();
+                        out.extend_from_slice(&[0; 4]);
+                        if let Err(e) = sealer.seal_into(&mut self.nonces, meta, pt, out) {
+                            failed = Some(e);
+                            break;
+                        }
+                        let l = (out.len() - len_at - 4) as u32;
+                        out[len_at..len_at + 4].copy_from_slice(&l.to_be_bytes());
+                    }
+                    match failed {
+                        None => frame::finish_sealed(out, at, records.len() as u32),
+                        Some(e) => {
+                            out.truncate(at);
+                            let exhausted =
+                                e == RecordError::Counter(CounterError::ReservationExhausted);
+                            if exhausted && !give_up {
+                                return Progress { used, next: Next::WaitForReservation };
+                            }
+                            let (code, msg) = match e {
+                                RecordError::Counter(CounterError::ReservationExhausted) => (
+                                    ErrorCode::ReservationUnavailable,
+                                    "the invocation-counter reservation could not be persisted in \
+                                     time; nothing was sealed, retry later"
+                                        .to_owned(),
+                                ),
+                                RecordError::Counter(CounterError::KeyExhausted) => {
+                                    (ErrorCode::KeyExhausted, e.to_string())
+                                }
+                                other => (ErrorCode::Internal, other.to_string()),
+                            };
+                            frame::encode_error(out, request_id, code, false, &msg);
+                        }
+                    }
+                    keys.note_use(&sealer);
+                }
+            }
+            used += n;
+        }
+    }
+
+    /// The answer when the peer closed the connection in the middle of a frame.
+    pub fn truncated(out: &mut Vec<u8>, pending: usize) {
+        frame::encode_error(
+            out,
+            0,
+            ErrorCode::Truncated,
+            true,
+            &format!("connection ended {pending} bytes into an incomplete frame"),
+        );
+    }
+}
+
+fn status_info(keys: &KeySource) -> StatusInfo {
+    match keys.status() {
+        KeyStatus::Off => StatusInfo::Off,
+        KeyStatus::On { domain, key_version, cluster } => StatusInfo::On {
+            domain: *domain.as_bytes(),
+            key_version: key_version.get(),
+            cluster: cluster.as_str().to_owned(),
+        },
+    }
+}
+
+fn protocol_error(out: &mut Vec<u8>, e: &FrameError) {
+    frame::encode_error(out, e.request_id().unwrap_or(0), e.code(), true, &e.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::crypto::aead::AeadImpl;
+    use crate::crypto::keyring::KeyRing;
+    use crate::crypto::record::RecordOpener;
+    use crate::hotpath::frame::Response;
+    use crate::hotpath::keys::MemoryReservations;
+    use crate::ids::{ClusterId, DomainId};
+    use zeroize::Zeroizing;
+
+    const LIMITS: Limits = Limits { max_frame: 1 << 16, max_batch: 8 };
+
+    fn setup(on: bool) -> (KeySource, KeyRing, Session) {
+        let ring = KeyRing::new(DomainId::from_bytes([1; 16]), 1, Zeroizing::new([2; 32]));
+        let ks = KeySource::new(
+            ClusterId::new("east").unwrap(),
+            AeadImpl::Ring,
+            Arc::new(MemoryReservations::new()),
+        )
+        .unwrap();
+        if on {
+            ks.set_ring(Some(&ring)).unwrap();
+        }
+        (ks, ring, Session::new(LIMITS, NonceSource::from_os()))
+    }
+
+    fn answers(out: &[u8]) -> Vec<Response<'_>> {
+        let mut v = Vec::new();
+        let mut rest = out;
+        while let Some((r, n)) = frame::decode_response(rest, u32::MAX).unwrap() {
+            v.push(r);
+            rest = &rest[n..];
+        }
+        assert!(rest.is_empty());
+        v
+    }
+
+    fn hello() -> Vec<u8> {
+        let mut b = Vec::new();
+        frame::encode_hello(&mut b, 1, 1);
+        b
+    }
+
+    #[test]
+    fn each_request_gets_one_answer_in_order() {
+        let (ks, ring, mut s) = setup(true);
+        let mut input = hello();
+        frame::encode_encrypt(
+            &mut input,
+            7,
+            [(&b"r1"[..], &b"one"[..]), (b"r2", b"two")].into_iter(),
+        );
+        frame::encode_status_request(&mut input, 8);
+        frame::encode_encrypt(&mut input, 9, std::iter::empty());
+        let mut out = Vec::new();
+        let p = s.handle(&input, &ks, &mut out, false);
+        assert_eq!(p, Progress { used: input.len(), next: Next::NeedMore });
+        let a = answers(&out);
+        assert_eq!(a.len(), 4);
+        assert!(matches!(a[0], Response::Welcome { version: 1, max_batch: 8, .. }));
+        let Response::Sealed { request_id: 7, records } = &a[1] else { panic!("{:?}", a[1]) };
+        let mut op = RecordOpener::new(&ring, AeadImpl::RustCrypto);
+        let recs: Vec<_> = records.iter().collect();
+        assert_eq!(&op.open(recs[0], b"r1").unwrap()[..], b"one");
+        assert_eq!(&op.open(recs[1], b"r2").unwrap()[..], b"two");
+        assert!(matches!(
+            &a[2],
+            Response::Status { request_id: 8, status: StatusInfo::On { key_version: 1, .. } }
+        ));
+        assert!(matches!(&a[3], Response::Sealed { request_id: 9, records } if records.is_empty()));
+    }
+
+    #[test]
+    fn encryption_off_is_an_answer() {
+        let (ks, _, mut s) = setup(false);
+        let mut input = hello();
+        frame::encode_encrypt(&mut input, 3, [(&b""[..], &b"x"[..])].into_iter());
+        frame::encode_status_request(&mut input, 4);
+        let mut out = Vec::new();
+        s.handle(&input, &ks, &mut out, false);
+        let a = answers(&out);
+        assert_eq!(a[1], Response::Off { request_id: 3 });
+        assert_eq!(a[2], Response::Status { request_id: 4, status: StatusInfo::Off });
+    }
+
+    #[test]
+    fn requests_before_hello_and_bad_versions_close() {
+        let (ks, _, mut s) = setup(true);
+        let mut input = Vec::new();
+        frame::encode_status_request(&mut input, 1);
+        let mut out = Vec::new();
+        assert_eq!(s.handle(&input, &ks, &mut out, false).next, Next::Close);
+        assert!(matches!(
+            answers(&out)[0],
+            Response::Error { code: ErrorCode::HandshakeRequired, closes: true, .. }
+        ));
+        let (ks, _, mut s) = setup(true);
+        let mut input = Vec::new();
+        frame::encode_hello(&mut input, 2, 5);
+        let mut out = Vec::new();
+        assert_eq!(s.handle(&input, &ks, &mut out, false).next, Next::Close);
+        assert!(matches!(
+            answers(&out)[0],
+            Response::Error { code: ErrorCode::UnsupportedVersion, .. }
+        ));
+    }
+
+    #[test]
+    fn a_garbled_frame_is_answered_after_the_good_ones_and_closes() {
+        let (ks, _, mut s) = setup(true);
+        let mut input = hello();
+        frame::encode_status_request(&mut input, 1);
+        input.extend_from_slice(&[0, 0, 0, 3, 0x02, 0xde, 0xad]);
+        frame::encode_status_request(&mut input, 2);
+        let mut out = Vec::new();
+        let p = s.handle(&input, &ks, &mut out, false);
+        assert_eq!(p.next, Next::Close);
+        let a = answers(&out);
+        assert_eq!(a.len(), 3);
+        assert!(matches!(
+            a[2],
+            Response::Error { request_id: 0, code: ErrorCode::Malformed, closes: true, .. }
+        ));
+        // Oversized: refused from the prefix alone.
+        let (ks, _, mut s) = setup(true);
+        let mut input = hello();
+        input.extend_from_slice(&u32::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        assert_eq!(s.handle(&input, &ks, &mut out, false).next, Next::Close);
+        assert!(matches!(answers(&out)[1], Response::Error { code: ErrorCode::FrameTooLarge, .. }));
+    }
+
+    #[test]
+    fn an_exhausted_reservation_waits_then_answers_explicitly() {
+        let (ks, _, mut s) = setup(true);
+        let sealer = ks.sealer().unwrap();
+        while sealer.counter().take().is_ok() {}
+        let mut input = hello();
+        let before = input.len();
+        frame::encode_encrypt(&mut input, 5, [(&b""[..], &b"x"[..])].into_iter());
+        let mut out = Vec::new();
+        let p = s.handle(&input, &ks, &mut out, false);
+        assert_eq!(p, Progress { used: before, next: Next::WaitForReservation });
+        assert_eq!(answers(&out).len(), 1, "only WELCOME so far");
+        // The driver gives up after its wait: an explicit error, never silence.
+        let mut out2 = Vec::new();
+        let p = s.handle(&input[p.used..], &ks, &mut out2, true);
+        assert_eq!(p.next, Next::NeedMore);
+        assert!(matches!(
+            answers(&out2)[0],
+            Response::Error {
+                request_id: 5,
+                code: ErrorCode::ReservationUnavailable,
+                closes: false,
+                ..
+            }
+        ));
+        // Once the reservation is persisted, the same frame is sealed.
+        ks.reserve_now().unwrap();
+        let mut out3 = Vec::new();
+        s.handle(&input[before..], &ks, &mut out3, false);
+        assert!(matches!(answers(&out3)[0], Response::Sealed { request_id: 5, .. }));
+    }
+}
