@@ -1,0 +1,220 @@
+//! The hot path against the in-process baseline, from one run: ring AES-256-GCM sealing
+//! 256-byte records in-process (the baseline), then over the Unix socket with one record per
+//! request (sequential round trips: p50/p99 latency and records/s), pipelined single records,
+//! and batches of 64 records per frame (sequential and pipelined), each with its ratio to the
+//! baseline.
+//!
+//! Server and client run in this one process on separate Tokio runtimes (server: 1 worker
+//! thread, client: current-thread) and share the machine's cores, as a daemon and a router on
+//! one host would. Counter reservations go to a real sealed file in a temp dir.
+//! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imcrypt::crypto::aead::{AeadImpl, AeadKey};
+use imcrypt::crypto::counter::HARD_LIMIT;
+use imcrypt::crypto::keyring::KeyRing;
+use imcrypt::crypto::random::{NonceSource, new_key};
+use imcrypt::crypto::record::RecordSealer;
+use imcrypt::crypto::seal::{NodeKey, Purpose};
+use imcrypt::hotpath::{
+    Client, ClientConfig, Encrypted, KeySource, ServerConfig, UnixSocketConfig, bind_unix, serve,
+};
+use imcrypt::ids::{ClusterId, DomainId};
+use imcrypt::store::SealedFile;
+
+const SIZE: usize = 256;
+const BATCH: usize = 64;
+
+/// Runs `f` until `budget` has passed; returns operations per second.
+fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
+    for _ in 0..1000 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        for _ in 0..256 {
+            f();
+        }
+        n += 256;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn count(e: Encrypted) -> usize {
+    match e {
+        Encrypted::Sealed(b) => b.len(),
+        Encrypted::Off => panic!("encryption is off"),
+    }
+}
+
+/// Sequential requests of `n` records: latency percentiles and records/s.
+async fn round_trips(
+    c: &Client,
+    budget: Duration,
+    recs: &[(Vec<u8>, Vec<u8>)],
+) -> (Vec<Duration>, f64) {
+    let it = || recs.iter().map(|(m, p)| (&m[..], &p[..]));
+    for _ in 0..2000 {
+        count(c.encrypt_batch(it()).await.unwrap());
+    }
+    let mut lat = Vec::new();
+    let mut n = 0;
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        n += count(c.encrypt_batch(it()).await.unwrap());
+        lat.push(t.elapsed());
+    }
+    let r = n as f64 / start.elapsed().as_secs_f64();
+    lat.sort();
+    (lat, r)
+}
+
+/// `window` requests of `recs` in flight at all times: records/s.
+async fn pipelined(
+    c: &Client,
+    budget: Duration,
+    recs: &[(Vec<u8>, Vec<u8>)],
+    window: usize,
+) -> f64 {
+    let it = || recs.iter().map(|(m, p)| (&m[..], &p[..]));
+    let mut q = VecDeque::with_capacity(window);
+    let mut n = 0;
+    let mut start = Instant::now();
+    let mut warm = true;
+    loop {
+        while q.len() < window {
+            q.push_back(c.submit(it()).await.unwrap());
+        }
+        n += count(q.pop_front().unwrap().await.unwrap());
+        if warm && start.elapsed() > budget / 5 {
+            (warm, n, start) = (false, 0, Instant::now());
+        }
+        if !warm && start.elapsed() >= budget {
+            break;
+        }
+    }
+    let r = n as f64 / start.elapsed().as_secs_f64();
+    for p in q {
+        count(p.await.unwrap());
+    }
+    r
+}
+
+fn main() {
+    let budget = Duration::from_millis(
+        std::env::var("IMCRYPT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000),
+    );
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let ring = KeyRing::new(DomainId::from_bytes([1; 16]), 0, new_key());
+    let cluster = ClusterId::new("bench").unwrap();
+    let pt = vec![0x5au8; SIZE];
+
+    // Baseline: in-process, one core, ring.
+    let key = AeadKey::new(AeadImpl::Ring, &[7; 32]);
+    let mut buf = Vec::with_capacity(SIZE + 16);
+    let baseline = rate(budget, || {
+        buf.clear();
+        buf.extend_from_slice(&pt);
+        key.seal_in_place(&[0; 12], b"", &mut buf, 0);
+        black_box(&buf);
+    });
+    let sealer = RecordSealer::new(&ring, &cluster, AeadImpl::Ring, 0);
+    sealer.counter().commit_reservation(HARD_LIMIT);
+    let mut nonces = NonceSource::from_os();
+    let mut out = Vec::with_capacity(SIZE + 64);
+    let record = rate(budget, || {
+        out.clear();
+        sealer.seal_into(&mut nonces, b"msg-0001", &pt, &mut out).unwrap();
+        black_box(&out);
+    });
+
+    // The service.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hot.sock");
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("hotpath-server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let node = NodeKey::from_bytes([2; 32]);
+    let keys = KeySource::new(
+        cluster.clone(),
+        AeadImpl::Ring,
+        SealedFile::new(dir.path().join("counters"), &node, Purpose::Counters),
+    )
+    .unwrap();
+    keys.set_ring(Some(&ring)).unwrap();
+    let keys = Arc::new(keys);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let _g = server_rt.enter();
+        let l = bind_unix(&UnixSocketConfig::new(&path)).unwrap();
+        server_rt.spawn(serve(l, keys, ServerConfig::default(), async move {
+            let _ = stopped.await;
+        }))
+    };
+
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rec = |i: usize| (format!("msg-{i:04}").into_bytes(), pt.clone());
+    let one: Vec<_> = vec![rec(0)];
+    let batch: Vec<_> = (0..BATCH).map(rec).collect();
+    let rows = client_rt.block_on(async {
+        let c = Client::new(ClientConfig::new(&path));
+        let (lat1, r1) = round_trips(&c, budget, &one).await;
+        let p1 = pipelined(&c, budget, &one, 256).await;
+        let (lat64, r64) = round_trips(&c, budget, &batch).await;
+        let p64 = pipelined(&c, budget, &batch, 16).await;
+        vec![
+            ("one record per request", r1, Some(lat1)),
+            ("  pipelined, 256 in flight", p1, None),
+            ("64 records per frame", r64, Some(lat64)),
+            ("  pipelined, 16 frames in flight", p64, None),
+        ]
+    });
+    let _ = stop.send(());
+    server_rt.block_on(server).unwrap().unwrap();
+
+    println!(
+        "hot path, AES-256-GCM, {SIZE}-byte records, {cores} cores shared by client and server \
+         ({} ms per figure)",
+        budget.as_millis()
+    );
+    println!(
+        "{:<36} {:>13} {:>9} {:>10} {:>10} {:>10}",
+        "", "records/s", "vs base", "p50", "p99", "p99.9"
+    );
+    let row = |name: &str, r: f64, lat: Option<&Vec<Duration>>| {
+        let (p50, p99, p999) = match lat {
+            Some(l) => (
+                format!("{:.1?}", pct(l, 0.5)),
+                format!("{:.1?}", pct(l, 0.99)),
+                format!("{:.1?}", pct(l, 0.999)),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!("{name:<36} {r:>13.0} {:>8.3}x {p50:>10} {p99:>10} {p999:>10}", r / baseline);
+    };
+    row("baseline: ring AEAD in-process", baseline, None);
+    row("  full record in-process", record, None);
+    for (name, r, lat) in &rows {
+        row(name, *r, lat.as_ref());
+    }
+    let batched = rows[3].1 / baseline;
+    let p99 = pct(rows[0].2.as_ref().unwrap(), 0.99);
+    println!(
+        "targets: batched >= 0.5x baseline: {} ({batched:.3}x); single-record p99 < 100 us: {} ({p99:.1?})",
+        if batched >= 0.5 { "met" } else { "NOT met" },
+        if p99 < Duration::from_micros(100) { "met" } else { "NOT met" },
+    );
+}
