@@ -1,10 +1,14 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
+pub mod admin;
 pub mod alarm;
 pub mod cli;
 pub mod cluster;
+pub mod config;
 pub mod crypto;
+pub mod daemon;
+pub mod demo;
 pub mod hotpath;
 pub mod ids;
 pub mod peer;

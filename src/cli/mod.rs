@@ -24,6 +24,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon of one cluster.
+    Serve {
+        /// The TOML config file (see config/demo/ for examples).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a 3-cluster network on 127.0.0.1 and show enrolment, rotation and a multi-master
+    /// conflict, then clean up.
+    Demo,
+    /// Development certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Check that an RSA public key is acceptable for key download and print its fingerprint.
     CheckKey {
         /// PEM file: SPKI (BEGIN PUBLIC KEY) or PKCS#1 (BEGIN RSA PUBLIC KEY).
@@ -31,9 +45,32 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Make a development CA and one certificate per cluster (its id as DNS name).
+    Init {
+        /// Directory to write into; existing files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+        /// Cluster ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        clusters: Vec<crate::ids::ClusterId>,
+    },
+}
+
 /// Everything a command can fail with, mapped to an exit code in `exit_code`.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error("demo failed: {0}")]
+    Demo(#[from] crate::demo::LabError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
@@ -43,8 +80,12 @@ pub enum CliError {
 impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
-            CliError::Read { .. } => 1,
-            CliError::PublicKey { .. } => 3,
+            CliError::Read { .. }
+            | CliError::Daemon(_)
+            | CliError::Pki(_)
+            | CliError::Demo(_)
+            | CliError::Runtime(_) => 1,
+            CliError::PublicKey { .. } | CliError::Config(_) => 3,
         }
     }
 }
@@ -62,8 +103,53 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Demo => {
+            init_logging("off");
+            runtime()?.block_on(crate::demo::story::run())?;
+            Ok(())
+        }
+        Command::Pki { command: PkiCommand::Init { out, clusters } } => {
+            crate::pki::init(&out, &clusters)?;
+            println!(
+                "wrote ca.pem, ca.key and a certificate and key per cluster to {}",
+                out.display()
+            );
+            Ok(())
+        }
         Command::CheckKey { public_key } => check_key(public_key),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)
+}
+
+/// Structured logs on stderr; `RUST_LOG` overrides the default level.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn serve(path: &std::path::Path) -> Result<(), CliError> {
+    init_logging("info");
+    let config = crate::config::Config::load(path)?;
+    runtime()?.block_on(async {
+        let mut daemon = crate::daemon::start(config).await?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(CliError::Runtime)?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            () = daemon.wait() => {
+                return Err(CliError::Daemon(crate::daemon::DaemonError::Stopped));
+            }
+        }
+        daemon.shutdown().await;
+        Ok(())
+    })
 }
 
 fn check_key(path: PathBuf) -> Result<(), CliError> {

@@ -1,3 +1,7 @@
-//! The intercluster link: HTTPS/JSON over mutually authenticated TLS 1.3.
+//! The intercluster link: HTTPS/JSON over mutually authenticated TLS 1.3. One endpoint,
+//! `POST /v1/peer/message`, carries a `cluster::PeerMessage`; the sender's identity is the
+//! DNS name in its client certificate, never a field of the message.
 
+pub mod client;
+pub mod server;
 pub mod tls;

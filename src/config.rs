@@ -1,0 +1,263 @@
+//! The daemon's configuration: one TOML file, validated once at load, then passed by
+//! reference. Relative paths are relative to the file's directory.
+//!
+//! Invariant: a `Config` that exists is valid. A wrong, missing or unknown key is an error that
+//! names the key and, where the TOML parser knows it, its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::cluster::{ComplianceDb, NodeId};
+use crate::crypto::password::Iterations;
+use crate::ids::ClusterId;
+use crate::peer::tls::TlsFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This cluster's id: the DNS name in its certificate.
+    pub cluster_id: ClusterId,
+    /// Where the node key, the sealed state and the admin token live.
+    pub state_dir: PathBuf,
+    pub peer: PeerSection,
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub password: PasswordSection,
+    /// The intercluster peers this cluster is configured with.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// The nodes of this cluster and their message archiver database.
+    #[serde(default)]
+    pub nodes: Vec<NodeEntry>,
+    #[serde(default)]
+    pub testing: TestingSection,
+}
+
+/// Knobs for tests and demos of mixed-version networks; never set them in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingSection {
+    /// Announce software that predates encryption (no encryption capability), as a cluster
+    /// not yet upgraded would.
+    #[serde(default)]
+    pub legacy_software: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Address of the intercluster listener (mutual TLS).
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    #[serde(default = "default_hello", deserialize_with = "duration")]
+    pub hello_interval: Duration,
+    #[serde(default = "default_unreachable", deserialize_with = "duration")]
+    pub master_unreachable_after: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Address of the local admin listener; loopback unless you know why not.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordSection {
+    /// PBKDF2-HMAC-SHA256 iterations for new password records (at least 100,000).
+    #[serde(default, deserialize_with = "iterations")]
+    pub pbkdf2_iterations: Iterations,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub id: ClusterId,
+    /// host:port of the peer's intercluster listener.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub id: NodeId,
+    /// The node's message archiver database: "sql_server", "postgresql", "none", or the name
+    /// of another product (which is not supported for encryption).
+    #[serde(deserialize_with = "archiver")]
+    pub archiver: Option<ComplianceDb>,
+}
+
+fn default_hello() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_unreachable() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("{s:?} is not a duration like \"10s\": {e}"))
+    })?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom("a duration of zero is not allowed"));
+    }
+    Ok(v)
+}
+
+fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Iterations, D::Error> {
+    Iterations::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::Error> {
+    let s = String::deserialize(d)?;
+    Ok(match s.as_str() {
+        "none" => None,
+        "sql_server" => Some(ComplianceDb::SqlServer),
+        "postgresql" => Some(ComplianceDb::PostgreSql),
+        "" => {
+            return Err(serde::de::Error::custom("archiver is empty; use \"none\" for no archiver"));
+        }
+        other => Some(ComplianceDb::Unsupported(other.to_owned())),
+    })
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base)
+            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    /// Parses and validates `text`; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        for (i, p) in c.peers.iter().enumerate() {
+            if p.id == c.cluster_id {
+                return Err(format!("peers[{i}].id: {} is this cluster itself", p.id));
+            }
+            if c.peers[..i].iter().any(|q| q.id == p.id) {
+                return Err(format!("peers[{i}].id: peer {} is listed twice", p.id));
+            }
+            if !p.address.contains(':') {
+                return Err(format!(
+                    "peers[{i}].address: {:?} needs a port (host:port)",
+                    p.address
+                ));
+            }
+        }
+        for (i, n) in c.nodes.iter().enumerate() {
+            if c.nodes[..i].iter().any(|m| m.id == n.id) {
+                return Err(format!("nodes[{i}].id: node {} is listed twice", n.id));
+            }
+        }
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut c.state_dir);
+        abs(&mut c.peer.cert);
+        abs(&mut c.peer.key);
+        abs(&mut c.peer.ca);
+        Ok(c)
+    }
+
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.peer.cert.clone(),
+            key: self.peer.key.clone(),
+            ca: self.peer.ca.clone(),
+        }
+    }
+
+    pub fn peer_address(&self, id: &ClusterId) -> Option<&str> {
+        self.peers.iter().find(|p| &p.id == id).map(|p| p.address.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster_id = "a"
+state_dir = "state/a"
+
+[peer]
+listen = "127.0.0.1:7101"
+cert = "pki/a.pem"
+key = "pki/a.key"
+ca = "pki/ca.pem"
+hello_interval = "2s"
+
+[admin]
+listen = "127.0.0.1:7201"
+
+[[peers]]
+id = "b"
+address = "127.0.0.1:7102"
+
+[[nodes]]
+id = "a1"
+archiver = "postgresql"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, Path::new("/etc/imcrypt")).unwrap_err()
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults_and_absolute_paths() {
+        let c = Config::parse(GOOD, Path::new("/etc/imcrypt")).unwrap();
+        assert_eq!(c.cluster_id.as_str(), "a");
+        assert_eq!(c.state_dir, Path::new("/etc/imcrypt/state/a"));
+        assert_eq!(c.peer.hello_interval, Duration::from_secs(2));
+        assert_eq!(c.peer.master_unreachable_after, Duration::from_secs(60));
+        assert_eq!(c.password.pbkdf2_iterations.get(), 600_000);
+        assert_eq!(c.nodes[0].archiver, Some(ComplianceDb::PostgreSql));
+        assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = err(&GOOD.replace("hello_interval", "helo_interval"));
+        assert!(e.contains("helo_interval") && e.contains("line 10"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = err(&GOOD.replace("\"2s\"", "\"soon\""));
+        assert!(e.contains("hello_interval") || e.contains("line 10"), "{e}");
+        assert!(e.contains("not a duration"), "{e}");
+        let e = err(&GOOD.replace("cluster_id = \"a\"", "cluster_id = \"A_1\""));
+        assert!(e.contains("not a DNS name") && e.contains("line 2"), "{e}");
+        let e = err(&format!("{GOOD}\n[password]\npbkdf2_iterations = 1000\n"));
+        assert!(e.contains("below the minimum of 100000"), "{e}");
+        let e = err(&GOOD.replace("id = \"b\"", "id = \"a\""));
+        assert!(e.contains("peers[0].id") && e.contains("this cluster itself"), "{e}");
+        let e = err(&GOOD.replace("listen = \"127.0.0.1:7201\"", "listen = \"localhost\""));
+        assert!(e.contains("listen") || e.contains("line 13"), "{e}");
+        let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
+        assert!(e.contains("missing field `admin`"), "{e}");
+    }
+}

@@ -1,0 +1,460 @@
+//! The daemon of one cluster: wires the state machine to the disk, the peers, the alarms, the
+//! admin status and the hot path, and shuts down cleanly.
+//!
+//! One task (the core) owns the `cluster::Cluster`. Every input, an admin command, a peer
+//! message or a timer, goes through it, and the effects that follow are carried out in order:
+//! a `Persist` is durable (fsynced) before any later effect, so a peer never learns of a state
+//! this cluster could lose in a crash. If the state cannot be written the core stops: running
+//! on with a state that is not on disk would be worse.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::alarm::Alarm;
+use crate::cluster::{
+    Cluster, ClusterConfig, Command, CommandError, Effect, Entropy, LogLevel, PeerMessage,
+    PersistedState, Role, Time,
+};
+use crate::config::Config;
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::seal::{NodeKey, NodeKeyError, Purpose};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::peer::client::{LinkStatus, PeerLink, spawn_link};
+use crate::peer::tls::{PeerTls, TlsError};
+use crate::store::{SealedFile, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    NodeKey(#[from] NodeKeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the state file does not fit this configuration: {0}")]
+    State(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("the daemon has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// What a successful command produced besides the state change.
+#[derive(Debug, Default)]
+pub struct CommandOutcome {
+    /// For a key download: the ring to wrap for the administrator.
+    pub keys_for_download: Option<Box<KeyRing>>,
+}
+
+/// The read-only status the admin listener serves at `GET /v1/status`. Never key bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub cluster: ClusterId,
+    pub role: &'static str,
+    /// Why this cluster does not encrypt (when it does not).
+    pub off_reason: Option<String>,
+    pub domain: Option<DomainId>,
+    pub master: Option<ClusterId>,
+    pub epoch: Option<Epoch>,
+    pub key_versions: Vec<KeyVersion>,
+    pub primary_version: Option<KeyVersion>,
+    pub remote: Option<bool>,
+    pub eligible: bool,
+    pub peers: Vec<PeerStatus>,
+    pub alarms: Vec<Alarm>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub id: ClusterId,
+    pub address: Option<String>,
+    /// How this cluster sees the peer (slave in sync, conflict and why, not enrolled and why…).
+    pub relation: String,
+    pub link: LinkStatus,
+}
+
+enum Input {
+    Command { cmd: Command, reply: oneshot::Sender<Result<CommandOutcome, CommandError>> },
+    Peer { from: ClusterId, msg: PeerMessage, reply: oneshot::Sender<Result<(), String>> },
+    Status { reply: oneshot::Sender<Status> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// A running daemon. Dropping it does not stop it: call `shutdown` or `kill`.
+pub struct DaemonHandle {
+    id: ClusterId,
+    inbox: mpsc::Sender<Input>,
+    tasks: JoinSet<()>,
+    peer_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    ring: watch::Receiver<Option<Arc<KeyRing>>>,
+}
+
+#[derive(Clone)]
+struct CoreInbox(mpsc::Sender<Input>);
+
+impl crate::peer::server::Inbox for CoreInbox {
+    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .send(Input::Peer { from, msg, reply })
+            .await
+            .map_err(|_| "the daemon is stopping".to_string())?;
+        rx.await.map_err(|_| "the daemon is stopping".to_string())?
+    }
+}
+
+pub fn now() -> Time {
+    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Time::from_unix_millis(ms.as_millis() as u64)
+}
+
+/// Starts the daemon described by `config`: loads (or creates) the node key and the sealed
+/// state, binds the peer and admin listeners, and spawns the tasks.
+pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
+    let id = config.cluster_id.clone();
+    // An error-level span is enabled whatever the log level, so every line names its cluster.
+    let span = tracing::error_span!("cluster", id = %id);
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| DaemonError::StateDir { path: dir.clone(), source })?;
+    let (node_key, created) = NodeKey::load_or_create(&dir.join("node.key"))?;
+    if created {
+        span.in_scope(
+            || tracing::info!(path = %dir.join("node.key").display(), "created node key"),
+        );
+    }
+    let state_file = SealedFile::new(dir.join("state.sealed"), &node_key, Purpose::State);
+    let persisted: Option<PersistedState> = state_file.load()?;
+    let tls = PeerTls::load(&config.tls_files(), &id)?;
+
+    let mut cc = ClusterConfig::new(id.clone());
+    cc.iterations = config.password.pbkdf2_iterations;
+    cc.hello_interval = config.peer.hello_interval;
+    cc.master_unreachable_after = config.peer.master_unreachable_after;
+    if config.testing.legacy_software {
+        cc.capabilities = crate::cluster::Capabilities::LEGACY;
+    }
+    let t = now();
+    let mut cluster = match persisted {
+        Some(s) => Cluster::new(cc, s, t).map_err(|e| DaemonError::State(e.to_string()))?,
+        None => Cluster::fresh(cc, t),
+    };
+    span.in_scope(|| reconcile(&mut cluster, &config));
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { what, addr, source })
+    };
+    let peer_listener = bind("peer listener", config.peer.listen).await?;
+    let admin_listener = bind("admin listener", config.admin.listen).await?;
+    let peer_addr = peer_listener.local_addr().expect("bound");
+    let admin_addr = admin_listener.local_addr().expect("bound");
+
+    let mut tasks = JoinSet::new();
+    let links: BTreeMap<ClusterId, PeerLink> = span.in_scope(|| {
+        config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id.clone(),
+                    spawn_link(p.id.clone(), p.address.clone(), tls.client.clone(), &mut tasks),
+                )
+            })
+            .collect()
+    });
+    let (tx, rx) = mpsc::channel(1024);
+    let (ring_tx, ring_rx) = watch::channel(None);
+    let peer_ids = Arc::new(config.peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+    tasks.spawn(
+        crate::peer::server::serve(
+            peer_listener,
+            tls.server.clone(),
+            peer_ids,
+            CoreInbox(tx.clone()),
+        )
+        .instrument(span.clone()),
+    );
+    tasks.spawn(
+        crate::admin::serve_status(admin_listener, StatusSource(tx.clone()))
+            .instrument(span.clone()),
+    );
+    let core = Core {
+        cluster,
+        state_file: Arc::new(state_file),
+        links,
+        config: Arc::new(config),
+        ring: ring_tx,
+        download: None,
+    };
+    tasks.spawn(core.run(rx).instrument(span.clone()));
+    span.in_scope(
+        || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
+    );
+    Ok(DaemonHandle { id, inbox: tx, tasks, peer_addr, admin_addr, ring: ring_rx })
+}
+
+/// Brings the state machine's peers and nodes in line with the configuration file, which is
+/// the source of truth for both. A change the state machine refuses (a node added while
+/// encryption is on) is logged with its reason and not applied.
+fn reconcile(cluster: &mut Cluster, config: &Config) {
+    let state = cluster.state().clone();
+    let mut cmds = Vec::new();
+    for p in &config.peers {
+        if !state.peers.contains(&p.id) {
+            cmds.push(Command::AddPeer { peer: p.id.clone() });
+        }
+    }
+    for p in &state.peers {
+        if config.peers.iter().all(|c| &c.id != p) {
+            cmds.push(Command::RemovePeer { peer: p.clone() });
+        }
+    }
+    for n in &config.nodes {
+        match state.nodes.get(&n.id) {
+            None => {
+                cmds.push(Command::AddNode { node: n.id.clone(), archiver: n.archiver.clone() })
+            }
+            Some(a) if *a != n.archiver => {
+                cmds.push(Command::SetArchiver { node: n.id.clone(), archiver: n.archiver.clone() })
+            }
+            Some(_) => {}
+        }
+    }
+    for n in state.nodes.keys() {
+        if config.nodes.iter().all(|c| &c.id != n) {
+            cmds.push(Command::RemoveNode { node: n.clone() });
+        }
+    }
+    for cmd in cmds {
+        let what = format!("{cmd:?}");
+        if let Err(e) = cluster.handle_command(cmd, now(), Entropy::from_os()) {
+            tracing::error!(change = %what, reason = %e, "configuration change refused");
+        }
+    }
+}
+
+struct Core {
+    cluster: Cluster,
+    state_file: Arc<SealedFile>,
+    links: BTreeMap<ClusterId, PeerLink>,
+    config: Arc<Config>,
+    ring: watch::Sender<Option<Arc<KeyRing>>>,
+    download: Option<Box<KeyRing>>,
+}
+
+impl Core {
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        if let Err(e) = self.apply_effects().await {
+            tracing::error!(error = %e, "cannot write the state; the daemon stops");
+            return;
+        }
+        loop {
+            let deadline = self.cluster.poll_timeout().map(|t| {
+                let wait = t.since(now());
+                tokio::time::Instant::now() + wait
+            });
+            let input = tokio::select! {
+                i = rx.recv() => i,
+                () = sleep_until(deadline) => {
+                    self.cluster.handle_timeout(now());
+                    if let Err(e) = self.apply_effects().await {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(input) = input else { return };
+            match input {
+                Input::Command { cmd, reply } => {
+                    let r = self.cluster.handle_command(cmd, now(), Entropy::from_os());
+                    let persisted = self.apply_effects().await;
+                    let r = r.map(|()| CommandOutcome { keys_for_download: self.download.take() });
+                    let _ = reply.send(r);
+                    if let Err(e) = persisted {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
+                }
+                Input::Peer { from, msg, reply } => {
+                    let r = self.cluster.handle_peer_message(&from, msg, now());
+                    let persisted = self.apply_effects().await;
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    if let Err(e) = persisted {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
+                }
+                Input::Status { reply } => {
+                    let _ = reply.send(self.status());
+                }
+                Input::Shutdown { reply } => {
+                    tracing::info!("imcrypt daemon stopping");
+                    let _ = reply.send(());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out the pending effects in order; a failed write stops here.
+    async fn apply_effects(&mut self) -> Result<(), StoreError> {
+        while let Some(effect) = self.cluster.poll_effect() {
+            match effect {
+                Effect::Persist(state) => {
+                    let file = self.state_file.clone();
+                    tokio::task::spawn_blocking(move || file.save(&*state))
+                        .await
+                        .expect("the state writer does not panic")?;
+                }
+                Effect::Send { to, msg } => match self.links.get(&to) {
+                    Some(link) => link.send(msg),
+                    None => {
+                        tracing::warn!(peer = %to, "no address configured for peer; message not sent")
+                    }
+                },
+                Effect::RaiseAlarm(a) => tracing::warn!(
+                    alarm = a.key.name.as_str(),
+                    severity = %a.severity,
+                    about = %a.key.about,
+                    cause = %a.cause,
+                    remedy = %a.remedy,
+                    "alarm raised"
+                ),
+                Effect::ClearAlarm(k) => {
+                    tracing::info!(alarm = k.name.as_str(), about = %k.about, "alarm cleared")
+                }
+                Effect::Log(line) => match line.level {
+                    LogLevel::Info => tracing::info!("{}", line.text),
+                    LogLevel::Warn => tracing::warn!("{}", line.text),
+                },
+                Effect::KeyRingChanged(ring) => {
+                    self.ring.send_replace(ring.map(|r| Arc::new(*r)));
+                }
+                Effect::KeysForDownload(ring) => self.download = Some(ring),
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Status {
+        let c = &self.cluster;
+        let ds = c.domain_state();
+        let role = match c.role() {
+            Role::Off { .. } => "off",
+            Role::Master(_) => "master",
+            Role::Slave(_) => "slave",
+        };
+        let peers = c
+            .state()
+            .peers
+            .iter()
+            .map(|p| PeerStatus {
+                id: p.clone(),
+                address: self.config.peer_address(p).map(str::to_owned),
+                relation: c.peer_relation(p).map(|r| r.to_string()).unwrap_or_default(),
+                link: self.links.get(p).map(PeerLink::status).unwrap_or_default(),
+            })
+            .collect();
+        Status {
+            cluster: c.id().clone(),
+            role,
+            off_reason: c.off_reason(),
+            domain: ds.map(|d| d.domain),
+            master: ds.map(|d| d.master.clone()),
+            epoch: ds.map(|d| d.epoch),
+            key_versions: ds.map(|d| d.ring.versions().collect()).unwrap_or_default(),
+            primary_version: ds.map(|d| d.ring.primary_version()),
+            remote: ds.map(|d| d.remote),
+            eligible: c.eligibility().is_eligible(),
+            peers,
+            alarms: c.alarms().iter().cloned().collect(),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the admin listener asks for the status.
+#[derive(Clone)]
+pub struct StatusSource(mpsc::Sender<Input>);
+
+impl StatusSource {
+    pub async fn status(&self) -> Option<Status> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::Status { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+impl DaemonHandle {
+    pub fn id(&self) -> &ClusterId {
+        &self.id
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The key ring the hot path must use (`None`: encryption is off here).
+    pub fn key_ring(&self) -> watch::Receiver<Option<Arc<KeyRing>>> {
+        self.ring.clone()
+    }
+
+    pub async fn command(&self, cmd: Command) -> Result<CommandOutcome, DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.inbox.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
+        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+    }
+
+    pub async fn status(&self) -> Result<Status, DaemonError> {
+        StatusSource(self.inbox.clone()).status().await.ok_or(DaemonError::Stopped)
+    }
+
+    /// Stops cleanly: the core finishes the input it is handling (its state write completes),
+    /// then every task ends.
+    pub async fn shutdown(mut self) {
+        let (reply, rx) = oneshot::channel();
+        if self.inbox.send(Input::Shutdown { reply }).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        self.tasks.shutdown().await;
+    }
+
+    /// Stops at once, as `kill -9` would: whatever was not yet written is lost, and nothing
+    /// that was written is.
+    pub async fn kill(mut self) {
+        self.tasks.shutdown().await;
+    }
+
+    /// Waits until a task ends on its own (the core stopped, e.g. after a failed write).
+    pub async fn wait(&mut self) {
+        self.tasks.join_next().await;
+    }
+}

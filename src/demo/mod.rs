@@ -1,0 +1,247 @@
+//! A laboratory of clusters on 127.0.0.1: a development PKI, one config file per cluster, and
+//! their daemons as tasks of this process. `imcrypt demo` tells a story with it; the
+//! integration tests and the benchmarks build their networks with it.
+//!
+//! Invariant: everything listens on 127.0.0.1 only, and everything lives under the lab's
+//! directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::daemon::{DaemonError, DaemonHandle, Status};
+use crate::ids::ClusterId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("config of {id} is invalid: {message}")]
+    Config { id: ClusterId, message: String },
+    #[error("cluster {0} is not part of this lab")]
+    Unknown(ClusterId),
+    #[error("cluster {0} is not running")]
+    NotRunning(ClusterId),
+    #[error("timed out after {after:?} waiting until {what} (last status: {last})")]
+    Timeout { what: String, after: Duration, last: String },
+}
+
+/// How one cluster of the lab is configured.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub peers: BTreeSet<ClusterId>,
+    /// (node, archiver) as in the config file: "postgresql", "sql_server", "none", …
+    pub nodes: Vec<(String, String)>,
+    pub hello_interval: Duration,
+    pub master_unreachable_after: Duration,
+    /// Pretend the software predates encryption (tests of rolling upgrades).
+    pub legacy_software: bool,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self {
+            peers: BTreeSet::new(),
+            nodes: vec![("node1".into(), "postgresql".into())],
+            hello_interval: Duration::from_millis(500),
+            master_unreachable_after: Duration::from_secs(3),
+            legacy_software: false,
+        }
+    }
+}
+
+struct Member {
+    peer_port: u16,
+    admin_port: u16,
+    spec: Spec,
+    daemon: Option<DaemonHandle>,
+}
+
+/// Several clusters, their files and their daemons.
+pub struct Lab {
+    dir: PathBuf,
+    members: BTreeMap<ClusterId, Member>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+pub fn cid(s: &str) -> ClusterId {
+    ClusterId::new(s).expect("a valid cluster id")
+}
+
+impl Lab {
+    /// Creates the PKI for `ids` under `dir` and picks free ports for each cluster.
+    pub fn new(dir: &Path, ids: &[&str]) -> Result<Self, LabError> {
+        let ids: Vec<ClusterId> = ids.iter().map(|s| cid(s)).collect();
+        crate::pki::init(&dir.join("pki"), &ids)?;
+        let members = ids
+            .into_iter()
+            .map(|id| {
+                let m = Member {
+                    peer_port: free_port(),
+                    admin_port: free_port(),
+                    spec: Spec::default(),
+                    daemon: None,
+                };
+                (id, m)
+            })
+            .collect();
+        Ok(Self { dir: dir.to_owned(), members })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn member(&self, id: &ClusterId) -> Result<&Member, LabError> {
+        self.members.get(id).ok_or_else(|| LabError::Unknown(id.clone()))
+    }
+
+    fn member_mut(&mut self, id: &ClusterId) -> Result<&mut Member, LabError> {
+        self.members.get_mut(id).ok_or_else(|| LabError::Unknown(id.clone()))
+    }
+
+    pub fn spec_mut(&mut self, id: &str) -> &mut Spec {
+        &mut self.members.get_mut(&cid(id)).expect("a lab member").spec
+    }
+
+    /// Configures `a` and `b` as peers of each other (takes effect at their next start).
+    pub fn peer(&mut self, a: &str, b: &str) {
+        self.spec_mut(a).peers.insert(cid(b));
+        self.spec_mut(b).peers.insert(cid(a));
+    }
+
+    pub fn unpeer(&mut self, a: &str, b: &str) {
+        self.spec_mut(a).peers.remove(&cid(b));
+        self.spec_mut(b).peers.remove(&cid(a));
+    }
+
+    /// The TOML config of `id`, as an operator would write it.
+    pub fn config_text(&self, id: &ClusterId) -> Result<String, LabError> {
+        let m = self.member(id)?;
+        let mut t = format!(
+            "# imcrypt config of cluster {id} (lab)\n\
+             cluster_id = \"{id}\"\n\
+             state_dir = \"state/{id}\"\n\n\
+             [peer]\n\
+             listen = \"127.0.0.1:{}\"\n\
+             cert = \"pki/{id}.pem\"\n\
+             key = \"pki/{id}.key\"\n\
+             ca = \"pki/ca.pem\"\n\
+             hello_interval = \"{}\"\n\
+             master_unreachable_after = \"{}\"\n\n\
+             [admin]\n\
+             listen = \"127.0.0.1:{}\"\n\n\
+             [password]\n\
+             pbkdf2_iterations = 100000\n",
+            m.peer_port,
+            humantime::format_duration(m.spec.hello_interval),
+            humantime::format_duration(m.spec.master_unreachable_after),
+            m.admin_port,
+        );
+        if m.spec.legacy_software {
+            t.push_str("\n[testing]\nlegacy_software = true\n");
+        }
+        for p in &m.spec.peers {
+            let port = self.member(p)?.peer_port;
+            t.push_str(&format!("\n[[peers]]\nid = \"{p}\"\naddress = \"127.0.0.1:{port}\"\n"));
+        }
+        for (n, a) in &m.spec.nodes {
+            t.push_str(&format!("\n[[nodes]]\nid = \"{n}\"\narchiver = \"{a}\"\n"));
+        }
+        Ok(t)
+    }
+
+    /// Writes the config of `id` to `DIR/ID.toml` and returns its path.
+    pub fn write_config(&self, id: &ClusterId) -> Result<PathBuf, LabError> {
+        let path = self.dir.join(format!("{id}.toml"));
+        std::fs::write(&path, self.config_text(id)?)
+            .map_err(|source| LabError::Io { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    /// Writes the config of `id` and starts its daemon as tasks of this process.
+    pub async fn start(&mut self, id: &str) -> Result<(), LabError> {
+        let id = cid(id);
+        let path = self.write_config(&id)?;
+        let config = Config::load(&path)
+            .map_err(|e| LabError::Config { id: id.clone(), message: e.to_string() })?;
+        let handle = crate::daemon::start(config).await?;
+        self.member_mut(&id)?.daemon = Some(handle);
+        Ok(())
+    }
+
+    /// Stops `id` cleanly (its state is on disk).
+    pub async fn stop(&mut self, id: &str) -> Result<(), LabError> {
+        let id = cid(id);
+        let h = self.member_mut(&id)?.daemon.take().ok_or(LabError::NotRunning(id))?;
+        h.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops `id` at once, as `kill -9` would.
+    pub async fn kill(&mut self, id: &str) -> Result<(), LabError> {
+        let id = cid(id);
+        let h = self.member_mut(&id)?.daemon.take().ok_or(LabError::NotRunning(id))?;
+        h.kill().await;
+        Ok(())
+    }
+
+    pub fn daemon(&self, id: &str) -> Result<&DaemonHandle, LabError> {
+        let id = cid(id);
+        self.member(&id)?.daemon.as_ref().ok_or(LabError::NotRunning(id))
+    }
+
+    pub async fn status(&self, id: &str) -> Result<Status, LabError> {
+        Ok(self.daemon(id)?.status().await?)
+    }
+
+    /// Polls the status of `id` until `ok` holds, for at most `timeout`.
+    pub async fn wait_until(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Status) -> bool,
+    ) -> Result<Status, LabError> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let s = self.status(id).await?;
+            if ok(&s) {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                return Err(LabError::Timeout {
+                    what: format!("{id}: {what}"),
+                    after: timeout,
+                    last: serde_json::to_string(&s).unwrap_or_default(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops every running daemon cleanly.
+    pub async fn stop_all(&mut self) {
+        for m in self.members.values_mut() {
+            if let Some(h) = m.daemon.take() {
+                h.shutdown().await;
+            }
+        }
+    }
+}
+
+/// True when `s` has the alarm `name` about `about`.
+pub fn has_alarm(s: &Status, name: crate::alarm::AlarmName, about: &str) -> bool {
+    s.alarms.iter().any(|a| a.key.name == name && a.key.about.as_str() == about)
+}
+
+pub mod story;

@@ -1,0 +1,185 @@
+//! The sending side of the intercluster link: one task per peer with a persistent mutually
+//! authenticated HTTPS connection, retry with exponential backoff, and a small outbox.
+//!
+//! The state machine tolerates lost, duplicated and reordered messages (hellos repeat, states
+//! carry epochs), so the outbox keeps only the newest message of each kind while a peer is
+//! unreachable: nothing piles up, and the peer gets the current state when it is back.
+//! Invariant: the server is accepted only if its certificate names the peer dialled.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+
+use super::tls::server_name;
+use crate::cluster::PeerMessage;
+use crate::ids::ClusterId;
+
+/// Path of the one peer endpoint.
+pub const MESSAGE_PATH: &str = "/v1/peer/message";
+const TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the admin status shows about one link.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LinkStatus {
+    pub connected: bool,
+    /// Unix milliseconds of the last message this cluster delivered to the peer.
+    pub last_delivery_unix_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<VecDeque<PeerMessage>>,
+    notify: Notify,
+}
+
+/// The handle the daemon uses to send to one peer.
+#[derive(Clone)]
+pub struct PeerLink {
+    outbox: Arc<Outbox>,
+    status: Arc<Mutex<LinkStatus>>,
+}
+
+fn kind(m: &PeerMessage) -> u8 {
+    match m {
+        PeerMessage::Hello(_) => 0,
+        PeerMessage::State(_) => 1,
+        PeerMessage::Leave(_) => 2,
+        PeerMessage::Reject(_) => 3,
+    }
+}
+
+impl PeerLink {
+    /// Queues `msg`, replacing an undelivered older message of the same kind.
+    pub fn send(&self, msg: PeerMessage) {
+        let mut q = self.outbox.queue.lock().expect("outbox lock");
+        q.retain(|m| kind(m) != kind(&msg));
+        q.push_back(msg);
+        drop(q);
+        self.outbox.notify.notify_one();
+    }
+
+    pub fn status(&self) -> LinkStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// Starts the sender task for `peer` at `address`. It runs until aborted.
+pub fn spawn_link(
+    peer: ClusterId,
+    address: String,
+    tls: Arc<ClientConfig>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> PeerLink {
+    let link = PeerLink { outbox: Arc::default(), status: Arc::default() };
+    let l = link.clone();
+    tasks.spawn(tracing::Instrument::in_current_span(async move {
+        let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let next = l.outbox.queue.lock().expect("outbox lock").front().cloned();
+            let Some(msg) = next else {
+                l.outbox.notify.notified().await;
+                continue;
+            };
+            let body = Bytes::from(serde_json::to_vec(&msg).expect("peer messages serialize"));
+            let result = tokio::time::timeout(TIMEOUT, deliver(&mut conn, &peer, &address, &tls, body))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            match result {
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    {
+                        let mut st = l.status.lock().expect("status lock");
+                        st.connected = true;
+                        st.last_error = None;
+                        st.last_delivery_unix_ms = Some(unix_ms());
+                    }
+                    let mut q = l.outbox.queue.lock().expect("outbox lock");
+                    // Remove what was delivered, unless a newer message of its kind replaced it.
+                    if q.front().is_some_and(|m| *m == msg) {
+                        q.pop_front();
+                    }
+                }
+                Err(e) => {
+                    conn = None;
+                    {
+                        let mut st = l.status.lock().expect("status lock");
+                        if st.last_error.as_deref() != Some(&e) {
+                            tracing::warn!(peer = %peer, %address, error = %e, "peer unreachable; retrying with backoff");
+                        }
+                        st.connected = false;
+                        st.last_error = Some(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }));
+    link
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn connect(
+    peer: &ClusterId,
+    address: &str,
+    tls: &Arc<ClientConfig>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
+    let tcp = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    let stream = TlsConnector::from(tls.clone())
+        .connect(server_name(peer), tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn deliver(
+    conn: &mut Option<SendRequest<Full<Bytes>>>,
+    peer: &ClusterId,
+    address: &str,
+    tls: &Arc<ClientConfig>,
+    body: Bytes,
+) -> Result<(), String> {
+    if conn.as_ref().is_none_or(|c| c.is_closed()) {
+        *conn = Some(connect(peer, address, tls).await?);
+    }
+    let sender = conn.as_mut().expect("connected above");
+    sender.ready().await.map_err(|e| format!("HTTP: {e}"))?;
+    let req = hyper::Request::post(MESSAGE_PATH)
+        .header(hyper::header::HOST, peer.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("a valid request");
+    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Err(format!("peer answered {status}: {}", String::from_utf8_lossy(&body).trim()))
+}

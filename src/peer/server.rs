@@ -1,0 +1,125 @@
+//! The receiving side of the intercluster link: a TLS 1.3 listener that requires a client
+//! certificate from the CA, identifies the peer by the DNS name in it, and hands each message
+//! to the daemon's core.
+//!
+//! Invariants: a connection whose certificate names no configured peer is refused and logged
+//! before any message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that
+//! says what was wrong and changes nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::client::MESSAGE_PATH;
+use super::tls::identify;
+use crate::cluster::PeerMessage;
+use crate::ids::ClusterId;
+
+/// Largest peer message accepted (a state with thousands of key versions fits easily).
+pub const MAX_BODY: usize = 1 << 20;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where an accepted message goes; answers `Err(reason)` when the core refused it.
+pub trait Inbox: Clone + Send + Sync + 'static {
+    fn deliver(
+        &self,
+        from: ClusterId,
+        msg: PeerMessage,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// Accepts peer connections until the task is aborted.
+pub async fn serve<I: Inbox>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    peers: Arc<Vec<ClusterId>>,
+    inbox: I,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tcp.set_nodelay(true).ok();
+        let (acceptor, peers, inbox) = (acceptor.clone(), peers.clone(), inbox.clone());
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            if let Err(why) = connection(acceptor, tcp, addr, &peers, inbox).await {
+                tracing::warn!(%addr, reason = %why, "refused peer connection");
+            }
+        }));
+    }
+}
+
+async fn connection<I: Inbox>(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    peers: &[ClusterId],
+    inbox: I,
+) -> Result<(), String> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let from = identify(tls.get_ref().1.peer_certificates(), peers)
+        .ok_or_else(|| "its certificate names no configured peer cluster".to_string())?;
+    tracing::debug!(%addr, peer = %from, "peer connected");
+    let service = hyper::service::service_fn(move |req| {
+        let (from, inbox) = (from.clone(), inbox.clone());
+        async move { Ok::<_, std::convert::Infallible>(handle(req, from, inbox).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle<I: Inbox>(
+    req: Request<Incoming>,
+    from: ClusterId,
+    inbox: I,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != MESSAGE_PATH {
+        return text(StatusCode::NOT_FOUND, format!("no such endpoint {}", req.uri().path()));
+    }
+    if req.method() != hyper::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body refused: {e} (limit {MAX_BODY} bytes)"),
+            );
+        }
+    };
+    let msg: PeerMessage = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a peer message: {e}")),
+    };
+    match inbox.deliver(from, msg).await {
+        Ok(()) => text(StatusCode::NO_CONTENT, ""),
+        Err(why) => text(StatusCode::CONFLICT, why),
+    }
+}

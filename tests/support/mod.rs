@@ -1,0 +1,43 @@
+//! Shared by the integration tests: a lab of daemons on 127.0.0.1 in a temp dir, passwords,
+//! and bounded waits.
+#![allow(dead_code, unused_imports)]
+
+use std::time::Duration;
+
+pub use imcrypt::alarm::AlarmName;
+pub use imcrypt::cluster::Command;
+pub use imcrypt::crypto::password::Password;
+pub use imcrypt::daemon::Status;
+pub use imcrypt::demo::{Lab, has_alarm};
+
+pub const WAIT: Duration = Duration::from_secs(15);
+pub const PASSWORD: &str = "Correct-Horse-9-battery";
+
+pub fn pw(s: &str) -> Password {
+    Password::new(s)
+}
+
+/// A lab of `ids`, fully meshed, in a fresh temp dir (kept alive by the returned guard).
+pub fn mesh(ids: &[&str]) -> (tempfile::TempDir, Lab) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::new(dir.path(), ids).unwrap();
+    for (i, a) in ids.iter().enumerate() {
+        for b in &ids[i + 1..] {
+            lab.peer(a, b);
+        }
+    }
+    (dir, lab)
+}
+
+pub fn enable(remote: bool) -> Command {
+    Command::Enable { password: pw(PASSWORD), remote }
+}
+
+pub fn is_slave_of(master: &str) -> impl Fn(&Status) -> bool + '_ {
+    move |s| s.role == "slave" && s.master.as_ref().is_some_and(|m| m.as_str() == master)
+}
+
+/// Runs `f` with a global time bound, so a broken test fails instead of hanging.
+pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(120), f).await.expect("test exceeded 120 s");
+}
