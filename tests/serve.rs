@@ -1,0 +1,169 @@
+//! `imcrypt serve` as real processes: the shipped demo configs, status over HTTP, clean
+//! shutdown on SIGTERM, state kept across restarts, and refusals with clear messages.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Copies config/demo/NAME.toml into `dir`, moving its ports to free ones.
+fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, u16)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo");
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            let mut text = std::fs::read_to_string(src.join(format!("{id}.toml"))).unwrap();
+            for (i, (p, a)) in ports.iter().enumerate() {
+                text = text.replace(&format!("127.0.0.1:710{}", i + 1), &format!("127.0.0.1:{p}"));
+                text = text.replace(&format!("127.0.0.1:720{}", i + 1), &format!("127.0.0.1:{a}"));
+            }
+            let text = text.replace("pbkdf2_iterations = 600000", "pbkdf2_iterations = 100000");
+            let path = dir.join(format!("{id}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let admin = ports[(id.as_bytes()[0] - b'a') as usize].1;
+            (id.to_string(), path, admin)
+        })
+        .collect()
+}
+
+fn get_status(port: u16) -> Option<serde_json::Value> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let body = out.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str(body).ok()
+}
+
+fn wait_status(
+    port: u16,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = get_status(port) {
+            if ok(&s) {
+                return s;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Daemon(Child, PathBuf);
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf) -> Self {
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon(child, log)
+    }
+
+    fn term(mut self) -> (bool, String) {
+        Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status().unwrap();
+        let t = Instant::now();
+        let status = loop {
+            if let Some(st) = self.0.try_wait().unwrap() {
+                break st;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.success(), std::fs::read_to_string(&self.1).unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    let (code, _) = run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]);
+    assert_eq!(code, 0);
+    let (code, err) = run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+
+    let cfg = demo_configs(d.path());
+    let a = Daemon::start(&cfg[0].1, d.path().join("a.log"));
+    let b = Daemon::start(&cfg[1].1, d.path().join("b.log"));
+    let s = wait_status(cfg[0].2, "a connected to b", |s| {
+        s["peers"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p["id"] == "b"
+                    && p["link"]["connected"] == true
+                    && p["relation"] != "no hello received yet"
+            })
+        })
+    });
+    assert_eq!(s["cluster"], "a");
+    assert_eq!(s["role"], "off");
+    assert_eq!(s["eligible"], true);
+    let (ok, log) = a.term();
+    assert!(ok, "exit status after SIGTERM; log:\n{log}");
+    assert!(log.contains("SIGTERM received") && log.contains("imcrypt daemon stopping"), "{log}");
+    assert!(b.term().0);
+
+    // Restarted, a finds its node key and state again.
+    let state = d.path().join("state/a/state.sealed");
+    let before = std::fs::read(&state).unwrap();
+    let a = Daemon::start(&cfg[0].1, d.path().join("a2.log"));
+    wait_status(cfg[0].2, "a back", |s| s["cluster"] == "a");
+    let (ok, log) = a.term();
+    assert!(ok && !log.contains("created node key"), "{log}");
+
+    // A damaged state file stops the start with a clear error, and is left as it is.
+    let mut bad = before.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    std::fs::write(&state, &bad).unwrap();
+    let (code, err) = run(&["serve", "--config", cfg[0].1.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot be authenticated"), "{err}");
+    assert_eq!(std::fs::read(&state).unwrap(), bad);
+    std::fs::write(&state, &before).unwrap();
+
+    // A node key readable by others is refused with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    let key = d.path().join("state/a/node.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run(&["serve", "--config", cfg[0].1.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("chmod 600"), "{err}");
+
+    // A wrong key in the config is named with its line.
+    let text =
+        std::fs::read_to_string(&cfg[1].1).unwrap().replace("hello_interval", "hello_intervall");
+    std::fs::write(&cfg[1].1, text).unwrap();
+    let (code, err) = run(&["serve", "--config", cfg[1].1.to_str().unwrap()]);
+    assert_eq!(code, 3);
+    assert!(err.contains("hello_intervall") && err.contains("line 16"), "{err}");
+}
