@@ -132,7 +132,9 @@ fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::
         "sql_server" => Some(ComplianceDb::SqlServer),
         "postgresql" => Some(ComplianceDb::PostgreSql),
         "" => {
-            return Err(serde::de::Error::custom("archiver is empty; use \"none\" for no archiver"));
+            return Err(serde::de::Error::custom(
+                "archiver is empty; use \"none\" for no archiver",
+            ));
         }
         other => Some(ComplianceDb::Unsupported(other.to_owned())),
     })
