@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -152,7 +153,8 @@ impl ClientError {
 /// The sealed records of one batch, in request order, in one buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedBatch {
-    raw: Vec<u8>,
+    /// `count × (record_len u32 | record)`, a slice of the connection's receive buffer.
+    raw: Bytes,
     count: u32,
 }
 
@@ -500,12 +502,14 @@ fn admit(mut job: Job, w: Welcome) -> Option<Job> {
     Some(job)
 }
 
-/// Reads answers until the connection ends, delivering each to its request.
-async fn read_answers(mut rd: OwnedReadHalf, mut buf: Vec<u8>, max: u32, inflight: InFlight) {
-    let mut start = 0;
+/// Reads answers until the connection ends, delivering each to its request. SEALED bodies
+/// are handed to the caller without a copy (a slice of the receive buffer).
+async fn read_answers(mut rd: OwnedReadHalf, leftover: Vec<u8>, max: u32, inflight: InFlight) {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    buf.extend_from_slice(&leftover);
     loop {
         loop {
-            let (resp, n) = match frame::decode_response(&buf[start..], max) {
+            let (resp, n) = match frame::decode_response(&buf, max) {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
                 Err(e) => {
@@ -513,16 +517,13 @@ async fn read_answers(mut rd: OwnedReadHalf, mut buf: Vec<u8>, max: u32, infligh
                     return;
                 }
             };
-            start += n;
             let (id, answer, closes) = match resp {
-                Response::Sealed { request_id, records } => (
-                    request_id,
-                    Ok(Answer::Sealed(SealedBatch {
-                        raw: records.raw().to_vec(),
-                        count: records.len() as u32,
-                    })),
-                    false,
-                ),
+                Response::Sealed { request_id, records } => {
+                    let off = records.raw().as_ptr() as usize - buf.as_ptr() as usize;
+                    let (len, count) = (records.raw().len(), records.len() as u32);
+                    let raw = buf.split_to(n).freeze().slice(off..off + len);
+                    (request_id, Ok(Answer::Sealed(SealedBatch { raw, count })), false)
+                }
                 Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
                 Response::Status { request_id, status } => {
                     (request_id, status_of(status).map(Answer::Status), false)
@@ -541,6 +542,9 @@ async fn read_answers(mut rd: OwnedReadHalf, mut buf: Vec<u8>, max: u32, infligh
                     return;
                 }
             };
+            if !matches!(answer, Ok(Answer::Sealed(_))) {
+                buf.advance(n);
+            }
             let job = inflight.lock().expect("not poisoned").remove(&id);
             match job {
                 Some(j) => {
@@ -552,15 +556,8 @@ async fn read_answers(mut rd: OwnedReadHalf, mut buf: Vec<u8>, max: u32, infligh
                 return;
             }
         }
-        if start == buf.len() {
-            buf.clear();
-            start = 0;
-        } else if start > 0 {
-            buf.drain(..start);
-            start = 0;
-        }
         let want = frame::frame_len(&buf).unwrap_or(0).max(buf.len() + (16 << 10));
-        buf.reserve(want.min(max as usize + 4) - buf.len().min(want));
+        buf.reserve(want.min(max as usize + 4).saturating_sub(buf.len()));
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
