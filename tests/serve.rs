@@ -51,10 +51,10 @@ fn wait_status(
 ) -> serde_json::Value {
     let t = Instant::now();
     loop {
-        if let Some(s) = get_status(port) {
-            if ok(&s) {
-                return s;
-            }
+        if let Some(s) = get_status(port)
+            && ok(&s)
+        {
+            return s;
         }
         assert!(t.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
