@@ -246,6 +246,39 @@ impl KeySource {
         Ok(true)
     }
 
+    /// Applies every key ring the daemon publishes (its `Effect::KeyRingChanged`, carried on a
+    /// watch channel) until the sender is dropped. A ring whose first reservation cannot be
+    /// persisted is retried every `retry`; the previous sealer keeps serving meanwhile.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut rings: watch::Receiver<Option<Arc<KeyRing>>>,
+        retry: Duration,
+    ) {
+        'rings: loop {
+            let ring = rings.borrow_and_update().clone();
+            loop {
+                let (me, r) = (self.clone(), ring.clone());
+                match tokio::task::spawn_blocking(move || me.set_ring(r.as_deref())).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "hot path cannot use the new key ring yet")
+                    }
+                    Err(e) => tracing::error!(error = %e, "key ring task failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    changed = rings.changed() => match changed {
+                        Ok(()) => continue 'rings,
+                        Err(_) => return,
+                    },
+                }
+            }
+            if rings.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Keeps reservations ahead of use until `shutdown` resolves: woken by `note_use` and by
     /// sealers waiting in `wait_for_reservation`; retries a failed save every `retry`.
     pub async fn run_reserver(
@@ -334,6 +367,36 @@ mod tests {
         let ks = source(store.clone());
         assert!(matches!(ks.set_ring(Some(&ring())), Err(KeyError::Persist(_))));
         assert!(ks.sealer().is_none());
+    }
+
+    #[tokio::test]
+    async fn follow_applies_each_published_ring() {
+        let store = Arc::new(MemoryReservations::new());
+        let ks = Arc::new(source(store.clone()));
+        let (tx, rx) = watch::channel(None);
+        let task = tokio::spawn(ks.clone().follow(rx, Duration::from_millis(10)));
+        let until = |want: fn(&KeyStatus) -> bool| {
+            let ks = ks.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while !want(&ks.status()) {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+                .await
+                .unwrap()
+            }
+        };
+        store.fail_saves(true);
+        tx.send_replace(Some(Arc::new(ring())));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(ks.status(), KeyStatus::Off, "not published without its reservation");
+        store.fail_saves(false);
+        until(|s| matches!(s, KeyStatus::On { .. })).await;
+        tx.send_replace(None);
+        until(|s| *s == KeyStatus::Off).await;
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     }
 
     #[test]
