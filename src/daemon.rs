@@ -191,10 +191,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         )
         .instrument(span.clone()),
     );
-    tasks.spawn(
-        crate::admin::serve_status(admin_listener, StatusSource(tx.clone()))
-            .instrument(span.clone()),
-    );
+    tasks.spawn(crate::admin::serve(admin_listener, Control(tx.clone())).instrument(span.clone()));
     let core = Core {
         cluster,
         state_file: Arc::new(state_file),
@@ -397,15 +394,22 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// What the admin listener asks for the status.
+/// A cloneable way into a running daemon: what the admin API (and tests) use to run commands
+/// and read the status. Every command goes through the one core task, in order.
 #[derive(Clone)]
-pub struct StatusSource(mpsc::Sender<Input>);
+pub struct Control(mpsc::Sender<Input>);
 
-impl StatusSource {
-    pub async fn status(&self) -> Option<Status> {
+impl Control {
+    pub async fn command(&self, cmd: Command) -> Result<CommandOutcome, DaemonError> {
         let (reply, rx) = oneshot::channel();
-        self.0.send(Input::Status { reply }).await.ok()?;
-        rx.await.ok()
+        self.0.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
+        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+    }
+
+    pub async fn status(&self) -> Result<Status, DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::Status { reply }).await.map_err(|_| DaemonError::Stopped)?;
+        rx.await.map_err(|_| DaemonError::Stopped)
     }
 }
 
@@ -427,14 +431,16 @@ impl DaemonHandle {
         self.ring.clone()
     }
 
+    pub fn control(&self) -> Control {
+        Control(self.inbox.clone())
+    }
+
     pub async fn command(&self, cmd: Command) -> Result<CommandOutcome, DaemonError> {
-        let (reply, rx) = oneshot::channel();
-        self.inbox.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
-        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+        self.control().command(cmd).await
     }
 
     pub async fn status(&self) -> Result<Status, DaemonError> {
-        StatusSource(self.inbox.clone()).status().await.ok_or(DaemonError::Stopped)
+        self.control().status().await
     }
 
     /// Stops cleanly: the core finishes the input it is handling (its state write completes),

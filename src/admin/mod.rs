@@ -9,7 +9,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::daemon::StatusSource;
+use crate::daemon::Control;
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -21,15 +21,15 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Fu
     r
 }
 
-async fn route<B>(req: Request<B>, source: StatusSource) -> Response<Full<Bytes>> {
+async fn route<B>(req: Request<B>, source: Control) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/status") => match source.status().await {
-            Some(s) => respond(
+            Ok(s) => respond(
                 StatusCode::OK,
                 "application/json",
                 serde_json::to_vec_pretty(&s).expect("status serializes"),
             ),
-            None => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"stopping".to_vec()),
+            Err(_) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"stopping".to_vec()),
         },
         (_, "/v1/status") => {
             respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"use GET".to_vec())
@@ -43,7 +43,7 @@ async fn route<B>(req: Request<B>, source: StatusSource) -> Response<Full<Bytes>
 }
 
 /// Serves the admin listener until the task is aborted.
-pub async fn serve_status(listener: TcpListener, source: StatusSource) {
+pub async fn serve(listener: TcpListener, source: Control) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
