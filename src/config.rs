@@ -41,8 +41,20 @@ pub struct Config {
     /// The nodes of this cluster and their message archiver database.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
+    /// The router's encryption service; absent: no hot path on this daemon.
+    #[serde(default)]
+    pub hotpath: Option<HotpathSection>,
     #[serde(default)]
     pub testing: TestingSection,
+}
+
+/// `[hotpath.socket]` (path, mode, group) and `[hotpath.limits]` (docs/hotpath.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotpathSection {
+    pub socket: crate::hotpath::UnixSocketConfig,
+    #[serde(default)]
+    pub limits: crate::hotpath::ServerConfig,
 }
 
 /// Knobs for tests and demos of mixed-version networks; never set them in production.
@@ -181,6 +193,10 @@ impl Config {
         abs(&mut c.peer.cert);
         abs(&mut c.peer.key);
         abs(&mut c.peer.ca);
+        if let Some(h) = &mut c.hotpath {
+            abs(&mut h.socket.path);
+            h.limits.validate().map_err(|e| format!("hotpath.limits: {e}"))?;
+        }
         Ok(c)
     }
 
@@ -238,6 +254,16 @@ archiver = "postgresql"
         assert_eq!(c.password.pbkdf2_iterations.get(), 600_000);
         assert_eq!(c.nodes[0].archiver, Some(ComplianceDb::PostgreSql));
         assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
+        assert!(c.hotpath.is_none());
+        let h = Config::parse(
+            &format!("{GOOD}\n[hotpath.socket]\npath = \"run/hp.sock\"\n"),
+            Path::new("/etc/imcrypt"),
+        )
+        .unwrap()
+        .hotpath
+        .unwrap();
+        assert_eq!(h.socket.path, Path::new("/etc/imcrypt/run/hp.sock"));
+        assert_eq!(h.socket.mode, 0o660);
     }
 
     #[test]
@@ -259,6 +285,12 @@ archiver = "postgresql"
         assert!(e.contains("peers[0].id") && e.contains("this cluster itself"), "{e}");
         let e = err(&GOOD.replace("listen = \"127.0.0.1:7201\"", "listen = \"localhost\""));
         assert!(e.contains("listen") || e.contains("line 13"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[hotpath.socket]\npath = \"hp.sock\"\n[hotpath.limits]\nmax_batch = 0\n"
+        ));
+        assert!(e.contains("hotpath.limits") && e.contains("max_batch"), "{e}");
+        let e = err(&format!("{GOOD}\n[hotpath.socket]\npath = \"hp.sock\"\nmod = 432\n"));
+        assert!(e.contains("unknown field `mod`"), "{e}");
         let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
         assert!(e.contains("missing field `admin`"), "{e}");
     }

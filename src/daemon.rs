@@ -48,6 +48,10 @@ pub enum DaemonError {
     #[error("the daemon has stopped")]
     Stopped,
     #[error(transparent)]
+    Hotpath(#[from] crate::hotpath::ServerError),
+    #[error("hot path: {0}")]
+    HotpathKeys(#[from] crate::hotpath::KeyError),
+    #[error(transparent)]
     Command(#[from] CommandError),
 }
 
@@ -95,6 +99,9 @@ enum Input {
 /// A running daemon. Dropping it does not stop it: call `shutdown` or `kill`.
 pub struct DaemonHandle {
     id: ClusterId,
+    /// Tells the hot path to stop accepting and drain (graceful shutdown only).
+    stop: watch::Sender<bool>,
+    hotpath: Option<tokio::task::JoinHandle<()>>,
     inbox: mpsc::Sender<Input>,
     tasks: JoinSet<()>,
     peer_addr: SocketAddr,
@@ -192,6 +199,33 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         .instrument(span.clone()),
     );
     tasks.spawn(crate::admin::serve(admin_listener, Control(tx.clone())).instrument(span.clone()));
+    let (stop, _) = watch::channel(false);
+    let mut hotpath = None;
+    if let Some(hp) = &config.hotpath {
+        let counters = SealedFile::new(dir.join("counters.sealed"), &node_key, Purpose::Counters);
+        let keys = Arc::new(crate::hotpath::KeySource::new(
+            id.clone(),
+            crate::crypto::aead::AeadImpl::default(),
+            counters,
+        )?);
+        let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
+        tasks.spawn(
+            keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
+        );
+        let mut stopped = stop.subscribe();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let limits = hp.limits.clone();
+        hotpath = Some(tokio::spawn(
+            async move {
+                if let Err(e) = crate::hotpath::serve(listener, keys, limits, shutdown).await {
+                    tracing::error!(error = %e, "hot path stopped");
+                }
+            }
+            .instrument(span.clone()),
+        ));
+    }
     let core = Core {
         cluster,
         state_file: Arc::new(state_file),
@@ -204,7 +238,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     span.in_scope(
         || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
     );
-    Ok(DaemonHandle { id, inbox: tx, tasks, peer_addr, admin_addr, ring: ring_rx })
+    Ok(DaemonHandle { id, stop, hotpath, inbox: tx, tasks, peer_addr, admin_addr, ring: ring_rx })
 }
 
 /// Brings the state machine's peers and nodes in line with the configuration file, which is
@@ -443,12 +477,19 @@ impl DaemonHandle {
         self.control().status().await
     }
 
-    /// Stops cleanly: the core finishes the input it is handling (its state write completes),
-    /// then every task ends.
+    /// Stops cleanly: the hot path stops accepting and answers what it received, the core
+    /// finishes the input it is handling (its state write completes), then every task ends.
     pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
         let (reply, rx) = oneshot::channel();
         if self.inbox.send(Input::Shutdown { reply }).await.is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        if let Some(mut hp) = self.hotpath.take() {
+            // It drains within its own drain timeout; past that, it is cut off.
+            if tokio::time::timeout(Duration::from_secs(15), &mut hp).await.is_err() {
+                hp.abort();
+            }
         }
         self.tasks.shutdown().await;
     }
@@ -456,6 +497,10 @@ impl DaemonHandle {
     /// Stops at once, as `kill -9` would: whatever was not yet written is lost, and nothing
     /// that was written is.
     pub async fn kill(mut self) {
+        if let Some(hp) = self.hotpath.take() {
+            hp.abort();
+            let _ = hp.await;
+        }
         self.tasks.shutdown().await;
     }
 

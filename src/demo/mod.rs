@@ -42,6 +42,8 @@ pub struct Spec {
     pub master_unreachable_after: Duration,
     /// Pretend the software predates encryption (tests of rolling upgrades).
     pub legacy_software: bool,
+    /// Run the router's encryption service at `DIR/state/ID/hotpath.sock`.
+    pub hotpath: bool,
 }
 
 impl Default for Spec {
@@ -52,6 +54,7 @@ impl Default for Spec {
             hello_interval: Duration::from_millis(500),
             master_unreachable_after: Duration::from_secs(3),
             legacy_software: false,
+            hotpath: false,
         }
     }
 }
@@ -147,6 +150,9 @@ impl Lab {
             humantime::format_duration(m.spec.master_unreachable_after),
             m.admin_port,
         );
+        if m.spec.hotpath {
+            t.push_str(&format!("\n[hotpath.socket]\npath = \"state/{id}/hotpath.sock\"\n"));
+        }
         if m.spec.legacy_software {
             t.push_str("\n[testing]\nlegacy_software = true\n");
         }
@@ -193,6 +199,11 @@ impl Lab {
         let h = self.member_mut(&id)?.daemon.take().ok_or(LabError::NotRunning(id))?;
         h.kill().await;
         Ok(())
+    }
+
+    /// The hot-path socket of `id` (when its spec has `hotpath`).
+    pub fn hotpath_socket(&self, id: &str) -> PathBuf {
+        self.dir.join("state").join(id).join("hotpath.sock")
     }
 
     pub fn daemon(&self, id: &str) -> Result<&DaemonHandle, LabError> {

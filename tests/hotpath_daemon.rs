@@ -1,0 +1,89 @@
+//! The hot path wired into the daemon: a router on a slave cluster encrypts through its
+//! daemon's socket with the domain key its master made, follows a rotation, and is told
+//! "encryption off" after a disable. Records open with the domain's key ring.
+
+mod support;
+
+use imcrypt::crypto::aead::AeadImpl;
+use imcrypt::crypto::record::{RecordHeader, RecordOpener};
+use imcrypt::hotpath::{Client, ClientConfig, Encrypted};
+use support::*;
+
+async fn seal_one(client: &Client, meta: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    match client.encrypt(meta, body).await.unwrap() {
+        Encrypted::Sealed(b) => Some(b.to_vecs().remove(0)),
+        Encrypted::Off => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_disable() {
+    bounded(async {
+        let (_d, mut lab) = mesh(&["a", "b"]);
+        lab.spec_mut("b").hotpath = true;
+        for id in ["a", "b"] {
+            lab.start(id).await.unwrap();
+        }
+        let client = Client::new(ClientConfig::new(lab.hotpath_socket("b")));
+        // Encryption off: the router is told so, and stores plaintext by its policy.
+        assert_eq!(seal_one(&client, b"m0", b"before").await, None);
+
+        lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
+        lab.wait_until("b", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
+        let mut ring = lab.daemon("b").unwrap().key_ring();
+        let mut first = None;
+        for _ in 0..200 {
+            first = seal_one(&client, b"row-1", b"hello from b").await;
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let first = first.expect("b's hot path starts encrypting once b is a slave");
+        let h = RecordHeader::parse(&first).unwrap();
+        assert_eq!((h.cluster, h.key_version.get()), ("b", 1));
+
+        lab.daemon("a").unwrap().command(Command::RotateKey).await.unwrap();
+        lab.wait_until("b", "key v2", WAIT, |s| s.primary_version.map(|v| v.get()) == Some(2))
+            .await
+            .unwrap();
+        let mut second = None;
+        for _ in 0..200 {
+            let r = seal_one(&client, b"row-2", b"after rotation").await.unwrap();
+            if RecordHeader::parse(&r).unwrap().key_version.get() == 2 {
+                second = Some(r);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let second = second.expect("new records use the new primary version");
+
+        // The ring b holds (the same as a's export would give) opens both records.
+        let held = ring.borrow_and_update().clone().unwrap();
+        let mut op = RecordOpener::new(&held, AeadImpl::RustCrypto);
+        assert_eq!(&op.open(&first, b"row-1").unwrap()[..], b"hello from b");
+        assert_eq!(&op.open(&second, b"row-2").unwrap()[..], b"after rotation");
+
+        lab.daemon("a")
+            .unwrap()
+            .command(Command::DisableOnMaster {
+                password: pw(PASSWORD),
+                i_understand_data_loss: true,
+            })
+            .await
+            .unwrap();
+        lab.wait_until("b", "off", WAIT, |s| s.role == "off").await.unwrap();
+        let mut off = false;
+        for _ in 0..200 {
+            if seal_one(&client, b"row-3", b"x").await.is_none() {
+                off = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(off, "after the disable the router is told encryption is off");
+        drop(client);
+        lab.stop_all().await;
+    })
+    .await;
+}
