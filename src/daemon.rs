@@ -53,6 +53,8 @@ pub enum DaemonError {
     HotpathKeys(#[from] crate::hotpath::KeyError),
     #[error(transparent)]
     Command(#[from] CommandError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// What a successful command produced besides the state change.
@@ -164,6 +166,8 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         None => Cluster::fresh(cc, t),
     };
     span.in_scope(|| reconcile(&mut cluster, &config));
+    let alarm_history = crate::admin::AlarmHistory::default();
+    let admin = span.in_scope(|| crate::admin::Admin::new(&config, alarm_history.clone()))?;
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { what, addr, source })
@@ -198,7 +202,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         )
         .instrument(span.clone()),
     );
-    tasks.spawn(crate::admin::serve(admin_listener, Control(tx.clone())).instrument(span.clone()));
+    tasks.spawn(admin.serve(admin_listener, Control(tx.clone())).instrument(span.clone()));
     let (stop, _) = watch::channel(false);
     let mut hotpath = None;
     if let Some(hp) = &config.hotpath {
@@ -233,6 +237,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         config: Arc::new(config),
         ring: ring_tx,
         download: None,
+        alarm_history,
     };
     tasks.spawn(core.run(rx).instrument(span.clone()));
     span.in_scope(
@@ -247,16 +252,8 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
 fn reconcile(cluster: &mut Cluster, config: &Config) {
     let state = cluster.state().clone();
     let mut cmds = Vec::new();
-    for p in &config.peers {
-        if !state.peers.contains(&p.id) {
-            cmds.push(Command::AddPeer { peer: p.id.clone() });
-        }
-    }
-    for p in &state.peers {
-        if config.peers.iter().all(|c| &c.id != p) {
-            cmds.push(Command::RemovePeer { peer: p.clone() });
-        }
-    }
+    // Nodes first: the first hello to a newly added peer then already says whether this
+    // cluster is eligible, instead of a transient "no nodes".
     for n in &config.nodes {
         match state.nodes.get(&n.id) {
             None => {
@@ -271,6 +268,16 @@ fn reconcile(cluster: &mut Cluster, config: &Config) {
     for n in state.nodes.keys() {
         if config.nodes.iter().all(|c| &c.id != n) {
             cmds.push(Command::RemoveNode { node: n.clone() });
+        }
+    }
+    for p in &state.peers {
+        if config.peers.iter().all(|c| &c.id != p) {
+            cmds.push(Command::RemovePeer { peer: p.clone() });
+        }
+    }
+    for p in &config.peers {
+        if !state.peers.contains(&p.id) {
+            cmds.push(Command::AddPeer { peer: p.id.clone() });
         }
     }
     for cmd in cmds {
@@ -288,6 +295,8 @@ struct Core {
     config: Arc<Config>,
     ring: watch::Sender<Option<Arc<KeyRing>>>,
     download: Option<Box<KeyRing>>,
+    /// Raises and clears, for the admin API's `GET /v1/alarms`.
+    alarm_history: crate::admin::AlarmHistory,
 }
 
 impl Core {
@@ -315,7 +324,10 @@ impl Core {
             let Some(input) = input else { return };
             match input {
                 Input::Command { cmd, reply } => {
-                    let r = self.cluster.handle_command(cmd, now(), Entropy::from_os());
+                    // Commands may run PBKDF2 (about 0.08 s at 600,000 iterations): tell the
+                    // runtime, so that this worker's other tasks move elsewhere meanwhile.
+                    let cluster = &mut self.cluster;
+                    let r = blocking(|| cluster.handle_command(cmd, now(), Entropy::from_os()));
                     let persisted = self.apply_effects().await;
                     let r = r.map(|()| CommandOutcome { keys_for_download: self.download.take() });
                     let _ = reply.send(r);
@@ -361,15 +373,19 @@ impl Core {
                         tracing::warn!(peer = %to, "no address configured for peer; message not sent")
                     }
                 },
-                Effect::RaiseAlarm(a) => tracing::warn!(
-                    alarm = a.key.name.as_str(),
-                    severity = %a.severity,
-                    about = %a.key.about,
-                    cause = %a.cause,
-                    remedy = %a.remedy,
-                    "alarm raised"
-                ),
+                Effect::RaiseAlarm(a) => {
+                    self.alarm_history.raised(now().unix_millis(), &a);
+                    tracing::warn!(
+                        alarm = a.key.name.as_str(),
+                        severity = %a.severity,
+                        about = %a.key.about,
+                        cause = %a.cause,
+                        remedy = %a.remedy,
+                        "alarm raised"
+                    )
+                }
                 Effect::ClearAlarm(k) => {
+                    self.alarm_history.cleared(now().unix_millis(), &k);
                     tracing::info!(alarm = k.name.as_str(), about = %k.about, "alarm cleared")
                 }
                 Effect::Log(line) => match line.level {
@@ -425,6 +441,16 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Runs CPU-heavy work (PBKDF2) on the current task without stalling the runtime: on a
+/// multi-threaded runtime the worker hands its other tasks over first (`block_in_place`); on a
+/// current-thread runtime there is no other worker, so it just runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -28,8 +28,7 @@ async fn eligible_peers_are_enrolled_and_a_peer_added_later_too() {
         }
         // e is peered with a later (a's config gains it; a restarts with its state).
         lab.peer("a", "e");
-        lab.stop("a").await.unwrap();
-        lab.start("a").await.unwrap();
+        lab.restart("a").await.unwrap();
         lab.start("e").await.unwrap();
         let e = lab.wait_until("e", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
         assert_eq!(e.domain, a.domain);
@@ -51,10 +50,14 @@ async fn ineligible_and_older_peers_are_enrolled_once_they_restart_eligible_and_
         lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
         // The master shows why each is not enrolled.
         let a = lab
-            .wait_until("a", "both peers reported", WAIT, |s| {
-                s.peers.iter().all(|p| {
-                    p.relation.starts_with("not enrolled: ") && !p.relation.contains("progress")
-                })
+            .wait_until("a", "both peers' reasons shown", WAIT, |s| {
+                let rel = |id: &str| {
+                    s.peers.iter().find(|p| p.id.as_str() == id).map(|p| p.relation.clone())
+                };
+                rel("b").is_some_and(|r| r.starts_with("not enrolled: ") && r.contains("b2"))
+                    && rel("c").is_some_and(|r| {
+                        r.starts_with("not enrolled: ") && r.contains("support encryption")
+                    })
             })
             .await
             .unwrap();
@@ -72,8 +75,7 @@ async fn ineligible_and_older_peers_are_enrolled_once_they_restart_eligible_and_
         lab.spec_mut("b").nodes[1].1 = "sql_server".into();
         lab.spec_mut("c").legacy_software = false;
         for id in ["b", "c"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
         for id in ["b", "c"] {
             lab.wait_until(id, "slave of a", WAIT, is_slave_of("a")).await.unwrap();
@@ -126,14 +128,12 @@ async fn the_three_multi_master_cases_raise_on_both_sides_and_clear() {
         // Case 1: master a peered with master d.
         lab.peer("a", "d");
         for id in ["a", "d"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
         assert_conflict(&lab, "a", "d").await;
         lab.unpeer("a", "d");
         for id in ["a", "d"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
         for id in ["a", "d"] {
             let s = lab.status(id).await.unwrap();
@@ -143,35 +143,25 @@ async fn the_three_multi_master_cases_raise_on_both_sides_and_clear() {
         // Case 2: master d peered with b, a slave of a.
         lab.peer("b", "d");
         for id in ["b", "d"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
         assert_conflict(&lab, "b", "d").await;
         lab.unpeer("b", "d");
         for id in ["b", "d"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
 
         // Case 3: slave b (of a) peered with slave e (of d).
         lab.peer("b", "e");
         for id in ["b", "e"] {
-            lab.stop(id).await.unwrap();
-            lab.start(id).await.unwrap();
+            lab.restart(id).await.unwrap();
         }
         assert_conflict(&lab, "b", "e").await;
         // Nothing crossed: each kept its own domain.
         assert_eq!(lab.status("b").await.unwrap().domain, dom1);
         assert_eq!(lab.status("e").await.unwrap().domain, dom2);
         // The relation ends when d disables its domain: e leaves it, both alarms clear.
-        lab.daemon("d")
-            .unwrap()
-            .command(Command::DisableOnMaster {
-                password: pw(PASSWORD),
-                i_understand_data_loss: true,
-            })
-            .await
-            .unwrap();
+        lab.daemon("d").unwrap().command(disable_domain()).await.unwrap();
         assert_cleared(&lab, "b", "e").await;
         assert_eq!(lab.status("b").await.unwrap().role, "slave");
         lab.stop_all().await;
@@ -204,14 +194,7 @@ async fn disable_on_master_reaches_every_slave_even_one_that_was_down() {
             .to_string();
         assert!(e.contains("download"), "{e}");
         assert_eq!(lab.status("a").await.unwrap().role, "master");
-        lab.daemon("a")
-            .unwrap()
-            .command(Command::DisableOnMaster {
-                password: pw(PASSWORD),
-                i_understand_data_loss: true,
-            })
-            .await
-            .unwrap();
+        lab.daemon("a").unwrap().command(disable_domain()).await.unwrap();
         lab.wait_until("b", "off", WAIT, |s| s.role == "off" && s.key_versions.is_empty())
             .await
             .unwrap();
@@ -294,8 +277,7 @@ async fn master_killed_slaves_keep_keys_and_alarm_then_recover_and_restarts_keep
         }
 
         // A slave restarted (cleanly or killed) keeps its role, domain and keys.
-        lab.stop("b").await.unwrap();
-        lab.start("b").await.unwrap();
+        lab.restart("b").await.unwrap();
         lab.kill("c").await.unwrap();
         lab.start("c").await.unwrap();
         for id in ["b", "c"] {

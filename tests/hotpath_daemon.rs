@@ -64,14 +64,7 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
         assert_eq!(&op.open(&first, b"row-1").unwrap()[..], b"hello from b");
         assert_eq!(&op.open(&second, b"row-2").unwrap()[..], b"after rotation");
 
-        lab.daemon("a")
-            .unwrap()
-            .command(Command::DisableOnMaster {
-                password: pw(PASSWORD),
-                i_understand_data_loss: true,
-            })
-            .await
-            .unwrap();
+        lab.daemon("a").unwrap().command(disable_domain()).await.unwrap();
         lab.wait_until("b", "off", WAIT, |s| s.role == "off").await.unwrap();
         let mut off = false;
         for _ in 0..200 {

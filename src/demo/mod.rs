@@ -193,6 +193,13 @@ impl Lab {
         Ok(())
     }
 
+    /// Stops `id` cleanly and starts it again from its (possibly changed) spec; its state
+    /// survives.
+    pub async fn restart(&mut self, id: &str) -> Result<(), LabError> {
+        self.stop(id).await?;
+        self.start(id).await
+    }
+
     /// Stops `id` at once, as `kill -9` would.
     pub async fn kill(&mut self, id: &str) -> Result<(), LabError> {
         let id = cid(id);

@@ -101,8 +101,7 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
 
     println!("6. c is restarted with d added to its peers; d is peered with c");
     lab.peer("c", "d");
-    lab.stop("c").await?;
-    lab.start("c").await?;
+    lab.restart("c").await?;
     let c = lab.status("c").await?;
     println!(
         "   c after the restart: {} of {}, versions {} (its state survived)",
@@ -110,8 +109,7 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
         c.master.as_ref().map(|m| m.to_string()).unwrap_or_default(),
         versions(&c)
     );
-    lab.stop("d").await?;
-    lab.start("d").await?;
+    lab.restart("d").await?;
     let t = Instant::now();
     for (id, other) in [("c", "d"), ("d", "c")] {
         let s = lab

@@ -41,3 +41,9 @@ pub fn is_slave_of(master: &str) -> impl Fn(&Status) -> bool + '_ {
 pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(120), f).await.expect("test exceeded 120 s");
 }
+
+/// Disables encryption on master `id` for the whole domain, acknowledging that the keys were
+/// not downloaded (the tests never archived anything under them).
+pub fn disable_domain() -> Command {
+    Command::DisableOnMaster { password: pw(PASSWORD), i_understand_data_loss: true }
+}
