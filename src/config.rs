@@ -81,11 +81,59 @@ pub struct PeerSection {
     pub master_unreachable_after: Duration,
 }
 
+/// `[admin]`: the HTTPS admin API (docs/admin.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Address of the local admin listener; loopback unless you know why not.
+    /// Address of the admin listener; a loopback address unless `allow_non_loopback`.
     pub listen: SocketAddr,
+    /// Accept a `listen` address that is not loopback (the API then faces the network).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Certificate and key of the admin listener (PEM); both or neither. Default: the
+    /// cluster's certificate (`peer.cert`, `peer.key`), whose DNS name is the cluster id.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Where the admin token lives. Default: `admin.token` in `state_dir`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Consecutive wrong passwords after which a client is locked out.
+    #[serde(default = "default_max_failures", deserialize_with = "positive")]
+    pub max_failures: u32,
+    /// How long a lockout lasts.
+    #[serde(default = "default_lockout", deserialize_with = "duration")]
+    pub lockout: Duration,
+    /// Password attempts per minute from all clients together.
+    #[serde(default = "default_attempts", deserialize_with = "positive")]
+    pub password_attempts_per_minute: u32,
+    /// Password checks (PBKDF2) in flight at once; more wait their turn.
+    #[serde(default = "default_concurrent", deserialize_with = "positive")]
+    pub max_concurrent_password_checks: u32,
+}
+
+fn default_max_failures() -> u32 {
+    5
+}
+
+fn default_lockout() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_attempts() -> u32 {
+    30
+}
+
+fn default_concurrent() -> u32 {
+    2
+}
+
+fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -193,6 +241,21 @@ impl Config {
         abs(&mut c.peer.cert);
         abs(&mut c.peer.key);
         abs(&mut c.peer.ca);
+        if !c.admin.listen.ip().is_loopback() && !c.admin.allow_non_loopback {
+            return Err(format!(
+                "admin.listen: {} is not a loopback address; the admin API belongs on \
+                 127.0.0.1 (set admin.allow_non_loopback = true if you really mean it)",
+                c.admin.listen
+            ));
+        }
+        if c.admin.cert.is_some() != c.admin.key.is_some() {
+            return Err("admin.cert and admin.key: give both or neither".into());
+        }
+        for p in
+            [&mut c.admin.cert, &mut c.admin.key, &mut c.admin.token_file].into_iter().flatten()
+        {
+            abs(p);
+        }
         if let Some(h) = &mut c.hotpath {
             abs(&mut h.socket.path);
             h.limits.validate().map_err(|e| format!("hotpath.limits: {e}"))?;
@@ -206,6 +269,19 @@ impl Config {
             key: self.peer.key.clone(),
             ca: self.peer.ca.clone(),
         }
+    }
+
+    /// The admin listener's certificate and key: `[admin]`'s, or the cluster's.
+    pub fn admin_cert_files(&self) -> (PathBuf, PathBuf) {
+        match (&self.admin.cert, &self.admin.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => (self.peer.cert.clone(), self.peer.key.clone()),
+        }
+    }
+
+    /// Where the admin token is kept.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin.token_file.clone().unwrap_or_else(|| self.state_dir.join("admin.token"))
     }
 
     pub fn peer_address(&self, id: &ClusterId) -> Option<&str> {
@@ -255,6 +331,10 @@ archiver = "postgresql"
         assert_eq!(c.nodes[0].archiver, Some(ComplianceDb::PostgreSql));
         assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
         assert!(c.hotpath.is_none());
+        assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
+        assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
+        assert_eq!(c.admin.max_failures, 5);
+        assert_eq!(c.admin.lockout, Duration::from_secs(900));
         let h = Config::parse(
             &format!("{GOOD}\n[hotpath.socket]\npath = \"run/hp.sock\"\n"),
             Path::new("/etc/imcrypt"),
@@ -291,6 +371,14 @@ archiver = "postgresql"
         assert!(e.contains("hotpath.limits") && e.contains("max_batch"), "{e}");
         let e = err(&format!("{GOOD}\n[hotpath.socket]\npath = \"hp.sock\"\nmod = 432\n"));
         assert!(e.contains("unknown field `mod`"), "{e}");
+        let e = err(&GOOD.replace("127.0.0.1:7201", "0.0.0.0:7201"));
+        assert!(e.contains("admin.listen") && e.contains("not a loopback"), "{e}");
+        let e = err(&GOOD.replace("[admin]\n", "[admin]\ncert = \"x.pem\"\n"));
+        assert!(e.contains("admin.cert and admin.key"), "{e}");
+        let e = err(&GOOD.replace("[admin]\n", "[admin]\nmax_failures = 0\n"));
+        assert!(e.contains("max_failures") && e.contains("at least 1"), "{e}");
+        let e = err(&GOOD.replace("[admin]\n", "[admin]\nlockout = \"forever\"\n"));
+        assert!(e.contains("lockout") && e.contains("not a duration"), "{e}");
         let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
         assert!(e.contains("missing field `admin`"), "{e}");
     }

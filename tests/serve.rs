@@ -1,8 +1,6 @@
-//! `imcrypt serve` as real processes: the shipped demo configs, status over HTTP, clean
+//! `imcrypt serve` as real processes: the shipped demo configs, status through the admin API, clean
 //! shutdown on SIGTERM, state kept across restarts, and refusals with clear messages.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,24 +32,28 @@ fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, u16)> {
         .collect()
 }
 
-fn get_status(port: u16) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /v1/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let body = out.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(body).ok()
+/// The status through the admin API (HTTPS with the token), as `imcrypt status` prints it.
+fn get_status(config: &Path) -> Option<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args(["status", "--output", "json", "--config"])
+        .arg(config)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 fn wait_status(
-    port: u16,
+    config: &Path,
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let t = Instant::now();
     loop {
-        if let Some(s) = get_status(port)
+        if let Some(s) = get_status(config)
             && ok(&s)
         {
             return s;
@@ -115,7 +117,7 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     let cfg = demo_configs(d.path());
     let a = Daemon::start(&cfg[0].1, d.path().join("a.log"));
     let b = Daemon::start(&cfg[1].1, d.path().join("b.log"));
-    let s = wait_status(cfg[0].2, "a connected to b", |s| {
+    let s = wait_status(&cfg[0].1, "a connected to b", |s| {
         s["peers"].as_array().is_some_and(|p| {
             p.iter().any(|p| {
                 p["id"] == "b"
@@ -136,7 +138,7 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     let state = d.path().join("state/a/state.sealed");
     let before = std::fs::read(&state).unwrap();
     let a = Daemon::start(&cfg[0].1, d.path().join("a2.log"));
-    wait_status(cfg[0].2, "a back", |s| s["cluster"] == "a");
+    wait_status(&cfg[0].1, "a back", |s| s["cluster"] == "a");
     let (ok, log) = a.term();
     assert!(ok && !log.contains("created node key"), "{log}");
 

@@ -1,63 +1,586 @@
-//! The local admin listener. For now it serves the read-only status, `GET /v1/status`, as
-//! JSON on loopback; the full admin API (commands, token, TLS, rate limits) builds on it.
+//! The admin API: HTTPS (TLS 1.3 only) with JSON bodies, on loopback by default. Every
+//! request needs the admin token; routes are in [`api::Route`] and docs/admin-api.yaml, and the
+//! operator's guide is docs/admin.md.
+//!
+//! Invariants:
+//! - nothing is read from a request body before its token is checked, and no body over
+//!   [`api::MAX_BODY`] is read at all;
+//! - a request that carries a password passes the rate limits ([`limit`]) *before* any
+//!   hashing, and at most `max_concurrent_password_checks` such requests are handed to the core
+//!   at once; PBKDF2 itself runs in the core off the async workers (see `daemon`);
+//! - a key download validates the public key before the password is looked at, and answers
+//!   with the whole export or an error, never part of one;
+//! - a refused request changes nothing (the state machine's own guarantee, carried through);
+//! - every error becomes one HTTP status and one JSON body in [`ApiError::status`], the one
+//!   place where that mapping lives.
 
-use std::time::Duration;
+pub mod api;
+pub mod history;
+pub mod limit;
+pub mod token;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
-use crate::daemon::Control;
+use crate::cluster::{Command, CommandError, ComplianceDb, NodeId};
+use crate::config::Config;
+use crate::crypto::export::{PublicKeyError, export_ring, parse_public_key};
+use crate::crypto::password::Password;
+use crate::daemon::{Control, DaemonError};
+use crate::ids::ClusterId;
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_str(content_type).expect("a valid header value"),
-    );
-    r
+use api::{ErrorBody, ErrorDetail, Match, Route};
+pub use history::AlarmHistory;
+use limit::{Limits, Outcome, PasswordLimiter, Refused};
+use token::{Token, TokenError};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a password request waits for a free PBKDF2 slot before it is told to retry.
+const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the admin API cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("admin TLS: cannot read {what} {path}: {reason}")]
+    TlsFile { what: &'static str, path: PathBuf, reason: String },
+    #[error("admin TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
-async fn route<B>(req: Request<B>, source: Control) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/v1/status") => match source.status().await {
-            Ok(s) => respond(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_vec_pretty(&s).expect("status serializes"),
-            ),
-            Err(_) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"stopping".to_vec()),
-        },
-        (_, "/v1/status") => {
-            respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", b"use GET".to_vec())
+/// The admin API of one daemon, ready to serve.
+pub struct Admin {
+    tls: Arc<ServerConfig>,
+    ctx: Arc<Ctx>,
+}
+
+struct Ctx {
+    token: Token,
+    limiter: Mutex<PasswordLimiter>,
+    hashing: Semaphore,
+    history: AlarmHistory,
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| AdminError::TlsFile {
+            what: "certificate",
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(AdminError::TlsFile {
+            what: "certificate",
+            path: cert.to_owned(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| AdminError::TlsFile {
+        what: "private key",
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut c =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+impl Admin {
+    /// Loads the TLS certificate and the token (creating the token file on first start).
+    pub fn new(config: &Config, history: AlarmHistory) -> Result<Self, AdminError> {
+        let (cert, key) = config.admin_cert_files();
+        let tls = load_tls(&cert, &key)?;
+        let path = config.admin_token_file();
+        let (token, created) = Token::load_or_create(&path)?;
+        if created {
+            tracing::info!(path = %path.display(), "created admin token file");
         }
-        (_, path) => respond(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!("no such endpoint {path}").into_bytes(),
-        ),
+        let a = &config.admin;
+        let limits = Limits {
+            max_failures: a.max_failures,
+            lockout: a.lockout,
+            attempts_per_minute: a.password_attempts_per_minute,
+        };
+        Ok(Self {
+            tls: Arc::new(tls),
+            ctx: Arc::new(Ctx {
+                token,
+                limiter: Mutex::new(PasswordLimiter::new(limits)),
+                hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
+                history,
+            }),
+        })
+    }
+
+    /// Serves the admin listener until the task is aborted.
+    pub async fn serve(self, listener: TcpListener, control: Control) {
+        let acceptor = TlsAcceptor::from(self.tls);
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (acceptor, ctx, control) = (acceptor.clone(), self.ctx.clone(), control.clone());
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                if let Err(why) = connection(acceptor, tcp, addr, ctx, control).await {
+                    tracing::debug!(%addr, reason = %why, "admin connection ended");
+                }
+            }));
+        }
     }
 }
 
-/// Serves the admin listener until the task is aborted.
-pub async fn serve(listener: TcpListener, source: Control) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+async fn connection(
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    addr: SocketAddr,
+    ctx: Arc<Ctx>,
+    control: Control,
+) -> Result<(), String> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let client = addr.ip();
+    let service = hyper::service::service_fn(move |req| {
+        let (ctx, control) = (ctx.clone(), control.clone());
+        async move {
+            let r = match handle(req, client, &ctx, &control).await {
+                Ok(r) => r,
+                Err(e) => e.response(),
+            };
+            Ok::<_, std::convert::Infallible>(r)
+        }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// Every way a request can fail. [`ApiError::status`] maps each to its HTTP status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no admin token given: send `Authorization: Bearer <token>` (the CLI reads --token, IMCRYPT_TOKEN or --token-file)"
+    )]
+    NoToken,
+    #[error("the admin token is not valid for this daemon")]
+    WrongToken,
+    #[error("no such endpoint {0}")]
+    NotFound(String),
+    #[error("{path} does not allow {method}; use {allowed}")]
+    WrongMethod { method: String, path: String, allowed: String },
+    #[error("request body is larger than {} bytes", api::MAX_BODY)]
+    TooLarge,
+    #[error("request body is not valid: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    BadValue(String),
+    #[error(transparent)]
+    PublicKey(#[from] PublicKeyError),
+    #[error(transparent)]
+    RateLimited(#[from] Refused),
+    #[error("too many password checks are in progress; try again in a moment")]
+    Busy,
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("the daemon is stopping")]
+    Stopping,
+    #[error("the key export could not be made: {0}")]
+    Export(String),
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::Command(c) => ApiError::Command(c),
+            _ => ApiError::Stopping,
+        }
+    }
+}
+
+impl ApiError {
+    /// The one place where an error becomes an HTTP status and a stable code.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        use CommandError as C;
+        match self {
+            ApiError::NoToken => (StatusCode::UNAUTHORIZED, "no_token"),
+            ApiError::WrongToken => (StatusCode::UNAUTHORIZED, "wrong_token"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "no_such_endpoint"),
+            ApiError::WrongMethod { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            ApiError::BadValue(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+            ApiError::PublicKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_public_key"),
+            ApiError::RateLimited(Refused::LockedOut { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "locked_out")
+            }
+            ApiError::RateLimited(Refused::Overall { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
+            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
+            ApiError::Command(c) => match c {
+                C::WrongPassword | C::WrongMasterPassword { .. } => {
+                    (StatusCode::FORBIDDEN, "wrong_password")
+                }
+                C::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "password_policy"),
+                C::PeerIsSelf => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+                C::NoSuchPeer(_) | C::NoSuchNode(_) | C::NoStaleData(_) => {
+                    (StatusCode::NOT_FOUND, "not_found")
+                }
+                C::NotMasterButSlave { .. } | C::NotMasterButOff { .. } => {
+                    (StatusCode::CONFLICT, "not_master")
+                }
+                C::NotSlaveButMaster { .. } | C::NotSlaveButOff { .. } => {
+                    (StatusCode::CONFLICT, "not_slave")
+                }
+                C::KeysNotDownloaded { .. } => (StatusCode::CONFLICT, "keys_not_downloaded"),
+                _ => (StatusCode::CONFLICT, "refused"),
+            },
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited(r) => Some(r.retry_after()),
+            ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    fn response(&self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status();
+        let retry = self.retry_after().map(|d| d.as_secs().max(1));
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: self.to_string(),
+                retry_after_secs: retry,
+            },
         };
-        let source = source.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let source = source.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, source).await) }
+        let mut r = json(status, &body);
+        if let Some(s) = retry {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec_pretty(body).expect("a response serializes");
+    bytes.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn done(message: impl Into<String>, notes: Vec<String>) -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &api::Done { message: message.into(), notes })
+}
+
+fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), ApiError> {
+    let Some(h) = req.headers().get(AUTHORIZATION) else { return Err(ApiError::NoToken) };
+    let given = h.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or(ApiError::NoToken)?;
+    if ctx.token.matches(given) { Ok(()) } else { Err(ApiError::WrongToken) }
+}
+
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
+        return Err(ApiError::TooLarge);
+    }
+    let bytes = Limited::new(req.into_body(), api::MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge
+            } else {
+                ApiError::BadBody(e.to_string())
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+fn password(s: &zeroize::Zeroizing<String>) -> Password {
+    Password::new(s.as_str())
+}
+
+/// Runs a command that carries a password: rate limits first, then a PBKDF2 slot, then the
+/// core. Records the outcome for the limiter whatever happens (also if the client goes away).
+async fn with_password(
+    ctx: &Ctx,
+    control: &Control,
+    client: IpAddr,
+    cmd: Command,
+) -> Result<crate::daemon::CommandOutcome, ApiError> {
+    ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(client, Instant::now())?;
+    struct Finish<'a> {
+        ctx: &'a Ctx,
+        client: IpAddr,
+        outcome: Outcome,
+    }
+    impl Drop for Finish<'_> {
+        fn drop(&mut self) {
+            self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
+                self.client,
+                self.outcome,
+                Instant::now(),
+            );
+        }
+    }
+    let mut finish = Finish { ctx, client, outcome: Outcome::NotChecked };
+    let _slot = tokio::time::timeout(HASH_SLOT_WAIT, ctx.hashing.acquire())
+        .await
+        .map_err(|_| ApiError::Busy)?
+        .map_err(|_| ApiError::Stopping)?;
+    let r = control.command(cmd).await;
+    finish.outcome = match &r {
+        Ok(_) => Outcome::Correct,
+        Err(DaemonError::Command(
+            CommandError::WrongPassword | CommandError::WrongMasterPassword { .. },
+        )) => Outcome::Wrong,
+        Err(_) => Outcome::NotChecked,
+    };
+    if finish.outcome == Outcome::Wrong {
+        tracing::warn!(client = %client, "admin request with a wrong password");
+    }
+    Ok(r?)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
+    Ok(match s {
+        "none" => None,
+        "sql_server" => Some(ComplianceDb::SqlServer),
+        "postgresql" => Some(ComplianceDb::PostgreSql),
+        "" => {
+            return Err(ApiError::BadValue(
+                "archiver is empty; use \"none\" for no archiver".into(),
+            ));
+        }
+        other => Some(ComplianceDb::Unsupported(other.to_owned())),
+    })
+}
+
+fn cluster_id(s: &str) -> Result<ClusterId, ApiError> {
+    ClusterId::new(s).map_err(|e| ApiError::BadValue(format!("peer id: {e}")))
+}
+
+fn node_id(s: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(s).map_err(|e| ApiError::BadValue(e.to_string()))
+}
+
+const UNTIL_RESTART: &str = "this change lasts until the daemon restarts: the config file is the \
+     source of truth at start; edit it to keep the change";
+
+async fn handle(
+    req: Request<Incoming>,
+    client: IpAddr,
+    ctx: &Ctx,
+    control: &Control,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    check_token(&req, ctx)?;
+    let path = req.uri().path().to_owned();
+    let (route, param) = match api::find(req.method().as_str(), &path) {
+        Match::Found { route, param } => (route, param),
+        Match::WrongMethod { allowed } => {
+            return Err(ApiError::WrongMethod {
+                method: req.method().to_string(),
+                path,
+                allowed: allowed.join(", "),
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+        }
+        Match::NotFound => return Err(ApiError::NotFound(path)),
+    };
+    let param = param.unwrap_or_default();
+    match route {
+        Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
+        Route::Peers => Ok(json(StatusCode::OK, &control.status().await?.peers)),
+        Route::Alarms => {
+            let active = control.status().await?.alarms;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "active": active, "history": ctx.history.snapshot() }),
+            ))
+        }
+        Route::Enable => {
+            let b: api::EnableRequest = body(req).await?;
+            let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
+            with_password(ctx, control, client, cmd).await?;
+            let s = control.status().await?;
+            let domain = s.domain.map(|d| d.to_string()).unwrap_or_default();
+            let mut msg =
+                format!("encryption enabled: cluster {} is master of domain {domain}", s.cluster);
+            if b.remote {
+                msg.push_str("; eligible peers are enrolled as slaves at the next sync");
+            }
+            Ok(done(msg, vec![]))
+        }
+        Route::Disable => {
+            let b: api::DisableRequest = body(req).await?;
+            let role = control.status().await?.role;
+            let cmd = if role == "slave" {
+                Command::DisableOnSlave { master_password: password(&b.password) }
+            } else {
+                Command::DisableOnMaster {
+                    password: password(&b.password),
+                    i_understand_data_loss: b.i_understand_data_loss,
+                }
+            };
+            with_password(ctx, control, client, cmd).await?;
+            Ok(done(
+                if role == "slave" {
+                    "encryption disabled on this slave; its keys are deleted"
+                } else {
+                    "encryption disabled in the whole domain; every cluster deletes its keys"
+                },
+                vec![],
+            ))
+        }
+        Route::SetRemote => {
+            let b: api::RemoteRequest = body(req).await?;
+            control
+                .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote })
+                .await?;
+            Ok(done(
+                if b.enabled {
+                    "\"enable on remote clusters\" is on: eligible peers are enrolled as slaves"
+                } else {
+                    "\"enable on remote clusters\" is off: slaves stop encrypting and delete their keys"
+                },
+                vec![],
+            ))
+        }
+        Route::ChangePassword => {
+            let b: api::PasswordChangeRequest = body(req).await?;
+            let cmd = Command::ChangePassword {
+                old: password(&b.old_password),
+                new: password(&b.new_password),
+            };
+            with_password(ctx, control, client, cmd).await?;
+            Ok(done(
+                "the encryption password was changed; slaves receive it at the next sync",
+                vec![],
+            ))
+        }
+        Route::RotateKey => {
+            control.command(Command::RotateKey).await?;
+            let s = control.status().await?;
+            let v = s.primary_version.map(|v| v.to_string()).unwrap_or_default();
+            Ok(done(
+                format!("new key version {v} is primary; older versions stay for decryption"),
+                vec![
+                    "download the keys again: the last download does not hold this version".into(),
+                ],
+            ))
+        }
+        Route::DownloadKeys => {
+            let b: api::DownloadRequest = body(req).await?;
+            // The key is checked before the password is looked at.
+            let to = parse_public_key(&b.public_key_pem)?;
+            let cmd = Command::DownloadKeys { password: password(&b.password) };
+            let outcome = with_password(ctx, control, client, cmd).await?;
+            let ring = outcome
+                .keys_for_download
+                .ok_or_else(|| ApiError::Export("the daemon gave no keys".into()))?;
+            let doc =
+                export_ring(&ring, &to, unix_now()).map_err(|e| ApiError::Export(e.to_string()))?;
+            tracing::info!(
+                recipient = %to.fingerprint_hex(),
+                versions = doc.keys.len(),
+                "key export handed out"
+            );
+            Ok(json(StatusCode::OK, &doc))
+        }
+        Route::AddPeer => {
+            let b: api::AddPeerRequest = body(req).await?;
+            let peer = cluster_id(&b.id)?;
+            if b.address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(ApiError::BadValue(format!(
+                    "address {:?} must be host:port",
+                    b.address
+                )));
+            }
+            control.command(Command::AddPeer { peer: peer.clone() }).await?;
+            Ok(done(
+                format!("cluster {peer} is now a peer of this cluster"),
+                vec![
+                    UNTIL_RESTART.into(),
+                    format!(
+                        "add [[peers]] id = \"{peer}\", address = \"{}\" to the config file and \
+                         restart to connect to it",
+                        b.address
+                    ),
+                ],
+            ))
+        }
+        Route::RemovePeer => {
+            let peer = cluster_id(&param)?;
+            control.command(Command::RemovePeer { peer: peer.clone() }).await?;
+            Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
+        }
+        Route::AddNode => {
+            let b: api::AddNodeRequest = body(req).await?;
+            let node = node_id(&b.id)?;
+            let archiver = archiver(&b.archiver)?;
+            control.command(Command::AddNode { node: node.clone(), archiver }).await?;
+            Ok(done(format!("node {node} added"), vec![UNTIL_RESTART.into()]))
+        }
+        Route::RemoveNode => {
+            let node = node_id(&param)?;
+            control.command(Command::RemoveNode { node: node.clone() }).await?;
+            Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
+        }
     }
 }

@@ -1,8 +1,18 @@
 //! The `imcrypt` command line: argument parsing, dispatch, and the one place where errors
-//! become a message on stderr and an exit code.
+//! become a message on stderr and an exit code ([`CliError::exit_code`]).
 //!
-//! Exit codes: 0 success; 1 the operation failed (I/O, refused by the daemon); 2 usage error
-//! (clap); 3 invalid input (a key, a file, a value that does not pass validation).
+//! Exit codes (docs/admin.md):
+//! 0 success; 1 the operation failed (I/O, daemon unreachable, daemon error); 2 usage error
+//! (clap); 3 invalid input (a key, a file, a value that does not pass validation, here or at
+//! the daemon); 4 refused by the daemon (wrong password, not allowed in this state);
+//! 5 authentication (admin token missing or wrong); 6 rate limited or locked out (retry
+//! later); 7 `decrypt`: some records could not be decrypted (each is reported on stderr).
+//!
+//! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
+
+pub mod client;
+pub mod commands;
+pub mod viewer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +20,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::crypto::export::{PublicKeyError, parse_public_key};
+pub use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +54,54 @@ pub enum Command {
         /// PEM file: SPKI (BEGIN PUBLIC KEY) or PKCS#1 (BEGIN RSA PUBLIC KEY).
         public_key: PathBuf,
     },
+    /// Show a daemon's status: role, domain, key versions, peers, alarms.
+    Status {
+        #[command(flatten)]
+        common: commands::Common,
+    },
+    /// List the peers (or add or remove one at runtime).
+    Peers {
+        #[command(subcommand)]
+        command: Option<PeersCommand>,
+        #[command(flatten)]
+        common: commands::Common,
+    },
+    /// Add or remove a node at runtime.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// Show active alarms and the recent history of raises and clears.
+    Alarms {
+        #[command(flatten)]
+        common: commands::Common,
+    },
+    /// Turn encryption on or off, here or on the remote clusters.
+    Encryption {
+        #[command(subcommand)]
+        command: EncryptionCommand,
+    },
+    /// Change the encryption password (on the master).
+    Password {
+        #[command(subcommand)]
+        command: PasswordCommand,
+    },
+    /// Rotate, download and unwrap keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Decrypt archived records (JSON lines, docs/viewer.md) with an unwrapped key ring.
+    Decrypt {
+        /// The key ring file written by `imcrypt key unwrap`.
+        #[arg(long)]
+        keys: PathBuf,
+        /// JSON-lines file of records; `-` or absent: standard input.
+        #[arg(long, short)]
+        input: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = commands::Output::Table, env = "IMCRYPT_OUTPUT")]
+        output: commands::Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,17 +134,49 @@ pub enum CliError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     PublicKey { path: PathBuf, source: PublicKeyError },
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Viewer(#[from] viewer::ViewerError),
+    #[error("{0}")]
+    Password(String),
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+    #[error("{failed} of {seen} records could not be decrypted (see above)")]
+    Undecryptable { failed: usize, seen: usize },
 }
 
 impl CliError {
-    fn exit_code(&self) -> u8 {
+    /// The one place where an error becomes an exit code (see the module documentation).
+    pub fn exit_code(&self) -> u8 {
+        use client::ClientError as C;
+        use hyper::StatusCode as S;
         match self {
             CliError::Read { .. }
             | CliError::Daemon(_)
             | CliError::Pki(_)
             | CliError::Demo(_)
-            | CliError::Runtime(_) => 1,
-            CliError::PublicKey { .. } | CliError::Config(_) => 3,
+            | CliError::Runtime(_)
+            | CliError::Output(_) => 1,
+            CliError::PublicKey { .. } | CliError::Config(_) | CliError::Password(_) => 3,
+            CliError::Viewer(e) => match e {
+                viewer::ViewerError::Write { .. } => 1,
+                _ => 3,
+            },
+            CliError::Undecryptable { .. } => 7,
+            CliError::Client(e) => match e {
+                C::NoAddress | C::NoCa | C::Read { .. } | C::Setup(_) => 3,
+                C::NoToken => 5,
+                C::Connect { .. } | C::Tls { .. } | C::Timeout { .. } | C::Http(_) => 1,
+                C::Decode(_) => 1,
+                C::Api { status, .. } => match *status {
+                    S::UNAUTHORIZED => 5,
+                    S::TOO_MANY_REQUESTS | S::SERVICE_UNAVAILABLE => 6,
+                    S::BAD_REQUEST | S::PAYLOAD_TOO_LARGE | S::UNPROCESSABLE_ENTITY => 3,
+                    S::FORBIDDEN | S::CONFLICT | S::NOT_FOUND => 4,
+                    _ => 1,
+                },
+            },
         }
     }
 }
@@ -118,6 +209,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::CheckKey { public_key } => check_key(public_key),
+        Command::Status { common } => commands::status(&common),
+        Command::Peers { command, common } => commands::peers(command, &common),
+        Command::Nodes { command } => commands::nodes(command),
+        Command::Alarms { common } => commands::alarms(&common),
+        Command::Encryption { command } => commands::encryption(command),
+        Command::Password { command } => commands::password(command),
+        Command::Key { command } => commands::key(command),
+        Command::Decrypt { keys, input, output } => commands::decrypt(&keys, input, output),
     }
 }
 

@@ -1,0 +1,221 @@
+//! The admin API's routes and JSON bodies, shared by the server (`admin`) and the client
+//! (`cli::client`). docs/admin-api.yaml describes the same routes; a test keeps the two equal.
+//!
+//! Invariants: [`Route::ALL`] is the complete list of routes the server answers; request types
+//! that carry a password hold it in zeroizing memory and have no `Debug`.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// Largest request body accepted (a 16384-bit RSA public key in PEM is about 3 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Every route of the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Peers,
+    AddPeer,
+    RemovePeer,
+    AddNode,
+    RemoveNode,
+    Alarms,
+    Enable,
+    Disable,
+    SetRemote,
+    ChangePassword,
+    RotateKey,
+    DownloadKeys,
+}
+
+impl Route {
+    pub const ALL: [Route; 13] = [
+        Route::Status,
+        Route::Peers,
+        Route::AddPeer,
+        Route::RemovePeer,
+        Route::AddNode,
+        Route::RemoveNode,
+        Route::Alarms,
+        Route::Enable,
+        Route::Disable,
+        Route::SetRemote,
+        Route::ChangePassword,
+        Route::RotateKey,
+        Route::DownloadKeys,
+    ];
+
+    /// The HTTP method and the path pattern (`{id}` stands for one path segment).
+    pub fn method_and_path(self) -> (&'static str, &'static str) {
+        match self {
+            Route::Status => ("GET", "/v1/status"),
+            Route::Peers => ("GET", "/v1/peers"),
+            Route::AddPeer => ("POST", "/v1/peers"),
+            Route::RemovePeer => ("DELETE", "/v1/peers/{id}"),
+            Route::AddNode => ("POST", "/v1/nodes"),
+            Route::RemoveNode => ("DELETE", "/v1/nodes/{id}"),
+            Route::Alarms => ("GET", "/v1/alarms"),
+            Route::Enable => ("POST", "/v1/encryption/enable"),
+            Route::Disable => ("POST", "/v1/encryption/disable"),
+            Route::SetRemote => ("PUT", "/v1/encryption/remote"),
+            Route::ChangePassword => ("POST", "/v1/password"),
+            Route::RotateKey => ("POST", "/v1/keys/rotate"),
+            Route::DownloadKeys => ("POST", "/v1/keys/download"),
+        }
+    }
+
+    /// Whether the request carries a password (and is therefore rate limited).
+    pub fn takes_password(self) -> bool {
+        matches!(self, Route::Enable | Route::Disable | Route::ChangePassword | Route::DownloadKeys)
+    }
+}
+
+/// How a request path matched the route table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    Found {
+        route: Route,
+        param: Option<String>,
+    },
+    /// The path exists with other methods.
+    WrongMethod {
+        allowed: Vec<&'static str>,
+    },
+    NotFound,
+}
+
+fn matches_pattern(pattern: &str, path: &str) -> Option<Option<String>> {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    let mut param = None;
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return Some(param),
+            (Some("{id}"), Some(seg)) if !seg.is_empty() => param = Some(seg.to_owned()),
+            (Some(a), Some(b)) if a == b => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Finds the route for `method` and `path`.
+pub fn find(method: &str, path: &str) -> Match {
+    let mut allowed = Vec::new();
+    for r in Route::ALL {
+        let (m, pattern) = r.method_and_path();
+        if let Some(param) = matches_pattern(pattern, path) {
+            if m == method {
+                return Match::Found { route: r, param };
+            }
+            allowed.push(m);
+        }
+    }
+    if allowed.is_empty() { Match::NotFound } else { Match::WrongMethod { allowed } }
+}
+
+/// `POST /v1/encryption/enable`
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableRequest {
+    pub password: Zeroizing<String>,
+    /// Also enroll every eligible peer as a slave ("enable on remote clusters").
+    #[serde(default)]
+    pub remote: bool,
+}
+
+/// `POST /v1/encryption/disable`. On a slave the password is the master's.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisableRequest {
+    pub password: Zeroizing<String>,
+    #[serde(default)]
+    pub i_understand_data_loss: bool,
+}
+
+/// `PUT /v1/encryption/remote`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteRequest {
+    pub enabled: bool,
+}
+
+/// `POST /v1/password`
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub old_password: Zeroizing<String>,
+    pub new_password: Zeroizing<String>,
+}
+
+/// `POST /v1/keys/download`
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadRequest {
+    pub password: Zeroizing<String>,
+    /// The administrator's RSA public key, PEM (SPKI or PKCS#1), at least 2048 bits.
+    pub public_key_pem: String,
+}
+
+/// `POST /v1/peers`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPeerRequest {
+    pub id: String,
+    /// host:port of the peer's intercluster listener.
+    pub address: String,
+}
+
+/// `POST /v1/nodes`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodeRequest {
+    pub id: String,
+    /// `postgresql`, `sql_server`, `none`, or another product's name.
+    pub archiver: String,
+}
+
+/// The answer to a command that succeeded: what happened, in the operator's terms.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Done {
+    pub message: String,
+    /// Things the operator should know (e.g. that a runtime change lasts until restart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Every error answer: `{"error": {...}}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `wrong_password`, `locked_out`, `not_master`.
+    pub code: String,
+    /// What went wrong and what to do, for a human.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_table_matches_methods_and_params() {
+        assert_eq!(find("GET", "/v1/status"), Match::Found { route: Route::Status, param: None });
+        assert_eq!(
+            find("DELETE", "/v1/peers/b"),
+            Match::Found { route: Route::RemovePeer, param: Some("b".into()) }
+        );
+        assert_eq!(find("GET", "/v1/peers/"), Match::NotFound);
+        assert_eq!(find("PUT", "/v1/peers"), Match::WrongMethod { allowed: vec!["GET", "POST"] });
+        assert_eq!(find("GET", "/v1/nope"), Match::NotFound);
+        for r in Route::ALL {
+            let (m, p) = r.method_and_path();
+            let p = p.replace("{id}", "x");
+            assert!(matches!(find(m, &p), Match::Found { route, .. } if route == r), "{r:?}");
+        }
+    }
+}

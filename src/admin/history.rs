@@ -1,0 +1,120 @@
+//! The recent history of alarm changes, for `GET /v1/alarms`: a bounded ring buffer that the
+//! daemon's core appends to as it carries out `RaiseAlarm` and `ClearAlarm` effects.
+//!
+//! Invariants: at most `capacity` events are kept, the oldest dropped first; events are in the
+//! order the core carried them out; nothing here holds key material (alarm texts never do).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::alarm::{Alarm, AlarmKey, AlarmName, Severity};
+use crate::ids::ClusterId;
+
+/// How many alarm events are kept by default.
+pub const DEFAULT_CAPACITY: usize = 256;
+
+/// One raise or clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlarmEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `raised` or `cleared`.
+    pub event: &'static str,
+    pub name: AlarmName,
+    pub about: ClusterId,
+    /// For a raise: its severity, cause and remedy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+}
+
+/// A cloneable handle on the shared history.
+#[derive(Debug, Clone)]
+pub struct AlarmHistory {
+    inner: Arc<Mutex<VecDeque<AlarmEvent>>>,
+    capacity: usize,
+}
+
+impl Default for AlarmHistory {
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+impl AlarmHistory {
+    pub fn new(capacity: usize) -> Self {
+        Self { inner: Arc::new(Mutex::new(VecDeque::new())), capacity: capacity.max(1) }
+    }
+
+    fn push(&self, e: AlarmEvent) {
+        let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == self.capacity {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    pub fn raised(&self, at_unix_ms: u64, a: &Alarm) {
+        self.push(AlarmEvent {
+            at_unix_ms,
+            at: rfc3339(at_unix_ms),
+            event: "raised",
+            name: a.key.name,
+            about: a.key.about.clone(),
+            severity: Some(a.severity),
+            cause: Some(a.cause.clone()),
+            remedy: Some(a.remedy.clone()),
+        });
+    }
+
+    pub fn cleared(&self, at_unix_ms: u64, k: &AlarmKey) {
+        self.push(AlarmEvent {
+            at_unix_ms,
+            at: rfc3339(at_unix_ms),
+            event: "cleared",
+            name: k.name,
+            about: k.about.clone(),
+            severity: None,
+            cause: None,
+            remedy: None,
+        });
+    }
+
+    /// The events, oldest first.
+    pub fn snapshot(&self) -> Vec<AlarmEvent> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_events_in_order() {
+        let h = AlarmHistory::new(2);
+        let b = ClusterId::new("b").unwrap();
+        let a = Alarm::new(AlarmName::MultiMaster, b.clone(), "cause", "remedy");
+        h.raised(1, &a);
+        h.cleared(2, &a.key);
+        h.raised(3_000, &a);
+        let s = h.snapshot();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].event, s[1].event), ("cleared", "raised"));
+        assert_eq!(s[1].at, "1970-01-01T00:00:03.000Z");
+        let json = serde_json::to_string(&s[0]).unwrap();
+        assert!(json.contains("MAencryptionMultiMaster") && !json.contains("cause"), "{json}");
+    }
+}

@@ -1,0 +1,101 @@
+//! The admin token: 32 random bytes, written as 64 hex digits to a file of mode 0600 the
+//! first time the daemon starts; every admin request must carry it as
+//! `Authorization: Bearer <token>`.
+//!
+//! Invariants: the token file is never created readable by group or others, and an existing
+//! one that is is refused (as the node key is); the token is compared in constant time and
+//! never logged.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read or create the admin token file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "admin token file {path} is readable by group or others (mode {mode:o}); run \
+         `chmod 600 {path}`"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "admin token file {path} does not hold a token of 64 hex digits; delete it to get a new one at the next start"
+    )]
+    Malformed { path: PathBuf },
+}
+
+/// The token the daemon expects.
+pub struct Token(Zeroizing<String>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl Token {
+    /// Loads the token at `path`, or creates it (0600, OS randomness). Returns whether it was
+    /// created.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), TokenError> {
+        let io = |source| TokenError::Io { path: path.to_owned(), source };
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(mut f) => {
+                let token = Zeroizing::new(hex::encode(crate::crypto::random::os_bytes::<32>()));
+                f.write_all(token.as_bytes())
+                    .and_then(|()| f.write_all(b"\n"))
+                    .and_then(|()| f.sync_all())
+                    .map_err(io)?;
+                return Ok((Self(token), true));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(TokenError::TooOpen { path: path.to_owned(), mode: mode & 0o777 });
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let t = text.trim();
+        if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TokenError::Malformed { path: path.to_owned() });
+        }
+        Ok((Self(Zeroizing::new(t.to_owned())), false))
+    }
+
+    /// True when `candidate` is the token (constant time in the candidate's content).
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.0.as_bytes().ct_eq(candidate.trim().as_bytes()).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_0600_then_loaded_and_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("admin.token");
+        let (t, created) = Token::load_or_create(&p).unwrap();
+        assert!(created);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let (again, created) = Token::load_or_create(&p).unwrap();
+        assert!(!created);
+        assert!(t.matches(text.trim()) && again.matches(&text));
+        assert!(!t.matches("") && !t.matches(&"0".repeat(64)));
+        assert!(!format!("{t:?}").contains(text.trim()));
+
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Token::load_or_create(&p).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&p, "short").unwrap();
+        assert!(matches!(Token::load_or_create(&p), Err(TokenError::Malformed { .. })));
+    }
+}

@@ -1,0 +1,620 @@
+//! The admin and viewer subcommands: each turns its arguments into one admin API call (or one
+//! viewer operation) and prints the answer as a table or as JSON.
+//!
+//! Invariants: passwords come only from a no-echo prompt, a file or stdin; a key download
+//! checks the public key before asking for the password and writes its output file whole or
+//! not at all.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use hyper::Method;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::CliError;
+use super::client::{Client, ConnectArgs};
+use super::viewer;
+use crate::admin::api;
+use crate::crypto::export::{KeyExport, parse_public_key};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Connection flags and the output format, shared by every admin subcommand.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+    /// How to print the answer.
+    #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
+    pub output: Output,
+}
+
+/// Where a password comes from (never argv).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PasswordSource {
+    /// Read the password from the first line of this file.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from the first line of standard input.
+    #[arg(long, conflicts_with = "password_file")]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PeersCommand {
+    /// Add a peer to the running daemon (until restart; see docs/admin.md).
+    Add {
+        id: String,
+        /// host:port of the peer's intercluster listener.
+        #[arg(long)]
+        address: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove a peer from the running daemon (until restart).
+    Remove {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodesCommand {
+    /// Add a node (refused while encryption is on, as the manual requires).
+    Add {
+        id: String,
+        /// postgresql, sql_server, none, or another product's name.
+        #[arg(long)]
+        archiver: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove a node.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EncryptionCommand {
+    /// Turn encryption on here: this cluster becomes the master of a new domain.
+    Enable {
+        /// Also enroll every eligible peer as a slave ("enable on remote clusters").
+        #[arg(long)]
+        remote: bool,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Turn encryption off: on the master for the whole domain (deletes every key), on a
+    /// slave for this cluster only (needs the master's password).
+    Disable {
+        /// Disable even though the current keys were not downloaded since the last change:
+        /// archived messages encrypted with them become unreadable.
+        #[arg(long)]
+        i_understand_data_loss: bool,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Switch "enable on remote clusters" on or off (on the master).
+    Remote {
+        #[arg(value_enum)]
+        state: OnOff,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PasswordCommand {
+    /// Change the encryption password: needs the current one.
+    Change {
+        /// Read the current password from the first line of this file.
+        #[arg(long)]
+        old_password_file: Option<PathBuf>,
+        /// Read the new password from the first line of this file.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        /// Read both from standard input: the current password on the first line, the new
+        /// one on the second.
+        #[arg(long, conflicts_with_all = ["old_password_file", "new_password_file"])]
+        password_stdin: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Add a key version on the master and make it primary.
+    Rotate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Download every key version, wrapped with your RSA public key (docs/formats.md §2).
+    Download {
+        /// Your RSA public key, PEM (SPKI or PKCS#1), 2048 bits or more (3072+ recommended).
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Write the export here (whole or not at all); absent: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Unwrap a key export with your RSA private key into a key ring file (mode 0600).
+    Unwrap {
+        /// The export written by `imcrypt key download`.
+        #[arg(long)]
+        export: PathBuf,
+        /// Your RSA private key, PEM (PKCS#8 or PKCS#1, not passphrase-protected).
+        #[arg(long)]
+        private_key: PathBuf,
+        /// The key ring file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+        #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
+        output: Output,
+    },
+}
+
+// ----- plumbing ---------------------------------------------------------------------------
+
+fn call(
+    common: &Common,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, CliError> {
+    let client = Client::new(common.conn.target()?)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    Ok(rt.block_on(client.call::<Value>(method, path, body.as_ref()))?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(|e| CliError::Output(e.into()))?;
+    writeln!(out).map_err(CliError::Output)
+}
+
+fn print_done(common: &Common, v: &Value) -> Result<(), CliError> {
+    if common.output == Output::Json {
+        return print_json(v);
+    }
+    println!("{}", v["message"].as_str().unwrap_or_default());
+    for n in v["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", n.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn line(s: &str) -> Zeroizing<String> {
+    Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn first_line_of(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|source| CliError::Read { path: path.to_owned(), source })?,
+    );
+    Ok(line(text.lines().next().unwrap_or_default()))
+}
+
+fn stdin_lines(n: usize) -> Result<Vec<Zeroizing<String>>, CliError> {
+    let mut stdin = std::io::stdin().lock();
+    (0..n)
+        .map(|i| {
+            let mut buf = Zeroizing::new(String::new());
+            let got = stdin
+                .read_line(&mut buf)
+                .map_err(|e| CliError::Password(format!("cannot read standard input: {e}")))?;
+            if got == 0 {
+                return Err(CliError::Password(format!(
+                    "standard input ended before password {} of {n}",
+                    i + 1
+                )));
+            }
+            Ok(line(&buf))
+        })
+        .collect()
+}
+
+fn prompt(text: &str) -> Result<Zeroizing<String>, CliError> {
+    rpassword::prompt_password(text).map(Zeroizing::new).map_err(|e| {
+        CliError::Password(format!(
+            "cannot prompt for the password ({e}); use --password-file or --password-stdin"
+        ))
+    })
+}
+
+fn nonempty(p: Zeroizing<String>) -> Result<Zeroizing<String>, CliError> {
+    if p.is_empty() {
+        return Err(CliError::Password("the password is empty".into()));
+    }
+    Ok(p)
+}
+
+fn read_password(src: &PasswordSource, what: &str) -> Result<Zeroizing<String>, CliError> {
+    nonempty(match (&src.password_file, src.password_stdin) {
+        (Some(p), _) => first_line_of(p)?,
+        (None, true) => stdin_lines(1)?.remove(0),
+        (None, false) => prompt(&format!("{what}: "))?,
+    })
+}
+
+fn secret(v: &Zeroizing<String>) -> Value {
+    Value::String(v.as_str().to_owned())
+}
+
+// ----- admin commands ---------------------------------------------------------------------
+
+fn or_dash(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_alarms(alarms: &Value) {
+    let list = alarms.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no active alarms");
+        return;
+    }
+    for a in list {
+        println!(
+            "{} ({}) about {}: {} Remedy: {}",
+            or_dash(&a["key"]["name"]),
+            or_dash(&a["severity"]),
+            or_dash(&a["key"]["about"]),
+            or_dash(&a["cause"]),
+            or_dash(&a["remedy"])
+        );
+    }
+}
+
+fn print_peers(peers: &Value) {
+    let list = peers.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no peers");
+        return;
+    }
+    println!("{:<24} {:<10} RELATION", "PEER", "LINK");
+    for p in list {
+        let link = if p["link"]["connected"].as_bool() == Some(true) {
+            "connected".to_string()
+        } else {
+            "down".to_string()
+        };
+        println!("{:<24} {:<10} {}", or_dash(&p["id"]), link, or_dash(&p["relation"]));
+        if let Some(e) = p["link"]["last_error"].as_str() {
+            println!("{:<24} {:<10} last error: {e}", "", "");
+        }
+    }
+}
+
+pub fn status(common: &Common) -> Result<(), CliError> {
+    let s = call(common, Method::GET, "/v1/status", None)?;
+    if common.output == Output::Json {
+        return print_json(&s);
+    }
+    let versions: Vec<String> =
+        s["key_versions"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+    let rows = [
+        ("cluster", or_dash(&s["cluster"])),
+        ("role", or_dash(&s["role"])),
+        ("off reason", or_dash(&s["off_reason"])),
+        ("domain", or_dash(&s["domain"])),
+        ("master", or_dash(&s["master"])),
+        ("epoch", or_dash(&s["epoch"])),
+        (
+            "key versions",
+            if versions.is_empty() {
+                "-".into()
+            } else {
+                format!("{} (primary {})", versions.join(", "), or_dash(&s["primary_version"]))
+            },
+        ),
+        ("remote", or_dash(&s["remote"])),
+        ("eligible", or_dash(&s["eligible"])),
+    ];
+    for (k, v) in rows {
+        println!("{k:<13} {v}");
+    }
+    println!();
+    print_peers(&s["peers"]);
+    println!();
+    print_alarms(&s["alarms"]);
+    Ok(())
+}
+
+pub fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), CliError> {
+    match cmd {
+        None => {
+            let p = call(common, Method::GET, "/v1/peers", None)?;
+            if common.output == Output::Json {
+                return print_json(&p);
+            }
+            print_peers(&p);
+            Ok(())
+        }
+        Some(PeersCommand::Add { id, address, common }) => {
+            let body =
+                serde_json::to_value(api::AddPeerRequest { id, address }).expect("serializes");
+            let v = call(&common, Method::POST, "/v1/peers", Some(body))?;
+            print_done(&common, &v)
+        }
+        Some(PeersCommand::Remove { id, common }) => {
+            let v =
+                call(&common, Method::DELETE, &format!("/v1/peers/{}", path_segment(&id)?), None)?;
+            print_done(&common, &v)
+        }
+    }
+}
+
+fn path_segment(s: &str) -> Result<&str, CliError> {
+    if s.is_empty() || s.chars().any(|c| !(c.is_ascii_alphanumeric() || "-._".contains(c))) {
+        return Err(CliError::Password(format!(
+            "{s:?} is not a valid id (letters, digits, '-', '.', '_')"
+        )));
+    }
+    Ok(s)
+}
+
+pub fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
+    match cmd {
+        NodesCommand::Add { id, archiver, common } => {
+            let body =
+                serde_json::to_value(api::AddNodeRequest { id, archiver }).expect("serializes");
+            let v = call(&common, Method::POST, "/v1/nodes", Some(body))?;
+            print_done(&common, &v)
+        }
+        NodesCommand::Remove { id, common } => {
+            let v =
+                call(&common, Method::DELETE, &format!("/v1/nodes/{}", path_segment(&id)?), None)?;
+            print_done(&common, &v)
+        }
+    }
+}
+
+pub fn alarms(common: &Common) -> Result<(), CliError> {
+    let v = call(common, Method::GET, "/v1/alarms", None)?;
+    if common.output == Output::Json {
+        return print_json(&v);
+    }
+    print_alarms(&v["active"]);
+    let history = v["history"].as_array().cloned().unwrap_or_default();
+    if !history.is_empty() {
+        println!();
+        println!("{:<25} {:<8} {:<30} ABOUT", "AT", "EVENT", "ALARM");
+        for e in history {
+            println!(
+                "{:<25} {:<8} {:<30} {}",
+                or_dash(&e["at"]),
+                or_dash(&e["event"]),
+                or_dash(&e["name"]),
+                or_dash(&e["about"])
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
+    match cmd {
+        EncryptionCommand::Enable { remote, password, common } => {
+            let pw = match (&password.password_file, password.password_stdin) {
+                (None, false) => {
+                    let a = nonempty(prompt("New encryption password: ")?)?;
+                    let b = prompt("Repeat the password: ")?;
+                    if *a != *b {
+                        return Err(CliError::Password("the two passwords differ".into()));
+                    }
+                    a
+                }
+                _ => read_password(&password, "Encryption password")?,
+            };
+            let body = serde_json::json!({ "password": secret(&pw), "remote": remote });
+            let v = call(&common, Method::POST, "/v1/encryption/enable", Some(body))?;
+            print_done(&common, &v)
+        }
+        EncryptionCommand::Disable { i_understand_data_loss, password, common } => {
+            let pw = read_password(&password, "Encryption password (the master's)")?;
+            let body = serde_json::json!({
+                "password": secret(&pw),
+                "i_understand_data_loss": i_understand_data_loss,
+            });
+            let v = call(&common, Method::POST, "/v1/encryption/disable", Some(body))?;
+            print_done(&common, &v)
+        }
+        EncryptionCommand::Remote { state, common } => {
+            let body = serde_json::json!({ "enabled": state == OnOff::On });
+            let v = call(&common, Method::PUT, "/v1/encryption/remote", Some(body))?;
+            print_done(&common, &v)
+        }
+    }
+}
+
+pub fn password(cmd: PasswordCommand) -> Result<(), CliError> {
+    let PasswordCommand::Change { old_password_file, new_password_file, password_stdin, common } =
+        cmd;
+    let (old, new) = if password_stdin {
+        let mut l = stdin_lines(2)?;
+        let new = l.remove(1);
+        (l.remove(0), new)
+    } else {
+        let old = match &old_password_file {
+            Some(p) => first_line_of(p)?,
+            None => prompt("Current encryption password: ")?,
+        };
+        let new = match &new_password_file {
+            Some(p) => first_line_of(p)?,
+            None => {
+                let a = prompt("New encryption password: ")?;
+                let b = prompt("Repeat the new password: ")?;
+                if *a != *b {
+                    return Err(CliError::Password("the two new passwords differ".into()));
+                }
+                a
+            }
+        };
+        (old, new)
+    };
+    let body = serde_json::json!({
+        "old_password": secret(&nonempty(old)?),
+        "new_password": secret(&nonempty(new)?),
+    });
+    let v = call(&common, Method::POST, "/v1/password", Some(body))?;
+    print_done(&common, &v)
+}
+
+pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
+    match cmd {
+        KeyCommand::Rotate { common } => {
+            let v = call(&common, Method::POST, "/v1/keys/rotate", Some(serde_json::json!({})))?;
+            print_done(&common, &v)
+        }
+        KeyCommand::Download { public_key, out, force, password, common } => {
+            // The key is checked before the password is asked for.
+            let pem = std::fs::read_to_string(&public_key)
+                .map_err(|source| CliError::Read { path: public_key.clone(), source })?;
+            let to = parse_public_key(&pem)
+                .map_err(|source| CliError::PublicKey { path: public_key.clone(), source })?;
+            if let Some(o) = &out
+                && !force
+                && o.exists()
+            {
+                return Err(viewer::ViewerError::Exists { path: o.clone() }.into());
+            }
+            let pw = read_password(&password, "Encryption password")?;
+            let body = serde_json::json!({ "password": secret(&pw), "public_key_pem": pem });
+            let v = call(&common, Method::POST, "/v1/keys/download", Some(body))?;
+            let doc: KeyExport = serde_json::from_value(v.clone())
+                .map_err(|e| super::client::ClientError::Decode(e.to_string()))?;
+            if doc.recipient_sha256 != to.fingerprint_hex() {
+                return Err(super::client::ClientError::Decode(
+                    "the export is wrapped for another public key".into(),
+                )
+                .into());
+            }
+            let mut bytes = serde_json::to_vec_pretty(&v).expect("serializes");
+            bytes.push(b'\n');
+            let versions: Vec<String> = doc.keys.iter().map(|k| k.version.to_string()).collect();
+            match &out {
+                Some(path) => {
+                    viewer::write_private(path, &bytes, force)?;
+                    eprintln!(
+                        "wrote the keys of domain {} (versions {}, primary {}) wrapped for RSA key \
+                         {} to {}",
+                        doc.domain,
+                        versions.join(", "),
+                        doc.primary_version,
+                        doc.recipient_sha256,
+                        path.display()
+                    );
+                    Ok(())
+                }
+                None => std::io::stdout().write_all(&bytes).map_err(CliError::Output),
+            }
+        }
+        KeyCommand::Unwrap { export, private_key, out, force, output } => {
+            let ring = viewer::unwrap(&export, &private_key, &out, force)?;
+            let versions: Vec<u32> = ring.versions().map(|v| v.get()).collect();
+            if output == Output::Json {
+                return print_json(&serde_json::json!({
+                    "domain": ring.domain(),
+                    "versions": versions,
+                    "primary_version": ring.primary_version(),
+                    "file": out,
+                }));
+            }
+            println!(
+                "unwrapped key versions {} of domain {} (primary {}) into {} (mode 0600)",
+                versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                ring.domain(),
+                ring.primary_version(),
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+// ----- viewer -----------------------------------------------------------------------------
+
+pub fn decrypt(keys: &Path, input: Option<PathBuf>, output: Output) -> Result<(), CliError> {
+    let ring = viewer::load_ring(keys)?;
+    let reader: Box<dyn BufRead> = match input {
+        Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(&p).map_err(|source| CliError::Read { path: p.clone(), source })?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if output == Output::Table {
+        writeln!(out, "{:<12} {:<16} {:<4} PLAINTEXT", "ROW", "CLUSTER", "KEY")
+            .map_err(CliError::Output)?;
+    }
+    let (seen, failed) = viewer::decrypt_all(
+        &ring,
+        reader,
+        |p| match output {
+            Output::Json => {
+                serde_json::to_writer(&mut out, &p)?;
+                writeln!(out)
+            }
+            Output::Table => {
+                let text = match (&p.plaintext, &p.plaintext_b64) {
+                    (Some(t), _) => viewer::cell(t),
+                    (None, Some(b)) => format!("base64:{b}"),
+                    _ => String::new(),
+                };
+                let row = match &p.row {
+                    Value::String(s) => viewer::cell(s),
+                    other => other.to_string(),
+                };
+                writeln!(out, "{row:<12} {:<16} {:<4} {text}", p.cluster, p.key_version)
+            }
+        },
+        |f| eprintln!("imcrypt: line {} (row {}): {}", f.line, f.row, f.reason),
+    )
+    .map_err(CliError::Output)?;
+    out.flush().map_err(CliError::Output)?;
+    if failed > 0 {
+        return Err(CliError::Undecryptable { failed, seen });
+    }
+    Ok(())
+}
