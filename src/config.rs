@@ -35,6 +35,8 @@ pub struct Config {
     pub admin: AdminSection,
     #[serde(default)]
     pub password: PasswordSection,
+    #[serde(default)]
+    pub encryption: EncryptionSection,
     /// The intercluster peers this cluster is configured with.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -134,6 +136,20 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         0 => Err(serde::de::Error::custom("must be at least 1")),
         n => Ok(n),
     }
+}
+
+/// `[encryption]`: what the master does on its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Rotate the key once the primary version is older than this (e.g. "90d"); unset: only
+    /// on command, and when a cluster has used it 0.9·2^32 times.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub rotate_after: Option<Duration>,
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -331,6 +347,13 @@ archiver = "postgresql"
         assert_eq!(c.nodes[0].archiver, Some(ComplianceDb::PostgreSql));
         assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
         assert!(c.hotpath.is_none());
+        assert_eq!(c.encryption.rotate_after, None);
+        let c = Config::parse(
+            &format!("{GOOD}\n[encryption]\nrotate_after = \"90d\"\n"),
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(c.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
         assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
         assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
         assert_eq!(c.admin.max_failures, 5);

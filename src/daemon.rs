@@ -157,6 +157,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     cc.iterations = config.password.pbkdf2_iterations;
     cc.hello_interval = config.peer.hello_interval;
     cc.master_unreachable_after = config.peer.master_unreachable_after;
+    cc.rotate_after = config.encryption.rotate_after;
     if config.testing.legacy_software {
         cc.capabilities = crate::cluster::Capabilities::LEGACY;
     }
@@ -205,6 +206,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(admin.serve(admin_listener, Control(tx.clone())).instrument(span.clone()));
     let (stop, _) = watch::channel(false);
     let mut hotpath = None;
+    let mut hot_keys = None;
     if let Some(hp) = &config.hotpath {
         let counters = SealedFile::new(dir.join("counters.sealed"), &node_key, Purpose::Counters);
         let keys = Arc::new(crate::hotpath::KeySource::new(
@@ -212,6 +214,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
             crate::crypto::aead::AeadImpl::default(),
             counters,
         )?);
+        hot_keys = Some(keys.clone());
         let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
         tasks.spawn(
             keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
@@ -238,6 +241,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         ring: ring_tx,
         download: None,
         alarm_history,
+        hot_keys,
     };
     tasks.spawn(core.run(rx).instrument(span.clone()));
     span.in_scope(
@@ -297,6 +301,8 @@ struct Core {
     download: Option<Box<KeyRing>>,
     /// Raises and clears, for the admin API's `GET /v1/alarms`.
     alarm_history: crate::admin::AlarmHistory,
+    /// The hot path's keys, to learn when the primary version is worn out here.
+    hot_keys: Option<Arc<crate::hotpath::KeySource>>,
 }
 
 impl Core {
@@ -314,7 +320,11 @@ impl Core {
                 i = rx.recv() => i,
                 () = sleep_until(deadline) => {
                     self.cluster.handle_timeout(now());
-                    if let Err(e) = self.apply_effects().await {
+                    let done = match self.apply_effects().await {
+                        Ok(()) => self.rotate_if_due().await,
+                        e => e,
+                    };
+                    if let Err(e) = done {
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
                         return;
                     }
@@ -338,7 +348,10 @@ impl Core {
                 }
                 Input::Peer { from, msg, reply } => {
                     let r = self.cluster.handle_peer_message(&from, msg, now());
-                    let persisted = self.apply_effects().await;
+                    let persisted = match self.apply_effects().await {
+                        Ok(()) => self.rotate_if_due().await,
+                        e => e,
+                    };
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                     if let Err(e) = persisted {
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
@@ -355,6 +368,28 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Automatic rotation: tells the state machine when this cluster's hot path has worn out
+    /// the primary version, and on the master rotates when the state machine says it is due
+    /// (worn out here or on a slave, or older than `encryption.rotate_after`).
+    async fn rotate_if_due(&mut self) -> Result<(), StoreError> {
+        let t = now();
+        if let Some(keys) = &self.hot_keys
+            && keys.rotation_needed()
+            && let Some(sealer) = keys.sealer()
+        {
+            self.cluster.report_worn_out(sealer.key_version(), t);
+            self.apply_effects().await?;
+        }
+        if let Some(why) = self.cluster.rotation_due(t) {
+            tracing::info!(reason = %why, "rotating the key automatically");
+            if let Err(e) = self.cluster.handle_command(Command::RotateKey, t, Entropy::from_os()) {
+                tracing::error!(error = %e, reason = %why, "automatic key rotation refused");
+            }
+            self.apply_effects().await?;
+        }
+        Ok(())
     }
 
     /// Carries out the pending effects in order; a failed write stops here.

@@ -361,3 +361,24 @@ async fn peers_with_a_wrong_certificate_or_none_are_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_rotates_by_itself_when_the_primary_key_is_older_than_rotate_after() {
+    bounded(async {
+        let (_d, mut lab) = mesh(&["a", "b"]);
+        // Key versions carry whole seconds; 2 s of age is the shortest meaningful setting.
+        lab.spec_mut("a").rotate_after = Some(Duration::from_secs(2));
+        for id in ["a", "b"] {
+            lab.start(id).await.unwrap();
+        }
+        lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
+        lab.wait_until("b", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
+        let b = lab
+            .wait_until("b", "a second key version", WAIT, |s| s.key_versions.len() >= 2)
+            .await
+            .unwrap();
+        assert_eq!(b.primary_version.map(|v| v.get()), Some(b.key_versions.len() as u32));
+        lab.stop_all().await;
+    })
+    .await;
+}

@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::time::Duration;
 
 use crate::alarm::{AlarmChange, AlarmName, AlarmRegistry};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Password, PasswordRecord, check_policy};
-use crate::ids::{ClusterId, DomainId, Epoch};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
 use super::command::{Command, CommandError, PeerError};
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
@@ -106,6 +107,8 @@ pub struct Cluster {
     /// What the last hello broadcast announced.
     announced: Option<(Announced, Eligibility)>,
     next_hello: Time,
+    /// The key version this cluster's hot path has used up to 0.9·2^32 (`report_worn_out`).
+    worn_out: Option<KeyVersion>,
 }
 
 impl Cluster {
@@ -151,6 +154,7 @@ impl Cluster {
             hot_ring: None,
             announced: None,
             next_hello: now,
+            worn_out: None,
         };
         c.finish(now);
         Ok(c)
@@ -359,6 +363,48 @@ impl Cluster {
     /// Lets time pass: periodic hellos and the master-unreachable alarm.
     pub fn handle_timeout(&mut self, now: Time) {
         self.finish(now);
+    }
+
+    /// The hot path reports that it sealed 0.9·2^32 records under `version` here. A slave
+    /// tells its master in its next hello (sent at once); a master sees it in
+    /// [`Cluster::rotation_due`].
+    pub fn report_worn_out(&mut self, version: KeyVersion, now: Time) {
+        if self.worn_out != Some(version) {
+            self.worn_out = Some(version);
+            self.next_hello = now;
+        }
+        self.finish(now);
+    }
+
+    /// On the master: why the key should be rotated now, if it should. The primary version
+    /// has reached 0.9·2^32 seals on this cluster or on a slave (each cluster counts its own
+    /// record key), or is older than `rotate_after`. The daemon answers with
+    /// [`Command::RotateKey`]; a report about an older version (already rotated) is ignored.
+    pub fn rotation_due(&self, now: Time) -> Option<String> {
+        let Role::Master(m) = &self.state.role else { return None };
+        let ring = &m.state.ring;
+        let primary = ring.primary_version();
+        if self.worn_out == Some(primary) {
+            return Some(format!(
+                "this cluster sealed 0.9*2^32 records under key version {primary}"
+            ));
+        }
+        for (peer, view) in &self.views {
+            let Some(h) = &view.hello else { continue };
+            let ours = matches!(&h.role, Announced::Slave { domain, master, .. }
+                if *domain == m.state.domain && master == &self.config.id);
+            if ours && h.rotation_needed == Some(primary) {
+                return Some(format!(
+                    "cluster {peer} sealed 0.9*2^32 records under key version {primary}"
+                ));
+            }
+        }
+        let max_age = self.config.rotate_after?;
+        let age =
+            Duration::from_secs(now.unix_secs().saturating_sub(ring.primary().created_unix()));
+        (age >= max_age).then(|| {
+            format!("key version {primary} is older than {}", humantime::format_duration(max_age))
+        })
     }
 
     // ----- commands ------------------------------------------------------------------------
@@ -765,6 +811,7 @@ impl Cluster {
             capabilities: self.config.capabilities,
             eligibility: self.eligibility(),
             role: self.announced(),
+            rotation_needed: self.worn_out,
         }
     }
 

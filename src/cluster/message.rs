@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Capabilities, DomainState, Tombstone};
-use crate::ids::{ClusterId, DomainId, Epoch};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
 /// One message from a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +49,10 @@ pub struct Hello {
     pub capabilities: Capabilities,
     pub eligibility: Eligibility,
     pub role: Announced,
+    /// The sender sealed 0.9·2^32 records under this (its primary) key version: AES-GCM with
+    /// random nonces allows 2^32 per key, so its master should rotate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_needed: Option<KeyVersion>,
 }
 
 /// Whether a cluster can encrypt its archive: the archiver must run on every node with a

@@ -25,7 +25,7 @@ use std::time::Duration;
 use crate::alarm::{Alarm, AlarmKey, AlarmName};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, Password};
-use crate::ids::{ClusterId, DomainId, Epoch};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
 use super::{
     Announced, Capabilities, Cluster, ClusterConfig, Command, CommandError, ComplianceDb, Effect,
@@ -63,6 +63,7 @@ pub struct SimSettings {
     pub iterations: Iterations,
     pub hello_interval: Duration,
     pub master_unreachable_after: Duration,
+    pub rotate_after: Option<Duration>,
 }
 
 impl Default for SimSettings {
@@ -71,6 +72,7 @@ impl Default for SimSettings {
             iterations: Iterations::insecure_for_tests(1_000),
             hello_interval: Duration::from_secs(30),
             master_unreachable_after: Duration::from_secs(300),
+            rotate_after: None,
         }
     }
 }
@@ -162,6 +164,7 @@ impl Network {
             iterations: self.settings.iterations,
             hello_interval: self.settings.hello_interval,
             master_unreachable_after: self.settings.master_unreachable_after,
+            rotate_after: self.settings.rotate_after,
         }
     }
 
@@ -270,6 +273,13 @@ impl Network {
         }
         self.drain(at);
         result
+    }
+
+    /// `at`'s hot path reports that it used `version` up to 0.9·2^32 seals.
+    pub fn report_worn_out(&mut self, at: &ClusterId, version: KeyVersion) {
+        let now = self.now;
+        self.clusters.get_mut(at).expect("known cluster").machine.report_worn_out(version, now);
+        self.drain(at);
     }
 
     /// Peers `a` and `b` (both sides, as operators configure both ends).

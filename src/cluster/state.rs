@@ -206,6 +206,8 @@ pub struct ClusterConfig {
     /// How long a slave tolerates silence from its master before raising
     /// `MAencryptionMasterUnreachable`.
     pub master_unreachable_after: Duration,
+    /// On the master: rotate the key once the primary version is older than this.
+    pub rotate_after: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -216,6 +218,7 @@ impl ClusterConfig {
             iterations: Iterations::default(),
             hello_interval: Duration::from_secs(30),
             master_unreachable_after: Duration::from_secs(300),
+            rotate_after: None,
         }
     }
 }

@@ -501,6 +501,48 @@ fn key_rotation_adds_a_primary_version_synced_and_old_versions_stay() {
 }
 
 #[test]
+fn rotation_is_due_when_a_slave_or_the_master_wears_out_the_primary_or_it_ages() {
+    let mut net = Network::new(sim::SimSettings {
+        rotate_after: Some(Duration::from_secs(90 * 24 * 3600)),
+        ..Default::default()
+    });
+    let (a, b, c) = (net.add_cluster("a"), net.add_cluster("b"), net.add_cluster("c"));
+    net.peer_all(&[a.clone(), b.clone(), c.clone()]);
+    enable(&mut net, &a, true);
+    net.settle();
+    let v1 = KeyVersion::FIRST;
+    assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
+    assert_eq!(net.cluster(&b).rotation_due(net.now()), None, "only a master rotates");
+
+    // A slave's hot path wore out v1: it says so in its hello, and the master rotates.
+    net.report_worn_out(&b, v1);
+    net.settle();
+    let why = net.cluster(&a).rotation_due(net.now()).unwrap();
+    assert_eq!(why, "cluster b sealed 0.9*2^32 records under key version 1");
+    net.command(&a, Command::RotateKey).unwrap();
+    net.settle();
+    // The report was about v1; v2 is fresh, so nothing more is due.
+    assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
+
+    // The master's own hot path counts too.
+    let v2 = KeyVersion::new(2).unwrap();
+    net.report_worn_out(&a, v2);
+    assert!(net.cluster(&a).rotation_due(net.now()).unwrap().starts_with("this cluster"));
+    net.command(&a, Command::RotateKey).unwrap();
+    net.settle();
+    assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
+
+    // And age: after 90 days the primary is due.
+    net.advance(Duration::from_secs(90 * 24 * 3600));
+    let why = net.cluster(&a).rotation_due(net.now()).unwrap();
+    assert!(why.contains("older than"), "{why}");
+    net.command(&a, Command::RotateKey).unwrap();
+    net.settle();
+    assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
+    assert_clean(&net);
+}
+
+#[test]
 fn enable_is_refused_where_a_peer_already_encrypts() {
     let (mut net, a, b, _c) = three();
     enable(&mut net, &a, false);

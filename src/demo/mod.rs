@@ -44,6 +44,8 @@ pub struct Spec {
     pub legacy_software: bool,
     /// Run the router's encryption service at `DIR/state/ID/hotpath.sock`.
     pub hotpath: bool,
+    /// `encryption.rotate_after`.
+    pub rotate_after: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -55,6 +57,7 @@ impl Default for Spec {
             master_unreachable_after: Duration::from_secs(3),
             legacy_software: false,
             hotpath: false,
+            rotate_after: None,
         }
     }
 }
@@ -150,6 +153,12 @@ impl Lab {
             humantime::format_duration(m.spec.master_unreachable_after),
             m.admin_port,
         );
+        if let Some(r) = m.spec.rotate_after {
+            t.push_str(&format!(
+                "\n[encryption]\nrotate_after = \"{}\"\n",
+                humantime::format_duration(r)
+            ));
+        }
         if m.spec.hotpath {
             t.push_str(&format!("\n[hotpath.socket]\npath = \"state/{id}/hotpath.sock\"\n"));
         }
