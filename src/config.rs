@@ -348,12 +348,13 @@ archiver = "postgresql"
         assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
         assert!(c.hotpath.is_none());
         assert_eq!(c.encryption.rotate_after, None);
-        let c = Config::parse(
+        let rotating = Config::parse(
             &format!("{GOOD}\n[encryption]\nrotate_after = \"90d\"\n"),
             Path::new("/"),
         )
         .unwrap();
-        assert_eq!(c.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(rotating.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
+        let c = Config::parse(GOOD, Path::new("/etc/imcrypt")).unwrap();
         assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
         assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
         assert_eq!(c.admin.max_failures, 5);
