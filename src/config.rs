@@ -354,7 +354,6 @@ archiver = "postgresql"
         )
         .unwrap();
         assert_eq!(rotating.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
-        let c = Config::parse(GOOD, Path::new("/etc/imcrypt")).unwrap();
         assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
         assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
         assert_eq!(c.admin.max_failures, 5);
