@@ -195,6 +195,15 @@ enum Answer {
     Sealed(SealedBatch),
     Off,
     Status(KeyStatus),
+    Indexed(BlindIndexes),
+}
+
+/// The answer to an INDEX request: one 32-byte blind index per message, in request order,
+/// under the domain key version `key_version` (docs/archive.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlindIndexes {
+    pub key_version: KeyVersion,
+    pub indexes: Vec<[u8; 32]>,
 }
 
 type Reply = oneshot::Sender<Result<Answer, ClientError>>;
@@ -205,6 +214,16 @@ struct Job {
     attempts: u32,
     reply: Reply,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Job {
+    /// Frees the job's queue places, then delivers its answer: a caller that sees the answer
+    /// also sees the queue room it left.
+    fn answer(self, r: Result<Answer, ClientError>) {
+        let Job { reply, _permit, .. } = self;
+        drop(_permit);
+        let _ = reply.send(r);
+    }
 }
 
 /// A submitted request's answer, to await later (pipelining).
@@ -219,8 +238,8 @@ impl Future for Pending {
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
             Ok(Ok(Answer::Sealed(b))) => Ok(Encrypted::Sealed(b)),
             Ok(Ok(Answer::Off)) => Ok(Encrypted::Off),
-            Ok(Ok(Answer::Status(_))) => {
-                Err(ClientError::Protocol("STATUS answer to an ENCRYPT request".into()))
+            Ok(Ok(Answer::Status(_) | Answer::Indexed(_))) => {
+                Err(ClientError::Protocol("STATUS or INDEXED answer to an ENCRYPT request".into()))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
@@ -301,6 +320,28 @@ impl Client {
         match self.enqueue(id, f, 1).await?.await {
             Ok(Ok(Answer::Status(s))) => Ok(s),
             Ok(Ok(_)) => Err(ClientError::Protocol("non-STATUS answer to STATUS".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Blind indexes of `messages` under the primary key version (`None`: encryption is
+    /// off). Each message counts as one record against the queue.
+    pub async fn blind_index<'m>(
+        &self,
+        messages: impl ExactSizeIterator<Item = &'m [u8]> + Clone,
+    ) -> Result<Option<BlindIndexes>, ClientError> {
+        if let Some(m) = messages.clone().find(|m| m.len() > u16::MAX as usize) {
+            return Err(ClientError::MetadataTooLong(m.len()));
+        }
+        let count = messages.len();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut f = Vec::new();
+        frame::encode_index(&mut f, id, messages);
+        match self.enqueue(id, f, count.max(1)).await?.await {
+            Ok(Ok(Answer::Indexed(b))) if b.indexes.len() == count => Ok(Some(b)),
+            Ok(Ok(Answer::Off)) => Ok(None),
+            Ok(Ok(_)) => Err(ClientError::Protocol("unexpected answer to INDEX".into())),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
@@ -470,7 +511,8 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let n = lost.len();
         for j in lost {
             if j.attempts >= cfg.max_attempts {
-                let _ = j.reply.send(Err(ClientError::ConnectionLost { attempts: j.attempts }));
+                let attempts = j.attempts;
+                j.answer(Err(ClientError::ConnectionLost { attempts }));
             } else {
                 retry.push_front(j);
             }
@@ -482,7 +524,8 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
 /// Checks a job against the server's limits; fails it (and returns `None`) if it cannot fit.
 fn admit(mut job: Job, w: Welcome) -> Option<Job> {
     let len = job.frame.len() - frame::LEN_PREFIX;
-    let count = if job.frame[frame::LEN_PREFIX] == frame::kind::ENCRYPT {
+    let ty = job.frame[frame::LEN_PREFIX];
+    let count = if ty == frame::kind::ENCRYPT || ty == frame::kind::INDEX {
         u32::from_be_bytes(job.frame[13..17].try_into().expect("4 bytes"))
     } else {
         0
@@ -495,7 +538,7 @@ fn admit(mut job: Job, w: Welcome) -> Option<Job> {
         None
     };
     if let Some(e) = err {
-        let _ = job.reply.send(Err(e));
+        job.answer(Err(e));
         return None;
     }
     job.attempts += 1;
@@ -525,6 +568,20 @@ async fn read_answers(mut rd: OwnedReadHalf, leftover: Vec<u8>, max: u32, inflig
                     (request_id, Ok(Answer::Sealed(SealedBatch { raw, count })), false)
                 }
                 Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
+                Response::Indexed { request_id, key_version, indexes } => {
+                    let answer = KeyVersion::new(key_version)
+                        .map(|key_version| {
+                            Answer::Indexed(BlindIndexes {
+                                key_version,
+                                indexes: indexes
+                                    .chunks_exact(32)
+                                    .map(|c| c.try_into().expect("32 bytes"))
+                                    .collect(),
+                            })
+                        })
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                    (request_id, answer, false)
+                }
                 Response::Status { request_id, status } => {
                     (request_id, status_of(status).map(Answer::Status), false)
                 }
@@ -547,9 +604,7 @@ async fn read_answers(mut rd: OwnedReadHalf, leftover: Vec<u8>, max: u32, inflig
             }
             let job = inflight.lock().expect("not poisoned").remove(&id);
             match job {
-                Some(j) => {
-                    let _ = j.reply.send(answer);
-                }
+                Some(j) => j.answer(answer),
                 None => tracing::warn!(id, "answer for no request in flight"),
             }
             if closes {
