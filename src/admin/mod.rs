@@ -294,6 +294,10 @@ impl ApiError {
         if let Some(s) = retry {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
+        if matches!(self, ApiError::TooLarge) {
+            // The rest of the body is never read: end the connection rather than drain it.
+            r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
@@ -348,20 +352,22 @@ fn password(s: &zeroize::Zeroizing<String>) -> Password {
 }
 
 /// Runs a command that carries a password: rate limits first, then a PBKDF2 slot, then the
-/// core. Records the outcome for the limiter whatever happens (also if the client goes away).
+/// core. The check runs in its own task, so a client that goes away cannot stop its outcome
+/// from being recorded (a guess abandoned mid-way still counts as a failure if it was wrong).
 async fn with_password(
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     control: &Control,
     client: IpAddr,
     cmd: Command,
 ) -> Result<crate::daemon::CommandOutcome, ApiError> {
     ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(client, Instant::now())?;
-    struct Finish<'a> {
-        ctx: &'a Ctx,
+    /// Records the outcome when dropped, whatever happened.
+    struct Finish {
+        ctx: Arc<Ctx>,
         client: IpAddr,
         outcome: Outcome,
     }
-    impl Drop for Finish<'_> {
+    impl Drop for Finish {
         fn drop(&mut self) {
             self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
                 self.client,
@@ -370,23 +376,27 @@ async fn with_password(
             );
         }
     }
-    let mut finish = Finish { ctx, client, outcome: Outcome::NotChecked };
-    let _slot = tokio::time::timeout(HASH_SLOT_WAIT, ctx.hashing.acquire())
-        .await
-        .map_err(|_| ApiError::Busy)?
-        .map_err(|_| ApiError::Stopping)?;
-    let r = control.command(cmd).await;
-    finish.outcome = match &r {
-        Ok(_) => Outcome::Correct,
-        Err(DaemonError::Command(
-            CommandError::WrongPassword | CommandError::WrongMasterPassword { .. },
-        )) => Outcome::Wrong,
-        Err(_) => Outcome::NotChecked,
-    };
-    if finish.outcome == Outcome::Wrong {
-        tracing::warn!(client = %client, "admin request with a wrong password");
-    }
-    Ok(r?)
+    let mut finish = Finish { ctx: ctx.clone(), client, outcome: Outcome::NotChecked };
+    let control = control.clone();
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
+        let _slot = tokio::time::timeout(HASH_SLOT_WAIT, finish.ctx.hashing.acquire())
+            .await
+            .map_err(|_| ApiError::Busy)?
+            .map_err(|_| ApiError::Stopping)?;
+        let r = control.command(cmd).await;
+        finish.outcome = match &r {
+            Ok(_) => Outcome::Correct,
+            Err(DaemonError::Command(
+                CommandError::WrongPassword | CommandError::WrongMasterPassword { .. },
+            )) => Outcome::Wrong,
+            Err(_) => Outcome::NotChecked,
+        };
+        if finish.outcome == Outcome::Wrong {
+            tracing::warn!(client = %client, "admin request with a wrong password");
+        }
+        Ok(r?)
+    }));
+    task.await.map_err(|_| ApiError::Stopping)?
 }
 
 fn unix_now() -> u64 {
@@ -424,7 +434,7 @@ const UNTIL_RESTART: &str = "this change lasts until the daemon restarts: the co
 async fn handle(
     req: Request<Incoming>,
     client: IpAddr,
-    ctx: &Ctx,
+    ctx: &Arc<Ctx>,
     control: &Control,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     check_token(&req, ctx)?;
