@@ -63,6 +63,21 @@ impl InvocationCounter {
         Ok(n)
     }
 
+    /// Counts `n` invocations in one atomic operation (a whole batch), all or nothing: fails
+    /// when the batch does not fit in the reservation or under the hard limit. Like `take`,
+    /// a failed call still counts.
+    pub fn take_many(&self, n: u64) -> Result<u64, CounterError> {
+        let start = self.used.fetch_add(n, Ordering::Relaxed);
+        let end = start.saturating_add(n);
+        if end > HARD_LIMIT {
+            return Err(CounterError::KeyExhausted);
+        }
+        if end > self.reserved.load(Ordering::Acquire) {
+            return Err(CounterError::ReservationExhausted);
+        }
+        Ok(start)
+    }
+
     /// The reservation to persist next, once less than half a block is left; `None` while
     /// there is plenty. Persist it, then call `commit_reservation` with it.
     pub fn reservation_due(&self) -> Option<u64> {
@@ -121,6 +136,18 @@ mod tests {
         let after = InvocationCounter::resume(r);
         assert!(after.used() >= c.used());
         assert_eq!(after.take(), Err(CounterError::ReservationExhausted));
+    }
+
+    #[test]
+    fn a_batch_is_counted_whole_or_not_at_all() {
+        let c = InvocationCounter::resume(0);
+        c.commit_reservation(100);
+        assert_eq!(c.take_many(64), Ok(0));
+        assert_eq!(c.take_many(64), Err(CounterError::ReservationExhausted));
+        assert_eq!(c.used(), 128, "a refused batch still counts");
+        let c = InvocationCounter::resume(HARD_LIMIT - 10);
+        c.commit_reservation(HARD_LIMIT);
+        assert_eq!(c.take_many(11), Err(CounterError::KeyExhausted));
     }
 
     #[test]
