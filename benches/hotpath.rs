@@ -9,6 +9,10 @@
 //! as a daemon and a router on one host would. Counter reservations go to a real sealed file in a temp dir.
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::rate;
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,22 +32,6 @@ use imcrypt::store::SealedFile;
 
 const SIZE: usize = 256;
 const BATCH: usize = 64;
-
-/// Runs `f` until `budget` has passed; returns operations per second.
-fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
-    for _ in 0..1000 {
-        f();
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < budget {
-        for _ in 0..256 {
-            f();
-        }
-        n += 256;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]

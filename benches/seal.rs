@@ -5,8 +5,12 @@
 //! imcrypt record (counter, ChaCha nonce, header, associated data). Ratios are against ring's
 //! bare AEAD at the same size, measured in this run. One core, `cargo bench --bench seal`.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::rate;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imcrypt::crypto::aead::{AeadImpl, AeadKey};
 use imcrypt::crypto::keyring::KeyRing;
@@ -15,22 +19,6 @@ use imcrypt::crypto::record::RecordSealer;
 use imcrypt::ids::{ClusterId, DomainId};
 
 const SIZES: [usize; 4] = [64, 256, 1024, 16384];
-
-/// Runs `f` in batches until `budget` has passed; returns operations per second.
-fn rate(budget: Duration, mut f: impl FnMut()) -> f64 {
-    for _ in 0..1000 {
-        f(); // warm up
-    }
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < budget {
-        for _ in 0..256 {
-            f();
-        }
-        n += 256;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 fn main() {
     let budget = Duration::from_millis(
