@@ -5,6 +5,7 @@
 //! derived record key) or wrapped (RSA-OAEP); they are zeroized on drop and redacted in `Debug`.
 
 pub mod aead;
+pub mod blind;
 pub mod counter;
 pub mod export;
 pub mod keyring;

@@ -7,6 +7,7 @@
 //! 0x01 HELLO    magic "IMHP" | min_version u16 | max_version u16
 //! 0x02 ENCRYPT  request_id u64 | count u32 | count × (meta_len u16 | meta | pt_len u32 | pt)
 //! 0x03 STATUS   request_id u64
+//! 0x04 INDEX    request_id u64 | count u32 | count × (len u16 | message)
 //!
 //! server → client
 //! 0x81 WELCOME  version u16 | max_frame u32 | max_batch u32
@@ -14,6 +15,7 @@
 //! 0x83 OFF      request_id u64
 //! 0x84 STATUS   request_id u64 | on u8 | (if on) domain [16] | key_version u32
 //!               | cluster_len u8 | cluster
+//! 0x85 INDEXED  request_id u64 | key_version u32 | count u32 | count × index [32]
 //! 0x8F ERROR    request_id u64 | code u16 | closes u8 | msg_len u16 | msg (UTF-8)
 //! ```
 //!
@@ -47,10 +49,12 @@ pub mod kind {
     pub const HELLO: u8 = 0x01;
     pub const ENCRYPT: u8 = 0x02;
     pub const STATUS: u8 = 0x03;
+    pub const INDEX: u8 = 0x04;
     pub const WELCOME: u8 = 0x81;
     pub const SEALED: u8 = 0x82;
     pub const OFF: u8 = 0x83;
     pub const STATUS_REPLY: u8 = 0x84;
+    pub const INDEXED: u8 = 0x85;
     pub const ERROR: u8 = 0x8F;
 }
 
@@ -292,9 +296,56 @@ impl std::fmt::Debug for RecordList<'_> {
 /// A frame from client to server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { min_version: u16, max_version: u16 },
-    Encrypt { request_id: u64, records: RecordList<'a> },
-    Status { request_id: u64 },
+    Hello {
+        min_version: u16,
+        max_version: u16,
+    },
+    Encrypt {
+        request_id: u64,
+        records: RecordList<'a>,
+    },
+    Status {
+        request_id: u64,
+    },
+    /// Blind indexes of `count` messages (docs/archive.md), the archive's searchable columns.
+    Index {
+        request_id: u64,
+        messages: MessageList<'a>,
+    },
+}
+
+/// The messages of an INDEX request, borrowed from the receive buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MessageList<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> MessageList<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut rest = self.body;
+        (0..self.count).map(move |_| {
+            let l = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let m = &rest[2..2 + l];
+            rest = &rest[2 + l..];
+            m
+        })
+    }
+}
+
+impl std::fmt::Debug for MessageList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Participants are archive content: never in logs.
+        write!(f, "MessageList({} messages, <redacted>)", self.count)
+    }
 }
 
 /// Decodes the client frame at the front of `buf`. `max_batch` bounds ENCRYPT's record count.
@@ -333,6 +384,19 @@ pub fn decode_request(
             Request::Encrypt { request_id, records: RecordList { count, body: start } }
         }
         kind::STATUS => Request::Status { request_id: c.request_id()? },
+        kind::INDEX => {
+            let request_id = c.request_id()?;
+            let count = c.u32("INDEX is too short for its count")?;
+            if count > max_batch {
+                return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
+            }
+            let start = c.buf;
+            for _ in 0..count {
+                let l = c.u16("INDEX message is cut in its length")? as usize;
+                c.take(l, "INDEX message runs past the frame")?;
+            }
+            Request::Index { request_id, messages: MessageList { count, body: start } }
+        }
         other => return Err(FrameError::UnknownType(other)),
     };
     c.end()?;
@@ -410,11 +474,34 @@ pub enum StatusInfo {
 /// A frame from server to client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
-    Welcome { version: u16, max_frame: u32, max_batch: u32 },
-    Sealed { request_id: u64, records: SealedList<'a> },
-    Off { request_id: u64 },
-    Status { request_id: u64, status: StatusInfo },
-    Error { request_id: u64, code: ErrorCode, closes: bool, message: Cow<'a, str> },
+    Welcome {
+        version: u16,
+        max_frame: u32,
+        max_batch: u32,
+    },
+    Sealed {
+        request_id: u64,
+        records: SealedList<'a>,
+    },
+    Off {
+        request_id: u64,
+    },
+    Status {
+        request_id: u64,
+        status: StatusInfo,
+    },
+    /// `indexes` is `count × 32` bytes, in request order.
+    Indexed {
+        request_id: u64,
+        key_version: u32,
+        indexes: &'a [u8],
+    },
+    Error {
+        request_id: u64,
+        code: ErrorCode,
+        closes: bool,
+        message: Cow<'a, str>,
+    },
 }
 
 /// Decodes the server frame at the front of `buf`.
@@ -444,6 +531,14 @@ pub fn decode_response(
             Response::Sealed { request_id, records: SealedList { count, body: start } }
         }
         kind::OFF => Response::Off { request_id: c.request_id()? },
+        kind::INDEXED => {
+            let request_id = c.request_id()?;
+            let key_version = c.u32("INDEXED is too short for its key version")?;
+            let count = c.u32("INDEXED is too short for its count")? as usize;
+            let n = count.checked_mul(32).ok_or_else(|| c.fail("INDEXED count overflows"))?;
+            let indexes = c.take(n, "INDEXED indexes run past the frame")?;
+            Response::Indexed { request_id, key_version, indexes }
+        }
         kind::STATUS_REPLY => {
             let request_id = c.request_id()?;
             let status = match c.u8("STATUS is too short for its state")? {
@@ -527,6 +622,35 @@ pub fn encode_encrypt<'r>(
 
 pub fn encode_status_request(out: &mut Vec<u8>, request_id: u64) {
     frame(out, kind::STATUS, |o| o.extend_from_slice(&request_id.to_be_bytes()));
+}
+
+/// Encodes INDEX. Messages longer than 65,535 bytes are cut to fit (the client refuses them
+/// before encoding).
+pub fn encode_index<'m>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    messages: impl ExactSizeIterator<Item = &'m [u8]>,
+) {
+    frame(out, kind::INDEX, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        o.extend_from_slice(&(messages.len() as u32).to_be_bytes());
+        for m in messages {
+            let m = &m[..m.len().min(u16::MAX as usize)];
+            o.extend_from_slice(&(m.len() as u16).to_be_bytes());
+            o.extend_from_slice(m);
+        }
+    });
+}
+
+pub fn encode_indexed(out: &mut Vec<u8>, request_id: u64, key_version: u32, indexes: &[[u8; 32]]) {
+    frame(out, kind::INDEXED, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        o.extend_from_slice(&key_version.to_be_bytes());
+        o.extend_from_slice(&(indexes.len() as u32).to_be_bytes());
+        for i in indexes {
+            o.extend_from_slice(i);
+        }
+    });
 }
 
 pub fn encode_welcome(out: &mut Vec<u8>, version: u16, max_frame: u32, max_batch: u32) {

@@ -115,6 +115,8 @@ pub struct KeySource {
     cluster: ClusterId,
     imp: AeadImpl,
     current: ArcSwapOption<RecordSealer>,
+    /// Blind indexes under the primary version (archive search columns, docs/archive.md).
+    indexer: ArcSwapOption<crate::crypto::blind::BlindIndexer>,
     /// The persisted reservations; the lock also orders saves.
     reservations: Mutex<(Reservations, Box<dyn ReservationStore>)>,
     /// Wakes the reserver when a sealer wants its next block.
@@ -141,6 +143,7 @@ impl KeySource {
             cluster,
             imp,
             current: ArcSwapOption::empty(),
+            indexer: ArcSwapOption::empty(),
             reservations: Mutex::new((saved, Box::new(store))),
             wanted: Notify::new(),
             committed: watch::Sender::new(0),
@@ -152,6 +155,7 @@ impl KeySource {
     /// the primary version changes; the previous sealer keeps serving until then.
     pub fn set_ring(&self, ring: Option<&KeyRing>) -> Result<(), KeyError> {
         let Some(ring) = ring else {
+            self.indexer.store(None);
             if self.current.swap(None).is_some() {
                 tracing::info!(cluster = %self.cluster, "hot path: encryption off");
             }
@@ -182,6 +186,7 @@ impl KeySource {
             "hot path: sealing with key version {}",
             ring.primary_version()
         );
+        self.indexer.store(Some(Arc::new(crate::crypto::blind::BlindIndexer::primary(ring))));
         self.current.store(Some(Arc::new(sealer)));
         self.committed.send_modify(|g| *g += 1);
         Ok(())
@@ -190,6 +195,11 @@ impl KeySource {
     /// The sealer for the next batch, or `None` when encryption is off.
     pub fn sealer(&self) -> Option<Arc<RecordSealer>> {
         self.current.load_full()
+    }
+
+    /// The blind indexer of the primary version, or `None` when encryption is off.
+    pub fn indexer(&self) -> Option<Arc<crate::crypto::blind::BlindIndexer>> {
+        self.indexer.load_full()
     }
 
     pub fn cluster(&self) -> &ClusterId {

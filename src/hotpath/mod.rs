@@ -21,6 +21,8 @@ pub mod keys;
 pub mod server;
 pub mod session;
 
-pub use client::{Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch};
+pub use client::{
+    BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch,
+};
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
 pub use server::{ServerConfig, ServerError, UnixSocketConfig, bind_unix, serve};

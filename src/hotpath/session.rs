@@ -116,6 +116,13 @@ impl Session {
                     );
                     return Progress { used, next: Next::Close };
                 }
+                (true, Request::Index { request_id, messages }) => match keys.indexer() {
+                    None => frame::encode_off(out, request_id),
+                    Some(ix) => {
+                        let idx: Vec<[u8; 32]> = messages.iter().map(|m| ix.index(m)).collect();
+                        frame::encode_indexed(out, request_id, ix.version().get(), &idx);
+                    }
+                },
                 (true, Request::Status { request_id }) => {
                     frame::encode_status(out, request_id, &status_info(keys));
                 }
@@ -126,17 +133,19 @@ impl Session {
                         continue;
                     };
                     let at = frame::begin_sealed(out, request_id);
-                    let mut failed = None;
-                    for (meta, pt) in records.iter() {
-                        let len_at = out.len();
-                        out.extend_from_slice(&[0; 4]);
-                        if let Err(e) = sealer.seal_into(&mut self.nonces, meta, pt, out) {
-                            failed = Some(e);
-                            break;
+                    let failed = match sealer.take_batch(records.len()) {
+                        Ok(mut permit) => {
+                            for (meta, pt) in records.iter() {
+                                let len_at = out.len();
+                                out.extend_from_slice(&[0; 4]);
+                                permit.seal_into(&mut self.nonces, meta, pt, out);
+                                let l = (out.len() - len_at - 4) as u32;
+                                out[len_at..len_at + 4].copy_from_slice(&l.to_be_bytes());
+                            }
+                            None
                         }
-                        let l = (out.len() - len_at - 4) as u32;
-                        out[len_at..len_at + 4].copy_from_slice(&l.to_be_bytes());
-                    }
+                        Err(e) => Some(e),
+                    };
                     match failed {
                         None => frame::finish_sealed(out, at, records.len() as u32),
                         Some(e) => {
@@ -268,6 +277,28 @@ mod tests {
             Response::Status { request_id: 8, status: StatusInfo::On { key_version: 1, .. } }
         ));
         assert!(matches!(&a[3], Response::Sealed { request_id: 9, records } if records.is_empty()));
+    }
+
+    #[test]
+    fn index_answers_blind_indexes_under_the_primary_version_or_off() {
+        let (ks, ring, mut s) = setup(true);
+        let mut input = hello();
+        frame::encode_index(&mut input, 5, [&b"participant\0alice"[..], b"room\0ops"].into_iter());
+        let mut out = Vec::new();
+        s.handle(&input, &ks, &mut out, false);
+        let a = answers(&out);
+        let ix = crate::crypto::blind::BlindIndexer::primary(&ring);
+        let Response::Indexed { request_id: 5, key_version: 1, indexes } = a[1] else {
+            panic!("{:?}", a[1])
+        };
+        assert_eq!(&indexes[..32], &ix.index(b"participant\0alice")[..]);
+        assert_eq!(&indexes[32..], &ix.index(b"room\0ops")[..]);
+        let (ks, _, mut s) = setup(false);
+        let mut input = hello();
+        frame::encode_index(&mut input, 6, [&b"x"[..]].into_iter());
+        let mut out = Vec::new();
+        s.handle(&input, &ks, &mut out, false);
+        assert_eq!(answers(&out)[1], Response::Off { request_id: 6 });
     }
 
     #[test]
