@@ -1,25 +1,32 @@
 //! Start-up time and idle memory of `imcrypt serve` as a real process: time from spawn until
-//! the admin listener answers `GET /v1/status`, and resident memory (VmRSS) after it has idled
+//! the admin API answers `GET /v1/status` (TLS 1.3 and token, as the CLI asks it), and resident memory (VmRSS) after it has idled
 //! with two peers for a while. The baseline is `imcrypt --version` (process start alone),
 //! measured in the same run. Targets: start-up under 200 ms, idle RSS under 32 MiB.
 //! `cargo bench --bench daemon` (builds the release binary first).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use imcrypt::cli::client::{Client, Target};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn status_ok(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = write!(s, "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+/// True once the admin API of cluster a answers `GET /v1/status` (TLS, with its token).
+fn status_ok(rt: &tokio::runtime::Runtime, port: u16, dir: &Path) -> bool {
+    let Ok(token) = std::fs::read_to_string(dir.join("state/a/admin.token")) else {
+        return false;
+    };
+    let target = Target {
+        addr: format!("127.0.0.1:{port}"),
+        server_name: "a".into(),
+        ca: dir.join("pki/ca.pem"),
+        token: token.trim().to_owned().into(),
+    };
+    let Ok(client) = Client::new(target) else { return false };
+    rt.block_on(client.send(hyper::Method::GET, "/v1/status", None)).is_ok()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -88,6 +95,7 @@ fn main() {
                 .unwrap()
         })
         .collect();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut startup = Vec::new();
     let mut rss = 0;
     for round in 0..10 {
@@ -99,7 +107,7 @@ fn main() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        while !status_ok(ports[0].1) {
+        while !status_ok(&rt, ports[0].1, dir.path()) {
             assert!(t.elapsed() < Duration::from_secs(10), "a did not start");
             std::thread::sleep(Duration::from_millis(1));
         }
