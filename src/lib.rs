@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod alarm;
+pub mod archive;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -1,0 +1,199 @@
+//! The viewer's side of the archive: query by participant, room and time through the blind
+//! indexes, open each record with the administrator's key ring, and show rows as a table or
+//! JSON lines.
+//!
+//! Invariants: nothing is shown that did not authenticate: a record that fails to open (moved
+//! to another row, altered, or of a key version the ring lacks), or whose clear columns
+//! (timestamp, direction) disagree with its sealed content, is reported as a failure with its
+//! row id, and the other rows are still shown. Filters on participants work on encrypted rows
+//! (blind indexes under every key version of the ring) and plaintext rows alike.
+
+use serde::Serialize;
+
+use super::ArchiveError;
+use super::db::{Db, DbUrl, Param, SqlFilter, StoredRow};
+use super::event::{RowPlain, normalise, participant_message, record_metadata, room_message};
+use crate::crypto::aead::AeadImpl;
+use crate::crypto::blind::BlindIndexer;
+use crate::crypto::keyring::KeyRing;
+use crate::crypto::record::{RecordHeader, RecordOpener};
+
+/// What to select. Participants and rooms match case-insensitively.
+#[derive(Debug, Clone, Default)]
+pub struct ViewFilter {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub room: Option<String>,
+    /// Unix milliseconds, inclusive.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// One archived message as the viewer shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ViewedRow {
+    pub id: i64,
+    pub message_id: String,
+    pub timestamp: String,
+    pub timestamp_ms: i64,
+    pub direction: String,
+    pub from: String,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    pub body: String,
+    pub encrypted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u32>,
+}
+
+/// A row that could not be shown, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowFailure {
+    pub id: i64,
+    pub reason: String,
+}
+
+/// Builds the SQL filter: each participant value becomes its blind index under every key
+/// version of `ring`, or its clear value for rows archived while encryption was off.
+pub fn sql_filter(ring: Option<&KeyRing>, f: &ViewFilter) -> SqlFilter {
+    let ix = ring.map(BlindIndexer::all).unwrap_or_default();
+    let mut q = SqlFilter::default();
+    let mut add = |idx_col: &str, clear_col: &str, msg: Vec<u8>, value: &str| {
+        let idx: Vec<Param> =
+            ix.iter().map(|i| Param::Bytes(Some(i.index(&msg).to_vec()))).collect();
+        q.any_of(vec![(idx_col, idx), (clear_col, vec![Param::Text(Some(normalise(value)))])]);
+    };
+    if let Some(v) = &f.from {
+        add("from_idx", "LOWER(from_addr)", participant_message(v), v);
+    }
+    if let Some(v) = &f.to {
+        add("to_idx", "LOWER(to_addr)", participant_message(v), v);
+    }
+    if let Some(v) = &f.room {
+        add("room_idx", "LOWER(room)", room_message(v), v);
+    }
+    if let Some(s) = f.since_ms {
+        q.compare("ts_ms", ">=", Param::I64(s));
+    }
+    if let Some(u) = f.until_ms {
+        q.compare("ts_ms", "<=", Param::I64(u));
+    }
+    q
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Opens one stored row.
+pub fn open_row(opener: Option<&mut RecordOpener<'_>>, r: &StoredRow) -> Result<ViewedRow, String> {
+    let (plain, cluster, key_version) = if r.encrypted {
+        let opener = opener.ok_or("the row is encrypted and no key ring was given")?;
+        let key: [u8; 32] = r
+            .recipient_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| "recipient_key is not 32 bytes".to_owned())?;
+        let h = RecordHeader::parse(&r.payload).map_err(|e| e.to_string())?;
+        let (cluster, v) = (h.cluster.to_owned(), h.key_version.get());
+        let pt = opener
+            .open(&r.payload, &record_metadata(&r.message_id, &key))
+            .map_err(|e| e.to_string())?;
+        let plain: RowPlain = serde_json::from_slice(&pt)
+            .map_err(|e| format!("the record opened but is not an archive row: {e}"))?;
+        if plain.message_id != r.message_id {
+            return Err("the record belongs to another message".into());
+        }
+        (plain, Some(cluster), Some(v))
+    } else {
+        let plain: RowPlain = serde_json::from_slice(&r.payload)
+            .map_err(|e| format!("the plaintext row does not parse: {e}"))?;
+        (plain, None, None)
+    };
+    if plain.timestamp_ms != r.ts_ms || plain.direction.as_str() != r.direction {
+        return Err(format!(
+            "the row's clear columns (ts_ms {}, direction {}) disagree with its content \
+             ({}, {}): they were altered",
+            r.ts_ms,
+            r.direction,
+            plain.timestamp_ms,
+            plain.direction.as_str()
+        ));
+    }
+    Ok(ViewedRow {
+        id: r.id,
+        message_id: plain.message_id,
+        timestamp: rfc3339(plain.timestamp_ms),
+        timestamp_ms: plain.timestamp_ms,
+        direction: plain.direction.as_str().into(),
+        from: plain.from,
+        to: plain.to,
+        room: plain.room,
+        body: plain.body,
+        encrypted: r.encrypted,
+        cluster,
+        key_version,
+    })
+}
+
+/// Reads the archive at `db` through `filter`, opening rows with `ring`.
+pub async fn view(
+    db: &DbUrl,
+    ring: Option<&KeyRing>,
+    filter: &ViewFilter,
+) -> Result<(Vec<ViewedRow>, Vec<RowFailure>), ArchiveError> {
+    let mut conn = Db::connect(db).await?;
+    let rows = conn.select(&sql_filter(ring, filter)).await?;
+    let mut opener = ring.map(|r| RecordOpener::new(r, AeadImpl::default()));
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for r in &rows {
+        match open_row(opener.as_mut(), r) {
+            Ok(v) => good.push(v),
+            Err(reason) => bad.push(RowFailure { id: r.id, reason }),
+        }
+    }
+    Ok((good, bad))
+}
+
+/// The rows as an aligned text table.
+pub fn table(rows: &[ViewedRow]) -> String {
+    use crate::cli::viewer::cell;
+    let head = ["id", "time", "dir", "from", "to", "room", "message id", "body"];
+    let data: Vec<[String; 8]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.id.to_string(),
+                r.timestamp.clone(),
+                r.direction.clone(),
+                cell(&r.from),
+                cell(&r.to),
+                cell(r.room.as_deref().unwrap_or("-")),
+                cell(&r.message_id),
+                cell(&r.body),
+            ]
+        })
+        .collect();
+    let mut w = head.map(str::len);
+    for d in &data {
+        for (i, c) in d.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let parts: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(head.to_vec());
+    for d in &data {
+        line(d.iter().map(String::as_str).collect());
+    }
+    out
+}

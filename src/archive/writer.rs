@@ -1,0 +1,518 @@
+//! The reference archiver: IM events in (JSON lines), encrypted through the hot path, rows out
+//! to the compliance database, one acknowledgement per event.
+//!
+//! Invariants:
+//! - An event is acknowledged `archived` only once all its rows are committed. An event the
+//!   archiver accepted is never dropped: while the database is down its rows stay queued and
+//!   are written when it is back (a batch is sealed once and the same rows are retried, and
+//!   rows already stored are not stored twice).
+//! - A refusal is explicit: with "block delivery if unable to record" on, an event that
+//!   arrives while the database is unreachable is answered `refused` at once (the router then
+//!   blocks its delivery); so is any event that would overflow the bounded queue.
+//! - Rows are encrypted whenever the hot path says encryption is on; plaintext is written only
+//!   when the daemon answered OFF, never because it was unreachable (the client queues then).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::ArchiveError;
+use super::db::{Db, DbError, DbUrl, Param};
+use super::event::{
+    Direction, Event, RowPlain, participant_message, plain_recipient_key, record_metadata,
+    room_message,
+};
+use crate::crypto::record::RecordHeader;
+use crate::hotpath::{Client, ClientConfig, ClientError, Encrypted};
+
+/// How the archiver runs (the manual's archiver settings).
+#[derive(Debug, Clone)]
+pub struct ArchiverConfig {
+    pub db: DbUrl,
+    /// The local daemon's hot-path socket and client settings.
+    pub hotpath: ClientConfig,
+    /// Archive outbound messages too (default: inbound only, as the manual's default).
+    pub outbound: bool,
+    /// Rows waiting or being written at most (the manual's "Max Queue Size").
+    pub max_queue: usize,
+    /// "Block delivery if unable to record": refuse new events while the database is down.
+    pub block_delivery: bool,
+    /// Rows per database statement (and per hot-path batch) at most.
+    pub batch_rows: usize,
+    /// Pause between reconnection attempts, doubling from `retry_min` to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+impl ArchiverConfig {
+    pub fn new(db: DbUrl, hotpath_socket: impl Into<std::path::PathBuf>) -> Self {
+        Self {
+            db,
+            hotpath: ClientConfig::new(hotpath_socket),
+            outbound: false,
+            max_queue: 100_000,
+            block_delivery: true,
+            batch_rows: 500,
+            retry_min: Duration::from_millis(50),
+            retry_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every row is committed.
+    Archived,
+    /// Not archived by configuration (outbound, with outbound archiving off).
+    Skipped,
+    /// Not accepted: database down with blocking on, or the queue is full. Nothing stored.
+    Refused,
+    /// The line is not a valid event.
+    Invalid,
+    /// Accepted but could not be stored for a reason retrying does not fix (explained).
+    Failed,
+}
+
+/// The acknowledgement of one event (one JSON line on the output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ack {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    pub result: Outcome,
+    pub rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Ack {
+    fn new(
+        message_id: Option<String>,
+        result: Outcome,
+        rows: usize,
+        reason: Option<String>,
+    ) -> Self {
+        Self { message_id, result, rows, reason }
+    }
+}
+
+struct Job {
+    rows: Vec<RowPlain>,
+    _permit: OwnedSemaphorePermit,
+    reply: oneshot::Sender<Ack>,
+}
+
+#[derive(Default)]
+struct Shared {
+    db_down: AtomicBool,
+    rows_written: AtomicU64,
+}
+
+/// A running archiver. `ingest` may be called from many tasks at once.
+pub struct Archiver {
+    tx: Option<mpsc::UnboundedSender<Job>>,
+    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    cfg: ArchiverConfig,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Archiver {
+    /// Connects to the database (creating the schema if missing) and to the hot path.
+    /// Fails if the database cannot be reached now: an archiver should not start blind.
+    pub async fn start(cfg: ArchiverConfig) -> Result<Self, ArchiveError> {
+        let mut db = Db::connect(&cfg.db).await?;
+        db.ensure_schema().await?;
+        tracing::info!(db = %cfg.db, kind = db.kind_name(), "compliance database ready");
+        let client = Client::new(cfg.hotpath.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let writer = tokio::spawn(write_loop(db, client, rx, shared.clone(), cfg.clone()));
+        Ok(Self {
+            tx: Some(tx),
+            permits: Arc::new(Semaphore::new(cfg.max_queue.clamp(1, Semaphore::MAX_PERMITS))),
+            shared,
+            cfg,
+            writer: Some(writer),
+        })
+    }
+
+    /// Whether the last attempt to use the database succeeded.
+    pub fn db_reachable(&self) -> bool {
+        !self.shared.db_down.load(Ordering::Relaxed)
+    }
+
+    /// Rows accepted and not yet committed.
+    pub fn queued(&self) -> usize {
+        self.cfg.max_queue.clamp(1, Semaphore::MAX_PERMITS) - self.permits.available_permits()
+    }
+
+    pub fn rows_written(&self) -> u64 {
+        self.shared.rows_written.load(Ordering::Relaxed)
+    }
+
+    /// Archives one JSON line; resolves when its rows are committed or it is refused.
+    pub async fn ingest(&self, line: &str) -> Ack {
+        match Event::parse(line) {
+            Ok(e) => self.ingest_event(e).await,
+            Err(e) => Ack::new(None, Outcome::Invalid, 0, Some(e.to_string())),
+        }
+    }
+
+    pub async fn ingest_event(&self, ev: Event) -> Ack {
+        let id = Some(ev.message_id.clone());
+        if ev.direction == Direction::Outbound && !self.cfg.outbound {
+            return Ack::new(id, Outcome::Skipped, 0, Some("outbound archiving is off".into()));
+        }
+        if self.cfg.block_delivery && !self.db_reachable() {
+            return Ack::new(
+                id,
+                Outcome::Refused,
+                0,
+                Some(
+                    "the compliance database is unreachable and \"block delivery if unable to \
+                     record\" is on: do not deliver this message until it can be recorded"
+                        .into(),
+                ),
+            );
+        }
+        let rows = ev.rows();
+        let n = rows.len();
+        let full = || {
+            Ack::new(
+                id.clone(),
+                Outcome::Refused,
+                0,
+                Some(format!(
+                    "the archive queue is full ({} rows waiting); nothing was stored",
+                    self.cfg.max_queue
+                )),
+            )
+        };
+        let Ok(permit) = u32::try_from(n)
+            .map_err(|_| ())
+            .and_then(|w| self.permits.clone().try_acquire_many_owned(w).map_err(|_| ()))
+        else {
+            return full();
+        };
+        let (reply, rx) = oneshot::channel();
+        let sent = self.tx.as_ref().map(|tx| tx.send(Job { rows, _permit: permit, reply }));
+        if !matches!(sent, Some(Ok(()))) {
+            return Ack::new(id, Outcome::Refused, 0, Some("the archiver is stopping".into()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Ack::new(id, Outcome::Failed, 0, Some("the archiver stopped before writing".into()))
+        })
+    }
+
+    /// Stops accepting, writes what was accepted, then returns.
+    pub async fn close(mut self) {
+        self.tx = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Why a batch could not be sealed.
+enum SealError {
+    /// Retrying later may help (daemon unreachable, reservation pending).
+    Transient(ClientError),
+    Permanent(ClientError),
+}
+
+impl From<ClientError> for SealError {
+    fn from(e: ClientError) -> Self {
+        if e.is_transient() { SealError::Transient(e) } else { SealError::Permanent(e) }
+    }
+}
+
+/// Most plaintext bytes per hot-path request (well under its default 4 MiB frame).
+const MAX_SEAL_BYTES: usize = 1 << 20;
+
+/// Turns plain rows into database rows: blind indexes and records from the hot path, or
+/// plaintext columns when the daemon says encryption is off.
+async fn seal(client: &Client, rows: &[&RowPlain]) -> Result<Vec<Vec<Param>>, SealError> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len()
+            && (end == start || bytes + rows[end].body.len() < MAX_SEAL_BYTES)
+            && end - start < 1000
+        {
+            bytes += rows[end].body.len() + 256;
+            end += 1;
+        }
+        seal_chunk(client, &rows[start..end], &mut out).await?;
+        start = end;
+    }
+    Ok(out)
+}
+
+async fn seal_chunk(
+    client: &Client,
+    rows: &[&RowPlain],
+    out: &mut Vec<Vec<Param>>,
+) -> Result<(), SealError> {
+    let mut msgs: Vec<Vec<u8>> = Vec::with_capacity(rows.len() * 3);
+    for r in rows {
+        msgs.push(participant_message(&r.from));
+        msgs.push(participant_message(&r.to));
+        if let Some(room) = &r.room {
+            msgs.push(room_message(room));
+        }
+    }
+    let plaintexts: Vec<Vec<u8>> =
+        rows.iter().map(|r| serde_json::to_vec(r).expect("serializes")).collect();
+    let indexes = client.blind_index(msgs.iter().map(Vec::as_slice)).await?;
+    if let Some(ix) = indexes {
+        let mut it = ix.indexes.iter();
+        let mut per_row = Vec::with_capacity(rows.len());
+        for r in rows {
+            let f = *it.next().expect("one index per message");
+            let t = *it.next().expect("one index per message");
+            let room = r.room.as_ref().map(|_| *it.next().expect("one index per message"));
+            per_row.push((f, t, room));
+        }
+        let metas: Vec<Vec<u8>> = rows
+            .iter()
+            .zip(&per_row)
+            .map(|(r, (_, t, _))| record_metadata(&r.message_id, t))
+            .collect();
+        let answer = client
+            .encrypt_batch(metas.iter().zip(&plaintexts).map(|(m, p)| (&m[..], &p[..])))
+            .await?;
+        if let Encrypted::Sealed(batch) = answer {
+            for ((r, (f, t, room)), rec) in rows.iter().zip(&per_row).zip(batch.iter()) {
+                let v = RecordHeader::parse(rec).map(|h| h.key_version.get() as i32).ok();
+                out.push(vec![
+                    Param::Text(Some(r.message_id.clone())),
+                    Param::Bytes(Some(t.to_vec())),
+                    Param::I64(r.timestamp_ms),
+                    Param::Text(Some(r.direction.as_str().into())),
+                    Param::Bool(true),
+                    Param::Bytes(Some(f.to_vec())),
+                    Param::Bytes(Some(t.to_vec())),
+                    Param::Bytes(room.map(|x| x.to_vec())),
+                    Param::Text(None),
+                    Param::Text(None),
+                    Param::Text(None),
+                    Param::I32(v),
+                    Param::Bytes(Some(rec.to_vec())),
+                ]);
+            }
+            return Ok(());
+        }
+    }
+    // Encryption is off on this cluster: the manual's behaviour is to archive in clear.
+    for (r, pt) in rows.iter().zip(plaintexts) {
+        out.push(vec![
+            Param::Text(Some(r.message_id.clone())),
+            Param::Bytes(Some(plain_recipient_key(&r.to).to_vec())),
+            Param::I64(r.timestamp_ms),
+            Param::Text(Some(r.direction.as_str().into())),
+            Param::Bool(false),
+            Param::Bytes(None),
+            Param::Bytes(None),
+            Param::Bytes(None),
+            Param::Text(Some(r.from.clone())),
+            Param::Text(Some(r.to.clone())),
+            Param::Text(r.room.clone()),
+            Param::I32(None),
+            Param::Bytes(Some(pt)),
+        ]);
+    }
+    Ok(())
+}
+
+fn set_down(shared: &Shared, cfg: &ArchiverConfig, e: &DbError) {
+    if !shared.db_down.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            db = %cfg.db,
+            error = %e,
+            block_delivery = cfg.block_delivery,
+            "compliance database unreachable; queued rows are kept and retried{}",
+            if cfg.block_delivery { ", new events are refused" } else { "" }
+        );
+    }
+}
+
+fn set_up(shared: &Shared, cfg: &ArchiverConfig) {
+    if shared.db_down.swap(false, Ordering::Relaxed) {
+        tracing::info!(db = %cfg.db, "compliance database reachable again");
+    }
+}
+
+async fn write_loop(
+    db: Db,
+    client: Client,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    shared: Arc<Shared>,
+    cfg: ArchiverConfig,
+) {
+    let mut db = Some(db);
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut n = jobs[0].rows.len();
+        while n < cfg.batch_rows {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.rows.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // Seal once; the same rows are retried until stored.
+        let mut pause = cfg.retry_min;
+        let rows = loop {
+            let plain: Vec<&RowPlain> = jobs.iter().flat_map(|j| &j.rows).collect();
+            match seal(&client, &plain).await {
+                Ok(r) => break Some(r),
+                Err(SealError::Transient(e)) => {
+                    tracing::warn!(error = %e, "hot path unavailable; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(cfg.retry_max);
+                }
+                Err(SealError::Permanent(e)) => {
+                    tracing::error!(error = %e, "hot path refused the batch; its events failed");
+                    for j in jobs.drain(..) {
+                        let id = j.rows.first().map(|r| r.message_id.clone());
+                        let _ = j.reply.send(Ack::new(id, Outcome::Failed, 0, Some(e.to_string())));
+                    }
+                    break None;
+                }
+            }
+        };
+        let Some(rows) = rows else { continue };
+        let mut pause = cfg.retry_min;
+        let result = loop {
+            if db.is_none() {
+                match Db::connect(&cfg.db).await {
+                    Ok(mut d) => match d.ensure_schema().await {
+                        Ok(()) => db = Some(d),
+                        Err(e) => {
+                            set_down(&shared, &cfg, &e);
+                        }
+                    },
+                    Err(e) => set_down(&shared, &cfg, &e),
+                }
+                if db.is_none() {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(cfg.retry_max);
+                    continue;
+                }
+            }
+            let d = db.as_mut().expect("connected");
+            match d.insert(&rows).await {
+                Ok(_) => {
+                    set_up(&shared, &cfg);
+                    break Ok(());
+                }
+                Err(e) if e.is_connection() => {
+                    set_down(&shared, &cfg, &e);
+                    db = None;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, rows = rows.len(), "the database refused a batch");
+        }
+        shared
+            .rows_written
+            .fetch_add(if result.is_ok() { rows.len() as u64 } else { 0 }, Ordering::Relaxed);
+        for j in jobs {
+            let id = j.rows.first().map(|r| r.message_id.clone());
+            let ack = match &result {
+                Ok(()) => Ack::new(id, Outcome::Archived, j.rows.len(), None),
+                Err(e) => Ack::new(id, Outcome::Failed, 0, Some(e.to_string())),
+            };
+            let _ = j.reply.send(ack);
+        }
+    }
+}
+
+/// Counts of acknowledgements, for the summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub archived: u64,
+    pub skipped: u64,
+    pub refused: u64,
+    pub invalid: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Outcome) {
+        *match o {
+            Outcome::Archived => &mut self.archived,
+            Outcome::Skipped => &mut self.skipped,
+            Outcome::Refused => &mut self.refused,
+            Outcome::Invalid => &mut self.invalid,
+            Outcome::Failed => &mut self.failed,
+        } += 1;
+    }
+}
+
+/// Reads events (JSON lines) from `input` and writes one acknowledgement line per event to
+/// `output`, in completion order, until `input` ends and every event is answered.
+pub async fn serve_lines(
+    archiver: Arc<Archiver>,
+    input: impl AsyncBufRead + Unpin,
+    mut output: impl AsyncWrite + Unpin + Send + 'static,
+) -> std::io::Result<Counts> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Ack>();
+    let printer = tokio::spawn(async move {
+        let mut counts = Counts::default();
+        while let Some(ack) = rx.recv().await {
+            counts.add(ack.result);
+            let mut line = serde_json::to_vec(&ack).expect("serializes");
+            line.push(b'\n');
+            output.write_all(&line).await?;
+            output.flush().await?;
+        }
+        Ok::<_, std::io::Error>(counts)
+    });
+    let mut lines = input.lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (a, tx) = (archiver.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(a.ingest(&line).await);
+        });
+    }
+    drop(tx);
+    printer.await.map_err(std::io::Error::other)?
+}
+
+/// Accepts connections on a Unix socket at `path`; each is served by `serve_lines`.
+pub async fn serve_socket(archiver: Arc<Archiver>, path: &Path) -> Result<(), ArchiveError> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|source| ArchiveError::Listen { path: path.to_owned(), source })?;
+    tracing::info!(path = %path.display(), "archiver listening for IM events");
+    loop {
+        let (s, _) = listener
+            .accept()
+            .await
+            .map_err(|source| ArchiveError::Listen { path: path.to_owned(), source })?;
+        let a = archiver.clone();
+        tokio::spawn(async move {
+            let (r, w) = s.into_split();
+            if let Err(e) = serve_lines(a, tokio::io::BufReader::new(r), w).await {
+                tracing::debug!(error = %e, "event connection ended");
+            }
+        });
+    }
+}
