@@ -47,6 +47,8 @@ pub struct Config {
     #[serde(default)]
     pub hotpath: Option<HotpathSection>,
     #[serde(default)]
+    pub db_probe: DbProbeSection,
+    #[serde(default)]
     pub testing: TestingSection,
 }
 
@@ -176,6 +178,29 @@ pub struct NodeEntry {
     /// of another product (which is not supported for encryption).
     #[serde(deserialize_with = "archiver")]
     pub archiver: Option<ComplianceDb>,
+    /// Where the node's archiver database is (`postgres://…` or `sqlserver://…`): the daemon
+    /// probes it (kind and reachability) for eligibility and `MAcomplianceDbDown`. Absent:
+    /// not probed; eligibility follows `archiver` alone.
+    #[serde(default)]
+    pub db: Option<crate::archive::DbUrl>,
+}
+
+/// `[db_probe]`: how often each node's `db` is probed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbProbeSection {
+    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for DbProbeSection {
+    fn default() -> Self {
+        Self { interval: default_probe_interval() }
+    }
+}
+
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_hello() -> Duration {
@@ -367,6 +392,25 @@ archiver = "postgresql"
         .unwrap();
         assert_eq!(h.socket.path, Path::new("/etc/imcrypt/run/hp.sock"));
         assert_eq!(h.socket.mode, 0o660);
+    }
+
+    #[test]
+    fn node_db_is_a_validated_url_and_the_probe_interval_has_a_default() {
+        let c = Config::parse(GOOD, Path::new("/")).unwrap();
+        assert_eq!((c.nodes[0].db.as_ref(), c.db_probe.interval), (None, Duration::from_secs(10)));
+        let with = GOOD.replace(
+            "archiver = \"postgresql\"",
+            "archiver = \"postgresql\"\ndb = \"postgres://arch:pw@127.0.0.1:5432/im\"",
+        );
+        let c = Config::parse(&format!("{with}\n[db_probe]\ninterval = \"2s\"\n"), Path::new("/"))
+            .unwrap();
+        assert_eq!(c.nodes[0].db.as_ref().unwrap().kind, ComplianceDb::PostgreSql);
+        assert_eq!(c.db_probe.interval, Duration::from_secs(2));
+        let e = err(&GOOD.replace(
+            "archiver = \"postgresql\"",
+            "archiver = \"postgresql\"\ndb = \"mysql://u:topsecret@h/x\"",
+        ));
+        assert!(e.contains("db") && e.contains("postgres://") && !e.contains("topsecret"), "{e}");
     }
 
     #[test]

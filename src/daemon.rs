@@ -20,8 +20,8 @@ use tracing::Instrument;
 
 use crate::alarm::Alarm;
 use crate::cluster::{
-    Cluster, ClusterConfig, Command, CommandError, Effect, Entropy, LogLevel, PeerMessage,
-    PersistedState, Role, Time,
+    Cluster, ClusterConfig, Command, CommandError, DbProbe, Effect, Entropy, LogLevel, NodeId,
+    PeerMessage, PersistedState, Role, Time,
 };
 use crate::config::Config;
 use crate::crypto::keyring::KeyRing;
@@ -95,6 +95,7 @@ enum Input {
     Command { cmd: Command, reply: oneshot::Sender<Result<CommandOutcome, CommandError>> },
     Peer { from: ClusterId, msg: PeerMessage, reply: oneshot::Sender<Result<(), String>> },
     Status { reply: oneshot::Sender<Status> },
+    DbProbe { node: NodeId, probe: DbProbe },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
@@ -233,6 +234,9 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
             .instrument(span.clone()),
         ));
     }
+    if config.nodes.iter().any(|n| n.db.is_some()) {
+        tasks.spawn(probe_databases(config.clone(), tx.clone()).instrument(span.clone()));
+    }
     let core = Core {
         cluster,
         state_file: Arc::new(state_file),
@@ -248,6 +252,30 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
     );
     Ok(DaemonHandle { id, stop, hotpath, inbox: tx, tasks, peer_addr, admin_addr, ring: ring_rx })
+}
+
+/// Probes each node's configured compliance database (kind and reachability) every
+/// `db_probe.interval` and hands the results to the core, which decides eligibility and
+/// `MAcomplianceDbDown` (cluster::dbprobe).
+async fn probe_databases(config: Config, core: mpsc::Sender<Input>) {
+    use crate::archive::ProbeResult;
+    let nodes: Vec<_> =
+        config.nodes.iter().filter_map(|n| Some((n.id.clone(), n.db.clone()?))).collect();
+    loop {
+        for (node, url) in &nodes {
+            let probe = match crate::archive::probe(url).await {
+                ProbeResult::Reachable { kind, version } => {
+                    tracing::debug!(%node, db = %url, %version, "compliance database reachable");
+                    DbProbe::Reachable { kind }
+                }
+                ProbeResult::Unreachable { reason } => DbProbe::Unreachable { reason },
+            };
+            if core.send(Input::DbProbe { node: node.clone(), probe }).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(config.db_probe.interval).await;
+    }
 }
 
 /// Brings the state machine's peers and nodes in line with the configuration file, which is
@@ -360,6 +388,13 @@ impl Core {
                 }
                 Input::Status { reply } => {
                     let _ = reply.send(self.status());
+                }
+                Input::DbProbe { node, probe } => {
+                    self.cluster.handle_db_probe(&node, probe, now());
+                    if let Err(e) = self.apply_effects().await {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
                 }
                 Input::Shutdown { reply } => {
                     tracing::info!("imcrypt daemon stopping");

@@ -252,3 +252,42 @@ async fn a_database_stopped_mid_stream_loses_nothing_and_blocking_refuses_new_ev
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_down() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let (_d, lab) = mesh(&["a"]);
+        let path = lab.write_config(&imcrypt::demo::cid("a")).unwrap();
+        let mut config = imcrypt::config::Config::load(&path).unwrap();
+        config.nodes[0].db = Some(pg.url().parse().unwrap());
+        config.db_probe.interval = Duration::from_millis(200);
+        let daemon = imcrypt::daemon::start(config).await.unwrap();
+        let wait = |want: bool| {
+            let control = daemon.control();
+            async move {
+                for _ in 0..300 {
+                    let s = control.status().await.unwrap();
+                    if has_alarm(&s, AlarmName::ComplianceDbDown, "a") == want {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("MAcomplianceDbDown never became {want}");
+            }
+        };
+        let s = wait(false).await;
+        assert!(s.eligible, "a reachable PostgreSQL makes the cluster eligible");
+        pg.stop_server();
+        let s = wait(true).await;
+        assert!(!s.eligible);
+        assert!(s.off_reason.unwrap().contains("unreachable"));
+        let a = s.alarms.iter().find(|a| a.key.name == AlarmName::ComplianceDbDown).unwrap();
+        assert!(a.cause.contains("node node1") && !a.remedy.is_empty(), "{a:?}");
+        pg.start_server();
+        let s = wait(false).await;
+        assert!(s.eligible);
+        daemon.shutdown().await;
+    })
+    .await;
+}

@@ -36,14 +36,19 @@ pub enum AlarmName {
     /// eligible, left the domain, or holds a newer state than this master).
     #[serde(rename = "MAencryptionSyncRejected")]
     SyncRejected,
+    /// The compliance database of one of this cluster's nodes cannot be reached (the daemon's
+    /// probe failed). About this cluster itself.
+    #[serde(rename = "MAcomplianceDbDown")]
+    ComplianceDbDown,
 }
 
 impl AlarmName {
-    pub const ALL: [AlarmName; 4] = [
+    pub const ALL: [AlarmName; 5] = [
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
         AlarmName::StaleData,
         AlarmName::SyncRejected,
+        AlarmName::ComplianceDbDown,
     ];
 
     /// The operator-facing name, e.g. `MAencryptionMultiMaster`.
@@ -53,6 +58,7 @@ impl AlarmName {
             AlarmName::MasterUnreachable => "MAencryptionMasterUnreachable",
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
+            AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
         }
     }
 
@@ -61,9 +67,10 @@ impl AlarmName {
     pub fn severity(self) -> Severity {
         match self {
             AlarmName::MultiMaster => Severity::Critical,
-            AlarmName::MasterUnreachable | AlarmName::StaleData | AlarmName::SyncRejected => {
-                Severity::Major
-            }
+            AlarmName::MasterUnreachable
+            | AlarmName::StaleData
+            | AlarmName::SyncRejected
+            | AlarmName::ComplianceDbDown => Severity::Major,
         }
     }
 }

@@ -121,6 +121,12 @@ impl std::str::FromStr for DbUrl {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for DbUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The URL with its password replaced by `***` (for logs and errors).
 pub fn redact(url: &str) -> String {
     match (url.split_once("://"), url.rfind('@')) {

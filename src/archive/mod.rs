@@ -11,6 +11,7 @@
 //!   unique key), so a ciphertext copied into another row does not open.
 //! - Accepted events are never dropped (see `writer`); refusals are explicit.
 
+pub mod cli;
 pub mod db;
 pub mod event;
 pub mod view;

@@ -102,6 +102,11 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = commands::Output::Table, env = "IMCRYPT_OUTPUT")]
         output: commands::Output,
     },
+    /// The reference archiver: IM events (JSON lines) in, encrypted rows in the compliance
+    /// database out (docs/archive.md).
+    Archive(crate::archive::cli::ArchiveArgs),
+    /// Read the compliance database: filter by participant, room and time, decrypt, print.
+    View(crate::archive::cli::ViewArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +149,8 @@ pub enum CliError {
     Output(std::io::Error),
     #[error("{failed} of {seen} records could not be decrypted (see above)")]
     Undecryptable { failed: usize, seen: usize },
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 impl CliError {
@@ -164,6 +171,14 @@ impl CliError {
                 _ => 3,
             },
             CliError::Undecryptable { .. } => 7,
+            CliError::Archive(e) => {
+                use crate::archive::ArchiveError as A;
+                match e {
+                    A::Keys(_) => 3,
+                    A::Unreadable { .. } => 7,
+                    A::Db(_) | A::Listen { .. } | A::Io(_) | A::NotArchived(_) => 1,
+                }
+            }
             CliError::Client(e) => match e {
                 C::NoAddress | C::NoCa | C::Read { .. } | C::Setup(_) => 3,
                 C::NoToken => 5,
@@ -217,6 +232,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Password { command } => commands::password(command),
         Command::Key { command } => commands::key(command),
         Command::Decrypt { keys, input, output } => commands::decrypt(&keys, input, output),
+        Command::Archive(a) => {
+            init_logging("info");
+            Ok(crate::archive::cli::archive(a)?)
+        }
+        Command::View(a) => Ok(crate::archive::cli::view(a)?),
     }
 }
 

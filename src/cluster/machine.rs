@@ -109,6 +109,9 @@ pub struct Cluster {
     next_hello: Time,
     /// The key version this cluster's hot path has used up to 0.9·2^32 (`report_worn_out`).
     worn_out: Option<KeyVersion>,
+    /// What the daemon's probe last learned about each node's compliance database
+    /// (`handle_db_probe`, in dbprobe.rs). Not persisted: probed again after a restart.
+    pub(super) db_probes: BTreeMap<super::state::NodeId, super::dbprobe::DbProbe>,
 }
 
 impl Cluster {
@@ -155,6 +158,7 @@ impl Cluster {
             announced: None,
             next_hello: now,
             worn_out: None,
+            db_probes: BTreeMap::new(),
         };
         c.finish(now);
         Ok(c)
@@ -228,7 +232,11 @@ impl Cluster {
                         ),
                     };
                 }
-                Some(_) => {}
+                Some(db) => {
+                    if let Some(reason) = self.probe_says_not_eligible(node, db) {
+                        return Eligibility::NotEligible { reason };
+                    }
+                }
             }
         }
         Eligibility::Eligible

@@ -22,6 +22,7 @@
 //! Errors change nothing: a refused command leaves state and effects untouched.
 
 mod command;
+mod dbprobe;
 mod machine;
 mod message;
 mod rules;
@@ -33,6 +34,7 @@ pub mod sim;
 mod tests;
 
 pub use command::{Command, CommandError, PeerError};
+pub use dbprobe::DbProbe;
 pub use machine::{Cluster, PeerRelation, StateError};
 pub use message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
 pub use state::{

@@ -316,6 +316,7 @@ impl Cluster {
                 ));
             }
         }
+        out.extend(self.db_down_alarm());
         out
     }
 }

@@ -1,0 +1,168 @@
+//! `imcrypt archive` and `imcrypt view`: argument parsing and the glue to the library. The key
+//! ring comes from a key export and the administrator's private key (unwrapped in memory, as
+//! `imcrypt key unwrap` does), or from the ring file `key unwrap` wrote.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ArchiveError, Archiver, ArchiverConfig, DbUrl, ViewFilter};
+use crate::cli::commands::Output;
+use crate::crypto::export::{KeyExport, Unwrapper};
+use crate::crypto::keyring::KeyRing;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ArchiveArgs {
+    /// The compliance database: postgres://user:password@host:port/db or sqlserver://….
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB")]
+    pub db: String,
+    /// The local daemon's hot-path socket.
+    #[arg(long)]
+    pub hotpath: PathBuf,
+    /// Read events from connections on this Unix socket instead of standard input.
+    #[arg(long)]
+    pub listen: Option<PathBuf>,
+    /// Archive outbound messages too (default: inbound only).
+    #[arg(long)]
+    pub outbound: bool,
+    /// Max Queue Size: rows accepted and not yet written, at most.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_queue: usize,
+    /// Block delivery if unable to record: refuse new events while the database is down.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub block_delivery: bool,
+    /// Rows per INSERT statement, at most.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ViewArgs {
+    /// The compliance database: postgres://… or sqlserver://….
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB")]
+    pub db: String,
+    /// The key export downloaded from the master (with --private-key).
+    #[arg(long, requires = "private_key", conflicts_with = "keys")]
+    pub export: Option<PathBuf>,
+    /// The administrator's RSA private key (PEM) the export is wrapped for.
+    #[arg(long, requires = "export")]
+    pub private_key: Option<PathBuf>,
+    /// Or: the key ring file written by `imcrypt key unwrap`.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Only messages from this participant (case-insensitive).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only messages to this participant.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only messages of this group chat room.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// From this time on: RFC 3339 (2026-01-02T03:04:05Z) or Unix milliseconds.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<i64>,
+    /// Up to this time, inclusive.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<i64>,
+    #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
+    pub output: Output,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(s)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| format!("{s:?} is neither RFC 3339 nor Unix milliseconds"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ArchiveError> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// `imcrypt archive`.
+pub fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
+    let url: DbUrl = a.db.parse()?;
+    let mut cfg = ArchiverConfig::new(url, a.hotpath);
+    cfg.outbound = a.outbound;
+    cfg.max_queue = a.max_queue.max(1);
+    cfg.block_delivery = a.block_delivery;
+    cfg.batch_rows = a.batch.max(1);
+    cfg.retry_max = Duration::from_secs(2);
+    runtime()?.block_on(async move {
+        let archiver = Arc::new(Archiver::start(cfg).await?);
+        if let Some(path) = a.listen {
+            return super::serve_socket(archiver, &path).await;
+        }
+        let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let counts = super::serve_lines(archiver, stdin, tokio::io::stdout()).await?;
+        tracing::info!(?counts, "input ended");
+        eprintln!(
+            "imcrypt archive: {} archived, {} skipped, {} refused, {} invalid, {} failed",
+            counts.archived, counts.skipped, counts.refused, counts.invalid, counts.failed
+        );
+        match counts.refused + counts.failed + counts.invalid {
+            0 => Ok(()),
+            n => Err(ArchiveError::NotArchived(n)),
+        }
+    })
+}
+
+fn load_keys(a: &ViewArgs) -> Result<Option<KeyRing>, ArchiveError> {
+    if let Some(k) = &a.keys {
+        return crate::cli::viewer::load_ring(k)
+            .map(Some)
+            .map_err(|e| ArchiveError::Keys(e.to_string()));
+    }
+    let (Some(export), Some(private)) = (&a.export, &a.private_key) else { return Ok(None) };
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ArchiveError::Keys(format!("cannot read {}: {e}", p.display())))
+    };
+    let doc: KeyExport = serde_json::from_str(&read(export)?).map_err(|e| {
+        ArchiveError::Keys(format!("{} is not a key export: {e}", export.display()))
+    })?;
+    let un = Unwrapper::from_pem(&read(private)?)
+        .map_err(|e| ArchiveError::Keys(format!("{}: {e}", private.display())))?;
+    un.unwrap_export(&doc)
+        .map(Some)
+        .map_err(|e| ArchiveError::Keys(format!("{}: {e}", export.display())))
+}
+
+/// `imcrypt view`.
+pub fn view(a: ViewArgs) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    let url: DbUrl = a.db.parse()?;
+    let ring = load_keys(&a)?;
+    let filter = ViewFilter {
+        from: a.from.clone(),
+        to: a.to.clone(),
+        room: a.room.clone(),
+        since_ms: a.since,
+        until_ms: a.until,
+    };
+    let (rows, bad) = runtime()?.block_on(super::view(&url, ring.as_ref(), &filter))?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match a.output {
+        Output::Table => out.write_all(super::view::table(&rows).as_bytes())?,
+        Output::Json => {
+            for r in &rows {
+                serde_json::to_writer(&mut out, r).map_err(std::io::Error::other)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    out.flush()?;
+    for f in &bad {
+        eprintln!("imcrypt: row {}: {}", f.id, f.reason);
+    }
+    if !bad.is_empty() {
+        return Err(ArchiveError::Unreadable { failed: bad.len(), seen: rows.len() + bad.len() });
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The daemon's compliance-database probe as an input of the state machine.
+//!
+//! The daemon connects to each node's configured archiver database now and then and reports
+//! what it found with [`Cluster::handle_db_probe`]. The machine decides what follows:
+//! eligibility (a node whose database is unreachable, or is not the kind configured, makes the
+//! cluster not eligible, announced in the next hello) and the `MAcomplianceDbDown` alarm
+//! (active exactly while some node's last probe failed).
+//!
+//! Invariants: a probe changes no persisted state (probes are forgotten at restart and taken
+//! again); a node that was never probed is judged by its configuration alone; a probe of a
+//! node that is not (or no longer) one of the cluster's nodes is ignored.
+
+use crate::alarm::{Alarm, AlarmName};
+
+use super::machine::Cluster;
+use super::state::{ComplianceDb, NodeId, Time};
+
+/// What one probe of a node's compliance database found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbProbe {
+    /// The database answered and says it is of this kind.
+    Reachable { kind: ComplianceDb },
+    /// It could not be reached (or did not answer), and why.
+    Unreachable { reason: String },
+}
+
+impl Cluster {
+    /// Input: the latest probe of `node`'s compliance database.
+    pub fn handle_db_probe(&mut self, node: &NodeId, probe: DbProbe, now: Time) {
+        if !self.state.nodes.contains_key(node) {
+            return;
+        }
+        if self.db_probes.get(node) != Some(&probe) {
+            self.db_probes.insert(node.clone(), probe);
+        }
+        self.db_probes.retain(|n, _| self.state.nodes.contains_key(n));
+        self.handle_timeout(now);
+    }
+
+    /// Why the probe of `node` (configured for `configured`) makes this cluster not eligible.
+    pub(super) fn probe_says_not_eligible(
+        &self,
+        node: &NodeId,
+        configured: &ComplianceDb,
+    ) -> Option<String> {
+        match self.db_probes.get(node)? {
+            DbProbe::Unreachable { reason } => {
+                Some(format!("the compliance database of node {node} is unreachable ({reason})"))
+            }
+            DbProbe::Reachable { kind } if kind != configured => Some(format!(
+                "node {node} is configured to archive to {configured}, but its database is {kind}"
+            )),
+            DbProbe::Reachable { .. } => None,
+        }
+    }
+
+    /// `MAcomplianceDbDown` while some node's last probe failed.
+    pub(super) fn db_down_alarm(&self) -> Option<Alarm> {
+        let down: Vec<String> = self
+            .db_probes
+            .iter()
+            .filter(|(n, _)| self.state.nodes.contains_key(*n))
+            .filter_map(|(n, p)| match p {
+                DbProbe::Unreachable { reason } => Some(format!("node {n}: {reason}")),
+                DbProbe::Reachable { .. } => None,
+            })
+            .collect();
+        if down.is_empty() {
+            return None;
+        }
+        Some(Alarm::new(
+            AlarmName::ComplianceDbDown,
+            self.config.id.clone(),
+            format!(
+                "the connection to the compliance database is lost ({}); messages cannot be \
+                 archived there, and the cluster is not eligible for encryption meanwhile",
+                down.join("; ")
+            ),
+            "check that the database server runs and is reachable from the node, and the \
+             credentials in [[nodes]] db; cleared by the first successful probe",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{ClusterConfig, Command, Effect, Eligibility, Entropy};
+    use crate::ids::ClusterId;
+
+    fn alarms(c: &mut Cluster) -> (Vec<AlarmName>, Vec<AlarmName>) {
+        let (mut raised, mut cleared) = (Vec::new(), Vec::new());
+        while let Some(e) = c.poll_effect() {
+            match e {
+                Effect::RaiseAlarm(a) => raised.push(a.name()),
+                Effect::ClearAlarm(k) => cleared.push(k.name),
+                _ => {}
+            }
+        }
+        (raised, cleared)
+    }
+
+    #[test]
+    fn a_lost_database_raises_the_alarm_and_makes_the_cluster_not_eligible_until_it_is_back() {
+        let id = ClusterId::new("a").unwrap();
+        let mut c = Cluster::fresh(ClusterConfig::new(id.clone()), Time(1));
+        let n1 = NodeId::new("n1").unwrap();
+        let add = Command::AddNode { node: n1.clone(), archiver: Some(ComplianceDb::PostgreSql) };
+        c.handle_command(add, Time(2), Entropy::from_os()).unwrap();
+        alarms(&mut c);
+        assert!(c.eligibility().is_eligible(), "never probed: judged by its configuration");
+
+        let down = DbProbe::Unreachable { reason: "connection refused".into() };
+        c.handle_db_probe(&n1, down.clone(), Time(3));
+        assert_eq!(alarms(&mut c).0, [AlarmName::ComplianceDbDown]);
+        let a = c.alarms().get(AlarmName::ComplianceDbDown, &id).unwrap();
+        assert!(a.cause.contains("node n1: connection refused"), "{}", a.cause);
+        let Eligibility::NotEligible { reason } = c.eligibility() else { panic!() };
+        assert!(reason.contains("unreachable"), "{reason}");
+        c.handle_db_probe(&n1, down, Time(4));
+        assert_eq!(alarms(&mut c), (vec![], vec![]), "raised once");
+
+        c.handle_db_probe(&n1, DbProbe::Reachable { kind: ComplianceDb::PostgreSql }, Time(5));
+        assert_eq!(alarms(&mut c).1, [AlarmName::ComplianceDbDown]);
+        assert!(c.eligibility().is_eligible());
+
+        c.handle_db_probe(&n1, DbProbe::Reachable { kind: ComplianceDb::SqlServer }, Time(6));
+        let Eligibility::NotEligible { reason } = c.eligibility() else { panic!() };
+        assert!(reason.contains("configured to archive to PostgreSQL"), "{reason}");
+        let ghost = NodeId::new("ghost").unwrap();
+        c.handle_db_probe(&ghost, DbProbe::Unreachable { reason: "x".into() }, Time(7));
+        assert!(!c.alarms().is_active(AlarmName::ComplianceDbDown, &id));
+    }
+}
