@@ -92,11 +92,36 @@ pub struct PeerStatus {
 }
 
 enum Input {
-    Command { cmd: Command, reply: oneshot::Sender<Result<CommandOutcome, CommandError>> },
-    Peer { from: ClusterId, msg: PeerMessage, reply: oneshot::Sender<Result<(), String>> },
-    Status { reply: oneshot::Sender<Status> },
-    DbProbe { node: NodeId, probe: DbProbe },
-    Shutdown { reply: oneshot::Sender<()> },
+    Command {
+        cmd: Command,
+        reply: oneshot::Sender<Result<CommandOutcome, CommandError>>,
+    },
+    Peer {
+        from: ClusterId,
+        msg: PeerMessage,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    DbProbe {
+        node: NodeId,
+        probe: DbProbe,
+    },
+    /// A peer added at runtime: dialled and accepted at once (until the next restart, when
+    /// the config file decides again).
+    AddPeer {
+        peer: ClusterId,
+        address: String,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    RemovePeer {
+        peer: ClusterId,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A running daemon. Dropping it does not stop it: call `shutdown` or `kill`.
@@ -180,26 +205,32 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     let admin_addr = admin_listener.local_addr().expect("bound");
 
     let mut tasks = JoinSet::new();
+    // The links belong to the core, which adds and removes them; they end with it.
+    let mut link_tasks = JoinSet::new();
     let links: BTreeMap<ClusterId, PeerLink> = span.in_scope(|| {
         config
             .peers
             .iter()
             .map(|p| {
-                (
+                let link = spawn_link(
                     p.id.clone(),
-                    spawn_link(p.id.clone(), p.address.clone(), tls.client.clone(), &mut tasks),
-                )
+                    p.address.clone(),
+                    tls.client.clone(),
+                    &mut link_tasks,
+                );
+                (p.id.clone(), link)
             })
             .collect()
     });
     let (tx, rx) = mpsc::channel(1024);
     let (ring_tx, ring_rx) = watch::channel(None);
-    let peer_ids = Arc::new(config.peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+    let peer_ids: crate::peer::server::AllowedPeers =
+        Arc::new(std::sync::RwLock::new(config.peers.iter().map(|p| p.id.clone()).collect()));
     tasks.spawn(
         crate::peer::server::serve(
             peer_listener,
             tls.server.clone(),
-            peer_ids,
+            peer_ids.clone(),
             CoreInbox(tx.clone()),
         )
         .instrument(span.clone()),
@@ -241,7 +272,9 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         cluster,
         state_file: Arc::new(state_file),
         links,
-        config: Arc::new(config),
+        link_tasks,
+        allowed: peer_ids,
+        tls_client: tls.client.clone(),
         ring: ring_tx,
         download: None,
         alarm_history,
@@ -324,7 +357,10 @@ struct Core {
     cluster: Cluster,
     state_file: Arc<SealedFile>,
     links: BTreeMap<ClusterId, PeerLink>,
-    config: Arc<Config>,
+    link_tasks: JoinSet<()>,
+    /// Whose certificates the peer listener accepts: the peers, kept equal to `links`.
+    allowed: crate::peer::server::AllowedPeers,
+    tls_client: Arc<rustls::ClientConfig>,
     ring: watch::Sender<Option<Arc<KeyRing>>>,
     download: Option<Box<KeyRing>>,
     /// Raises and clears, for the admin API's `GET /v1/alarms`.
@@ -388,6 +424,51 @@ impl Core {
                 }
                 Input::Status { reply } => {
                     let _ = reply.send(self.status());
+                }
+                Input::AddPeer { peer, address, reply } => {
+                    let r = self.cluster.handle_command(
+                        Command::AddPeer { peer: peer.clone() },
+                        now(),
+                        Entropy::from_os(),
+                    );
+                    if r.is_ok() {
+                        // The link must exist before the effects (the first hello) are carried.
+                        let link = spawn_link(
+                            peer.clone(),
+                            address,
+                            self.tls_client.clone(),
+                            &mut self.link_tasks,
+                        );
+                        if let Some(old) = self.links.insert(peer.clone(), link) {
+                            old.stop();
+                        }
+                        self.allowed.write().expect("peer list lock").push(peer);
+                    }
+                    let persisted = self.apply_effects().await;
+                    let _ = reply.send(r);
+                    if let Err(e) = persisted {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
+                }
+                Input::RemovePeer { peer, reply } => {
+                    let r = self.cluster.handle_command(
+                        Command::RemovePeer { peer: peer.clone() },
+                        now(),
+                        Entropy::from_os(),
+                    );
+                    let persisted = self.apply_effects().await;
+                    if r.is_ok() {
+                        if let Some(link) = self.links.remove(&peer) {
+                            link.stop();
+                        }
+                        self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
+                    }
+                    let _ = reply.send(r);
+                    if let Err(e) = persisted {
+                        tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        return;
+                    }
                 }
                 Input::DbProbe { node, probe } => {
                     self.cluster.handle_db_probe(&node, probe, now());
@@ -485,7 +566,7 @@ impl Core {
             .iter()
             .map(|p| PeerStatus {
                 id: p.clone(),
-                address: self.config.peer_address(p).map(str::to_owned),
+                address: self.links.get(p).map(|l| l.address().to_owned()),
                 relation: c.peer_relation(p).map(|r| r.to_string()).unwrap_or_default(),
                 link: self.links.get(p).map(PeerLink::status).unwrap_or_default(),
             })
@@ -540,6 +621,26 @@ impl Control {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::Status { reply }).await.map_err(|_| DaemonError::Stopped)?;
         rx.await.map_err(|_| DaemonError::Stopped)
+    }
+
+    /// Peers with `peer` at `address` now: the state machine learns of it, a link dials it,
+    /// and the peer listener accepts its certificate. Until restart: the config file decides
+    /// the peers at every start.
+    pub async fn add_peer(&self, peer: ClusterId, address: String) -> Result<(), DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .send(Input::AddPeer { peer, address, reply })
+            .await
+            .map_err(|_| DaemonError::Stopped)?;
+        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+    }
+
+    /// Ends the peering with `peer` now: its link stops, new connections from it are refused
+    /// and its messages are answered with an error.
+    pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::RemovePeer { peer, reply }).await.map_err(|_| DaemonError::Stopped)?;
+        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
     }
 }
 

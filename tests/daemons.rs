@@ -382,3 +382,47 @@ async fn the_master_rotates_by_itself_when_the_primary_key_is_older_than_rotate_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_added_at_runtime_is_dialled_and_enrolled_and_removing_it_cuts_the_link() {
+    bounded(async {
+        let (_d, mut lab) = mesh(&["a", "e"]);
+        lab.unpeer("a", "e");
+        for id in ["a", "e"] {
+            lab.start(id).await.unwrap();
+        }
+        lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
+        let (a_addr, e_addr) =
+            (lab.daemon("a").unwrap().peer_addr(), lab.daemon("e").unwrap().peer_addr());
+        let cid = imcrypt::demo::cid;
+        lab.daemon("a").unwrap().control().add_peer(cid("e"), e_addr.to_string()).await.unwrap();
+        lab.daemon("e").unwrap().control().add_peer(cid("a"), a_addr.to_string()).await.unwrap();
+        lab.wait_until("e", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
+        let a = lab.status("a").await.unwrap();
+        let e_seen = a.peers.iter().find(|p| p.id.as_str() == "e").unwrap();
+        assert_eq!(e_seen.address.as_deref(), Some(e_addr.to_string().as_str()));
+        // Adding it twice is refused and changes nothing.
+        assert!(
+            lab.daemon("a")
+                .unwrap()
+                .control()
+                .add_peer(cid("e"), e_addr.to_string())
+                .await
+                .is_err()
+        );
+
+        lab.daemon("a").unwrap().control().remove_peer(cid("e")).await.unwrap();
+        let a = lab.status("a").await.unwrap();
+        assert!(a.peers.iter().all(|p| p.id.as_str() != "e"));
+        // e's messages are refused now: it stops hearing from its master.
+        let e = lab
+            .wait_until("e", "link to a refused", WAIT, |s| {
+                s.peers.iter().any(|p| p.id.as_str() == "a" && p.link.last_error.is_some())
+            })
+            .await
+            .unwrap();
+        assert_eq!(e.role, "slave", "e keeps its keys");
+        lab.stop_all().await;
+    })
+    .await;
+}

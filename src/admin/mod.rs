@@ -562,14 +562,14 @@ async fn handle(
                     b.address
                 )));
             }
-            control.command(Command::AddPeer { peer: peer.clone() }).await?;
+            control.add_peer(peer.clone(), b.address.clone()).await?;
             Ok(done(
-                format!("cluster {peer} is now a peer of this cluster"),
+                format!("cluster {peer} is now a peer of this cluster, at {}", b.address),
                 vec![
                     UNTIL_RESTART.into(),
                     format!(
-                        "add [[peers]] id = \"{peer}\", address = \"{}\" to the config file and \
-                         restart to connect to it",
+                        "to keep it, add [[peers]] id = \"{peer}\", address = \"{}\" to the \
+                         config file",
                         b.address
                     ),
                 ],
@@ -577,7 +577,7 @@ async fn handle(
         }
         Route::RemovePeer => {
             let peer = cluster_id(&param)?;
-            control.command(Command::RemovePeer { peer: peer.clone() }).await?;
+            control.remove_peer(peer.clone()).await?;
             Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
         }
         Route::AddNode => {

@@ -44,11 +44,14 @@ struct Outbox {
     notify: Notify,
 }
 
-/// The handle the daemon uses to send to one peer.
+/// The handle the daemon uses to send to one peer. Dropping the last clone does not stop the
+/// sender task: `stop` does (the peer was removed).
 #[derive(Clone)]
 pub struct PeerLink {
     outbox: Arc<Outbox>,
     status: Arc<Mutex<LinkStatus>>,
+    address: Arc<str>,
+    task: tokio::task::AbortHandle,
 }
 
 fn kind(m: &PeerMessage) -> u8 {
@@ -73,6 +76,15 @@ impl PeerLink {
     pub fn status(&self) -> LinkStatus {
         self.status.lock().expect("status lock").clone()
     }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Stops the sender task; undelivered messages are dropped.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
 }
 
 /// Starts the sender task for `peer` at `address`. It runs until aborted.
@@ -82,9 +94,12 @@ pub fn spawn_link(
     tls: Arc<ClientConfig>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> PeerLink {
-    let link = PeerLink { outbox: Arc::default(), status: Arc::default() };
-    let l = link.clone();
-    tasks.spawn(tracing::Instrument::in_current_span(async move {
+    let outbox: Arc<Outbox> = Arc::default();
+    let status: Arc<Mutex<LinkStatus>> = Arc::default();
+    let addr: Arc<str> = address.as_str().into();
+    let l = (outbox.clone(), status.clone());
+    let task = tasks.spawn(tracing::Instrument::in_current_span(async move {
+        let l = Sender { outbox: l.0, status: l.1 };
         let mut conn: Option<SendRequest<Full<Bytes>>> = None;
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -128,7 +143,13 @@ pub fn spawn_link(
             }
         }
     }));
-    link
+    PeerLink { outbox, status, address: addr, task }
+}
+
+/// What the sender task holds of its link.
+struct Sender {
+    outbox: Arc<Outbox>,
+    status: Arc<Mutex<LinkStatus>>,
 }
 
 fn unix_ms() -> u64 {

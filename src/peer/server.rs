@@ -37,11 +37,15 @@ pub trait Inbox: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
+/// The peers whose certificates are accepted; the daemon changes it when a peer is added or
+/// removed at runtime.
+pub type AllowedPeers = Arc<std::sync::RwLock<Vec<ClusterId>>>;
+
 /// Accepts peer connections until the task is aborted.
 pub async fn serve<I: Inbox>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
-    peers: Arc<Vec<ClusterId>>,
+    peers: AllowedPeers,
     inbox: I,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -68,14 +72,15 @@ async fn connection<I: Inbox>(
     acceptor: TlsAcceptor,
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
-    peers: &[ClusterId],
+    peers: &AllowedPeers,
     inbox: I,
 ) -> Result<(), String> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let from = identify(tls.get_ref().1.peer_certificates(), peers)
+    let allowed = peers.read().expect("peer list lock").clone();
+    let from = identify(tls.get_ref().1.peer_certificates(), &allowed)
         .ok_or_else(|| "its certificate names no configured peer cluster".to_string())?;
     tracing::debug!(%addr, peer = %from, "peer connected");
     let service = hyper::service::service_fn(move |req| {
