@@ -24,6 +24,12 @@ if ! python3 -c 'import cryptography.hazmat.primitives.ciphers.aead' 2>/dev/null
     || apt_install python3-cryptography
 fi
 
+# PostgreSQL server binaries (initdb, pg_ctl): tests/archive.rs and benches/archive.rs start a
+# throwaway server in a temp dir (as user postgres when run as root, since initdb refuses root).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && [ -z "${IMCRYPT_PG_BIN:-}" ]; then
+  apt_install postgresql
+fi
+
 # Wycheproof vectors live beside the repository, in ../shared/testvectors.
 vectors="${IMCRYPT_TESTVECTORS:-../shared/testvectors/wycheproof}"
 if [ ! -f "$vectors/aes_gcm_test.json" ]; then
