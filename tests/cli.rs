@@ -71,3 +71,22 @@ fn check_key_accepts_a_3072_bit_key_and_refuses_weak_or_wrong_ones() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read"), "{err}");
 }
+
+#[test]
+fn the_demo_runs_its_whole_story_and_cleans_up() {
+    let (code, out, err) = imcrypt(&["demo"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for line in [
+        "b: slave of a in domain",
+        "c: slave of a in domain",
+        "c: holds versions [1, 2] with primary 2",
+        "c: ALARM MAencryptionMultiMaster (critical) about d",
+        "d: ALARM MAencryptionMultiMaster (critical) about c",
+        "d: MAencryptionMultiMaster about c cleared",
+        "8. stopped a, b, c and d",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    let dir = out.lines().find_map(|l| l.strip_prefix("cleaning up ")).unwrap();
+    assert!(!std::path::Path::new(dir.trim()).exists(), "{dir} left behind");
+}
