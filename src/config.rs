@@ -241,6 +241,13 @@ fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::
     })
 }
 
+/// The parser quotes the offending line: database URLs in it lose their password.
+fn redact_urls(msg: &str) -> String {
+    msg.split_inclusive(|c: char| c.is_whitespace() || c == '"')
+        .map(|t| if t.contains("://") { crate::archive::db::redact(t) } else { t.to_owned() })
+        .collect()
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -253,7 +260,7 @@ impl Config {
     /// Parses and validates `text`; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let mut c: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+            toml::from_str(text).map_err(|e| redact_urls(e.to_string().trim_end()))?;
         for (i, p) in c.peers.iter().enumerate() {
             if p.id == c.cluster_id {
                 return Err(format!("peers[{i}].id: {} is this cluster itself", p.id));
