@@ -1,0 +1,162 @@
+//! The compliance archive as an operator runs it, every step through the `imcrypt` binary:
+//! `imcrypt archive` writes IM events through a daemon's hot path into a real PostgreSQL,
+//! `imcrypt key download` fetches the key for an OpenSSL-made RSA key, and `imcrypt view`
+//! reads the archive back with filters, including across a key rotation.
+
+#[path = "support/pg.rs"]
+mod pg;
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn imcrypt(args: &[&str], stdin: &str) -> Out {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("IMCRYPT_ARCHIVE_DB")
+        .env_remove("IMCRYPT_OUTPUT")
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("imcrypt finished within 60 s")
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn openssl(args: &[&str]) {
+    let ok = std::process::Command::new("openssl").args(args).status().unwrap().success();
+    assert!(ok, "openssl {args:?}");
+}
+
+fn json_lines(s: &str) -> Vec<serde_json::Value> {
+    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_download_and_view_through_the_cli() {
+    bounded(async {
+        let pg = pg::Pg::start();
+        let db = pg.url();
+        let (d, mut lab) = mesh(&["a"]);
+        lab.spec_mut("a").hotpath = true;
+        lab.start("a").await.unwrap();
+        let dir = d.path();
+        let cfg = s(&dir.join("a.toml")).to_owned();
+        let sock = s(&lab.hotpath_socket("a")).to_owned();
+        lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
+        let client = imcrypt::hotpath::Client::new(imcrypt::hotpath::ClientConfig::new(&sock));
+        for _ in 0..500 {
+            if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { .. })) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // A 1:1 message, a group chat to two, and an outbound one (skipped by default).
+        let events = [
+            r#"{"message_id":"m1","from":"alice@example.com","to":["bob@example.com"],"timestamp":1764000000000,"direction":"inbound","body":"quarterly numbers attached"}"#,
+            r#"{"message_id":"m2","from":"carol@example.com","to":["alice@example.com","bob@example.com"],"timestamp":1764000001000,"direction":"inbound","body":"standup moved to 10","room":"ops"}"#,
+            r#"{"message_id":"m3","from":"bob@example.com","to":["eve@partner.example"],"timestamp":1764000002000,"direction":"outbound","body":"not archived"}"#,
+        ];
+        let o = imcrypt(&["archive", "--db", &db, "--hotpath", &sock], &(events.join("\n") + "\n")).await;
+        assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+        let acks = json_lines(&o.stdout);
+        // One acknowledgement per event, in completion order, each naming its message.
+        let mut results: Vec<_> = acks
+            .iter()
+            .map(|a| {
+                let id = a["message_id"].as_str().unwrap().to_owned();
+                (id, a["result"].as_str().unwrap().to_owned(), a["rows"].as_u64().unwrap())
+            })
+            .collect();
+        results.sort();
+        let expect = [("m1", "archived", 1), ("m2", "archived", 2), ("m3", "skipped", 0)]
+            .map(|(i, r, n)| (i.to_owned(), r.to_owned(), n));
+        assert_eq!(results, expect);
+
+        // The key rotates; a message archived afterwards uses version 2.
+        lab.daemon("a").unwrap().command(Command::RotateKey).await.unwrap();
+        for _ in 0..500 {
+            if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { key_version, .. }) if key_version.get() == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let late = r#"{"message_id":"m4","from":"alice@example.com","to":["carol@example.com"],"timestamp":1764000003000,"direction":"inbound","body":"after the rotation"}"#;
+        let o = imcrypt(&["archive", "--db", &db, "--hotpath", &sock], &format!("{late}\n")).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+
+        // The administrator downloads the keys for an OpenSSL key pair, then views.
+        let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
+        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
+        openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
+        let export = dir.join("export.json");
+        let o = imcrypt(
+            &["key", "download", "--public-key", s(&pk), "--out", s(&export), "--password-stdin", "-c", &cfg],
+            &format!("{PASSWORD}\n"),
+        )
+        .await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+
+        let view = |extra: &'static [&'static str]| {
+            let (db, export, sk) = (db.clone(), s(&export).to_owned(), s(&sk).to_owned());
+            async move {
+                let mut args = vec!["view", "--db", &db, "--export", &export, "--private-key", &sk, "-o", "json"];
+                args.extend_from_slice(extra);
+                let o = imcrypt(&args, "").await;
+                assert_eq!(o.code, 0, "{}", o.stderr);
+                json_lines(&o.stdout)
+            }
+        };
+        let all = view(&[]).await;
+        let bodies: Vec<_> = all.iter().map(|r| r["body"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(all.len(), 4, "{all:?}");
+        for b in ["quarterly numbers attached", "standup moved to 10", "after the rotation"] {
+            assert!(bodies.iter().any(|x| x == b), "{b} missing: {bodies:?}");
+        }
+        assert!(!bodies.iter().any(|x| x == "not archived"));
+        let from_alice = view(&["--from", "alice@example.com"]).await;
+        assert_eq!(from_alice.len(), 2, "{from_alice:?}");
+        let room = view(&["--room", "ops"]).await;
+        assert_eq!(room.len(), 2);
+        assert!(room.iter().all(|r| r["body"] == "standup moved to 10"));
+        let to_bob_early = view(&["--to", "bob@example.com", "--until", "1764000000500"]).await;
+        assert_eq!(to_bob_early.len(), 1);
+        assert_eq!(to_bob_early[0]["message_id"], "m1");
+
+        // Without the keys the viewer shows nothing readable and says why.
+        let o = imcrypt(&["view", "--db", &db, "-o", "json"], "").await;
+        assert!(!o.stdout.contains("quarterly") && !o.stdout.contains("alice@"), "{}", o.stdout);
+
+        drop(client);
+        lab.stop_all().await;
+    })
+    .await;
+}
