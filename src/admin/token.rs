@@ -6,8 +6,6 @@
 //! one that is is refused (as the node key is); the token is compared in constant time and
 //! never logged.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq;
@@ -41,29 +39,23 @@ impl Token {
     /// Loads the token at `path`, or creates it (0600, OS randomness). Returns whether it was
     /// created.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), TokenError> {
-        let io = |source| TokenError::Io { path: path.to_owned(), source };
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(mut f) => {
-                let token = Zeroizing::new(hex::encode(crate::crypto::random::os_bytes::<32>()));
-                f.write_all(token.as_bytes())
-                    .and_then(|()| f.write_all(b"\n"))
-                    .and_then(|()| f.sync_all())
-                    .map_err(io)?;
-                return Ok((Self(token), true));
+        use crate::store::secret::{self, SecretFileError};
+        let (bytes, created) = secret::load_or_create(path, 128, || {
+            let mut t = hex::encode(crate::crypto::random::os_bytes::<32>()).into_bytes();
+            t.push(b'\n');
+            Zeroizing::new(t)
+        })
+        .map_err(|e| match e {
+            SecretFileError::Io(source) => TokenError::Io { path: path.to_owned(), source },
+            SecretFileError::TooOpen { mode } => {
+                TokenError::TooOpen { path: path.to_owned(), mode }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
-        }
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(TokenError::TooOpen { path: path.to_owned(), mode: mode & 0o777 });
-        }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
-        let t = text.trim();
+        })?;
+        let t = std::str::from_utf8(&bytes).map(str::trim).unwrap_or_default();
         if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TokenError::Malformed { path: path.to_owned() });
         }
-        Ok((Self(Zeroizing::new(t.to_owned())), false))
+        Ok((Self(Zeroizing::new(t.to_owned())), created))
     }
 
     /// True when `candidate` is the token (constant time in the candidate's content).
@@ -75,6 +67,7 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn created_0600_then_loaded_and_checked() {

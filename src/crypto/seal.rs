@@ -4,9 +4,6 @@
 //! Invariants: the key file is never readable by group or others (the daemon refuses to start
 //! otherwise); the key is zeroized on drop and never logged.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hkdf::Hkdf;
@@ -60,30 +57,21 @@ impl NodeKey {
     /// Loads the key at `path`, or creates it (mode 0600, fresh OS randomness) when the file
     /// does not exist. Returns whether it was created.
     pub fn load_or_create(path: &Path) -> Result<(Self, bool), NodeKeyError> {
-        let io = |source| NodeKeyError::Io { path: path.to_owned(), source };
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(mut f) => {
-                let key = random::new_key();
-                f.write_all(&key[..]).and_then(|()| f.sync_all()).map_err(io)?;
-                if let Some(dir) = path.parent() {
-                    crate::store::sync_dir(dir).map_err(io)?;
-                }
-                return Ok((Self(key), true));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
-        }
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let mode = f.metadata().map_err(io)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(NodeKeyError::TooOpen { path: path.to_owned(), mode: mode & 0o777 });
-        }
-        let mut buf = Zeroizing::new(Vec::with_capacity(33));
-        Read::by_ref(&mut f).take(33).read_to_end(&mut buf).map_err(io)?;
-        let key: [u8; 32] = buf[..]
+        use crate::store::secret::{self, SecretFileError};
+        let (bytes, created) =
+            secret::load_or_create(path, 33, || Zeroizing::new(random::new_key().to_vec()))
+                .map_err(|e| match e {
+                    SecretFileError::Io(source) => {
+                        NodeKeyError::Io { path: path.to_owned(), source }
+                    }
+                    SecretFileError::TooOpen { mode } => {
+                        NodeKeyError::TooOpen { path: path.to_owned(), mode }
+                    }
+                })?;
+        let key: [u8; 32] = bytes[..]
             .try_into()
-            .map_err(|_| NodeKeyError::WrongLength { path: path.to_owned(), len: buf.len() })?;
-        Ok((Self(Zeroizing::new(key)), false))
+            .map_err(|_| NodeKeyError::WrongLength { path: path.to_owned(), len: bytes.len() })?;
+        Ok((Self(Zeroizing::new(key)), created))
     }
 
     /// A key from bytes, for tests.
@@ -104,6 +92,7 @@ impl NodeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn created_0600_then_loaded_unchanged() {

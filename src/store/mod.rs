@@ -27,6 +27,8 @@ use crate::crypto::aead::{AeadKey, NONCE_LEN};
 use crate::crypto::random;
 use crate::crypto::seal::{NodeKey, Purpose};
 
+pub mod secret;
+
 pub const MAGIC: &[u8; 8] = b"IMCSTATE";
 pub const SCHEMA_VERSION: u16 = 1;
 const HEADER_LEN: usize = 10;
