@@ -9,7 +9,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -19,50 +18,9 @@ use imcrypt::crypto::random::NonceSource;
 use imcrypt::crypto::record::RecordSealer;
 use imcrypt::ids::{ClusterId, KeyVersion};
 use support::*;
-use tokio::io::AsyncWriteExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
 const NEW_PASSWORD: &str = "Another-Battery-7-staple";
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `imcrypt ARGS` with `stdin`, bounded in time.
-async fn imcrypt(args: &[&str], stdin: &str) -> Out {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for v in [
-        "IMCRYPT_CONFIG",
-        "IMCRYPT_ADDR",
-        "IMCRYPT_TOKEN",
-        "IMCRYPT_TOKEN_FILE",
-        "IMCRYPT_CACERT",
-        "IMCRYPT_SERVER_NAME",
-        "IMCRYPT_OUTPUT",
-    ] {
-        cmd.env_remove(v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("imcrypt finished within 60 s")
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn run(cmd: &mut std::process::Command) -> Vec<u8> {
     let out = cmd.stderr(Stdio::piped()).output().unwrap_or_else(|e| {

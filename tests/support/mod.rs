@@ -47,3 +47,40 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
 pub fn disable_domain() -> Command {
     Command::DisableOnMaster { password: pw(PASSWORD), i_understand_data_loss: true }
 }
+
+/// What the `imcrypt` binary printed and how it exited.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `imcrypt` binary with `args`, writing `stdin` to it, bounded to 60 s; settings the
+/// developer's shell may carry (`IMCRYPT_*`) are cleared so each test says what it means.
+pub async fn imcrypt(args: &[&str], stdin: &str) -> Out {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("IMCRYPT_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("imcrypt finished within 60 s")
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
