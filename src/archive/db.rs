@@ -271,17 +271,32 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// A server error is a connection problem, to retry after reconnecting, when its SQLSTATE says
+/// the server is going away or cannot serve now: class 08 (connection exception), 57
+/// (operator intervention: admin or crash shutdown, cannot connect now), 53 (insufficient
+/// resources), and 40001/40P01 (serialization failure, deadlock). Seen in tests: `pg_ctl stop`
+/// answers an INSERT in flight with 57P01 before it closes the connection.
 fn pg_err(e: tokio_postgres::Error) -> DbError {
-    if e.as_db_error().is_some() {
-        DbError::Statement { kind: "PostgreSQL", reason: e.to_string() }
+    let Some(db) = e.as_db_error() else {
+        return DbError::Lost { kind: "PostgreSQL", reason: e.to_string() };
+    };
+    let code = db.code().code();
+    let reason = format!("{} (SQLSTATE {code})", db.message());
+    let transient = ["08", "57", "53"].iter().any(|c| code.starts_with(c))
+        || code == "40001"
+        || code == "40P01";
+    if transient || e.is_closed() {
+        DbError::Lost { kind: "PostgreSQL", reason }
     } else {
-        DbError::Lost { kind: "PostgreSQL", reason: e.to_string() }
+        DbError::Statement { kind: "PostgreSQL", reason }
     }
 }
 
+/// As for PostgreSQL: shutdown in progress (6005), deadlock victim (1205) and the server's
+/// connection-level errors are retried after reconnecting; other server errors are final.
 fn ms_err(e: tiberius::error::Error) -> DbError {
     match e {
-        tiberius::error::Error::Server(t) => {
+        tiberius::error::Error::Server(t) if ![6005, 1205, 233, 10054].contains(&t.code()) => {
             DbError::Statement { kind: "SQL Server", reason: t.to_string() }
         }
         other => DbError::Lost { kind: "SQL Server", reason: other.to_string() },
