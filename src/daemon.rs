@@ -47,6 +47,10 @@ pub enum DaemonError {
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("the daemon has stopped")]
     Stopped,
+    /// The change was decided but could not be written to disk; the daemon stops, and after a
+    /// restart the change is not there.
+    #[error("the change could not be saved ({0}); the daemon stops and the change is lost")]
+    NotSaved(String),
     #[error(transparent)]
     Hotpath(#[from] crate::hotpath::ServerError),
     #[error("hot path: {0}")]
@@ -94,7 +98,7 @@ pub struct PeerStatus {
 enum Input {
     Command {
         cmd: Command,
-        reply: oneshot::Sender<Result<CommandOutcome, CommandError>>,
+        reply: oneshot::Sender<Result<CommandOutcome, DaemonError>>,
     },
     Peer {
         from: ClusterId,
@@ -113,11 +117,11 @@ enum Input {
     AddPeer {
         peer: ClusterId,
         address: String,
-        reply: oneshot::Sender<Result<(), CommandError>>,
+        reply: oneshot::Sender<Result<(), DaemonError>>,
     },
     RemovePeer {
         peer: ClusterId,
-        reply: oneshot::Sender<Result<(), CommandError>>,
+        reply: oneshot::Sender<Result<(), DaemonError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -223,7 +227,9 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
             .collect()
     });
     let (tx, rx) = mpsc::channel(1024);
-    let (ring_tx, ring_rx) = watch::channel(None);
+    // The hot path starts with the ring the state already holds: a restarted cluster that
+    // encrypts must never answer "encryption off" while the core gets going.
+    let (ring_tx, ring_rx) = watch::channel(cluster.key_ring().cloned().map(Arc::new));
     let peer_ids: crate::peer::server::AllowedPeers =
         Arc::new(std::sync::RwLock::new(config.peers.iter().map(|p| p.id.clone()).collect()));
     tasks.spawn(
@@ -246,9 +252,14 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
             crate::crypto::aead::AeadImpl::default(),
             counters,
         )?);
+        // Before the socket exists: the first reservation of the current key is on disk, or
+        // the daemon does not start (rather than serve "off" or fail every request).
+        span.in_scope(|| keys.set_ring(cluster.key_ring()))?;
         hot_keys = Some(keys.clone());
         let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
-        tasks.spawn(
+        // Not in `tasks`: at shutdown it is let finish (it ends when the core drops the ring
+        // sender), so no counter write of this instance is still running when it returns.
+        let follow = tokio::spawn(
             keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
         );
         let mut stopped = stop.subscribe();
@@ -261,6 +272,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
                 if let Err(e) = crate::hotpath::serve(listener, keys, limits, shutdown).await {
                     tracing::error!(error = %e, "hot path stopped");
                 }
+                let _ = follow.await;
             }
             .instrument(span.clone()),
         ));
@@ -404,11 +416,14 @@ impl Core {
                     let r = blocking(|| cluster.handle_command(cmd, now(), Entropy::from_os()));
                     let persisted = self.apply_effects().await;
                     let r = r.map(|()| CommandOutcome { keys_for_download: self.download.take() });
-                    let _ = reply.send(r);
+                    // Answered only once the outcome is on disk: never "done" for a change a
+                    // restart would not have.
                     if let Err(e) = persisted {
+                        let _ = reply.send(Err(DaemonError::NotSaved(e.to_string())));
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
                         return;
                     }
+                    let _ = reply.send(r.map_err(DaemonError::from));
                 }
                 Input::Peer { from, msg, reply } => {
                     let r = self.cluster.handle_peer_message(&from, msg, now());
@@ -416,11 +431,12 @@ impl Core {
                         Ok(()) => self.rotate_if_due().await,
                         e => e,
                     };
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
                     if let Err(e) = persisted {
+                        let _ = reply.send(Err(format!("this cluster cannot save its state: {e}")));
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
                         return;
                     }
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
                 Input::Status { reply } => {
                     let _ = reply.send(self.status());
@@ -444,12 +460,12 @@ impl Core {
                         }
                         self.allowed.write().expect("peer list lock").push(peer);
                     }
-                    let persisted = self.apply_effects().await;
-                    let _ = reply.send(r);
-                    if let Err(e) = persisted {
+                    if let Err(e) = self.apply_effects().await {
+                        let _ = reply.send(Err(DaemonError::NotSaved(e.to_string())));
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
                         return;
                     }
+                    let _ = reply.send(r.map_err(DaemonError::from));
                 }
                 Input::RemovePeer { peer, reply } => {
                     let r = self.cluster.handle_command(
@@ -464,11 +480,12 @@ impl Core {
                         }
                         self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
                     }
-                    let _ = reply.send(r);
                     if let Err(e) = persisted {
+                        let _ = reply.send(Err(DaemonError::NotSaved(e.to_string())));
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
                         return;
                     }
+                    let _ = reply.send(r.map_err(DaemonError::from));
                 }
                 Input::DbProbe { node, probe } => {
                     self.cluster.handle_db_probe(&node, probe, now());
@@ -614,7 +631,7 @@ impl Control {
     pub async fn command(&self, cmd: Command) -> Result<CommandOutcome, DaemonError> {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
-        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+        rx.await.map_err(|_| DaemonError::Stopped)?
     }
 
     pub async fn status(&self) -> Result<Status, DaemonError> {
@@ -632,7 +649,7 @@ impl Control {
             .send(Input::AddPeer { peer, address, reply })
             .await
             .map_err(|_| DaemonError::Stopped)?;
-        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+        rx.await.map_err(|_| DaemonError::Stopped)?
     }
 
     /// Ends the peering with `peer` now: its link stops, new connections from it are refused
@@ -640,7 +657,7 @@ impl Control {
     pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), DaemonError> {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::RemovePeer { peer, reply }).await.map_err(|_| DaemonError::Stopped)?;
-        Ok(rx.await.map_err(|_| DaemonError::Stopped)??)
+        rx.await.map_err(|_| DaemonError::Stopped)?
     }
 }
 

@@ -426,3 +426,24 @@ async fn a_peer_added_at_runtime_is_dialled_and_enrolled_and_removing_it_cuts_th
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_saved_is_reported_as_lost_and_stops_the_daemon() {
+    bounded(async {
+        let (d, mut lab) = mesh(&["a"]);
+        lab.start("a").await.unwrap();
+        lab.status("a").await.unwrap(); // the start's own state write is done
+        // The next state write will fail: its temp file's place is taken by a directory.
+        let tmp = d.path().join("state/a/state.sealed.tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let e = lab.daemon("a").unwrap().command(enable(false)).await.unwrap_err();
+        assert!(e.to_string().contains("could not be saved"), "{e}");
+        assert!(lab.status("a").await.is_err(), "the daemon stopped");
+        lab.stop("a").await.unwrap();
+        std::fs::remove_dir(&tmp).unwrap();
+        lab.start("a").await.unwrap();
+        assert_eq!(lab.status("a").await.unwrap().role, "off", "the change was not kept");
+        lab.stop_all().await;
+    })
+    .await;
+}

@@ -80,3 +80,23 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_encrypts_from_its_first_answer_never_saying_off() {
+    bounded(async {
+        let (_d, mut lab) = mesh(&["a"]);
+        lab.spec_mut("a").hotpath = true;
+        lab.start("a").await.unwrap();
+        lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
+        for round in 0..5 {
+            lab.restart("a").await.unwrap();
+            // A router that was waiting reconnects at once: its very first answer is sealed.
+            let client = Client::new(ClientConfig::new(lab.hotpath_socket("a")));
+            let first = seal_one(&client, b"row", b"after restart").await;
+            assert!(first.is_some(), "round {round}: the first answer after a restart was OFF");
+            drop(client);
+        }
+        lab.stop_all().await;
+    })
+    .await;
+}

@@ -216,6 +216,8 @@ pub enum ApiError {
     Command(#[from] CommandError),
     #[error("the daemon is stopping")]
     Stopping,
+    #[error("{0}")]
+    NotSaved(String),
     #[error("the key export could not be made: {0}")]
     Export(String),
 }
@@ -224,6 +226,7 @@ impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         match e {
             DaemonError::Command(c) => ApiError::Command(c),
+            e @ DaemonError::NotSaved(_) => ApiError::NotSaved(e.to_string()),
             _ => ApiError::Stopping,
         }
     }
@@ -250,6 +253,7 @@ impl ApiError {
             }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            ApiError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
             ApiError::Command(c) => match c {
                 C::WrongPassword | C::WrongMasterPassword { .. } => {
