@@ -128,7 +128,8 @@ enum Input {
     },
 }
 
-/// A running daemon. Dropping it does not stop it: call `shutdown` or `kill`.
+/// A running daemon. Stop it with `shutdown` (clean) or `kill` (as `kill -9`); dropping the
+/// handle aborts its tasks like `kill` but does not wait for them.
 pub struct DaemonHandle {
     id: ClusterId,
     /// Tells the hot path to stop accepting and drain (graceful shutdown only).
@@ -167,12 +168,27 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     // An error-level span is enabled whatever the log level, so every line names its cluster.
     let span = tracing::error_span!("cluster", id = %id);
     let dir = &config.state_dir;
+    let state_dir_err = |source| DaemonError::StateDir { path: dir.clone(), source };
+    let new_dir = !dir.exists();
     std::fs::create_dir_all(dir)
         .and_then(|()| {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         })
-        .map_err(|source| DaemonError::StateDir { path: dir.clone(), source })?;
+        .map_err(state_dir_err)?;
+    if new_dir && let Some(parent) = dir.parent() {
+        crate::store::sync_dir(parent).map_err(state_dir_err)?;
+    }
+    // A state without its node key cannot be read: say so instead of making a new key that
+    // would only hide the real problem (and have to be deleted before a restore).
+    if !dir.join("node.key").exists() && dir.join("state.sealed").exists() {
+        return Err(DaemonError::State(format!(
+            "{} exists but its node key {} is missing; restore the node key from the backup \
+             that holds this state",
+            dir.join("state.sealed").display(),
+            dir.join("node.key").display()
+        )));
+    }
     let (node_key, created) = NodeKey::load_or_create(&dir.join("node.key"))?;
     if created {
         span.in_scope(
@@ -658,6 +674,15 @@ impl Control {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::RemovePeer { peer, reply }).await.map_err(|_| DaemonError::Stopped)?;
         rx.await.map_err(|_| DaemonError::Stopped)?
+    }
+}
+
+impl Drop for DaemonHandle {
+    fn drop(&mut self) {
+        // The other tasks are in `tasks`, which aborts them when dropped.
+        if let Some(hp) = self.hotpath.take() {
+            hp.abort();
+        }
     }
 }
 

@@ -22,6 +22,11 @@ pub enum IdError {
          with no empty label and no '-' at either end of a label"
     )]
     ClusterIdNotDnsName(String),
+    #[error(
+        "cluster id {0:?} cannot be a certificate's DNS name: its last label must not be all \
+         digits"
+    )]
+    ClusterIdNumeric(String),
     #[error("domain id {0:?} is not 32 hexadecimal digits")]
     BadDomainId(String),
     #[error("key version 0 does not exist: versions are numbered from 1")]
@@ -50,6 +55,11 @@ impl ClusterId {
         };
         if !s.split('.').all(label_ok) {
             return Err(IdError::ClusterIdNotDnsName(s));
+        }
+        // TLS takes a name whose last label is all digits for an IP address, not a DNS name;
+        // such an id could never be the name in a certificate.
+        if rustls_pki_types::DnsName::try_from(s.as_str()).is_err() {
+            return Err(IdError::ClusterIdNumeric(s));
         }
         Ok(Self(s))
     }

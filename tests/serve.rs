@@ -161,6 +161,13 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     assert_eq!(code, 1);
     assert!(err.contains("chmod 600"), "{err}");
 
+    // A state whose node key is gone is not given a new key: the start names what to restore.
+    std::fs::remove_file(&key).unwrap();
+    let (code, err) = run(&["serve", "--config", cfg[0].1.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("node key") && err.contains("is missing"), "{err}");
+    assert!(!key.exists(), "no new node key was made");
+
     // A wrong key in the config is named with its line.
     let text =
         std::fs::read_to_string(&cfg[1].1).unwrap().replace("hello_interval", "hello_intervall");

@@ -139,6 +139,21 @@ mod tests {
     }
 
     #[test]
+    fn leaving_a_domain_and_coming_back_resumes_its_count() {
+        use crate::ids::{DomainId, KeyVersion};
+        let (a, b) = (DomainId::from_bytes([1; 16]), DomainId::from_bytes([2; 16]));
+        let mut r = Reservations::default();
+        r.set(a, KeyVersion::FIRST, 5 * BLOCK);
+        r.set(b, KeyVersion::FIRST, BLOCK);
+        r.set(a, KeyVersion::FIRST, BLOCK); // never goes down
+        assert_eq!(r.get(a, KeyVersion::FIRST), 5 * BLOCK);
+        assert_eq!(r.get(b, KeyVersion::FIRST), BLOCK);
+        assert_eq!(r.get(b, KeyVersion::new(2).unwrap()), 0);
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Reservations>(&json).unwrap(), r);
+    }
+
+    #[test]
     fn a_batch_is_counted_whole_or_not_at_all() {
         let c = InvocationCounter::resume(0);
         c.commit_reservation(100);
@@ -177,35 +192,29 @@ mod tests {
     }
 }
 
-/// The persisted reservations of one cluster, per key version of its current domain. Kept in
-/// its own sealed file (`store::SealedFile` with `Purpose::Counters`) so that reserving a
-/// block rewrites a few bytes, not the whole state.
+/// The persisted reservations of one cluster, per domain and key version. Kept in its own
+/// sealed file (`store::SealedFile` with `Purpose::Counters`) so that reserving a block
+/// rewrites a few bytes, not the whole state. Every domain the cluster ever sealed for is
+/// kept: a cluster that leaves a domain and joins it again resumes its count, never restarts
+/// it at zero.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reservations {
-    domain: Option<crate::ids::DomainId>,
-    by_version: std::collections::BTreeMap<crate::ids::KeyVersion, u64>,
+    by_domain: std::collections::BTreeMap<
+        crate::ids::DomainId,
+        std::collections::BTreeMap<crate::ids::KeyVersion, u64>,
+    >,
 }
 
 impl Reservations {
-    /// The reservation persisted for `version` of `domain`; 0 for a version never used here
-    /// or a domain this cluster no longer belongs to.
+    /// The reservation persisted for `version` of `domain`; 0 for one never used here.
     pub fn get(&self, domain: crate::ids::DomainId, version: crate::ids::KeyVersion) -> u64 {
-        if self.domain == Some(domain) {
-            self.by_version.get(&version).copied().unwrap_or(0)
-        } else {
-            0
-        }
+        self.by_domain.get(&domain).and_then(|v| v.get(&version)).copied().unwrap_or(0)
     }
 
-    /// Records a new reservation; joining another domain forgets the old domain's counts.
-    /// Reservations never go down.
+    /// Records a new reservation. Reservations never go down.
     pub fn set(&mut self, domain: crate::ids::DomainId, version: crate::ids::KeyVersion, n: u64) {
-        if self.domain != Some(domain) {
-            self.domain = Some(domain);
-            self.by_version.clear();
-        }
-        let e = self.by_version.entry(version).or_insert(0);
+        let e = self.by_domain.entry(domain).or_default().entry(version).or_insert(0);
         *e = (*e).max(n);
     }
 }

@@ -301,17 +301,20 @@ impl<'r> RecordOpener<'r> {
         let h = RecordHeader::parse(record)?;
         let domain = self.ring.domain();
         let slot = (h.cluster.to_owned(), h.key_version);
-        if !self.keys.contains_key(&slot) {
-            let dk = self
-                .ring
-                .get(h.key_version)
-                .map_err(|_| RecordError::UnknownKeyVersion { domain, version: h.key_version })?;
-            let rk = record_key(domain, h.key_version, h.cluster, dk.bytes());
-            self.keys.insert(slot.clone(), AeadKey::new(self.imp, &rk));
+        let aad = aad(h.raw, domain, metadata);
+        if let Some(key) = self.keys.get(&slot) {
+            return key.open(h.nonce, &aad, h.body).map_err(|_| RecordError::Authentication);
         }
-        let key = &self.keys[&slot];
-        key.open(h.nonce, &aad(h.raw, domain, metadata), h.body)
-            .map_err(|_| RecordError::Authentication)
+        let dk = self
+            .ring
+            .get(h.key_version)
+            .map_err(|_| RecordError::UnknownKeyVersion { domain, version: h.key_version })?;
+        let key = AeadKey::new(self.imp, &record_key(domain, h.key_version, h.cluster, dk.bytes()));
+        let pt = key.open(h.nonce, &aad, h.body).map_err(|_| RecordError::Authentication)?;
+        // Cached only once a record authenticated under it: forged rows with made-up cluster
+        // ids cannot grow the cache.
+        self.keys.insert(slot, key);
+        Ok(pt)
     }
 }
 

@@ -127,6 +127,16 @@ pub fn spawn_link(
                         q.pop_front();
                     }
                 }
+                Err(e) if e.starts_with(PERMANENT) => {
+                    // Dropped, so that the messages behind it still go; later changes send
+                    // fresh ones. Logged as an error: it means a bug or a version mismatch.
+                    tracing::error!(peer = %peer, %address, error = %e, "peer message dropped");
+                    l.status.lock().expect("status lock").last_error = Some(e);
+                    let mut q = l.outbox.queue.lock().expect("outbox lock");
+                    if q.front().is_some_and(|m| *m == msg) {
+                        q.pop_front();
+                    }
+                }
                 Err(e) => {
                     conn = None;
                     {
@@ -202,5 +212,13 @@ async fn deliver(
         return Ok(());
     }
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Err(format!("peer answered {status}: {}", String::from_utf8_lossy(&body).trim()))
+    let why = format!("peer answered {status}: {}", String::from_utf8_lossy(&body).trim());
+    // 400, 404, 413: this message will never be taken, however often it is sent.
+    if matches!(status.as_u16(), 400 | 404 | 413) {
+        return Err(format!("{PERMANENT}{why}"));
+    }
+    Err(why)
 }
+
+/// Marks a refusal that retrying cannot fix.
+const PERMANENT: &str = "refused for good: ";

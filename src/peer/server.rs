@@ -26,6 +26,9 @@ use crate::ids::ClusterId;
 
 /// Largest peer message accepted (a state with thousands of key versions fits easily).
 pub const MAX_BODY: usize = 1 << 20;
+/// Peer connections open at once, handshakes included; more are closed at once, so that
+/// unauthenticated clients cannot use up this process's file descriptors.
+pub const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where an accepted message goes; answers `Err(reason)` when the core refused it.
@@ -49,6 +52,7 @@ pub async fn serve<I: Inbox>(
     inbox: I,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -58,9 +62,14 @@ pub async fn serve<I: Inbox>(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, limit = MAX_CONNECTIONS, "refused peer connection: too many open");
+            continue;
+        };
         tcp.set_nodelay(true).ok();
         let (acceptor, peers, inbox) = (acceptor.clone(), peers.clone(), inbox.clone());
         tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let _slot = slot;
             if let Err(why) = connection(acceptor, tcp, addr, &peers, inbox).await {
                 tracing::warn!(%addr, reason = %why, "refused peer connection");
             }

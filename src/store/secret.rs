@@ -1,8 +1,9 @@
 //! Small secret files (the node key, the admin token): created once with mode 0600 and fresh
 //! content, read back only while group and others cannot read them.
 //!
-//! Invariants: a secret file is never created readable by anyone but its owner (O_EXCL, 0600,
-//! fsync of the file and its directory); an existing one that group or others can read is
+//! Invariants: a secret file is never created readable by anyone but its owner (0600, written
+//! and fsynced under a temporary name, then linked into place, directory fsynced), so a crash
+//! never leaves an empty or partial one; an existing one that group or others can read is
 //! refused, not used; the content is zeroized when dropped.
 
 use std::io::{Read, Write};
@@ -28,18 +29,33 @@ pub fn load_or_create(
     max_len: usize,
     make: impl FnOnce() -> Zeroizing<Vec<u8>>,
 ) -> Result<(Zeroizing<Vec<u8>>, bool), SecretFileError> {
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-        Ok(mut f) => {
-            let content = make();
+    if !path.exists() {
+        // Written in full under a temporary name, then linked into place: a crash leaves no
+        // file or a whole one, never an empty or partial secret. `hard_link` fails if another
+        // process created the file meanwhile; then that file is read below.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".tmp.{}", std::process::id()));
+        let tmp = std::path::PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let content = make();
+        let written = (|| {
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(&content)?;
             f.sync_all()?;
-            if let Some(dir) = path.parent() {
-                super::sync_dir(dir)?;
+            std::fs::hard_link(&tmp, path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    super::sync_dir(dir)?;
+                }
+                return Ok((content, true));
             }
-            return Ok((content, true));
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e.into()),
     }
     let mut f = std::fs::File::open(path)?;
     let mode = f.metadata()?.permissions().mode();
