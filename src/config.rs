@@ -241,11 +241,24 @@ fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::
     })
 }
 
-/// The parser quotes the offending line: database URLs in it lose their password.
+/// The parser quotes the offending line: in every URL, what lies between `://` and the next
+/// `@` (user and password, whatever characters the password holds) becomes `***`.
 fn redact_urls(msg: &str) -> String {
-    msg.split_inclusive(|c: char| c.is_whitespace() || c == '"')
-        .map(|t| if t.contains("://") { crate::archive::db::redact(t) } else { t.to_owned() })
-        .collect()
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        match tail.find('@') {
+            Some(at) if !tail[..at].contains("://") && !tail[..at].contains('\n') => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Config {
@@ -418,6 +431,12 @@ archiver = "postgresql"
             "archiver = \"postgresql\"\ndb = \"mysql://u:topsecret@h/x\"",
         ));
         assert!(e.contains("db") && e.contains("postgres://") && !e.contains("topsecret"), "{e}");
+        // A password with a space or a quote in it is hidden as well.
+        let e = err(&GOOD.replace(
+            "archiver = \"postgresql\"",
+            "archiver = \"postgresql\"\ndb = \"postgres://u:top secret\\\"x@h:54x2/im\"",
+        ));
+        assert!(!e.contains("top") && !e.contains("secret"), "{e}");
     }
 
     #[test]
