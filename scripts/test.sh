@@ -30,11 +30,4 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && [ -z "${IMCRYPT_PG_B
   apt_install postgresql
 fi
 
-# Wycheproof vectors live beside the repository, in ../shared/testvectors.
-vectors="${IMCRYPT_TESTVECTORS:-../shared/testvectors/wycheproof}"
-if [ ! -f "$vectors/aes_gcm_test.json" ]; then
-  echo "scripts/test.sh: test vectors not found at $vectors (set IMCRYPT_TESTVECTORS)" >&2
-  exit 1
-fi
-
 exec cargo test --locked "$@"

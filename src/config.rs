@@ -204,11 +204,11 @@ fn default_probe_interval() -> Duration {
 }
 
 fn default_hello() -> Duration {
-    Duration::from_secs(10)
+    crate::cluster::ClusterConfig::DEFAULT_HELLO_INTERVAL
 }
 
 fn default_unreachable() -> Duration {
-    Duration::from_secs(60)
+    crate::cluster::ClusterConfig::DEFAULT_MASTER_UNREACHABLE_AFTER
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -437,6 +437,59 @@ archiver = "postgresql"
             "archiver = \"postgresql\"\ndb = \"postgres://u:top secret\\\"x@h:54x2/im\"",
         ));
         assert!(!e.contains("top") && !e.contains("secret"), "{e}");
+    }
+
+    /// The default column of the row of `doc`'s table whose first cell is `` `key` ``.
+    fn documented_default<'a>(doc: &'a str, key: &str) -> &'a str {
+        let cell = format!("| `{key}` |");
+        let line = doc.lines().find(|l| l.starts_with(&cell)).unwrap_or_else(|| {
+            panic!("the table has no row for `{key}`");
+        });
+        line[cell.len()..].split('|').next().unwrap_or("").trim()
+    }
+
+    /// docs/operations.md (and docs/admin.md for `[admin]`) state each key's default; an
+    /// operator tunes from those figures, so they must be the ones the code applies.
+    #[test]
+    fn the_documented_defaults_are_the_codes() {
+        let ops = include_str!("../docs/operations.md");
+        let admin_doc = include_str!("../docs/admin.md");
+        let text = GOOD.replace("hello_interval = \"2s\"\n", "")
+            + "\n[hotpath.socket]\npath = \"hp.sock\"\n";
+        let c = Config::parse(&text, Path::new("/")).unwrap();
+        let d = |v: Duration| format!("`{}`", humantime::format_duration(v));
+        let n = |v: u32| format!("`{v}`");
+        let h = c.hotpath.as_ref().unwrap();
+        let admin = [
+            ("allow_non_loopback", format!("`{}`", c.admin.allow_non_loopback)),
+            ("max_failures", n(c.admin.max_failures)),
+            ("lockout", d(c.admin.lockout)),
+            ("password_attempts_per_minute", n(c.admin.password_attempts_per_minute)),
+            ("max_concurrent_password_checks", n(c.admin.max_concurrent_password_checks)),
+        ];
+        let mut expected = vec![
+            ("peer.hello_interval".to_owned(), d(c.peer.hello_interval)),
+            ("peer.master_unreachable_after".into(), d(c.peer.master_unreachable_after)),
+            ("password.pbkdf2_iterations".into(), n(c.password.pbkdf2_iterations.get())),
+            ("db_probe.interval".into(), d(c.db_probe.interval)),
+            ("hotpath.socket.mode".into(), format!("`0o{:o}`", h.socket.mode)),
+            ("hotpath.limits.max_frame".into(), n(h.limits.max_frame)),
+            ("hotpath.limits.max_batch".into(), n(h.limits.max_batch)),
+            ("hotpath.limits.handshake_timeout".into(), d(h.limits.handshake_timeout)),
+            ("hotpath.limits.reservation_wait".into(), d(h.limits.reservation_wait)),
+            ("hotpath.limits.drain_timeout".into(), d(h.limits.drain_timeout)),
+            ("testing.legacy_software".into(), format!("`{}`", c.testing.legacy_software)),
+        ];
+        for (k, v) in &admin {
+            expected.push((format!("admin.{k}"), v.clone()));
+            let in_admin_doc = documented_default(admin_doc, k).replace(['`'], "");
+            assert_eq!(format!("`{in_admin_doc}`"), *v, "docs/admin.md, `{k}`");
+        }
+        for (key, value) in expected {
+            assert_eq!(documented_default(ops, &key), value, "docs/operations.md, `{key}`");
+        }
+        assert_eq!(c.encryption.rotate_after, None);
+        assert_eq!(documented_default(ops, "encryption.rotate_after"), "unset");
     }
 
     #[test]

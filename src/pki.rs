@@ -1,8 +1,12 @@
 //! A development PKI: one CA and one certificate per cluster, whose DNS name is the cluster id.
-//! `imcrypt pki init` uses it so that a network can be started in a minute; tests use it too.
-//! Production clusters use certificates from the organisation's CA (keys/README.md).
+//! `imcrypt pki init` makes it so that a network can be started in a minute, `imcrypt pki add`
+//! gives a cluster added later its certificate from the same CA; tests use it too. It is for
+//! trying imcrypt: production clusters use certificates from the organisation's CA
+//! (keys/README.md).
 //!
-//! Invariants: private keys are written with mode 0600; nothing existing is overwritten.
+//! Invariants: private keys are written with mode 0600; nothing existing is overwritten; a
+//! cluster certificate is valid for about a year ([`LEAF_DAYS`]) and the CA for ten
+//! ([`CA_DAYS`]), from a few minutes before it was made (clock skew between hosts).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,10 +19,26 @@ use rcgen::{
 
 use crate::ids::ClusterId;
 
+/// How long a development cluster certificate is valid, in days: about a year, as public CAs
+/// issue server certificates (a TLS audit flags anything much longer).
+pub const LEAF_DAYS: i64 = 365;
+/// How long the development CA is valid, in days.
+pub const CA_DAYS: i64 = 3650;
+/// A certificate is valid from this long before it is made, so that a host whose clock is a
+/// little behind accepts it at once.
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path} already exists; imcrypt pki init never overwrites keys (use another --out)")]
+    #[error("{path} already exists; imcrypt pki never overwrites keys (use another directory)")]
     Exists { path: PathBuf },
+    #[error(
+        "{dir} holds no development CA (ca.pem and ca.key): make one with imcrypt pki init, \
+         or use your organisation's CA (keys/README.md)"
+    )]
+    NoCa { dir: PathBuf },
+    #[error("{path} is not a usable CA certificate or key: {reason}")]
+    BadCa { path: PathBuf, reason: String },
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot make a certificate: {0}")]
@@ -45,25 +65,68 @@ pub fn files_of(dir: &Path, id: &ClusterId) -> ClusterFiles {
 /// Writes `ca.pem`, `ca.key` and `<id>.pem`, `<id>.key` for every cluster into `dir`.
 pub fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
-    let mut targets = vec![dir.join("ca.pem"), dir.join("ca.key")];
-    for c in clusters {
-        let f = files_of(dir, c);
-        targets.extend([f.cert, f.key]);
-    }
-    if let Some(path) = targets.into_iter().find(|p| p.exists()) {
-        return Err(PkiError::Exists { path });
-    }
-
+    refuse_existing(
+        [dir.join("ca.pem"), dir.join("ca.key")].into_iter().chain(cluster_paths(dir, clusters)),
+    )?;
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name.push(DnType::CommonName, "imcrypt development CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    valid_for(&mut ca, CA_DAYS);
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), 0o644)?;
     write(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600)?;
-    let issuer = Issuer::new(ca, ca_key);
+    issue(dir, clusters, &Issuer::new(ca, ca_key))
+}
 
+/// Writes `<id>.pem`, `<id>.key` for each of `clusters` into `dir`, signed by the development
+/// CA that `init` left there, so that a cluster can join a network made earlier.
+pub fn add(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
+    let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    if !ca_pem.exists() || !ca_key.exists() {
+        return Err(PkiError::NoCa { dir: dir.to_owned() });
+    }
+    refuse_existing(cluster_paths(dir, clusters))?;
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|source| PkiError::Io { path: path.to_owned(), source })
+    };
+    let bad = |path: &Path| {
+        let path = path.to_owned();
+        move |e: rcgen::Error| PkiError::BadCa { path, reason: e.to_string() }
+    };
+    let key = KeyPair::from_pem(&read(&ca_key)?).map_err(bad(&ca_key))?;
+    let issuer = Issuer::from_ca_cert_pem(&read(&ca_pem)?, key).map_err(bad(&ca_pem))?;
+    issue(dir, clusters, &issuer)
+}
+
+fn cluster_paths<'a>(
+    dir: &'a Path,
+    clusters: &'a [ClusterId],
+) -> impl Iterator<Item = PathBuf> + 'a {
+    clusters.iter().flat_map(move |c| {
+        let f = files_of(dir, c);
+        [f.cert, f.key]
+    })
+}
+
+fn refuse_existing(paths: impl IntoIterator<Item = PathBuf>) -> Result<(), PkiError> {
+    match paths.into_iter().find(|p| p.exists()) {
+        Some(path) => Err(PkiError::Exists { path }),
+        None => Ok(()),
+    }
+}
+
+fn valid_for(p: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - BACKDATE;
+    p.not_after = now + time::Duration::days(days);
+}
+
+/// One certificate per cluster, its id as DNS name, for server and client authentication.
+fn issue(dir: &Path, clusters: &[ClusterId], issuer: &Issuer<'_, KeyPair>) -> Result<(), PkiError> {
     for c in clusters {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(vec![c.to_string()])?;
@@ -72,7 +135,8 @@ pub fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
         p.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.use_authority_key_identifier_extension = true;
-        let cert = p.signed_by(&key, &issuer)?;
+        valid_for(&mut p, LEAF_DAYS);
+        let cert = p.signed_by(&key, issuer)?;
         let f = files_of(dir, c);
         write(&f.cert, cert.pem().as_bytes(), 0o644)?;
         write(&f.key, key.serialize_pem().as_bytes(), 0o600)?;
@@ -108,5 +172,62 @@ mod tests {
         let before = std::fs::read(d.path().join("a.key")).unwrap();
         assert!(matches!(init(d.path(), &ids), Err(PkiError::Exists { .. })));
         assert_eq!(std::fs::read(d.path().join("a.key")).unwrap(), before);
+        assert!(matches!(add(d.path(), &ids[1..]), Err(PkiError::Exists { .. })));
+    }
+
+    fn validity(path: &Path) -> (time::OffsetDateTime, time::OffsetDateTime) {
+        let pem = std::fs::read_to_string(path).unwrap();
+        let der = pem_rfc7468::decode_vec(pem.as_bytes()).unwrap().1;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let v = cert.validity();
+        (v.not_before.to_datetime(), v.not_after.to_datetime())
+    }
+
+    #[test]
+    fn certificates_live_a_year_and_the_ca_ten() {
+        let d = tempfile::tempdir().unwrap();
+        init(d.path(), &[ClusterId::new("a").unwrap()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let days = |(from, to): (time::OffsetDateTime, time::OffsetDateTime)| {
+            assert!(from <= now && now - from < time::Duration::hours(1), "{from}");
+            (to - now).whole_days()
+        };
+        assert!((364..=365).contains(&days(validity(&d.path().join("a.pem")))));
+        assert!((3649..=3650).contains(&days(validity(&d.path().join("ca.pem")))));
+    }
+
+    #[test]
+    fn add_signs_a_new_cluster_with_the_existing_ca() {
+        let d = tempfile::tempdir().unwrap();
+        init(d.path(), &[ClusterId::new("a").unwrap()]).unwrap();
+        let ca = std::fs::read(d.path().join("ca.pem")).unwrap();
+        add(d.path(), &[ClusterId::new("d").unwrap()]).unwrap();
+        assert_eq!(std::fs::read(d.path().join("ca.pem")).unwrap(), ca, "the CA is unchanged");
+        let m = std::fs::metadata(d.path().join("d.key")).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+        // d's certificate chains to the CA that a trusts, for both ends of mutual TLS.
+        let der = |name: &str| {
+            let pem = std::fs::read_to_string(d.path().join(name)).unwrap();
+            rustls_pki_types::CertificateDer::from(pem_rfc7468::decode_vec(pem.as_bytes()).unwrap().1)
+        };
+        let (ca, leaf) = (der("ca.pem"), der("d.pem"));
+        let anchors = [webpki::anchor_from_trusted_cert(&ca).unwrap()];
+        let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+        for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+            ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+                usage,
+                None,
+                None,
+            )
+            .unwrap();
+        }
+        assert!(crate::peer::tls::names(&leaf, &ClusterId::new("d").unwrap()));
+        let empty = tempfile::tempdir().unwrap();
+        let e = add(empty.path(), &[ClusterId::new("d").unwrap()]).unwrap_err();
+        assert!(e.to_string().contains("imcrypt pki init"), "{e}");
     }
 }

@@ -132,6 +132,7 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     let (ok, log) = a.term();
     assert!(ok, "exit status after SIGTERM; log:\n{log}");
     assert!(log.contains("SIGTERM received") && log.contains("imcrypt daemon stopping"), "{log}");
+    assert!(!log.contains('\x1b'), "a log written to a file carries no colour codes:\n{log}");
     assert!(b.term().0);
 
     // Restarted, a finds its node key and state again.
@@ -175,4 +176,75 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     let (code, err) = run(&["serve", "--config", cfg[1].1.to_str().unwrap()]);
     assert_eq!(code, 3);
     assert!(err.contains("hello_intervall") && err.contains("line 16"), "{err}");
+}
+
+/// The daemon's log as a terminal shows it: run under `script` (util-linux) for a pty, stopped
+/// by SIGTERM after a moment.
+fn log_on_a_terminal(config: &Path, no_color: Option<&str>) -> String {
+    let cmd = format!("timeout -s TERM 2 {BIN} serve --config {}", config.display());
+    let mut c = Command::new("script");
+    c.args(["-qec", &cmd, "/dev/null"]).env("RUST_LOG", "info").env_remove("NO_COLOR");
+    if let Some(v) = no_color {
+        c.env("NO_COLOR", v);
+    }
+    let out = c.stdin(Stdio::null()).output().expect("script (util-linux) runs a pty");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
+    let cfg = demo_configs(d.path());
+    let coloured = log_on_a_terminal(&cfg[0].1, None);
+    assert!(coloured.contains("imcrypt daemon") && coloured.contains("\x1b["), "{coloured}");
+    let plain = log_on_a_terminal(&cfg[0].1, Some("1"));
+    assert!(plain.contains("imcrypt daemon") && !plain.contains('\x1b'), "{plain}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// keys/README.md, "For production: your organisation's CA", followed to the letter: a CA of
+/// the organisation's own, a key and a signing request per cluster, signed with the documented
+/// extensions; two daemons on the result connect over mutual TLS.
+#[test]
+fn clusters_run_on_certificates_from_an_organisations_ca() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = d.path().join("pki");
+    std::fs::create_dir(&pki).unwrap();
+    openssl(&pki, &[
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "org-ca.key", "-out", "ca.pem", "-days", "3650", "-subj", "/CN=Example Org CA",
+    ]);
+    for id in ["a", "b"] {
+        let (key, csr, pem) = (format!("{id}.key"), format!("{id}.csr"), format!("{id}.pem"));
+        openssl(&pki, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key]);
+        openssl(&pki, &[
+            "req", "-new", "-key", &key, "-subj", &format!("/CN={id}"),
+            "-addext", &format!("subjectAltName=DNS:{id}"),
+            "-addext", "extendedKeyUsage=serverAuth,clientAuth", "-out", &csr,
+        ]);
+        openssl(&pki, &[
+            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "org-ca.key", "-days", "365",
+            "-copy_extensions", "copy", "-out", &pem,
+        ]);
+        openssl(&pki, &["verify", "-CAfile", "ca.pem", &pem]);
+    }
+    let cfg = demo_configs(d.path());
+    let a = Daemon::start(&cfg[0].1, d.path().join("a.log"));
+    let b = Daemon::start(&cfg[1].1, d.path().join("b.log"));
+    wait_status(&cfg[0].1, "a connected to b over the organisation's PKI", |s| {
+        s["peers"].as_array().is_some_and(|p| {
+            p.iter().any(|p| p["id"] == "b" && p["link"]["connected"] == true)
+        })
+    });
+    assert!(a.term().0 && b.term().0);
 }

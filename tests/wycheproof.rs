@@ -9,11 +9,10 @@ use imcrypt::crypto::mac::verify_hmac_sha256;
 use imcrypt::crypto::password::pbkdf2_sha256;
 use serde_json::Value;
 
+/// The vectors are copied into the repository (tests/vectors/wycheproof/README.md says from
+/// where, and their checksums), so a clone needs nothing beside it.
 fn vectors(name: &str) -> Value {
-    let dir = std::env::var_os("IMCRYPT_TESTVECTORS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testvectors/wycheproof")
-    });
-    let path = dir.join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/wycheproof").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("test vectors {} are required: {e}", path.display()));
     serde_json::from_str(&text).unwrap()

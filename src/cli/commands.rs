@@ -49,6 +49,7 @@ pub struct PasswordSource {
 pub enum PeersCommand {
     /// Add a peer to the running daemon (until restart; see docs/admin.md).
     Add {
+        /// The peer's cluster id (the DNS name in its certificate).
         id: String,
         /// host:port of the peer's intercluster listener.
         #[arg(long)]
@@ -58,6 +59,7 @@ pub enum PeersCommand {
     },
     /// Remove a peer from the running daemon (until restart).
     Remove {
+        /// The peer's cluster id.
         id: String,
         #[command(flatten)]
         common: Common,
@@ -68,6 +70,7 @@ pub enum PeersCommand {
 pub enum NodesCommand {
     /// Add a node (refused while encryption is on, as the manual requires).
     Add {
+        /// The node id, as in `[[nodes]] id`.
         id: String,
         /// postgresql, sql_server, none, or another product's name.
         #[arg(long)]
@@ -77,6 +80,7 @@ pub enum NodesCommand {
     },
     /// Remove a node.
     Remove {
+        /// The node id.
         id: String,
         #[command(flatten)]
         common: Common,
@@ -109,6 +113,7 @@ pub enum EncryptionCommand {
     },
     /// Switch "enable on remote clusters" on or off (on the master).
     Remote {
+        /// `on` or `off`.
         #[arg(value_enum)]
         state: OnOff,
         #[command(flatten)]
@@ -178,6 +183,7 @@ pub enum KeyCommand {
         /// Replace --out if it exists.
         #[arg(long)]
         force: bool,
+        /// How to print the summary: table or JSON.
         #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
         output: Output,
     },
@@ -247,11 +253,19 @@ fn stdin_lines(n: usize) -> Result<Vec<Zeroizing<String>>, CliError> {
         .collect()
 }
 
-fn prompt(text: &str) -> Result<Zeroizing<String>, CliError> {
+/// The flags that give a password without a prompt, for the message when there is no terminal.
+const PASSWORD_FLAGS: &str = "--password-file FILE or --password-stdin";
+const PASSWORD_CHANGE_FLAGS: &str =
+    "--old-password-file FILE and --new-password-file FILE, or --password-stdin";
+
+/// Asks on the controlling terminal without echo. Without one (a script, cron, a service) the
+/// prompt is impossible, and the message says which flags give the password instead.
+fn prompt(text: &str, flags: &'static str) -> Result<Zeroizing<String>, CliError> {
+    if std::fs::File::options().read(true).write(true).open("/dev/tty").is_err() {
+        return Err(CliError::NoTerminal { flags });
+    }
     rpassword::prompt_password(text).map(Zeroizing::new).map_err(|e| {
-        CliError::Password(format!(
-            "cannot prompt for the password ({e}); use --password-file or --password-stdin"
-        ))
+        CliError::Password(format!("cannot prompt for the password ({e}); use {flags}"))
     })
 }
 
@@ -266,7 +280,7 @@ fn read_password(src: &PasswordSource, what: &str) -> Result<Zeroizing<String>, 
     nonempty(match (&src.password_file, src.password_stdin) {
         (Some(p), _) => first_line_of(p)?,
         (None, true) => stdin_lines(1)?.remove(0),
-        (None, false) => prompt(&format!("{what}: "))?,
+        (None, false) => prompt(&format!("{what}: "), PASSWORD_FLAGS)?,
     })
 }
 
@@ -437,8 +451,8 @@ pub fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
         EncryptionCommand::Enable { remote, password, common } => {
             let pw = match (&password.password_file, password.password_stdin) {
                 (None, false) => {
-                    let a = nonempty(prompt("New encryption password: ")?)?;
-                    let b = prompt("Repeat the password: ")?;
+                    let a = nonempty(prompt("New encryption password: ", PASSWORD_FLAGS)?)?;
+                    let b = prompt("Repeat the password: ", PASSWORD_FLAGS)?;
                     if *a != *b {
                         return Err(CliError::Password("the two passwords differ".into()));
                     }
@@ -477,13 +491,13 @@ pub fn password(cmd: PasswordCommand) -> Result<(), CliError> {
     } else {
         let old = match &old_password_file {
             Some(p) => first_line_of(p)?,
-            None => prompt("Current encryption password: ")?,
+            None => prompt("Current encryption password: ", PASSWORD_CHANGE_FLAGS)?,
         };
         let new = match &new_password_file {
             Some(p) => first_line_of(p)?,
             None => {
-                let a = prompt("New encryption password: ")?;
-                let b = prompt("Repeat the new password: ")?;
+                let a = prompt("New encryption password: ", PASSWORD_CHANGE_FLAGS)?;
+                let b = prompt("Repeat the new password: ", PASSWORD_CHANGE_FLAGS)?;
                 if *a != *b {
                     return Err(CliError::Password("the two new passwords differ".into()));
                 }

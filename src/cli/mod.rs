@@ -3,7 +3,7 @@
 //!
 //! Exit codes (docs/admin.md):
 //! 0 success; 1 the operation failed (I/O, daemon unreachable, daemon error); 2 usage error
-//! (clap); 3 invalid input (a key, a file, a value that does not pass validation, here or at
+//! (clap, or a password prompt without a terminal); 3 invalid input (a key, a file, a value that does not pass validation, here or at
 //! the daemon); 4 refused by the daemon (wrong password, not allowed in this state);
 //! 5 authentication (admin token missing or wrong); 6 rate limited or locked out (retry
 //! later); 7 `decrypt`: some records could not be decrypted (each is reported on stderr).
@@ -41,9 +41,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a 3-cluster network on 127.0.0.1 and show enrolment, rotation and a multi-master
-    /// conflict, then clean up.
-    Demo,
+    /// Run a 3-cluster network on 127.0.0.1 and tell the whole story: enrolment, archiving
+    /// through the hot paths, what a DBA sees, key download and reading the archive, rotation,
+    /// a multi-master conflict; then clean up.
+    Demo {
+        /// Leave the network running after the story, with the commands to try next, until
+        /// Ctrl-C; then clean up.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Development certificates.
     Pki {
         #[command(subcommand)]
@@ -99,6 +105,7 @@ pub enum Command {
         /// JSON-lines file of records; `-` or absent: standard input.
         #[arg(long, short)]
         input: Option<PathBuf>,
+        /// How to print the records: table or JSON lines.
         #[arg(long, short, value_enum, default_value_t = commands::Output::Table, env = "IMCRYPT_OUTPUT")]
         output: commands::Output,
     },
@@ -107,15 +114,40 @@ pub enum Command {
     Archive(crate::archive::cli::ArchiveArgs),
     /// Read the compliance database: filter by participant, room and time, decrypt, print.
     View(crate::archive::cli::ViewArgs),
+    /// Print a shell completion script (e.g. `imcrypt completions bash > /etc/bash_completion.d/imcrypt`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory.
+    Man {
+        /// Write imcrypt.1 and imcrypt-COMMAND.1 for every subcommand into this directory
+        /// instead of printing imcrypt.1.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
+/// The development PKI is for trying imcrypt; production uses the organisation's CA
+/// (keys/README.md).
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
-    /// Make a development CA and one certificate per cluster (its id as DNS name).
+    /// Make a development CA (10 years) and one certificate per cluster (1 year, its id as DNS
+    /// name).
     Init {
         /// Directory to write into; existing files are never overwritten.
         #[arg(long)]
         out: PathBuf,
+        /// Cluster ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        clusters: Vec<crate::ids::ClusterId>,
+    },
+    /// Give clusters added later a certificate from the development CA that `pki init` made.
+    Add {
+        /// The directory `pki init` wrote (it holds ca.pem and ca.key).
+        #[arg(long, visible_alias = "out")]
+        dir: PathBuf,
         /// Cluster ids, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         clusters: Vec<crate::ids::ClusterId>,
@@ -145,8 +177,15 @@ pub enum CliError {
     Viewer(#[from] viewer::ViewerError),
     #[error("{0}")]
     Password(String),
+    #[error(
+        "no terminal to ask for the password on (imcrypt runs without one: a script, cron, a \
+         service); give it with {flags}"
+    )]
+    NoTerminal { flags: &'static str },
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{failed} of {seen} records could not be decrypted (see above)")]
     Undecryptable { failed: usize, seen: usize },
     #[error(transparent)]
@@ -164,13 +203,15 @@ impl CliError {
             | CliError::Pki(_)
             | CliError::Demo(_)
             | CliError::Runtime(_)
-            | CliError::Output(_) => 1,
+            | CliError::Output(_)
+            | CliError::Write { .. } => 1,
             CliError::PublicKey { .. } | CliError::Config(_) | CliError::Password(_) => 3,
             CliError::Viewer(e) => match e {
                 viewer::ViewerError::Write { .. } => 1,
                 _ => 3,
             },
             CliError::Undecryptable { .. } => 7,
+            CliError::NoTerminal { .. } => 2,
             CliError::Archive(e) => {
                 use crate::archive::ArchiveError as A;
                 match e {
@@ -210,9 +251,9 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Demo => {
+        Command::Demo { keep } => {
             init_logging("off");
-            runtime()?.block_on(crate::demo::story::run())?;
+            runtime()?.block_on(crate::demo::story::run(keep))?;
             Ok(())
         }
         Command::Pki { command: PkiCommand::Init { out, clusters } } => {
@@ -223,6 +264,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Pki { command: PkiCommand::Add { dir, clusters } } => {
+            crate::pki::add(&dir, &clusters)?;
+            let names: Vec<String> = clusters.iter().map(|c| format!("{c}.pem, {c}.key")).collect();
+            println!("wrote {} to {}, signed by its ca.pem", names.join(", "), dir.display());
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "imcrypt", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => man(out),
         Command::CheckKey { public_key } => check_key(public_key),
         Command::Status { common } => commands::status(&common),
         Command::Peers { command, common } => commands::peers(command, &common),
@@ -244,12 +297,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)
 }
 
-/// Structured logs on stderr; `RUST_LOG` overrides the default level.
+/// Structured logs on stderr; `RUST_LOG` overrides the default level. Colour only on a
+/// terminal, and never when `NO_COLOR` is set (no-color.org): a log file or a journal must not
+/// fill with escape codes.
 fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Whether log lines may carry ANSI colour: on a terminal, unless `NO_COLOR` is present and
+/// not empty.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn serve(path: &std::path::Path) -> Result<(), CliError> {
@@ -271,6 +337,19 @@ fn serve(path: &std::path::Path) -> Result<(), CliError> {
     })
 }
 
+/// `imcrypt man`: the page of `imcrypt` on stdout, or every command's page into `out`.
+fn man(out: Option<PathBuf>) -> Result<(), CliError> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out else {
+        return clap_mangen::Man::new(cmd).render(&mut std::io::stdout()).map_err(CliError::Output);
+    };
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| clap_mangen::generate_to(cmd, &dir))
+        .map_err(|source| CliError::Write { path: dir.clone(), source })?;
+    println!("wrote the manual pages to {}", dir.display());
+    Ok(())
+}
+
 fn check_key(path: PathBuf) -> Result<(), CliError> {
     let pem = std::fs::read_to_string(&path)
         .map_err(|source| CliError::Read { path: path.clone(), source })?;
@@ -283,4 +362,46 @@ fn check_key(path: PathBuf) -> Result<(), CliError> {
         println!("acceptable for key download");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, colour};
+
+    /// `--help` is the first documentation a user reads: every command and every option
+    /// (positional arguments included) has a line of it.
+    #[test]
+    fn every_command_and_option_has_a_line_of_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} <{id}>"));
+                }
+            }
+            for s in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let cmd = <Cli as clap::CommandFactory>::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "imcrypt", &mut missing);
+        assert!(missing.is_empty(), "without a line of help: {missing:#?}");
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR does not count");
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a file or a pipe gets no escape codes");
+    }
 }

@@ -211,13 +211,19 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// `peer.hello_interval` when the config file does not say: the one source of this
+    /// default (the config loader and docs/operations.md follow it; a test checks the docs).
+    pub const DEFAULT_HELLO_INTERVAL: Duration = Duration::from_secs(10);
+    /// `peer.master_unreachable_after` when the config file does not say.
+    pub const DEFAULT_MASTER_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
+
     pub fn new(id: ClusterId) -> Self {
         Self {
             id,
             capabilities: Capabilities::CURRENT,
             iterations: Iterations::default(),
-            hello_interval: Duration::from_secs(30),
-            master_unreachable_after: Duration::from_secs(300),
+            hello_interval: Self::DEFAULT_HELLO_INTERVAL,
+            master_unreachable_after: Self::DEFAULT_MASTER_UNREACHABLE_AFTER,
             rotate_after: None,
         }
     }

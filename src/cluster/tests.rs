@@ -350,6 +350,11 @@ fn disable_on_master_deletes_everywhere_including_late_slaves() {
     assert_eq!(net.logged(&c, "Encryption disabled"), 1);
     assert_eq!(net.cluster(&a).state().tombstones.len(), 1);
     assert!(!serde_json::to_string(net.cluster(&c).state()).unwrap().contains("\"ring\""));
+    // Each side says in its own terms who disabled it.
+    let here = net.cluster(&a).off_reason().unwrap();
+    assert!(here.contains("disabled here, on the master"), "{here}");
+    let there = net.cluster(&b).off_reason().unwrap();
+    assert_eq!(there, "encryption was disabled by the master, cluster a");
     assert_clean(&net);
 }
 

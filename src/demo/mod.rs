@@ -30,6 +30,12 @@ pub enum LabError {
     NotRunning(ClusterId),
     #[error("timed out after {after:?} waiting until {what} (last status: {last})")]
     Timeout { what: String, after: Duration, last: String },
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error("admin API: {0}")]
+    Admin(#[from] crate::cli::client::ClientError),
+    #[error("{step}: {reason}")]
+    Step { step: &'static str, reason: String },
 }
 
 /// How one cluster of the lab is configured.
@@ -46,6 +52,8 @@ pub struct Spec {
     pub hotpath: bool,
     /// `encryption.rotate_after`.
     pub rotate_after: Option<Duration>,
+    /// `[[nodes]] db` of every node: the archive database the daemon probes.
+    pub archive_db: Option<String>,
 }
 
 impl Default for Spec {
@@ -58,6 +66,7 @@ impl Default for Spec {
             legacy_software: false,
             hotpath: false,
             rotate_after: None,
+            archive_db: None,
         }
     }
 }
@@ -101,6 +110,21 @@ impl Lab {
             })
             .collect();
         Ok(Self { dir: dir.to_owned(), members })
+    }
+
+    /// Adds cluster `id` to the lab later, with a certificate from the lab's CA (as
+    /// `imcrypt pki add` gives one to a cluster that joins an existing network).
+    pub fn add_member(&mut self, id: &str) -> Result<(), LabError> {
+        let id = cid(id);
+        crate::pki::add(&self.dir.join("pki"), std::slice::from_ref(&id))?;
+        let m = Member {
+            peer_port: free_port(),
+            admin_port: free_port(),
+            spec: Spec::default(),
+            daemon: None,
+        };
+        self.members.insert(id, m);
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -171,6 +195,9 @@ impl Lab {
         }
         for (n, a) in &m.spec.nodes {
             t.push_str(&format!("\n[[nodes]]\nid = \"{n}\"\narchiver = \"{a}\"\n"));
+            if let Some(db) = &m.spec.archive_db {
+                t.push_str(&format!("db = {}\n", toml::Value::from(db.as_str())));
+            }
         }
         Ok(t)
     }
@@ -271,4 +298,5 @@ pub fn has_alarm(s: &Status, name: crate::alarm::AlarmName, about: &str) -> bool
     s.alarms.iter().any(|a| a.key.name == name && a.key.about.as_str() == about)
 }
 
+pub mod archive;
 pub mod story;

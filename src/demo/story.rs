@@ -1,16 +1,30 @@
-//! `imcrypt demo`: the main job in one command. Three clusters on 127.0.0.1, encryption
-//! enabled on a and spread to b and c, a key rotation, and a fourth cluster d, master of its
-//! own domain, peered with c to raise `MAencryptionMultiMaster` on both sides and clear it.
+//! `imcrypt demo`: the main job in one command, told as an operator would live it. Three
+//! clusters on 127.0.0.1; encryption enabled on a and spread to b and c; routers on b and c
+//! archive IM traffic (a group chat among it) sealed through their hot paths into an embedded
+//! SQLite archive, before and after a key rotation; what a database administrator sees; an
+//! administrator who makes an RSA key pair, downloads the key from the master and reads the
+//! archive; then a fourth cluster d, master of its own domain, peered with c to raise
+//! `MAencryptionMultiMaster` on both sides and clear it.
+//!
+//! With `--keep` the network stays up after the story, with the commands to try next, until
+//! Ctrl-C. Everything lives in one temp dir, removed at the end.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
+
+use super::archive::{self as story_archive, AFTER, BEFORE, ROOM};
 use super::{Lab, LabError, has_alarm};
 use crate::alarm::AlarmName;
+use crate::archive::{DbUrl, ViewFilter};
 use crate::cluster::Command;
+use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::password::Password;
 use crate::daemon::Status;
 
 const WAIT: Duration = Duration::from_secs(20);
+const PASSWORD: &str = "Demo-Passw0rd-for-a";
 
 fn versions(s: &Status) -> String {
     let v: Vec<String> = s.key_versions.iter().map(|v| v.to_string()).collect();
@@ -21,35 +35,100 @@ fn domain(s: &Status) -> String {
     s.domain.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
 }
 
-pub async fn run() -> Result<(), LabError> {
+fn step(step: &'static str) -> impl Fn(String) -> LabError {
+    move |reason| LabError::Step { step, reason }
+}
+
+pub async fn run(keep: bool) -> Result<(), LabError> {
     let dir = tempfile::Builder::new()
         .prefix("imcrypt-demo-")
         .tempdir()
         .map_err(|source| LabError::Io { path: std::env::temp_dir(), source })?;
     println!("imcrypt demo: clusters a, b and c on 127.0.0.1 (work dir {})", dir.path().display());
     println!("(RUST_LOG=info shows the daemons' structured logs on stderr)");
-    let result = story(dir.path()).await;
+    let mut lab = Lab::new(dir.path(), &["a", "b", "c"])?;
+    let mut result = story(&mut lab).await;
+    if result.is_ok() && keep {
+        result = keep_running(&lab).await;
+    }
     if let Err(e) = &result {
         println!("\nthe demo failed: {e}");
     }
-    println!("\ncleaning up {}", dir.path().display());
+    lab.stop_all().await;
+    println!("\nstopped every cluster; cleaning up {}", dir.path().display());
     result
 }
 
-async fn story(dir: &std::path::Path) -> Result<(), LabError> {
-    let mut lab = Lab::new(dir, &["a", "b", "c", "d"])?;
+async fn story(lab: &mut Lab) -> Result<(), LabError> {
+    let archive_path = lab.dir().join("archive.db");
+    let db: DbUrl = format!("sqlite:{}", archive_path.display()).parse().map_err(
+        |e: crate::archive::DbError| LabError::Archive(e.into()),
+    )?;
     println!("\n1. a development CA and one certificate per cluster, its id as DNS name (pki/)");
     for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
         lab.peer(x, y);
     }
     for id in ["a", "b", "c"] {
+        let spec = lab.spec_mut(id);
+        spec.hotpath = true;
+        spec.nodes = vec![(format!("{id}-node1"), "sqlite".into())];
+        spec.archive_db = Some(db.to_string());
         lab.start(id).await?;
     }
-    println!("2. started a, b and c, each peered with the other two over mutual TLS 1.3");
+    println!(
+        "2. started a, b and c, each peered with the other two over mutual TLS 1.3; each has a \
+         hot path for its router and archives to SQLite (archive.db)"
+    );
 
-    let password = Password::new("Demo-Passw0rd-for-a");
+    enable_and_enroll(lab).await?;
+
+    let b = story_archive::start_archiver(
+        &db,
+        &lab.hotpath_socket("b"),
+        lab.dir().join("b-archiver.sock"),
+    )
+    .await?;
+    let c = story_archive::start_archiver(
+        &db,
+        &lab.hotpath_socket("c"),
+        lab.dir().join("c-archiver.sock"),
+    )
+    .await?;
+    println!("4. routers on b and c hand their IM traffic to the archiver (imcrypt archive)");
+    let mut numbered = 0;
+    for (id, messages) in BEFORE {
+        let socket = if id == "b" { &b.socket } else { &c.socket };
+        let r = story_archive::route(socket, numbered, messages).await?;
+        numbered += messages.len();
+        println!(
+            "   {id}: {} messages archived as {} rows, sealed through {id}'s hot path",
+            r.messages, r.rows
+        );
+    }
+    println!(
+        "   one of them is an ad hoc group chat, room {ROOM}: one row per recipient, three each"
+    );
+
+    rotate(lab).await?;
+    for (id, messages) in AFTER {
+        let socket = if id == "b" { &b.socket } else { &c.socket };
+        let r = story_archive::route(socket, numbered, messages).await?;
+        numbered += messages.len();
+        println!("   {id}: {} more messages archived as {} rows after the rotation", r.messages, r.rows);
+    }
+    drop((b, c));
+
+    what_the_dba_sees(&db, &archive_path).await?;
+    let (export, private_pem) = download_key(lab).await?;
+    read_the_archive(&db, &export, &private_pem).await?;
+    multi_master(lab).await
+}
+
+async fn enable_and_enroll(lab: &Lab) -> Result<(), LabError> {
     let t = Instant::now();
-    lab.daemon("a")?.command(Command::Enable { password: password.clone(), remote: true }).await?;
+    lab.daemon("a")?
+        .command(Command::Enable { password: Password::new(PASSWORD), remote: true })
+        .await?;
     let a = lab.status("a").await?;
     println!(
         "3. encryption enabled on a with \"enable on remote clusters\": a is master of domain {}, key versions {}",
@@ -69,13 +148,16 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
             t.elapsed().as_millis()
         );
     }
+    Ok(())
+}
 
+async fn rotate(lab: &Lab) -> Result<(), LabError> {
     let t = Instant::now();
     lab.daemon("a")?.command(Command::RotateKey).await?;
     let a = lab.status("a").await?;
     let primary = a.primary_version;
     println!(
-        "4. key rotated on a: versions {}, primary {}",
+        "5. key rotated on a: versions {}, primary {}",
         versions(&a),
         primary.map(|v| v.to_string()).unwrap_or_default()
     );
@@ -90,8 +172,133 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
             t.elapsed().as_millis()
         );
     }
+    Ok(())
+}
 
-    println!("5. cluster d starts on its own and its administrator enables encryption there");
+async fn what_the_dba_sees(db: &DbUrl, file: &Path) -> Result<(), LabError> {
+    let rows = story_archive::all_rows(db).await?;
+    let encrypted = rows.iter().filter(|r| r.encrypted).count();
+    println!(
+        "6. what a database administrator sees: {} rows, {encrypted} of them encrypted",
+        rows.len()
+    );
+    let row = rows
+        .iter()
+        .find(|r| r.room_idx.is_some())
+        .ok_or_else(|| step("dba")("no group chat row in the archive".into()))?;
+    println!("   SELECT * FROM imcrypt_archive WHERE id = {}:", row.id);
+    for (column, value) in story_archive::dba_columns(row) {
+        println!("     {column:<14} {value}");
+    }
+    let bytes = story_archive::database_bytes(file);
+    let found: Vec<&str> =
+        story_archive::bodies().filter(|b| story_archive::contains(&bytes, b)).collect();
+    let names = ["alice", "bob@", "carol", "dave", ROOM];
+    let named: Vec<&str> =
+        names.iter().copied().filter(|n| story_archive::contains(&bytes, n)).collect();
+    println!(
+        "   no body, no participant, no room: of the {} message bodies, {} and of the names, \
+         {} appear anywhere in the database file ({} bytes with its log)",
+        story_archive::bodies().count(),
+        found.len(),
+        named.len(),
+        bytes.len()
+    );
+    if !found.is_empty() || !named.is_empty() {
+        return Err(step("dba")(format!("clear text in the database: {found:?} {named:?}")));
+    }
+    Ok(())
+}
+
+/// The administrator makes a key pair where the viewer runs (as `openssl genpkey` would) and
+/// downloads the key from the master through the admin API, as `imcrypt key download` does.
+async fn download_key(lab: &Lab) -> Result<(KeyExport, zeroize::Zeroizing<String>), LabError> {
+    let keygen = step("RSA key pair");
+    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 3072)
+        .map_err(|e| keygen(e.to_string()))?;
+    let private_pem = key.to_pkcs8_pem(Default::default()).map_err(|e| keygen(e.to_string()))?;
+    let public_pem = key
+        .to_public_key()
+        .to_public_key_pem(Default::default())
+        .map_err(|e| keygen(e.to_string()))?;
+    let dir = lab.dir();
+    let pem_bytes = zeroize::Zeroizing::new(private_pem.as_bytes().to_vec());
+    crate::store::secret::load_or_create(&dir.join("admin.pem"), 1 << 16, || pem_bytes)
+        .map_err(|e| keygen(format!("cannot write admin.pem: {e}")))?;
+    std::fs::write(dir.join("admin.pub.pem"), &public_pem)
+        .map_err(|source| LabError::Io { path: dir.join("admin.pub.pem"), source })?;
+    println!(
+        "7. the administrator makes an RSA-3072 key pair where the viewer runs: admin.pem (0600), \
+         admin.pub.pem"
+    );
+    let args = crate::cli::client::ConnectArgs {
+        config: Some(dir.join("a.toml")),
+        ..Default::default()
+    };
+    let client = crate::cli::client::Client::new(args.target()?)?;
+    let body = crate::admin::api::DownloadRequest {
+        password: zeroize::Zeroizing::new(PASSWORD.into()),
+        public_key_pem: public_pem,
+    };
+    let export: KeyExport =
+        client.call(hyper::Method::POST, "/v1/keys/download", Some(&body)).await?;
+    let text = serde_json::to_string_pretty(&export).map_err(|e| step("export")(e.to_string()))?;
+    std::fs::write(dir.join("export.json"), text)
+        .map_err(|source| LabError::Io { path: dir.join("export.json"), source })?;
+    let v: Vec<String> = export.keys.iter().map(|k| k.version.to_string()).collect();
+    println!(
+        "   downloaded from master a (admin API, with the password): export.json holds key \
+         versions [{}], each wrapped with RSA-OAEP-SHA256 for the key {}…",
+        v.join(", "),
+        &export.recipient_sha256[..16]
+    );
+    Ok((export, private_pem))
+}
+
+async fn read_the_archive(
+    db: &DbUrl,
+    export: &KeyExport,
+    private_pem: &str,
+) -> Result<(), LabError> {
+    let unwrap = step("unwrap");
+    let ring = Unwrapper::from_pem(private_pem)
+        .and_then(|u| u.unwrap_export(export))
+        .map_err(|e| unwrap(e.to_string()))?;
+    let filter = ViewFilter {
+        from: Some("alice@example.com".into()),
+        room: Some(ROOM.into()),
+        ..Default::default()
+    };
+    let (rows, bad) = crate::archive::view(db, Some(&ring), &filter).await?;
+    if !bad.is_empty() {
+        return Err(unwrap(format!("{} rows did not open", bad.len())));
+    }
+    let mut seen: Vec<String> =
+        rows.iter().filter_map(|r| r.key_version.map(|v| v.to_string())).collect();
+    seen.sort();
+    seen.dedup();
+    println!(
+        "8. with admin.pem the administrator reads the archive: messages from alice@example.com \
+         in room {ROOM}, {} rows under key versions [{}]",
+        rows.len(),
+        seen.join(", ")
+    );
+    println!(
+        "   (imcrypt view --db sqlite:archive.db --export export.json --private-key admin.pem \
+         --from alice@example.com --room {ROOM})"
+    );
+    for line in crate::archive::view::table(&rows).lines() {
+        println!("   {line}");
+    }
+    Ok(())
+}
+
+async fn multi_master(lab: &mut Lab) -> Result<(), LabError> {
+    println!(
+        "9. cluster d joins later with a certificate from the same CA (imcrypt pki add), and its \
+         administrator enables encryption there"
+    );
+    lab.add_member("d")?;
     lab.start("d").await?;
     lab.daemon("d")?
         .command(Command::Enable { password: Password::new("Other-Passw0rd-for-d"), remote: false })
@@ -99,7 +306,7 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
     let d = lab.status("d").await?;
     println!("   d: master of its own domain {}", domain(&d));
 
-    println!("6. c is restarted with d added to its peers; d is peered with c");
+    println!("10. c is restarted with d added to its peers; d is peered with c");
     lab.peer("c", "d");
     lab.restart("c").await?;
     let c = lab.status("c").await?;
@@ -136,7 +343,7 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
         versions(&d)
     );
 
-    println!("7. d's administrator disables encryption on d (it archived nothing yet)");
+    println!("11. d's administrator disables encryption on d (it archived nothing yet)");
     lab.daemon("d")?
         .command(Command::DisableOnMaster {
             password: Password::new("Other-Passw0rd-for-d"),
@@ -156,8 +363,25 @@ async fn story(dir: &std::path::Path) -> Result<(), LabError> {
     }
     let c = lab.status("c").await?;
     println!("   c is still {} of a with versions {}", c.role, versions(&c));
+    Ok(())
+}
 
-    lab.stop_all().await;
-    println!("8. stopped a, b, c and d");
+/// `--keep`: the network stays up, with the commands to try next, until Ctrl-C.
+async fn keep_running(lab: &Lab) -> Result<(), LabError> {
+    let d = lab.dir().display();
+    println!("\nThe network is still running. In another terminal, try:");
+    println!("  imcrypt status --config {d}/b.toml");
+    println!("  imcrypt peers --config {d}/c.toml");
+    println!("  imcrypt alarms --config {d}/c.toml");
+    println!("  imcrypt key rotate --config {d}/a.toml");
+    println!(
+        "  imcrypt view --db sqlite:{d}/archive.db --export {d}/export.json --private-key {d}/admin.pem"
+    );
+    println!(
+        "  imcrypt key download --public-key {d}/admin.pub.pem --out {d}/export2.json --config {d}/a.toml"
+    );
+    println!("     (the password of a is {PASSWORD})");
+    println!("Press Ctrl-C to stop the clusters and remove {d}.");
+    tokio::signal::ctrl_c().await.map_err(|e| step("Ctrl-C")(e.to_string()))?;
     Ok(())
 }
