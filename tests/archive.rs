@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imcrypt::archive::{
-    Archiver, ArchiverConfig, Db, DbUrl, Outcome, ViewFilter, db::StoredRow, view,
+    Archiver, ArchiverConfig, Db, DbUrl, Outcome, ProbeResult, ViewFilter, db::StoredRow, view,
 };
 use imcrypt::cluster::ComplianceDb;
 use imcrypt::crypto::keyring::KeyRing;
@@ -349,6 +349,34 @@ async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_
         let s = wait(false).await;
         assert!(s.eligible);
         daemon.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_postgres_login_says_what_the_server_said_and_its_sqlstate() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let at = format!("127.0.0.1:{}", pg.port);
+        let fail = |url: String| async move {
+            let url: DbUrl = url.parse().unwrap();
+            let e = Db::connect(&url).await.unwrap_err();
+            assert!(e.is_connection(), "{e:?}");
+            e.to_string()
+        };
+        let e = fail(format!("postgres://nosuchuser:pw@{at}/postgres")).await;
+        assert!(e.contains("role \"nosuchuser\" does not exist"), "{e}");
+        assert!(e.contains("SQLSTATE 28000"), "{e}");
+        assert!(!e.contains(":pw@") && !e.ends_with("db error"), "{e}");
+        let e = fail(format!("postgres://imcrypt@{at}/nosuchdb")).await;
+        assert!(e.contains("database \"nosuchdb\" does not exist"), "{e}");
+        assert!(e.contains("SQLSTATE 3D000") && e.contains(&at), "{e}");
+        // The probe reports the same words (they reach MAcomplianceDbDown).
+        let url: DbUrl = format!("postgres://imcrypt@{at}/nosuchdb").parse().unwrap();
+        match imcrypt::archive::probe(&url).await {
+            ProbeResult::Unreachable { reason } => assert!(reason.contains("3D000"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     })
     .await;
 }

@@ -430,6 +430,16 @@ fn pg_err(e: tokio_postgres::Error) -> DbError {
     }
 }
 
+/// Why a PostgreSQL login failed, in the server's words: `e.to_string()` of a server error is
+/// only "db error", so the message and SQLSTATE are taken from the server's error (28P01
+/// wrong password, 28000 no such role, 3D000 no such database, …).
+fn pg_connect_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// As for PostgreSQL: shutdown in progress (6005), deadlock victim (1205) and the server's
 /// connection-level errors are retried after reconnecting; other server errors are final.
 fn ms_err(e: tiberius::error::Error) -> DbError {
@@ -502,7 +512,7 @@ impl Db {
                 let (client, conn) = tokio::time::timeout(TIMEOUT, go)
                     .await
                     .map_err(|_| timeout)?
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(pg_connect_reason(&e)))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "PostgreSQL connection ended");
