@@ -232,5 +232,13 @@ fn every_option_of_archive_and_view_has_a_help_line_and_the_default_database_is_
         let db = cmd.get_arguments().find(|a| a.get_id() == "db").unwrap();
         assert_eq!(db.get_default_values(), ["sqlite:imcrypt-archive.db"]);
         assert!(db.get_help().unwrap().to_string().contains("imcrypt-archive.db"));
+        // --help never prints the password IMCRYPT_ARCHIVE_DB carries.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"))
+            .args([sub, "--help"])
+            .env("IMCRYPT_ARCHIVE_DB", "postgres://u:topsecret@db/im")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("IMCRYPT_ARCHIVE_DB") && !help.contains("topsecret"), "{help}");
     }
 }

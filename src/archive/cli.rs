@@ -17,7 +17,7 @@ pub struct ArchiveArgs {
     /// postgres://user:password@host:port/db or sqlserver://user:password@host:port/db. Without
     /// it: the SQLite file imcrypt-archive.db in the current directory. Put passwords in
     /// IMCRYPT_ARCHIVE_DB rather than on the command line.
-    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", default_value = DEFAULT_DB_URL)]
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
     pub db: String,
     /// The local daemon's hot-path socket ([hotpath.socket] path in its config).
     #[arg(long)]
@@ -45,7 +45,7 @@ pub struct ViewArgs {
     /// sqlserver://…. Without it: the SQLite file imcrypt-archive.db in the current directory
     /// (never created by the viewer). Put passwords in IMCRYPT_ARCHIVE_DB rather than on the
     /// command line.
-    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", default_value = DEFAULT_DB_URL)]
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
     pub db: String,
     /// The key export downloaded from the master (with --private-key).
     #[arg(long, requires = "private_key", conflicts_with = "keys")]
