@@ -515,3 +515,34 @@ async fn a_node_archiving_to_sqlite_makes_the_cluster_eligible_and_a_missing_dir
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_statement_is_all_or_nothing_on_postgres() {
+    use imcrypt::archive::db::Param;
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        let mut db = Db::connect(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        let row = |id: String, payload: Option<Vec<u8>>| {
+            let mut r = vec![Param::Text(Some(id)), Param::Bytes(Some(vec![7; 32]))];
+            r.extend([Param::I64(1), Param::Text(Some("inbound".into())), Param::Bool(false)]);
+            r.extend([Param::Bytes(None), Param::Bytes(None), Param::Bytes(None)]);
+            r.extend([Param::Text(None), Param::Text(None), Param::Text(None), Param::I32(None)]);
+            r.push(Param::Bytes(payload));
+            r
+        };
+        let n = db.max_rows_per_insert() + 5;
+        let mut rows: Vec<_> = (0..n).map(|i| row(format!("m{i}"), Some(vec![1]))).collect();
+        rows.push(row("bad".into(), None));
+        let e = db.insert(&rows).await.unwrap_err();
+        assert!(!e.is_connection() && e.to_string().contains("null value"), "{e}");
+        assert!(all_rows(&url).await.is_empty(), "the first statement was rolled back too");
+        rows.pop();
+        assert!(db.insert(&rows).await.unwrap().iter().all(|w| *w));
+        let again = db.insert(&rows[..3]).await.unwrap();
+        assert_eq!(again, [false, false, false], "already stored rows are reported as such");
+        assert_eq!(all_rows(&url).await.len(), n);
+    })
+    .await;
+}
