@@ -174,13 +174,13 @@ pub struct PeerEntry {
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
     pub id: NodeId,
-    /// The node's message archiver database: "sql_server", "postgresql", "none", or the name
-    /// of another product (which is not supported for encryption).
+    /// The node's message archiver database: "sql_server", "postgresql", "sqlite", "none", or
+    /// the name of another product (which is not supported for encryption).
     #[serde(deserialize_with = "archiver")]
     pub archiver: Option<ComplianceDb>,
-    /// Where the node's archiver database is (`postgres://…` or `sqlserver://…`): the daemon
-    /// probes it (kind and reachability) for eligibility and `MAcomplianceDbDown`. Absent:
-    /// not probed; eligibility follows `archiver` alone.
+    /// Where the node's archiver database is (`postgres://…`, `sqlserver://…`, `sqlite:PATH`):
+    /// the daemon probes it (kind and reachability) for eligibility and `MAcomplianceDbDown`.
+    /// Absent: not probed; eligibility follows `archiver` alone.
     #[serde(default)]
     pub db: Option<crate::archive::DbUrl>,
 }
@@ -227,18 +227,7 @@ fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Iterations, D::Error> {
 }
 
 fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::Error> {
-    let s = String::deserialize(d)?;
-    Ok(match s.as_str() {
-        "none" => None,
-        "sql_server" => Some(ComplianceDb::SqlServer),
-        "postgresql" => Some(ComplianceDb::PostgreSql),
-        "" => {
-            return Err(serde::de::Error::custom(
-                "archiver is empty; use \"none\" for no archiver",
-            ));
-        }
-        other => Some(ComplianceDb::Unsupported(other.to_owned())),
-    })
+    ComplianceDb::parse_archiver(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// The parser quotes the offending line: in every URL, what lies between `://` and the next

@@ -1,7 +1,8 @@
 //! The compliance database for real: an archiver writes IM events through a daemon's hot path
-//! into PostgreSQL (a throwaway server, tests/support/pg.rs), the viewer reads them back, a
-//! DBA's SELECT shows no body or participant, a ciphertext moved to another row does not open,
-//! and a database stopped mid-stream with blocking on loses nothing and refuses new events.
+//! into PostgreSQL (a throwaway server, tests/support/pg.rs) and SQLite (a file in a temp dir),
+//! the viewer reads them back, a DBA's SELECT shows no body or participant, a ciphertext moved
+//! to another row does not open, a database stopped mid-stream with blocking on loses nothing
+//! and refuses new events, and an archiver killed with SIGKILL loses no acknowledged row.
 //! The same body runs against SQL Server when `IMCRYPT_TEST_MSSQL` names one
 //! (`sqlserver://user:password@host:port/db`).
 
@@ -13,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imcrypt::archive::{
-    Archiver, ArchiverConfig, Db, DbUrl, Outcome, ViewFilter, db::StoredRow, view,
+    Archiver, ArchiverConfig, Db, DbUrl, Outcome, ProbeResult, ViewFilter, db::StoredRow, view,
 };
+use imcrypt::cluster::ComplianceDb;
 use imcrypt::crypto::keyring::KeyRing;
 use imcrypt::hotpath::{Client, ClientConfig, KeyStatus};
 use support::*;
@@ -59,6 +61,62 @@ async fn all_rows(url: &DbUrl) -> Vec<StoredRow> {
     db.select(&Default::default()).await.unwrap()
 }
 
+/// What a DBA sees with the database's own client: every row of the table as text (SQL
+/// Server: not available here, `None`).
+async fn dba_dump(url: &DbUrl) -> Option<String> {
+    if let Some(path) = url.sqlite_path() {
+        let c = rusqlite::Connection::open(path).unwrap();
+        let mut st = c.prepare("SELECT * FROM imcrypt_archive").unwrap();
+        let n = st.column_count();
+        let mut rows = st.query([]).unwrap();
+        let mut out = String::new();
+        while let Some(r) = rows.next().unwrap() {
+            for i in 0..n {
+                use rusqlite::types::ValueRef as V;
+                match r.get_ref(i).unwrap() {
+                    V::Text(t) | V::Blob(t) => out.push_str(&String::from_utf8_lossy(t)),
+                    V::Integer(x) => out.push_str(&x.to_string()),
+                    other => out.push_str(&format!("{other:?}")),
+                }
+                out.push('|');
+            }
+            out.push('\n');
+        }
+        return Some(out.to_lowercase());
+    }
+    if url.kind != ComplianceDb::PostgreSql {
+        return None;
+    }
+    let text: Vec<String> = pg_client(url)
+        .await
+        .query("SELECT t::text FROM imcrypt_archive t", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0).to_lowercase())
+        .collect();
+    Some(text.join("\n"))
+}
+
+/// Runs `sql` as a DBA would, outside imcrypt.
+async fn dba_execute(url: &DbUrl, sql: &str) {
+    match url.sqlite_path() {
+        Some(path) => {
+            rusqlite::Connection::open(path).unwrap().execute_batch(sql).unwrap();
+        }
+        None => pg_client(url).await.batch_execute(sql).await.unwrap(),
+    }
+}
+
+async fn pg_client(url: &DbUrl) -> tokio_postgres::Client {
+    let (c, conn) =
+        tokio_postgres::connect(&url.to_string().replace(":***", ""), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
 /// The shared body: archive → view round trip, filters, what a DBA sees, moved ciphertexts.
 async fn round_trip(url: &str) {
     let (_d, mut lab, ring) = encrypting_cluster().await;
@@ -99,8 +157,14 @@ async fn round_trip(url: &str) {
     assert_eq!((acks[1].result, acks[1].rows), (Outcome::Archived, 2), "one row per recipient");
     assert_eq!(acks[2].result, Outcome::Skipped, "inbound only by default");
     assert_eq!(archiver.ingest("{not json").await.result, Outcome::Invalid);
-    // The same event again (a router retrying after a lost ack) stores nothing twice.
-    assert_eq!(archiver.ingest(&lines[0]).await.result, Outcome::Archived);
+    // The same event again (a router retrying after a lost ack) stores nothing twice, and
+    // the acknowledgement says so: archived (a router checking only that is satisfied), but
+    // no row written now.
+    let again = archiver.ingest(&lines[0]).await;
+    assert_eq!((again.result, again.rows, again.already_stored), (Outcome::Archived, 0, 1));
+    assert_eq!(again.note.as_deref(), Some("already stored: nothing was written"));
+    let json = serde_json::to_value(&again).unwrap();
+    assert_eq!((json["result"].as_str(), json["rows"].as_u64()), (Some("archived"), Some(0)));
 
     let (rows, bad) = view(&url, Some(&ring), &ViewFilter::default()).await.unwrap();
     assert!(bad.is_empty(), "{bad:?}");
@@ -132,29 +196,19 @@ async fn round_trip(url: &str) {
         let hex = hex::encode(secret.as_bytes());
         assert!(!dump.contains(&hex), "{secret} visible to the DBA in hex");
     }
-    if url.kind == imcrypt::cluster::ComplianceDb::PostgreSql {
-        let (c, conn) =
-            tokio_postgres::connect(&url.to_string().replace(":***", ""), tokio_postgres::NoTls)
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let text: Vec<String> = c
-            .query("SELECT t::text FROM imcrypt_archive t", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, String>(0).to_lowercase())
-            .collect();
-        let text = text.join("\n");
-        assert!(!text.contains("alice") && !text.contains("quarterly"), "{text}");
-        // Moving a ciphertext to another row makes both rows unreadable, and says so.
-        c.batch_execute(
+    if let Some(text) = dba_dump(&url).await {
+        assert!(text.contains("m1") && text.contains("inbound"), "the dump shows rows: {text}");
+        for secret in ["alice", "bob@", "carol", "ops-room", "quarterly", "group hello"] {
+            assert!(!text.contains(secret), "{secret} visible to the DBA: {text}");
+        }
+        // Moving a ciphertext to another row makes that row unreadable, and says so.
+        dba_execute(
+            &url,
             "UPDATE imcrypt_archive SET payload = (SELECT payload FROM imcrypt_archive \
              WHERE message_id = 'm1') WHERE message_id = 'm2' AND id = (SELECT min(id) FROM \
              imcrypt_archive WHERE message_id = 'm2')",
         )
-        .await
-        .unwrap();
+        .await;
         let (rows, bad) = view(&url, Some(&ring), &ViewFilter::default()).await.unwrap();
         assert_eq!((rows.len(), bad.len()), (2, 1));
         assert!(bad[0].reason.contains("authentication"), "{}", bad[0].reason);
@@ -183,6 +237,13 @@ async fn futures_join(a: Arc<Archiver>, lines: &[String]) -> Vec<imcrypt::archiv
 async fn postgres_archive_view_round_trip() {
     let pg = pg::Pg::start();
     bounded(round_trip(&pg.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_archive_view_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("archive.db").display());
+    bounded(round_trip(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,6 +349,200 @@ async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_
         let s = wait(false).await;
         assert!(s.eligible);
         daemon.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_postgres_login_says_what_the_server_said_and_its_sqlstate() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let at = format!("127.0.0.1:{}", pg.port);
+        let fail = |url: String| async move {
+            let url: DbUrl = url.parse().unwrap();
+            let e = Db::connect(&url).await.unwrap_err();
+            assert!(e.is_connection(), "{e:?}");
+            e.to_string()
+        };
+        let e = fail(format!("postgres://nosuchuser:pw@{at}/postgres")).await;
+        assert!(e.contains("role \"nosuchuser\" does not exist"), "{e}");
+        assert!(e.contains("SQLSTATE 28000"), "{e}");
+        assert!(!e.contains(":pw@") && !e.ends_with("db error"), "{e}");
+        let e = fail(format!("postgres://imcrypt@{at}/nosuchdb")).await;
+        assert!(e.contains("database \"nosuchdb\" does not exist"), "{e}");
+        assert!(e.contains("SQLSTATE 3D000") && e.contains(&at), "{e}");
+        // The probe reports the same words (they reach MAcomplianceDbDown).
+        let url: DbUrl = format!("postgres://imcrypt@{at}/nosuchdb").parse().unwrap();
+        match imcrypt::archive::probe(&url).await {
+            ProbeResult::Unreachable { reason } => assert!(reason.contains("3D000"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+}
+
+/// An `imcrypt archive` child process writing to `db`, its acknowledgements on a pipe.
+fn archive_process(db: &str, hotpath: &std::path::Path) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"));
+    cmd.args(["archive", "--db", db, "--hotpath"])
+        .arg(hotpath)
+        .args(["--batch", "50"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("IMCRYPT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_every_acknowledged_row_survives_kill_9_of_the_archiver() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    bounded(async {
+        let (d, mut lab, ring) = encrypting_cluster().await;
+        let path = d.path().join("archive.db");
+        let url = format!("sqlite:{}", path.display());
+        let mut child = archive_process(&url, &lab.hotpath_socket("a"));
+        let mut stdin = child.stdin.take().unwrap();
+        let mut acks = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        const N: usize = 20_000;
+        // The router keeps sending; the archiver is killed while events are in flight.
+        let sender = tokio::spawn(async move {
+            for i in 0..N {
+                let e =
+                    event(&format!("m{i}"), "alice@x", &["bob@x"], i as i64, "inbound", "b", None);
+                if stdin.write_all(format!("{e}\n").as_bytes()).await.is_err() {
+                    return i;
+                }
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            N
+        });
+        let mut acked = Vec::new();
+        let read_ack = |line: String, acked: &mut Vec<String>| {
+            let a: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(a["result"], "archived", "{a}");
+            acked.push(a["message_id"].as_str().unwrap().to_owned());
+        };
+        while acked.len() < 500 {
+            let line = acks.next_line().await.unwrap().expect("the archiver answers");
+            read_ack(line, &mut acked);
+        }
+        child.start_kill().unwrap(); // SIGKILL
+        let status = child.wait().await.unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+        // Acknowledgements it printed before dying count too.
+        while let Some(line) = acks.next_line().await.unwrap() {
+            read_ack(line, &mut acked);
+        }
+        let sent = sender.await.unwrap();
+        assert!(acked.len() < sent, "killed mid-stream: {} acked of {sent} sent", acked.len());
+
+        let c = rusqlite::Connection::open(&path).unwrap();
+        let check: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(check, "ok");
+        let stored: std::collections::HashSet<String> = c
+            .prepare("SELECT message_id FROM imcrypt_archive")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        eprintln!("sent {sent}, acknowledged {}, stored {}", acked.len(), stored.len());
+        let lost: Vec<_> = acked.iter().filter(|id| !stored.contains(*id)).collect();
+        assert!(lost.is_empty(), "{} acknowledged rows lost, e.g. {:?}", lost.len(), lost.first());
+        // And what is there opens.
+        let url: DbUrl = url.parse().unwrap();
+        let (rows, bad) = view(&url, Some(&ring), &ViewFilter::default()).await.unwrap();
+        assert!(bad.is_empty() && rows.len() == stored.len(), "{bad:?}");
+        lab.stop_all().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_archiving_to_sqlite_makes_the_cluster_eligible_and_a_missing_dir_does_not() {
+    bounded(async {
+        let (d, mut lab) = mesh(&["a"]);
+        lab.spec_mut("a").nodes = vec![("node1".into(), "sqlite".into())];
+        let start = |db: std::path::PathBuf| {
+            let path = lab.write_config(&imcrypt::demo::cid("a")).unwrap();
+            // [[nodes]] is the config's last table: its db goes right after it.
+            let mut text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.trim_end().ends_with("archiver = \"sqlite\""), "{text}");
+            text.push_str(&format!("db = \"sqlite:{}\"\n", db.display()));
+            text.push_str("\n[db_probe]\ninterval = \"200ms\"\n");
+            std::fs::write(&path, text).unwrap();
+            let config = imcrypt::config::Config::load(&path).unwrap();
+            assert_eq!(config.nodes[0].archiver, Some(ComplianceDb::Sqlite));
+            imcrypt::daemon::start(config)
+        };
+        let wait = |daemon: &imcrypt::daemon::DaemonHandle, ok: fn(&Status) -> bool| {
+            let control = daemon.control();
+            async move {
+                let mut last = None;
+                for _ in 0..300 {
+                    let s = control.status().await.unwrap();
+                    if ok(&s) {
+                        return s;
+                    }
+                    last = Some(s);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("status never came: {last:?}");
+            }
+        };
+        // The archive file does not exist yet; its directory does: eligible, no alarm.
+        let db = d.path().join("archive.db");
+        let daemon = start(db.clone()).await.unwrap();
+        let s = wait(&daemon, |s| s.eligible).await;
+        assert!(!has_alarm(&s, AlarmName::ComplianceDbDown, "a"), "{s:?}");
+        assert!(!db.exists(), "the probe created nothing");
+        daemon.shutdown().await;
+        // A directory that does not exist: not eligible, the alarm names the path.
+        let bad = d.path().join("no-such-dir/archive.db");
+        let daemon = start(bad).await.unwrap();
+        let s = wait(&daemon, |s| has_alarm(s, AlarmName::ComplianceDbDown, "a")).await;
+        assert!(!s.eligible);
+        assert!(s.off_reason.as_deref().unwrap().contains("no-such-dir/archive.db"), "{s:?}");
+        daemon.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_statement_is_all_or_nothing_on_postgres() {
+    use imcrypt::archive::db::Param;
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        let mut db = Db::connect(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        let row = |id: String, payload: Option<Vec<u8>>| {
+            let mut r = vec![Param::Text(Some(id)), Param::Bytes(Some(vec![7; 32]))];
+            r.extend([Param::I64(1), Param::Text(Some("inbound".into())), Param::Bool(false)]);
+            r.extend([Param::Bytes(None), Param::Bytes(None), Param::Bytes(None)]);
+            r.extend([Param::Text(None), Param::Text(None), Param::Text(None), Param::I32(None)]);
+            r.push(Param::Bytes(payload));
+            r
+        };
+        let n = db.max_rows_per_insert() + 5;
+        let mut rows: Vec<_> = (0..n).map(|i| row(format!("m{i}"), Some(vec![1]))).collect();
+        rows.push(row("bad".into(), None));
+        let e = db.insert(&rows).await.unwrap_err();
+        assert!(!e.is_connection() && e.to_string().contains("null value"), "{e}");
+        assert!(all_rows(&url).await.is_empty(), "the first statement was rolled back too");
+        rows.pop();
+        assert!(db.insert(&rows).await.unwrap().iter().all(|w| *w));
+        let again = db.insert(&rows[..3]).await.unwrap();
+        assert_eq!(again, [false, false, false], "already stored rows are reported as such");
+        assert_eq!(all_rows(&url).await.len(), n);
     })
     .await;
 }

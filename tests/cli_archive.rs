@@ -1,7 +1,8 @@
 //! The compliance archive as an operator runs it, every step through the `imcrypt` binary:
-//! `imcrypt archive` writes IM events through a daemon's hot path into a real PostgreSQL,
-//! `imcrypt key download` fetches the key for an OpenSSL-made RSA key, and `imcrypt view`
-//! reads the archive back with filters, including across a key rotation.
+//! `imcrypt archive` writes IM events through a daemon's hot path into a real PostgreSQL, or
+//! into the default SQLite file when no database is named, `imcrypt key download` fetches the
+//! key for an OpenSSL-made RSA key, and `imcrypt view` reads the archive back with filters,
+//! including across a key rotation. Every option of both commands has a help line.
 
 #[path = "support/pg.rs"]
 mod pg;
@@ -125,4 +126,119 @@ async fn archive_download_and_view_through_the_cli() {
         lab.stop_all().await;
     })
     .await;
+}
+
+/// A one-cluster lab with a hot path and encryption on; returns the hot-path socket.
+async fn encrypting(lab: &mut imcrypt::demo::Lab) -> String {
+    lab.spec_mut("a").hotpath = true;
+    lab.start("a").await.unwrap();
+    lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
+    let sock = s(&lab.hotpath_socket("a")).to_owned();
+    let client = imcrypt::hotpath::Client::new(imcrypt::hotpath::ClientConfig::new(&sock));
+    for _ in 0..500 {
+        if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { .. })) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sock
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_database_named_archive_and_view_use_an_sqlite_file_in_the_current_directory() {
+    bounded(async {
+        let (d, mut lab) = mesh(&["a"]);
+        let sock = encrypting(&mut lab).await;
+        let dir = d.path();
+        let cfg = s(&dir.join("a.toml")).to_owned();
+        let work = dir.join("work");
+        std::fs::create_dir(&work).unwrap();
+        let here = Run { dir: Some(&work), env: &[] };
+        let events = [
+            r#"{"message_id":"m1","from":"alice@example.com","to":"bob@example.com","timestamp":1764000000000,"direction":"inbound","body":"quarterly numbers attached"}"#,
+            r#"{"message_id":"m2","from":"carol@example.com","to":["alice@example.com","bob@example.com"],"timestamp":1764000001000,"direction":"inbound","body":"standup moved to 10","room":"ops"}"#,
+        ];
+        let input = events.join("\n") + "\n";
+        let o = imcrypt_with(here, &["archive", "--hotpath", &sock], &input).await;
+        assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+        let mut acks = json_lines(&o.stdout);
+        acks.sort_by_key(|a| a["message_id"].as_str().unwrap().to_owned());
+        assert_eq!((acks[0]["rows"].as_u64(), acks[1]["rows"].as_u64()), (Some(1), Some(2)));
+        assert!(acks.iter().all(|a| a["result"] == "archived" && a.get("note").is_none()));
+        let file = work.join("imcrypt-archive.db");
+        assert!(file.exists(), "the default archive is imcrypt-archive.db here");
+
+        // The router sends both again: archived, nothing written, and the ack says so.
+        let here = Run { dir: Some(&work), env: &[] };
+        let o = imcrypt_with(here, &["archive", "--hotpath", &sock], &input).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        for a in json_lines(&o.stdout) {
+            assert_eq!((a["result"].as_str(), a["rows"].as_u64()), (Some("archived"), Some(0)));
+            assert_eq!(a["note"], "already stored: nothing was written", "{a}");
+            assert!(a["already_stored"].as_u64().unwrap() >= 1, "{a}");
+        }
+
+        let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
+        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
+        openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
+        let export = dir.join("export.json");
+        let o = imcrypt(
+            &["key", "download", "--public-key", s(&pk), "--out", s(&export), "--password-stdin", "-c", &cfg],
+            &format!("{PASSWORD}\n"),
+        )
+        .await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let keys = ["--export", s(&export), "--private-key", s(&sk), "-o", "json"];
+
+        // The viewer in the same directory reads the same file.
+        let here = Run { dir: Some(&work), env: &[] };
+        let o = imcrypt_with(here, &[&["view"][..], &keys].concat(), "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let rows = json_lines(&o.stdout);
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        assert!(rows.iter().any(|r| r["body"] == "quarterly numbers attached"));
+        // From elsewhere, named by IMCRYPT_ARCHIVE_DB (sqlite:///absolute/path), filtered.
+        let url = format!("sqlite://{}", file.display());
+        let elsewhere = Run { dir: Some(dir), env: &[("IMCRYPT_ARCHIVE_DB", &url)] };
+        let o = imcrypt_with(elsewhere, &[&["view", "--room", "ops"][..], &keys].concat(), "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let rows = json_lines(&o.stdout);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|r| r["body"] == "standup moved to 10"));
+
+        // A directory without an archive: the viewer says so, and creates nothing.
+        let empty = dir.join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let there = Run { dir: Some(&empty), env: &[] };
+        let o = imcrypt_with(there, &[&["view"][..], &keys].concat(), "").await;
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        assert!(o.stderr.contains("imcrypt-archive.db") && o.stderr.contains("does not exist"), "{}", o.stderr);
+        assert!(!empty.join("imcrypt-archive.db").exists());
+        lab.stop_all().await;
+    })
+    .await;
+}
+
+#[test]
+fn every_option_of_archive_and_view_has_a_help_line_and_the_default_database_is_named() {
+    use clap::CommandFactory;
+    let cli = imcrypt::cli::Cli::command();
+    for sub in ["archive", "view"] {
+        let cmd = cli.find_subcommand(sub).unwrap();
+        for arg in cmd.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.trim().is_empty(), "imcrypt {sub} --{} has no help line", arg.get_id());
+        }
+        let db = cmd.get_arguments().find(|a| a.get_id() == "db").unwrap();
+        assert_eq!(db.get_default_values(), ["sqlite:imcrypt-archive.db"]);
+        assert!(db.get_help().unwrap().to_string().contains("imcrypt-archive.db"));
+        // --help never prints the password IMCRYPT_ARCHIVE_DB carries.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"))
+            .args([sub, "--help"])
+            .env("IMCRYPT_ARCHIVE_DB", "postgres://u:topsecret@db/im")
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("IMCRYPT_ARCHIVE_DB") && !help.contains("topsecret"), "{help}");
+    }
 }

@@ -1,5 +1,6 @@
-//! `imcrypt serve` as real processes: the shipped demo configs, status through the admin API, clean
-//! shutdown on SIGTERM, state kept across restarts, and refusals with clear messages.
+//! `imcrypt serve` as real processes: the shipped demo configs (hot path included), status
+//! through the admin API, clean shutdown on SIGTERM, state kept across restarts, and refusals
+//! with clear messages.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -129,6 +130,11 @@ fn demo_configs_serve_report_status_and_stop_cleanly_on_sigterm() {
     assert_eq!(s["cluster"], "a");
     assert_eq!(s["role"], "off");
     assert_eq!(s["eligible"], true);
+    // The router's hot path listens where the demo config says (docs/archive.md runs
+    // `imcrypt archive --hotpath config/demo/state/a/hotpath.sock` against it).
+    let hotpath = d.path().join("state/a/hotpath.sock");
+    std::os::unix::net::UnixStream::connect(&hotpath)
+        .unwrap_or_else(|e| panic!("no hot path at {}: {e}", hotpath.display()));
     let (ok, log) = a.term();
     assert!(ok, "exit status after SIGTERM; log:\n{log}");
     assert!(log.contains("SIGTERM received") && log.contains("imcrypt daemon stopping"), "{log}");

@@ -411,17 +411,7 @@ fn unix_now() -> u64 {
 }
 
 fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
-    Ok(match s {
-        "none" => None,
-        "sql_server" => Some(ComplianceDb::SqlServer),
-        "postgresql" => Some(ComplianceDb::PostgreSql),
-        "" => {
-            return Err(ApiError::BadValue(
-                "archiver is empty; use \"none\" for no archiver".into(),
-            ));
-        }
-        other => Some(ComplianceDb::Unsupported(other.to_owned())),
-    })
+    ComplianceDb::parse_archiver(s).map_err(|e| ApiError::BadValue(e.to_string()))
 }
 
 fn cluster_id(s: &str) -> Result<ClusterId, ApiError> {

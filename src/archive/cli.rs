@@ -6,17 +6,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ArchiveError, Archiver, ArchiverConfig, DbUrl, ViewFilter};
+use super::{ArchiveError, Archiver, ArchiverConfig, DEFAULT_DB_URL, DbUrl, ViewFilter};
 use crate::cli::commands::Output;
 use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::keyring::KeyRing;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ArchiveArgs {
-    /// The compliance database: postgres://user:password@host:port/db or sqlserver://….
-    #[arg(long, env = "IMCRYPT_ARCHIVE_DB")]
+    /// The compliance database: sqlite:PATH (a file, created if missing),
+    /// postgres://user:password@host:port/db or sqlserver://user:password@host:port/db. Without
+    /// it: the SQLite file imcrypt-archive.db in the current directory. Put passwords in
+    /// IMCRYPT_ARCHIVE_DB rather than on the command line.
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
     pub db: String,
-    /// The local daemon's hot-path socket.
+    /// The local daemon's hot-path socket ([hotpath.socket] path in its config).
     #[arg(long)]
     pub hotpath: PathBuf,
     /// Read events from connections on this Unix socket instead of standard input.
@@ -31,15 +34,18 @@ pub struct ArchiveArgs {
     /// Block delivery if unable to record: refuse new events while the database is down.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub block_delivery: bool,
-    /// Rows per INSERT statement, at most.
+    /// Rows per database transaction (and per hot-path batch), at most.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ViewArgs {
-    /// The compliance database: postgres://… or sqlserver://….
-    #[arg(long, env = "IMCRYPT_ARCHIVE_DB")]
+    /// The compliance database: sqlite:PATH, postgres://user:password@host:port/db or
+    /// sqlserver://…. Without it: the SQLite file imcrypt-archive.db in the current directory
+    /// (never created by the viewer). Put passwords in IMCRYPT_ARCHIVE_DB rather than on the
+    /// command line.
+    #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
     pub db: String,
     /// The key export downloaded from the master (with --private-key).
     #[arg(long, requires = "private_key", conflicts_with = "keys")]
@@ -62,9 +68,10 @@ pub struct ViewArgs {
     /// From this time on: RFC 3339 (2026-01-02T03:04:05Z) or Unix milliseconds.
     #[arg(long, value_parser = parse_time)]
     pub since: Option<i64>,
-    /// Up to this time, inclusive.
+    /// Up to this time, inclusive: RFC 3339 or Unix milliseconds.
     #[arg(long, value_parser = parse_time)]
     pub until: Option<i64>,
+    /// How to print the rows: an aligned table, or JSON lines (one object per row).
     #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
     pub output: Output,
 }

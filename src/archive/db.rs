@@ -1,25 +1,35 @@
-//! The compliance database: one schema (docs/archive.md) on PostgreSQL (tokio-postgres) and SQL
-//! Server (tiberius, TDS 7.3), created if missing; batch inserts; the viewer's query; the
-//! eligibility probe.
+//! The compliance database: one schema (docs/archive.md) on PostgreSQL (tokio-postgres), SQL
+//! Server (tiberius, TDS 7.3) and SQLite (rusqlite, `sqlite` module), created if missing;
+//! batch inserts; the viewer's query; the eligibility probe.
 //!
-//! Invariants: a batch is one INSERT statement, so it is stored whole or not at all; inserting
-//! a row that is already there (same message id and recipient key) changes nothing, so a batch
-//! whose acknowledgement was lost can be sent again; values always travel as bound parameters,
+//! Invariants: a batch is written in one transaction (one INSERT statement, or several inside
+//! BEGIN … COMMIT when it exceeds a backend's statement size), so it is stored whole or not at
+//! all; inserting a row that is already there (same message id and recipient key) changes
+//! nothing, so a batch whose acknowledgement was lost can be sent again, and [`Db::insert`]
+//! reports per row whether it was written now; values always travel as bound parameters,
 //! never spliced into SQL text.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
+use super::sqlite::SqliteDb;
 use crate::cluster::ComplianceDb;
+
+/// The archive `imcrypt archive` and `imcrypt view` use when no `--db` or
+/// `IMCRYPT_ARCHIVE_DB` is given: an SQLite file in the current directory.
+pub const DEFAULT_DB_URL: &str = "sqlite:imcrypt-archive.db";
 
 /// Why the database could not be reached or did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DbError {
     #[error(
-        "database URL {0:?} is not understood: use postgres://user:password@host:port/db or \
-         sqlserver://user:password@host:port/db"
+        "database URL {0:?} is not understood: use postgres://user:password@host:port/db, \
+         sqlserver://user:password@host:port/db, or sqlite:PATH (a file; sqlite:///abs/path \
+         for an absolute path)"
     )]
     Url(String),
     #[error("cannot connect to the {kind} database at {at}: {reason}")]
@@ -34,20 +44,49 @@ pub enum DbError {
     Statement { kind: &'static str, reason: String },
     #[error("a row of the archive table is not as this imcrypt writes it: {0}")]
     BadRow(String),
+    /// An SQLite file could not be opened (missing, not a database, not accessible).
+    #[error("cannot open the SQLite database {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// An SQLite file cannot be used now: locked by another process beyond the busy timeout,
+    /// an I/O error, a full disk, a read-only or damaged file. Retrying may help.
+    #[error("the SQLite database {path} cannot be used now: {reason}")]
+    Unavailable { path: String, reason: String },
 }
 
 impl DbError {
     /// Whether reconnecting and retrying may help.
     pub fn is_connection(&self) -> bool {
-        matches!(self, DbError::Connect { .. } | DbError::Timeout { .. } | DbError::Lost { .. })
+        matches!(
+            self,
+            DbError::Connect { .. }
+                | DbError::Timeout { .. }
+                | DbError::Lost { .. }
+                | DbError::Open { .. }
+                | DbError::Unavailable { .. }
+        )
     }
 }
 
-/// Where the archive lives, parsed from a URL.
+/// Where the archive lives, parsed from a URL: `postgres://…`, `sqlserver://…`, or
+/// `sqlite:PATH` / `sqlite://PATH` (see [`DbUrl::sqlite`]).
+///
+/// Invariant: `kind` is [`ComplianceDb::Sqlite`] exactly when the target is a file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DbUrl {
     pub kind: ComplianceDb,
     raw: String,
+    target: Target,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum Target {
+    Server(Server),
+    File(PathBuf),
+}
+
+/// A database server and the login to it.
+#[derive(Clone, PartialEq, Eq)]
+struct Server {
     host: String,
     port: u16,
     user: String,
@@ -92,6 +131,19 @@ impl std::str::FromStr for DbUrl {
 
     fn from_str(s: &str) -> Result<Self, DbError> {
         let bad = || DbError::Url(redact(s));
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            // sqlite:PATH or sqlite://PATH; sqlite:///abs is the absolute path /abs.
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            // ":memory:" would be an archive that vanishes at exit.
+            if path.is_empty() || path == ":memory:" {
+                return Err(bad());
+            }
+            return Ok(Self {
+                kind: ComplianceDb::Sqlite,
+                raw: s.to_owned(),
+                target: Target::File(PathBuf::from(path)),
+            });
+        }
         let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
         let (kind, default_port) = match scheme {
             "postgres" | "postgresql" => (ComplianceDb::PostgreSql, 5432),
@@ -112,11 +164,13 @@ impl std::str::FromStr for DbUrl {
         Ok(Self {
             kind,
             raw: s.to_owned(),
-            host: host.trim_matches(['[', ']']).to_owned(),
-            port,
-            user: pct_decode(user),
-            password: pct_decode(password),
-            database: pct_decode(database),
+            target: Target::Server(Server {
+                host: host.trim_matches(['[', ']']).to_owned(),
+                port,
+                user: pct_decode(user),
+                password: pct_decode(password),
+                database: pct_decode(database),
+            }),
         })
     }
 }
@@ -142,15 +196,46 @@ pub fn redact(url: &str) -> String {
 }
 
 impl DbUrl {
+    /// The SQLite file at `path` (relative to the current directory, or absolute), as
+    /// `sqlite:PATH` would give.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        Self {
+            kind: ComplianceDb::Sqlite,
+            raw: format!("sqlite:{}", path.display()),
+            target: Target::File(path),
+        }
+    }
+
+    /// The file of an SQLite URL; `None` for a server.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.target {
+            Target::File(p) => Some(p),
+            Target::Server(_) => None,
+        }
+    }
+
+    /// The URL as given, with a server password replaced by `***`.
     pub fn redacted(&self) -> String {
-        redact(&self.raw)
+        match self.target {
+            Target::File(_) => self.raw.clone(),
+            Target::Server(_) => redact(&self.raw),
+        }
     }
 
     fn kind_name(&self) -> &'static str {
         match self.kind {
             ComplianceDb::SqlServer => "SQL Server",
+            ComplianceDb::Sqlite => "SQLite",
             _ => "PostgreSQL",
         }
+    }
+}
+
+impl Default for DbUrl {
+    /// [`DEFAULT_DB_URL`].
+    fn default() -> Self {
+        DEFAULT_DB_URL.parse().expect("the default URL parses")
     }
 }
 
@@ -260,14 +345,67 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Db {
     Postgres(tokio_postgres::Client),
     SqlServer(Box<tiberius::Client<Compat<TcpStream>>>),
+    Sqlite(SqliteDb),
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Db::Postgres(_) => "Db(PostgreSQL)",
-            Db::SqlServer(_) => "Db(SQL Server)",
-        })
+        match self {
+            Db::Postgres(_) => f.write_str("Db(PostgreSQL)"),
+            Db::SqlServer(_) => f.write_str("Db(SQL Server)"),
+            Db::Sqlite(s) => write!(f, "Db(SQLite {})", s.path().display()),
+        }
+    }
+}
+
+/// How placeholders and inserts are spelled on each backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Postgres,
+    SqlServer,
+    Sqlite,
+}
+
+impl Dialect {
+    fn placeholder(self, k: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${k}"),
+            Dialect::SqlServer => format!("@P{k}"),
+            Dialect::Sqlite => format!("?{k}"),
+        }
+    }
+
+    /// A multi-row INSERT of `rows` rows that skips rows already stored and returns the
+    /// (message_id, recipient_key) of each row it wrote.
+    fn insert_sql(self, rows: usize) -> String {
+        let cols = COLUMNS.join(", ");
+        let mut sql = match self {
+            Dialect::SqlServer => format!(
+                "INSERT INTO {TABLE} ({cols}) OUTPUT inserted.message_id, \
+                 inserted.recipient_key VALUES "
+            ),
+            Dialect::Postgres | Dialect::Sqlite => format!("INSERT INTO {TABLE} ({cols}) VALUES "),
+        };
+        let mut k = 0;
+        for i in 0..rows {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for j in 0..COLUMNS.len() {
+                k += 1;
+                if j > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&self.placeholder(k));
+            }
+            sql.push(')');
+        }
+        // SQL Server skips duplicates through the index's IGNORE_DUP_KEY.
+        if self != Dialect::SqlServer {
+            sql.push_str(
+                " ON CONFLICT (message_id, recipient_key) DO NOTHING \
+                 RETURNING message_id, recipient_key",
+            );
+        }
+        sql
     }
 }
 
@@ -292,6 +430,16 @@ fn pg_err(e: tokio_postgres::Error) -> DbError {
     }
 }
 
+/// Why a PostgreSQL login failed, in the server's words: `e.to_string()` of a server error is
+/// only "db error", so the message and SQLSTATE are taken from the server's error (28P01
+/// wrong password, 28000 no such role, 3D000 no such database, …).
+fn pg_connect_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// As for PostgreSQL: shutdown in progress (6005), deadlock victim (1205) and the server's
 /// connection-level errors are retried after reconnecting; other server errors are final.
 fn ms_err(e: tiberius::error::Error) -> DbError {
@@ -304,24 +452,40 @@ fn ms_err(e: tiberius::error::Error) -> DbError {
 }
 
 impl Db {
-    /// Connects (bounded by 5 s). Does not touch the schema.
+    /// Connects (bounded by 5 s). Does not touch the schema. An SQLite file must exist (so a
+    /// mistyped viewer `--db` does not leave an empty archive behind); see
+    /// [`Db::connect_or_create`].
     pub async fn connect(url: &DbUrl) -> Result<Self, DbError> {
+        Self::open(url, false).await
+    }
+
+    /// As [`Db::connect`], but an SQLite file that does not exist yet is created (the
+    /// archiver's open). Servers: the same as `connect`.
+    pub async fn connect_or_create(url: &DbUrl) -> Result<Self, DbError> {
+        Self::open(url, true).await
+    }
+
+    async fn open(url: &DbUrl, create: bool) -> Result<Self, DbError> {
+        let srv = match &url.target {
+            Target::File(path) => return Ok(Db::Sqlite(SqliteDb::open(path, create).await?)),
+            Target::Server(s) => s,
+        };
         let kind = url.kind_name();
-        let at = format!("{}:{}", url.host, url.port);
+        let at = format!("{}:{}", srv.host, srv.port);
         let timeout = DbError::Timeout { kind, at: at.clone(), secs: TIMEOUT.as_secs() };
         let fail = |reason: String| DbError::Connect { kind, at: at.clone(), reason };
         match url.kind {
             ComplianceDb::SqlServer => {
                 let mut c = tiberius::Config::new();
-                c.host(&url.host);
-                c.port(url.port);
-                c.authentication(tiberius::AuthMethod::sql_server(&url.user, &url.password));
-                if !url.database.is_empty() {
-                    c.database(&url.database);
+                c.host(&srv.host);
+                c.port(srv.port);
+                c.authentication(tiberius::AuthMethod::sql_server(&srv.user, &srv.password));
+                if !srv.database.is_empty() {
+                    c.database(&srv.database);
                 }
                 c.encryption(tiberius::EncryptionLevel::NotSupported);
                 let go = async {
-                    let tcp = TcpStream::connect((url.host.as_str(), url.port))
+                    let tcp = TcpStream::connect((srv.host.as_str(), srv.port))
                         .await
                         .map_err(|e| fail(e.to_string()))?;
                     let _ = tcp.set_nodelay(true);
@@ -334,21 +498,21 @@ impl Db {
             }
             _ => {
                 let mut c = tokio_postgres::Config::new();
-                c.host(&url.host).port(url.port).connect_timeout(TIMEOUT);
-                if !url.user.is_empty() {
-                    c.user(&url.user);
+                c.host(&srv.host).port(srv.port).connect_timeout(TIMEOUT);
+                if !srv.user.is_empty() {
+                    c.user(&srv.user);
                 }
-                if !url.password.is_empty() {
-                    c.password(&url.password);
+                if !srv.password.is_empty() {
+                    c.password(&srv.password);
                 }
-                if !url.database.is_empty() {
-                    c.dbname(&url.database);
+                if !srv.database.is_empty() {
+                    c.dbname(&srv.database);
                 }
                 let go = c.connect(tokio_postgres::NoTls);
                 let (client, conn) = tokio::time::timeout(TIMEOUT, go)
                     .await
                     .map_err(|_| timeout)?
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| fail(pg_connect_reason(&e)))?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -363,6 +527,15 @@ impl Db {
         match self {
             Db::Postgres(_) => "PostgreSQL",
             Db::SqlServer(_) => "SQL Server",
+            Db::Sqlite(_) => "SQLite",
+        }
+    }
+
+    fn dialect(&self) -> Dialect {
+        match self {
+            Db::Postgres(_) => Dialect::Postgres,
+            Db::SqlServer(_) => Dialect::SqlServer,
+            Db::Sqlite(_) => Dialect::Sqlite,
         }
     }
 
@@ -379,10 +552,12 @@ impl Db {
                     .map_err(ms_err)?;
                 Ok(())
             }
+            Db::Sqlite(s) => s.ensure_schema().await,
         }
     }
 
-    /// What the server says it is, e.g. "PostgreSQL 15.8 …" or "Microsoft SQL Server 2022 …".
+    /// What the server says it is, e.g. "PostgreSQL 15.8 …", "Microsoft SQL Server 2022 …" or
+    /// "SQLite 3.50.4".
     pub async fn version(&mut self) -> Result<String, DbError> {
         match self {
             Db::Postgres(c) => {
@@ -400,72 +575,51 @@ impl Db {
                     .ok_or_else(|| DbError::BadRow("SELECT @@VERSION returned nothing".into()))?;
                 Ok(row.get::<&str, _>(0).unwrap_or_default().to_owned())
             }
+            Db::Sqlite(s) => s.version().await,
         }
     }
 
     /// Most rows one INSERT may carry on this backend (SQL Server binds at most 2,100
-    /// parameters per statement).
+    /// parameters per statement, SQLite 32,766).
     pub fn max_rows_per_insert(&self) -> usize {
         match self {
-            Db::Postgres(_) => 1000,
+            Db::Postgres(_) | Db::Sqlite(_) => 1000,
             Db::SqlServer(_) => 2000 / COLUMNS.len(),
         }
     }
 
-    /// Inserts rows (each `COLUMNS.len()` params) in one statement; existing rows are kept.
-    pub async fn insert(&mut self, rows: &[Vec<Param>]) -> Result<u64, DbError> {
+    /// Inserts rows (each `COLUMNS.len()` params, in that order) in one transaction; rows
+    /// already stored are kept as they are. Returns, per row, whether it was written now
+    /// (`false`: it was already there, or appears earlier in `rows`).
+    pub async fn insert(&mut self, rows: &[Vec<Param>]) -> Result<Vec<bool>, DbError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        let mut n = 0;
-        let max = self.max_rows_per_insert();
-        for chunk in rows.chunks(max) {
-            n += self.insert_chunk(chunk).await?;
-        }
-        Ok(n)
-    }
-
-    async fn insert_chunk(&mut self, rows: &[Vec<Param>]) -> Result<u64, DbError> {
-        let pg = matches!(self, Db::Postgres(_));
-        let mut sql = format!("INSERT INTO {TABLE} ({}) VALUES ", COLUMNS.join(", "));
-        let mut k = 0;
-        for (i, _) in rows.iter().enumerate() {
-            sql.push_str(if i == 0 { "(" } else { ", (" });
-            for j in 0..COLUMNS.len() {
-                k += 1;
-                if j > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&placeholder(pg, k));
-            }
-            sql.push(')');
-        }
-        if pg {
-            sql.push_str(" ON CONFLICT (message_id, recipient_key) DO NOTHING");
-        }
-        let params: Vec<&Param> = rows.iter().flatten().collect();
-        self.execute(&sql, &params).await
-    }
-
-    async fn execute(&mut self, sql: &str, params: &[&Param]) -> Result<u64, DbError> {
-        match self {
+        let dialect = self.dialect();
+        let chunks: Vec<(String, &[Vec<Param>])> = rows
+            .chunks(self.max_rows_per_insert())
+            .map(|c| (dialect.insert_sql(c.len()), c))
+            .collect();
+        let written = match self {
+            Db::Postgres(c) if chunks.len() == 1 => pg_insert(&*c, &chunks).await?,
             Db::Postgres(c) => {
-                let p = pg_params(params);
-                c.execute(sql, &p).await.map_err(pg_err)
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let w = pg_insert(&tx, &chunks).await?;
+                tx.commit().await.map_err(pg_err)?;
+                w
             }
-            Db::SqlServer(c) => {
-                let mut q = tiberius::Query::new(sql.to_owned());
-                bind_all(&mut q, params);
-                let r = q.execute(&mut **c).await.map_err(ms_err)?;
-                Ok(r.total())
+            Db::SqlServer(c) => ms_insert(c, &chunks).await?,
+            Db::Sqlite(s) => {
+                let owned = chunks.iter().map(|(sql, c)| (sql.clone(), c.concat())).collect();
+                s.insert(owned).await?
             }
-        }
+        };
+        Ok(mark_written(rows, &written))
     }
 
     /// Rows matching `filter`, oldest first.
     pub async fn select(&mut self, filter: &SqlFilter) -> Result<Vec<StoredRow>, DbError> {
-        let pg = matches!(self, Db::Postgres(_));
-        let (clause, params) = filter.render(pg);
+        let (clause, params) = filter.render(self.dialect());
         let sql = format!(
             "SELECT id, message_id, recipient_key, ts_ms, direction, encrypted, from_idx, to_idx, \
              room_idx, from_addr, to_addr, room, key_version, payload FROM {TABLE}{clause} \
@@ -473,6 +627,7 @@ impl Db {
         );
         let refs: Vec<&Param> = params.iter().collect();
         match self {
+            Db::Sqlite(s) => s.select(sql, params).await,
             Db::Postgres(c) => {
                 let p = pg_params(&refs);
                 let rows = c.query(&sql, &p).await.map_err(pg_err)?;
@@ -545,8 +700,95 @@ fn ms_row(r: &tiberius::Row) -> Result<StoredRow, DbError> {
     })
 }
 
-fn placeholder(pg: bool, k: usize) -> String {
-    if pg { format!("${k}") } else { format!("@P{k}") }
+/// The (message_id, recipient_key) of a row as `insert` takes it.
+fn row_key(row: &[Param]) -> Option<(&str, &[u8])> {
+    match (row.first()?, row.get(1)?) {
+        (Param::Text(Some(m)), Param::Bytes(Some(k))) => Some((m, k)),
+        _ => None,
+    }
+}
+
+/// Per row of `rows`, whether the database reported writing it: each reported key marks the
+/// first not yet marked row with that key (a key twice in one batch is written once).
+fn mark_written(rows: &[Vec<Param>], written: &[(String, Vec<u8>)]) -> Vec<bool> {
+    let mut left: HashMap<(&str, &[u8]), usize> = HashMap::new();
+    for (m, k) in written {
+        *left.entry((m.as_str(), k.as_slice())).or_default() += 1;
+    }
+    rows.iter()
+        .map(|r| match row_key(r).and_then(|k| left.get_mut(&k)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// Runs each INSERT … RETURNING on `c` (a client, or a transaction when there are several).
+async fn pg_insert(
+    c: &impl tokio_postgres::GenericClient,
+    chunks: &[(String, &[Vec<Param>])],
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let mut written = Vec::new();
+    for (sql, rows) in chunks {
+        let flat: Vec<&Param> = rows.iter().flatten().collect();
+        let p = pg_params(&flat);
+        for r in c.query(sql.as_str(), &p).await.map_err(pg_err)? {
+            written.push((r.try_get(0).map_err(bad)?, r.try_get(1).map_err(bad)?));
+        }
+    }
+    Ok(written)
+}
+
+/// Runs each INSERT … OUTPUT; several inside one transaction, rolled back on any error.
+async fn ms_insert(
+    c: &mut tiberius::Client<Compat<TcpStream>>,
+    chunks: &[(String, &[Vec<Param>])],
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    async fn run(
+        c: &mut tiberius::Client<Compat<TcpStream>>,
+        chunks: &[(String, &[Vec<Param>])],
+    ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        let mut written = Vec::new();
+        for (sql, rows) in chunks {
+            let mut q = tiberius::Query::new(sql.clone());
+            let flat: Vec<&Param> = rows.iter().flatten().collect();
+            bind_all(&mut q, &flat);
+            let out = q
+                .query(&mut *c)
+                .await
+                .map_err(ms_err)?
+                .into_first_result()
+                .await
+                .map_err(ms_err)?;
+            for r in &out {
+                let m = r.try_get::<&str, _>(0).map_err(bad)?.unwrap_or_default().to_owned();
+                let k = r.try_get::<&[u8], _>(1).map_err(bad)?.unwrap_or_default().to_vec();
+                written.push((m, k));
+            }
+        }
+        Ok(written)
+    }
+    async fn exec(c: &mut tiberius::Client<Compat<TcpStream>>, sql: &str) -> Result<(), DbError> {
+        c.simple_query(sql).await.map_err(ms_err)?.into_results().await.map_err(ms_err)?;
+        Ok(())
+    }
+    if chunks.len() == 1 {
+        return run(c, chunks).await;
+    }
+    exec(c, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
+    match run(c, chunks).await {
+        Ok(w) => {
+            exec(c, "COMMIT TRANSACTION").await?;
+            Ok(w)
+        }
+        Err(e) => {
+            let _ = exec(c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+            Err(e)
+        }
+    }
 }
 
 fn pg_params<'a>(params: &'a [&'a Param]) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
@@ -599,7 +841,7 @@ impl SqlFilter {
         self.conds.push(vec![(column.to_owned(), op, vec![value])]);
     }
 
-    fn render(&self, pg: bool) -> (String, Vec<Param>) {
+    fn render(&self, dialect: Dialect) -> (String, Vec<Param>) {
         let mut params = Vec::new();
         let mut groups = Vec::new();
         for g in &self.conds {
@@ -608,7 +850,7 @@ impl SqlFilter {
                 let mut ph = Vec::new();
                 for v in vals {
                     params.push(v.clone());
-                    ph.push(placeholder(pg, params.len()));
+                    ph.push(dialect.placeholder(params.len()));
                 }
                 alts.push(if *op == "IN" {
                     format!("{col} IN ({})", ph.join(", "))
@@ -645,13 +887,21 @@ pub enum ProbeResult {
 }
 
 /// Connects to `url`, asks the server what it is, and disconnects (bounded by about 5 s).
+///
+/// An SQLite URL is reachable when its file exists and opens read-write as an SQLite
+/// database, or when it does not exist yet but its directory does and is writable (the
+/// archiver will create it); the probe itself never creates the file.
 pub async fn probe(url: &DbUrl) -> ProbeResult {
+    let srv = match &url.target {
+        Target::File(path) => return super::sqlite::probe(path).await,
+        Target::Server(s) => s,
+    };
     let r = async {
         let mut db = Db::connect(url).await?;
         let v =
             tokio::time::timeout(TIMEOUT, db.version()).await.map_err(|_| DbError::Timeout {
                 kind: url.kind_name(),
-                at: format!("{}:{}", url.host, url.port),
+                at: format!("{}:{}", srv.host, srv.port),
                 secs: TIMEOUT.as_secs(),
             })??;
         Ok::<_, DbError>(v)
@@ -678,13 +928,18 @@ mod tests {
 
     #[test]
     fn urls_parse_and_never_show_their_password() {
+        let server = |u: &DbUrl| match &u.target {
+            Target::Server(s) => s.clone(),
+            Target::File(p) => panic!("{p:?}"),
+        };
         let u: DbUrl = "postgres://arch:s%40cret@127.0.0.1:5433/im".parse().unwrap();
         assert_eq!(u.kind, ComplianceDb::PostgreSql);
-        assert_eq!((u.host.as_str(), u.port, u.password.as_str()), ("127.0.0.1", 5433, "s@cret"));
-        assert_eq!(u.database, "im");
+        let s = server(&u);
+        assert_eq!((s.host.as_str(), s.port, s.password.as_str()), ("127.0.0.1", 5433, "s@cret"));
+        assert_eq!(s.database, "im");
         assert!(!format!("{u} {u:?}").contains("cret"));
         let m: DbUrl = "sqlserver://sa:pw@db.example".parse().unwrap();
-        assert_eq!((m.kind, m.port), (ComplianceDb::SqlServer, 1433));
+        assert_eq!((server(&m).port, m.kind), (1433, ComplianceDb::SqlServer));
         let e = "mysql://x@y/z".parse::<DbUrl>().unwrap_err().to_string();
         assert!(e.contains("postgres://"), "{e}");
         assert!(
@@ -697,6 +952,41 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_urls_name_a_file_relative_or_absolute() {
+        let path = |s: &str| {
+            let u: DbUrl = s.parse().unwrap();
+            assert_eq!(u.kind, ComplianceDb::Sqlite);
+            assert_eq!(u.to_string(), s, "a file URL has no password to hide");
+            u.sqlite_path().unwrap().to_str().unwrap().to_owned()
+        };
+        assert_eq!(path("sqlite:imcrypt-archive.db"), "imcrypt-archive.db");
+        assert_eq!(path("sqlite:data/a.db"), "data/a.db");
+        assert_eq!(path("sqlite://data/a.db"), "data/a.db");
+        assert_eq!(path("sqlite:/var/lib/x.db"), "/var/lib/x.db");
+        assert_eq!(path("sqlite:///var/lib/x.db"), "/var/lib/x.db");
+        assert_eq!(DbUrl::default(), DEFAULT_DB_URL.parse().unwrap());
+        assert_eq!(DbUrl::default().sqlite_path().unwrap(), Path::new("imcrypt-archive.db"));
+        assert_eq!(DbUrl::sqlite("/x/y.db"), "sqlite:/x/y.db".parse().unwrap());
+        assert!("postgres://u@h/d".parse::<DbUrl>().unwrap().sqlite_path().is_none());
+        for bad in ["sqlite:", "sqlite://", "sqlite::memory:"] {
+            let e = bad.parse::<DbUrl>().unwrap_err().to_string();
+            assert!(e.contains("sqlite:PATH"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_insert_reports_which_rows_it_wrote() {
+        let row = |m: &str, k: u8| vec![Param::Text(Some(m.into())), Param::Bytes(Some(vec![k]))];
+        let rows = [row("a", 1), row("b", 1), row("a", 1), row("a", 2)];
+        let written = [("a".to_owned(), vec![1]), ("a".to_owned(), vec![2])];
+        assert_eq!(mark_written(&rows, &written), [true, false, false, true]);
+        let sql = Dialect::Sqlite.insert_sql(2);
+        assert!(sql.contains("(?1, ?2,") && sql.contains("?26)"), "{sql}");
+        assert!(sql.ends_with("DO NOTHING RETURNING message_id, recipient_key"), "{sql}");
+        assert!(Dialect::SqlServer.insert_sql(1).contains("OUTPUT inserted.message_id"));
+    }
+
+    #[test]
     fn filters_render_with_each_dialects_placeholders() {
         let mut f = SqlFilter::default();
         f.any_of(vec![
@@ -704,12 +994,13 @@ mod tests {
             ("LOWER(from_addr)", vec![Param::Text(Some("a".into()))]),
         ]);
         f.compare("ts_ms", ">=", Param::I64(5));
-        let (pg, p) = f.render(true);
+        let (pg, p) = f.render(Dialect::Postgres);
         assert_eq!(
             pg,
             " WHERE (from_idx IN ($1, $2) OR LOWER(from_addr) IN ($3)) AND (ts_ms >= $4)"
         );
         assert_eq!(p.len(), 4);
-        assert!(f.render(false).0.contains("@P4"));
+        assert!(f.render(Dialect::SqlServer).0.contains("@P4"));
+        assert!(f.render(Dialect::Sqlite).0.contains("ts_ms >= ?4"));
     }
 }

@@ -1,6 +1,7 @@
 //! The compliance database: the reference archiver (`imcrypt archive`), the schema it writes on
-//! PostgreSQL and SQL Server, the viewer that reads it back (`imcrypt view`), and the probe the
-//! daemon uses to report eligibility and raise `MAcomplianceDbDown`. docs/archive.md is the
+//! PostgreSQL, SQL Server and SQLite (the default when no server is named: a file), the viewer
+//! that reads it back (`imcrypt view`), and the probe the daemon uses to report eligibility
+//! and raise `MAcomplianceDbDown`. docs/archive.md is the
 //! normative description (schema, blind indexes, associated data, test setup).
 //!
 //! Invariants:
@@ -14,12 +15,13 @@
 pub mod cli;
 pub mod db;
 pub mod event;
+pub mod sqlite;
 pub mod view;
 pub mod writer;
 
 use std::path::PathBuf;
 
-pub use db::{Db, DbError, DbUrl, ProbeResult, probe};
+pub use db::{DEFAULT_DB_URL, Db, DbError, DbUrl, ProbeResult, probe};
 pub use event::{Direction, Event, EventError, RowPlain};
 pub use view::{RowFailure, ViewFilter, ViewedRow, view};
 pub use writer::{Ack, Archiver, ArchiverConfig, Counts, Outcome, serve_lines, serve_socket};

@@ -2,7 +2,9 @@
 //! to the compliance database, one acknowledgement per event.
 //!
 //! Invariants:
-//! - An event is acknowledged `archived` only once all its rows are committed. An event the
+//! - An event is acknowledged `archived` only once all its rows are committed; `rows` is the
+//!   number of rows this event really wrote, and `already_stored` (with a `note`) counts the
+//!   rows that were there before (a repeated event: `rows` 0). An event the
 //!   archiver accepted is never dropped: while the database is down its rows stay queued and
 //!   are written when it is back (a batch is sealed once and the same rows are retried, and
 //!   rows already stored are not stored twice).
@@ -86,9 +88,23 @@ pub struct Ack {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
     pub result: Outcome,
+    /// Rows this event wrote (for `archived`: committed now).
     pub rows: usize,
+    /// `archived` only: rows of this event that were already stored (same message id and
+    /// recipient) and so were not written again. Absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub already_stored: usize,
+    /// Why it was not archived (`refused`, `invalid`, `failed`, `skipped`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `archived` only: what an operator should know, e.g. "already stored: nothing was
+    /// written".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Ack {
@@ -98,7 +114,18 @@ impl Ack {
         rows: usize,
         reason: Option<String>,
     ) -> Self {
-        Self { message_id, result, rows, reason }
+        Self { message_id, result, rows, already_stored: 0, reason, note: None }
+    }
+
+    /// An event whose rows are all committed: `written` of them now, the others before.
+    fn archived(message_id: Option<String>, written: usize, total: usize) -> Self {
+        let already_stored = total - written;
+        let note = match (written, already_stored) {
+            (_, 0) => None,
+            (0, _) => Some("already stored: nothing was written".to_owned()),
+            (_, n) => Some(format!("{n} of its {total} rows were already stored")),
+        };
+        Self { already_stored, note, ..Self::new(message_id, Outcome::Archived, written, None) }
     }
 }
 
@@ -127,7 +154,7 @@ impl Archiver {
     /// Connects to the database (creating the schema if missing) and to the hot path.
     /// Fails if the database cannot be reached now: an archiver should not start blind.
     pub async fn start(cfg: ArchiverConfig) -> Result<Self, ArchiveError> {
-        let mut db = Db::connect(&cfg.db).await?;
+        let mut db = Db::connect_or_create(&cfg.db).await?;
         db.ensure_schema().await?;
         tracing::info!(db = %cfg.db, kind = db.kind_name(), "compliance database ready");
         let client = Client::new(cfg.hotpath.clone());
@@ -396,7 +423,7 @@ async fn write_loop(
         let mut pause = cfg.retry_min;
         let result = loop {
             if db.is_none() {
-                match Db::connect(&cfg.db).await {
+                match Db::connect_or_create(&cfg.db).await {
                     Ok(mut d) => match d.ensure_schema().await {
                         Ok(()) => db = Some(d),
                         Err(e) => {
@@ -413,9 +440,9 @@ async fn write_loop(
             }
             let d = db.as_mut().expect("connected");
             match d.insert(&rows).await {
-                Ok(_) => {
+                Ok(written) => {
                     set_up(&shared, &cfg);
-                    break Ok(());
+                    break Ok(written);
                 }
                 Err(e) if e.is_connection() => {
                     set_down(&shared, &cfg, &e);
@@ -427,15 +454,21 @@ async fn write_loop(
         if let Err(e) = &result {
             tracing::error!(error = %e, rows = rows.len(), "the database refused a batch");
         }
-        shared
-            .rows_written
-            .fetch_add(if result.is_ok() { rows.len() as u64 } else { 0 }, Ordering::Relaxed);
+        let written = result.as_ref().map_or(0, |w| w.iter().filter(|x| **x).count());
+        shared.rows_written.fetch_add(written as u64, Ordering::Relaxed);
+        // The database's answer is per row, in the order of the jobs' rows.
+        let mut first = 0;
         for j in jobs {
             let id = j.rows.first().map(|r| r.message_id.clone());
+            let n = j.rows.len();
             let ack = match &result {
-                Ok(()) => Ack::new(id, Outcome::Archived, j.rows.len(), None),
+                Ok(w) => {
+                    let now = w[first..first + n].iter().filter(|x| **x).count();
+                    Ack::archived(id, now, n)
+                }
                 Err(e) => Ack::new(id, Outcome::Failed, 0, Some(e.to_string())),
             };
+            first += n;
             let _ = j.reply.send(ack);
         }
     }

@@ -38,9 +38,9 @@ pub use dbprobe::DbProbe;
 pub use machine::{Cluster, PeerRelation, StateError};
 pub use message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
 pub use state::{
-    BadNodeId, Capabilities, ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason,
-    MAX_TOMBSTONES, MasterState, NodeId, PersistedState, Role, STATE_FORMAT, StaleSlave, Time,
-    Tombstone,
+    BadArchiver, BadNodeId, Capabilities, ClusterConfig, ComplianceDb, DomainState, Entropy,
+    LeaveReason, MAX_TOMBSTONES, MasterState, NodeId, PersistedState, Role, STATE_FORMAT,
+    StaleSlave, Time, Tombstone,
 };
 
 use crate::alarm::{Alarm, AlarmKey};

@@ -148,18 +148,61 @@ impl fmt::Debug for NodeId {
 }
 
 /// The compliance database a node's message archiver writes to.
+///
+/// Spelled in the config file and the admin API as `sql_server`, `postgresql`, `sqlite`, or
+/// another product's name ([`Unsupported`](ComplianceDb::Unsupported)); `none` (no archiver)
+/// is not a database and is handled by [`ComplianceDb::parse_archiver`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ComplianceDb {
     SqlServer,
     PostgreSql,
+    /// An SQLite file on the node (the archiver's default when no server is named).
+    Sqlite,
     /// A database the archiver can write to but imcrypt cannot encrypt for (named as found).
     Unsupported(String),
+}
+
+/// Why a string does not name a node's archiver database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadArchiver {
+    #[error("archiver is empty; use \"none\" for no archiver")]
+    Empty,
+    /// `"none"` parsed where a database is required.
+    #[error("\"none\" means no archiver, not a compliance database")]
+    None,
 }
 
 impl ComplianceDb {
     pub fn is_supported(&self) -> bool {
         !matches!(self, ComplianceDb::Unsupported(_))
+    }
+
+    /// A node's `archiver` setting: `"none"` is no archiver, anything else a database
+    /// (see [`FromStr`](std::str::FromStr)). The config file and the admin API both use this.
+    pub fn parse_archiver(s: &str) -> Result<Option<ComplianceDb>, BadArchiver> {
+        match s {
+            "none" => Ok(None),
+            other => other.parse().map(Some),
+        }
+    }
+}
+
+impl std::str::FromStr for ComplianceDb {
+    type Err = BadArchiver;
+
+    /// `sql_server`, `postgresql` and `sqlite` are the supported databases; any other
+    /// non-empty name is [`ComplianceDb::Unsupported`] (kept, so the master can say which
+    /// product stands in the way).
+    fn from_str(s: &str) -> Result<Self, BadArchiver> {
+        Ok(match s {
+            "" => return Err(BadArchiver::Empty),
+            "none" => return Err(BadArchiver::None),
+            "sql_server" => ComplianceDb::SqlServer,
+            "postgresql" => ComplianceDb::PostgreSql,
+            "sqlite" => ComplianceDb::Sqlite,
+            other => ComplianceDb::Unsupported(other.to_owned()),
+        })
     }
 }
 
@@ -168,6 +211,7 @@ impl fmt::Display for ComplianceDb {
         match self {
             ComplianceDb::SqlServer => f.write_str("SQL Server"),
             ComplianceDb::PostgreSql => f.write_str("PostgreSQL"),
+            ComplianceDb::Sqlite => f.write_str("SQLite"),
             ComplianceDb::Unsupported(name) => write!(f, "{name}"),
         }
     }
@@ -358,5 +402,28 @@ impl PersistedState {
             stale_slaves: BTreeMap::new(),
             hello_seq: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archiver_settings_parse_in_one_place_and_sqlite_is_supported() {
+        let p = ComplianceDb::parse_archiver;
+        assert_eq!(p("none"), Ok(None));
+        assert_eq!(p("sql_server"), Ok(Some(ComplianceDb::SqlServer)));
+        assert_eq!(p("postgresql"), Ok(Some(ComplianceDb::PostgreSql)));
+        assert_eq!(p("sqlite"), Ok(Some(ComplianceDb::Sqlite)));
+        assert_eq!(p("MySQL"), Ok(Some(ComplianceDb::Unsupported("MySQL".into()))));
+        assert_eq!(
+            p("").unwrap_err().to_string(),
+            "archiver is empty; use \"none\" for no archiver"
+        );
+        assert!("none".parse::<ComplianceDb>().is_err(), "none is not a database");
+        assert!(ComplianceDb::Sqlite.is_supported());
+        assert_eq!(ComplianceDb::Sqlite.to_string(), "SQLite");
+        assert!(!ComplianceDb::Unsupported("MySQL".into()).is_supported());
     }
 }

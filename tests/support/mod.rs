@@ -58,6 +58,20 @@ pub struct Out {
 /// Runs the `imcrypt` binary with `args`, writing `stdin` to it, bounded to 60 s; settings the
 /// developer's shell may carry (`IMCRYPT_*`) are cleared so each test says what it means.
 pub async fn imcrypt(args: &[&str], stdin: &str) -> Out {
+    imcrypt_with(Run::default(), args, stdin).await
+}
+
+/// Where and with which environment [`imcrypt_with`] runs the binary.
+#[derive(Default)]
+pub struct Run<'a> {
+    /// The working directory (default: the test's).
+    pub dir: Option<&'a std::path::Path>,
+    /// Environment variables set after `IMCRYPT_*` are cleared.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+/// As [`imcrypt`], in `run.dir` with `run.env`.
+pub async fn imcrypt_with(run: Run<'_>, args: &[&str], stdin: &str) -> Out {
     use tokio::io::AsyncWriteExt;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"));
     cmd.args(args)
@@ -69,6 +83,10 @@ pub async fn imcrypt(args: &[&str], stdin: &str) -> Out {
         if k.to_string_lossy().starts_with("IMCRYPT_") {
             cmd.env_remove(k);
         }
+    }
+    cmd.envs(run.env.iter().copied());
+    if let Some(d) = run.dir {
+        cmd.current_dir(d);
     }
     let mut child = cmd.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
