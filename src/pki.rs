@@ -208,7 +208,9 @@ mod tests {
         // d's certificate chains to the CA that a trusts, for both ends of mutual TLS.
         let der = |name: &str| {
             let pem = std::fs::read_to_string(d.path().join(name)).unwrap();
-            rustls_pki_types::CertificateDer::from(pem_rfc7468::decode_vec(pem.as_bytes()).unwrap().1)
+            rustls_pki_types::CertificateDer::from(
+                pem_rfc7468::decode_vec(pem.as_bytes()).unwrap().1,
+            )
         };
         let (ca, leaf) = (der("ca.pem"), der("d.pem"));
         let anchors = [webpki::anchor_from_trusted_cert(&ca).unwrap()];

@@ -112,7 +112,8 @@ fn the_demo_runs_its_whole_story_and_cleans_up() {
     assert!(!table.contains("Kick-off") && !table.contains("Q3 figures"), "{table}");
     let payload = out.lines().find(|l| l.trim_start().starts_with("payload")).unwrap();
     assert!(payload.contains("bytes)"), "the DBA sees ciphertext, shortened: {payload}");
-    let dir = out.lines().find_map(|l| l.strip_prefix("stopped every cluster; cleaning up ")).unwrap();
+    let dir =
+        out.lines().find_map(|l| l.strip_prefix("stopped every cluster; cleaning up ")).unwrap();
     assert!(!std::path::Path::new(dir.trim()).exists(), "{dir} left behind");
     println!("the demo took {took:?} (the issue asks for under 15 s after the build)");
 }
@@ -146,13 +147,13 @@ fn the_demo_keeps_running_for_the_commands_it_prints_until_ctrl_c() {
         .map(|d| d.trim_end_matches('.').to_owned())
         .unwrap_or_else(|| panic!("{seen}"));
     // The printed commands work as printed.
-    let status = seen.lines().find(|l| l.contains("imcrypt status --config")).unwrap();
+    let status = seen.lines().find(|l| l.starts_with("  imcrypt status --config")).unwrap();
     let args: Vec<&str> = status.split_whitespace().skip(1).chain(["-o", "json"]).collect();
     let (code, out, err) = imcrypt(&args);
     assert_eq!(code, 0, "{err}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((s["role"].as_str(), s["master"].as_str()), (Some("slave"), Some("a")), "{out}");
-    let view = seen.lines().find(|l| l.contains("imcrypt view --db")).unwrap();
+    let view = seen.lines().find(|l| l.starts_with("  imcrypt view --db")).unwrap();
     let args: Vec<&str> = view.split_whitespace().skip(1).chain(["-o", "json"]).collect();
     let (code, out, err) = imcrypt(&args);
     assert_eq!(code, 0, "{err}");

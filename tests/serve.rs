@@ -226,31 +226,77 @@ fn clusters_run_on_certificates_from_an_organisations_ca() {
     let d = tempfile::tempdir().unwrap();
     let pki = d.path().join("pki");
     std::fs::create_dir(&pki).unwrap();
-    openssl(&pki, &[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "org-ca.key", "-out", "ca.pem", "-days", "3650", "-subj", "/CN=Example Org CA",
-    ]);
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "org-ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=Example Org CA",
+        ],
+    );
     for id in ["a", "b"] {
         let (key, csr, pem) = (format!("{id}.key"), format!("{id}.csr"), format!("{id}.pem"));
-        openssl(&pki, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key]);
-        openssl(&pki, &[
-            "req", "-new", "-key", &key, "-subj", &format!("/CN={id}"),
-            "-addext", &format!("subjectAltName=DNS:{id}"),
-            "-addext", "extendedKeyUsage=serverAuth,clientAuth", "-out", &csr,
-        ]);
-        openssl(&pki, &[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "org-ca.key", "-days", "365",
-            "-copy_extensions", "copy", "-out", &pem,
-        ]);
+        openssl(
+            &pki,
+            &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &key],
+        );
+        openssl(
+            &pki,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                &format!("/CN={id}"),
+                "-addext",
+                &format!("subjectAltName=DNS:{id}"),
+                "-addext",
+                "extendedKeyUsage=serverAuth,clientAuth",
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            &pki,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "org-ca.key",
+                "-days",
+                "365",
+                "-copy_extensions",
+                "copy",
+                "-out",
+                &pem,
+            ],
+        );
         openssl(&pki, &["verify", "-CAfile", "ca.pem", &pem]);
     }
     let cfg = demo_configs(d.path());
     let a = Daemon::start(&cfg[0].1, d.path().join("a.log"));
     let b = Daemon::start(&cfg[1].1, d.path().join("b.log"));
     wait_status(&cfg[0].1, "a connected to b over the organisation's PKI", |s| {
-        s["peers"].as_array().is_some_and(|p| {
-            p.iter().any(|p| p["id"] == "b" && p["link"]["connected"] == true)
-        })
+        s["peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["id"] == "b" && p["link"]["connected"] == true))
     });
     assert!(a.term().0 && b.term().0);
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 /// The vectors are copied into the repository (tests/vectors/wycheproof/README.md says from
 /// where, and their checksums), so a clone needs nothing beside it.
 fn vectors(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/wycheproof").join(name);
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/wycheproof").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("test vectors {} are required: {e}", path.display()));
     serde_json::from_str(&text).unwrap()

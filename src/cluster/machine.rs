@@ -254,7 +254,10 @@ impl Cluster {
         Some(match left {
             Some(t) => match t.reason {
                 LeaveReason::DomainDisabled if t.master == self.config.id => {
-                    format!("encryption was disabled here, on the master, for the whole domain {}", t.domain)
+                    format!(
+                        "encryption was disabled here, on the master, for the whole domain {}",
+                        t.domain
+                    )
                 }
                 LeaveReason::DomainDisabled => {
                     format!("encryption was disabled by the master, cluster {}", t.master)

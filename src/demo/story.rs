@@ -61,9 +61,7 @@ pub async fn run(keep: bool) -> Result<(), LabError> {
 
 async fn story(lab: &mut Lab) -> Result<(), LabError> {
     let archive_path = lab.dir().join("archive.db");
-    let db: DbUrl = format!("sqlite:{}", archive_path.display()).parse().map_err(
-        |e: crate::archive::DbError| LabError::Archive(e.into()),
-    )?;
+    let db = DbUrl::sqlite(&archive_path);
     println!("\n1. a development CA and one certificate per cluster, its id as DNS name (pki/)");
     for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
         lab.peer(x, y);
@@ -114,7 +112,10 @@ async fn story(lab: &mut Lab) -> Result<(), LabError> {
         let socket = if id == "b" { &b.socket } else { &c.socket };
         let r = story_archive::route(socket, numbered, messages).await?;
         numbered += messages.len();
-        println!("   {id}: {} more messages archived as {} rows after the rotation", r.messages, r.rows);
+        println!(
+            "   {id}: {} more messages archived as {} rows after the rotation",
+            r.messages, r.rows
+        );
     }
     drop((b, c));
 
@@ -214,8 +215,8 @@ async fn what_the_dba_sees(db: &DbUrl, file: &Path) -> Result<(), LabError> {
 /// downloads the key from the master through the admin API, as `imcrypt key download` does.
 async fn download_key(lab: &Lab) -> Result<(KeyExport, zeroize::Zeroizing<String>), LabError> {
     let keygen = step("RSA key pair");
-    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 3072)
-        .map_err(|e| keygen(e.to_string()))?;
+    let key =
+        rsa::PrivateKey::new(&mut getrandom::SysRng, 3072).map_err(|e| keygen(e.to_string()))?;
     let private_pem = key.to_pkcs8_pem(Default::default()).map_err(|e| keygen(e.to_string()))?;
     let public_pem = key
         .to_public_key()
@@ -231,10 +232,8 @@ async fn download_key(lab: &Lab) -> Result<(KeyExport, zeroize::Zeroizing<String
         "7. the administrator makes an RSA-3072 key pair where the viewer runs: admin.pem (0600), \
          admin.pub.pem"
     );
-    let args = crate::cli::client::ConnectArgs {
-        config: Some(dir.join("a.toml")),
-        ..Default::default()
-    };
+    let args =
+        crate::cli::client::ConnectArgs { config: Some(dir.join("a.toml")), ..Default::default() };
     let client = crate::cli::client::Client::new(args.target()?)?;
     let body = crate::admin::api::DownloadRequest {
         password: zeroize::Zeroizing::new(PASSWORD.into()),
