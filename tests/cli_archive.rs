@@ -22,6 +22,32 @@ fn openssl(args: &[&str]) {
     assert!(ok, "openssl {args:?}");
 }
 
+/// The administrator makes an OpenSSL key pair in `dir` and downloads the keys for it from the
+/// master configured in `cfg`; returns the private key and the export.
+async fn download_keys(dir: &Path, cfg: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
+    openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
+    let export = dir.join("export.json");
+    let o = imcrypt(
+        &[
+            "key",
+            "download",
+            "--public-key",
+            s(&pk),
+            "--out",
+            s(&export),
+            "--password-stdin",
+            "-c",
+            cfg,
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    (sk, export)
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -81,16 +107,7 @@ async fn archive_download_and_view_through_the_cli() {
         assert_eq!(o.code, 0, "{}", o.stderr);
 
         // The administrator downloads the keys for an OpenSSL key pair, then views.
-        let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
-        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
-        openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
-        let export = dir.join("export.json");
-        let o = imcrypt(
-            &["key", "download", "--public-key", s(&pk), "--out", s(&export), "--password-stdin", "-c", &cfg],
-            &format!("{PASSWORD}\n"),
-        )
-        .await;
-        assert_eq!(o.code, 0, "{}", o.stderr);
+        let (sk, export) = download_keys(dir, &cfg).await;
 
         let view = |extra: &'static [&'static str]| {
             let (db, export, sk) = (db.clone(), s(&export).to_owned(), s(&sk).to_owned());
@@ -178,16 +195,7 @@ async fn without_a_database_named_archive_and_view_use_an_sqlite_file_in_the_cur
             assert!(a["already_stored"].as_u64().unwrap() >= 1, "{a}");
         }
 
-        let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
-        openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
-        openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
-        let export = dir.join("export.json");
-        let o = imcrypt(
-            &["key", "download", "--public-key", s(&pk), "--out", s(&export), "--password-stdin", "-c", &cfg],
-            &format!("{PASSWORD}\n"),
-        )
-        .await;
-        assert_eq!(o.code, 0, "{}", o.stderr);
+        let (sk, export) = download_keys(dir, &cfg).await;
         let keys = ["--export", s(&export), "--private-key", s(&sk), "-o", "json"];
 
         // The viewer in the same directory reads the same file.

@@ -22,7 +22,7 @@ pub const ROOM: &str = "acme-deal";
 const START_MS: i64 = 1_796_029_200_000;
 
 /// One IM event as a router hands it over: (message id, from, to, room, body).
-type Message =
+pub type Message =
     (&'static str, &'static str, &'static [&'static str], Option<&'static str>, &'static str);
 
 const ALICE: &str = "alice@example.com";

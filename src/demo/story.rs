@@ -93,36 +93,56 @@ async fn story(lab: &mut Lab) -> Result<(), LabError> {
     )
     .await?;
     println!("4. routers on b and c hand their IM traffic to the archiver (imcrypt archive)");
+    let sockets = [("b", b.socket.as_path()), ("c", c.socket.as_path())];
     let mut numbered = 0;
-    for (id, messages) in BEFORE {
-        let socket = if id == "b" { &b.socket } else { &c.socket };
-        let r = story_archive::route(socket, numbered, messages).await?;
-        numbered += messages.len();
-        println!(
-            "   {id}: {} messages archived as {} rows, sealed through {id}'s hot path",
-            r.messages, r.rows
-        );
-    }
+    route_phase(
+        &sockets,
+        &BEFORE,
+        &mut numbered,
+        "messages archived as {rows} rows, sealed through {id}'s hot path",
+    )
+    .await?;
     println!(
         "   one of them is an ad hoc group chat, room {ROOM}: one row per recipient, three each"
     );
 
     rotate(lab).await?;
-    for (id, messages) in AFTER {
-        let socket = if id == "b" { &b.socket } else { &c.socket };
-        let r = story_archive::route(socket, numbered, messages).await?;
-        numbered += messages.len();
-        println!(
-            "   {id}: {} more messages archived as {} rows after the rotation",
-            r.messages, r.rows
-        );
-    }
+    route_phase(
+        &sockets,
+        &AFTER,
+        &mut numbered,
+        "more messages archived as {rows} rows after the rotation",
+    )
+    .await?;
     drop((b, c));
 
     what_the_dba_sees(&db, &archive_path).await?;
     let (export, private_pem) = download_key(lab).await?;
     read_the_archive(&db, &export, &private_pem).await?;
     multi_master(lab).await
+}
+
+/// Each cluster's router sends its part of one phase of the story (messages numbered on from
+/// `numbered`, for their timestamps) and the outcome is printed with `what`, in which `{id}` and
+/// `{rows}` stand for the cluster and the rows written.
+async fn route_phase(
+    sockets: &[(&str, &Path)],
+    phase: &[(&str, &[story_archive::Message])],
+    numbered: &mut usize,
+    what: &str,
+) -> Result<(), LabError> {
+    for (id, messages) in phase {
+        let socket = sockets
+            .iter()
+            .find(|(s, _)| s == id)
+            .map(|(_, p)| *p)
+            .ok_or_else(|| step("router")(format!("no archiver on cluster {id}")))?;
+        let r = story_archive::route(socket, *numbered, messages).await?;
+        *numbered += messages.len();
+        let what = what.replace("{id}", id).replace("{rows}", &r.rows.to_string());
+        println!("   {id}: {} {what}", r.messages);
+    }
+    Ok(())
 }
 
 async fn enable_and_enroll(lab: &Lab) -> Result<(), LabError> {
