@@ -33,7 +33,11 @@ async fn network(n: usize) -> (tempfile::TempDir, Lab, Vec<String>) {
         .await
         .unwrap();
     for s in &ids[1..] {
-        lab.wait_until(s, "slave", Duration::from_secs(30), |st| st.role == "slave").await.unwrap();
+        lab.wait_until(s, "slave", Duration::from_secs(30), |st| {
+            st.role == imcrypt::admin::api::Role::Slave
+        })
+        .await
+        .unwrap();
     }
     (dir, lab, ids)
 }

@@ -262,10 +262,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         assert_eq!(fingerprint(&lab.status("a").await.unwrap()), before);
         let cb = lab.daemon("a").unwrap();
         let e = cb
-            .command(Command::DisableOnMaster {
-                password: pw(PASSWORD),
-                i_understand_data_loss: false,
-            })
+            .command(Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false })
             .await
             .unwrap_err();
         assert!(e.to_string().contains("--i-understand-data-loss"), "{e}");

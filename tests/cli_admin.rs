@@ -135,7 +135,7 @@ async fn admin_flow_end_to_end_through_the_cli() {
             "{}",
             o.stderr
         );
-        assert_eq!(lab.status("b").await.unwrap().role, "slave");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Slave);
 
         // Records under version 1 (sealed by b) and, after a rotation, version 2 (by a).
         let ring1 = ring_of(&lab, "a");
@@ -297,7 +297,7 @@ async fn admin_flow_end_to_end_through_the_cli() {
         )
         .await;
         assert_eq!(o.code, 0, "{}", o.stderr);
-        assert_eq!(lab.status("b").await.unwrap().role, "off");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Off);
 
         // After another rotation the download is stale: disable is refused unless acknowledged.
         assert_eq!(imcrypt(&["key", "rotate", "-c", &ca], "").await.code, 0);
@@ -312,7 +312,7 @@ async fn admin_flow_end_to_end_through_the_cli() {
             "{}",
             o.stderr
         );
-        assert_eq!(lab.status("a").await.unwrap().role, "master");
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Master);
         let o = imcrypt(
             &[
                 "encryption",
@@ -330,7 +330,7 @@ async fn admin_flow_end_to_end_through_the_cli() {
         assert_eq!(o.code, 0, "{}", o.stderr);
         let done: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
         assert!(done["message"].as_str().unwrap().contains("whole domain"), "{done}");
-        lab.wait_until("c", "off", WAIT, |s| s.role == "off").await.unwrap();
+        lab.wait_until("c", "off", WAIT, |s| s.role == Role::Off).await.unwrap();
 
         // Peers and alarms answer in both formats.
         let o = imcrypt(&["peers", "-c", &ca], "").await;
@@ -459,7 +459,7 @@ async fn cli_connection_settings_and_their_errors() {
         .await;
         assert_eq!(o.code, 6, "{}", o.stderr);
         assert!(o.stderr.contains("locked out"), "{}", o.stderr);
-        assert_eq!(lab.status("a").await.unwrap().role, "master");
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Master);
         // No daemon there: exit 1.
         lab.stop_all().await;
         let o = imcrypt(&[&explicit[..], &["--token", token.trim()]].concat(), "").await;

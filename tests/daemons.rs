@@ -20,7 +20,7 @@ async fn eligible_peers_are_enrolled_and_a_peer_added_later_too() {
         }
         lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
         let a = lab.status("a").await.unwrap();
-        assert_eq!(a.role, "master");
+        assert_eq!(a.role, Role::Master);
         for id in ["b", "c"] {
             let s = lab.wait_until(id, "slave of a", WAIT, is_slave_of("a")).await.unwrap();
             assert_eq!(s.domain, a.domain);
@@ -52,7 +52,7 @@ async fn ineligible_and_older_peers_are_enrolled_once_they_restart_eligible_and_
         let a = lab
             .wait_until("a", "both peers' reasons shown", WAIT, |s| {
                 let rel = |id: &str| {
-                    s.peers.iter().find(|p| p.id.as_str() == id).map(|p| p.relation.clone())
+                    s.peers.iter().find(|p| p.id.as_str() == id).map(|p| p.relation.to_string())
                 };
                 rel("b").is_some_and(|r| r.starts_with("not enrolled: ") && r.contains("b2"))
                     && rel("c").is_some_and(|r| {
@@ -61,7 +61,8 @@ async fn ineligible_and_older_peers_are_enrolled_once_they_restart_eligible_and_
             })
             .await
             .unwrap();
-        let rel = |id: &str| a.peers.iter().find(|p| p.id.as_str() == id).unwrap().relation.clone();
+        let rel =
+            |id: &str| a.peers.iter().find(|p| p.id.as_str() == id).unwrap().relation.to_string();
         assert!(rel("b").contains("b2"), "{}", rel("b"));
         assert!(
             rel("c").contains("does not support encryption") || rel("c").contains("upgrade"),
@@ -69,7 +70,7 @@ async fn ineligible_and_older_peers_are_enrolled_once_they_restart_eligible_and_
             rel("c")
         );
         for id in ["b", "c"] {
-            assert_eq!(lab.status(id).await.unwrap().role, "off");
+            assert_eq!(lab.status(id).await.unwrap().role, Role::Off);
         }
         // b gets its archiver configured, c is upgraded; both restart and are enrolled.
         lab.spec_mut("b").nodes[1].1 = "sql_server".into();
@@ -163,7 +164,7 @@ async fn the_three_multi_master_cases_raise_on_both_sides_and_clear() {
         // The relation ends when d disables its domain: e leaves it, both alarms clear.
         lab.daemon("d").unwrap().command(disable_domain()).await.unwrap();
         assert_cleared(&lab, "b", "e").await;
-        assert_eq!(lab.status("b").await.unwrap().role, "slave");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Slave);
         lab.stop_all().await;
     })
     .await;
@@ -185,22 +186,21 @@ async fn disable_on_master_reaches_every_slave_even_one_that_was_down() {
         let e = lab
             .daemon("a")
             .unwrap()
-            .command(Command::DisableOnMaster {
-                password: pw(PASSWORD),
-                i_understand_data_loss: false,
-            })
+            .command(Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false })
             .await
             .unwrap_err()
             .to_string();
         assert!(e.contains("download"), "{e}");
-        assert_eq!(lab.status("a").await.unwrap().role, "master");
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Master);
         lab.daemon("a").unwrap().command(disable_domain()).await.unwrap();
-        lab.wait_until("b", "off", WAIT, |s| s.role == "off" && s.key_versions.is_empty())
+        lab.wait_until("b", "off", WAIT, |s| s.role == Role::Off && s.key_versions.is_empty())
             .await
             .unwrap();
         lab.start("c").await.unwrap();
-        let c =
-            lab.wait_until("c", "off after coming back", WAIT, |s| s.role == "off").await.unwrap();
+        let c = lab
+            .wait_until("c", "off after coming back", WAIT, |s| s.role == Role::Off)
+            .await
+            .unwrap();
         assert!(c.key_versions.is_empty() && c.domain.is_none());
         lab.stop_all().await;
     })
@@ -219,20 +219,23 @@ async fn disable_on_a_slave_needs_the_masters_password() {
         let wrong = lab
             .daemon("b")
             .unwrap()
-            .command(Command::DisableOnSlave { master_password: pw("Wrong-Passw0rd-xyz") })
+            .command(Command::Disable {
+                password: pw("Wrong-Passw0rd-xyz"),
+                i_understand_data_loss: false,
+            })
             .await;
         assert!(wrong.is_err());
-        assert_eq!(lab.status("b").await.unwrap().role, "slave");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Slave);
         lab.daemon("b")
             .unwrap()
-            .command(Command::DisableOnSlave { master_password: pw(PASSWORD) })
+            .command(Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false })
             .await
             .unwrap();
-        assert_eq!(lab.status("b").await.unwrap().role, "off");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Off);
         // The master does not enroll it again at the next exchanges.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(lab.status("b").await.unwrap().role, "off");
-        assert_eq!(lab.status("a").await.unwrap().role, "master");
+        assert_eq!(lab.status("b").await.unwrap().role, Role::Off);
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Master);
         lab.stop_all().await;
     })
     .await;
@@ -258,7 +261,7 @@ async fn master_killed_slaves_keep_keys_and_alarm_then_recover_and_restarts_keep
                 })
                 .await
                 .unwrap();
-            assert_eq!(s.role, "slave");
+            assert_eq!(s.role, Role::Slave);
             assert_eq!(s.key_versions, b0.key_versions, "{id} keeps its keys");
         }
 
@@ -282,7 +285,7 @@ async fn master_killed_slaves_keep_keys_and_alarm_then_recover_and_restarts_keep
         lab.start("c").await.unwrap();
         for id in ["b", "c"] {
             let s = lab.status(id).await.unwrap();
-            assert_eq!(s.role, "slave");
+            assert_eq!(s.role, Role::Slave);
             assert_eq!(s.domain, b0.domain);
             assert_eq!(s.key_versions.len(), 2);
         }
@@ -356,7 +359,7 @@ async fn peers_with_a_wrong_certificate_or_none_are_refused() {
         // A server whose certificate does not name the cluster dialled is refused by the client.
         let e = raw_post(addr, b.client.clone(), "c").await.unwrap_err();
         assert!(e.contains("TLS"), "{e}");
-        assert_eq!(lab.status("a").await.unwrap().role, "off");
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Off);
         lab.stop_all().await;
     })
     .await;
@@ -421,7 +424,7 @@ async fn a_peer_added_at_runtime_is_dialled_and_enrolled_and_removing_it_cuts_th
             })
             .await
             .unwrap();
-        assert_eq!(e.role, "slave", "e keeps its keys");
+        assert_eq!(e.role, Role::Slave, "e keeps its keys");
         lab.stop_all().await;
     })
     .await;
@@ -442,7 +445,7 @@ async fn a_change_that_cannot_be_saved_is_reported_as_lost_and_stops_the_daemon(
         lab.stop("a").await.unwrap();
         std::fs::remove_dir(&tmp).unwrap();
         lab.start("a").await.unwrap();
-        assert_eq!(lab.status("a").await.unwrap().role, "off", "the change was not kept");
+        assert_eq!(lab.status("a").await.unwrap().role, Role::Off, "the change was not kept");
         lab.stop_all().await;
     })
     .await;

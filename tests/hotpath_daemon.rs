@@ -65,7 +65,7 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
         assert_eq!(&op.open(&second, b"row-2").unwrap()[..], b"after rotation");
 
         lab.daemon("a").unwrap().command(disable_domain()).await.unwrap();
-        lab.wait_until("b", "off", WAIT, |s| s.role == "off").await.unwrap();
+        lab.wait_until("b", "off", WAIT, |s| s.role == Role::Off).await.unwrap();
         let mut off = false;
         for _ in 0..200 {
             if seal_one(&client, b"row-3", b"x").await.is_none() {

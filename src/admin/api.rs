@@ -1,11 +1,19 @@
-//! The admin API's routes and JSON bodies, shared by the server (`admin`) and the client
-//! (`cli::client`). docs/admin-api.yaml describes the same routes; a test keeps the two equal.
+//! The admin API's contract: routes, request bodies and response bodies, one type each,
+//! serialized by the server (`admin`, filled by the daemon) and deserialized by the client
+//! (`cli`), so a renamed field breaks the build instead of printing `-`.
+//! docs/admin-api.yaml describes the same routes and bodies; tests keep the two equal.
 //!
 //! Invariants: [`Route::ALL`] is the complete list of routes the server answers; request types
-//! that carry a password hold it in zeroizing memory and have no `Debug`.
+//! that carry a password hold it in zeroizing memory and have no `Debug`; no response type
+//! holds key material.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
+
+use crate::alarm::{Alarm, AlarmEvent};
+use crate::cluster::PeerRelation;
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::peer::client::LinkStatus;
 
 /// Largest request body accepted (a 16384-bit RSA public key in PEM is about 3 KiB).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -171,6 +179,63 @@ pub struct AddNodeRequest {
     pub id: String,
     /// `postgresql`, `sql_server`, `none`, or another product's name.
     pub archiver: String,
+}
+
+/// A cluster's role, as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Encryption is not enabled here.
+    Off,
+    Master,
+    Slave,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Off => "off",
+            Role::Master => "master",
+            Role::Slave => "slave",
+        })
+    }
+}
+
+/// `GET /v1/status`: role, domain, key versions (never key bytes), peers and active alarms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub cluster: ClusterId,
+    pub role: Role,
+    /// Why this cluster does not encrypt (when it does not).
+    pub off_reason: Option<String>,
+    pub domain: Option<DomainId>,
+    pub master: Option<ClusterId>,
+    pub epoch: Option<Epoch>,
+    pub key_versions: Vec<KeyVersion>,
+    pub primary_version: Option<KeyVersion>,
+    /// "Enable on remote clusters" (on a master or slave).
+    pub remote: Option<bool>,
+    pub eligible: bool,
+    pub peers: Vec<PeerStatus>,
+    pub alarms: Vec<Alarm>,
+}
+
+/// One peer in `GET /v1/status` and `GET /v1/peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub id: ClusterId,
+    /// `host:port` of its intercluster listener, when one is configured.
+    pub address: Option<String>,
+    /// How this cluster sees the peer (slave in sync, conflict and why, not enrolled and why…).
+    pub relation: PeerRelation,
+    pub link: LinkStatus,
+}
+
+/// `GET /v1/alarms`: the active alarms and the recent raises and clears, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmsReport {
+    pub active: Vec<Alarm>,
+    pub history: Vec<AlarmEvent>,
 }
 
 /// The answer to a command that succeeded: what happened, in the operator's terms.

@@ -15,7 +15,6 @@
 //!   place where that mapping lives.
 
 pub mod api;
-pub mod history;
 pub mod limit;
 pub mod token;
 
@@ -38,16 +37,17 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cluster::{Command, CommandError, ComplianceDb, NodeId};
+use crate::alarm::AlarmHistory;
+use crate::cluster::{Command, CommandError, ComplianceDb, NodeId, Outcome};
 use crate::config::Config;
-use crate::crypto::export::{PublicKeyError, export_ring, parse_public_key};
+use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_public_key};
 use crate::crypto::password::Password;
 use crate::daemon::{Control, DaemonError};
 use crate::ids::ClusterId;
+use crate::store::StoreError;
 
 use api::{ErrorBody, ErrorDetail, Match, Route};
-pub use history::AlarmHistory;
-use limit::{Limits, Outcome, PasswordLimiter, Refused};
+use limit::{Limits, Outcome as Checked, PasswordLimiter, Refused};
 use token::{Token, TokenError};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,18 +216,33 @@ pub enum ApiError {
     Command(#[from] CommandError),
     #[error("the daemon is stopping")]
     Stopping,
-    #[error("{0}")]
-    NotSaved(String),
+    #[error("the change could not be saved ({0}); the daemon stops and the change is lost")]
+    NotSaved(#[source] Arc<StoreError>),
     #[error("the key export could not be made: {0}")]
-    Export(String),
+    Export(#[from] ExportError),
+    /// The daemon answered a command with an outcome of another command: a bug, never an
+    /// answer to make up.
+    #[error("internal error: the daemon answered {0}")]
+    UnexpectedOutcome(String),
 }
 
 impl From<DaemonError> for ApiError {
     fn from(e: DaemonError) -> Self {
         match e {
             DaemonError::Command(c) => ApiError::Command(c),
-            e @ DaemonError::NotSaved(_) => ApiError::NotSaved(e.to_string()),
-            _ => ApiError::Stopping,
+            DaemonError::NotSaved(e) => ApiError::NotSaved(e),
+            DaemonError::Stopped => ApiError::Stopping,
+            // Start-up errors: a running daemon's requests never return them.
+            e @ (DaemonError::StateDir { .. }
+            | DaemonError::NodeKeyMissing { .. }
+            | DaemonError::NodeKey(_)
+            | DaemonError::Store(_)
+            | DaemonError::State(_)
+            | DaemonError::Tls(_)
+            | DaemonError::Listen { .. }
+            | DaemonError::Hotpath(_)
+            | DaemonError::HotpathKeys(_)
+            | DaemonError::Admin(_)) => ApiError::UnexpectedOutcome(e.to_string()),
         }
     }
 }
@@ -255,23 +270,34 @@ impl ApiError {
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             ApiError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
+            ApiError::UnexpectedOutcome(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Command(c) => match c {
                 C::WrongPassword | C::WrongMasterPassword { .. } => {
                     (StatusCode::FORBIDDEN, "wrong_password")
                 }
                 C::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "password_policy"),
-                C::PeerIsSelf => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+                C::PeerIsSelf | C::BadPeerAddress(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "bad_value")
+                }
                 C::NoSuchPeer(_) | C::NoSuchNode(_) | C::NoStaleData(_) => {
                     (StatusCode::NOT_FOUND, "not_found")
                 }
                 C::NotMasterButSlave { .. } | C::NotMasterButOff { .. } => {
                     (StatusCode::CONFLICT, "not_master")
                 }
-                C::NotSlaveButMaster { .. } | C::NotSlaveButOff { .. } => {
-                    (StatusCode::CONFLICT, "not_slave")
-                }
                 C::KeysNotDownloaded { .. } => (StatusCode::CONFLICT, "keys_not_downloaded"),
-                _ => (StatusCode::CONFLICT, "refused"),
+                C::NoCapability
+                | C::AlreadyMaster { .. }
+                | C::AlreadySlave { .. }
+                | C::PeerEncrypts { .. }
+                | C::NotEligible { .. }
+                | C::NotEncrypting
+                | C::RemoteAlreadySet(_)
+                | C::KeyVersionsExhausted
+                | C::PeerExists(_)
+                | C::NodeAddWhileEncrypting
+                | C::ArchiverChangeWhileEncrypting { .. }
+                | C::NodeExists(_) => (StatusCode::CONFLICT, "refused"),
             },
         }
     }
@@ -280,7 +306,18 @@ impl ApiError {
         match self {
             ApiError::RateLimited(r) => Some(r.retry_after()),
             ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
-            _ => None,
+            ApiError::NoToken
+            | ApiError::WrongToken
+            | ApiError::NotFound(_)
+            | ApiError::WrongMethod { .. }
+            | ApiError::TooLarge
+            | ApiError::BadBody(_)
+            | ApiError::BadValue(_)
+            | ApiError::PublicKey(_)
+            | ApiError::Command(_)
+            | ApiError::NotSaved(_)
+            | ApiError::Export(_)
+            | ApiError::UnexpectedOutcome(_) => None,
         }
     }
 
@@ -363,13 +400,13 @@ async fn with_password(
     control: &Control,
     client: IpAddr,
     cmd: Command,
-) -> Result<crate::daemon::CommandOutcome, ApiError> {
+) -> Result<Outcome, ApiError> {
     ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(client, Instant::now())?;
     /// Records the outcome when dropped, whatever happened.
     struct Finish {
         ctx: Arc<Ctx>,
         client: IpAddr,
-        outcome: Outcome,
+        outcome: Checked,
     }
     impl Drop for Finish {
         fn drop(&mut self) {
@@ -380,7 +417,7 @@ async fn with_password(
             );
         }
     }
-    let mut finish = Finish { ctx: ctx.clone(), client, outcome: Outcome::NotChecked };
+    let mut finish = Finish { ctx: ctx.clone(), client, outcome: Checked::NotChecked };
     let control = control.clone();
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _slot = tokio::time::timeout(HASH_SLOT_WAIT, finish.ctx.hashing.acquire())
@@ -389,13 +426,13 @@ async fn with_password(
             .map_err(|_| ApiError::Stopping)?;
         let r = control.command(cmd).await;
         finish.outcome = match &r {
-            Ok(_) => Outcome::Correct,
+            Ok(_) => Checked::Correct,
             Err(DaemonError::Command(
                 CommandError::WrongPassword | CommandError::WrongMasterPassword { .. },
-            )) => Outcome::Wrong,
-            Err(_) => Outcome::NotChecked,
+            )) => Checked::Wrong,
+            Err(_) => Checked::NotChecked,
         };
-        if finish.outcome == Outcome::Wrong {
+        if finish.outcome == Checked::Wrong {
             tracing::warn!(client = %client, "admin request with a wrong password");
         }
         Ok(r?)
@@ -404,10 +441,7 @@ async fn with_password(
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    crate::daemon::now().unix_secs()
 }
 
 fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
@@ -450,19 +484,17 @@ async fn handle(
         Route::Peers => Ok(json(StatusCode::OK, &control.status().await?.peers)),
         Route::Alarms => {
             let active = control.status().await?.alarms;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "active": active, "history": ctx.history.snapshot() }),
-            ))
+            let report = api::AlarmsReport { active, history: ctx.history.snapshot() };
+            Ok(json(StatusCode::OK, &report))
         }
         Route::Enable => {
             let b: api::EnableRequest = body(req).await?;
             let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
-            with_password(ctx, control, client, cmd).await?;
-            let s = control.status().await?;
-            let domain = s.domain.map(|d| d.to_string()).unwrap_or_default();
-            let mut msg =
-                format!("encryption enabled: cluster {} is master of domain {domain}", s.cluster);
+            let domain = match with_password(ctx, control, client, cmd).await? {
+                Outcome::Enabled { domain } => domain,
+                other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            };
+            let mut msg = format!("encryption enabled: this cluster is master of domain {domain}");
             if b.remote {
                 msg.push_str("; eligible peers are enrolled as slaves at the next sync");
             }
@@ -470,24 +502,21 @@ async fn handle(
         }
         Route::Disable => {
             let b: api::DisableRequest = body(req).await?;
-            let role = control.status().await?.role;
-            let cmd = if role == "slave" {
-                Command::DisableOnSlave { master_password: password(&b.password) }
-            } else {
-                Command::DisableOnMaster {
-                    password: password(&b.password),
-                    i_understand_data_loss: b.i_understand_data_loss,
-                }
+            let cmd = Command::Disable {
+                password: password(&b.password),
+                i_understand_data_loss: b.i_understand_data_loss,
             };
-            with_password(ctx, control, client, cmd).await?;
-            Ok(done(
-                if role == "slave" {
-                    "encryption disabled on this slave; its keys are deleted"
-                } else {
-                    "encryption disabled in the whole domain; every cluster deletes its keys"
-                },
-                vec![],
-            ))
+            let msg = match with_password(ctx, control, client, cmd).await? {
+                Outcome::DisabledHere { master } => format!(
+                    "encryption disabled on this slave of cluster {master}; its keys are deleted"
+                ),
+                Outcome::DisabledDomain { domain } => format!(
+                    "encryption disabled in the whole domain {domain}; every cluster deletes its \
+                     keys"
+                ),
+                other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            };
+            Ok(done(msg, vec![]))
         }
         Route::SetRemote => {
             let b: api::RemoteRequest = body(req).await?;
@@ -516,9 +545,10 @@ async fn handle(
             ))
         }
         Route::RotateKey => {
-            control.command(Command::RotateKey).await?;
-            let s = control.status().await?;
-            let v = s.primary_version.map(|v| v.to_string()).unwrap_or_default();
+            let v = match control.command(Command::RotateKey).await? {
+                Outcome::Rotated { primary } => primary,
+                other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            };
             Ok(done(
                 format!("new key version {v} is primary; older versions stay for decryption"),
                 vec![
@@ -531,12 +561,11 @@ async fn handle(
             // The key is checked before the password is looked at.
             let to = parse_public_key(&b.public_key_pem)?;
             let cmd = Command::DownloadKeys { password: password(&b.password) };
-            let outcome = with_password(ctx, control, client, cmd).await?;
-            let ring = outcome
-                .keys_for_download
-                .ok_or_else(|| ApiError::Export("the daemon gave no keys".into()))?;
-            let doc =
-                export_ring(&ring, &to, unix_now()).map_err(|e| ApiError::Export(e.to_string()))?;
+            let ring = match with_password(ctx, control, client, cmd).await? {
+                Outcome::KeysForDownload(ring) => ring,
+                other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            };
+            let doc = export_ring(&ring, &to, unix_now())?;
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
                 versions = doc.keys.len(),
@@ -547,15 +576,6 @@ async fn handle(
         Route::AddPeer => {
             let b: api::AddPeerRequest = body(req).await?;
             let peer = cluster_id(&b.id)?;
-            if b.address
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(ApiError::BadValue(format!(
-                    "address {:?} must be host:port",
-                    b.address
-                )));
-            }
             control.add_peer(peer.clone(), b.address.clone()).await?;
             Ok(done(
                 format!("cluster {peer} is now a peer of this cluster, at {}", b.address),

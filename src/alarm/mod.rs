@@ -9,6 +9,10 @@
 //! key that was not active (or whose cause or remedy changed) and a clear only for a key that
 //! was. Alarm texts never contain key material or passwords.
 
+mod history;
+
+pub use history::{AlarmEvent, AlarmEventKind, AlarmHistory};
+
 use std::collections::BTreeMap;
 use std::fmt;
 

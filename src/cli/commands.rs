@@ -16,6 +16,7 @@ use super::CliError;
 use super::client::{Client, ConnectArgs};
 use super::viewer;
 use crate::admin::api;
+use crate::alarm::Alarm;
 use crate::crypto::export::{KeyExport, parse_public_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -191,19 +192,24 @@ pub enum KeyCommand {
 
 // ----- plumbing ---------------------------------------------------------------------------
 
-fn call(
+/// One admin API request: `body` is the route's request type, `T` its response type (both
+/// from `admin::api`, the contract the daemon answers with).
+fn call<T: serde::de::DeserializeOwned>(
     common: &Common,
     method: Method,
     path: &str,
-    body: Option<Value>,
-) -> Result<Value, CliError> {
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, CliError> {
     let client = Client::new(common.conn.target()?)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    Ok(rt.block_on(client.call::<Value>(method, path, body.as_ref()))?)
+    Ok(rt.block_on(client.call::<T>(method, path, body))?)
 }
+
+/// A command's request without a body.
+const NO_BODY: Option<&()> = None;
 
 fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
@@ -211,13 +217,13 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     writeln!(out).map_err(CliError::Output)
 }
 
-fn print_done(common: &Common, v: &Value) -> Result<(), CliError> {
+fn print_done(common: &Common, v: &api::Done) -> Result<(), CliError> {
     if common.output == Output::Json {
         return print_json(v);
     }
-    println!("{}", v["message"].as_str().unwrap_or_default());
-    for n in v["notes"].as_array().into_iter().flatten() {
-        println!("note: {}", n.as_str().unwrap_or_default());
+    println!("{}", v.message);
+    for n in &v.notes {
+        println!("note: {n}");
     }
     Ok(())
 }
@@ -284,100 +290,87 @@ fn read_password(src: &PasswordSource, what: &str) -> Result<Zeroizing<String>, 
     })
 }
 
-fn secret(v: &Zeroizing<String>) -> Value {
-    Value::String(v.as_str().to_owned())
-}
-
 // ----- admin commands ---------------------------------------------------------------------
 
-fn or_dash(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Bool(true) => "yes".into(),
-        Value::Bool(false) => "no".into(),
-        other => other.to_string(),
-    }
+/// A cell of the status table: `-` for nothing.
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map(|v| v.to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "-".into())
 }
 
-fn print_alarms(alarms: &Value) {
-    let list = alarms.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn print_alarms(alarms: &[Alarm]) {
+    if alarms.is_empty() {
         println!("no active alarms");
         return;
     }
-    for a in list {
+    for a in alarms {
         println!(
             "{} ({}) about {}: {} Remedy: {}",
-            or_dash(&a["key"]["name"]),
-            or_dash(&a["severity"]),
-            or_dash(&a["key"]["about"]),
-            or_dash(&a["cause"]),
-            or_dash(&a["remedy"])
+            a.key.name.as_str(),
+            a.severity,
+            a.key.about,
+            a.cause,
+            a.remedy
         );
     }
 }
 
-fn print_peers(peers: &Value) {
-    let list = peers.as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+fn print_peers(peers: &[api::PeerStatus]) {
+    if peers.is_empty() {
         println!("no peers");
         return;
     }
     println!("{:<24} {:<10} RELATION", "PEER", "LINK");
-    for p in list {
-        let link = if p["link"]["connected"].as_bool() == Some(true) {
-            "connected".to_string()
-        } else {
-            "down".to_string()
-        };
-        println!("{:<24} {:<10} {}", or_dash(&p["id"]), link, or_dash(&p["relation"]));
-        if let Some(e) = p["link"]["last_error"].as_str() {
+    for p in peers {
+        let link = if p.link.connected { "connected" } else { "down" };
+        println!("{:<24} {:<10} {}", p.id, link, p.relation);
+        if let Some(e) = &p.link.last_error {
             println!("{:<24} {:<10} last error: {e}", "", "");
         }
     }
 }
 
 pub fn status(common: &Common) -> Result<(), CliError> {
-    let s = call(common, Method::GET, "/v1/status", None)?;
+    let s: api::Status = call(common, Method::GET, "/v1/status", NO_BODY)?;
     if common.output == Output::Json {
         return print_json(&s);
     }
-    let versions: Vec<String> =
-        s["key_versions"].as_array().into_iter().flatten().map(|v| v.to_string()).collect();
+    let versions: Vec<String> = s.key_versions.iter().map(|v| v.to_string()).collect();
     let rows = [
-        ("cluster", or_dash(&s["cluster"])),
-        ("role", or_dash(&s["role"])),
-        ("off reason", or_dash(&s["off_reason"])),
-        ("domain", or_dash(&s["domain"])),
-        ("master", or_dash(&s["master"])),
-        ("epoch", or_dash(&s["epoch"])),
+        ("cluster", s.cluster.to_string()),
+        ("role", s.role.to_string()),
+        ("off reason", or_dash(s.off_reason.as_ref())),
+        ("domain", or_dash(s.domain.as_ref())),
+        ("master", or_dash(s.master.as_ref())),
+        ("epoch", or_dash(s.epoch.as_ref())),
         (
             "key versions",
             if versions.is_empty() {
                 "-".into()
             } else {
-                format!("{} (primary {})", versions.join(", "), or_dash(&s["primary_version"]))
+                format!("{} (primary {})", versions.join(", "), or_dash(s.primary_version.as_ref()))
             },
         ),
-        ("remote", or_dash(&s["remote"])),
-        ("eligible", or_dash(&s["eligible"])),
+        ("remote", or_dash(s.remote.map(yes_no))),
+        ("eligible", yes_no(s.eligible).into()),
     ];
     for (k, v) in rows {
         println!("{k:<13} {v}");
     }
     println!();
-    print_peers(&s["peers"]);
+    print_peers(&s.peers);
     println!();
-    print_alarms(&s["alarms"]);
+    print_alarms(&s.alarms);
     Ok(())
 }
 
 pub fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), CliError> {
     match cmd {
         None => {
-            let p = call(common, Method::GET, "/v1/peers", None)?;
+            let p: Vec<api::PeerStatus> = call(common, Method::GET, "/v1/peers", NO_BODY)?;
             if common.output == Output::Json {
                 return print_json(&p);
             }
@@ -385,14 +378,13 @@ pub fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), CliError>
             Ok(())
         }
         Some(PeersCommand::Add { id, address, common }) => {
-            let body =
-                serde_json::to_value(api::AddPeerRequest { id, address }).expect("serializes");
-            let v = call(&common, Method::POST, "/v1/peers", Some(body))?;
+            let body = api::AddPeerRequest { id, address };
+            let v = call(&common, Method::POST, "/v1/peers", Some(&body))?;
             print_done(&common, &v)
         }
         Some(PeersCommand::Remove { id, common }) => {
-            let v =
-                call(&common, Method::DELETE, &format!("/v1/peers/{}", path_segment(&id)?), None)?;
+            let path = format!("/v1/peers/{}", path_segment(&id)?);
+            let v = call(&common, Method::DELETE, &path, NO_BODY)?;
             print_done(&common, &v)
         }
     }
@@ -410,37 +402,29 @@ fn path_segment(s: &str) -> Result<&str, CliError> {
 pub fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
     match cmd {
         NodesCommand::Add { id, archiver, common } => {
-            let body =
-                serde_json::to_value(api::AddNodeRequest { id, archiver }).expect("serializes");
-            let v = call(&common, Method::POST, "/v1/nodes", Some(body))?;
+            let body = api::AddNodeRequest { id, archiver };
+            let v = call(&common, Method::POST, "/v1/nodes", Some(&body))?;
             print_done(&common, &v)
         }
         NodesCommand::Remove { id, common } => {
-            let v =
-                call(&common, Method::DELETE, &format!("/v1/nodes/{}", path_segment(&id)?), None)?;
+            let path = format!("/v1/nodes/{}", path_segment(&id)?);
+            let v = call(&common, Method::DELETE, &path, NO_BODY)?;
             print_done(&common, &v)
         }
     }
 }
 
 pub fn alarms(common: &Common) -> Result<(), CliError> {
-    let v = call(common, Method::GET, "/v1/alarms", None)?;
+    let v: api::AlarmsReport = call(common, Method::GET, "/v1/alarms", NO_BODY)?;
     if common.output == Output::Json {
         return print_json(&v);
     }
-    print_alarms(&v["active"]);
-    let history = v["history"].as_array().cloned().unwrap_or_default();
-    if !history.is_empty() {
+    print_alarms(&v.active);
+    if !v.history.is_empty() {
         println!();
         println!("{:<25} {:<8} {:<30} ABOUT", "AT", "EVENT", "ALARM");
-        for e in history {
-            println!(
-                "{:<25} {:<8} {:<30} {}",
-                or_dash(&e["at"]),
-                or_dash(&e["event"]),
-                or_dash(&e["name"]),
-                or_dash(&e["about"])
-            );
+        for e in &v.history {
+            println!("{:<25} {:<8} {:<30} {}", e.at, e.event, e.name.as_str(), e.about);
         }
     }
     Ok(())
@@ -460,22 +444,19 @@ pub fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
                 }
                 _ => read_password(&password, "Encryption password")?,
             };
-            let body = serde_json::json!({ "password": secret(&pw), "remote": remote });
-            let v = call(&common, Method::POST, "/v1/encryption/enable", Some(body))?;
+            let body = api::EnableRequest { password: pw, remote };
+            let v = call(&common, Method::POST, "/v1/encryption/enable", Some(&body))?;
             print_done(&common, &v)
         }
         EncryptionCommand::Disable { i_understand_data_loss, password, common } => {
             let pw = read_password(&password, "Encryption password (the master's)")?;
-            let body = serde_json::json!({
-                "password": secret(&pw),
-                "i_understand_data_loss": i_understand_data_loss,
-            });
-            let v = call(&common, Method::POST, "/v1/encryption/disable", Some(body))?;
+            let body = api::DisableRequest { password: pw, i_understand_data_loss };
+            let v = call(&common, Method::POST, "/v1/encryption/disable", Some(&body))?;
             print_done(&common, &v)
         }
         EncryptionCommand::Remote { state, common } => {
-            let body = serde_json::json!({ "enabled": state == OnOff::On });
-            let v = call(&common, Method::PUT, "/v1/encryption/remote", Some(body))?;
+            let body = api::RemoteRequest { enabled: state == OnOff::On };
+            let v = call(&common, Method::PUT, "/v1/encryption/remote", Some(&body))?;
             print_done(&common, &v)
         }
     }
@@ -506,18 +487,16 @@ pub fn password(cmd: PasswordCommand) -> Result<(), CliError> {
         };
         (old, new)
     };
-    let body = serde_json::json!({
-        "old_password": secret(&nonempty(old)?),
-        "new_password": secret(&nonempty(new)?),
-    });
-    let v = call(&common, Method::POST, "/v1/password", Some(body))?;
+    let body =
+        api::PasswordChangeRequest { old_password: nonempty(old)?, new_password: nonempty(new)? };
+    let v = call(&common, Method::POST, "/v1/password", Some(&body))?;
     print_done(&common, &v)
 }
 
 pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Rotate { common } => {
-            let v = call(&common, Method::POST, "/v1/keys/rotate", Some(serde_json::json!({})))?;
+            let v = call(&common, Method::POST, "/v1/keys/rotate", NO_BODY)?;
             print_done(&common, &v)
         }
         KeyCommand::Download { public_key, out, force, password, common } => {
@@ -533,17 +512,15 @@ pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
                 return Err(viewer::ViewerError::Exists { path: o.clone() }.into());
             }
             let pw = read_password(&password, "Encryption password")?;
-            let body = serde_json::json!({ "password": secret(&pw), "public_key_pem": pem });
-            let v = call(&common, Method::POST, "/v1/keys/download", Some(body))?;
-            let doc: KeyExport = serde_json::from_value(v.clone())
-                .map_err(|e| super::client::ClientError::Decode(e.to_string()))?;
+            let body = api::DownloadRequest { password: pw, public_key_pem: pem };
+            let doc: KeyExport = call(&common, Method::POST, "/v1/keys/download", Some(&body))?;
             if doc.recipient_sha256 != to.fingerprint_hex() {
                 return Err(super::client::ClientError::Decode(
                     "the export is wrapped for another public key".into(),
                 )
                 .into());
             }
-            let mut bytes = serde_json::to_vec_pretty(&v).expect("serializes");
+            let mut bytes = serde_json::to_vec_pretty(&doc).expect("serializes");
             bytes.push(b'\n');
             let versions: Vec<String> = doc.keys.iter().map(|k| k.version.to_string()).collect();
             match &out {

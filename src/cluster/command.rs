@@ -31,24 +31,26 @@ pub enum Command {
     RotateKey,
     /// On the master: check that a key download is allowed (password) and record it. The
     /// daemon validates the administrator's public key *before* issuing this command and wraps
-    /// the ring from [`super::Effect::KeysForDownload`].
+    /// the ring of [`Outcome::KeysForDownload`].
     DownloadKeys {
         password: Password,
     },
-    /// On the master: disable encryption in the whole domain. All key material is deleted
-    /// everywhere, so this is refused unless the current key set was downloaded since its last
-    /// change, or `i_understand_data_loss` is set.
-    DisableOnMaster {
+    /// Disable encryption, resolved by the role this cluster has when the command runs (so
+    /// no caller has to read the role first and race a change of it):
+    /// - on the master, in the whole domain: all key material is deleted everywhere, so this
+    ///   is refused unless the current key set was downloaded since its last change, or
+    ///   `i_understand_data_loss` is set;
+    /// - on a slave, here only: `password` is the master's; the master does not enroll this
+    ///   cluster again unless its administrator switches "remote" on again.
+    Disable {
         password: Password,
         i_understand_data_loss: bool,
     },
-    /// On a slave: stop encrypting here; needs the master's password. The master does not
-    /// enroll this cluster again unless its administrator switches "remote" on again.
-    DisableOnSlave {
-        master_password: Password,
-    },
+    /// Peer with `peer`, whose intercluster listener is at `address` (`host:port`): its link
+    /// comes up ([`super::Effect::LinkUp`]) before the first hello is sent to it.
     AddPeer {
         peer: ClusterId,
+        address: String,
     },
     RemovePeer {
         peer: ClusterId,
@@ -69,6 +71,24 @@ pub enum Command {
     AcknowledgeStaleData {
         peer: ClusterId,
     },
+}
+
+/// What a command that succeeded did, with what its caller needs to answer the administrator
+/// (so nobody has to read the status again and race the next change).
+#[derive(Debug)]
+pub enum Outcome {
+    /// The change is made; there is nothing more to say than the command itself.
+    Done,
+    /// This cluster is master of the new domain.
+    Enabled { domain: DomainId },
+    /// The new primary key version.
+    Rotated { primary: KeyVersion },
+    /// Disabled on the master: every cluster of `domain` deletes its keys.
+    DisabledDomain { domain: DomainId },
+    /// Disabled on this slave only; its copy of the keys is deleted.
+    DisabledHere { master: ClusterId },
+    /// A key download was authorised: wrap this ring under the administrator's public key.
+    KeysForDownload(Box<crate::crypto::keyring::KeyRing>),
 }
 
 /// Why a command was refused.
@@ -94,10 +114,8 @@ pub enum CommandError {
     NotMasterButSlave { what: &'static str, master: ClusterId },
     #[error("{what} is only possible on the master: encryption is not enabled on this cluster")]
     NotMasterButOff { what: &'static str },
-    #[error("{what} is only possible on a slave: this cluster is master of domain {domain}")]
-    NotSlaveButMaster { what: &'static str, domain: DomainId },
-    #[error("{what} is only possible on a slave: encryption is not enabled on this cluster")]
-    NotSlaveButOff { what: &'static str },
+    #[error("there is nothing to disable: encryption is not enabled on this cluster")]
+    NotEncrypting,
     #[error("the password is wrong")]
     WrongPassword,
     #[error("the master's password is wrong (it is the password set on cluster {master})")]
@@ -121,6 +139,8 @@ pub enum CommandError {
     NoSuchPeer(ClusterId),
     #[error("a cluster cannot be its own peer")]
     PeerIsSelf,
+    #[error("peer address {0:?} must be host:port (e.g. imcrypt-b.example.net:7100)")]
+    BadPeerAddress(String),
     #[error(
         "a node cannot be added while encryption is enabled on this cluster: disable encryption \
          first, add the node, configure its archiver, then enable encryption again (the new \

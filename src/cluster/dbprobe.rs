@@ -10,7 +10,10 @@
 //! again); a node that was never probed is judged by its configuration alone; a probe of a
 //! node that is not (or no longer) one of the cluster's nodes is ignored.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::alarm::{Alarm, AlarmName};
+use crate::ids::ClusterId;
 
 use super::machine::Cluster;
 use super::state::{ComplianceDb, NodeId, Time};
@@ -24,26 +27,38 @@ pub enum DbProbe {
     Unreachable { reason: String },
 }
 
-impl Cluster {
-    /// Input: the latest probe of `node`'s compliance database.
-    pub fn handle_db_probe(&mut self, node: &NodeId, probe: DbProbe, now: Time) {
-        if !self.state.nodes.contains_key(node) {
-            return;
+/// The last probe of each node's database, owned by the [`Cluster`]. Only nodes of the
+/// cluster are kept.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DbProbes(BTreeMap<NodeId, DbProbe>);
+
+impl DbProbes {
+    /// Records `probe` of `node` and forgets probes of nodes that are no longer in `nodes`.
+    fn record<'a>(
+        &mut self,
+        node: &NodeId,
+        probe: DbProbe,
+        nodes: impl Iterator<Item = &'a NodeId>,
+    ) {
+        let nodes: BTreeSet<&NodeId> = nodes.collect();
+        if nodes.contains(node) {
+            self.0.insert(node.clone(), probe);
         }
-        if self.db_probes.get(node) != Some(&probe) {
-            self.db_probes.insert(node.clone(), probe);
-        }
-        self.db_probes.retain(|n, _| self.state.nodes.contains_key(n));
-        self.handle_timeout(now);
+        self.0.retain(|n, _| nodes.contains(n));
+    }
+
+    /// Forgets `node` (it was removed from the cluster).
+    pub(super) fn forget(&mut self, node: &NodeId) {
+        self.0.remove(node);
     }
 
     /// Why the probe of `node` (configured for `configured`) makes this cluster not eligible.
-    pub(super) fn probe_says_not_eligible(
+    pub(super) fn not_eligible_reason(
         &self,
         node: &NodeId,
         configured: &ComplianceDb,
     ) -> Option<String> {
-        match self.db_probes.get(node)? {
+        match self.0.get(node)? {
             DbProbe::Unreachable { reason } => {
                 Some(format!("the compliance database of node {node} is unreachable ({reason})"))
             }
@@ -54,12 +69,11 @@ impl Cluster {
         }
     }
 
-    /// `MAcomplianceDbDown` while some node's last probe failed.
-    pub(super) fn db_down_alarm(&self) -> Option<Alarm> {
+    /// `MAcomplianceDbDown` about cluster `about` while some node's last probe failed.
+    pub(super) fn down_alarm(&self, about: &ClusterId) -> Option<Alarm> {
         let down: Vec<String> = self
-            .db_probes
+            .0
             .iter()
-            .filter(|(n, _)| self.state.nodes.contains_key(*n))
             .filter_map(|(n, p)| match p {
                 DbProbe::Unreachable { reason } => Some(format!("node {n}: {reason}")),
                 DbProbe::Reachable { .. } => None,
@@ -70,7 +84,7 @@ impl Cluster {
         }
         Some(Alarm::new(
             AlarmName::ComplianceDbDown,
-            self.config.id.clone(),
+            about.clone(),
             format!(
                 "the connection to the compliance database is lost ({}); messages cannot be \
                  archived there, and the cluster is not eligible for encryption meanwhile",
@@ -79,6 +93,15 @@ impl Cluster {
             "check that the database server runs and is reachable from the node, and the \
              credentials in [[nodes]] db; cleared by the first successful probe",
         ))
+    }
+}
+
+impl Cluster {
+    /// Input: the latest probe of `node`'s compliance database. A probe of a node that is not
+    /// one of the cluster's is ignored.
+    pub fn handle_db_probe(&mut self, node: &NodeId, probe: DbProbe, now: Time) {
+        self.db_probes.record(node, probe, self.state.nodes.keys());
+        self.finish(now);
     }
 }
 

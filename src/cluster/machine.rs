@@ -15,11 +15,12 @@ use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Password, PasswordRecord, check_policy};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
-use super::command::{Command, CommandError, PeerError};
+use super::command::{Command, CommandError, Outcome, PeerError};
+use super::dbprobe::DbProbes;
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
 use super::state::{
     ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason, MAX_TOMBSTONES, MasterState,
-    PersistedState, Role, STATE_FORMAT, StaleSlave, Time, Tombstone,
+    NodeId, PersistedState, Role, STATE_FORMAT, StaleSlave, Time, Tombstone,
 };
 use super::{Effect, LOG_ENCRYPTION_DISABLED, LOG_ENCRYPTION_ENABLED, LogLevel, LogLine};
 
@@ -44,16 +45,22 @@ pub(super) struct PeerView {
     pub(super) since: Time,
     /// The last rejection of our state, until the peer's hellos show it resolved.
     pub(super) rejection: Option<Rejection>,
+    /// Where its intercluster listener is (`host:port`); `None` until the configuration or
+    /// an administrator names it (a peer restored from the state file, before reconcile).
+    pub(super) address: Option<String>,
 }
 
 impl PeerView {
-    fn new(since: Time) -> Self {
-        Self { hello: None, last_heard: None, since, rejection: None }
+    fn new(since: Time, address: Option<String>) -> Self {
+        Self { hello: None, last_heard: None, since, rejection: None, address }
     }
 }
 
-/// How this cluster sees one peer, for the admin status ("the master shows why").
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How this cluster sees one peer, for the admin status ("the master shows why"). On the
+/// wire (docs/admin-api.yaml) an object tagged by `kind`, e.g.
+/// `{"kind": "not_enrolled", "reason": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PeerRelation {
     /// No hello received yet.
     NotHeardFrom,
@@ -64,9 +71,9 @@ pub enum PeerRelation {
     /// Another slave of the same domain.
     SameDomain,
     /// This master does not enroll it, and why.
-    NotEnrolled(String),
+    NotEnrolled { reason: String },
     /// The peering joins two domains (`MAencryptionMultiMaster`).
-    Conflict(String),
+    Conflict { reason: String },
     /// Neither side encrypts, or the peer is off and this cluster is not a master.
     Unrelated,
 }
@@ -83,8 +90,8 @@ impl fmt::Display for PeerRelation {
             }
             PeerRelation::OurMaster => f.write_str("master of this cluster"),
             PeerRelation::SameDomain => f.write_str("slave of the same domain"),
-            PeerRelation::NotEnrolled(why) => write!(f, "not enrolled: {why}"),
-            PeerRelation::Conflict(why) => write!(f, "conflict: {why}"),
+            PeerRelation::NotEnrolled { reason } => write!(f, "not enrolled: {reason}"),
+            PeerRelation::Conflict { reason } => write!(f, "conflict: {reason}"),
             PeerRelation::Unrelated => f.write_str("not encrypting together"),
         }
     }
@@ -107,11 +114,14 @@ pub struct Cluster {
     /// What the last hello broadcast announced.
     announced: Option<(Announced, Eligibility)>,
     next_hello: Time,
-    /// The key version this cluster's hot path has used up to 0.9·2^32 (`report_worn_out`).
+    /// The key version this cluster's hot path has used up to 0.9·2^32 (`handle_worn_out`).
     worn_out: Option<KeyVersion>,
+    /// The primary version whose automatic rotation was refused (the ring has no version
+    /// left): not tried again until the primary changes, so a refusal cannot spin the timer.
+    rotation_refused: Option<KeyVersion>,
     /// What the daemon's probe last learned about each node's compliance database
-    /// (`handle_db_probe`, in dbprobe.rs). Not persisted: probed again after a restart.
-    pub(super) db_probes: BTreeMap<super::state::NodeId, super::dbprobe::DbProbe>,
+    /// (`handle_db_probe`). Not persisted: probed again after a restart.
+    pub(super) db_probes: DbProbes,
 }
 
 impl Cluster {
@@ -145,7 +155,7 @@ impl Cluster {
                 ));
             }
         }
-        let views = state.peers.iter().map(|p| (p.clone(), PeerView::new(now))).collect();
+        let views = state.peers.iter().map(|p| (p.clone(), PeerView::new(now, None))).collect();
         let mut c = Self {
             config,
             state,
@@ -158,7 +168,8 @@ impl Cluster {
             announced: None,
             next_hello: now,
             worn_out: None,
-            db_probes: BTreeMap::new(),
+            rotation_refused: None,
+            db_probes: DbProbes::default(),
         };
         c.finish(now);
         Ok(c)
@@ -233,7 +244,7 @@ impl Cluster {
                     };
                 }
                 Some(db) => {
-                    if let Some(reason) = self.probe_says_not_eligible(node, db) {
+                    if let Some(reason) = self.db_probes.not_eligible_reason(node, db) {
                         return Eligibility::NotEligible { reason };
                     }
                 }
@@ -279,7 +290,7 @@ impl Cluster {
         let view = self.views.get(peer)?;
         let Some(hello) = &view.hello else { return Some(PeerRelation::NotHeardFrom) };
         if let Some(why) = self.conflict_with(peer, &hello.role) {
-            return Some(PeerRelation::Conflict(why));
+            return Some(PeerRelation::Conflict { reason: why });
         }
         let me = &self.config.id;
         Some(match (&self.state.role, &hello.role) {
@@ -290,8 +301,8 @@ impl Cluster {
             }
             (Role::Master(m), Announced::Off { left }) => {
                 match self.why_not_enrolled(&m.state, hello, left.as_ref()) {
-                    Some(why) => PeerRelation::NotEnrolled(why),
-                    None => PeerRelation::NotEnrolled("enrollment in progress".into()),
+                    Some(reason) => PeerRelation::NotEnrolled { reason },
+                    None => PeerRelation::NotEnrolled { reason: "enrollment in progress".into() },
                 }
             }
             (Role::Slave(s), _) if &s.master == peer => PeerRelation::OurMaster,
@@ -308,14 +319,13 @@ impl Cluster {
         self.master_state("key download").map(|_| ())
     }
 
-    /// When [`Cluster::handle_timeout`] must be called next: the next hello, or the moment
-    /// the master becomes unreachable (not again once that alarm is raised).
+    /// When [`Cluster::handle_timeout`] must be called next, or `None` when nothing is due:
+    /// the next hello (when there are peers), the moment the master becomes unreachable (not
+    /// again once that alarm is raised), or when the primary key is due for rotation (at once
+    /// when a hot path wore it out).
     pub fn poll_timeout(&self) -> Option<Time> {
-        let mut t = self.next_hello;
-        if let Some(d) = self.unreachable_deadline() {
-            t = t.min(d);
-        }
-        Some(t)
+        let hello = (!self.views.is_empty()).then_some(self.next_hello);
+        [hello, self.unreachable_deadline(), self.rotation_deadline()].into_iter().flatten().min()
     }
 
     /// The next effect to carry out, in order.
@@ -331,22 +341,31 @@ impl Cluster {
         cmd: Command,
         now: Time,
         entropy: Entropy,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Outcome, CommandError> {
+        let r = self.transaction(|c| c.command(cmd, now, entropy));
+        if r.is_ok() {
+            self.finish(now);
+        }
+        r
+    }
+
+    /// Runs `f` as a transaction: on error the state, the peer views and the effects queued
+    /// since the last input are restored, so a refusal changes nothing.
+    pub(super) fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
         let saved_state = self.state.clone();
         let saved_views = self.views.clone();
-        match self.command(cmd, now, entropy) {
-            Ok(()) => {
-                self.finish(now);
-                Ok(())
-            }
-            Err(e) => {
-                self.state = saved_state;
-                self.views = saved_views;
-                self.pending.clear();
-                self.dirty = false;
-                Err(e)
-            }
+        let (pending, dirty) = (self.pending.len(), self.dirty);
+        let r = f(self);
+        if r.is_err() {
+            self.state = saved_state;
+            self.views = saved_views;
+            self.pending.truncate(pending);
+            self.dirty = dirty;
         }
+        r
     }
 
     /// Handles one message from peer `from` (its identity is the name in its TLS
@@ -374,15 +393,24 @@ impl Cluster {
         Ok(())
     }
 
-    /// Lets time pass: periodic hellos and the master-unreachable alarm.
-    pub fn handle_timeout(&mut self, now: Time) {
+    /// Lets time pass: periodic hellos, the master-unreachable alarm, and automatic key
+    /// rotation on the master when [`Cluster::rotation_due`] says so (the new key comes from
+    /// `entropy`, which is not used otherwise).
+    pub fn handle_timeout(&mut self, now: Time, entropy: Entropy) {
+        if let Some(why) = self.rotation_due(now) {
+            self.log(LogLevel::Info, format!("rotating the key automatically: {why}"));
+            if let Err(e) = self.transaction(|c| c.rotate(now, entropy)) {
+                self.rotation_refused = self.key_ring().map(KeyRing::primary_version);
+                self.log(LogLevel::Warn, format!("automatic key rotation refused: {e}"));
+            }
+        }
         self.finish(now);
     }
 
-    /// The hot path reports that it sealed 0.9·2^32 records under `version` here. A slave
-    /// tells its master in its next hello (sent at once); a master sees it in
-    /// [`Cluster::rotation_due`].
-    pub fn report_worn_out(&mut self, version: KeyVersion, now: Time) {
+    /// Input: the hot path sealed 0.9·2^32 records under `version` here. A slave tells its
+    /// master in its next hello (sent at once); a master rotates at its next timeout, which
+    /// [`Cluster::poll_timeout`] makes due at once.
+    pub fn handle_worn_out(&mut self, version: KeyVersion, now: Time) {
         if self.worn_out != Some(version) {
             self.worn_out = Some(version);
             self.next_hello = now;
@@ -390,28 +418,51 @@ impl Cluster {
         self.finish(now);
     }
 
+    /// When the master's primary key is due for rotation: at once when it is worn out here
+    /// or on a slave, else when it reaches `rotate_after`.
+    fn rotation_deadline(&self) -> Option<Time> {
+        let Role::Master(m) = &self.state.role else { return None };
+        let primary = m.state.ring.primary_version();
+        if self.rotation_refused == Some(primary) {
+            return None;
+        }
+        if self.worn_out_by(primary).is_some() {
+            return Some(Time(0));
+        }
+        let created = m.state.ring.primary().created_unix();
+        self.config
+            .rotate_after
+            .map(|d| Time::from_unix_millis(created.saturating_mul(1000)).after(d))
+    }
+
+    /// Who wore out `version` (0.9·2^32 seals): this cluster, or one of our slaves by its
+    /// hello; `None` if nobody did.
+    fn worn_out_by(&self, version: KeyVersion) -> Option<String> {
+        if self.worn_out == Some(version) {
+            return Some("this cluster".into());
+        }
+        let Role::Master(m) = &self.state.role else { return None };
+        self.views.iter().find_map(|(peer, view)| {
+            let h = view.hello.as_ref()?;
+            let ours = matches!(&h.role, Announced::Slave { domain, master, .. }
+                if *domain == m.state.domain && master == &self.config.id);
+            (ours && h.rotation_needed == Some(version)).then(|| format!("cluster {peer}"))
+        })
+    }
+
     /// On the master: why the key should be rotated now, if it should. The primary version
     /// has reached 0.9·2^32 seals on this cluster or on a slave (each cluster counts its own
-    /// record key), or is older than `rotate_after`. The daemon answers with
-    /// [`Command::RotateKey`]; a report about an older version (already rotated) is ignored.
+    /// record key), or is older than `rotate_after`. [`Cluster::handle_timeout`] then rotates;
+    /// a report about an older version (already rotated) is ignored.
     pub fn rotation_due(&self, now: Time) -> Option<String> {
         let Role::Master(m) = &self.state.role else { return None };
         let ring = &m.state.ring;
         let primary = ring.primary_version();
-        if self.worn_out == Some(primary) {
-            return Some(format!(
-                "this cluster sealed 0.9*2^32 records under key version {primary}"
-            ));
+        if self.rotation_refused == Some(primary) {
+            return None;
         }
-        for (peer, view) in &self.views {
-            let Some(h) = &view.hello else { continue };
-            let ours = matches!(&h.role, Announced::Slave { domain, master, .. }
-                if *domain == m.state.domain && master == &self.config.id);
-            if ours && h.rotation_needed == Some(primary) {
-                return Some(format!(
-                    "cluster {peer} sealed 0.9*2^32 records under key version {primary}"
-                ));
-            }
+        if let Some(who) = self.worn_out_by(primary) {
+            return Some(format!("{who} sealed 0.9*2^32 records under key version {primary}"));
         }
         let max_age = self.config.rotate_after?;
         let age =
@@ -423,56 +474,36 @@ impl Cluster {
 
     // ----- commands ------------------------------------------------------------------------
 
-    fn command(&mut self, cmd: Command, now: Time, entropy: Entropy) -> Result<(), CommandError> {
+    fn command(
+        &mut self,
+        cmd: Command,
+        now: Time,
+        entropy: Entropy,
+    ) -> Result<Outcome, CommandError> {
+        let done = |r: Result<(), CommandError>| r.map(|()| Outcome::Done);
         match cmd {
             Command::Enable { password, remote } => self.enable(&password, remote, now, entropy),
-            Command::EnableRemote => self.set_remote(true),
-            Command::DisableRemote => self.set_remote(false),
-            Command::ChangePassword { old, new } => self.change_password(&old, &new, entropy),
+            Command::EnableRemote => done(self.set_remote(true)),
+            Command::DisableRemote => done(self.set_remote(false)),
+            Command::ChangePassword { old, new } => done(self.change_password(&old, &new, entropy)),
             Command::RotateKey => self.rotate(now, entropy),
             Command::DownloadKeys { password } => self.download(&password),
-            Command::DisableOnMaster { password, i_understand_data_loss } => {
-                self.disable_on_master(&password, i_understand_data_loss)
-            }
-            Command::DisableOnSlave { master_password } => self.disable_on_slave(&master_password),
-            Command::AddPeer { peer } => self.add_peer(peer, now),
-            Command::RemovePeer { peer } => self.remove_peer(&peer),
-            Command::AddNode { node, archiver } => {
-                if self.state.role.domain_state().is_some() {
-                    return Err(CommandError::NodeAddWhileEncrypting);
-                }
-                if self.state.nodes.contains_key(&node) {
-                    return Err(CommandError::NodeExists(node));
-                }
-                self.state.nodes.insert(node, archiver);
-                self.dirty = true;
-                Ok(())
-            }
-            Command::RemoveNode { node } => {
-                if self.state.nodes.remove(&node).is_none() {
-                    return Err(CommandError::NoSuchNode(node));
-                }
-                self.dirty = true;
-                Ok(())
-            }
-            Command::SetArchiver { node, archiver } => {
-                let encrypting = self.state.role.domain_state().is_some();
-                let Some(slot) = self.state.nodes.get_mut(&node) else {
-                    return Err(CommandError::NoSuchNode(node));
-                };
-                if encrypting && !archiver.as_ref().is_some_and(ComplianceDb::is_supported) {
-                    return Err(CommandError::ArchiverChangeWhileEncrypting { node });
-                }
-                *slot = archiver;
-                self.dirty = true;
-                Ok(())
-            }
+            Command::Disable { password, i_understand_data_loss } => match &self.state.role {
+                Role::Master(_) => self.disable_on_master(&password, i_understand_data_loss),
+                Role::Slave(_) => self.disable_on_slave(&password),
+                Role::Off { .. } => Err(CommandError::NotEncrypting),
+            },
+            Command::AddPeer { peer, address } => done(self.add_peer(peer, address, now)),
+            Command::RemovePeer { peer } => done(self.remove_peer(&peer)),
+            Command::AddNode { node, archiver } => done(self.add_node(node, archiver)),
+            Command::RemoveNode { node } => done(self.remove_node(&node)),
+            Command::SetArchiver { node, archiver } => done(self.set_archiver(node, archiver)),
             Command::AcknowledgeStaleData { peer } => {
                 if self.state.stale_slaves.remove(&peer).is_none() {
                     return Err(CommandError::NoStaleData(peer));
                 }
                 self.dirty = true;
-                Ok(())
+                Ok(Outcome::Done)
             }
         }
     }
@@ -483,7 +514,7 @@ impl Cluster {
         remote: bool,
         now: Time,
         entropy: Entropy,
-    ) -> Result<(), CommandError> {
+    ) -> Result<Outcome, CommandError> {
         if !self.config.capabilities.encryption {
             return Err(CommandError::NoCapability);
         }
@@ -537,7 +568,7 @@ impl Cluster {
             ),
         );
         self.offer_all();
-        Ok(())
+        Ok(Outcome::Enabled { domain })
     }
 
     fn set_remote(&mut self, on: bool) -> Result<(), CommandError> {
@@ -576,7 +607,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn rotate(&mut self, now: Time, entropy: Entropy) -> Result<(), CommandError> {
+    fn rotate(&mut self, now: Time, entropy: Entropy) -> Result<Outcome, CommandError> {
         let m = self.master_state_mut("key rotation")?;
         let v = m
             .state
@@ -587,10 +618,10 @@ impl Cluster {
         self.dirty = true;
         self.log(LogLevel::Info, format!("key rotated: key version {v} is now primary"));
         self.offer_all();
-        Ok(())
+        Ok(Outcome::Rotated { primary: v })
     }
 
-    fn download(&mut self, password: &Password) -> Result<(), CommandError> {
+    fn download(&mut self, password: &Password) -> Result<Outcome, CommandError> {
         let m = self.master_state_mut("key download")?;
         if !m.state.password.verify(password) {
             return Err(CommandError::WrongPassword);
@@ -602,11 +633,14 @@ impl Cluster {
             self.dirty = true;
         }
         self.log(LogLevel::Info, format!("key download authorised (key versions up to {newest})"));
-        self.pending.push(Effect::KeysForDownload(ring));
-        Ok(())
+        Ok(Outcome::KeysForDownload(ring))
     }
 
-    fn disable_on_master(&mut self, password: &Password, force: bool) -> Result<(), CommandError> {
+    fn disable_on_master(
+        &mut self,
+        password: &Password,
+        force: bool,
+    ) -> Result<Outcome, CommandError> {
         let me = self.config.id.clone();
         let m = self.master_state("disabling encryption on the master")?;
         if !m.state.password.verify(password) {
@@ -637,18 +671,11 @@ impl Cluster {
             ),
         );
         self.offer_all();
-        Ok(())
+        Ok(Outcome::DisabledDomain { domain: t.domain })
     }
 
-    fn disable_on_slave(&mut self, master_password: &Password) -> Result<(), CommandError> {
-        let what = "disabling encryption with the master's password";
-        let s = match &self.state.role {
-            Role::Slave(s) => s,
-            Role::Master(m) => {
-                return Err(CommandError::NotSlaveButMaster { what, domain: m.state.domain });
-            }
-            Role::Off { .. } => return Err(CommandError::NotSlaveButOff { what }),
-        };
+    fn disable_on_slave(&mut self, master_password: &Password) -> Result<Outcome, CommandError> {
+        let Role::Slave(s) = &self.state.role else { return Err(CommandError::NotEncrypting) };
         if !s.password.verify(master_password) {
             return Err(CommandError::WrongMasterPassword { master: s.master.clone() });
         }
@@ -658,28 +685,92 @@ impl Cluster {
             epoch: s.epoch,
             reason: LeaveReason::OptedOut,
         };
+        let master = t.master.clone();
         self.state.role = Role::Off { left: Some(t) };
         self.dirty = true;
         self.log(LogLevel::Info, LOG_ENCRYPTION_DISABLED.into());
+        Ok(Outcome::DisabledHere { master })
+    }
+
+    pub(super) fn add_node(
+        &mut self,
+        node: NodeId,
+        archiver: Option<ComplianceDb>,
+    ) -> Result<(), CommandError> {
+        if self.state.role.domain_state().is_some() {
+            return Err(CommandError::NodeAddWhileEncrypting);
+        }
+        if self.state.nodes.contains_key(&node) {
+            return Err(CommandError::NodeExists(node));
+        }
+        self.state.nodes.insert(node, archiver);
+        self.dirty = true;
         Ok(())
     }
 
-    fn add_peer(&mut self, peer: ClusterId, now: Time) -> Result<(), CommandError> {
+    pub(super) fn remove_node(&mut self, node: &NodeId) -> Result<(), CommandError> {
+        if self.state.nodes.remove(node).is_none() {
+            return Err(CommandError::NoSuchNode(node.clone()));
+        }
+        self.db_probes.forget(node);
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub(super) fn set_archiver(
+        &mut self,
+        node: NodeId,
+        archiver: Option<ComplianceDb>,
+    ) -> Result<(), CommandError> {
+        let encrypting = self.state.role.domain_state().is_some();
+        let Some(slot) = self.state.nodes.get_mut(&node) else {
+            return Err(CommandError::NoSuchNode(node));
+        };
+        if encrypting && !archiver.as_ref().is_some_and(ComplianceDb::is_supported) {
+            return Err(CommandError::ArchiverChangeWhileEncrypting { node });
+        }
+        *slot = archiver;
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub(super) fn add_peer(
+        &mut self,
+        peer: ClusterId,
+        address: String,
+        now: Time,
+    ) -> Result<(), CommandError> {
         if peer == self.config.id {
             return Err(CommandError::PeerIsSelf);
+        }
+        if address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(CommandError::BadPeerAddress(address));
         }
         if !self.state.peers.insert(peer.clone()) {
             return Err(CommandError::PeerExists(peer));
         }
         self.state.stale_slaves.remove(&peer);
-        self.views.insert(peer.clone(), PeerView::new(now));
+        self.views.insert(peer.clone(), PeerView::new(now, Some(address.clone())));
         self.dirty = true;
+        // The link first: the hello after it needs a way out.
+        self.pending.push(Effect::LinkUp { peer: peer.clone(), address });
         let hello = self.hello(true);
         self.pending.push(Effect::Send { to: peer, msg: PeerMessage::Hello(hello) });
         Ok(())
     }
 
-    fn remove_peer(&mut self, peer: &ClusterId) -> Result<(), CommandError> {
+    /// Gives a peer restored from the state file the address the configuration names, and
+    /// brings its link up (reconcile at start).
+    pub(super) fn set_peer_address(&mut self, peer: &ClusterId, address: &str) {
+        let Some(view) = self.views.get_mut(peer) else { return };
+        if view.address.as_deref() == Some(address) {
+            return;
+        }
+        view.address = Some(address.to_owned());
+        self.pending.push(Effect::LinkUp { peer: peer.clone(), address: address.to_owned() });
+    }
+
+    pub(super) fn remove_peer(&mut self, peer: &ClusterId) -> Result<(), CommandError> {
         if !self.state.peers.remove(peer) {
             return Err(CommandError::NoSuchPeer(peer.clone()));
         }
@@ -692,6 +783,7 @@ impl Cluster {
             self.state.stale_slaves.insert(peer.clone(), StaleSlave { domain, epoch });
         }
         self.dirty = true;
+        self.pending.push(Effect::LinkDown { peer: peer.clone() });
         Ok(())
     }
 
@@ -849,7 +941,7 @@ impl Cluster {
     }
 
     /// Derives everything that follows from the state after an input, and queues the effects.
-    fn finish(&mut self, now: Time) {
+    pub(super) fn finish(&mut self, now: Time) {
         // Hellos: when what we announce changed, and every hello interval.
         let current = (self.announced(), self.eligibility());
         let mut hellos = Vec::new();
@@ -869,10 +961,10 @@ impl Cluster {
             self.dirty = false;
         }
         self.effects.extend(self.pending.drain(..));
-        let ring = self.key_ring().cloned();
-        if ring != self.hot_ring {
-            self.effects.push_back(Effect::KeyRingChanged(ring.clone().map(Box::new)));
-            self.hot_ring = ring;
+        // Compared in place: the ring is copied only when it changed, not on every input.
+        if self.key_ring() != self.hot_ring.as_ref() {
+            self.hot_ring = self.key_ring().cloned();
+            self.effects.push_back(Effect::KeyRingChanged(self.hot_ring.clone().map(Box::new)));
         }
         self.effects.extend(hellos);
         let desired = self.desired_alarms(now);

@@ -1,10 +1,16 @@
 //! The cluster state machine: every rule of the product manual about roles, domains, epochs,
 //! eligibility and conflicts, as a pure core with no I/O (the style of quinn-proto and rustls).
 //!
-//! Inputs go in through [`Cluster::handle_command`], [`Cluster::handle_peer_message`] and
-//! [`Cluster::handle_timeout`], each with the current [`Time`] passed in; random bytes come in
-//! as an [`Entropy`] argument. Outputs come out of [`Cluster::poll_effect`]: messages to send,
-//! state to persist, alarms to raise or clear, log lines and key-ring changes for the hot path.
+//! Inputs go in through the `handle_*` methods, each with the current [`Time`] passed in:
+//! [`Cluster::handle_command`] (an administrator's command), [`Cluster::handle_peer_message`],
+//! [`Cluster::handle_timeout`] (when [`Cluster::poll_timeout`] says), [`Cluster::handle_db_probe`]
+//! (what the daemon's probe found in a node's compliance database),
+//! [`Cluster::handle_worn_out`] (the hot path used a key version up to 0.9·2^32), and
+//! [`Cluster::reconcile`] (the configuration file, at start). Random bytes come in as an
+//! [`Entropy`] argument. Outputs come out of [`Cluster::poll_effect`]: messages to send, state
+//! to persist, peer links to bring up or down, alarms to raise or clear, log lines and key-ring
+//! changes for the hot path. The machine decides everything (when to rotate, which links
+//! exist, which disable a command means); the daemon only carries effects.
 //! The daemon applies effects **in order**, and a [`Effect::Persist`] must be durable before
 //! the effects after it are carried out (so a slave never holds an epoch its master lost).
 //!
@@ -25,6 +31,7 @@ mod command;
 mod dbprobe;
 mod machine;
 mod message;
+mod reconcile;
 mod rules;
 mod state;
 
@@ -33,10 +40,11 @@ pub mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, CommandError, PeerError};
+pub use command::{Command, CommandError, Outcome, PeerError};
 pub use dbprobe::DbProbe;
 pub use machine::{Cluster, PeerRelation, StateError};
 pub use message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
+pub use reconcile::{Refusal, Wanted};
 pub use state::{
     BadArchiver, BadNodeId, Capabilities, ClusterConfig, ComplianceDb, DomainState, Entropy,
     LeaveReason, MAX_TOMBSTONES, MasterState, NodeId, PersistedState, Role, STATE_FORMAT,
@@ -67,8 +75,16 @@ pub enum Effect {
     Log(LogLine),
     /// The key ring the hot path must use from now on (`None`: encryption is off here).
     KeyRingChanged(Option<Box<KeyRing>>),
-    /// A key download was authorised: wrap this ring under the administrator's public key.
-    KeysForDownload(Box<KeyRing>),
+    /// Bring up the transport link to `peer` at `address` (replacing any link it had), and
+    /// accept its certificate. Always carried before any `Send` to that peer.
+    LinkUp {
+        peer: ClusterId,
+        address: String,
+    },
+    /// Stop the link to `peer` and refuse its connections from now on.
+    LinkDown {
+        peer: ClusterId,
+    },
 }
 
 /// How important a log line is.

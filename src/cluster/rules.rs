@@ -316,7 +316,7 @@ impl Cluster {
                 ));
             }
         }
-        out.extend(self.db_down_alarm());
+        out.extend(self.db_probes.down_alarm(&self.config.id));
         out
     }
 }

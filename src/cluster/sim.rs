@@ -29,7 +29,8 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
 use super::{
     Announced, Capabilities, Cluster, ClusterConfig, Command, CommandError, ComplianceDb, Effect,
-    Entropy, Hello, LeaveReason, LogLine, NodeId, PeerMessage, PersistedState, Role, Time,
+    Entropy, Hello, LeaveReason, LogLine, NodeId, Outcome, PeerMessage, PersistedState, Role, Time,
+    Wanted,
 };
 
 /// The two passwords the simulator uses (a master alternates between them on change).
@@ -55,6 +56,8 @@ pub struct SimCluster {
     /// Alarms as raised and cleared by effects.
     pub alarms: BTreeMap<AlarmKey, Alarm>,
     pub downloads: Vec<KeyRing>,
+    /// The peers whose transport link is up (`Effect::LinkUp` / `LinkDown`).
+    pub links: BTreeSet<ClusterId>,
 }
 
 /// Settings for every cluster of a network.
@@ -197,6 +200,7 @@ impl Network {
                 logs: Vec::new(),
                 alarms: BTreeMap::new(),
                 downloads: Vec::new(),
+                links: BTreeSet::new(),
             },
         );
         self.drain(&id);
@@ -248,7 +252,7 @@ impl Network {
     // ----- driving ---------------------------------------------------------------------------
 
     /// Runs an administrator command on `at` with fresh deterministic entropy.
-    pub fn command(&mut self, at: &ClusterId, cmd: Command) -> Result<(), CommandError> {
+    pub fn command(&mut self, at: &ClusterId, cmd: Command) -> Result<Outcome, CommandError> {
         self.entropy_seed += 1;
         let entropy = Entropy::from_seed(self.entropy_seed);
         let pw_change = match &cmd {
@@ -271,6 +275,9 @@ impl Network {
         } else if let Some(i) = pw_change {
             self.passwords.insert(at.clone(), i);
         }
+        if let Ok(Outcome::KeysForDownload(ring)) = &result {
+            sc.downloads.push((**ring).clone());
+        }
         self.drain(at);
         result
     }
@@ -278,14 +285,19 @@ impl Network {
     /// `at`'s hot path reports that it used `version` up to 0.9·2^32 seals.
     pub fn report_worn_out(&mut self, at: &ClusterId, version: KeyVersion) {
         let now = self.now;
-        self.clusters.get_mut(at).expect("known cluster").machine.report_worn_out(version, now);
+        self.clusters.get_mut(at).expect("known cluster").machine.handle_worn_out(version, now);
         self.drain(at);
+    }
+
+    /// The address a simulated cluster's intercluster listener has.
+    fn address_of(id: &ClusterId) -> String {
+        format!("{id}:7100")
     }
 
     /// Peers `a` and `b` (both sides, as operators configure both ends).
     pub fn peer(&mut self, a: &ClusterId, b: &ClusterId) {
-        let _ = self.command(a, Command::AddPeer { peer: b.clone() });
-        let _ = self.command(b, Command::AddPeer { peer: a.clone() });
+        let _ = self.command(a, Command::AddPeer { peer: b.clone(), address: Self::address_of(b) });
+        let _ = self.command(b, Command::AddPeer { peer: a.clone(), address: Self::address_of(a) });
     }
 
     /// Removes the peering between `a` and `b` on both sides.
@@ -365,10 +377,16 @@ impl Network {
     pub fn advance(&mut self, d: Duration) {
         self.now = self.now.after(d);
         for id in self.ids() {
-            let now = self.now;
-            self.clusters.get_mut(&id).expect("known").machine.handle_timeout(now);
-            self.drain(&id);
+            self.timeout(&id);
         }
+    }
+
+    /// Runs `id`'s timers now, as its daemon does when `poll_timeout` is due.
+    fn timeout(&mut self, id: &ClusterId) {
+        self.entropy_seed += 1;
+        let (now, entropy) = (self.now, Entropy::from_seed(self.entropy_seed));
+        self.clusters.get_mut(id).expect("known").machine.handle_timeout(now, entropy);
+        self.drain(id);
     }
 
     /// Restarts `id`'s daemon from its persisted state, with the given software.
@@ -387,9 +405,17 @@ impl Network {
         let config = self.config(id.clone(), capabilities);
         let sc = self.clusters.get_mut(id).expect("known cluster");
         sc.disk = state.clone();
+        // The daemon's configuration names the same nodes and peers as the state.
+        let wanted = Wanted {
+            nodes: state.nodes.iter().map(|(n, db)| (n.clone(), db.clone())).collect(),
+            peers: state.peers.iter().map(|p| (p.clone(), Self::address_of(p))).collect(),
+        };
         sc.machine = Cluster::new(config, state, self.now).expect("own state loads");
+        let refused = sc.machine.reconcile(&wanted, self.now);
+        assert!(refused.is_empty(), "the state's own nodes and peers: {refused:?}");
         sc.hot_ring = None;
         sc.alarms.clear();
+        sc.links.clear();
         self.delivered_hellos.retain(|(to, _), _| to != id);
         self.drain(id);
     }
@@ -459,14 +485,15 @@ impl Network {
             Op::DisableOnMaster(i) => {
                 let c = at(*i);
                 let password = self.password_of(&c);
-                let cmd = Command::DisableOnMaster { password, i_understand_data_loss: true };
+                let cmd = Command::Disable { password, i_understand_data_loss: true };
                 let _ = self.command(&c, cmd);
             }
             Op::DisableOnSlave(i) => {
                 let c = at(*i);
                 if let Role::Slave(s) = self.cluster(&c).role() {
-                    let master_password = self.password_of(&s.master.clone());
-                    let _ = self.command(&c, Command::DisableOnSlave { master_password });
+                    let password = self.password_of(&s.master.clone());
+                    let cmd = Command::Disable { password, i_understand_data_loss: false };
+                    let _ = self.command(&c, cmd);
                 }
             }
             Op::Peer(a, b) if a % n != b % n => self.peer(&at(*a), &at(*b)),
@@ -536,7 +563,17 @@ impl Network {
                 }
                 Effect::Log(l) => sc.logs.push(l),
                 Effect::KeyRingChanged(r) => sc.hot_ring = r.map(|b| *b),
-                Effect::KeysForDownload(r) => sc.downloads.push(*r),
+                Effect::LinkUp { peer, .. } => {
+                    sc.links.insert(peer);
+                }
+                Effect::LinkDown { peer } => {
+                    sc.links.remove(&peer);
+                }
+            }
+        }
+        for env in &sends {
+            if !sc.links.contains(&env.to) {
+                self.violations.push(format!("{id}: sent to {} without a link", env.to));
             }
         }
         for env in &sends {
@@ -546,6 +583,11 @@ impl Network {
         }
         self.in_flight.extend(sends);
         self.check_cluster(id);
+        // The daemon runs the timers at once when the machine says they are due (e.g. a
+        // worn-out key on the master).
+        if self.clusters[id].machine.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.timeout(id);
+        }
     }
 
     fn check_key_send(&mut self, env: &Envelope) {

@@ -182,7 +182,7 @@ fn multi_master_master_with_slave_of_another_master_clears_when_one_side_disable
     assert_clean(&net);
     // y leaves x's domain: the relation ends, and a does not enroll y behind x's back
     // (y opted out of x's domain, not a's: a may enroll it, which ends the conflict too).
-    net.command(&y, Command::DisableOnSlave { master_password: pw(0) }).unwrap();
+    net.command(&y, Command::Disable { password: pw(0), i_understand_data_loss: false }).unwrap();
     net.settle();
     assert!(!net.alarm_active(&a, AlarmName::MultiMaster, &y));
     assert!(!net.alarm_active(&y, AlarmName::MultiMaster, &a));
@@ -200,8 +200,7 @@ fn multi_master_slaves_of_different_masters_raise_and_clear_when_master_disables
     net.settle();
     domains_intact(&net, &a, &b, &x, &y);
     assert_clean(&net);
-    net.command(&x, Command::DisableOnMaster { password: pw(0), i_understand_data_loss: true })
-        .unwrap();
+    net.command(&x, Command::Disable { password: pw(0), i_understand_data_loss: true }).unwrap();
     net.settle();
     assert!(is_off(&net, &y));
     assert!(!net.alarm_active(&b, AlarmName::MultiMaster, &y));
@@ -319,12 +318,12 @@ fn disable_on_master_deletes_everywhere_including_late_slaves() {
     net.settle();
     // Refused by accident: the keys were never downloaded.
     let err = net
-        .command(&a, Command::DisableOnMaster { password: pw(0), i_understand_data_loss: false })
+        .command(&a, Command::Disable { password: pw(0), i_understand_data_loss: false })
         .unwrap_err();
     assert!(err.to_string().contains("--i-understand-data-loss"), "{err}");
     assert!(matches!(err, CommandError::KeysNotDownloaded { .. }));
     let err = net
-        .command(&a, Command::DisableOnMaster { password: pw(1), i_understand_data_loss: true })
+        .command(&a, Command::Disable { password: pw(1), i_understand_data_loss: true })
         .unwrap_err();
     assert_eq!(err, CommandError::WrongPassword);
     net.command(&a, Command::DownloadKeys { password: pw(0) }).unwrap();
@@ -332,13 +331,12 @@ fn disable_on_master_deletes_everywhere_including_late_slaves() {
     net.command(&a, Command::RotateKey).unwrap();
     net.settle();
     let err = net
-        .command(&a, Command::DisableOnMaster { password: pw(0), i_understand_data_loss: false })
+        .command(&a, Command::Disable { password: pw(0), i_understand_data_loss: false })
         .unwrap_err();
     assert!(matches!(err, CommandError::KeysNotDownloaded { newest, .. } if newest.get() == 2));
     net.command(&a, Command::DownloadKeys { password: pw(0) }).unwrap();
     // c is unreachable while a disables.
-    net.command(&a, Command::DisableOnMaster { password: pw(0), i_understand_data_loss: false })
-        .unwrap();
+    net.command(&a, Command::Disable { password: pw(0), i_understand_data_loss: false }).unwrap();
     assert_eq!(net.logged(&a, "Encryption disabled"), 1);
     net.take(|e| e.to == c || e.from == c);
     net.deliver_all();
@@ -363,15 +361,21 @@ fn disable_on_slave_needs_master_password_and_is_not_undone_by_master() {
     let (mut net, a, b, c) = three();
     enable(&mut net, &a, true);
     net.settle();
-    let err = net.command(&b, Command::DisableOnSlave { master_password: pw(1) }).unwrap_err();
+    let err = net
+        .command(&b, Command::Disable { password: pw(1), i_understand_data_loss: false })
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "the master's password is wrong (it is the password set on cluster a)"
     );
-    let err = net.command(&a, Command::DisableOnSlave { master_password: pw(0) }).unwrap_err();
-    assert!(matches!(err, CommandError::NotSlaveButMaster { .. }));
-    net.command(&b, Command::DisableOnSlave { master_password: pw(0) }).unwrap();
+    let disable = || Command::Disable { password: pw(0), i_understand_data_loss: false };
+    let done = net.command(&b, disable()).unwrap();
+    assert!(
+        matches!(done, Outcome::DisabledHere { master } if master == a),
+        "on a slave: here only"
+    );
     assert!(is_off(&net, &b));
+    assert_eq!(net.command(&b, disable()).unwrap_err(), CommandError::NotEncrypting);
     net.settle();
     net.command(&a, Command::RotateKey).unwrap();
     net.settle();
@@ -459,14 +463,14 @@ fn peer_removed_without_disabling_raises_stale_data_with_remedy() {
     assert!(slave_of(&net, &c, &a));
     // Remedy 1 on the slave: disable with the master's password. The master's record stays
     // until acknowledged there.
-    net.command(&b, Command::DisableOnSlave { master_password: pw(0) }).unwrap();
+    net.command(&b, Command::Disable { password: pw(0), i_understand_data_loss: false }).unwrap();
     net.settle();
     assert!(!net.alarm_active(&b, AlarmName::StaleData, &a));
     net.command(&a, Command::AcknowledgeStaleData { peer: b.clone() }).unwrap();
     assert!(!net.alarm_active(&a, AlarmName::StaleData, &b));
     assert_eq!(
-        net.command(&a, Command::AcknowledgeStaleData { peer: b.clone() }),
-        Err(CommandError::NoStaleData(b.clone()))
+        net.command(&a, Command::AcknowledgeStaleData { peer: b.clone() }).unwrap_err(),
+        CommandError::NoStaleData(b.clone())
     );
     // Remedy 2: peer again.
     net.unpeer(&a, &c);
@@ -506,7 +510,7 @@ fn key_rotation_adds_a_primary_version_synced_and_old_versions_stay() {
 }
 
 #[test]
-fn rotation_is_due_when_a_slave_or_the_master_wears_out_the_primary_or_it_ages() {
+fn the_master_rotates_by_itself_when_a_slave_or_it_wears_out_the_primary_or_it_ages() {
     let mut net = Network::new(sim::SimSettings {
         rotate_after: Some(Duration::from_secs(90 * 24 * 3600)),
         ..Default::default()
@@ -518,31 +522,43 @@ fn rotation_is_due_when_a_slave_or_the_master_wears_out_the_primary_or_it_ages()
     let v1 = KeyVersion::FIRST;
     assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
     assert_eq!(net.cluster(&b).rotation_due(net.now()), None, "only a master rotates");
+    let primary =
+        |net: &Network, id: &ClusterId| net.cluster(id).key_ring().unwrap().primary_version().get();
 
-    // A slave's hot path wore out v1: it says so in its hello, and the master rotates.
+    // A slave's hot path wore out v1: it says so in its hello, and the master rotates at once
+    // (its next timeout is due immediately), without any command.
     net.report_worn_out(&b, v1);
     net.settle();
-    let why = net.cluster(&a).rotation_due(net.now()).unwrap();
-    assert_eq!(why, "cluster b sealed 0.9*2^32 records under key version 1");
-    net.command(&a, Command::RotateKey).unwrap();
-    net.settle();
+    let line =
+        "rotating the key automatically: cluster b sealed 0.9*2^32 records under key version 1";
+    assert_eq!(net.logged(&a, line), 1);
+    for id in [&a, &b, &c] {
+        assert_eq!(primary(&net, id), 2, "{id}");
+    }
     // The report was about v1; v2 is fresh, so nothing more is due.
     assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
 
     // The master's own hot path counts too.
     let v2 = KeyVersion::new(2).unwrap();
     net.report_worn_out(&a, v2);
-    assert!(net.cluster(&a).rotation_due(net.now()).unwrap().starts_with("this cluster"));
-    net.command(&a, Command::RotateKey).unwrap();
+    let line = "rotating the key automatically: this cluster sealed 0.9*2^32 records under key \
+                version 2";
+    assert_eq!(net.logged(&a, line), 1);
+    assert_eq!(primary(&net, &a), 3);
     net.settle();
     assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
 
-    // And age: after 90 days the primary is due.
+    // And age: the master's timer is set for the day the primary turns 90 days old.
+    let due = net.cluster(&a).poll_timeout().unwrap();
+    assert!(due > net.now());
     net.advance(Duration::from_secs(90 * 24 * 3600));
-    let why = net.cluster(&a).rotation_due(net.now()).unwrap();
-    assert!(why.contains("older than"), "{why}");
-    net.command(&a, Command::RotateKey).unwrap();
+    let logs = &net.get(&a).logs;
+    let aged = logs.iter().filter(|l| l.text.contains("key version 3 is older than")).count();
+    assert_eq!(aged, 1, "{logs:#?}");
     net.settle();
+    for id in [&a, &b, &c] {
+        assert_eq!(primary(&net, id), 4, "{id}");
+    }
     assert_eq!(net.cluster(&a).rotation_due(net.now()), None);
     assert_clean(&net);
 }
@@ -571,8 +587,9 @@ fn refused_commands_change_nothing() {
     let before = (net.cluster(&a).state().clone(), net.cluster(&b).state().clone());
     let bad = [
         (a.clone(), Command::Enable { password: pw(0), remote: true }),
-        (a.clone(), Command::AddPeer { peer: b.clone() }),
-        (a.clone(), Command::AddPeer { peer: a.clone() }),
+        (a.clone(), Command::AddPeer { peer: b.clone(), address: "b:7100".into() }),
+        (a.clone(), Command::AddPeer { peer: a.clone(), address: "a:7100".into() }),
+        (a.clone(), Command::AddPeer { peer: cid("new"), address: "no-port".into() }),
         (a.clone(), Command::RemovePeer { peer: cid("nope") }),
         (b.clone(), Command::RotateKey),
         (b.clone(), Command::DisableRemote),
@@ -641,8 +658,7 @@ fn late_slave_of_an_old_domain_is_cleaned_even_after_master_re_enables() {
     enable(&mut net, &a, true);
     net.settle();
     let old = net.cluster(&a).domain_state().unwrap().domain;
-    net.command(&a, Command::DisableOnMaster { password: pw(0), i_understand_data_loss: true })
-        .unwrap();
+    net.command(&a, Command::Disable { password: pw(0), i_understand_data_loss: true }).unwrap();
     net.take(|e| e.to == c);
     net.deliver_all();
     // c missed it, and a is master of a new domain before c is heard again.
@@ -702,6 +718,9 @@ proptest! {
 
 #[test]
 fn poll_timeout_wakes_for_hellos_and_the_unreachable_alarm_without_busy_looping() {
+    let mut alone = Network::new(sim::SimSettings::default());
+    let x = alone.add_cluster("x");
+    assert_eq!(alone.cluster(&x).poll_timeout(), None, "no peers, no key: nothing is ever due");
     let (mut net, a, b, _c) = three();
     enable(&mut net, &a, true);
     net.settle();
@@ -726,7 +745,9 @@ fn logs_alarms_and_errors_never_contain_key_material_or_passwords() {
     let (mut net, a, b, x, y) = two_domains();
     net.peer(&b, &y);
     net.command(&a, Command::RotateKey).unwrap();
-    let err = net.command(&b, Command::DisableOnSlave { master_password: pw(1) }).unwrap_err();
+    let err = net
+        .command(&b, Command::Disable { password: pw(1), i_understand_data_loss: false })
+        .unwrap_err();
     net.unpeer(&a, &b);
     net.settle();
     let mut secrets: Vec<String> = PASSWORDS.iter().map(|p| p.to_string()).collect();

@@ -10,8 +10,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admin::api::Status;
 use crate::config::Config;
-use crate::daemon::{DaemonError, DaemonHandle, Status};
+use crate::daemon::{DaemonError, DaemonHandle};
 use crate::ids::ClusterId;
 
 #[derive(Debug, thiserror::Error)]

@@ -16,12 +16,12 @@ use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey};
 
 use super::archive::{self as story_archive, AFTER, BEFORE, ROOM};
 use super::{Lab, LabError, has_alarm};
+use crate::admin::api::Status;
 use crate::alarm::AlarmName;
 use crate::archive::{DbUrl, ViewFilter};
 use crate::cluster::Command;
 use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::password::Password;
-use crate::daemon::Status;
 
 const WAIT: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "Demo-Passw0rd-for-a";
@@ -159,7 +159,8 @@ async fn enable_and_enroll(lab: &Lab) -> Result<(), LabError> {
     for id in ["b", "c"] {
         let s = lab
             .wait_until(id, "slave of a", WAIT, |s| {
-                s.role == "slave" && s.master.as_ref().is_some_and(|m| m.as_str() == "a")
+                s.role == crate::admin::api::Role::Slave
+                    && s.master.as_ref().is_some_and(|m| m.as_str() == "a")
             })
             .await?;
         println!(
@@ -364,7 +365,7 @@ async fn multi_master(lab: &mut Lab) -> Result<(), LabError> {
 
     println!("11. d's administrator disables encryption on d (it archived nothing yet)");
     lab.daemon("d")?
-        .command(Command::DisableOnMaster {
+        .command(Command::Disable {
             password: Password::new("Other-Passw0rd-for-d"),
             i_understand_data_loss: true,
         })

@@ -123,6 +123,9 @@ pub struct KeySource {
     wanted: Notify,
     /// Bumped after each committed reservation, so waiting sealers retry.
     committed: watch::Sender<u64>,
+    /// The key version this cluster sealed 0.9·2^32 records under, once it did: the daemon
+    /// hands it to the state machine (`Cluster::handle_worn_out`), which decides what follows.
+    worn_out: watch::Sender<Option<KeyVersion>>,
 }
 
 impl std::fmt::Debug for KeySource {
@@ -147,6 +150,7 @@ impl KeySource {
             reservations: Mutex::new((saved, Box::new(store))),
             wanted: Notify::new(),
             committed: watch::Sender::new(0),
+            worn_out: watch::Sender::new(None),
         })
     }
 
@@ -187,6 +191,7 @@ impl KeySource {
             ring.primary_version()
         );
         self.indexer.store(Some(Arc::new(crate::crypto::blind::BlindIndexer::primary(ring))));
+        self.check_wear(&sealer);
         self.current.store(Some(Arc::new(sealer)));
         self.committed.send_modify(|g| *g += 1);
         Ok(())
@@ -217,17 +222,26 @@ impl KeySource {
         }
     }
 
-    /// True once the current key version reached 0.9·2^32 seals here: the daemon should ask
-    /// the master to rotate.
-    pub fn rotation_needed(&self) -> bool {
-        self.current.load().as_ref().is_some_and(|s| s.counter().rotation_needed())
+    /// Tells when a key version reaches 0.9·2^32 seals here (checked after every batch and
+    /// when a sealer is set up, so a restart with a worn-out count reports it too).
+    pub fn worn_out(&self) -> watch::Receiver<Option<KeyVersion>> {
+        self.worn_out.subscribe()
     }
 
-    /// Called by sealers after a batch: wakes the reserver if the next block is due.
+    fn check_wear(&self, sealer: &RecordSealer) {
+        let v = sealer.key_version();
+        if sealer.counter().rotation_needed() && *self.worn_out.borrow() != Some(v) {
+            self.worn_out.send_replace(Some(v));
+        }
+    }
+
+    /// Called by sealers after a batch: wakes the reserver if the next block is due, and
+    /// reports a worn-out key version.
     pub fn note_use(&self, sealer: &RecordSealer) {
         if sealer.counter().reservation_due().is_some() {
             self.wanted.notify_one();
         }
+        self.check_wear(sealer);
     }
 
     /// Wakes the reserver and waits until it commits a reservation, or `timeout` passes.

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+pub use imcrypt::admin::api::{Role, Status};
 pub use imcrypt::alarm::AlarmName;
 pub use imcrypt::cluster::Command;
 pub use imcrypt::crypto::password::Password;
-pub use imcrypt::daemon::Status;
 pub use imcrypt::demo::{Lab, has_alarm};
 
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -34,7 +34,7 @@ pub fn enable(remote: bool) -> Command {
 }
 
 pub fn is_slave_of(master: &str) -> impl Fn(&Status) -> bool + '_ {
-    move |s| s.role == "slave" && s.master.as_ref().is_some_and(|m| m.as_str() == master)
+    move |s| s.role == Role::Slave && s.master.as_ref().is_some_and(|m| m.as_str() == master)
 }
 
 /// Runs `f` with a global time bound, so a broken test fails instead of hanging.
@@ -45,7 +45,7 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
 /// Disables encryption on master `id` for the whole domain, acknowledging that the keys were
 /// not downloaded (the tests never archived anything under them).
 pub fn disable_domain() -> Command {
-    Command::DisableOnMaster { password: pw(PASSWORD), i_understand_data_loss: true }
+    Command::Disable { password: pw(PASSWORD), i_understand_data_loss: true }
 }
 
 /// What the `imcrypt` binary printed and how it exited.

@@ -1,5 +1,6 @@
 //! The recent history of alarm changes, for `GET /v1/alarms`: a bounded ring buffer that the
-//! daemon's core appends to as it carries out `RaiseAlarm` and `ClearAlarm` effects.
+//! daemon's core appends to as it carries out `RaiseAlarm` and `ClearAlarm` effects, and the
+//! admin API reads.
 //!
 //! Invariants: at most `capacity` events are kept, the oldest dropped first; events are in the
 //! order the core carried them out; nothing here holds key material (alarm texts never do).
@@ -7,31 +8,47 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::alarm::{Alarm, AlarmKey, AlarmName, Severity};
+use super::{Alarm, AlarmKey, AlarmName, Severity};
 use crate::ids::ClusterId;
 
 /// How many alarm events are kept by default.
 pub const DEFAULT_CAPACITY: usize = 256;
 
+/// Whether an alarm was raised or cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmEventKind {
+    Raised,
+    Cleared,
+}
+
+impl std::fmt::Display for AlarmEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AlarmEventKind::Raised => "raised",
+            AlarmEventKind::Cleared => "cleared",
+        })
+    }
+}
+
 /// One raise or clear.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlarmEvent {
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
     /// RFC 3339, UTC.
     pub at: String,
-    /// `raised` or `cleared`.
-    pub event: &'static str,
+    pub event: AlarmEventKind,
     pub name: AlarmName,
     pub about: ClusterId,
     /// For a raise: its severity, cause and remedy.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remedy: Option<String>,
 }
 
@@ -70,7 +87,7 @@ impl AlarmHistory {
         self.push(AlarmEvent {
             at_unix_ms,
             at: rfc3339(at_unix_ms),
-            event: "raised",
+            event: AlarmEventKind::Raised,
             name: a.key.name,
             about: a.key.about.clone(),
             severity: Some(a.severity),
@@ -83,7 +100,7 @@ impl AlarmHistory {
         self.push(AlarmEvent {
             at_unix_ms,
             at: rfc3339(at_unix_ms),
-            event: "cleared",
+            event: AlarmEventKind::Cleared,
             name: k.name,
             about: k.about.clone(),
             severity: None,
@@ -112,7 +129,7 @@ mod tests {
         h.raised(3_000, &a);
         let s = h.snapshot();
         assert_eq!(s.len(), 2);
-        assert_eq!((s[0].event, s[1].event), ("cleared", "raised"));
+        assert_eq!((s[0].event, s[1].event), (AlarmEventKind::Cleared, AlarmEventKind::Raised));
         assert_eq!(s[1].at, "1970-01-01T00:00:03.000Z");
         let json = serde_json::to_string(&s[0]).unwrap();
         assert!(json.contains("MAencryptionMultiMaster") && !json.contains("cause"), "{json}");

@@ -1,0 +1,88 @@
+//! The inputs of the core task, and [`Control`], the way into it for the admin API and tests.
+//!
+//! Invariant: every input reaches the one core task through one channel, in order; a request
+//! is answered only after its effects are carried out (a change is on disk before "done").
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::admin::api;
+use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage};
+use crate::ids::{ClusterId, KeyVersion};
+
+use super::DaemonError;
+
+/// Everything the core task handles, one at a time in its `step`.
+pub(super) enum Input {
+    Command {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Outcome, DaemonError>>,
+    },
+    Peer {
+        from: ClusterId,
+        msg: PeerMessage,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<api::Status>,
+    },
+    DbProbe {
+        node: NodeId,
+        probe: DbProbe,
+    },
+    /// The hot path sealed 0.9·2^32 records under this key version (`None`: not yet).
+    WornOut(Option<KeyVersion>),
+    /// `Cluster::poll_timeout` is due.
+    Timeout,
+}
+
+/// A cloneable way into a running daemon: what the admin API (and tests) use to run commands
+/// and read the status. Every command goes through the one core task, in order.
+#[derive(Clone)]
+pub struct Control(pub(super) mpsc::Sender<Input>);
+
+impl Control {
+    /// Runs `cmd`; answered once its effects are carried out (its state change is on disk).
+    pub async fn command(&self, cmd: Command) -> Result<Outcome, DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
+        rx.await.map_err(|_| DaemonError::Stopped)?
+    }
+
+    pub async fn status(&self) -> Result<api::Status, DaemonError> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::Status { reply }).await.map_err(|_| DaemonError::Stopped)?;
+        rx.await.map_err(|_| DaemonError::Stopped)
+    }
+
+    /// Peers with `peer` at `address` now: the state machine learns of it, a link dials it,
+    /// and the peer listener accepts its certificate. Until restart: the config file decides
+    /// the peers at every start.
+    pub async fn add_peer(&self, peer: ClusterId, address: String) -> Result<(), DaemonError> {
+        self.command(Command::AddPeer { peer, address }).await.map(drop)
+    }
+
+    /// Ends the peering with `peer` now: its link stops, new connections from it are refused
+    /// and its messages are answered with an error.
+    pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), DaemonError> {
+        self.command(Command::RemovePeer { peer }).await.map(drop)
+    }
+
+    pub(super) async fn db_probe(&self, node: NodeId, probe: DbProbe) -> Result<(), DaemonError> {
+        self.0.send(Input::DbProbe { node, probe }).await.map_err(|_| DaemonError::Stopped)
+    }
+}
+
+/// The peer listener's way into the core.
+#[derive(Clone)]
+pub(super) struct CoreInbox(pub(super) mpsc::Sender<Input>);
+
+impl crate::peer::server::Inbox for CoreInbox {
+    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), String> {
+        let (reply, rx) = oneshot::channel();
+        self.0
+            .send(Input::Peer { from, msg, reply })
+            .await
+            .map_err(|_| "the daemon is stopping".to_string())?;
+        rx.await.map_err(|_| "the daemon is stopping".to_string())?
+    }
+}

@@ -1,0 +1,178 @@
+//! Start-up: the state directory, the node key and the sealed state, the machine reconciled
+//! with the configuration file, the listeners, and the tasks.
+//!
+//! Invariants: the daemon either starts with its state on disk and every listener bound, or
+//! returns an error and leaves nothing running; the hot path starts with the ring the state
+//! already holds (a restarted cluster that encrypts never answers "encryption off").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::alarm::AlarmHistory;
+use crate::cluster::{Cluster, ClusterConfig, PersistedState, Wanted};
+use crate::config::Config;
+use crate::crypto::seal::{NodeKey, Purpose};
+use crate::peer::tls::PeerTls;
+use crate::store::SealedFile;
+
+use super::control::CoreInbox;
+use super::core::Core;
+use super::handle::until_shutdown;
+use super::{Control, DaemonError, DaemonHandle, now, probe};
+
+/// The state machine's settings, from the configuration file.
+fn cluster_config(config: &Config) -> ClusterConfig {
+    let mut cc = ClusterConfig::new(config.cluster_id.clone());
+    cc.iterations = config.password.pbkdf2_iterations;
+    cc.hello_interval = config.peer.hello_interval;
+    cc.master_unreachable_after = config.peer.master_unreachable_after;
+    cc.rotate_after = config.encryption.rotate_after;
+    if config.testing.legacy_software {
+        cc.capabilities = crate::cluster::Capabilities::LEGACY;
+    }
+    cc
+}
+
+/// The nodes and peers the configuration file names, which the machine reconciles with.
+fn wanted(config: &Config) -> Wanted {
+    Wanted {
+        nodes: config.nodes.iter().map(|n| (n.id.clone(), n.archiver.clone())).collect(),
+        peers: config.peers.iter().map(|p| (p.id.clone(), p.address.clone())).collect(),
+    }
+}
+
+/// Creates the state directory (mode 0700) if needed.
+fn state_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::StateDir { path: dir.to_owned(), source };
+    let new_dir = !dir.exists();
+    std::fs::create_dir_all(dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(err)?;
+    if new_dir && let Some(parent) = dir.parent() {
+        crate::store::sync_dir(parent).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Starts the daemon described by `config`: loads (or creates) the node key and the sealed
+/// state, binds the peer and admin listeners, and spawns the tasks.
+pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
+    let id = config.cluster_id.clone();
+    // An error-level span is enabled whatever the log level, so every line names its cluster.
+    let span = tracing::error_span!("cluster", id = %id);
+    let dir = &config.state_dir;
+    state_dir(dir)?;
+    let (key_path, state_path) = (dir.join("node.key"), dir.join("state.sealed"));
+    // A state without its node key cannot be read: say so instead of making a new key that
+    // would only hide the real problem (and have to be deleted before a restore).
+    if !key_path.exists() && state_path.exists() {
+        return Err(DaemonError::NodeKeyMissing { state: state_path, key: key_path });
+    }
+    let (node_key, created) = NodeKey::load_or_create(&key_path)?;
+    if created {
+        span.in_scope(|| tracing::info!(path = %key_path.display(), "created node key"));
+    }
+    let state_file = SealedFile::new(state_path, &node_key, Purpose::State);
+    let persisted: Option<PersistedState> = state_file.load()?;
+    let tls = PeerTls::load(&config.tls_files(), &id)?;
+
+    let cc = cluster_config(&config);
+    let mut cluster = match persisted {
+        Some(s) => Cluster::new(cc, s, now())?,
+        None => Cluster::fresh(cc, now()),
+    };
+    for refusal in cluster.reconcile(&wanted(&config), now()) {
+        span.in_scope(|| {
+            tracing::error!(change = %refusal.change, reason = %refusal.reason, "configuration change refused")
+        });
+    }
+    let alarm_history = AlarmHistory::default();
+    let admin = span.in_scope(|| crate::admin::Admin::new(&config, alarm_history.clone()))?;
+
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { what, addr, source })
+    };
+    let peer_listener = bind("peer listener", config.peer.listen).await?;
+    let admin_listener = bind("admin listener", config.admin.listen).await?;
+    let peer_addr = peer_listener.local_addr().expect("bound");
+    let admin_addr = admin_listener.local_addr().expect("bound");
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let (tx, rx) = mpsc::channel(1024);
+    let control = Control(tx.clone());
+    let (ring_tx, ring_rx) = watch::channel(cluster.key_ring().cloned().map(Arc::new));
+    let mut worn_out = None;
+    if let Some(hp) = &config.hotpath {
+        let counters = SealedFile::new(dir.join("counters.sealed"), &node_key, Purpose::Counters);
+        let keys = Arc::new(crate::hotpath::KeySource::new(
+            id.clone(),
+            crate::crypto::aead::AeadImpl::default(),
+            counters,
+        )?);
+        // Before the socket exists: the first reservation of the current key is on disk, or
+        // the daemon does not start (rather than serve "off" or fail every request).
+        span.in_scope(|| keys.set_ring(cluster.key_ring()))?;
+        worn_out = Some(keys.worn_out());
+        let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
+        // Ends when the core drops the ring sender, so no counter write of this instance is
+        // still running when the hot path's task returns.
+        let follow = tokio::spawn(
+            keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
+        );
+        let (limits, stop) = (hp.limits.clone(), shutdown.clone().cancelled_owned());
+        tasks.spawn(
+            async move {
+                if let Err(e) = crate::hotpath::serve(listener, keys, limits, stop).await {
+                    tracing::error!(error = %e, "hot path stopped");
+                }
+                let _ = follow.await;
+            }
+            .instrument(span.clone()),
+        );
+    }
+    let mut core = Core {
+        cluster,
+        state_file: Arc::new(state_file),
+        links: BTreeMap::new(),
+        link_tasks: JoinSet::new(),
+        allowed: Arc::new(std::sync::RwLock::new(Vec::new())),
+        tls_client: tls.client.clone(),
+        ring: ring_tx,
+        alarm_history,
+        worn_out,
+    };
+    // The start-up effects (reconcile's state, the links, the first hellos) before anything
+    // listens: the peer listener then already knows whom to accept.
+    let carried = core.carry().instrument(span.clone()).await;
+    carried.map_err(DaemonError::NotSaved)?;
+    let peer_server = crate::peer::server::serve(
+        peer_listener,
+        tls.server.clone(),
+        core.allowed.clone(),
+        CoreInbox(tx.clone()),
+    );
+    tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));
+    let admin_server = admin.serve(admin_listener, control.clone());
+    tasks.spawn(until_shutdown(shutdown.clone(), admin_server).instrument(span.clone()));
+    if config.nodes.iter().any(|n| n.db.is_some()) {
+        let probe = probe::probe_databases(config.clone(), control.clone());
+        tasks.spawn(until_shutdown(shutdown.clone(), probe).instrument(span.clone()));
+    }
+    tasks.spawn(core.run(rx, shutdown.clone()).instrument(span.clone()));
+    drop(tx);
+    span.in_scope(
+        || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
+    );
+    Ok(DaemonHandle { id, shutdown, tasks, control, peer_addr, admin_addr, ring: ring_rx })
+}

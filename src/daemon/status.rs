@@ -1,0 +1,43 @@
+//! The admin status, filled from the state machine and the links: the daemon fills the admin
+//! API's typed [`api::Status`], the CLI reads the same type. Never key bytes.
+
+use std::collections::BTreeMap;
+
+use crate::admin::api;
+use crate::cluster::{Cluster, PeerRelation, Role};
+use crate::ids::ClusterId;
+use crate::peer::client::PeerLink;
+
+pub(super) fn status(c: &Cluster, links: &BTreeMap<ClusterId, PeerLink>) -> api::Status {
+    let ds = c.domain_state();
+    let role = match c.role() {
+        Role::Off { .. } => api::Role::Off,
+        Role::Master(_) => api::Role::Master,
+        Role::Slave(_) => api::Role::Slave,
+    };
+    let peers = c
+        .state()
+        .peers
+        .iter()
+        .map(|p| api::PeerStatus {
+            id: p.clone(),
+            address: links.get(p).map(|l| l.address().to_owned()),
+            relation: c.peer_relation(p).unwrap_or(PeerRelation::NotHeardFrom),
+            link: links.get(p).map(PeerLink::status).unwrap_or_default(),
+        })
+        .collect();
+    api::Status {
+        cluster: c.id().clone(),
+        role,
+        off_reason: c.off_reason(),
+        domain: ds.map(|d| d.domain),
+        master: ds.map(|d| d.master.clone()),
+        epoch: ds.map(|d| d.epoch),
+        key_versions: ds.map(|d| d.ring.versions().collect()).unwrap_or_default(),
+        primary_version: ds.map(|d| d.ring.primary_version()),
+        remote: ds.map(|d| d.remote),
+        eligible: c.eligibility().is_eligible(),
+        peers,
+        alarms: c.alarms().iter().cloned().collect(),
+    }
+}
