@@ -30,4 +30,17 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && [ -z "${IMCRYPT_PG_B
   apt_install postgresql
 fi
 
+# Schemathesis (from PyPI, pinned so that a run is reproducible): tests/admin_api.rs fuzzes
+# the admin API of a live daemon against docs/admin-api.yaml. Installed in a virtualenv under
+# target/, so nothing outside the repository changes.
+st_venv=target/tools/schemathesis
+st_pins="schemathesis==4.32.5 hypothesis==6.170.17"
+if ! "$st_venv/bin/st" --version 2>/dev/null | grep -q 4.32.5; then
+  python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+  rm -rf "$st_venv"
+  python3 -m venv "$st_venv"
+  "$st_venv/bin/pip" install --quiet --disable-pip-version-check $st_pins
+fi
+export IMCRYPT_SCHEMATHESIS="$PWD/$st_venv/bin/st"
+
 exec cargo test --locked "$@"

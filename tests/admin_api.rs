@@ -308,3 +308,62 @@ fn openapi_document_lists_exactly_the_servers_routes() {
         .collect();
     assert_eq!(documented, served, "docs/admin-api.yaml and admin::api::Route differ");
 }
+
+/// Where the Schemathesis CLI is: `IMCRYPT_SCHEMATHESIS`, or the virtualenv that
+/// scripts/test.sh installs it into.
+fn schemathesis() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("IMCRYPT_SCHEMATHESIS") {
+        return p.into();
+    }
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/schemathesis/bin/st");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh, which installs Schemathesis",
+        p.display()
+    );
+    p
+}
+
+/// Schemathesis generates requests from docs/admin-api.yaml (valid and invalid bodies, path
+/// parameters, missing or wrong tokens, methods a path does not have) against a live daemon,
+/// and checks every answer with its default checks: no server error, only declared status
+/// codes, bodies and headers as documented, invalid data refused, missing auth refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_the_daemon_true_to_its_document() {
+    let st = schemathesis();
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lab = Lab::new(dir.path(), &["fuzzed"]).unwrap();
+        lab.spec_mut("fuzzed").unlimited_password_attempts = true;
+        lab.start("fuzzed").await.unwrap();
+        let t = target(&lab, "fuzzed", None);
+        let root = env!("CARGO_MANIFEST_DIR");
+        let run = tokio::process::Command::new(&st)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .arg("--config-file")
+            .arg(format!("{root}/tests/schemathesis/schemathesis.toml"))
+            .arg("run")
+            .arg(format!("{root}/docs/admin-api.yaml"))
+            .args(["--url", &format!("https://{}", t.addr)])
+            .args(["--header", &format!("Authorization: Bearer {}", t.token.as_str())])
+            // The daemon's certificate names its cluster, not 127.0.0.1; what is checked here
+            // is the API, and the TLS tests check the certificate.
+            .args(["--tls-verify", "false"])
+            // One seed: the same requests every run (Schemathesis and Hypothesis are pinned by
+            // scripts/test.sh), so a failure here is a real difference, never luck.
+            .args(["--seed", "20261201"])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(100), run)
+            .await
+            .expect("Schemathesis finished within 100 s")
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(report.contains("Selected: 13/13"), "every route was tried: {report}");
+        lab.stop_all().await;
+    })
+    .await;
+}

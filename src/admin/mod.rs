@@ -339,6 +339,11 @@ impl ApiError {
             // The rest of the body is never read: end the connection rather than drain it.
             r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let ApiError::WrongMethod { allowed, .. } = self
+            && let Ok(v) = HeaderValue::from_str(allowed)
+        {
+            r.headers_mut().insert(hyper::header::ALLOW, v);
+        }
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }

@@ -105,13 +105,17 @@ pub struct NodeId(String);
 
 /// Why a string is not a node name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node name {0:?} must be 1 to 253 printable characters without spaces")]
+#[error("node name {0:?} must be 1 to 253 letters, digits, '.', '_' or '-'")]
 pub struct BadNodeId(pub String);
 
 impl NodeId {
+    /// A node name: 1 to 253 ASCII letters, digits, `.`, `_` and `-` (an FQDN or a short
+    /// name), so that it is one path segment of the admin API as it is, and the CLI can name
+    /// every node the daemon accepts.
     pub fn new(s: impl Into<String>) -> Result<Self, BadNodeId> {
         let s = s.into();
-        if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if s.is_empty() || s.len() > 253 || !s.chars().all(allowed) {
             return Err(BadNodeId(s));
         }
         Ok(Self(s))

@@ -55,6 +55,9 @@ pub struct Spec {
     pub rotate_after: Option<Duration>,
     /// `[[nodes]] db` of every node: the archive database the daemon probes.
     pub archive_db: Option<String>,
+    /// Password rate limits and lockout raised out of reach (for fuzzing the admin API, which
+    /// would otherwise be locked out after five wrong guesses, as any client is).
+    pub unlimited_password_attempts: bool,
 }
 
 impl Default for Spec {
@@ -68,6 +71,7 @@ impl Default for Spec {
             hotpath: false,
             rotate_after: None,
             archive_db: None,
+            unlimited_password_attempts: false,
         }
     }
 }
@@ -178,6 +182,12 @@ impl Lab {
             humantime::format_duration(m.spec.master_unreachable_after),
             m.admin_port,
         );
+        if m.spec.unlimited_password_attempts {
+            t = t.replace(
+                "[admin]\n",
+                "[admin]\nmax_failures = 1000000\npassword_attempts_per_minute = 1000000\n",
+            );
+        }
         if let Some(r) = m.spec.rotate_after {
             t.push_str(&format!(
                 "\n[encryption]\nrotate_after = \"{}\"\n",
