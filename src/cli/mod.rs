@@ -221,7 +221,7 @@ impl CliError {
                 }
             }
             CliError::Client(e) => match e {
-                C::NoAddress | C::NoCa | C::Read { .. } | C::Setup(_) => 3,
+                C::NoAddress | C::NoCa | C::Read { .. } | C::CaFile(_) | C::Setup(_) => 3,
                 C::NoToken => 5,
                 C::Connect { .. } | C::Tls { .. } | C::Timeout { .. } | C::Http(_) => 1,
                 C::Decode(_) => 1,
