@@ -28,6 +28,7 @@ use crate::crypto::keyring::KeyRing;
 use crate::crypto::seal::{NodeKey, NodeKeyError, Purpose};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 use crate::peer::client::{LinkStatus, PeerLink, spawn_link};
+use crate::peer::server::DeliverError;
 use crate::peer::tls::{PeerTls, TlsError};
 use crate::store::{SealedFile, StoreError};
 
@@ -103,7 +104,7 @@ enum Input {
     Peer {
         from: ClusterId,
         msg: PeerMessage,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), DeliverError>>,
     },
     Status {
         reply: oneshot::Sender<Status>,
@@ -146,13 +147,10 @@ pub struct DaemonHandle {
 struct CoreInbox(mpsc::Sender<Input>);
 
 impl crate::peer::server::Inbox for CoreInbox {
-    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), String> {
+    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), DeliverError> {
         let (reply, rx) = oneshot::channel();
-        self.0
-            .send(Input::Peer { from, msg, reply })
-            .await
-            .map_err(|_| "the daemon is stopping".to_string())?;
-        rx.await.map_err(|_| "the daemon is stopping".to_string())?
+        self.0.send(Input::Peer { from, msg, reply }).await.map_err(|_| DeliverError::Stopping)?;
+        rx.await.map_err(|_| DeliverError::Stopping)?
     }
 }
 
@@ -457,11 +455,11 @@ impl Core {
                         e => e,
                     };
                     if let Err(e) = persisted {
-                        let _ = reply.send(Err(format!("this cluster cannot save its state: {e}")));
                         tracing::error!(error = %e, "cannot write the state; the daemon stops");
+                        let _ = reply.send(Err(DeliverError::NotSaved(e)));
                         return;
                     }
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r.map_err(DeliverError::Refused));
                 }
                 Input::Status { reply } => {
                     let _ = reply.send(self.status());
