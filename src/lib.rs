@@ -13,5 +13,6 @@ pub mod demo;
 pub mod hotpath;
 pub mod ids;
 pub mod peer;
+pub mod pem_files;
 pub mod pki;
 pub mod store;

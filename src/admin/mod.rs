@@ -19,7 +19,7 @@ pub mod limit;
 pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,6 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RE
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -44,6 +42,7 @@ use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_publ
 use crate::crypto::password::Password;
 use crate::daemon::{Control, DaemonError};
 use crate::ids::ClusterId;
+use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
 
 use api::{ErrorBody, ErrorDetail, Match, Route};
@@ -60,8 +59,8 @@ const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
 pub enum AdminError {
     #[error(transparent)]
     Token(#[from] TokenError),
-    #[error("admin TLS: cannot read {what} {path}: {reason}")]
-    TlsFile { what: &'static str, path: PathBuf, reason: String },
+    #[error("admin TLS: {0}")]
+    TlsFile(#[from] PemFileError),
     #[error("admin TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -80,25 +79,8 @@ struct Ctx {
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| AdminError::TlsFile {
-            what: "certificate",
-            path: cert.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(AdminError::TlsFile {
-            what: "certificate",
-            path: cert.to_owned(),
-            reason: "no certificate in the file".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| AdminError::TlsFile {
-        what: "private key",
-        path: key.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let certs = pem_files::certificates(PemKind::Certificate, cert)?;
+    let key = pem_files::private_key(key)?;
     let mut c =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])?

@@ -17,15 +17,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
 use crate::admin::api::ErrorBody;
+use crate::pem_files::{self, PemFileError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -46,6 +46,8 @@ pub enum ClientError {
     NoToken,
     #[error("cannot read {what} {path}: {reason}")]
     Read { what: &'static str, path: PathBuf, reason: String },
+    #[error(transparent)]
+    CaFile(#[from] PemFileError),
     #[error("{0}")]
     Setup(String),
     #[error("cannot connect to the daemon at {addr}: {reason}")]
@@ -169,24 +171,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(target: Target) -> Result<Self, ClientError> {
-        let certs = CertificateDer::pem_file_iter(&target.ca)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ClientError::Read {
-                what: "CA certificate",
-                path: target.ca.clone(),
-                reason: e.to_string(),
-            })?;
-        let mut roots = RootCertStore::empty();
-        for c in certs {
-            roots.add(c).map_err(|e| ClientError::Setup(format!("CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(ClientError::Read {
-                what: "CA certificate",
-                path: target.ca.clone(),
-                reason: "no certificate in the file".into(),
-            });
-        }
+        let roots = pem_files::ca_roots(&target.ca)?;
         let mut tls =
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_protocol_versions(&[&rustls::version::TLS13])

@@ -206,10 +206,17 @@ impl CliError {
             | CliError::Output(_)
             | CliError::Write { .. } => 1,
             CliError::PublicKey { .. } | CliError::Config(_) | CliError::Password(_) => 3,
-            CliError::Viewer(e) => match e {
-                viewer::ViewerError::Write { .. } => 1,
-                _ => 3,
-            },
+            CliError::Viewer(e) => {
+                use viewer::ViewerError as V;
+                match e {
+                    V::Write { .. } => 1,
+                    V::Read { .. }
+                    | V::Exists { .. }
+                    | V::NotExport { .. }
+                    | V::Unwrap { .. }
+                    | V::NotRing { .. } => 3,
+                }
+            }
             CliError::Undecryptable { .. } => 7,
             CliError::NoTerminal { .. } => 2,
             CliError::Archive(e) => {
@@ -221,7 +228,7 @@ impl CliError {
                 }
             }
             CliError::Client(e) => match e {
-                C::NoAddress | C::NoCa | C::Read { .. } | C::Setup(_) => 3,
+                C::NoAddress | C::NoCa | C::Read { .. } | C::CaFile(_) | C::Setup(_) => 3,
                 C::NoToken => 5,
                 C::Connect { .. } | C::Tls { .. } | C::Timeout { .. } | C::Http(_) => 1,
                 C::Decode(_) => 1,

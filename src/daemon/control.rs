@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admin::api;
 use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage};
 use crate::ids::{ClusterId, KeyVersion};
+use crate::peer::server::DeliverError;
 
 use super::DaemonError;
 
@@ -20,7 +21,7 @@ pub(super) enum Input {
     Peer {
         from: ClusterId,
         msg: PeerMessage,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), DeliverError>>,
     },
     Status {
         reply: oneshot::Sender<api::Status>,
@@ -77,12 +78,9 @@ impl Control {
 pub(super) struct CoreInbox(pub(super) mpsc::Sender<Input>);
 
 impl crate::peer::server::Inbox for CoreInbox {
-    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), String> {
+    async fn deliver(&self, from: ClusterId, msg: PeerMessage) -> Result<(), DeliverError> {
         let (reply, rx) = oneshot::channel();
-        self.0
-            .send(Input::Peer { from, msg, reply })
-            .await
-            .map_err(|_| "the daemon is stopping".to_string())?;
-        rx.await.map_err(|_| "the daemon is stopping".to_string())?
+        self.0.send(Input::Peer { from, msg, reply }).await.map_err(|_| DeliverError::Stopping)?;
+        rx.await.map_err(|_| DeliverError::Stopping)?
     }
 }

@@ -21,6 +21,7 @@ use crate::cluster::{Cluster, Effect, Entropy, LogLevel};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::{ClusterId, KeyVersion};
 use crate::peer::client::{PeerLink, spawn_link};
+use crate::peer::server::DeliverError;
 use crate::store::{SealedFile, StoreError};
 
 use super::control::Input;
@@ -106,8 +107,8 @@ impl Core {
                 let r = self.cluster.handle_peer_message(&from, msg, t);
                 let carried = self.carry().await;
                 let _ = reply.send(match &carried {
-                    Ok(()) => r.map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("this cluster cannot save its state: {e}")),
+                    Ok(()) => r.map_err(DeliverError::Refused),
+                    Err(e) => Err(DeliverError::NotSaved(e.clone())),
                 });
                 carried
             }

@@ -145,7 +145,12 @@ impl ClientError {
         match self {
             ClientError::QueueFull { .. } | ClientError::ConnectionLost { .. } => true,
             ClientError::Refused { code, .. } => code.is_transient(),
-            _ => false,
+            ClientError::BatchLargerThanQueue { .. }
+            | ClientError::MetadataTooLong(_)
+            | ClientError::TooLargeForServer { .. }
+            | ClientError::BatchTooLarge { .. }
+            | ClientError::Protocol(_)
+            | ClientError::Closed => false,
         }
     }
 }
@@ -421,14 +426,12 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         if closed && retry.is_empty() {
             return;
         }
-        let conn = tokio::time::timeout(cfg.connect_timeout, connect(&cfg)).await;
+        let conn = tokio::time::timeout(cfg.connect_timeout, connect(&cfg))
+            .await
+            .unwrap_or_else(|_elapsed| Err("handshake timed out".into()));
         let (stream, welcome, leftover) = match conn {
-            Ok(Ok(c)) => c,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e,
-                    _ => "handshake timed out".into(),
-                };
+            Ok(c) => c,
+            Err(why) => {
                 tracing::debug!(path = %cfg.path.display(), error = %why, "hot path unreachable");
                 // Keep accepting jobs while waiting, so a closed client is noticed.
                 let sleep = tokio::time::sleep(backoff);

@@ -125,7 +125,20 @@ impl ErrorCode {
 
     /// Whether the request may succeed if sent again later (on this or a new connection).
     pub fn is_transient(self) -> bool {
-        matches!(self, ErrorCode::ReservationUnavailable | ErrorCode::ShuttingDown)
+        match self {
+            ErrorCode::ReservationUnavailable | ErrorCode::ShuttingDown => true,
+            ErrorCode::Malformed
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::Truncated
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::HandshakeRequired
+            | ErrorCode::BatchTooLarge
+            | ErrorCode::UnknownType
+            | ErrorCode::KeyExhausted
+            | ErrorCode::Internal
+            // A newer peer's code: not known to be worth retrying.
+            | ErrorCode::Other(_) => false,
+        }
     }
 }
 
@@ -164,7 +177,10 @@ impl FrameError {
         match self {
             FrameError::Malformed { request_id, .. } => *request_id,
             FrameError::BatchTooLarge { request_id, .. } => Some(*request_id),
-            _ => None,
+            FrameError::TooLarge { .. }
+            | FrameError::Empty
+            | FrameError::UnknownType(_)
+            | FrameError::BadMagic => None,
         }
     }
 }

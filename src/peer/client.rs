@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::StatusCode;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
@@ -111,7 +112,7 @@ pub fn spawn_link(
             let body = Bytes::from(serde_json::to_vec(&msg).expect("peer messages serialize"));
             let result = tokio::time::timeout(TIMEOUT, deliver(&mut conn, &peer, &address, &tls, body))
                 .await
-                .unwrap_or_else(|_| Err("timed out".into()));
+                .unwrap_or(Err(LinkError::TimedOut));
             match result {
                 Ok(()) => {
                     backoff = BACKOFF_MIN;
@@ -127,11 +128,11 @@ pub fn spawn_link(
                         q.pop_front();
                     }
                 }
-                Err(e) if e.starts_with(PERMANENT) => {
+                Err(e) if e.is_permanent() => {
                     // Dropped, so that the messages behind it still go; later changes send
                     // fresh ones. Logged as an error: it means a bug or a version mismatch.
                     tracing::error!(peer = %peer, %address, error = %e, "peer message dropped");
-                    l.status.lock().expect("status lock").last_error = Some(e);
+                    l.status.lock().expect("status lock").last_error = Some(e.to_string());
                     let mut q = l.outbox.queue.lock().expect("outbox lock");
                     if q.front().is_some_and(|m| *m == msg) {
                         q.pop_front();
@@ -139,6 +140,7 @@ pub fn spawn_link(
                 }
                 Err(e) => {
                     conn = None;
+                    let e = e.to_string();
                     {
                         let mut st = l.status.lock().expect("status lock");
                         if st.last_error.as_deref() != Some(&e) {
@@ -173,16 +175,16 @@ async fn connect(
     peer: &ClusterId,
     address: &str,
     tls: &Arc<ClientConfig>,
-) -> Result<SendRequest<Full<Bytes>>, String> {
-    let tcp = TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
+) -> Result<SendRequest<Full<Bytes>>, LinkError> {
+    let tcp = TcpStream::connect(address).await.map_err(LinkError::Connect)?;
     tcp.set_nodelay(true).ok();
     let stream = TlsConnector::from(tls.clone())
         .connect(server_name(peer), tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
+        .map_err(LinkError::Tls)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP: {e}"))?;
+        .map_err(LinkError::Http)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -195,30 +197,91 @@ async fn deliver(
     address: &str,
     tls: &Arc<ClientConfig>,
     body: Bytes,
-) -> Result<(), String> {
+) -> Result<(), LinkError> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
         *conn = Some(connect(peer, address, tls).await?);
     }
     let sender = conn.as_mut().expect("connected above");
-    sender.ready().await.map_err(|e| format!("HTTP: {e}"))?;
+    sender.ready().await.map_err(LinkError::Http)?;
     let req = hyper::Request::post(MESSAGE_PATH)
         .header(hyper::header::HOST, peer.as_str())
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .expect("a valid request");
-    let resp = sender.send_request(req).await.map_err(|e| format!("HTTP: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(LinkError::Http)?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let why = format!("peer answered {status}: {}", String::from_utf8_lossy(&body).trim());
-    // 400, 404, 413: this message will never be taken, however often it is sent.
-    if matches!(status.as_u16(), 400 | 404 | 413) {
-        return Err(format!("{PERMANENT}{why}"));
-    }
-    Err(why)
+    Err(LinkError::answered(status, String::from_utf8_lossy(&body).trim().to_owned()))
 }
 
-/// Marks a refusal that retrying cannot fix.
-const PERMANENT: &str = "refused for good: ";
+/// Why one message was not delivered to a peer.
+///
+/// Whether to retry is decided here, from the HTTP status alone: the peer server's answers carry
+/// no marker of their own (its refusals are plain text, see `server::handle`), so the wire is
+/// unchanged. `LinkStatus::last_error` shows the text of this error.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("timed out")]
+    TimedOut,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(hyper::Error),
+    /// The peer will never take this message, however often it is sent (a 400, 404 or 413:
+    /// not a peer message to it, no such endpoint, too large). A bug or a version mismatch.
+    #[error("refused for good: peer answered {status}: {body}")]
+    Rejected { status: StatusCode, body: String },
+    /// The peer did not take the message now (it is stopping, cannot save, does not know this
+    /// cluster yet, …); it may later.
+    #[error("peer answered {status}: {body}")]
+    NotTaken { status: StatusCode, body: String },
+}
+
+impl LinkError {
+    /// The error for an answer with the non-success `status` and the text `body`.
+    fn answered(status: StatusCode, body: String) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
+                LinkError::Rejected { status, body }
+            }
+            _ => LinkError::NotTaken { status, body },
+        }
+    }
+
+    /// True when sending the same message again cannot succeed: it is dropped, not retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            LinkError::Rejected { .. } => true,
+            LinkError::TimedOut
+            | LinkError::Connect(_)
+            | LinkError::Tls(_)
+            | LinkError::Http(_)
+            | LinkError::NotTaken { .. } => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_answers_that_can_never_change_drop_the_message() {
+        for status in
+            [StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND, StatusCode::PAYLOAD_TOO_LARGE]
+        {
+            let e = LinkError::answered(status, "not a peer message: eof".into());
+            assert!(e.is_permanent(), "{e}");
+            assert!(e.to_string().starts_with("refused for good: peer answered "), "{e}");
+        }
+        let e = LinkError::answered(StatusCode::CONFLICT, "the daemon is stopping".into());
+        assert!(!e.is_permanent());
+        assert_eq!(e.to_string(), "peer answered 409 Conflict: the daemon is stopping");
+        assert!(!LinkError::TimedOut.is_permanent());
+    }
+}

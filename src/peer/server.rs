@@ -21,8 +21,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::client::MESSAGE_PATH;
 use super::tls::identify;
-use crate::cluster::PeerMessage;
+use crate::cluster::{PeerError, PeerMessage};
 use crate::ids::ClusterId;
+use crate::store::StoreError;
 
 /// Largest peer message accepted (a state with thousands of key versions fits easily).
 pub const MAX_BODY: usize = 1 << 20;
@@ -31,13 +32,27 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where an accepted message goes; answers `Err(reason)` when the core refused it.
+/// Where an accepted message goes; answers why when the message was not taken.
 pub trait Inbox: Clone + Send + Sync + 'static {
     fn deliver(
         &self,
         from: ClusterId,
         msg: PeerMessage,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    ) -> impl std::future::Future<Output = Result<(), DeliverError>> + Send;
+}
+
+/// Why the core did not take a well-formed peer message. Each is answered `409 Conflict` with
+/// this text as the body, which the sending link retries (see `client::LinkError`).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    #[error("the daemon is stopping")]
+    Stopping,
+    /// The state machine refused it (a peer it does not know, a message from itself).
+    #[error(transparent)]
+    Refused(#[from] PeerError),
+    /// Taken, but what followed could not be written; the daemon stops.
+    #[error("this cluster cannot save its state: {0}")]
+    NotSaved(#[source] std::sync::Arc<StoreError>),
 }
 
 /// The peers whose certificates are accepted; the daemon changes it when a peer is added or
@@ -134,6 +149,18 @@ async fn handle<I: Inbox>(
     };
     match inbox.deliver(from, msg).await {
         Ok(()) => text(StatusCode::NO_CONTENT, ""),
-        Err(why) => text(StatusCode::CONFLICT, why),
+        Err(why) => text(StatusCode::CONFLICT, why.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_reads_on_the_wire_as_the_state_machine_said_it() {
+        let e = DeliverError::Refused(PeerError::FromSelf);
+        assert_eq!(e.to_string(), PeerError::FromSelf.to_string());
+        assert_eq!(DeliverError::Stopping.to_string(), "the daemon is stopping");
     }
 }

@@ -5,22 +5,20 @@
 //! handshake; a client whose certificate names no configured peer is refused after it
 //! (`identify`); a server is only accepted when its certificate names the peer dialled.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
 
 use crate::ids::ClusterId;
+use crate::pem_files::{self, PemFileError, PemKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {reason}")]
-    Read { what: &'static str, path: PathBuf, reason: String },
-    #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    #[error(transparent)]
+    File(#[from] PemFileError),
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier: {0}")]
@@ -47,36 +45,16 @@ pub struct PeerTls {
     pub client: Arc<ClientConfig>,
 }
 
-fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Read { what, path: path.to_owned(), reason };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { path: path.to_owned() });
-    }
-    Ok(certs)
-}
-
 impl PeerTls {
     /// Loads the files and checks that the own certificate names `own_id`.
     pub fn load(files: &TlsFiles, own_id: &ClusterId) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs = read_certs("certificate", &files.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| TlsError::Read {
-            what: "private key",
-            path: files.key.clone(),
-            reason: e.to_string(),
-        })?;
+        let certs = pem_files::certificates(PemKind::Certificate, &files.cert)?;
+        let key = pem_files::private_key(&files.key)?;
         if !names(&certs[0], own_id) {
             return Err(TlsError::OwnNameMismatch { path: files.cert.clone(), id: own_id.clone() });
         }
-        let mut roots = RootCertStore::empty();
-        for ca in read_certs("CA certificate", &files.ca)? {
-            roots.add(ca)?;
-        }
-        let roots = Arc::new(roots);
+        let roots = Arc::new(pem_files::ca_roots(&files.ca)?);
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| TlsError::Verifier(e.to_string()))?;
@@ -128,7 +106,7 @@ mod tests {
         PeerTls::load(&files, &a).unwrap();
         let e = PeerTls::load(&files, &b).err().unwrap().to_string();
         assert!(e.contains("not valid for this cluster's id b"), "{e}");
-        let cert = read_certs("certificate", &f.cert).unwrap();
+        let cert = pem_files::certificates(PemKind::Certificate, &f.cert).unwrap();
         assert!(names(&cert[0], &a) && !names(&cert[0], &b));
         assert_eq!(identify(Some(&cert), [&b, &a]), Some(a.clone()));
         assert_eq!(identify(Some(&cert), [&b]), None);
