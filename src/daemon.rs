@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -19,9 +19,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::alarm::Alarm;
+use crate::clock::now;
 use crate::cluster::{
     Cluster, ClusterConfig, Command, CommandError, DbProbe, Effect, Entropy, LogLevel, NodeId,
-    PeerMessage, PersistedState, Role, Time,
+    PeerMessage, PersistedState, Role,
 };
 use crate::config::Config;
 use crate::crypto::keyring::KeyRing;
@@ -154,20 +155,6 @@ impl crate::peer::server::Inbox for CoreInbox {
             .map_err(|_| "the daemon is stopping".to_string())?;
         rx.await.map_err(|_| "the daemon is stopping".to_string())?
     }
-}
-
-/// The time the state machine is given: the wall clock read once at start, advanced by the
-/// monotonic clock. A wall clock stepped back (NTP, an operator) would otherwise push every
-/// timer of the state machine into the future, silencing this cluster's hellos for as long as
-/// the step. Key creation times may drift from the wall clock by what the clock is slewed
-/// while the daemon runs, which is seconds at most.
-pub fn now() -> Time {
-    static START: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
-    let (wall, mono) = *START.get_or_init(|| {
-        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        (ms.as_millis() as u64, std::time::Instant::now())
-    });
-    Time::from_unix_millis(wall + mono.elapsed().as_millis() as u64)
 }
 
 /// Starts the daemon described by `config`: loads (or creates) the node key and the sealed

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod alarm;
 pub mod archive;
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crypto;

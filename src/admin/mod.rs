@@ -403,13 +403,6 @@ async fn with_password(
     task.await.map_err(|_| ApiError::Stopping)?
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
     ComplianceDb::parse_archiver(s).map_err(|e| ApiError::BadValue(e.to_string()))
 }
@@ -535,8 +528,8 @@ async fn handle(
             let ring = outcome
                 .keys_for_download
                 .ok_or_else(|| ApiError::Export("the daemon gave no keys".into()))?;
-            let doc =
-                export_ring(&ring, &to, unix_now()).map_err(|e| ApiError::Export(e.to_string()))?;
+            let doc = export_ring(&ring, &to, crate::clock::now().unix_secs())
+                .map_err(|e| ApiError::Export(e.to_string()))?;
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
                 versions = doc.keys.len(),
