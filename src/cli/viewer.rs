@@ -8,7 +8,7 @@
 //! prints key bytes.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -20,6 +20,7 @@ use crate::crypto::aead::AeadImpl;
 use crate::crypto::export::{ExportError, KeyExport, Unwrapper};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::record::{RecordHeader, RecordOpener};
+use crate::store::{self, Existing};
 
 pub const RING_FORMAT: &str = "imcrypt-key-ring";
 pub const RING_FORMAT_VERSION: u32 = 1;
@@ -55,31 +56,19 @@ fn read_text(path: &Path) -> Result<zeroize::Zeroizing<String>, ViewerError> {
         .map_err(|source| ViewerError::Read { path: path.to_owned(), source })
 }
 
-/// Writes `bytes` to `path` whole or not at all, mode 0600.
+/// Writes `bytes` to `path` whole or not at all, mode 0600 (`store::write_private`).
 pub fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), ViewerError> {
-    let err = |source| ViewerError::Write { path: path.to_owned(), source };
     if !force && path.exists() {
         return Err(ViewerError::Exists { path: path.to_owned() });
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // tempfile creates the file with mode 0600.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(err)?;
-    if force {
-        tmp.persist(path).map_err(|e| err(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                ViewerError::Exists { path: path.to_owned() }
-            } else {
-                err(e.error)
-            }
-        })?;
-    }
-    Ok(())
+    let existing = if force { Existing::Replace } else { Existing::Keep };
+    store::write_private(path, bytes, existing).map_err(|e| {
+        if e.is_taken() {
+            ViewerError::Exists { path: path.to_owned() }
+        } else {
+            ViewerError::Write { path: path.to_owned(), source: e.source }
+        }
+    })
 }
 
 /// `imcrypt key unwrap`: returns the ring it wrote.
