@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod demo;
+pub mod duration;
 pub mod hotpath;
 pub mod ids;
 pub mod peer;
