@@ -215,26 +215,6 @@ fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::
     ComplianceDb::parse_archiver(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
-/// The parser quotes the offending line: in every URL, what lies between `://` and the next
-/// `@` (user and password, whatever characters the password holds) becomes `***`.
-fn redact_urls(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        match tail.find('@') {
-            Some(at) if !tail[..at].contains("://") && !tail[..at].contains('\n') => {
-                out.push_str("***");
-                rest = &tail[at..];
-            }
-            _ => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -246,8 +226,10 @@ impl Config {
 
     /// Parses and validates `text`; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut c: Config =
-            toml::from_str(text).map_err(|e| redact_urls(e.to_string().trim_end()))?;
+        let mut c: Config = toml::from_str(text).map_err(|e| {
+            // The parser quotes the offending line, passwords and all.
+            crate::archive::redact(e.to_string().trim_end())
+        })?;
         for (i, p) in c.peers.iter().enumerate() {
             if p.id == c.cluster_id {
                 return Err(format!("peers[{i}].id: {} is this cluster itself", p.id));

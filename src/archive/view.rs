@@ -11,8 +11,9 @@
 use serde::Serialize;
 
 use super::ArchiveError;
-use super::db::{Db, DbUrl, Param, SqlFilter, StoredRow};
+use super::db::{Db, Param, SqlFilter, StoredRow};
 use super::event::{RowPlain, normalise, participant_message, record_metadata, room_message};
+use super::url::DbUrl;
 use crate::crypto::aead::AeadImpl;
 use crate::crypto::blind::BlindIndexer;
 use crate::crypto::keyring::KeyRing;
