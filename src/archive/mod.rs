@@ -12,7 +12,6 @@
 //!   unique key), so a ciphertext copied into another row does not open.
 //! - Accepted events are never dropped (see `writer`); refusals are explicit.
 
-pub mod cli;
 pub mod db;
 pub mod event;
 mod postgres;
