@@ -130,17 +130,19 @@ impl<'de> serde::Deserialize<'de> for DbUrl {
 }
 
 /// `text` with the password of every URL in it replaced by `***`: in `scheme://user:pw@host`,
-/// what lies between the first `:` after `://` and the last `@` on the same line, whatever
-/// characters the password holds (an `@`, a space, a quote). A URL without a password is left
-/// as it is. Works on one URL as on a message that quotes several lines; where it cannot tell
-/// where a URL ends, it hides more, never less.
+/// what lies between the first `:` after `://` and the last `@` before the end of the line or
+/// the next `://`, whatever characters the password holds (an `@`, a space, a quote). A URL
+/// without a password is left as it is. Works on one URL as on a message that quotes several
+/// lines; where it cannot tell where a URL ends, it hides more, never less.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let line = &tail[..tail.find('\n').unwrap_or(tail.len())];
+        // This URL ends at the end of the line or where the next one starts.
+        let end = [tail.find('\n'), tail.find("://")].into_iter().flatten().min();
+        let line = &tail[..end.unwrap_or(tail.len())];
         match line.rfind('@').map(|at| (at, line[..at].find(':'))) {
             Some((at, Some(colon))) => {
                 out.push_str(&tail[..colon + 1]);
@@ -261,5 +263,10 @@ mod tests {
         assert!(!shown.contains("top") && !shown.contains("secret"), "{shown}");
         assert!(shown.ends_with("postgres://u:***@h:54x2/im"), "{shown}");
         assert_eq!(redact(&shown), shown, "redacting twice changes nothing");
+        assert_eq!(
+            redact("\"mysql://u:pw@h/x\" is not understood: use postgres://user@host/db"),
+            "\"mysql://u:***@h/x\" is not understood: use postgres://user@host/db",
+            "the text after a URL, and the next URL, are kept"
+        );
     }
 }

@@ -87,16 +87,17 @@ pub fn write_private_until(
         Existing::Keep => tmp.push(format!(".tmp.{}", std::process::id())),
     }
     let tmp = PathBuf::from(tmp);
-    let written = write_temp(&tmp, bytes, last);
-    let placed = match written {
-        Ok(true) => place(&tmp, path, existing, last),
+    let result = match write_temp(&tmp, bytes, last) {
         Ok(false) => return Ok(()),
+        Ok(true) => place(&tmp, path, existing, last),
         Err(e) => Err(e),
     };
-    if existing == Existing::Keep && last >= WriteStep::Rename {
+    // Whatever stands at the temporary name when it could not be created is not ours.
+    let ours = !matches!(&result, Err(e) if e.step == WriteStep::CreateTemp);
+    if ours && (existing == Existing::Keep || result.is_err()) {
         let _ = std::fs::remove_file(&tmp);
     }
-    placed
+    result
 }
 
 fn fail(
