@@ -79,9 +79,9 @@ pub struct PeerSection {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
-    #[serde(default = "default_hello", deserialize_with = "duration")]
+    #[serde(default = "default_hello", deserialize_with = "crate::duration::nonzero")]
     pub hello_interval: Duration,
-    #[serde(default = "default_unreachable", deserialize_with = "duration")]
+    #[serde(default = "default_unreachable", deserialize_with = "crate::duration::nonzero")]
     pub master_unreachable_after: Duration,
 }
 
@@ -107,7 +107,7 @@ pub struct AdminSection {
     #[serde(default = "default_max_failures", deserialize_with = "positive")]
     pub max_failures: u32,
     /// How long a lockout lasts.
-    #[serde(default = "default_lockout", deserialize_with = "duration")]
+    #[serde(default = "default_lockout", deserialize_with = "crate::duration::nonzero")]
     pub lockout: Duration,
     /// Password attempts per minute from all clients together.
     #[serde(default = "default_attempts", deserialize_with = "positive")]
@@ -146,12 +146,8 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 pub struct EncryptionSection {
     /// Rotate the key once the primary version is older than this (e.g. "90d"); unset: only
     /// on command, and when a cluster has used it 0.9·2^32 times.
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(default, deserialize_with = "crate::duration::optional_nonzero")]
     pub rotate_after: Option<Duration>,
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,7 +185,7 @@ pub struct NodeEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbProbeSection {
-    #[serde(default = "default_probe_interval", deserialize_with = "duration")]
+    #[serde(default = "default_probe_interval", deserialize_with = "crate::duration::nonzero")]
     pub interval: Duration,
 }
 
@@ -211,43 +207,12 @@ fn default_unreachable() -> Duration {
     crate::cluster::ClusterConfig::DEFAULT_MASTER_UNREACHABLE_AFTER
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    let v = humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("{s:?} is not a duration like \"10s\": {e}"))
-    })?;
-    if v.is_zero() {
-        return Err(serde::de::Error::custom("a duration of zero is not allowed"));
-    }
-    Ok(v)
-}
-
 fn iterations<'de, D: Deserializer<'de>>(d: D) -> Result<Iterations, D::Error> {
     Iterations::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 fn archiver<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ComplianceDb>, D::Error> {
     ComplianceDb::parse_archiver(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-}
-
-/// The parser quotes the offending line: in every URL, what lies between `://` and the next
-/// `@` (user and password, whatever characters the password holds) becomes `***`.
-fn redact_urls(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut rest = msg;
-    while let Some(i) = rest.find("://") {
-        let (head, tail) = rest.split_at(i + 3);
-        out.push_str(head);
-        match tail.find('@') {
-            Some(at) if !tail[..at].contains("://") && !tail[..at].contains('\n') => {
-                out.push_str("***");
-                rest = &tail[at..];
-            }
-            _ => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 impl Config {
@@ -261,8 +226,10 @@ impl Config {
 
     /// Parses and validates `text`; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut c: Config =
-            toml::from_str(text).map_err(|e| redact_urls(e.to_string().trim_end()))?;
+        let mut c: Config = toml::from_str(text).map_err(|e| {
+            // The parser quotes the offending line, passwords and all.
+            crate::archive::redact(e.to_string().trim_end())
+        })?;
         for (i, p) in c.peers.iter().enumerate() {
             if p.id == c.cluster_id {
                 return Err(format!("peers[{i}].id: {} is this cluster itself", p.id));

@@ -427,10 +427,6 @@ async fn with_password(
     task.await.map_err(|_| ApiError::Stopping)?
 }
 
-fn unix_now() -> u64 {
-    crate::daemon::now().unix_secs()
-}
-
 fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
     ComplianceDb::parse_archiver(s).map_err(|e| ApiError::BadValue(e.to_string()))
 }
@@ -552,7 +548,7 @@ async fn handle(
                 Outcome::KeysForDownload(ring) => ring,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
-            let doc = export_ring(&ring, &to, unix_now())?;
+            let doc = export_ring(&ring, &to, crate::clock::now().unix_secs())?;
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
                 versions = doc.keys.len(),

@@ -1,6 +1,7 @@
-//! The compliance database: one schema (docs/archive.md) on PostgreSQL (tokio-postgres), SQL
-//! Server (tiberius, TDS 7.3) and SQLite (rusqlite, `sqlite` module), created if missing;
-//! batch inserts; the viewer's query; the eligibility probe.
+//! The compliance database as one interface over three backends: PostgreSQL (`postgres`),
+//! SQL Server (`sqlserver`) and SQLite (`sqlite`), all with one schema (`schema`,
+//! docs/archive.md), created if missing; batch inserts; the viewer's query; the eligibility
+//! probe. Where the database is comes from a URL (`url`).
 //!
 //! Invariants: a batch is written in one transaction (one INSERT statement, or several inside
 //! BEGIN … COMMIT when it exceeds a backend's statement size), so it is stored whole or not at
@@ -10,18 +11,13 @@
 //! never spliced into SQL text.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
-
+use super::schema::{COLUMNS, TABLE};
 use super::sqlite::SqliteDb;
+use super::url::{DbUrl, Target};
+use super::{postgres, sqlserver};
 use crate::cluster::ComplianceDb;
-
-/// The archive `imcrypt archive` and `imcrypt view` use when no `--db` or
-/// `IMCRYPT_ARCHIVE_DB` is given: an SQLite file in the current directory.
-pub const DEFAULT_DB_URL: &str = "sqlite:imcrypt-archive.db";
 
 /// Why the database could not be reached or did not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,178 +63,6 @@ impl DbError {
     }
 }
 
-/// Where the archive lives, parsed from a URL: `postgres://…`, `sqlserver://…`, or
-/// `sqlite:PATH` / `sqlite://PATH` (see [`DbUrl::sqlite`]).
-///
-/// Invariant: `kind` is [`ComplianceDb::Sqlite`] exactly when the target is a file.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DbUrl {
-    pub kind: ComplianceDb,
-    raw: String,
-    target: Target,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-enum Target {
-    Server(Server),
-    File(PathBuf),
-}
-
-/// A database server and the login to it.
-#[derive(Clone, PartialEq, Eq)]
-struct Server {
-    host: String,
-    port: u16,
-    user: String,
-    password: String,
-    database: String,
-}
-
-impl std::fmt::Debug for DbUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DbUrl({})", self.redacted())
-    }
-}
-
-impl std::fmt::Display for DbUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(h) = std::str::from_utf8(&b[i + 1..i + 3])
-            && let Ok(v) = u8::from_str_radix(h, 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl std::str::FromStr for DbUrl {
-    type Err = DbError;
-
-    fn from_str(s: &str) -> Result<Self, DbError> {
-        let bad = || DbError::Url(redact(s));
-        if let Some(rest) = s.strip_prefix("sqlite:") {
-            // sqlite:PATH or sqlite://PATH; sqlite:///abs is the absolute path /abs.
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            // ":memory:" would be an archive that vanishes at exit.
-            if path.is_empty() || path == ":memory:" {
-                return Err(bad());
-            }
-            return Ok(Self {
-                kind: ComplianceDb::Sqlite,
-                raw: s.to_owned(),
-                target: Target::File(PathBuf::from(path)),
-            });
-        }
-        let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
-        let (kind, default_port) = match scheme {
-            "postgres" | "postgresql" => (ComplianceDb::PostgreSql, 5432),
-            "sqlserver" | "mssql" => (ComplianceDb::SqlServer, 1433),
-            _ => return Err(bad()),
-        };
-        let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
-        let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
-        let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
-        let database = database.split('?').next().unwrap_or("");
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-            None => (hostport, default_port),
-        };
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(Self {
-            kind,
-            raw: s.to_owned(),
-            target: Target::Server(Server {
-                host: host.trim_matches(['[', ']']).to_owned(),
-                port,
-                user: pct_decode(user),
-                password: pct_decode(password),
-                database: pct_decode(database),
-            }),
-        })
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for DbUrl {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// The URL with its password replaced by `***` (for logs and errors).
-pub fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (auth, host) = rest.rsplit_once('@').expect("has @");
-            match auth.split_once(':') {
-                Some((u, _)) => format!("{scheme}://{u}:***@{host}"),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-impl DbUrl {
-    /// The SQLite file at `path` (relative to the current directory, or absolute), as
-    /// `sqlite:PATH` would give.
-    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        Self {
-            kind: ComplianceDb::Sqlite,
-            raw: format!("sqlite:{}", path.display()),
-            target: Target::File(path),
-        }
-    }
-
-    /// The file of an SQLite URL; `None` for a server.
-    pub fn sqlite_path(&self) -> Option<&Path> {
-        match &self.target {
-            Target::File(p) => Some(p),
-            Target::Server(_) => None,
-        }
-    }
-
-    /// The URL as given, with a server password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        match self.target {
-            Target::File(_) => self.raw.clone(),
-            Target::Server(_) => redact(&self.raw),
-        }
-    }
-
-    fn kind_name(&self) -> &'static str {
-        match self.kind {
-            ComplianceDb::SqlServer => "SQL Server",
-            ComplianceDb::Sqlite => "SQLite",
-            _ => "PostgreSQL",
-        }
-    }
-}
-
-impl Default for DbUrl {
-    /// [`DEFAULT_DB_URL`].
-    fn default() -> Self {
-        DEFAULT_DB_URL.parse().expect("the default URL parses")
-    }
-}
-
 /// A value bound to a statement.
 #[derive(Debug, Clone)]
 pub enum Param {
@@ -268,83 +92,13 @@ pub struct StoredRow {
     pub payload: Vec<u8>,
 }
 
-pub const TABLE: &str = "imcrypt_archive";
-
-/// The insert columns, in order.
-pub const COLUMNS: [&str; 13] = [
-    "message_id",
-    "recipient_key",
-    "ts_ms",
-    "direction",
-    "encrypted",
-    "from_idx",
-    "to_idx",
-    "room_idx",
-    "from_addr",
-    "to_addr",
-    "room",
-    "key_version",
-    "payload",
-];
-
-pub const POSTGRES_SCHEMA: &str = "\
-CREATE TABLE IF NOT EXISTS imcrypt_archive (
-    id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    message_id    VARCHAR(255) NOT NULL,
-    recipient_key BYTEA        NOT NULL,
-    ts_ms         BIGINT       NOT NULL,
-    direction     VARCHAR(8)   NOT NULL,
-    encrypted     BOOLEAN      NOT NULL,
-    from_idx      BYTEA,
-    to_idx        BYTEA,
-    room_idx      BYTEA,
-    from_addr     VARCHAR(320),
-    to_addr       VARCHAR(320),
-    room          VARCHAR(255),
-    key_version   INTEGER,
-    payload       BYTEA        NOT NULL,
-    CONSTRAINT imcrypt_archive_row UNIQUE (message_id, recipient_key)
-);
-CREATE INDEX IF NOT EXISTS imcrypt_archive_from ON imcrypt_archive (from_idx);
-CREATE INDEX IF NOT EXISTS imcrypt_archive_to ON imcrypt_archive (to_idx);
-CREATE INDEX IF NOT EXISTS imcrypt_archive_room ON imcrypt_archive (room_idx);
-CREATE INDEX IF NOT EXISTS imcrypt_archive_ts ON imcrypt_archive (ts_ms);
-";
-
-pub const SQLSERVER_SCHEMA: &str = "\
-IF OBJECT_ID(N'dbo.imcrypt_archive', N'U') IS NULL
-BEGIN
-CREATE TABLE dbo.imcrypt_archive (
-    id            BIGINT IDENTITY(1,1) PRIMARY KEY,
-    message_id    NVARCHAR(255)  NOT NULL,
-    recipient_key VARBINARY(32)  NOT NULL,
-    ts_ms         BIGINT         NOT NULL,
-    direction     VARCHAR(8)     NOT NULL,
-    encrypted     BIT            NOT NULL,
-    from_idx      VARBINARY(32)  NULL,
-    to_idx        VARBINARY(32)  NULL,
-    room_idx      VARBINARY(32)  NULL,
-    from_addr     NVARCHAR(320)  NULL,
-    to_addr       NVARCHAR(320)  NULL,
-    room          NVARCHAR(255)  NULL,
-    key_version   INT            NULL,
-    payload       VARBINARY(MAX) NOT NULL
-);
-CREATE UNIQUE INDEX imcrypt_archive_row ON dbo.imcrypt_archive (message_id, recipient_key)
-    WITH (IGNORE_DUP_KEY = ON);
-CREATE INDEX imcrypt_archive_from ON dbo.imcrypt_archive (from_idx);
-CREATE INDEX imcrypt_archive_to ON dbo.imcrypt_archive (to_idx);
-CREATE INDEX imcrypt_archive_room ON dbo.imcrypt_archive (room_idx);
-CREATE INDEX imcrypt_archive_ts ON dbo.imcrypt_archive (ts_ms);
-END
-";
-
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection, or the probe's question, may take.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An open connection to the compliance database.
 pub enum Db {
     Postgres(tokio_postgres::Client),
-    SqlServer(Box<tiberius::Client<Compat<TcpStream>>>),
+    SqlServer(Box<sqlserver::Client>),
     Sqlite(SqliteDb),
 }
 
@@ -408,49 +162,6 @@ impl Dialect {
         sql
     }
 }
-
-/// A server error is a connection problem, to retry after reconnecting, when its SQLSTATE says
-/// the server is going away or cannot serve now: class 08 (connection exception), 57
-/// (operator intervention: admin or crash shutdown, cannot connect now), 53 (insufficient
-/// resources), and 40001/40P01 (serialization failure, deadlock). Seen in tests: `pg_ctl stop`
-/// answers an INSERT in flight with 57P01 before it closes the connection.
-fn pg_err(e: tokio_postgres::Error) -> DbError {
-    let Some(db) = e.as_db_error() else {
-        return DbError::Lost { kind: "PostgreSQL", reason: e.to_string() };
-    };
-    let code = db.code().code();
-    let reason = format!("{} (SQLSTATE {code})", db.message());
-    let transient = ["08", "57", "53"].iter().any(|c| code.starts_with(c))
-        || code == "40001"
-        || code == "40P01";
-    if transient || e.is_closed() {
-        DbError::Lost { kind: "PostgreSQL", reason }
-    } else {
-        DbError::Statement { kind: "PostgreSQL", reason }
-    }
-}
-
-/// Why a PostgreSQL login failed, in the server's words: `e.to_string()` of a server error is
-/// only "db error", so the message and SQLSTATE are taken from the server's error (28P01
-/// wrong password, 28000 no such role, 3D000 no such database, …).
-fn pg_connect_reason(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
-/// As for PostgreSQL: shutdown in progress (6005), deadlock victim (1205) and the server's
-/// connection-level errors are retried after reconnecting; other server errors are final.
-fn ms_err(e: tiberius::error::Error) -> DbError {
-    match e {
-        tiberius::error::Error::Server(t) if ![6005, 1205, 233, 10054].contains(&t.code()) => {
-            DbError::Statement { kind: "SQL Server", reason: t.to_string() }
-        }
-        other => DbError::Lost { kind: "SQL Server", reason: other.to_string() },
-    }
-}
-
 impl Db {
     /// Connects (bounded by 5 s). Does not touch the schema. An SQLite file must exist (so a
     /// mistyped viewer `--db` does not leave an empty archive behind); see
@@ -473,54 +184,18 @@ impl Db {
         let kind = url.kind_name();
         let at = format!("{}:{}", srv.host, srv.port);
         let timeout = DbError::Timeout { kind, at: at.clone(), secs: TIMEOUT.as_secs() };
-        let fail = |reason: String| DbError::Connect { kind, at: at.clone(), reason };
-        match url.kind {
-            ComplianceDb::SqlServer => {
-                let mut c = tiberius::Config::new();
-                c.host(&srv.host);
-                c.port(srv.port);
-                c.authentication(tiberius::AuthMethod::sql_server(&srv.user, &srv.password));
-                if !srv.database.is_empty() {
-                    c.database(&srv.database);
+        let go = async {
+            match url.kind {
+                ComplianceDb::SqlServer => {
+                    sqlserver::connect(srv).await.map(|c| Db::SqlServer(Box::new(c)))
                 }
-                c.encryption(tiberius::EncryptionLevel::NotSupported);
-                let go = async {
-                    let tcp = TcpStream::connect((srv.host.as_str(), srv.port))
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
-                    let _ = tcp.set_nodelay(true);
-                    tiberius::Client::connect(c, tcp.compat_write())
-                        .await
-                        .map_err(|e| fail(e.to_string()))
-                };
-                let client = tokio::time::timeout(TIMEOUT, go).await.map_err(|_| timeout)??;
-                Ok(Db::SqlServer(Box::new(client)))
+                _ => postgres::connect(srv).await.map(Db::Postgres),
             }
-            _ => {
-                let mut c = tokio_postgres::Config::new();
-                c.host(&srv.host).port(srv.port).connect_timeout(TIMEOUT);
-                if !srv.user.is_empty() {
-                    c.user(&srv.user);
-                }
-                if !srv.password.is_empty() {
-                    c.password(&srv.password);
-                }
-                if !srv.database.is_empty() {
-                    c.dbname(&srv.database);
-                }
-                let go = c.connect(tokio_postgres::NoTls);
-                let (client, conn) = tokio::time::timeout(TIMEOUT, go)
-                    .await
-                    .map_err(|_| timeout)?
-                    .map_err(|e| fail(pg_connect_reason(&e)))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "PostgreSQL connection ended");
-                    }
-                });
-                Ok(Db::Postgres(client))
-            }
-        }
+        };
+        tokio::time::timeout(TIMEOUT, go)
+            .await
+            .map_err(|_| timeout)?
+            .map_err(|reason| DbError::Connect { kind, at, reason })
     }
 
     pub fn kind_name(&self) -> &'static str {
@@ -542,16 +217,8 @@ impl Db {
     /// Creates the archive table and its indexes if they are missing.
     pub async fn ensure_schema(&mut self) -> Result<(), DbError> {
         match self {
-            Db::Postgres(c) => c.batch_execute(POSTGRES_SCHEMA).await.map_err(pg_err),
-            Db::SqlServer(c) => {
-                c.simple_query(SQLSERVER_SCHEMA)
-                    .await
-                    .map_err(ms_err)?
-                    .into_results()
-                    .await
-                    .map_err(ms_err)?;
-                Ok(())
-            }
+            Db::Postgres(c) => postgres::ensure_schema(c).await,
+            Db::SqlServer(c) => sqlserver::ensure_schema(c).await,
             Db::Sqlite(s) => s.ensure_schema().await,
         }
     }
@@ -560,21 +227,8 @@ impl Db {
     /// "SQLite 3.50.4".
     pub async fn version(&mut self) -> Result<String, DbError> {
         match self {
-            Db::Postgres(c) => {
-                let row = c.query_one("SELECT version()", &[]).await.map_err(pg_err)?;
-                Ok(row.get::<_, String>(0))
-            }
-            Db::SqlServer(c) => {
-                let row = c
-                    .simple_query("SELECT @@VERSION")
-                    .await
-                    .map_err(ms_err)?
-                    .into_row()
-                    .await
-                    .map_err(ms_err)?
-                    .ok_or_else(|| DbError::BadRow("SELECT @@VERSION returned nothing".into()))?;
-                Ok(row.get::<&str, _>(0).unwrap_or_default().to_owned())
-            }
+            Db::Postgres(c) => postgres::version(c).await,
+            Db::SqlServer(c) => sqlserver::version(c).await,
             Db::Sqlite(s) => s.version().await,
         }
     }
@@ -601,14 +255,8 @@ impl Db {
             .map(|c| (dialect.insert_sql(c.len()), c))
             .collect();
         let written = match self {
-            Db::Postgres(c) if chunks.len() == 1 => pg_insert(&*c, &chunks).await?,
-            Db::Postgres(c) => {
-                let tx = c.transaction().await.map_err(pg_err)?;
-                let w = pg_insert(&tx, &chunks).await?;
-                tx.commit().await.map_err(pg_err)?;
-                w
-            }
-            Db::SqlServer(c) => ms_insert(c, &chunks).await?,
+            Db::Postgres(c) => postgres::insert(c, &chunks).await?,
+            Db::SqlServer(c) => sqlserver::insert(c, &chunks).await?,
             Db::Sqlite(s) => {
                 let owned = chunks.iter().map(|(sql, c)| (sql.clone(), c.concat())).collect();
                 s.insert(owned).await?
@@ -628,76 +276,14 @@ impl Db {
         let refs: Vec<&Param> = params.iter().collect();
         match self {
             Db::Sqlite(s) => s.select(sql, params).await,
-            Db::Postgres(c) => {
-                let p = pg_params(&refs);
-                let rows = c.query(&sql, &p).await.map_err(pg_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(StoredRow {
-                            id: r.try_get(0).map_err(bad)?,
-                            message_id: r.try_get(1).map_err(bad)?,
-                            recipient_key: r.try_get(2).map_err(bad)?,
-                            ts_ms: r.try_get(3).map_err(bad)?,
-                            direction: r.try_get(4).map_err(bad)?,
-                            encrypted: r.try_get(5).map_err(bad)?,
-                            from_idx: r.try_get(6).map_err(bad)?,
-                            to_idx: r.try_get(7).map_err(bad)?,
-                            room_idx: r.try_get(8).map_err(bad)?,
-                            from_addr: r.try_get(9).map_err(bad)?,
-                            to_addr: r.try_get(10).map_err(bad)?,
-                            room: r.try_get(11).map_err(bad)?,
-                            key_version: r.try_get(12).map_err(bad)?,
-                            payload: r.try_get(13).map_err(bad)?,
-                        })
-                    })
-                    .collect()
-            }
-            Db::SqlServer(c) => {
-                let mut q = tiberius::Query::new(sql);
-                bind_all(&mut q, &refs);
-                let rows = q
-                    .query(&mut **c)
-                    .await
-                    .map_err(ms_err)?
-                    .into_first_result()
-                    .await
-                    .map_err(ms_err)?;
-                rows.iter().map(ms_row).collect()
-            }
+            Db::Postgres(c) => postgres::select(c, &sql, &refs).await,
+            Db::SqlServer(c) => sqlserver::select(c, sql, &refs).await,
         }
     }
 }
 
-fn bad(e: impl std::fmt::Display) -> DbError {
+pub(super) fn bad(e: impl std::fmt::Display) -> DbError {
     DbError::BadRow(e.to_string())
-}
-
-fn ms_row(r: &tiberius::Row) -> Result<StoredRow, DbError> {
-    let s = |i: usize| -> Result<Option<String>, DbError> {
-        Ok(r.try_get::<&str, _>(i).map_err(bad)?.map(str::to_owned))
-    };
-    let b = |i: usize| -> Result<Option<Vec<u8>>, DbError> {
-        Ok(r.try_get::<&[u8], _>(i).map_err(bad)?.map(<[u8]>::to_vec))
-    };
-    fn need<T>(v: Option<T>, what: &str) -> Result<T, DbError> {
-        v.ok_or_else(|| bad(format!("{what} is NULL")))
-    }
-    Ok(StoredRow {
-        id: need(r.try_get::<i64, _>(0).map_err(bad)?, "id")?,
-        message_id: need(s(1)?, "message_id")?,
-        recipient_key: need(b(2)?, "recipient_key")?,
-        ts_ms: need(r.try_get::<i64, _>(3).map_err(bad)?, "ts_ms")?,
-        direction: need(s(4)?, "direction")?,
-        encrypted: need(r.try_get::<bool, _>(5).map_err(bad)?, "encrypted")?,
-        from_idx: b(6)?,
-        to_idx: b(7)?,
-        room_idx: b(8)?,
-        from_addr: s(9)?,
-        to_addr: s(10)?,
-        room: s(11)?,
-        key_version: r.try_get::<i32, _>(12).map_err(bad)?,
-        payload: need(b(13)?, "payload")?,
-    })
 }
 
 /// The (message_id, recipient_key) of a row as `insert` takes it.
@@ -724,98 +310,6 @@ fn mark_written(rows: &[Vec<Param>], written: &[(String, Vec<u8>)]) -> Vec<bool>
             _ => false,
         })
         .collect()
-}
-
-/// Runs each INSERT … RETURNING on `c` (a client, or a transaction when there are several).
-async fn pg_insert(
-    c: &impl tokio_postgres::GenericClient,
-    chunks: &[(String, &[Vec<Param>])],
-) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-    let mut written = Vec::new();
-    for (sql, rows) in chunks {
-        let flat: Vec<&Param> = rows.iter().flatten().collect();
-        let p = pg_params(&flat);
-        for r in c.query(sql.as_str(), &p).await.map_err(pg_err)? {
-            written.push((r.try_get(0).map_err(bad)?, r.try_get(1).map_err(bad)?));
-        }
-    }
-    Ok(written)
-}
-
-/// Runs each INSERT … OUTPUT; several inside one transaction, rolled back on any error.
-async fn ms_insert(
-    c: &mut tiberius::Client<Compat<TcpStream>>,
-    chunks: &[(String, &[Vec<Param>])],
-) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-    async fn run(
-        c: &mut tiberius::Client<Compat<TcpStream>>,
-        chunks: &[(String, &[Vec<Param>])],
-    ) -> Result<Vec<(String, Vec<u8>)>, DbError> {
-        let mut written = Vec::new();
-        for (sql, rows) in chunks {
-            let mut q = tiberius::Query::new(sql.clone());
-            let flat: Vec<&Param> = rows.iter().flatten().collect();
-            bind_all(&mut q, &flat);
-            let out = q
-                .query(&mut *c)
-                .await
-                .map_err(ms_err)?
-                .into_first_result()
-                .await
-                .map_err(ms_err)?;
-            for r in &out {
-                let m = r.try_get::<&str, _>(0).map_err(bad)?.unwrap_or_default().to_owned();
-                let k = r.try_get::<&[u8], _>(1).map_err(bad)?.unwrap_or_default().to_vec();
-                written.push((m, k));
-            }
-        }
-        Ok(written)
-    }
-    async fn exec(c: &mut tiberius::Client<Compat<TcpStream>>, sql: &str) -> Result<(), DbError> {
-        c.simple_query(sql).await.map_err(ms_err)?.into_results().await.map_err(ms_err)?;
-        Ok(())
-    }
-    if chunks.len() == 1 {
-        return run(c, chunks).await;
-    }
-    exec(c, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
-    match run(c, chunks).await {
-        Ok(w) => {
-            exec(c, "COMMIT TRANSACTION").await?;
-            Ok(w)
-        }
-        Err(e) => {
-            let _ = exec(c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
-            Err(e)
-        }
-    }
-}
-
-fn pg_params<'a>(params: &'a [&'a Param]) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
-    params
-        .iter()
-        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
-            match p {
-                Param::Text(v) => v,
-                Param::Bytes(v) => v,
-                Param::I64(v) => v,
-                Param::I32(v) => v,
-                Param::Bool(v) => v,
-            }
-        })
-        .collect()
-}
-
-fn bind_all(q: &mut tiberius::Query<'_>, params: &[&Param]) {
-    for p in params {
-        match (*p).clone() {
-            Param::Text(v) => q.bind(v),
-            Param::Bytes(v) => q.bind(v),
-            Param::I64(v) => q.bind(v),
-            Param::I32(v) => q.bind(v),
-            Param::Bool(v) => q.bind(v),
-        }
-    }
 }
 
 /// A WHERE clause as data: each condition is an OR of column tests, all conditions ANDed.
@@ -925,54 +419,6 @@ pub async fn probe(url: &DbUrl) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse_and_never_show_their_password() {
-        let server = |u: &DbUrl| match &u.target {
-            Target::Server(s) => s.clone(),
-            Target::File(p) => panic!("{p:?}"),
-        };
-        let u: DbUrl = "postgres://arch:s%40cret@127.0.0.1:5433/im".parse().unwrap();
-        assert_eq!(u.kind, ComplianceDb::PostgreSql);
-        let s = server(&u);
-        assert_eq!((s.host.as_str(), s.port, s.password.as_str()), ("127.0.0.1", 5433, "s@cret"));
-        assert_eq!(s.database, "im");
-        assert!(!format!("{u} {u:?}").contains("cret"));
-        let m: DbUrl = "sqlserver://sa:pw@db.example".parse().unwrap();
-        assert_eq!((server(&m).port, m.kind), (1433, ComplianceDb::SqlServer));
-        let e = "mysql://x@y/z".parse::<DbUrl>().unwrap_err().to_string();
-        assert!(e.contains("postgres://"), "{e}");
-        assert!(
-            !"oracle://u:topsecret@h"
-                .parse::<DbUrl>()
-                .unwrap_err()
-                .to_string()
-                .contains("topsecret")
-        );
-    }
-
-    #[test]
-    fn sqlite_urls_name_a_file_relative_or_absolute() {
-        let path = |s: &str| {
-            let u: DbUrl = s.parse().unwrap();
-            assert_eq!(u.kind, ComplianceDb::Sqlite);
-            assert_eq!(u.to_string(), s, "a file URL has no password to hide");
-            u.sqlite_path().unwrap().to_str().unwrap().to_owned()
-        };
-        assert_eq!(path("sqlite:imcrypt-archive.db"), "imcrypt-archive.db");
-        assert_eq!(path("sqlite:data/a.db"), "data/a.db");
-        assert_eq!(path("sqlite://data/a.db"), "data/a.db");
-        assert_eq!(path("sqlite:/var/lib/x.db"), "/var/lib/x.db");
-        assert_eq!(path("sqlite:///var/lib/x.db"), "/var/lib/x.db");
-        assert_eq!(DbUrl::default(), DEFAULT_DB_URL.parse().unwrap());
-        assert_eq!(DbUrl::default().sqlite_path().unwrap(), Path::new("imcrypt-archive.db"));
-        assert_eq!(DbUrl::sqlite("/x/y.db"), "sqlite:/x/y.db".parse().unwrap());
-        assert!("postgres://u@h/d".parse::<DbUrl>().unwrap().sqlite_path().is_none());
-        for bad in ["sqlite:", "sqlite://", "sqlite::memory:"] {
-            let e = bad.parse::<DbUrl>().unwrap_err().to_string();
-            assert!(e.contains("sqlite:PATH"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn an_insert_reports_which_rows_it_wrote() {

@@ -12,17 +12,21 @@
 //!   unique key), so a ciphertext copied into another row does not open.
 //! - Accepted events are never dropped (see `writer`); refusals are explicit.
 
-pub mod cli;
 pub mod db;
 pub mod event;
+mod postgres;
+pub mod schema;
 pub mod sqlite;
+mod sqlserver;
+pub mod url;
 pub mod view;
 pub mod writer;
 
 use std::path::PathBuf;
 
-pub use db::{DEFAULT_DB_URL, Db, DbError, DbUrl, ProbeResult, probe};
+pub use db::{Db, DbError, ProbeResult, probe};
 pub use event::{Direction, Event, EventError, RowPlain};
+pub use url::{DEFAULT_DB_URL, DbUrl, redact};
 pub use view::{RowFailure, ViewFilter, ViewedRow, view};
 pub use writer::{Ack, Archiver, ArchiverConfig, Counts, Outcome, serve_lines, serve_socket};
 

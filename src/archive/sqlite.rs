@@ -350,7 +350,7 @@ fn open_probe(path: &Path) -> Result<Connection, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::db::{Db, DbUrl};
+    use crate::archive::{Db, DbUrl};
 
     fn row(id: &str, key: u8, payload: Option<Vec<u8>>) -> Vec<Param> {
         vec![

@@ -11,8 +11,9 @@
 use serde::Serialize;
 
 use super::ArchiveError;
-use super::db::{Db, DbUrl, Param, SqlFilter, StoredRow};
+use super::db::{Db, Param, SqlFilter, StoredRow};
 use super::event::{RowPlain, normalise, participant_message, record_metadata, room_message};
+use super::url::DbUrl;
 use crate::crypto::aead::AeadImpl;
 use crate::crypto::blind::BlindIndexer;
 use crate::crypto::keyring::KeyRing;
@@ -159,9 +160,15 @@ pub async fn view(
     Ok((good, bad))
 }
 
+/// Makes text safe for one table cell: control characters escaped.
+pub fn cell(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
+        .collect()
+}
+
 /// The rows as an aligned text table.
 pub fn table(rows: &[ViewedRow]) -> String {
-    use crate::cli::viewer::cell;
     let head = ["id", "time", "dir", "from", "to", "room", "message id", "body"];
     let data: Vec<[String; 8]> = rows
         .iter()

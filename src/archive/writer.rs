@@ -24,11 +24,12 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::ArchiveError;
-use super::db::{Db, DbError, DbUrl, Param};
+use super::db::{Db, DbError, Param};
 use super::event::{
     Direction, Event, RowPlain, participant_message, plain_recipient_key, record_metadata,
     room_message,
 };
+use super::url::DbUrl;
 use crate::crypto::record::RecordHeader;
 use crate::hotpath::{Client, ClientConfig, ClientError, Encrypted};
 

@@ -589,12 +589,12 @@ pub fn decrypt(keys: &Path, input: Option<PathBuf>, output: Output) -> Result<()
             }
             Output::Table => {
                 let text = match (&p.plaintext, &p.plaintext_b64) {
-                    (Some(t), _) => viewer::cell(t),
+                    (Some(t), _) => crate::archive::view::cell(t),
                     (None, Some(b)) => format!("base64:{b}"),
                     _ => String::new(),
                 };
                 let row = match &p.row {
-                    Value::String(s) => viewer::cell(s),
+                    Value::String(s) => crate::archive::view::cell(s),
                     other => other.to_string(),
                 };
                 writeln!(out, "{row:<12} {:<16} {:<4} {text}", p.cluster, p.key_version)

@@ -10,6 +10,7 @@
 //!
 //! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
 
+pub mod archive;
 pub mod client;
 pub mod commands;
 pub mod viewer;
@@ -111,9 +112,9 @@ pub enum Command {
     },
     /// The reference archiver: IM events (JSON lines) in, encrypted rows in the compliance
     /// database out (docs/archive.md).
-    Archive(crate::archive::cli::ArchiveArgs),
+    Archive(archive::ArchiveArgs),
     /// Read the compliance database: filter by participant, room and time, decrypt, print.
-    View(crate::archive::cli::ViewArgs),
+    View(archive::ViewArgs),
     /// Print a shell completion script (e.g. `imcrypt completions bash > /etc/bash_completion.d/imcrypt`).
     Completions {
         /// The shell to complete for.
@@ -294,9 +295,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Decrypt { keys, input, output } => commands::decrypt(&keys, input, output),
         Command::Archive(a) => {
             init_logging("info");
-            Ok(crate::archive::cli::archive(a)?)
+            Ok(archive::archive(a)?)
         }
-        Command::View(a) => Ok(crate::archive::cli::view(a)?),
+        Command::View(a) => Ok(archive::view(a)?),
     }
 }
 

@@ -1,14 +1,15 @@
 //! The data viewer: `imcrypt key unwrap` turns a key export and the administrator's RSA private
 //! key into a key ring file; `imcrypt decrypt` reads archived records as JSON lines and prints
-//! their plaintext. docs/viewer.md defines both file formats.
+//! their plaintext. docs/viewer.md defines both file formats; the key ring file's is
+//! `crypto::ringfile`.
 //!
-//! Invariants: output files are written whole or not at all (temp file, fsync, rename), with
+//! Invariants: output files are written whole or not at all (`store::write_private`), with
 //! mode 0600, and an existing file is never replaced unless asked; a record that does not
 //! decrypt is reported with its line and row and the others still decrypt; nothing here
 //! prints key bytes.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -20,9 +21,8 @@ use crate::crypto::aead::AeadImpl;
 use crate::crypto::export::{ExportError, KeyExport, Unwrapper};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::record::{RecordHeader, RecordOpener};
-
-pub const RING_FORMAT: &str = "imcrypt-key-ring";
-pub const RING_FORMAT_VERSION: u32 = 1;
+use crate::crypto::ringfile;
+use crate::store::{self, Existing};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewerError {
@@ -40,46 +40,25 @@ pub enum ViewerError {
     NotRing { path: PathBuf, reason: String },
 }
 
-/// The key ring file written by `key unwrap` (docs/viewer.md).
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RingFile {
-    pub format: String,
-    pub format_version: u32,
-    pub ring: KeyRing,
-}
-
 fn read_text(path: &Path) -> Result<zeroize::Zeroizing<String>, ViewerError> {
     std::fs::read_to_string(path)
         .map(zeroize::Zeroizing::new)
         .map_err(|source| ViewerError::Read { path: path.to_owned(), source })
 }
 
-/// Writes `bytes` to `path` whole or not at all, mode 0600.
+/// Writes `bytes` to `path` whole or not at all, mode 0600 (`store::write_private`).
 pub fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), ViewerError> {
-    let err = |source| ViewerError::Write { path: path.to_owned(), source };
     if !force && path.exists() {
         return Err(ViewerError::Exists { path: path.to_owned() });
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // tempfile creates the file with mode 0600.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(err)?;
-    if force {
-        tmp.persist(path).map_err(|e| err(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                ViewerError::Exists { path: path.to_owned() }
-            } else {
-                err(e.error)
-            }
-        })?;
-    }
-    Ok(())
+    let existing = if force { Existing::Replace } else { Existing::Keep };
+    store::write_private(path, bytes, existing).map_err(|e| {
+        if e.is_taken() {
+            ViewerError::Exists { path: path.to_owned() }
+        } else {
+            ViewerError::Write { path: path.to_owned(), source: e.source }
+        }
+    })
 }
 
 /// `imcrypt key unwrap`: returns the ring it wrote.
@@ -96,32 +75,15 @@ pub fn unwrap(
     let ring = un
         .unwrap_export(&doc)
         .map_err(|source| ViewerError::Unwrap { path: export.to_owned(), source })?;
-    let file = RingFile {
-        format: RING_FORMAT.into(),
-        format_version: RING_FORMAT_VERSION,
-        ring: ring.clone(),
-    };
-    let mut bytes = zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).expect("serializes"));
-    bytes.push(b'\n');
+    let bytes = ringfile::encode(&ring);
     write_private(out, &bytes, force)?;
     Ok(ring)
 }
 
+/// Reads the key ring file at `path` (`crypto::ringfile`).
 pub fn load_ring(path: &Path) -> Result<KeyRing, ViewerError> {
-    let text = read_text(path)?;
-    let f: RingFile = serde_json::from_str(&text)
-        .map_err(|e| ViewerError::NotRing { path: path.to_owned(), reason: e.to_string() })?;
-    if f.format != RING_FORMAT || f.format_version != RING_FORMAT_VERSION {
-        return Err(ViewerError::NotRing {
-            path: path.to_owned(),
-            reason: format!(
-                "format {:?} version {} (this imcrypt reads {RING_FORMAT:?} version \
-                 {RING_FORMAT_VERSION})",
-                f.format, f.format_version
-            ),
-        });
-    }
-    Ok(f.ring)
+    ringfile::decode(&read_text(path)?)
+        .map_err(|e| ViewerError::NotRing { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// One archived record as a JSON line (docs/viewer.md).
@@ -221,13 +183,6 @@ pub fn decrypt_all(
         }
     }
     Ok((seen, failed))
-}
-
-/// Makes text safe for one table cell: control characters escaped.
-pub fn cell(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
-        .collect()
 }
 
 #[cfg(test)]

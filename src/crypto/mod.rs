@@ -13,4 +13,5 @@ pub mod mac;
 pub mod password;
 pub mod random;
 pub mod record;
+pub mod ringfile;
 pub mod seal;

@@ -25,7 +25,8 @@ use crate::peer::server::DeliverError;
 use crate::store::{SealedFile, StoreError};
 
 use super::control::Input;
-use super::{DaemonError, now, status};
+use super::{DaemonError, status};
+use crate::clock::now;
 
 /// Why the core stops: its state could not be written.
 type Fatal = Arc<StoreError>;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cluster::{CommandError, StateError};
-use crate::crypto::seal::NodeKeyError;
 use crate::peer::tls::TlsError;
+use crate::store::NodeKeyError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,8 @@
 //! Files: [`error`] (what can go wrong), [`control`] (the inputs and the way in), [`start`]
 //! (start-up), [`probe`] (the database probe loop), [`core`] (the core loop), [`status`] (the
 //! admin status filled from the machine), [`handle`] (the running daemon and its one shutdown
-//! mechanism), [`clock`] (the time given to the machine).
+//! mechanism). The time given to the machine is `crate::clock::now`.
 
-mod clock;
 mod control;
 mod core;
 mod error;
@@ -23,7 +22,6 @@ mod probe;
 mod start;
 mod status;
 
-pub use clock::now;
 pub use control::Control;
 pub use error::DaemonError;
 pub use handle::DaemonHandle;

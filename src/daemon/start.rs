@@ -25,7 +25,8 @@ use crate::store::SealedFile;
 use super::control::CoreInbox;
 use super::core::Core;
 use super::handle::until_shutdown;
-use super::{Control, DaemonError, DaemonHandle, now, probe};
+use super::{Control, DaemonError, DaemonHandle, probe};
+use crate::clock::now;
 
 /// The state machine's settings, from the configuration file.
 fn cluster_config(config: &Config) -> ClusterConfig {

@@ -64,12 +64,12 @@ pub struct ClientConfig {
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// Connect plus handshake must finish within this.
-    #[serde(default = "default_connect_timeout", with = "secs")]
+    #[serde(default = "default_connect_timeout", with = "crate::duration")]
     pub connect_timeout: Duration,
     /// First and longest pause between reconnection attempts (doubling in between).
-    #[serde(default = "default_backoff_min", with = "secs")]
+    #[serde(default = "default_backoff_min", with = "crate::duration")]
     pub reconnect_min: Duration,
-    #[serde(default = "default_backoff_max", with = "secs")]
+    #[serde(default = "default_backoff_max", with = "crate::duration")]
     pub reconnect_max: Duration,
 }
 
@@ -87,17 +87,6 @@ fn default_backoff_min() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(1)
-}
-
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
 }
 
 impl ClientConfig {

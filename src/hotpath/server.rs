@@ -78,13 +78,13 @@ pub struct ServerConfig {
     /// Most records in one ENCRYPT.
     pub max_batch: u32,
     /// A connection that sends no HELLO within this is closed.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration")]
     pub handshake_timeout: Duration,
     /// How long a batch waits for a counter reservation before an explicit error answer.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration")]
     pub reservation_wait: Duration,
     /// How long shutdown waits for connections to answer what they received.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::duration")]
     pub drain_timeout: Duration,
 }
 
@@ -112,18 +112,6 @@ impl ServerConfig {
             return Err(ServerError::Config("max_batch must be at least 1"));
         }
         Ok(())
-    }
-}
-
-/// Durations as humantime strings ("2s", "150ms") in config files.
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 

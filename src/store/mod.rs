@@ -10,13 +10,11 @@
 //! ```
 //!
 //! A write goes to `NAME.tmp` in the same directory, is fsynced, renamed over `NAME`, and the
-//! directory is fsynced. Invariants: after a crash at any point the file holds the old or the
-//! new state, never a mix; a file that exists but cannot be authenticated or parsed is an error
-//! that stops the start, never silently replaced by a fresh state.
+//! directory is fsynced (module `atomic`, the one place that writes private files; the node
+//! key file is `node_key`). Invariants: after a crash at any point the file holds the old or
+//! the new state, never a mix; a file that exists but cannot be authenticated or parsed is an
+//! error that stops the start, never silently replaced by a fresh state.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -27,7 +25,12 @@ use crate::crypto::aead::{AeadKey, NONCE_LEN};
 use crate::crypto::random;
 use crate::crypto::seal::{NodeKey, Purpose};
 
+mod atomic;
+pub mod node_key;
 pub mod secret;
+
+pub use atomic::{Existing, WriteError, WriteStep, sync_dir, write_private};
+pub use node_key::NodeKeyError;
 
 pub const MAGIC: &[u8; 8] = b"IMCSTATE";
 pub const SCHEMA_VERSION: u16 = 1;
@@ -56,32 +59,9 @@ pub enum StoreError {
     Parse { path: PathBuf, reason: String },
 }
 
-/// One step of a state write, in order. Exposed so tests can stop a write after any step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum WriteStep {
-    CreateTemp,
-    WriteHalf,
-    WriteAll,
-    SyncTemp,
-    Rename,
-    SyncDir,
-}
-
-impl WriteStep {
-    pub const ALL: [WriteStep; 6] = [
-        WriteStep::CreateTemp,
-        WriteStep::WriteHalf,
-        WriteStep::WriteAll,
-        WriteStep::SyncTemp,
-        WriteStep::Rename,
-        WriteStep::SyncDir,
-    ];
-}
-
 /// A sealed JSON file on disk.
 pub struct SealedFile {
     path: PathBuf,
-    tmp: PathBuf,
     key: AeadKey,
 }
 
@@ -93,10 +73,7 @@ impl std::fmt::Debug for SealedFile {
 
 impl SealedFile {
     pub fn new(path: impl Into<PathBuf>, node_key: &NodeKey, purpose: Purpose) -> Self {
-        let path = path.into();
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        Self { path, tmp: tmp.into(), key: node_key.sealing_key(purpose) }
+        Self { path: path.into(), key: node_key.sealing_key(purpose) }
     }
 
     pub fn path(&self) -> &Path {
@@ -143,40 +120,8 @@ impl SealedFile {
     #[doc(hidden)]
     pub fn save_until<T: Serialize>(&self, value: &T, last: WriteStep) -> Result<(), StoreError> {
         let bytes = self.encode(value)?;
-        let io = |action, path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Io { action, path, source }
-        };
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&self.tmp)
-            .map_err(io("create", &self.tmp))?;
-        if last == WriteStep::CreateTemp {
-            return Ok(());
-        }
-        let half = bytes.len() / 2;
-        f.write_all(&bytes[..half]).map_err(io("write", &self.tmp))?;
-        if last == WriteStep::WriteHalf {
-            return Ok(());
-        }
-        f.write_all(&bytes[half..]).map_err(io("write", &self.tmp))?;
-        if last == WriteStep::WriteAll {
-            return Ok(());
-        }
-        f.sync_all().map_err(io("fsync", &self.tmp))?;
-        drop(f);
-        if last == WriteStep::SyncTemp {
-            return Ok(());
-        }
-        std::fs::rename(&self.tmp, &self.path).map_err(io("rename", &self.path))?;
-        if last == WriteStep::Rename {
-            return Ok(());
-        }
-        let dir = parent_dir(&self.path);
-        sync_dir(dir).map_err(io("fsync the directory of", &self.path))
+        atomic::write_private_until(&self.path, &bytes, Existing::Replace, last)
+            .map_err(|e| StoreError::Io { action: e.action, path: e.path, source: e.source })
     }
 
     fn encode<T: Serialize>(&self, value: &T) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -196,22 +141,6 @@ impl SealedFile {
         self.key.seal_in_place(&nonce, &header, &mut out, start);
         Ok(out)
     }
-}
-
-fn parent_dir(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
-}
-
-/// fsyncs a directory so that a rename or a new file in it survives power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(parent_or_self(dir))?.sync_all()
-}
-
-fn parent_or_self(dir: &Path) -> &Path {
-    if dir.as_os_str().is_empty() { Path::new(".") } else { dir }
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 //! Small secret files (the node key, the admin token): created once with mode 0600 and fresh
 //! content, read back only while group and others cannot read them.
 //!
-//! Invariants: a secret file is never created readable by anyone but its owner (0600, written
-//! and fsynced under a temporary name, then linked into place, directory fsynced), so a crash
-//! never leaves an empty or partial one; an existing one that group or others can read is
-//! refused, not used; the content is zeroized when dropped.
+//! Invariants: a secret file is never created readable by anyone but its owner, and a crash
+//! never leaves an empty or partial one (`atomic` writes it, keeping an existing file); an
+//! existing one that group or others can read is refused, not used; the content is zeroized
+//! when dropped.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use zeroize::Zeroizing;
+
+use super::{Existing, write_private};
 
 /// Why a secret file cannot be used. The caller names the file in its own terms.
 #[derive(Debug, thiserror::Error)]
@@ -30,31 +32,13 @@ pub fn load_or_create(
     make: impl FnOnce() -> Zeroizing<Vec<u8>>,
 ) -> Result<(Zeroizing<Vec<u8>>, bool), SecretFileError> {
     if !path.exists() {
-        // Written in full under a temporary name, then linked into place: a crash leaves no
-        // file or a whole one, never an empty or partial secret. `hard_link` fails if another
-        // process created the file meanwhile; then that file is read below.
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp.{}", std::process::id()));
-        let tmp = std::path::PathBuf::from(tmp);
-        let _ = std::fs::remove_file(&tmp);
+        // Linked into place (`Existing::Keep`): if another process created the file meanwhile,
+        // that file is read below.
         let content = make();
-        let written = (|| {
-            let mut f =
-                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(&content)?;
-            f.sync_all()?;
-            std::fs::hard_link(&tmp, path)
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        match written {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    super::sync_dir(dir)?;
-                }
-                return Ok((content, true));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
+        match write_private(path, &content, Existing::Keep) {
+            Ok(()) => return Ok((content, true)),
+            Err(e) if e.is_taken() => {}
+            Err(e) => return Err(e.source.into()),
         }
     }
     let mut f = std::fs::File::open(path)?;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ArchiveError, Archiver, ArchiverConfig, DEFAULT_DB_URL, DbUrl, ViewFilter};
-use crate::cli::commands::Output;
+use super::commands::Output;
+use crate::archive::{ArchiveError, Archiver, ArchiverConfig, DEFAULT_DB_URL, DbUrl, ViewFilter};
 use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::keyring::KeyRing;
 
@@ -103,10 +103,10 @@ pub fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
     runtime()?.block_on(async move {
         let archiver = Arc::new(Archiver::start(cfg).await?);
         if let Some(path) = a.listen {
-            return super::serve_socket(archiver, &path).await;
+            return crate::archive::serve_socket(archiver, &path).await;
         }
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let counts = super::serve_lines(archiver, stdin, tokio::io::stdout()).await?;
+        let counts = crate::archive::serve_lines(archiver, stdin, tokio::io::stdout()).await?;
         tracing::info!(?counts, "input ended");
         eprintln!(
             "imcrypt archive: {} archived, {} skipped, {} refused, {} invalid, {} failed",
@@ -121,7 +121,7 @@ pub fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
 
 fn load_keys(a: &ViewArgs) -> Result<Option<KeyRing>, ArchiveError> {
     if let Some(k) = &a.keys {
-        return crate::cli::viewer::load_ring(k)
+        return super::viewer::load_ring(k)
             .map(Some)
             .map_err(|e| ArchiveError::Keys(e.to_string()));
     }
@@ -153,10 +153,10 @@ pub fn view(a: ViewArgs) -> Result<(), ArchiveError> {
         since_ms: a.since,
         until_ms: a.until,
     };
-    let (rows, bad) = runtime()?.block_on(super::view(&url, ring.as_ref(), &filter))?;
+    let (rows, bad) = runtime()?.block_on(crate::archive::view(&url, ring.as_ref(), &filter))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match a.output {
-        Output::Table => out.write_all(super::view::table(&rows).as_bytes())?,
+        Output::Table => out.write_all(crate::archive::view::table(&rows).as_bytes())?,
         Output::Json => {
             for r in &rows {
                 serde_json::to_writer(&mut out, r).map_err(std::io::Error::other)?;

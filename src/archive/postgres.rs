@@ -1,0 +1,148 @@
+//! PostgreSQL (tokio-postgres): connecting, the schema, and the statements `Db` runs there.
+//! Errors are sorted into connection problems, which the archiver retries after reconnecting,
+//! and refusals, which it does not.
+//!
+//! Invariants: a batch of several INSERTs runs in one transaction, so it is stored whole or not
+//! at all; values always travel as bound parameters, never spliced into SQL text.
+
+use tokio_postgres::Client;
+
+use super::db::{DbError, Param, StoredRow, TIMEOUT, bad};
+use super::schema::POSTGRES_SCHEMA;
+use super::url::Server;
+
+/// Connects to `srv` and drives the connection in a task of its own. The error is the reason,
+/// in the server's words.
+pub(super) async fn connect(srv: &Server) -> Result<Client, String> {
+    let mut c = tokio_postgres::Config::new();
+    c.host(&srv.host).port(srv.port).connect_timeout(TIMEOUT);
+    if !srv.user.is_empty() {
+        c.user(&srv.user);
+    }
+    if !srv.password.is_empty() {
+        c.password(&srv.password);
+    }
+    if !srv.database.is_empty() {
+        c.dbname(&srv.database);
+    }
+    let (client, conn) = c.connect(tokio_postgres::NoTls).await.map_err(|e| connect_reason(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+pub(super) async fn ensure_schema(c: &Client) -> Result<(), DbError> {
+    c.batch_execute(POSTGRES_SCHEMA).await.map_err(err)
+}
+
+pub(super) async fn version(c: &Client) -> Result<String, DbError> {
+    let row = c.query_one("SELECT version()", &[]).await.map_err(err)?;
+    Ok(row.get::<_, String>(0))
+}
+
+/// Runs the INSERTs, several inside one transaction; returns the keys of the rows written.
+pub(super) async fn insert(
+    c: &mut Client,
+    chunks: &[(String, &[Vec<Param>])],
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    if chunks.len() == 1 {
+        return run_inserts(&*c, chunks).await;
+    }
+    let tx = c.transaction().await.map_err(err)?;
+    let w = run_inserts(&tx, chunks).await?;
+    tx.commit().await.map_err(err)?;
+    Ok(w)
+}
+
+pub(super) async fn select(
+    c: &Client,
+    sql: &str,
+    params: &[&Param],
+) -> Result<Vec<StoredRow>, DbError> {
+    let rows = c.query(sql, &bind(params)).await.map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredRow {
+                id: r.try_get(0).map_err(bad)?,
+                message_id: r.try_get(1).map_err(bad)?,
+                recipient_key: r.try_get(2).map_err(bad)?,
+                ts_ms: r.try_get(3).map_err(bad)?,
+                direction: r.try_get(4).map_err(bad)?,
+                encrypted: r.try_get(5).map_err(bad)?,
+                from_idx: r.try_get(6).map_err(bad)?,
+                to_idx: r.try_get(7).map_err(bad)?,
+                room_idx: r.try_get(8).map_err(bad)?,
+                from_addr: r.try_get(9).map_err(bad)?,
+                to_addr: r.try_get(10).map_err(bad)?,
+                room: r.try_get(11).map_err(bad)?,
+                key_version: r.try_get(12).map_err(bad)?,
+                payload: r.try_get(13).map_err(bad)?,
+            })
+        })
+        .collect()
+}
+
+/// A server error is a connection problem, to retry after reconnecting, when its SQLSTATE says
+/// the server is going away or cannot serve now: class 08 (connection exception), 57
+/// (operator intervention: admin or crash shutdown, cannot connect now), 53 (insufficient
+/// resources), and 40001/40P01 (serialization failure, deadlock). Seen in tests: `pg_ctl stop`
+/// answers an INSERT in flight with 57P01 before it closes the connection.
+fn err(e: tokio_postgres::Error) -> DbError {
+    let Some(db) = e.as_db_error() else {
+        return DbError::Lost { kind: "PostgreSQL", reason: e.to_string() };
+    };
+    let code = db.code().code();
+    let reason = format!("{} (SQLSTATE {code})", db.message());
+    let transient = ["08", "57", "53"].iter().any(|c| code.starts_with(c))
+        || code == "40001"
+        || code == "40P01";
+    if transient || e.is_closed() {
+        DbError::Lost { kind: "PostgreSQL", reason }
+    } else {
+        DbError::Statement { kind: "PostgreSQL", reason }
+    }
+}
+
+/// Why a PostgreSQL login failed, in the server's words: `e.to_string()` of a server error is
+/// only "db error", so the message and SQLSTATE are taken from the server's error (28P01
+/// wrong password, 28000 no such role, 3D000 no such database, …).
+fn connect_reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Runs each INSERT … RETURNING on `c` (a client, or a transaction when there are several).
+async fn run_inserts(
+    c: &impl tokio_postgres::GenericClient,
+    chunks: &[(String, &[Vec<Param>])],
+) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let mut written = Vec::new();
+    for (sql, rows) in chunks {
+        let flat: Vec<&Param> = rows.iter().flatten().collect();
+        let p = bind(&flat);
+        for r in c.query(sql.as_str(), &p).await.map_err(err)? {
+            written.push((r.try_get(0).map_err(bad)?, r.try_get(1).map_err(bad)?));
+        }
+    }
+    Ok(written)
+}
+
+fn bind<'a>(params: &'a [&'a Param]) -> Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| -> &(dyn tokio_postgres::types::ToSql + Sync) {
+            match p {
+                Param::Text(v) => v,
+                Param::Bytes(v) => v,
+                Param::I64(v) => v,
+                Param::I32(v) => v,
+                Param::Bool(v) => v,
+            }
+        })
+        .collect()
+}
