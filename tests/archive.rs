@@ -357,7 +357,7 @@ async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_
 async fn a_failed_postgres_login_says_what_the_server_said_and_its_sqlstate() {
     let pg = pg::Pg::start();
     bounded(async {
-        let at = format!("127.0.0.1:{}", pg.port);
+        let at = format!("127.0.0.1:{}", pg.port());
         let fail = |url: String| async move {
             let url: DbUrl = url.parse().unwrap();
             let e = Db::connect(&url).await.unwrap_err();

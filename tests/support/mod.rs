@@ -8,7 +8,7 @@ pub use imcrypt::alarm::AlarmName;
 pub use imcrypt::cluster::Command;
 pub use imcrypt::crypto::password::Password;
 pub use imcrypt::daemon::Status;
-pub use imcrypt::demo::{Lab, has_alarm};
+pub use imcrypt::demo::{Lab, ReservedPort, has_alarm};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 pub const PASSWORD: &str = "Correct-Horse-9-battery";
