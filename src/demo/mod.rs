@@ -140,7 +140,8 @@ impl Lab {
     pub fn new(dir: &Path, ids: &[&str]) -> Result<Self, LabError> {
         let ids: Vec<ClusterId> = ids.iter().map(|s| cid(s)).collect();
         crate::pki::init(&dir.join("pki"), &ids)?;
-        let members = ids.into_iter().map(|id| Ok((id, Member::new()?))).collect::<Result<_, LabError>>()?;
+        let members =
+            ids.into_iter().map(|id| Ok((id, Member::new()?))).collect::<Result<_, LabError>>()?;
         Ok(Self { dir: dir.to_owned(), members })
     }
 
