@@ -9,10 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imcrypt::cli::client::{Client, Target};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use imcrypt::demo::ReservedPort;
 
 /// True once the admin API of cluster a answers `GET /v1/status` (TLS, with its token).
 fn status_ok(rt: &tokio::runtime::Runtime, port: u16, dir: &Path) -> bool {
@@ -52,7 +49,10 @@ fn main() {
         .status()
         .unwrap();
     assert!(st.success());
-    let ports: Vec<(u16, u16)> = ids.iter().map(|_| (free_port(), free_port())).collect();
+    // Reserved until the end: a is restarted on the same ports ten times.
+    let reserved: Vec<[ReservedPort; 2]> =
+        ids.iter().map(|_| [ReservedPort::new().unwrap(), ReservedPort::new().unwrap()]).collect();
+    let ports: Vec<(u16, u16)> = reserved.iter().map(|[p, a]| (p.port(), a.port())).collect();
     for (i, id) in ids.iter().enumerate() {
         let mut t = format!(
             "cluster_id = \"{id}\"\nstate_dir = \"state/{id}\"\n[peer]\nlisten = \"127.0.0.1:{}\"\n\

@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command as Proc;
 
 use hyper::{Method, StatusCode};
 use imcrypt::admin::api::Route;
@@ -35,41 +34,16 @@ fn client(lab: &Lab, id: &str) -> Client {
     Client::new(target(lab, id, None)).unwrap()
 }
 
-/// (status, code, message) of an error answer.
-fn refused(r: Result<bytes::Bytes, ClientError>) -> (StatusCode, String, String, Option<u64>) {
+/// (status, code, message, retry after) of an error answer.
+type Refusal = (StatusCode, String, String, Option<u64>);
+
+fn refused(r: Result<bytes::Bytes, ClientError>) -> Refusal {
     match r {
         Err(ClientError::Api { status, code, message, retry_after }) => {
             (status, code, message, retry_after)
         }
         other => panic!("expected an error answer, got {other:?}"),
     }
-}
-
-fn openssl_pub(dir: &std::path::Path, name: &str, args: &[&str]) -> String {
-    let sk = dir.join(format!("{name}.pem"));
-    let pk = dir.join(format!("{name}.pub.pem"));
-    assert!(
-        Proc::new("openssl")
-            .arg("genpkey")
-            .args(args)
-            .arg("-out")
-            .arg(&sk)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(
-        Proc::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&sk)
-            .arg("-out")
-            .arg(&pk)
-            .status()
-            .unwrap()
-            .success()
-    );
-    std::fs::read_to_string(pk).unwrap()
 }
 
 /// Sends `head` and `body` over TLS as they are and returns what the daemon answers.
@@ -109,26 +83,61 @@ fn fingerprint(s: &Status) -> String {
     format!("{} {:?} {:?} {:?} {:?}", s.role, s.domain, s.epoch, s.key_versions, s.primary_version)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused_clearly_and_change_nothing() {
-    bounded(async {
-        let (d, mut lab) = mesh(&["a", "b"]);
+/// Clusters a and b, running; a is the master with remote enabling, b its slave. Every test
+/// below sends requests that must be refused, and ends with [`MasterAndSlave::unchanged`].
+struct MasterAndSlave {
+    dir: tempfile::TempDir,
+    lab: Lab,
+    /// a's status before any refused request, as [`fingerprint`] gives it.
+    before: String,
+}
+
+impl MasterAndSlave {
+    async fn start() -> MasterAndSlave {
+        let (dir, mut lab) = mesh(&["a", "b"]);
         lab.start("a").await.unwrap();
         lab.start("b").await.unwrap();
         lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
         lab.wait_until("b", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
         let before = fingerprint(&lab.status("a").await.unwrap());
-        let a = client(&lab, "a");
+        MasterAndSlave { dir, lab, before }
+    }
 
-        // Token: missing, wrong; and the file is 0600.
+    /// A good RSA key to download for.
+    fn good_key(&self) -> String {
+        openssl_key_pair(self.dir.path(), "good", KeyKind::Rsa(2048)).public_pem()
+    }
+
+    /// Nothing changed: same role, domain, epoch and keys; and no download was recorded, so
+    /// disabling is still refused for want of one (b's password limiter is its own). Stops
+    /// the clusters.
+    async fn unchanged(mut self) {
+        assert_eq!(fingerprint(&self.lab.status("a").await.unwrap()), self.before);
+        let e = self.lab.daemon("a").unwrap().command(disable_unacknowledged()).await.unwrap_err();
+        assert!(e.to_string().contains("--i-understand-data-loss"), "{e}");
+        self.lab.stop_all().await;
+    }
+}
+
+/// A key download from `c` for `pem` with `password`, which must be refused.
+async fn refused_download(c: &Client, password: &str, pem: &str) -> Refusal {
+    refused(c.send(Method::POST, "/v1/keys/download", Some(download_body(password, pem))).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_file_is_private_and_a_missing_or_wrong_token_is_refused() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
         use std::os::unix::fs::PermissionsExt;
-        let mode =
-            std::fs::metadata(lab.dir().join("state/a/admin.token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(f.lab.dir().join("state/a/admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let none = Client::new(target(&lab, "a", Some(""))).unwrap();
+        let none = Client::new(target(&f.lab, "a", Some(""))).unwrap();
         let (st, code, msg, _) = refused(none.send(Method::GET, "/v1/status", None).await);
         assert_eq!((st, code.as_str()), (StatusCode::UNAUTHORIZED, "no_token"), "{msg}");
-        let wrong = Client::new(target(&lab, "a", Some(&"0".repeat(64)))).unwrap();
+        let wrong = Client::new(target(&f.lab, "a", Some(&"0".repeat(64)))).unwrap();
         let (st, code, _, _) = refused(wrong.send(Method::GET, "/v1/status", None).await);
         assert_eq!((st, code.as_str()), (StatusCode::UNAUTHORIZED, "wrong_token"));
         let (st, ..) = refused(
@@ -137,16 +146,36 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 .await,
         );
         assert_eq!(st, StatusCode::UNAUTHORIZED);
+        f.unchanged().await;
+    })
+    .await;
+}
 
-        // Routing and bodies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_wrong_methods_and_malformed_bodies_are_refused() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let a = client(&f.lab, "a");
         let (st, ..) = refused(a.send(Method::GET, "/v1/nope", None).await);
         assert_eq!(st, StatusCode::NOT_FOUND);
         let (st, _, msg, _) = refused(a.send(Method::GET, "/v1/keys/download", None).await);
         assert_eq!(st, StatusCode::METHOD_NOT_ALLOWED, "{msg}");
         assert!(msg.contains("POST"), "{msg}");
+        let (st, _, msg, _) =
+            refused(a.send(Method::POST, "/v1/encryption/enable", Some(b"{nope".to_vec())).await);
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{msg}");
+        f.unchanged().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_refused_by_its_length_or_cut_off_at_the_limit() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
         // A body over the limit is refused from its Content-Length, before it is read; one
         // that does not declare its length is cut off at the limit.
-        let t = target(&lab, "a", None);
+        let t = target(&f.lab, "a", None);
         let head = raw(
             &t,
             &format!(
@@ -173,22 +202,20 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 413") && head.contains("body_too_large"), "{head}");
-        let (st, _, msg, _) =
-            refused(a.send(Method::POST, "/v1/encryption/enable", Some(b"{nope".to_vec())).await);
-        assert_eq!(st, StatusCode::BAD_REQUEST, "{msg}");
+        f.unchanged().await;
+    })
+    .await;
+}
 
-        // Weak, wrong or garbage public keys are refused before the password is looked at:
-        // these carry a wrong password, yet no failure is counted (checked below).
-        let weak = openssl_pub(
-            d.path(),
-            "weak",
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
-        );
-        let ec = openssl_pub(
-            d.path(),
-            "ec",
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_wrong_or_garbage_public_keys_are_refused_before_the_password_is_looked_at() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let a = client(&f.lab, "a");
+        let dir = f.dir.path();
+        // These carry a wrong password, yet no failure is counted (checked below).
+        let weak = openssl_key_pair(dir, "weak", KeyKind::Rsa(1024)).public_pem();
+        let ec = openssl_key_pair(dir, "ec", KeyKind::EcP256).public_pem();
         let garbage = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
         for (pem, expect) in [
             (weak.as_str(), "1024 bits; at least 2048"),
@@ -197,14 +224,7 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
             ("hello", "not a PEM document"),
         ] {
             for _ in 0..2 {
-                let (st, code, msg, _) = refused(
-                    a.send(
-                        Method::POST,
-                        "/v1/keys/download",
-                        Some(download_body("Wrong-Passw0rd!", pem)),
-                    )
-                    .await,
-                );
+                let (st, code, msg, _) = refused_download(&a, "Wrong-Passw0rd!", pem).await;
                 assert_eq!(
                     (st, code.as_str()),
                     (StatusCode::UNPROCESSABLE_ENTITY, "bad_public_key")
@@ -212,29 +232,44 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
                 assert!(msg.contains(expect), "{msg}");
             }
         }
-        let good = openssl_pub(
-            d.path(),
-            "good",
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-        );
+        // No failure was counted: five wrong passwords are each still answered as such (the
+        // lockout comes after five).
+        let good = f.good_key();
+        for _ in 0..5 {
+            let (st, code, msg, _) = refused_download(&a, "Wrong-Passw0rd!", &good).await;
+            assert_eq!((st, code.as_str()), (StatusCode::FORBIDDEN, "wrong_password"), "{msg}");
+        }
+        f.unchanged().await;
+    })
+    .await;
+}
 
-        // Download on a slave names the master.
-        let b = client(&lab, "b");
-        let (st, code, msg, _) = refused(
-            b.send(Method::POST, "/v1/keys/download", Some(download_body(PASSWORD, &good))).await,
-        );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_download_on_a_slave_names_the_master() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let b = client(&f.lab, "b");
+        let (st, code, msg, _) = refused_download(&b, PASSWORD, &f.good_key()).await;
         assert_eq!((st, code.as_str()), (StatusCode::CONFLICT, "not_master"));
         assert!(msg.contains("slave of cluster a"), "{msg}");
+        f.unchanged().await;
+    })
+    .await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_wrong_passwords_lock_the_download_out_even_when_sent_at_once() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let a = client(&f.lab, "a");
+        let good = f.good_key();
         // Wrong passwords: 403 each, and after 5 a lockout, even for the right password, and
         // checked before any hashing. Requests in flight count, so 8 at once admit only 5.
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..8 {
-            let c = client(&lab, "a");
-            let body = download_body("Wrong-Passw0rd!", &good);
-            set.spawn(async move {
-                refused(c.send(Method::POST, "/v1/keys/download", Some(body)).await)
-            });
+            let c = client(&f.lab, "a");
+            let good = good.clone();
+            set.spawn(async move { refused_download(&c, "Wrong-Passw0rd!", &good).await });
         }
         let mut codes = Vec::new();
         while let Some(r) = set.join_next().await {
@@ -249,24 +284,12 @@ async fn bad_requests_are_refused_clearly_and_change_nothing() {
         }
         codes.sort();
         assert_eq!(codes.iter().filter(|c| *c == "wrong_password").count(), 5, "{codes:?}");
-        let (st, code, msg, retry) = refused(
-            a.send(Method::POST, "/v1/keys/download", Some(download_body(PASSWORD, &good))).await,
-        );
+        let (st, code, msg, retry) = refused_download(&a, PASSWORD, &good).await;
         assert_eq!((st, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "locked_out"), "{msg}");
         assert!(retry.unwrap() > 800, "{retry:?}");
         // The API still answers everything else.
         a.send(Method::GET, "/v1/status", None).await.unwrap();
-
-        // Nothing changed: same role, domain, epoch and keys; and no download was recorded, so
-        // disabling is still refused for want of one (b's limiter is its own).
-        assert_eq!(fingerprint(&lab.status("a").await.unwrap()), before);
-        let cb = lab.daemon("a").unwrap();
-        let e = cb
-            .command(Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false })
-            .await
-            .unwrap_err();
-        assert!(e.to_string().contains("--i-understand-data-loss"), "{e}");
-        lab.stop_all().await;
+        f.unchanged().await;
     })
     .await;
 }

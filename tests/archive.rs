@@ -46,14 +46,27 @@ async fn encrypting_cluster() -> (tempfile::TempDir, Lab, KeyRing) {
     lab.start("a").await.unwrap();
     lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
     let client = Client::new(ClientConfig::new(lab.hotpath_socket("a")));
-    for _ in 0..500 {
-        if matches!(client.status().await, Ok(KeyStatus::On { .. })) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("a's hot path to encrypt", WAIT, async || {
+        matches!(client.status().await, Ok(KeyStatus::On { .. })).then_some(())
+    })
+    .await;
     let ring = lab.daemon("a").unwrap().key_ring().borrow().clone().expect("encryption is on");
     (d, lab, (*ring).clone())
+}
+
+/// Polls the status of `daemon` (started without a lab, on a config the test changed) until
+/// `ok` holds.
+async fn wait_status(
+    daemon: &imcrypt::daemon::DaemonHandle,
+    what: &str,
+    ok: impl Fn(&Status) -> bool,
+) -> Status {
+    let control = daemon.control();
+    wait_for(what, WAIT, async || {
+        let s = control.status().await.unwrap();
+        ok(&s).then_some(s)
+    })
+    .await
 }
 
 async fn all_rows(url: &DbUrl) -> Vec<StoredRow> {
@@ -276,16 +289,14 @@ async fn a_database_stopped_mid_stream_loses_nothing_and_blocking_refuses_new_ev
             if i == 100 {
                 pg.stop_server();
             }
+            // Time passes on purpose: a stream paced so that the stop falls in its middle.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // The archiver notices (it tried to write), then refuses new events at once.
-        for _ in 0..500 {
-            if !archiver.db_reachable() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(!archiver.db_reachable(), "the archiver saw the database go down");
+        wait_for("the archiver to see the database go down", WAIT, async || {
+            (!archiver.db_reachable()).then_some(())
+        })
+        .await;
         let refused = archiver.ingest(&mk(1000)).await;
         assert_eq!(refused.result, Outcome::Refused, "{refused:?}");
         assert!(refused.reason.as_deref().unwrap().contains("unreachable"));
@@ -324,29 +335,17 @@ async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_
         config.nodes[0].db = Some(pg.url().parse().unwrap());
         config.db_probe.interval = Duration::from_millis(200);
         let daemon = imcrypt::daemon::start(config).await.unwrap();
-        let wait = |want: bool| {
-            let control = daemon.control();
-            async move {
-                for _ in 0..300 {
-                    let s = control.status().await.unwrap();
-                    if has_alarm(&s, AlarmName::ComplianceDbDown, "a") == want {
-                        return s;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                panic!("MAcomplianceDbDown never became {want}");
-            }
-        };
-        let s = wait(false).await;
+        let down = |s: &Status| has_alarm(s, AlarmName::ComplianceDbDown, "a");
+        let s = wait_status(&daemon, "no MAcomplianceDbDown", |s| !down(s)).await;
         assert!(s.eligible, "a reachable PostgreSQL makes the cluster eligible");
         pg.stop_server();
-        let s = wait(true).await;
+        let s = wait_status(&daemon, "MAcomplianceDbDown", down).await;
         assert!(!s.eligible);
         assert!(s.off_reason.unwrap().contains("unreachable"));
         let a = s.alarms.iter().find(|a| a.key.name == AlarmName::ComplianceDbDown).unwrap();
         assert!(a.cause.contains("node node1") && !a.remedy.is_empty(), "{a:?}");
         pg.start_server();
-        let s = wait(false).await;
+        let s = wait_status(&daemon, "MAcomplianceDbDown cleared", |s| !down(s)).await;
         assert!(s.eligible);
         daemon.shutdown().await;
     })
@@ -357,7 +356,7 @@ async fn the_daemon_probes_the_database_and_raises_and_clears_mac_compliance_db_
 async fn a_failed_postgres_login_says_what_the_server_said_and_its_sqlstate() {
     let pg = pg::Pg::start();
     bounded(async {
-        let at = format!("127.0.0.1:{}", pg.port);
+        let at = format!("127.0.0.1:{}", pg.port());
         let fail = |url: String| async move {
             let url: DbUrl = url.parse().unwrap();
             let e = Db::connect(&url).await.unwrap_err();
@@ -419,6 +418,7 @@ async fn sqlite_every_acknowledged_row_survives_kill_9_of_the_archiver() {
                     return i;
                 }
                 if i % 100 == 99 {
+                    // Time passes on purpose: the router sends at a pace, as routers do.
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
@@ -483,32 +483,20 @@ async fn a_node_archiving_to_sqlite_makes_the_cluster_eligible_and_a_missing_dir
             assert_eq!(config.nodes[0].archiver, Some(ComplianceDb::Sqlite));
             imcrypt::daemon::start(config)
         };
-        let wait = |daemon: &imcrypt::daemon::DaemonHandle, ok: fn(&Status) -> bool| {
-            let control = daemon.control();
-            async move {
-                let mut last = None;
-                for _ in 0..300 {
-                    let s = control.status().await.unwrap();
-                    if ok(&s) {
-                        return s;
-                    }
-                    last = Some(s);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                panic!("status never came: {last:?}");
-            }
-        };
         // The archive file does not exist yet; its directory does: eligible, no alarm.
         let db = d.path().join("archive.db");
         let daemon = start(db.clone()).await.unwrap();
-        let s = wait(&daemon, |s| s.eligible).await;
+        let s = wait_status(&daemon, "eligible", |s| s.eligible).await;
         assert!(!has_alarm(&s, AlarmName::ComplianceDbDown, "a"), "{s:?}");
         assert!(!db.exists(), "the probe created nothing");
         daemon.shutdown().await;
         // A directory that does not exist: not eligible, the alarm names the path.
         let bad = d.path().join("no-such-dir/archive.db");
         let daemon = start(bad).await.unwrap();
-        let s = wait(&daemon, |s| has_alarm(s, AlarmName::ComplianceDbDown, "a")).await;
+        let s = wait_status(&daemon, "MAcomplianceDbDown", |s| {
+            has_alarm(s, AlarmName::ComplianceDbDown, "a")
+        })
+        .await;
         assert!(!s.eligible);
         assert!(s.off_reason.as_deref().unwrap().contains("no-such-dir/archive.db"), "{s:?}");
         daemon.shutdown().await;

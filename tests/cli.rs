@@ -1,6 +1,10 @@
 //! The `imcrypt` binary as a user runs it.
 
+mod support;
+
 use std::process::Command;
+
+use support::{KeyKind, openssl_key_pair};
 
 fn imcrypt(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_imcrypt")).args(args).output().unwrap();
@@ -11,59 +15,27 @@ fn imcrypt(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn openssl(args: &[&str]) {
-    let st =
-        Command::new("openssl").args(args).status().expect("openssl (scripts/test.sh installs it)");
-    assert!(st.success(), "openssl {args:?}");
-}
-
 #[test]
 fn check_key_accepts_a_3072_bit_key_and_refuses_weak_or_wrong_ones() {
     let d = tempfile::tempdir().unwrap();
     let p = |n: &str| d.path().join(n).to_str().unwrap().to_owned();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:3072",
-        "-out",
-        &p("k.pem"),
-    ]);
-    openssl(&["pkey", "-in", &p("k.pem"), "-pubout", "-out", &p("pub.pem")]);
-    let (code, out, _) = imcrypt(&["check-key", &p("pub.pem")]);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let good = openssl_key_pair(d.path(), "good", KeyKind::Rsa(3072));
+    let (code, out, _) = imcrypt(&["check-key", &s(&good.public)]);
     assert_eq!(code, 0);
     assert!(out.contains("RSA 3072 bits") && out.contains("acceptable"), "{out}");
 
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:1024",
-        "-out",
-        &p("s.pem"),
-    ]);
-    openssl(&["pkey", "-in", &p("s.pem"), "-pubout", "-out", &p("spub.pem")]);
-    let (code, _, err) = imcrypt(&["check-key", &p("spub.pem")]);
+    let weak = openssl_key_pair(d.path(), "weak", KeyKind::Rsa(1024));
+    let (code, _, err) = imcrypt(&["check-key", &s(&weak.public)]);
     assert_eq!(code, 3);
     assert!(err.contains("1024 bits; at least 2048"), "{err}");
 
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        &p("ec.pem"),
-    ]);
-    openssl(&["pkey", "-in", &p("ec.pem"), "-pubout", "-out", &p("ecpub.pem")]);
-    let (code, _, err) = imcrypt(&["check-key", &p("ecpub.pem")]);
+    let ec = openssl_key_pair(d.path(), "ec", KeyKind::EcP256);
+    let (code, _, err) = imcrypt(&["check-key", &s(&ec.public)]);
     assert_eq!(code, 3);
     assert!(err.contains("not RSA"), "{err}");
 
-    let (code, _, err) = imcrypt(&["check-key", &p("k.pem")]);
+    let (code, _, err) = imcrypt(&["check-key", &s(&good.private)]);
     assert_eq!(code, 3);
     assert!(err.contains("private key"), "{err}");
 

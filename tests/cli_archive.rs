@@ -9,7 +9,6 @@ mod pg;
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use support::*;
 
@@ -17,17 +16,10 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn openssl(args: &[&str]) {
-    let ok = std::process::Command::new("openssl").args(args).status().unwrap().success();
-    assert!(ok, "openssl {args:?}");
-}
-
 /// The administrator makes an OpenSSL key pair in `dir` and downloads the keys for it from the
 /// master configured in `cfg`; returns the private key and the export.
 async fn download_keys(dir: &Path, cfg: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (sk, pk) = (dir.join("admin.pem"), dir.join("admin.pub.pem"));
-    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", s(&sk)]);
-    openssl(&["pkey", "-in", s(&sk), "-pubout", "-out", s(&pk)]);
+    let KeyPair { private: sk, public: pk } = openssl_key_pair(dir, "admin", KeyKind::Rsa(3072));
     let export = dir.join("export.json");
     let o = imcrypt(
         &[
@@ -58,19 +50,10 @@ async fn archive_download_and_view_through_the_cli() {
         let pg = pg::Pg::start();
         let db = pg.url();
         let (d, mut lab) = mesh(&["a"]);
-        lab.spec_mut("a").hotpath = true;
-        lab.start("a").await.unwrap();
+        let sock = encrypting(&mut lab).await;
         let dir = d.path();
         let cfg = s(&dir.join("a.toml")).to_owned();
-        let sock = s(&lab.hotpath_socket("a")).to_owned();
-        lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
         let client = imcrypt::hotpath::Client::new(imcrypt::hotpath::ClientConfig::new(&sock));
-        for _ in 0..500 {
-            if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { .. })) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
 
         // A 1:1 message, a group chat to two, and an outbound one (skipped by default).
         let events = [
@@ -96,12 +79,10 @@ async fn archive_download_and_view_through_the_cli() {
 
         // The key rotates; a message archived afterwards uses version 2.
         lab.daemon("a").unwrap().command(Command::RotateKey).await.unwrap();
-        for _ in 0..500 {
-            if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { key_version, .. }) if key_version.get() == 2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for("a's hot path to encrypt with key version 2", WAIT, async || {
+            matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { key_version, .. }) if key_version.get() == 2).then_some(())
+        })
+        .await;
         let late = r#"{"message_id":"m4","from":"alice@example.com","to":["carol@example.com"],"timestamp":1764000003000,"direction":"inbound","body":"after the rotation"}"#;
         let o = imcrypt(&["archive", "--db", &db, "--hotpath", &sock], &format!("{late}\n")).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
@@ -152,12 +133,10 @@ async fn encrypting(lab: &mut imcrypt::demo::Lab) -> String {
     lab.daemon("a").unwrap().command(enable(false)).await.unwrap();
     let sock = s(&lab.hotpath_socket("a")).to_owned();
     let client = imcrypt::hotpath::Client::new(imcrypt::hotpath::ClientConfig::new(&sock));
-    for _ in 0..500 {
-        if matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { .. })) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("a's hot path to encrypt", WAIT, async || {
+        matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { .. })).then_some(())
+    })
+    .await;
     sock
 }
 

@@ -186,7 +186,7 @@ async fn disable_on_master_reaches_every_slave_even_one_that_was_down() {
         let e = lab
             .daemon("a")
             .unwrap()
-            .command(Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false })
+            .command(disable_unacknowledged())
             .await
             .unwrap_err()
             .to_string();
@@ -232,7 +232,8 @@ async fn disable_on_a_slave_needs_the_masters_password() {
             .await
             .unwrap();
         assert_eq!(lab.status("b").await.unwrap().role, Role::Off);
-        // The master does not enroll it again at the next exchanges.
+        // The master does not enroll it again at the next exchanges (three hellos: time passes
+        // on purpose, since nothing is to happen).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(lab.status("b").await.unwrap().role, Role::Off);
         assert_eq!(lab.status("a").await.unwrap().role, Role::Master);

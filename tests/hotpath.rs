@@ -3,6 +3,8 @@
 //! client's queue policies, and a reservation that cannot be persisted. Every test is bounded
 //! in time.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ use imcrypt::hotpath::{
 };
 use imcrypt::ids::{ClusterId, DomainId, KeyVersion};
 use imcrypt::store::SealedFile;
+use support::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
@@ -156,6 +159,8 @@ async fn a_daemon_restart_mid_stream_loses_and_duplicates_nothing() {
                     drop(permit);
                     (i, r)
                 }));
+                // Time passes on purpose: a stream at a router's pace, so the restart falls
+                // in its middle.
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
             let mut out = Vec::new();
@@ -165,14 +170,12 @@ async fn a_daemon_restart_mid_stream_loses_and_duplicates_nothing() {
             out
         })
     };
-    timeout(LIMIT, async {
-        while done.load(Ordering::SeqCst) < 100 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    wait_for("100 records answered before the restart", LIMIT, async || {
+        (done.load(Ordering::SeqCst) >= 100).then_some(())
     })
-    .await
-    .unwrap();
+    .await;
     first.stop().await;
+    // Time passes on purpose: the daemon stays down a moment while the stream goes on.
     tokio::time::sleep(Duration::from_millis(30)).await;
     // The restarted daemon reads the persisted reservations: it resumes past them.
     let keys = keys_with(SealedFile::new(&counters, &node, Purpose::Counters), Some(&r));
@@ -386,6 +389,7 @@ async fn while_the_daemon_is_down_requests_queue_then_fail_or_block_by_policy() 
     let blocked = tokio::spawn(async move {
         b2.encrypt_batch([(&b"c"[..], &b"3"[..]), (b"d", b"4")].into_iter()).await
     });
+    // Time passes on purpose: the caller must still be held back after a while.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!blocked.is_finished(), "a full blocking queue holds the caller back");
 

@@ -31,15 +31,11 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
         lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
         lab.wait_until("b", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
         let mut ring = lab.daemon("b").unwrap().key_ring();
-        let mut first = None;
-        for _ in 0..200 {
-            first = seal_one(&client, b"row-1", b"hello from b").await;
-            if first.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let first = first.expect("b's hot path starts encrypting once b is a slave");
+        let first =
+            wait_for("b's hot path to start encrypting once b is a slave", WAIT, async || {
+                seal_one(&client, b"row-1", b"hello from b").await
+            })
+            .await;
         let h = RecordHeader::parse(&first).unwrap();
         assert_eq!((h.cluster, h.key_version.get()), ("b", 1));
 
@@ -47,16 +43,11 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
         lab.wait_until("b", "key v2", WAIT, |s| s.primary_version.map(|v| v.get()) == Some(2))
             .await
             .unwrap();
-        let mut second = None;
-        for _ in 0..200 {
+        let second = wait_for("new records to use the new primary version", WAIT, async || {
             let r = seal_one(&client, b"row-2", b"after rotation").await.unwrap();
-            if RecordHeader::parse(&r).unwrap().key_version.get() == 2 {
-                second = Some(r);
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        let second = second.expect("new records use the new primary version");
+            (RecordHeader::parse(&r).unwrap().key_version.get() == 2).then_some(r)
+        })
+        .await;
 
         // The ring b holds (the same as a's export would give) opens both records.
         let held = ring.borrow_and_update().clone().unwrap();
@@ -66,15 +57,10 @@ async fn a_router_on_a_slave_encrypts_with_the_domain_key_through_rotation_and_d
 
         lab.daemon("a").unwrap().command(disable_domain()).await.unwrap();
         lab.wait_until("b", "off", WAIT, |s| s.role == Role::Off).await.unwrap();
-        let mut off = false;
-        for _ in 0..200 {
-            if seal_one(&client, b"row-3", b"x").await.is_none() {
-                off = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(off, "after the disable the router is told encryption is off");
+        wait_for("the router to be told encryption is off after the disable", WAIT, async || {
+            seal_one(&client, b"row-3", b"x").await.is_none().then_some(())
+        })
+        .await;
         drop(client);
         lab.stop_all().await;
     })

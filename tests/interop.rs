@@ -2,6 +2,8 @@
 //! by `openssl pkeyutl`; a record sealed by imcrypt is opened by a short Python script that
 //! uses `cryptography` and follows docs/formats.md. scripts/test.sh installs both tools.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -12,6 +14,7 @@ use imcrypt::crypto::keyring::KeyRing;
 use imcrypt::crypto::random::{NonceSource, new_key};
 use imcrypt::crypto::record::RecordSealer;
 use imcrypt::ids::{ClusterId, DomainId};
+use support::{KeyKind, openssl_key_pair};
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| {
@@ -21,24 +24,11 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-fn openssl_keypair(dir: &Path) -> (String, String) {
-    let sk = dir.join("admin.pem");
-    let pk = dir.join("admin.pub.pem");
-    run(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt"]).args([
-        "rsa_keygen_bits:3072",
-        "-out",
-        sk.to_str().unwrap(),
-    ]));
-    run(Command::new("openssl")
-        .args(["pkey", "-in", sk.to_str().unwrap(), "-pubout", "-out"])
-        .arg(&pk));
-    (std::fs::read_to_string(sk).unwrap(), std::fs::read_to_string(pk).unwrap())
-}
-
 #[test]
 fn openssl_pkeyutl_unwraps_an_imcrypt_export() {
     let dir = tempfile::tempdir().unwrap();
-    let (sk_pem, pk_pem) = openssl_keypair(dir.path());
+    let pair = openssl_key_pair(dir.path(), "admin", KeyKind::Rsa(3072));
+    let (sk_pem, pk_pem) = (pair.private_pem(), pair.public_pem());
     let mut ring = KeyRing::new(DomainId::from_bytes([7; 16]), 1_700_000_000, new_key());
     ring.rotate(1_700_000_100, new_key()).unwrap();
     let to = parse_public_key(&pk_pem).unwrap();
@@ -48,7 +38,7 @@ fn openssl_pkeyutl_unwraps_an_imcrypt_export() {
     // The fingerprint is SHA-256 of the SPKI DER, as OpenSSL computes it.
     let der = run(Command::new("openssl")
         .args(["pkey", "-pubin", "-outform", "DER", "-in"])
-        .arg(dir.path().join("admin.pub.pem")));
+        .arg(&pair.public));
     let fp = run(Command::new("python3")
         .args([
             "-c",

@@ -6,31 +6,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imcrypt::demo::ReservedPort;
+
 const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Copies config/demo/NAME.toml into `dir`, moving its ports to free ones.
-fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, u16)> {
+/// Copies config/demo/NAME.toml into `dir`, moving its ports to ports reserved for it: each
+/// element holds its cluster's two until dropped, so keep them while its daemon may (re)start.
+fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo");
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    ["a", "b", "c"]
+    let port = || ReservedPort::new().expect("a port on 127.0.0.1");
+    let ports: Vec<[ReservedPort; 2]> = (0..3).map(|_| [port(), port()]).collect();
+    let renumber = |mut text: String| {
+        for (i, [p, a]) in ports.iter().enumerate() {
+            let (p, a) = (p.port(), a.port());
+            text = text.replace(&format!("127.0.0.1:710{}", i + 1), &format!("127.0.0.1:{p}"));
+            text = text.replace(&format!("127.0.0.1:720{}", i + 1), &format!("127.0.0.1:{a}"));
+        }
+        text.replace("pbkdf2_iterations = 600000", "pbkdf2_iterations = 100000")
+    };
+    let paths: Vec<(String, PathBuf)> = ["a", "b", "c"]
         .iter()
         .map(|id| {
-            let mut text = std::fs::read_to_string(src.join(format!("{id}.toml"))).unwrap();
-            for (i, (p, a)) in ports.iter().enumerate() {
-                text = text.replace(&format!("127.0.0.1:710{}", i + 1), &format!("127.0.0.1:{p}"));
-                text = text.replace(&format!("127.0.0.1:720{}", i + 1), &format!("127.0.0.1:{a}"));
-            }
-            let text = text.replace("pbkdf2_iterations = 600000", "pbkdf2_iterations = 100000");
+            let text = renumber(std::fs::read_to_string(src.join(format!("{id}.toml"))).unwrap());
             let path = dir.join(format!("{id}.toml"));
             std::fs::write(&path, text).unwrap();
-            let admin = ports[(id.as_bytes()[0] - b'a') as usize].1;
-            (id.to_string(), path, admin)
+            (id.to_string(), path)
         })
-        .collect()
+        .collect();
+    paths.into_iter().zip(ports).map(|((id, path), ports)| (id, path, ports)).collect()
 }
 
 /// The status through the admin API (HTTPS with the token), as `imcrypt status` prints it.

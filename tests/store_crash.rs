@@ -71,7 +71,7 @@ fn kill_9_during_writes_leaves_old_or_new_state() {
             }
         }
         assert!(last_acked > 0, "child never wrote");
-        std::thread::sleep(wait);
+        std::thread::sleep(wait); // time passes on purpose: the kill lands mid-write
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         for l in lines.map_while(Result::ok) {

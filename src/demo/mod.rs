@@ -3,10 +3,12 @@
 //! integration tests and the benchmarks build their networks with it.
 //!
 //! Invariant: everything listens on 127.0.0.1 only, and everything lives under the lab's
-//! directory.
+//! directory. A member's ports are reserved for as long as the lab lives ([`ReservedPort`]), so
+//! no other lab, test or process can take them between the lab's choice and its daemon's bind,
+//! nor between a stop and the next start.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ pub enum LabError {
     Admin(#[from] crate::cli::client::ClientError),
     #[error("{step}: {reason}")]
     Step { step: &'static str, reason: String },
+    #[error("cannot reserve a port on 127.0.0.1: {0}")]
+    Port(std::io::Error),
 }
 
 /// How one cluster of the lab is configured.
@@ -77,8 +81,8 @@ impl Default for Spec {
 }
 
 struct Member {
-    peer_port: u16,
-    admin_port: u16,
+    peer_port: ReservedPort,
+    admin_port: ReservedPort,
     spec: Spec,
     daemon: Option<DaemonHandle>,
 }
@@ -89,8 +93,47 @@ pub struct Lab {
     members: BTreeMap<ClusterId, Member>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+/// A port of 127.0.0.1 kept for one server until dropped; the server binds it as usual.
+///
+/// Binding port 0, reading the port and closing the socket is a race: until the server binds
+/// the port, the kernel may give it to anyone who asks for port 0 (a test running in parallel,
+/// another developer's lab) or to an outgoing connection, and the server fails with "Address
+/// already in use". A `ReservedPort` instead keeps a socket bound to the port with
+/// `SO_REUSEADDR`, never listening. Linux then gives the port neither to a bind to port 0 nor
+/// to an outgoing connection, while a server that binds it by number with `SO_REUSEADDR` gets
+/// it (the daemon's tokio listeners and PostgreSQL set it), and gets it again after a restart.
+/// Only one listener at a time: a second one is refused as before.
+#[derive(Debug)]
+pub struct ReservedPort {
+    /// Held only to keep the port; never listens nor connects.
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ReservedPort {
+    /// Reserves a port the kernel picks among those nobody uses.
+    pub fn new() -> std::io::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(Self { _socket: socket, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Member {
+    fn new() -> Result<Self, LabError> {
+        Ok(Self {
+            peer_port: ReservedPort::new().map_err(LabError::Port)?,
+            admin_port: ReservedPort::new().map_err(LabError::Port)?,
+            spec: Spec::default(),
+            daemon: None,
+        })
+    }
 }
 
 pub fn cid(s: &str) -> ClusterId {
@@ -98,22 +141,12 @@ pub fn cid(s: &str) -> ClusterId {
 }
 
 impl Lab {
-    /// Creates the PKI for `ids` under `dir` and picks free ports for each cluster.
+    /// Creates the PKI for `ids` under `dir` and reserves two ports for each cluster.
     pub fn new(dir: &Path, ids: &[&str]) -> Result<Self, LabError> {
         let ids: Vec<ClusterId> = ids.iter().map(|s| cid(s)).collect();
         crate::pki::init(&dir.join("pki"), &ids)?;
-        let members = ids
-            .into_iter()
-            .map(|id| {
-                let m = Member {
-                    peer_port: free_port(),
-                    admin_port: free_port(),
-                    spec: Spec::default(),
-                    daemon: None,
-                };
-                (id, m)
-            })
-            .collect();
+        let members =
+            ids.into_iter().map(|id| Ok((id, Member::new()?))).collect::<Result<_, LabError>>()?;
         Ok(Self { dir: dir.to_owned(), members })
     }
 
@@ -122,13 +155,7 @@ impl Lab {
     pub fn add_member(&mut self, id: &str) -> Result<(), LabError> {
         let id = cid(id);
         crate::pki::add(&self.dir.join("pki"), std::slice::from_ref(&id))?;
-        let m = Member {
-            peer_port: free_port(),
-            admin_port: free_port(),
-            spec: Spec::default(),
-            daemon: None,
-        };
-        self.members.insert(id, m);
+        self.members.insert(id, Member::new()?);
         Ok(())
     }
 
@@ -177,10 +204,10 @@ impl Lab {
              listen = \"127.0.0.1:{}\"\n\n\
              [password]\n\
              pbkdf2_iterations = 100000\n",
-            m.peer_port,
+            m.peer_port.port(),
             humantime::format_duration(m.spec.hello_interval),
             humantime::format_duration(m.spec.master_unreachable_after),
-            m.admin_port,
+            m.admin_port.port(),
         );
         if m.spec.unlimited_password_attempts {
             t = t.replace(
@@ -201,7 +228,7 @@ impl Lab {
             t.push_str("\n[testing]\nlegacy_software = true\n");
         }
         for p in &m.spec.peers {
-            let port = self.member(p)?.peer_port;
+            let port = self.member(p)?.peer_port.port();
             t.push_str(&format!("\n[[peers]]\nid = \"{p}\"\naddress = \"127.0.0.1:{port}\"\n"));
         }
         for (n, a) in &m.spec.nodes {

@@ -1,14 +1,16 @@
 //! Shared by the integration tests: a lab of daemons on 127.0.0.1 in a temp dir, passwords,
-//! and bounded waits.
+//! ports reserved for servers the tests start ([`ReservedPort`]), key pairs made by the real
+//! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps.
 #![allow(dead_code, unused_imports)]
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use imcrypt::admin::api::{Role, Status};
 pub use imcrypt::alarm::AlarmName;
 pub use imcrypt::cluster::Command;
 pub use imcrypt::crypto::password::Password;
-pub use imcrypt::demo::{Lab, has_alarm};
+pub use imcrypt::demo::{Lab, ReservedPort, has_alarm};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 pub const PASSWORD: &str = "Correct-Horse-9-battery";
@@ -42,10 +44,86 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
     tokio::time::timeout(Duration::from_secs(120), f).await.expect("test exceeded 120 s");
 }
 
+/// Polls `check` every 20 ms until it gives a value, and returns it; fails after `timeout`
+/// naming `what` it waited for. For things that will happen (a role, a key version, a
+/// reachable database); a test that must let time pass to see that something does *not*
+/// happen sleeps, and says so.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "waited {timeout:?} in vain for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What [`openssl_key_pair`] asks `openssl genpkey` for.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyKind {
+    /// An RSA key of this many bits.
+    Rsa(u32),
+    /// An EC key on P-256 (imcrypt refuses it: not RSA).
+    EcP256,
+}
+
+/// A key pair as an administrator makes one with the real `openssl` binary (scripts/test.sh
+/// installs it): `DIR/NAME.pem` (private) and `DIR/NAME.pub.pem` (public).
+pub struct KeyPair {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl KeyPair {
+    pub fn private_pem(&self) -> String {
+        std::fs::read_to_string(&self.private).unwrap()
+    }
+
+    pub fn public_pem(&self) -> String {
+        std::fs::read_to_string(&self.public).unwrap()
+    }
+}
+
+/// Makes `DIR/NAME.pem` with `openssl genpkey` and its public half `DIR/NAME.pub.pem` with
+/// `openssl pkey -pubout`.
+pub fn openssl_key_pair(dir: &Path, name: &str, kind: KeyKind) -> KeyPair {
+    let pair = KeyPair {
+        private: dir.join(format!("{name}.pem")),
+        public: dir.join(format!("{name}.pub.pem")),
+    };
+    let (algorithm, option) = match kind {
+        KeyKind::Rsa(bits) => ("RSA", format!("rsa_keygen_bits:{bits}")),
+        KeyKind::EcP256 => ("EC", "ec_paramgen_curve:P-256".to_owned()),
+    };
+    let (sk, pk) = (pair.private.to_str().unwrap(), pair.public.to_str().unwrap());
+    openssl(&["genpkey", "-algorithm", algorithm, "-pkeyopt", &option, "-out", sk]);
+    openssl(&["pkey", "-in", sk, "-pubout", "-out", pk]);
+    pair
+}
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (scripts/test.sh installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Disables encryption on master `id` for the whole domain, acknowledging that the keys were
 /// not downloaded (the tests never archived anything under them).
 pub fn disable_domain() -> Command {
     Command::Disable { password: pw(PASSWORD), i_understand_data_loss: true }
+}
+
+/// Disables encryption on the master without acknowledging data loss: refused while the keys
+/// were never downloaded, or not since the last rotation.
+pub fn disable_unacknowledged() -> Command {
+    Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false }
 }
 
 /// What the `imcrypt` binary printed and how it exited.

@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL server for tests: `initdb` and `pg_ctl` from Debian's postgresql
-//! package (scripts/test.sh installs it) in a temp dir, on 127.0.0.1 and a free port, with
+//! package (scripts/test.sh installs it) in a temp dir, on 127.0.0.1 and a port reserved for it
+//! while it lives (PostgreSQL binds with `SO_REUSEADDR`, see `imcrypt::demo::ReservedPort`), with
 //! trust authentication; stopped and removed on drop. As root (CI), the server runs as the
 //! `postgres` user, since initdb refuses to run as root.
 #![allow(dead_code)]
@@ -7,10 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imcrypt::demo::ReservedPort;
+
 pub struct Pg {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    pub port: u16,
+    /// Kept from the first start to the drop, restarts included.
+    port: ReservedPort,
     as_postgres: bool,
 }
 
@@ -34,10 +38,6 @@ fn find_bin() -> PathBuf {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Pg {
     /// Creates the cluster and starts the server.
     pub fn start() -> Pg {
@@ -53,7 +53,8 @@ impl Pg {
                 .success();
             assert!(ok, "cannot chown the PostgreSQL temp dir to user postgres");
         }
-        let pg = Pg { dir, bin, port: free_port(), as_postgres };
+        let port = ReservedPort::new().expect("a port on 127.0.0.1");
+        let pg = Pg { dir, bin, port, as_postgres };
         let data = pg.data();
         pg.run(
             "initdb",
@@ -81,9 +82,13 @@ impl Pg {
         self.dir.path()
     }
 
+    pub fn port(&self) -> u16 {
+        self.port.port()
+    }
+
     /// `postgres://imcrypt@127.0.0.1:PORT/postgres`
     pub fn url(&self) -> String {
-        format!("postgres://imcrypt@127.0.0.1:{}/postgres", self.port)
+        format!("postgres://imcrypt@127.0.0.1:{}/postgres", self.port())
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -106,7 +111,7 @@ impl Pg {
     pub fn start_server(&self) {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
-            self.port,
+            self.port(),
             self.dir.path().display()
         );
         let log = self.dir.path().join("server.log");
