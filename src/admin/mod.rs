@@ -72,6 +72,8 @@ pub struct Admin {
 }
 
 struct Ctx {
+    /// This daemon's cluster, named in answers.
+    cluster: ClusterId,
     token: Token,
     limiter: Mutex<PasswordLimiter>,
     hashing: Semaphore,
@@ -109,6 +111,7 @@ impl Admin {
         Ok(Self {
             tls: Arc::new(tls),
             ctx: Arc::new(Ctx {
+                cluster: config.cluster_id.clone(),
                 token,
                 limiter: Mutex::new(PasswordLimiter::new(limits)),
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
@@ -477,7 +480,8 @@ async fn handle(
                 Outcome::Enabled { domain } => domain,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
-            let mut msg = format!("encryption enabled: this cluster is master of domain {domain}");
+            let mut msg =
+                format!("encryption enabled: cluster {} is master of domain {domain}", ctx.cluster);
             if b.remote {
                 msg.push_str("; eligible peers are enrolled as slaves at the next sync");
             }
