@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imcrypt::cli::client::{Client, Target};
+use imcrypt::admin::client::{Client, Target};
 use imcrypt::demo::ReservedPort;
 
 /// True once the admin API of cluster a answers `GET /v1/status` (TLS, with its token).

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use hyper::{Method, StatusCode};
 use imcrypt::admin::api::Route;
-use imcrypt::cli::client::{Client, ClientError, Target};
+use imcrypt::admin::client::{Client, ClientError, Target};
 use rustls_pki_types::pem::PemObject;
 use support::*;
 use zeroize::Zeroizing;

@@ -15,6 +15,7 @@
 //!   place where that mapping lives.
 
 pub mod api;
+pub mod client;
 pub mod limit;
 pub mod token;
 
@@ -40,7 +41,6 @@ use crate::cluster::{Command, CommandError, ComplianceDb, NodeId, Outcome};
 use crate::config::Config;
 use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_public_key};
 use crate::crypto::password::Password;
-use crate::daemon::{Control, DaemonError};
 use crate::ids::ClusterId;
 use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
@@ -53,6 +53,31 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a password request waits for a free PBKDF2 slot before it is told to retry.
 const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// What the admin API needs of the daemon: run a command (answered once its effects are carried
+/// out), read the status. The daemon's `Control` implements it; the admin API never names the
+/// daemon, which starts it.
+pub trait Daemon: Clone + Send + Sync + 'static {
+    fn command(
+        &self,
+        cmd: Command,
+    ) -> impl std::future::Future<Output = Result<Outcome, RequestError>> + Send;
+    fn status(&self)
+    -> impl std::future::Future<Output = Result<api::Status, RequestError>> + Send;
+}
+
+/// Why the daemon did not carry out a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The state machine refused it; nothing changed.
+    #[error(transparent)]
+    Refused(#[from] CommandError),
+    /// Decided but not written; the daemon stops, and after a restart the change is not there.
+    #[error("the change could not be saved ({0}); the daemon stops and the change is lost")]
+    NotSaved(#[source] Arc<StoreError>),
+    #[error("the daemon has stopped")]
+    Stopped,
+}
 
 /// Why the admin API cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +146,7 @@ impl Admin {
     }
 
     /// Serves the admin listener until the task is aborted.
-    pub async fn serve(self, listener: TcpListener, control: Control) {
+    pub async fn serve(self, listener: TcpListener, control: impl Daemon) {
         let acceptor = TlsAcceptor::from(self.tls);
         loop {
             let (tcp, addr) = match listener.accept().await {
@@ -147,7 +172,7 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     ctx: Arc<Ctx>,
-    control: Control,
+    control: impl Daemon,
 ) -> Result<(), String> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
@@ -211,23 +236,12 @@ pub enum ApiError {
     UnexpectedOutcome(String),
 }
 
-impl From<DaemonError> for ApiError {
-    fn from(e: DaemonError) -> Self {
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
         match e {
-            DaemonError::Command(c) => ApiError::Command(c),
-            DaemonError::NotSaved(e) => ApiError::NotSaved(e),
-            DaemonError::Stopped => ApiError::Stopping,
-            // Start-up errors: a running daemon's requests never return them.
-            e @ (DaemonError::StateDir { .. }
-            | DaemonError::NodeKeyMissing { .. }
-            | DaemonError::NodeKey(_)
-            | DaemonError::Store(_)
-            | DaemonError::State(_)
-            | DaemonError::Tls(_)
-            | DaemonError::Listen { .. }
-            | DaemonError::Hotpath(_)
-            | DaemonError::HotpathKeys(_)
-            | DaemonError::Admin(_)) => ApiError::UnexpectedOutcome(e.to_string()),
+            RequestError::Refused(c) => ApiError::Command(c),
+            RequestError::NotSaved(e) => ApiError::NotSaved(e),
+            RequestError::Stopped => ApiError::Stopping,
         }
     }
 }
@@ -387,7 +401,7 @@ fn password(s: &zeroize::Zeroizing<String>) -> Password {
 /// from being recorded (a guess abandoned mid-way still counts as a failure if it was wrong).
 async fn with_password(
     ctx: &Arc<Ctx>,
-    control: &Control,
+    control: &impl Daemon,
     client: IpAddr,
     cmd: Command,
 ) -> Result<Outcome, ApiError> {
@@ -417,7 +431,7 @@ async fn with_password(
         let r = control.command(cmd).await;
         finish.outcome = match &r {
             Ok(_) => Checked::Correct,
-            Err(DaemonError::Command(
+            Err(RequestError::Refused(
                 CommandError::WrongPassword | CommandError::WrongMasterPassword { .. },
             )) => Checked::Wrong,
             Err(_) => Checked::NotChecked,
@@ -449,7 +463,7 @@ async fn handle(
     req: Request<Incoming>,
     client: IpAddr,
     ctx: &Arc<Ctx>,
-    control: &Control,
+    control: &impl Daemon,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     check_token(&req, ctx)?;
     let path = req.uri().path().to_owned();
@@ -563,7 +577,9 @@ async fn handle(
         Route::AddPeer => {
             let b: api::AddPeerRequest = body(req).await?;
             let peer = cluster_id(&b.id)?;
-            control.add_peer(peer.clone(), b.address.clone()).await?;
+            control
+                .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() })
+                .await?;
             Ok(done(
                 format!("cluster {peer} is now a peer of this cluster, at {}", b.address),
                 vec![
@@ -578,7 +594,7 @@ async fn handle(
         }
         Route::RemovePeer => {
             let peer = cluster_id(&param)?;
-            control.remove_peer(peer.clone()).await?;
+            control.command(Command::RemovePeer { peer: peer.clone() }).await?;
             Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
         }
         Route::AddNode => {

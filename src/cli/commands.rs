@@ -13,9 +13,9 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::CliError;
-use super::client::{Client, ConnectArgs};
 use super::viewer;
 use crate::admin::api;
+use crate::admin::client::{Client, ConnectArgs};
 use crate::alarm::Alarm;
 use crate::crypto::export::{KeyExport, parse_public_key};
 
@@ -515,7 +515,7 @@ pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
             let body = api::DownloadRequest { password: pw, public_key_pem: pem };
             let doc: KeyExport = call(&common, Method::POST, "/v1/keys/download", Some(&body))?;
             if doc.recipient_sha256 != to.fingerprint_hex() {
-                return Err(super::client::ClientError::Decode(
+                return Err(crate::admin::client::ClientError::Decode(
                     "the export is wrapped for another public key".into(),
                 )
                 .into());

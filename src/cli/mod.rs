@@ -11,7 +11,7 @@
 //! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
 
 pub mod archive;
-pub mod client;
+use crate::admin::client;
 pub mod commands;
 pub mod viewer;
 

@@ -5,18 +5,16 @@
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::admin::api;
+use crate::admin::{RequestError, api};
 use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage};
 use crate::ids::{ClusterId, KeyVersion};
 use crate::peer::server::DeliverError;
-
-use super::DaemonError;
 
 /// Everything the core task handles, one at a time in its `step`.
 pub(super) enum Input {
     Command {
         cmd: Command,
-        reply: oneshot::Sender<Result<Outcome, DaemonError>>,
+        reply: oneshot::Sender<Result<Outcome, RequestError>>,
     },
     Peer {
         from: ClusterId,
@@ -43,33 +41,43 @@ pub struct Control(pub(super) mpsc::Sender<Input>);
 
 impl Control {
     /// Runs `cmd`; answered once its effects are carried out (its state change is on disk).
-    pub async fn command(&self, cmd: Command) -> Result<Outcome, DaemonError> {
+    pub async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.0.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
-        rx.await.map_err(|_| DaemonError::Stopped)?
+        self.0.send(Input::Command { cmd, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
-    pub async fn status(&self) -> Result<api::Status, DaemonError> {
+    pub async fn status(&self) -> Result<api::Status, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.0.send(Input::Status { reply }).await.map_err(|_| DaemonError::Stopped)?;
-        rx.await.map_err(|_| DaemonError::Stopped)
+        self.0.send(Input::Status { reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)
     }
 
     /// Peers with `peer` at `address` now: the state machine learns of it, a link dials it,
     /// and the peer listener accepts its certificate. Until restart: the config file decides
     /// the peers at every start.
-    pub async fn add_peer(&self, peer: ClusterId, address: String) -> Result<(), DaemonError> {
+    pub async fn add_peer(&self, peer: ClusterId, address: String) -> Result<(), RequestError> {
         self.command(Command::AddPeer { peer, address }).await.map(drop)
     }
 
     /// Ends the peering with `peer` now: its link stops, new connections from it are refused
     /// and its messages are answered with an error.
-    pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), DaemonError> {
+    pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), RequestError> {
         self.command(Command::RemovePeer { peer }).await.map(drop)
     }
 
-    pub(super) async fn db_probe(&self, node: NodeId, probe: DbProbe) -> Result<(), DaemonError> {
-        self.0.send(Input::DbProbe { node, probe }).await.map_err(|_| DaemonError::Stopped)
+    pub(super) async fn db_probe(&self, node: NodeId, probe: DbProbe) -> Result<(), RequestError> {
+        self.0.send(Input::DbProbe { node, probe }).await.map_err(|_| RequestError::Stopped)
+    }
+}
+
+impl crate::admin::Daemon for Control {
+    async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
+        Control::command(self, cmd).await
+    }
+
+    async fn status(&self) -> Result<api::Status, RequestError> {
+        Control::status(self).await
     }
 }
 

@@ -25,7 +25,8 @@ use crate::peer::server::DeliverError;
 use crate::store::{SealedFile, StoreError};
 
 use super::control::Input;
-use super::{DaemonError, status};
+use super::status;
+use crate::admin::RequestError;
 use crate::clock::now;
 
 /// Why the core stops: its state could not be written.
@@ -99,8 +100,8 @@ impl Core {
                 let r = blocking(|| cluster.handle_command(cmd, t, Entropy::from_os()));
                 let carried = self.carry().await;
                 let _ = reply.send(match &carried {
-                    Ok(()) => r.map_err(DaemonError::from),
-                    Err(e) => Err(DaemonError::NotSaved(e.clone())),
+                    Ok(()) => r.map_err(RequestError::from),
+                    Err(e) => Err(RequestError::NotSaved(e.clone())),
                 });
                 carried
             }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cluster::{CommandError, StateError};
+use crate::cluster::StateError;
 use crate::peer::tls::TlsError;
 use crate::store::NodeKeyError;
 use crate::store::StoreError;
@@ -28,18 +28,16 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    /// The daemon stopped on its own (its state could not be written; the log says why).
     #[error("the daemon has stopped")]
     Stopped,
-    /// The change was decided but could not be written to disk; the daemon stops, and after a
-    /// restart the change is not there.
-    #[error("the change could not be saved ({0}); the daemon stops and the change is lost")]
+    /// The state reconciled with the configuration could not be written at start.
+    #[error("the state could not be saved at start ({0})")]
     NotSaved(#[source] Arc<StoreError>),
     #[error(transparent)]
     Hotpath(#[from] crate::hotpath::ServerError),
     #[error("hot path: {0}")]
     HotpathKeys(#[from] crate::hotpath::KeyError),
-    #[error(transparent)]
-    Command(#[from] CommandError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
 }

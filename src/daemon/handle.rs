@@ -24,7 +24,8 @@ use crate::cluster::{Command, Outcome};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::ClusterId;
 
-use super::{Control, DaemonError};
+use super::Control;
+use crate::admin::RequestError;
 
 /// How long a clean shutdown waits for the tasks (the hot path's drain is shorter).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -69,11 +70,11 @@ impl DaemonHandle {
         self.control.clone()
     }
 
-    pub async fn command(&self, cmd: Command) -> Result<Outcome, DaemonError> {
+    pub async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
         self.control.command(cmd).await
     }
 
-    pub async fn status(&self) -> Result<api::Status, DaemonError> {
+    pub async fn status(&self) -> Result<api::Status, RequestError> {
         self.control.status().await
     }
 

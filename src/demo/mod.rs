@@ -23,6 +23,8 @@ pub enum LabError {
     Pki(#[from] crate::pki::PkiError),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Request(#[from] crate::admin::RequestError),
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("config of {id} is invalid: {message}")]
@@ -36,7 +38,7 @@ pub enum LabError {
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
     #[error("admin API: {0}")]
-    Admin(#[from] crate::cli::client::ClientError),
+    Admin(#[from] crate::admin::client::ClientError),
     #[error("{step}: {reason}")]
     Step { step: &'static str, reason: String },
     #[error("cannot reserve a port on 127.0.0.1: {0}")]

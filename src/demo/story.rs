@@ -253,9 +253,11 @@ async fn download_key(lab: &Lab) -> Result<(KeyExport, zeroize::Zeroizing<String
         "7. the administrator makes an RSA-3072 key pair where the viewer runs: admin.pem (0600), \
          admin.pub.pem"
     );
-    let args =
-        crate::cli::client::ConnectArgs { config: Some(dir.join("a.toml")), ..Default::default() };
-    let client = crate::cli::client::Client::new(args.target()?)?;
+    let args = crate::admin::client::ConnectArgs {
+        config: Some(dir.join("a.toml")),
+        ..Default::default()
+    };
+    let client = crate::admin::client::Client::new(args.target()?)?;
     let body = crate::admin::api::DownloadRequest {
         password: zeroize::Zeroizing::new(PASSWORD.into()),
         public_key_pem: public_pem,

@@ -1,4 +1,4 @@
-//! The admin client: connects to a daemon's admin API over TLS 1.3, trusting only the given CA
+//! The client of the admin API (the CLI and the demo use it): connects to a daemon's admin API over TLS 1.3, trusting only the given CA
 //! file, and sends the admin token with every request.
 //!
 //! Where the connection settings come from, first match wins: the flag, its environment
