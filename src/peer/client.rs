@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -120,7 +120,7 @@ pub fn spawn_link(
                         let mut st = l.status.lock().expect("status lock");
                         st.connected = true;
                         st.last_error = None;
-                        st.last_delivery_unix_ms = Some(unix_ms());
+                        st.last_delivery_unix_ms = Some(crate::clock::now().unix_millis());
                     }
                     let mut q = l.outbox.queue.lock().expect("outbox lock");
                     // Remove what was delivered, unless a newer message of its kind replaced it.
@@ -162,13 +162,6 @@ pub fn spawn_link(
 struct Sender {
     outbox: Arc<Outbox>,
     status: Arc<Mutex<LinkStatus>>,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn connect(
