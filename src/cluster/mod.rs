@@ -14,7 +14,8 @@
 //! The daemon applies effects **in order**, and a [`Effect::Persist`] must be durable before
 //! the effects after it are carried out (so a slave never holds an epoch its master lost).
 //!
-//! Invariants (each is asserted by the simulator in [`sim`] over random networks):
+//! Invariants (each is asserted by the simulator in `sim`, a test-only module, over random
+//! networks):
 //! 1. a cluster holds the key material of at most one domain;
 //! 2. a slave's epoch for its domain never decreases (no rollback, no replay);
 //! 3. once the network is quiet, every slave whose master is its peer holds exactly the
@@ -35,7 +36,8 @@ mod reconcile;
 mod rules;
 mod state;
 
-pub mod sim;
+#[cfg(test)]
+mod sim;
 
 #[cfg(test)]
 mod tests;
