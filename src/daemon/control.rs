@@ -43,7 +43,7 @@ pub struct Control(pub(super) mpsc::Sender<Input>);
 
 impl Control {
     /// Runs `cmd`; answered once its effects are carried out (its state change is on disk).
-    pub async fn command(&self, cmd: Command) -> Result<Outcome, DaemonError> {
+    pub(crate) async fn command(&self, cmd: Command) -> Result<Outcome, DaemonError> {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::Command { cmd, reply }).await.map_err(|_| DaemonError::Stopped)?;
         rx.await.map_err(|_| DaemonError::Stopped)?
