@@ -15,6 +15,6 @@ mod duration;
 pub mod hotpath;
 pub mod ids;
 pub mod peer;
-pub mod pem_files;
-pub mod pki;
+mod pem_files;
+mod pki;
 pub mod store;
