@@ -1,6 +1,9 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod alarm;
 pub mod archive;
