@@ -14,7 +14,7 @@ use crate::cluster::Time;
 /// timer of the state machine into the future, silencing this cluster's hellos for as long as
 /// the step. Key creation times may drift from the wall clock by what the clock is slewed
 /// while the daemon runs, which is seconds at most.
-pub fn now() -> Time {
+pub(crate) fn now() -> Time {
     static START: std::sync::OnceLock<(u64, Instant)> = std::sync::OnceLock::new();
     let (wall, mono) = *START.get_or_init(|| {
         let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

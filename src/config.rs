@@ -28,93 +28,93 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This cluster's id: the DNS name in its certificate.
-    pub cluster_id: ClusterId,
+    pub(crate) cluster_id: ClusterId,
     /// Where the node key, the sealed state and the admin token live.
-    pub state_dir: PathBuf,
-    pub peer: PeerSection,
-    pub admin: AdminSection,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) peer: PeerSection,
+    pub(crate) admin: AdminSection,
     #[serde(default)]
-    pub password: PasswordSection,
+    pub(crate) password: PasswordSection,
     #[serde(default)]
-    pub encryption: EncryptionSection,
+    pub(crate) encryption: EncryptionSection,
     /// The intercluster peers this cluster is configured with.
     #[serde(default)]
-    pub peers: Vec<PeerEntry>,
+    pub(crate) peers: Vec<PeerEntry>,
     /// The nodes of this cluster and their message archiver database.
     #[serde(default)]
     pub nodes: Vec<NodeEntry>,
     /// The router's encryption service; absent: no hot path on this daemon.
     #[serde(default)]
-    pub hotpath: Option<HotpathSection>,
+    pub(crate) hotpath: Option<HotpathSection>,
     #[serde(default)]
     pub db_probe: DbProbeSection,
     #[serde(default)]
-    pub testing: TestingSection,
+    pub(crate) testing: TestingSection,
 }
 
 /// `[hotpath.socket]` (path, mode, group) and `[hotpath.limits]` (docs/hotpath.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HotpathSection {
-    pub socket: crate::hotpath::UnixSocketConfig,
+pub(crate) struct HotpathSection {
+    pub(crate) socket: crate::hotpath::UnixSocketConfig,
     #[serde(default)]
-    pub limits: crate::hotpath::ServerConfig,
+    pub(crate) limits: crate::hotpath::ServerConfig,
 }
 
 /// Knobs for tests and demos of mixed-version networks; never set them in production.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TestingSection {
+pub(crate) struct TestingSection {
     /// Announce software that predates encryption (no encryption capability), as a cluster
     /// not yet upgraded would.
     #[serde(default)]
-    pub legacy_software: bool,
+    pub(crate) legacy_software: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerSection {
+pub(crate) struct PeerSection {
     /// Address of the intercluster listener (mutual TLS).
-    pub listen: SocketAddr,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+    pub(crate) listen: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    pub(crate) ca: PathBuf,
     #[serde(default = "default_hello", deserialize_with = "crate::duration::nonzero")]
-    pub hello_interval: Duration,
+    pub(crate) hello_interval: Duration,
     #[serde(default = "default_unreachable", deserialize_with = "crate::duration::nonzero")]
-    pub master_unreachable_after: Duration,
+    pub(crate) master_unreachable_after: Duration,
 }
 
 /// `[admin]`: the HTTPS admin API (docs/admin.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminSection {
+pub(crate) struct AdminSection {
     /// Address of the admin listener; a loopback address unless `allow_non_loopback`.
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Accept a `listen` address that is not loopback (the API then faces the network).
     #[serde(default)]
-    pub allow_non_loopback: bool,
+    allow_non_loopback: bool,
     /// Certificate and key of the admin listener (PEM); both or neither. Default: the
     /// cluster's certificate (`peer.cert`, `peer.key`), whose DNS name is the cluster id.
     #[serde(default)]
-    pub cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
     #[serde(default)]
-    pub key: Option<PathBuf>,
+    key: Option<PathBuf>,
     /// Where the admin token lives. Default: `admin.token` in `state_dir`.
     #[serde(default)]
-    pub token_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     /// Consecutive wrong passwords after which a client is locked out.
     #[serde(default = "default_max_failures", deserialize_with = "positive")]
-    pub max_failures: u32,
+    pub(crate) max_failures: u32,
     /// How long a lockout lasts.
     #[serde(default = "default_lockout", deserialize_with = "crate::duration::nonzero")]
-    pub lockout: Duration,
+    pub(crate) lockout: Duration,
     /// Password attempts per minute from all clients together.
     #[serde(default = "default_attempts", deserialize_with = "positive")]
-    pub password_attempts_per_minute: u32,
+    pub(crate) password_attempts_per_minute: u32,
     /// Password checks (PBKDF2) in flight at once; more wait their turn.
     #[serde(default = "default_concurrent", deserialize_with = "positive")]
-    pub max_concurrent_password_checks: u32,
+    pub(crate) max_concurrent_password_checks: u32,
 }
 
 fn default_max_failures() -> u32 {
@@ -143,33 +143,33 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 /// `[encryption]`: what the master does on its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EncryptionSection {
+pub(crate) struct EncryptionSection {
     /// Rotate the key once the primary version is older than this (e.g. "90d"); unset: only
     /// on command, and when a cluster has used it 0.9·2^32 times.
     #[serde(default, deserialize_with = "crate::duration::optional_nonzero")]
-    pub rotate_after: Option<Duration>,
+    pub(crate) rotate_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PasswordSection {
+pub(crate) struct PasswordSection {
     /// PBKDF2-HMAC-SHA256 iterations for new password records (at least 100,000).
     #[serde(default, deserialize_with = "iterations")]
-    pub pbkdf2_iterations: Iterations,
+    pub(crate) pbkdf2_iterations: Iterations,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerEntry {
-    pub id: ClusterId,
+pub(crate) struct PeerEntry {
+    pub(crate) id: ClusterId,
     /// host:port of the peer's intercluster listener.
-    pub address: String,
+    pub(crate) address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// The node's message archiver database: "sql_server", "postgresql", "sqlite", "none", or
     /// the name of another product (which is not supported for encryption).
     #[serde(deserialize_with = "archiver")]
@@ -225,7 +225,7 @@ impl Config {
     }
 
     /// Parses and validates `text`; relative paths are resolved against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+    fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let mut c: Config = toml::from_str(text).map_err(|e| {
             // The parser quotes the offending line, passwords and all.
             crate::archive::redact(e.to_string().trim_end())
@@ -280,7 +280,7 @@ impl Config {
         Ok(c)
     }
 
-    pub fn tls_files(&self) -> TlsFiles {
+    pub(crate) fn tls_files(&self) -> TlsFiles {
         TlsFiles {
             cert: self.peer.cert.clone(),
             key: self.peer.key.clone(),
@@ -289,7 +289,7 @@ impl Config {
     }
 
     /// The admin listener's certificate and key: `[admin]`'s, or the cluster's.
-    pub fn admin_cert_files(&self) -> (PathBuf, PathBuf) {
+    pub(crate) fn admin_cert_files(&self) -> (PathBuf, PathBuf) {
         match (&self.admin.cert, &self.admin.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => (self.peer.cert.clone(), self.peer.key.clone()),
@@ -297,11 +297,12 @@ impl Config {
     }
 
     /// Where the admin token is kept.
-    pub fn admin_token_file(&self) -> PathBuf {
+    pub(crate) fn admin_token_file(&self) -> PathBuf {
         self.admin.token_file.clone().unwrap_or_else(|| self.state_dir.join("admin.token"))
     }
 
-    pub fn peer_address(&self, id: &ClusterId) -> Option<&str> {
+    #[cfg(test)]
+    fn peer_address(&self, id: &ClusterId) -> Option<&str> {
         self.peers.iter().find(|p| &p.id == id).map(|p| p.address.as_str())
     }
 }

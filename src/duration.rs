@@ -10,14 +10,14 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 /// Any duration, zero included: `#[serde(with = "crate::duration")]`.
-pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"10s\": {e}")))
 }
 
 /// A duration above zero: `#[serde(deserialize_with = "crate::duration::nonzero")]`.
-pub fn nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = deserialize(d)?;
     if v.is_zero() {
         return Err(serde::de::Error::custom("a duration of zero is not allowed"));
@@ -26,7 +26,9 @@ pub fn nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// An optional duration above zero (absent: `None`, with `#[serde(default)]`).
-pub fn optional_nonzero<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn optional_nonzero<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     nonzero(d).map(Some)
 }
 

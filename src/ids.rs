@@ -159,7 +159,7 @@ impl<'de> Deserialize<'de> for DomainId {
 pub struct Epoch(pub u64);
 
 impl Epoch {
-    pub fn next(self) -> Self {
+    pub(crate) fn next(self) -> Self {
         Self(self.0 + 1)
     }
 }
@@ -187,7 +187,7 @@ impl KeyVersion {
     }
 
     /// The version after this one; `None` once the 32-bit space is used up.
-    pub fn next(self) -> Option<Self> {
+    pub(crate) fn next(self) -> Option<Self> {
         self.0.checked_add(1).map(Self)
     }
 }

@@ -1,20 +1,23 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod alarm;
 pub mod archive;
 pub mod cli;
-pub mod clock;
+mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod demo;
-pub mod duration;
+mod duration;
 pub mod hotpath;
 pub mod ids;
 pub mod peer;
-pub mod pem_files;
-pub mod pki;
+mod pem_files;
+mod pki;
 pub mod store;

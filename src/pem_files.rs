@@ -67,7 +67,7 @@ impl PemFileError {
 }
 
 /// All certificates in `path`, in file order; at least one.
-pub fn certificates(
+pub(crate) fn certificates(
     kind: PemKind,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
@@ -83,13 +83,13 @@ pub fn certificates(
 }
 
 /// The first private key in `path` (PKCS#8, PKCS#1 or SEC1).
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemFileError> {
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemFileError> {
     PrivateKeyDer::from_pem_file(path)
         .map_err(|e| PemFileError::from_pem(PemKind::PrivateKey, path, e))
 }
 
 /// The CA certificates in `path` as trust anchors; at least one.
-pub fn ca_roots(path: &Path) -> Result<RootCertStore, PemFileError> {
+pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, PemFileError> {
     let mut roots = RootCertStore::empty();
     for ca in certificates(PemKind::CaCertificate, path)? {
         roots

@@ -21,9 +21,9 @@ use crate::ids::ClusterId;
 
 /// How long a development cluster certificate is valid, in days: about a year, as public CAs
 /// issue server certificates (a TLS audit flags anything much longer).
-pub const LEAF_DAYS: i64 = 365;
+const LEAF_DAYS: i64 = 365;
 /// How long the development CA is valid, in days.
-pub const CA_DAYS: i64 = 3650;
+const CA_DAYS: i64 = 3650;
 /// A certificate is valid from this long before it is made, so that a host whose clock is a
 /// little behind accepts it at once.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
@@ -47,23 +47,25 @@ pub enum PkiError {
 
 /// Where the files of one cluster are.
 #[derive(Debug, Clone)]
-pub struct ClusterFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
+pub(crate) struct ClusterFiles {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    #[cfg(test)]
+    pub(crate) ca: PathBuf,
 }
 
 /// The paths `init` writes for `id` under `dir`.
-pub fn files_of(dir: &Path, id: &ClusterId) -> ClusterFiles {
+pub(crate) fn files_of(dir: &Path, id: &ClusterId) -> ClusterFiles {
     ClusterFiles {
         cert: dir.join(format!("{id}.pem")),
         key: dir.join(format!("{id}.key")),
+        #[cfg(test)]
         ca: dir.join("ca.pem"),
     }
 }
 
 /// Writes `ca.pem`, `ca.key` and `<id>.pem`, `<id>.key` for every cluster into `dir`.
-pub fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
+pub(crate) fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.to_owned(), source })?;
     refuse_existing(
         [dir.join("ca.pem"), dir.join("ca.key")].into_iter().chain(cluster_paths(dir, clusters)),
@@ -82,7 +84,7 @@ pub fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
 
 /// Writes `<id>.pem`, `<id>.key` for each of `clusters` into `dir`, signed by the development
 /// CA that `init` left there, so that a cluster can join a network made earlier.
-pub fn add(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
+pub(crate) fn add(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     if !ca_pem.exists() || !ca_key.exists() {
         return Err(PkiError::NoCa { dir: dir.to_owned() });

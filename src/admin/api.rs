@@ -16,7 +16,7 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 use crate::peer::client::LinkStatus;
 
 /// Largest request body accepted (a 16384-bit RSA public key in PEM is about 3 KiB).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// Every route of the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,16 +71,11 @@ impl Route {
             Route::DownloadKeys => ("POST", "/v1/keys/download"),
         }
     }
-
-    /// Whether the request carries a password (and is therefore rate limited).
-    pub fn takes_password(self) -> bool {
-        matches!(self, Route::Enable | Route::Disable | Route::ChangePassword | Route::DownloadKeys)
-    }
 }
 
 /// How a request path matched the route table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Match {
+pub(crate) enum Match {
     Found {
         route: Route,
         param: Option<String>,
@@ -106,7 +101,7 @@ fn matches_pattern(pattern: &str, path: &str) -> Option<Option<String>> {
 }
 
 /// Finds the route for `method` and `path`.
-pub fn find(method: &str, path: &str) -> Match {
+pub(crate) fn find(method: &str, path: &str) -> Match {
     let mut allowed = Vec::new();
     for r in Route::ALL {
         let (m, pattern) = r.method_and_path();
@@ -123,62 +118,62 @@ pub fn find(method: &str, path: &str) -> Match {
 /// `POST /v1/encryption/enable`
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EnableRequest {
-    pub password: Zeroizing<String>,
+pub(crate) struct EnableRequest {
+    pub(crate) password: Zeroizing<String>,
     /// Also enroll every eligible peer as a slave ("enable on remote clusters").
     #[serde(default)]
-    pub remote: bool,
+    pub(crate) remote: bool,
 }
 
 /// `POST /v1/encryption/disable`. On a slave the password is the master's.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DisableRequest {
-    pub password: Zeroizing<String>,
+pub(crate) struct DisableRequest {
+    pub(crate) password: Zeroizing<String>,
     #[serde(default)]
-    pub i_understand_data_loss: bool,
+    pub(crate) i_understand_data_loss: bool,
 }
 
 /// `PUT /v1/encryption/remote`
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RemoteRequest {
-    pub enabled: bool,
+pub(crate) struct RemoteRequest {
+    pub(crate) enabled: bool,
 }
 
 /// `POST /v1/password`
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PasswordChangeRequest {
-    pub old_password: Zeroizing<String>,
-    pub new_password: Zeroizing<String>,
+pub(crate) struct PasswordChangeRequest {
+    pub(crate) old_password: Zeroizing<String>,
+    pub(crate) new_password: Zeroizing<String>,
 }
 
 /// `POST /v1/keys/download`
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DownloadRequest {
-    pub password: Zeroizing<String>,
+pub(crate) struct DownloadRequest {
+    pub(crate) password: Zeroizing<String>,
     /// The administrator's RSA public key, PEM (SPKI or PKCS#1), at least 2048 bits.
-    pub public_key_pem: String,
+    pub(crate) public_key_pem: String,
 }
 
 /// `POST /v1/peers`
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddPeerRequest {
-    pub id: String,
+pub(crate) struct AddPeerRequest {
+    pub(crate) id: String,
     /// host:port of the peer's intercluster listener.
-    pub address: String,
+    pub(crate) address: String,
 }
 
 /// `POST /v1/nodes`
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddNodeRequest {
-    pub id: String,
+pub(crate) struct AddNodeRequest {
+    pub(crate) id: String,
     /// `postgresql`, `sql_server`, `none`, or another product's name.
-    pub archiver: String,
+    pub(crate) archiver: String,
 }
 
 /// A cluster's role, as the admin API shows it.
@@ -204,7 +199,7 @@ impl std::fmt::Display for Role {
 /// `GET /v1/status`: role, domain, key versions (never key bytes), peers and active alarms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub cluster: ClusterId,
+    pub(crate) cluster: ClusterId,
     pub role: Role,
     /// Why this cluster does not encrypt (when it does not).
     pub off_reason: Option<String>,
@@ -214,7 +209,7 @@ pub struct Status {
     pub key_versions: Vec<KeyVersion>,
     pub primary_version: Option<KeyVersion>,
     /// "Enable on remote clusters" (on a master or slave).
-    pub remote: Option<bool>,
+    pub(crate) remote: Option<bool>,
     pub eligible: bool,
     pub peers: Vec<PeerStatus>,
     pub alarms: Vec<Alarm>,
@@ -233,34 +228,34 @@ pub struct PeerStatus {
 
 /// `GET /v1/alarms`: the active alarms and the recent raises and clears, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlarmsReport {
-    pub active: Vec<Alarm>,
-    pub history: Vec<AlarmEvent>,
+pub(crate) struct AlarmsReport {
+    pub(crate) active: Vec<Alarm>,
+    pub(crate) history: Vec<AlarmEvent>,
 }
 
 /// The answer to a command that succeeded: what happened, in the operator's terms.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Done {
-    pub message: String,
+pub(crate) struct Done {
+    pub(crate) message: String,
     /// Things the operator should know (e.g. that a runtime change lasts until restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Every error answer: `{"error": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
+pub(crate) struct ErrorDetail {
     /// A stable machine-readable code, e.g. `wrong_password`, `locked_out`, `not_master`.
-    pub code: String,
+    pub(crate) code: String,
     /// What went wrong and what to do, for a human.
-    pub message: String,
+    pub(crate) message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_secs: Option<u64>,
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 #[cfg(test)]

@@ -83,26 +83,26 @@ pub struct Target {
 
 /// Connection settings as given on the command line (flags with their env fallbacks).
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// The daemon's config file: supplies the address, CA, server name and token file.
     #[arg(long, short = 'c', global = true, env = "IMCRYPT_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Admin API address, host:port or https://host:port.
     #[arg(long, global = true, env = "IMCRYPT_ADDR")]
-    pub addr: Option<String>,
+    pub(crate) addr: Option<String>,
     /// The admin token (prefer --token-file or IMCRYPT_TOKEN: argv is visible to other users).
     #[arg(long, global = true, env = "IMCRYPT_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
     /// File holding the admin token (the daemon writes it to its state directory).
     #[arg(long, global = true, env = "IMCRYPT_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// CA certificate (PEM) the daemon's certificate must chain to.
     #[arg(long, global = true, env = "IMCRYPT_CACERT")]
-    pub ca: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
     /// The DNS name the daemon's certificate must carry (default: the cluster id from
     /// --config, else the host of --addr).
     #[arg(long, global = true, env = "IMCRYPT_SERVER_NAME")]
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<Zeroizing<String>, ClientError> {
@@ -115,7 +115,7 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<Zeroizing<String>,
 
 impl ConnectArgs {
     /// Resolves the flags, environment and config file into a target.
-    pub fn target(&self) -> Result<Target, ClientError> {
+    pub(crate) fn target(&self) -> Result<Target, ClientError> {
         let config = match &self.config {
             Some(p) => Some(
                 crate::config::Config::load(p).map_err(|e| ClientError::Setup(e.to_string()))?,
@@ -263,7 +263,7 @@ impl Client {
     }
 
     /// Sends `body` as JSON (if any) and decodes the JSON answer.
-    pub async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 /// The limits, from the `[admin]` section of the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_failures: u32,
-    pub lockout: Duration,
-    pub attempts_per_minute: u32,
+pub(crate) struct Limits {
+    pub(crate) max_failures: u32,
+    pub(crate) lockout: Duration,
+    pub(crate) attempts_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -34,7 +34,7 @@ impl Default for Limits {
 
 /// Why an attempt is refused before any hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error(
         "too many wrong passwords from this client: locked out for {}; try again later",
         humantime::format_duration(Duration::from_secs(retry_after.as_secs().max(1)))
@@ -45,7 +45,7 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match *self {
             Refused::LockedOut { retry_after } | Refused::Overall { retry_after } => retry_after,
         }
@@ -54,7 +54,7 @@ impl Refused {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The password was right.
     Correct,
     /// The password was wrong.
@@ -71,7 +71,7 @@ struct Client {
 }
 
 #[derive(Debug)]
-pub struct PasswordLimiter {
+pub(crate) struct PasswordLimiter {
     limits: Limits,
     clients: HashMap<IpAddr, Client>,
     recent: VecDeque<Instant>,
@@ -80,13 +80,13 @@ pub struct PasswordLimiter {
 const WINDOW: Duration = Duration::from_secs(60);
 
 impl PasswordLimiter {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self { limits, clients: HashMap::new(), recent: VecDeque::new() }
     }
 
     /// Decides whether `client` may try a password now. On `Ok` the attempt is counted (as in
     /// flight for the client, and in the overall window).
-    pub fn begin(&mut self, client: IpAddr, now: Instant) -> Result<(), Refused> {
+    pub(crate) fn begin(&mut self, client: IpAddr, now: Instant) -> Result<(), Refused> {
         while self.recent.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             self.recent.pop_front();
         }
@@ -113,7 +113,7 @@ impl PasswordLimiter {
     }
 
     /// Records how an attempt that `begin` allowed ended.
-    pub fn finish(&mut self, client: IpAddr, outcome: Outcome, now: Instant) {
+    pub(crate) fn finish(&mut self, client: IpAddr, outcome: Outcome, now: Instant) {
         let max = self.limits.max_failures;
         let lockout = self.limits.lockout;
         let c = self.clients.entry(client).or_default();

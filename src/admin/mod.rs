@@ -16,8 +16,8 @@
 
 pub mod api;
 pub mod client;
-pub mod limit;
-pub mod token;
+mod limit;
+mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -91,7 +91,7 @@ pub enum AdminError {
 }
 
 /// The admin API of one daemon, ready to serve.
-pub struct Admin {
+pub(crate) struct Admin {
     tls: Arc<ServerConfig>,
     ctx: Arc<Ctx>,
 }
@@ -119,7 +119,7 @@ fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
 
 impl Admin {
     /// Loads the TLS certificate and the token (creating the token file on first start).
-    pub fn new(config: &Config, history: AlarmHistory) -> Result<Self, AdminError> {
+    pub(crate) fn new(config: &Config, history: AlarmHistory) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
         let path = config.admin_token_file();
@@ -146,7 +146,7 @@ impl Admin {
     }
 
     /// Serves the admin listener until the task is aborted.
-    pub async fn serve(self, listener: TcpListener, control: impl Daemon) {
+    pub(crate) async fn serve(self, listener: TcpListener, control: impl Daemon) {
         let acceptor = TlsAcceptor::from(self.tls);
         loop {
             let (tcp, addr) = match listener.accept().await {
@@ -199,7 +199,7 @@ async fn connection(
 
 /// Every way a request can fail. [`ApiError::status`] maps each to its HTTP status and code.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+enum ApiError {
     #[error(
         "no admin token given: send `Authorization: Bearer <token>` (the CLI reads --token, IMCRYPT_TOKEN or --token-file)"
     )]
@@ -248,7 +248,7 @@ impl From<RequestError> for ApiError {
 
 impl ApiError {
     /// The one place where an error becomes an HTTP status and a stable code.
-    pub fn status(&self) -> (StatusCode, &'static str) {
+    fn status(&self) -> (StatusCode, &'static str) {
         use CommandError as C;
         match self {
             ApiError::NoToken => (StatusCode::UNAUTHORIZED, "no_token"),

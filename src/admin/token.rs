@@ -27,7 +27,7 @@ pub enum TokenError {
 }
 
 /// The token the daemon expects.
-pub struct Token(Zeroizing<String>);
+pub(crate) struct Token(Zeroizing<String>);
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +38,7 @@ impl std::fmt::Debug for Token {
 impl Token {
     /// Loads the token at `path`, or creates it (0600, OS randomness). Returns whether it was
     /// created.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), TokenError> {
+    pub(crate) fn load_or_create(path: &Path) -> Result<(Self, bool), TokenError> {
         use crate::store::secret::{self, SecretFileError};
         let (bytes, created) = secret::load_or_create(path, 128, || {
             let mut t = hex::encode(crate::crypto::random::os_bytes::<32>()).into_bytes();
@@ -59,7 +59,7 @@ impl Token {
     }
 
     /// True when `candidate` is the token (constant time in the candidate's content).
-    pub fn matches(&self, candidate: &str) -> bool {
+    pub(crate) fn matches(&self, candidate: &str) -> bool {
         self.0.as_bytes().ct_eq(candidate.trim().as_bytes()).into()
     }
 }

@@ -14,12 +14,12 @@ use super::{Alarm, AlarmKey, AlarmName, Severity};
 use crate::ids::ClusterId;
 
 /// How many alarm events are kept by default.
-pub const DEFAULT_CAPACITY: usize = 256;
+const DEFAULT_CAPACITY: usize = 256;
 
 /// Whether an alarm was raised or cleared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AlarmEventKind {
+pub(crate) enum AlarmEventKind {
     Raised,
     Cleared,
 }
@@ -35,26 +35,26 @@ impl std::fmt::Display for AlarmEventKind {
 
 /// One raise or clear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlarmEvent {
+pub(crate) struct AlarmEvent {
     /// Milliseconds since the Unix epoch.
-    pub at_unix_ms: u64,
+    at_unix_ms: u64,
     /// RFC 3339, UTC.
-    pub at: String,
-    pub event: AlarmEventKind,
-    pub name: AlarmName,
-    pub about: ClusterId,
+    pub(crate) at: String,
+    pub(crate) event: AlarmEventKind,
+    pub(crate) name: AlarmName,
+    pub(crate) about: ClusterId,
     /// For a raise: its severity, cause and remedy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<Severity>,
+    severity: Option<Severity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<String>,
+    cause: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remedy: Option<String>,
+    remedy: Option<String>,
 }
 
 /// A cloneable handle on the shared history.
 #[derive(Debug, Clone)]
-pub struct AlarmHistory {
+pub(crate) struct AlarmHistory {
     inner: Arc<Mutex<VecDeque<AlarmEvent>>>,
     capacity: usize,
 }
@@ -71,7 +71,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 impl AlarmHistory {
-    pub fn new(capacity: usize) -> Self {
+    fn new(capacity: usize) -> Self {
         Self { inner: Arc::new(Mutex::new(VecDeque::new())), capacity: capacity.max(1) }
     }
 
@@ -83,7 +83,7 @@ impl AlarmHistory {
         q.push_back(e);
     }
 
-    pub fn raised(&self, at_unix_ms: u64, a: &Alarm) {
+    pub(crate) fn raised(&self, at_unix_ms: u64, a: &Alarm) {
         self.push(AlarmEvent {
             at_unix_ms,
             at: rfc3339(at_unix_ms),
@@ -96,7 +96,7 @@ impl AlarmHistory {
         });
     }
 
-    pub fn cleared(&self, at_unix_ms: u64, k: &AlarmKey) {
+    pub(crate) fn cleared(&self, at_unix_ms: u64, k: &AlarmKey) {
         self.push(AlarmEvent {
             at_unix_ms,
             at: rfc3339(at_unix_ms),
@@ -110,7 +110,7 @@ impl AlarmHistory {
     }
 
     /// The events, oldest first.
-    pub fn snapshot(&self) -> Vec<AlarmEvent> {
+    pub(crate) fn snapshot(&self) -> Vec<AlarmEvent> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 }

@@ -11,7 +11,7 @@
 
 mod history;
 
-pub use history::{AlarmEvent, AlarmEventKind, AlarmHistory};
+pub(crate) use history::{AlarmEvent, AlarmHistory};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,7 +47,8 @@ pub enum AlarmName {
 }
 
 impl AlarmName {
-    pub const ALL: [AlarmName; 5] = [
+    #[cfg(test)]
+    const ALL: [AlarmName; 5] = [
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
         AlarmName::StaleData,
@@ -56,7 +57,7 @@ impl AlarmName {
     ];
 
     /// The operator-facing name, e.g. `MAencryptionMultiMaster`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AlarmName::MultiMaster => "MAencryptionMultiMaster",
             AlarmName::MasterUnreachable => "MAencryptionMasterUnreachable",
@@ -68,7 +69,7 @@ impl AlarmName {
 
     /// How bad it is. Multi-master is critical: archives of one network are split between two
     /// key sets, and whoever downloads keys from one master cannot read the other's records.
-    pub fn severity(self) -> Severity {
+    fn severity(self) -> Severity {
         match self {
             AlarmName::MultiMaster => Severity::Critical,
             AlarmName::MasterUnreachable
@@ -88,7 +89,7 @@ impl fmt::Display for AlarmName {
 /// Severity in the usual telecom order (X.733 perceived severity, without "indeterminate").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     Warning,
     Minor,
     Major,
@@ -113,7 +114,7 @@ pub struct AlarmKey {
     pub name: AlarmName,
     /// The other cluster involved (the conflicting peer, the unreachable master, the removed
     /// slave…). Alarms are always about a relation with one peer.
-    pub about: ClusterId,
+    pub(crate) about: ClusterId,
 }
 
 /// One active alarm as shown to operators.
@@ -121,7 +122,7 @@ pub struct AlarmKey {
 #[serde(deny_unknown_fields)]
 pub struct Alarm {
     pub key: AlarmKey,
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// What is wrong, in the operator's terms.
     pub cause: String,
     /// What the operator should do about it.
@@ -129,7 +130,7 @@ pub struct Alarm {
 }
 
 impl Alarm {
-    pub fn new(
+    pub(crate) fn new(
         name: AlarmName,
         about: ClusterId,
         cause: impl Into<String>,
@@ -143,7 +144,8 @@ impl Alarm {
         }
     }
 
-    pub fn name(&self) -> AlarmName {
+    #[cfg(test)]
+    pub(crate) fn name(&self) -> AlarmName {
         self.key.name
     }
 }
@@ -160,25 +162,28 @@ impl fmt::Display for Alarm {
 
 /// A change of the active alarm set.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AlarmChange {
+pub(crate) enum AlarmChange {
     Raise(Alarm),
     Clear(AlarmKey),
 }
 
 /// The set of active alarms of one cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AlarmRegistry {
+pub(crate) struct AlarmRegistry {
     active: BTreeMap<AlarmKey, Alarm>,
 }
 
 impl AlarmRegistry {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Makes `desired` the active set and returns the changes, clears first, in key order.
     /// An alarm whose cause or remedy text changed is raised again with the new text.
-    pub fn reconcile(&mut self, desired: impl IntoIterator<Item = Alarm>) -> Vec<AlarmChange> {
+    pub(crate) fn reconcile(
+        &mut self,
+        desired: impl IntoIterator<Item = Alarm>,
+    ) -> Vec<AlarmChange> {
         let desired: BTreeMap<AlarmKey, Alarm> =
             desired.into_iter().map(|a| (a.key.clone(), a)).collect();
         let mut changes = Vec::new();
@@ -196,23 +201,21 @@ impl AlarmRegistry {
         changes
     }
 
-    pub fn is_active(&self, name: AlarmName, about: &ClusterId) -> bool {
+    pub(crate) fn is_active(&self, name: AlarmName, about: &ClusterId) -> bool {
         self.active.contains_key(&AlarmKey { name, about: about.clone() })
     }
 
-    pub fn get(&self, name: AlarmName, about: &ClusterId) -> Option<&Alarm> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, name: AlarmName, about: &ClusterId) -> Option<&Alarm> {
         self.active.get(&AlarmKey { name, about: about.clone() })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Alarm> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Alarm> {
         self.active.values()
     }
 
-    pub fn len(&self) -> usize {
-        self.active.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.active.is_empty()
     }
 }

@@ -76,20 +76,20 @@ pub enum Param {
 /// One row as stored (docs/archive.md, "Schema").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRow {
-    pub id: i64,
-    pub message_id: String,
-    pub recipient_key: Vec<u8>,
-    pub ts_ms: i64,
-    pub direction: String,
-    pub encrypted: bool,
-    pub from_idx: Option<Vec<u8>>,
-    pub to_idx: Option<Vec<u8>>,
-    pub room_idx: Option<Vec<u8>>,
-    pub from_addr: Option<String>,
-    pub to_addr: Option<String>,
-    pub room: Option<String>,
-    pub key_version: Option<i32>,
-    pub payload: Vec<u8>,
+    pub(crate) id: i64,
+    pub(crate) message_id: String,
+    pub(crate) recipient_key: Vec<u8>,
+    pub(crate) ts_ms: i64,
+    pub(crate) direction: String,
+    pub(crate) encrypted: bool,
+    pub(crate) from_idx: Option<Vec<u8>>,
+    pub(crate) to_idx: Option<Vec<u8>>,
+    pub(crate) room_idx: Option<Vec<u8>>,
+    pub(crate) from_addr: Option<String>,
+    pub(crate) to_addr: Option<String>,
+    pub(crate) room: Option<String>,
+    pub(crate) key_version: Option<i32>,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// How long a connection, or the probe's question, may take.
@@ -172,7 +172,7 @@ impl Db {
 
     /// As [`Db::connect`], but an SQLite file that does not exist yet is created (the
     /// archiver's open). Servers: the same as `connect`.
-    pub async fn connect_or_create(url: &DbUrl) -> Result<Self, DbError> {
+    pub(crate) async fn connect_or_create(url: &DbUrl) -> Result<Self, DbError> {
         Self::open(url, true).await
     }
 
@@ -198,7 +198,7 @@ impl Db {
             .map_err(|reason| DbError::Connect { kind, at, reason })
     }
 
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         match self {
             Db::Postgres(_) => "PostgreSQL",
             Db::SqlServer(_) => "SQL Server",
@@ -225,7 +225,7 @@ impl Db {
 
     /// What the server says it is, e.g. "PostgreSQL 15.8 …", "Microsoft SQL Server 2022 …" or
     /// "SQLite 3.50.4".
-    pub async fn version(&mut self) -> Result<String, DbError> {
+    async fn version(&mut self) -> Result<String, DbError> {
         match self {
             Db::Postgres(c) => postgres::version(c).await,
             Db::SqlServer(c) => sqlserver::version(c).await,
@@ -320,7 +320,7 @@ pub struct SqlFilter {
 
 impl SqlFilter {
     /// `column IN (values)` as one alternative of a new condition group.
-    pub fn any_of(&mut self, alternatives: Vec<(&str, Vec<Param>)>) {
+    pub(crate) fn any_of(&mut self, alternatives: Vec<(&str, Vec<Param>)>) {
         self.conds.push(
             alternatives
                 .into_iter()
@@ -331,7 +331,7 @@ impl SqlFilter {
     }
 
     /// `column op value`, e.g. `ts_ms >= 5`.
-    pub fn compare(&mut self, column: &str, op: &'static str, value: Param) {
+    pub(crate) fn compare(&mut self, column: &str, op: &'static str, value: Param) {
         self.conds.push(vec![(column.to_owned(), op, vec![value])]);
     }
 

@@ -11,31 +11,23 @@ use sha2::{Digest, Sha256};
 /// Which way a message went, seen from this cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Direction {
+pub(crate) enum Direction {
     Inbound,
     Outbound,
 }
 
 impl Direction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
             Direction::Outbound => "outbound",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "inbound" => Some(Direction::Inbound),
-            "outbound" => Some(Direction::Outbound),
-            _ => None,
         }
     }
 }
 
 /// Why an input line is not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EventError {
+pub(crate) enum EventError {
     #[error("not an IM event: {0}")]
     Json(String),
     #[error("message_id must be 1 to 255 bytes, got {0}")]
@@ -78,19 +70,19 @@ struct RawEvent {
 
 /// One IM event, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub message_id: String,
-    pub from: String,
-    pub to: Vec<String>,
+pub(crate) struct Event {
+    pub(crate) message_id: String,
+    from: String,
+    to: Vec<String>,
     /// Unix milliseconds.
-    pub timestamp_ms: i64,
-    pub direction: Direction,
-    pub body: String,
-    pub room: Option<String>,
+    timestamp_ms: i64,
+    pub(crate) direction: Direction,
+    body: String,
+    room: Option<String>,
 }
 
 /// Longest participant address or room name accepted (RFC 5321's 320 for addresses).
-pub const MAX_ADDRESS: usize = 320;
+const MAX_ADDRESS: usize = 320;
 
 fn check(field: &'static str, s: &str, max: usize) -> Result<(), EventError> {
     if s.trim().is_empty() {
@@ -104,7 +96,7 @@ fn check(field: &'static str, s: &str, max: usize) -> Result<(), EventError> {
 
 impl Event {
     /// Parses one JSON line (docs/archive.md, "Input").
-    pub fn parse(line: &str) -> Result<Self, EventError> {
+    pub(crate) fn parse(line: &str) -> Result<Self, EventError> {
         let r: RawEvent =
             serde_json::from_str(line).map_err(|e| EventError::Json(e.to_string()))?;
         if r.message_id.is_empty() || r.message_id.len() > 255 {
@@ -144,7 +136,7 @@ impl Event {
     }
 
     /// One row per recipient (ad hoc group chat: several).
-    pub fn rows(&self) -> Vec<RowPlain> {
+    pub(crate) fn rows(&self) -> Vec<RowPlain> {
         self.to
             .iter()
             .map(|to| RowPlain {
@@ -164,40 +156,40 @@ impl Event {
 /// opening. Serialized as the record's plaintext (JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RowPlain {
-    pub message_id: String,
-    pub from: String,
-    pub to: String,
+pub(crate) struct RowPlain {
+    pub(crate) message_id: String,
+    pub(crate) from: String,
+    pub(crate) to: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
-    pub timestamp_ms: i64,
-    pub direction: Direction,
-    pub body: String,
+    pub(crate) room: Option<String>,
+    pub(crate) timestamp_ms: i64,
+    pub(crate) direction: Direction,
+    pub(crate) body: String,
 }
 
 /// The normal form of a participant or room before indexing: trimmed, lower case.
-pub fn normalise(s: &str) -> String {
+pub(crate) fn normalise(s: &str) -> String {
     s.trim().to_lowercase()
 }
 
 /// The message whose blind index is stored for a participant (`from`, `to`).
-pub fn participant_message(addr: &str) -> Vec<u8> {
+pub(crate) fn participant_message(addr: &str) -> Vec<u8> {
     [b"participant\0".as_slice(), normalise(addr).as_bytes()].concat()
 }
 
 /// The message whose blind index is stored for a room.
-pub fn room_message(room: &str) -> Vec<u8> {
+pub(crate) fn room_message(room: &str) -> Vec<u8> {
     [b"room\0".as_slice(), normalise(room).as_bytes()].concat()
 }
 
 /// The associated-data metadata of a row's record: binds it to its message id and recipient.
-pub fn record_metadata(message_id: &str, recipient_key: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn record_metadata(message_id: &str, recipient_key: &[u8; 32]) -> Vec<u8> {
     [b"imcrypt archive v1\0".as_slice(), message_id.as_bytes(), b"\0", recipient_key].concat()
 }
 
 /// The recipient key of a plaintext row (encryption off): SHA-256 of the participant message.
 /// Encrypted rows use the recipient's blind index instead.
-pub fn plain_recipient_key(to: &str) -> [u8; 32] {
+pub(crate) fn plain_recipient_key(to: &str) -> [u8; 32] {
     Sha256::digest(participant_message(to)).into()
 }
 

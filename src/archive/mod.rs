@@ -13,22 +13,23 @@
 //! - Accepted events are never dropped (see `writer`); refusals are explicit.
 
 pub mod db;
-pub mod event;
+mod event;
 mod postgres;
-pub mod schema;
-pub mod sqlite;
+mod schema;
+mod sqlite;
 mod sqlserver;
-pub mod url;
+mod url;
 pub mod view;
-pub mod writer;
+mod writer;
 
 use std::path::PathBuf;
 
 pub use db::{Db, DbError, ProbeResult, probe};
-pub use event::{Direction, Event, EventError, RowPlain};
-pub use url::{DEFAULT_DB_URL, DbUrl, redact};
+pub use url::DbUrl;
+pub(crate) use url::{DEFAULT_DB_URL, redact};
 pub use view::{RowFailure, ViewFilter, ViewedRow, view};
-pub use writer::{Ack, Archiver, ArchiverConfig, Counts, Outcome, serve_lines, serve_socket};
+pub use writer::{Ack, Archiver, ArchiverConfig, Outcome};
+pub(crate) use writer::{serve_lines, serve_socket};
 
 /// Why the archiver or the viewer stopped.
 #[derive(Debug, thiserror::Error)]

@@ -5,10 +5,10 @@
 //! (message_id, recipient_key), so inserting a row that is already there changes nothing;
 //! each definition creates only what is missing, so running it again is harmless.
 
-pub const TABLE: &str = "imcrypt_archive";
+pub(crate) const TABLE: &str = "imcrypt_archive";
 
 /// The insert columns, in order.
-pub const COLUMNS: [&str; 13] = [
+pub(crate) const COLUMNS: [&str; 13] = [
     "message_id",
     "recipient_key",
     "ts_ms",
@@ -24,7 +24,7 @@ pub const COLUMNS: [&str; 13] = [
     "payload",
 ];
 
-pub const POSTGRES_SCHEMA: &str = "\
+pub(crate) const POSTGRES_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS imcrypt_archive (
     id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id    VARCHAR(255) NOT NULL,
@@ -48,7 +48,7 @@ CREATE INDEX IF NOT EXISTS imcrypt_archive_room ON imcrypt_archive (room_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_ts ON imcrypt_archive (ts_ms);
 ";
 
-pub const SQLSERVER_SCHEMA: &str = "\
+pub(crate) const SQLSERVER_SCHEMA: &str = "\
 IF OBJECT_ID(N'dbo.imcrypt_archive', N'U') IS NULL
 BEGIN
 CREATE TABLE dbo.imcrypt_archive (

@@ -28,11 +28,11 @@ use super::db::{DbError, Param, ProbeResult, StoredRow};
 use crate::cluster::ComplianceDb;
 
 /// How long a statement waits for another connection's lock before failing as busy.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The archive table and its indexes, as `POSTGRES_SCHEMA` (a STRICT table, so a value of
 /// the wrong type is refused as PostgreSQL refuses it; ids are never reused).
-pub const SQLITE_SCHEMA: &str = "\
+const SQLITE_SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS imcrypt_archive (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT    NOT NULL,
@@ -179,7 +179,7 @@ impl SqliteDb {
         Ok(Self { path: path.to_owned(), conn: Arc::new(Mutex::new(conn)) })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -196,10 +196,11 @@ impl SqliteDb {
         .await
     }
 
+    #[cfg(test)]
     /// The value of a pragma on this connection, e.g. `journal_mode` → `wal`, `synchronous`
     /// → `2` (FULL), `busy_timeout` → `5000`. `name` must be a pragma's name (letters and
     /// underscores).
-    pub async fn pragma(&self, name: &str) -> Result<String, DbError> {
+    async fn pragma(&self, name: &str) -> Result<String, DbError> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
             return Err(DbError::Statement {
                 kind: "SQLite",

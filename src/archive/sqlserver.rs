@@ -13,7 +13,7 @@ use super::db::{DbError, Param, StoredRow, bad};
 use super::schema::SQLSERVER_SCHEMA;
 use super::url::Server;
 
-pub type Client = tiberius::Client<Compat<TcpStream>>;
+pub(crate) type Client = tiberius::Client<Compat<TcpStream>>;
 
 /// Connects to `srv` and logs in. The error is the reason.
 pub(super) async fn connect(srv: &Server) -> Result<Client, String> {

@@ -13,7 +13,7 @@ use crate::cluster::ComplianceDb;
 
 /// The archive `imcrypt archive` and `imcrypt view` use when no `--db` or
 /// `IMCRYPT_ARCHIVE_DB` is given: an SQLite file in the current directory.
-pub const DEFAULT_DB_URL: &str = "sqlite:imcrypt-archive.db";
+pub(crate) const DEFAULT_DB_URL: &str = "sqlite:imcrypt-archive.db";
 
 /// Where the archive lives, parsed from a URL: `postgres://…`, `sqlserver://…`, or
 /// `sqlite:PATH` / `sqlite://PATH` (see [`DbUrl::sqlite`]).
@@ -134,7 +134,7 @@ impl<'de> serde::Deserialize<'de> for DbUrl {
 /// the next `://`, whatever characters the password holds (an `@`, a space, a quote). A URL
 /// without a password is left as it is. Works on one URL as on a message that quotes several
 /// lines; where it cannot tell where a URL ends, it hides more, never less.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
@@ -159,7 +159,7 @@ pub fn redact(text: &str) -> String {
 impl DbUrl {
     /// The SQLite file at `path` (relative to the current directory, or absolute), as
     /// `sqlite:PATH` would give.
-    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn sqlite(path: impl Into<PathBuf>) -> Self {
         let path = path.into();
         Self {
             kind: ComplianceDb::Sqlite,
@@ -177,7 +177,7 @@ impl DbUrl {
     }
 
     /// The URL as given, with a server password replaced by `***`.
-    pub fn redacted(&self) -> String {
+    fn redacted(&self) -> String {
         match self.target {
             Target::File(_) => self.raw.clone(),
             Target::Server(_) => redact(&self.raw),

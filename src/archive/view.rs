@@ -33,33 +33,33 @@ pub struct ViewFilter {
 /// One archived message as the viewer shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ViewedRow {
-    pub id: i64,
+    id: i64,
     pub message_id: String,
-    pub timestamp: String,
-    pub timestamp_ms: i64,
-    pub direction: String,
-    pub from: String,
+    timestamp: String,
+    timestamp_ms: i64,
+    direction: String,
+    from: String,
     pub to: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
+    room: Option<String>,
     pub body: String,
     pub encrypted: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_version: Option<u32>,
+    pub(crate) key_version: Option<u32>,
 }
 
 /// A row that could not be shown, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowFailure {
-    pub id: i64,
+    pub(crate) id: i64,
     pub reason: String,
 }
 
 /// Builds the SQL filter: each participant value becomes its blind index under every key
 /// version of `ring`, or its clear value for rows archived while encryption was off.
-pub fn sql_filter(ring: Option<&KeyRing>, f: &ViewFilter) -> SqlFilter {
+fn sql_filter(ring: Option<&KeyRing>, f: &ViewFilter) -> SqlFilter {
     let ix = ring.map(BlindIndexer::all).unwrap_or_default();
     let mut q = SqlFilter::default();
     let mut add = |idx_col: &str, clear_col: &str, msg: Vec<u8>, value: &str| {
@@ -91,7 +91,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Opens one stored row.
-pub fn open_row(opener: Option<&mut RecordOpener<'_>>, r: &StoredRow) -> Result<ViewedRow, String> {
+fn open_row(opener: Option<&mut RecordOpener<'_>>, r: &StoredRow) -> Result<ViewedRow, String> {
     let (plain, cluster, key_version) = if r.encrypted {
         let opener = opener.ok_or("the row is encrypted and no key ring was given")?;
         let key: [u8; 32] = r
@@ -161,14 +161,14 @@ pub async fn view(
 }
 
 /// Makes text safe for one table cell: control characters escaped.
-pub fn cell(s: &str) -> String {
+pub(crate) fn cell(s: &str) -> String {
     s.chars()
         .flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] })
         .collect()
 }
 
 /// The rows as an aligned text table.
-pub fn table(rows: &[ViewedRow]) -> String {
+pub(crate) fn table(rows: &[ViewedRow]) -> String {
     let head = ["id", "time", "dir", "from", "to", "room", "message id", "body"];
     let data: Vec<[String; 8]> = rows
         .iter()

@@ -36,19 +36,19 @@ use crate::hotpath::{Client, ClientConfig, ClientError, Encrypted};
 /// How the archiver runs (the manual's archiver settings).
 #[derive(Debug, Clone)]
 pub struct ArchiverConfig {
-    pub db: DbUrl,
+    db: DbUrl,
     /// The local daemon's hot-path socket and client settings.
-    pub hotpath: ClientConfig,
+    hotpath: ClientConfig,
     /// Archive outbound messages too (default: inbound only, as the manual's default).
-    pub outbound: bool,
+    pub(crate) outbound: bool,
     /// Rows waiting or being written at most (the manual's "Max Queue Size").
     pub max_queue: usize,
     /// "Block delivery if unable to record": refuse new events while the database is down.
-    pub block_delivery: bool,
+    pub(crate) block_delivery: bool,
     /// Rows per database statement (and per hot-path batch) at most.
-    pub batch_rows: usize,
+    pub(crate) batch_rows: usize,
     /// Pause between reconnection attempts, doubling from `retry_min` to `retry_max`.
-    pub retry_min: Duration,
+    retry_min: Duration,
     pub retry_max: Duration,
 }
 
@@ -87,7 +87,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ack {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
+    message_id: Option<String>,
     pub result: Outcome,
     /// Rows this event wrote (for `archived`: committed now).
     pub rows: usize,
@@ -181,10 +181,6 @@ impl Archiver {
         self.cfg.max_queue.clamp(1, Semaphore::MAX_PERMITS) - self.permits.available_permits()
     }
 
-    pub fn rows_written(&self) -> u64 {
-        self.shared.rows_written.load(Ordering::Relaxed)
-    }
-
     /// Archives one JSON line; resolves when its rows are committed or it is refused.
     pub async fn ingest(&self, line: &str) -> Ack {
         match Event::parse(line) {
@@ -193,7 +189,7 @@ impl Archiver {
         }
     }
 
-    pub async fn ingest_event(&self, ev: Event) -> Ack {
+    async fn ingest_event(&self, ev: Event) -> Ack {
         let id = Some(ev.message_id.clone());
         if ev.direction == Direction::Outbound && !self.cfg.outbound {
             return Ack::new(id, Outcome::Skipped, 0, Some("outbound archiving is off".into()));
@@ -477,12 +473,12 @@ async fn write_loop(
 
 /// Counts of acknowledgements, for the summary.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub archived: u64,
-    pub skipped: u64,
-    pub refused: u64,
-    pub invalid: u64,
-    pub failed: u64,
+pub(crate) struct Counts {
+    pub(crate) archived: u64,
+    pub(crate) skipped: u64,
+    pub(crate) refused: u64,
+    pub(crate) invalid: u64,
+    pub(crate) failed: u64,
 }
 
 impl Counts {
@@ -499,7 +495,7 @@ impl Counts {
 
 /// Reads events (JSON lines) from `input` and writes one acknowledgement line per event to
 /// `output`, in completion order, until `input` ends and every event is answered.
-pub async fn serve_lines(
+pub(crate) async fn serve_lines(
     archiver: Arc<Archiver>,
     input: impl AsyncBufRead + Unpin,
     mut output: impl AsyncWrite + Unpin + Send + 'static,
@@ -531,7 +527,7 @@ pub async fn serve_lines(
 }
 
 /// Accepts connections on a Unix socket at `path`; each is served by `serve_lines`.
-pub async fn serve_socket(archiver: Arc<Archiver>, path: &Path) -> Result<(), ArchiveError> {
+pub(crate) async fn serve_socket(archiver: Arc<Archiver>, path: &Path) -> Result<(), ArchiveError> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(|source| ArchiveError::Listen { path: path.to_owned(), source })?;

@@ -12,68 +12,68 @@ use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::keyring::KeyRing;
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct ArchiveArgs {
+pub(crate) struct ArchiveArgs {
     /// The compliance database: sqlite:PATH (a file, created if missing),
     /// postgres://user:password@host:port/db or sqlserver://user:password@host:port/db. Without
     /// it: the SQLite file imcrypt-archive.db in the current directory. Put passwords in
     /// IMCRYPT_ARCHIVE_DB rather than on the command line.
     #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
-    pub db: String,
+    db: String,
     /// The local daemon's hot-path socket ([hotpath.socket] path in its config).
     #[arg(long)]
-    pub hotpath: PathBuf,
+    hotpath: PathBuf,
     /// Read events from connections on this Unix socket instead of standard input.
     #[arg(long)]
-    pub listen: Option<PathBuf>,
+    listen: Option<PathBuf>,
     /// Archive outbound messages too (default: inbound only).
     #[arg(long)]
-    pub outbound: bool,
+    outbound: bool,
     /// Max Queue Size: rows accepted and not yet written, at most.
     #[arg(long, default_value_t = 100_000)]
-    pub max_queue: usize,
+    max_queue: usize,
     /// Block delivery if unable to record: refuse new events while the database is down.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub block_delivery: bool,
+    block_delivery: bool,
     /// Rows per database transaction (and per hot-path batch), at most.
     #[arg(long, default_value_t = 500)]
-    pub batch: usize,
+    batch: usize,
 }
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct ViewArgs {
+pub(crate) struct ViewArgs {
     /// The compliance database: sqlite:PATH, postgres://user:password@host:port/db or
     /// sqlserver://…. Without it: the SQLite file imcrypt-archive.db in the current directory
     /// (never created by the viewer). Put passwords in IMCRYPT_ARCHIVE_DB rather than on the
     /// command line.
     #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
-    pub db: String,
+    db: String,
     /// The key export downloaded from the master (with --private-key).
     #[arg(long, requires = "private_key", conflicts_with = "keys")]
-    pub export: Option<PathBuf>,
+    export: Option<PathBuf>,
     /// The administrator's RSA private key (PEM) the export is wrapped for.
     #[arg(long, requires = "export")]
-    pub private_key: Option<PathBuf>,
+    private_key: Option<PathBuf>,
     /// Or: the key ring file written by `imcrypt key unwrap`.
     #[arg(long)]
-    pub keys: Option<PathBuf>,
+    keys: Option<PathBuf>,
     /// Only messages from this participant (case-insensitive).
     #[arg(long)]
-    pub from: Option<String>,
+    from: Option<String>,
     /// Only messages to this participant.
     #[arg(long)]
-    pub to: Option<String>,
+    to: Option<String>,
     /// Only messages of this group chat room.
     #[arg(long)]
-    pub room: Option<String>,
+    room: Option<String>,
     /// From this time on: RFC 3339 (2026-01-02T03:04:05Z) or Unix milliseconds.
     #[arg(long, value_parser = parse_time)]
-    pub since: Option<i64>,
+    since: Option<i64>,
     /// Up to this time, inclusive: RFC 3339 or Unix milliseconds.
     #[arg(long, value_parser = parse_time)]
-    pub until: Option<i64>,
+    until: Option<i64>,
     /// How to print the rows: an aligned table, or JSON lines (one object per row).
     #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
-    pub output: Output,
+    output: Output,
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -92,7 +92,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ArchiveError> {
 }
 
 /// `imcrypt archive`.
-pub fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
+pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
     let url: DbUrl = a.db.parse()?;
     let mut cfg = ArchiverConfig::new(url, a.hotpath);
     cfg.outbound = a.outbound;
@@ -142,7 +142,7 @@ fn load_keys(a: &ViewArgs) -> Result<Option<KeyRing>, ArchiveError> {
 }
 
 /// `imcrypt view`.
-pub fn view(a: ViewArgs) -> Result<(), ArchiveError> {
+pub(crate) fn view(a: ViewArgs) -> Result<(), ArchiveError> {
     use std::io::Write;
     let url: DbUrl = a.db.parse()?;
     let ring = load_keys(&a)?;

@@ -20,34 +20,34 @@ use crate::alarm::Alarm;
 use crate::crypto::export::{KeyExport, parse_public_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
 
 /// Connection flags and the output format, shared by every admin subcommand.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Common {
+pub(crate) struct Common {
     #[command(flatten)]
-    pub conn: ConnectArgs,
+    conn: ConnectArgs,
     /// How to print the answer.
     #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
-    pub output: Output,
+    output: Output,
 }
 
 /// Where a password comes from (never argv).
 #[derive(Debug, Clone, clap::Args)]
-pub struct PasswordSource {
+pub(crate) struct PasswordSource {
     /// Read the password from the first line of this file.
     #[arg(long)]
-    pub password_file: Option<PathBuf>,
+    password_file: Option<PathBuf>,
     /// Read the password from the first line of standard input.
     #[arg(long, conflicts_with = "password_file")]
-    pub password_stdin: bool,
+    password_stdin: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum PeersCommand {
+pub(crate) enum PeersCommand {
     /// Add a peer to the running daemon (until restart; see docs/admin.md).
     Add {
         /// The peer's cluster id (the DNS name in its certificate).
@@ -68,7 +68,7 @@ pub enum PeersCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum NodesCommand {
+pub(crate) enum NodesCommand {
     /// Add a node (refused while encryption is on, as the manual requires).
     Add {
         /// The node id, as in `[[nodes]] id`.
@@ -89,7 +89,7 @@ pub enum NodesCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum EncryptionCommand {
+pub(crate) enum EncryptionCommand {
     /// Turn encryption on here: this cluster becomes the master of a new domain.
     Enable {
         /// Also enroll every eligible peer as a slave ("enable on remote clusters").
@@ -123,13 +123,13 @@ pub enum EncryptionCommand {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnOff {
+pub(crate) enum OnOff {
     On,
     Off,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum PasswordCommand {
+pub(crate) enum PasswordCommand {
     /// Change the encryption password: needs the current one.
     Change {
         /// Read the current password from the first line of this file.
@@ -148,7 +148,7 @@ pub enum PasswordCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum KeyCommand {
+pub(crate) enum KeyCommand {
     /// Add a key version on the master and make it primary.
     Rotate {
         #[command(flatten)]
@@ -333,7 +333,7 @@ fn print_peers(peers: &[api::PeerStatus]) {
     }
 }
 
-pub fn status(common: &Common) -> Result<(), CliError> {
+pub(crate) fn status(common: &Common) -> Result<(), CliError> {
     let s: api::Status = call(common, Method::GET, "/v1/status", NO_BODY)?;
     if common.output == Output::Json {
         return print_json(&s);
@@ -367,7 +367,7 @@ pub fn status(common: &Common) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), CliError> {
+pub(crate) fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), CliError> {
     match cmd {
         None => {
             let p: Vec<api::PeerStatus> = call(common, Method::GET, "/v1/peers", NO_BODY)?;
@@ -399,7 +399,7 @@ fn path_segment(s: &str) -> Result<&str, CliError> {
     Ok(s)
 }
 
-pub fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
+pub(crate) fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
     match cmd {
         NodesCommand::Add { id, archiver, common } => {
             let body = api::AddNodeRequest { id, archiver };
@@ -414,7 +414,7 @@ pub fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
     }
 }
 
-pub fn alarms(common: &Common) -> Result<(), CliError> {
+pub(crate) fn alarms(common: &Common) -> Result<(), CliError> {
     let v: api::AlarmsReport = call(common, Method::GET, "/v1/alarms", NO_BODY)?;
     if common.output == Output::Json {
         return print_json(&v);
@@ -430,7 +430,7 @@ pub fn alarms(common: &Common) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
+pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
     match cmd {
         EncryptionCommand::Enable { remote, password, common } => {
             let pw = match (&password.password_file, password.password_stdin) {
@@ -462,7 +462,7 @@ pub fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
     }
 }
 
-pub fn password(cmd: PasswordCommand) -> Result<(), CliError> {
+pub(crate) fn password(cmd: PasswordCommand) -> Result<(), CliError> {
     let PasswordCommand::Change { old_password_file, new_password_file, password_stdin, common } =
         cmd;
     let (old, new) = if password_stdin {
@@ -493,7 +493,7 @@ pub fn password(cmd: PasswordCommand) -> Result<(), CliError> {
     print_done(&common, &v)
 }
 
-pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
+pub(crate) fn key(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Rotate { common } => {
             let v = call(&common, Method::POST, "/v1/keys/rotate", NO_BODY)?;
@@ -565,7 +565,7 @@ pub fn key(cmd: KeyCommand) -> Result<(), CliError> {
 
 // ----- viewer -----------------------------------------------------------------------------
 
-pub fn decrypt(keys: &Path, input: Option<PathBuf>, output: Output) -> Result<(), CliError> {
+pub(crate) fn decrypt(keys: &Path, input: Option<PathBuf>, output: Output) -> Result<(), CliError> {
     let ring = viewer::load_ring(keys)?;
     let reader: Box<dyn BufRead> = match input {
         Some(p) if p.as_os_str() != "-" => Box::new(std::io::BufReader::new(

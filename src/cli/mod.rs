@@ -10,10 +10,10 @@
 //!
 //! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
 
-pub mod archive;
+mod archive;
 use crate::admin::client;
-pub mod commands;
-pub mod viewer;
+mod commands;
+mod viewer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::crypto::export::{PublicKeyError, parse_public_key};
-pub use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand};
+use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,11 +31,11 @@ pub use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand,
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+enum Command {
     /// Run the daemon of one cluster.
     Serve {
         /// The TOML config file (see config/demo/ for examples).
@@ -133,7 +133,7 @@ pub enum Command {
 /// The development PKI is for trying imcrypt; production uses the organisation's CA
 /// (keys/README.md).
 #[derive(Debug, Subcommand)]
-pub enum PkiCommand {
+enum PkiCommand {
     /// Make a development CA (10 years) and one certificate per cluster (1 year, its id as DNS
     /// name).
     Init {
@@ -157,7 +157,7 @@ pub enum PkiCommand {
 
 /// Everything a command can fail with, mapped to an exit code in `exit_code`.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+enum CliError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -195,7 +195,7 @@ pub enum CliError {
 
 impl CliError {
     /// The one place where an error becomes an exit code (see the module documentation).
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> u8 {
         use client::ClientError as C;
         use hyper::StatusCode as S;
         match self {
@@ -256,7 +256,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub fn run(cli: Cli) -> Result<(), CliError> {
+fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Demo { keep } => {

@@ -25,7 +25,7 @@ use crate::crypto::ringfile;
 use crate::store::{self, Existing};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ViewerError {
+pub(crate) enum ViewerError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
@@ -47,7 +47,7 @@ fn read_text(path: &Path) -> Result<zeroize::Zeroizing<String>, ViewerError> {
 }
 
 /// Writes `bytes` to `path` whole or not at all, mode 0600 (`store::write_private`).
-pub fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), ViewerError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), ViewerError> {
     if !force && path.exists() {
         return Err(ViewerError::Exists { path: path.to_owned() });
     }
@@ -62,7 +62,7 @@ pub fn write_private(path: &Path, bytes: &[u8], force: bool) -> Result<(), Viewe
 }
 
 /// `imcrypt key unwrap`: returns the ring it wrote.
-pub fn unwrap(
+pub(crate) fn unwrap(
     export: &Path,
     private_key: &Path,
     out: &Path,
@@ -81,7 +81,7 @@ pub fn unwrap(
 }
 
 /// Reads the key ring file at `path` (`crypto::ringfile`).
-pub fn load_ring(path: &Path) -> Result<KeyRing, ViewerError> {
+pub(crate) fn load_ring(path: &Path) -> Result<KeyRing, ViewerError> {
     ringfile::decode(&read_text(path)?)
         .map_err(|e| ViewerError::NotRing { path: path.to_owned(), reason: e.to_string() })
 }
@@ -100,29 +100,29 @@ struct RecordLine {
 
 /// One decrypted row.
 #[derive(Debug, Clone, Serialize)]
-pub struct Plain {
-    pub row: Value,
-    pub cluster: String,
-    pub key_version: u32,
+pub(crate) struct Plain {
+    pub(crate) row: Value,
+    pub(crate) cluster: String,
+    pub(crate) key_version: u32,
     /// The plaintext, when it is UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plaintext: Option<String>,
+    pub(crate) plaintext: Option<String>,
     /// The plaintext in base64, when it is not UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plaintext_b64: Option<String>,
+    pub(crate) plaintext_b64: Option<String>,
     /// The line's other fields, unchanged.
     #[serde(flatten)]
-    pub other: BTreeMap<String, Value>,
+    other: BTreeMap<String, Value>,
 }
 
 /// A line that could not be decrypted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// 1-based line number.
-    pub line: usize,
+    pub(crate) line: usize,
     /// The row id, or `-` when the line has none (or cannot be parsed).
-    pub row: String,
-    pub reason: String,
+    pub(crate) row: String,
+    pub(crate) reason: String,
 }
 
 fn row_text(v: &Value) -> String {
@@ -133,7 +133,7 @@ fn row_text(v: &Value) -> String {
 }
 
 /// Decrypts one JSON line (line number `n`, 1-based).
-pub fn decrypt_line(opener: &mut RecordOpener<'_>, n: usize, line: &str) -> Result<Plain, Failure> {
+fn decrypt_line(opener: &mut RecordOpener<'_>, n: usize, line: &str) -> Result<Plain, Failure> {
     let fail = |row: String, reason: String| Failure { line: n, row, reason };
     let rec: RecordLine = serde_json::from_str(line)
         .map_err(|e| fail("-".into(), format!("not a record line: {e}")))?;
@@ -160,7 +160,7 @@ pub fn decrypt_line(opener: &mut RecordOpener<'_>, n: usize, line: &str) -> Resu
 
 /// Decrypts every line of `input`; calls `good` for each row that opened and `bad` for each
 /// that did not, in input order. Returns (rows seen, failures).
-pub fn decrypt_all(
+pub(crate) fn decrypt_all(
     ring: &KeyRing,
     input: impl BufRead,
     mut good: impl FnMut(Plain) -> std::io::Result<()>,

@@ -164,7 +164,7 @@ pub enum CommandError {
 /// Why a peer message was refused outright (as opposed to a [`super::RejectReason`], which is
 /// a normal protocol answer). The daemon logs it and drops the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
+pub(crate) enum PeerError {
     #[error("cluster {0} is not a configured peer of this cluster")]
     UnknownPeer(ClusterId),
     #[error("a message claims to come from this cluster itself")]

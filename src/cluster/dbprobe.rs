@@ -20,7 +20,7 @@ use super::state::{ComplianceDb, NodeId, Time};
 
 /// What one probe of a node's compliance database found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DbProbe {
+pub(crate) enum DbProbe {
     /// The database answered and says it is of this kind.
     Reachable { kind: ComplianceDb },
     /// It could not be reached (or did not answer), and why.
@@ -99,7 +99,7 @@ impl DbProbes {
 impl Cluster {
     /// Input: the latest probe of `node`'s compliance database. A probe of a node that is not
     /// one of the cluster's is ignored.
-    pub fn handle_db_probe(&mut self, node: &NodeId, probe: DbProbe, now: Time) {
+    pub(crate) fn handle_db_probe(&mut self, node: &NodeId, probe: DbProbe, now: Time) {
         self.db_probes.record(node, probe, self.state.nodes.keys());
         self.finish(now);
     }
@@ -108,7 +108,8 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{ClusterConfig, Command, Effect, Eligibility, Entropy};
+    use crate::cluster::message::Eligibility;
+    use crate::cluster::{ClusterConfig, Command, Effect, Entropy};
     use crate::ids::ClusterId;
 
     fn alarms(c: &mut Cluster) -> (Vec<AlarmName>, Vec<AlarmName>) {

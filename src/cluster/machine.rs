@@ -99,7 +99,7 @@ impl fmt::Display for PeerRelation {
 
 /// The state machine of one cluster. See the [module documentation](super).
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub(super) config: ClusterConfig,
     pub(super) state: PersistedState,
     pub(super) views: BTreeMap<ClusterId, PeerView>,
@@ -126,14 +126,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// A cluster that was never configured (no nodes, no peers, encryption off).
-    pub fn fresh(config: ClusterConfig, now: Time) -> Self {
+    pub(crate) fn fresh(config: ClusterConfig, now: Time) -> Self {
         let state = PersistedState::new(config.id.clone());
         Self::new(config, state, now).expect("a fresh state is valid")
     }
 
     /// Starts the machine from a persisted state (after a restart). The first effects give
     /// the hot path its key ring and send a hello to every peer.
-    pub fn new(
+    pub(crate) fn new(
         config: ClusterConfig,
         state: PersistedState,
         now: Time,
@@ -177,25 +177,26 @@ impl Cluster {
 
     // ----- read-only accessors -------------------------------------------------------------
 
-    pub fn id(&self) -> &ClusterId {
+    pub(crate) fn id(&self) -> &ClusterId {
         &self.config.id
     }
 
-    pub fn config(&self) -> &ClusterConfig {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &ClusterConfig {
         &self.config
     }
 
     /// The state the daemon persists (also emitted as [`Effect::Persist`] on every change).
-    pub fn state(&self) -> &PersistedState {
+    pub(crate) fn state(&self) -> &PersistedState {
         &self.state
     }
 
-    pub fn role(&self) -> &Role {
+    pub(crate) fn role(&self) -> &Role {
         &self.state.role
     }
 
     /// The role as this cluster announces it to peers.
-    pub fn announced(&self) -> Announced {
+    pub(crate) fn announced(&self) -> Announced {
         match &self.state.role {
             Role::Off { left } => Announced::Off { left: left.clone() },
             Role::Master(m) => Announced::Master { domain: m.state.domain, epoch: m.state.epoch },
@@ -205,25 +206,26 @@ impl Cluster {
         }
     }
 
-    pub fn domain_state(&self) -> Option<&DomainState> {
+    pub(crate) fn domain_state(&self) -> Option<&DomainState> {
         self.state.role.domain_state()
     }
 
-    pub fn key_ring(&self) -> Option<&KeyRing> {
+    pub(crate) fn key_ring(&self) -> Option<&KeyRing> {
         self.domain_state().map(|d| &d.ring)
     }
 
-    pub fn is_master(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_master(&self) -> bool {
         matches!(self.state.role, Role::Master(_))
     }
 
-    pub fn alarms(&self) -> &AlarmRegistry {
+    pub(crate) fn alarms(&self) -> &AlarmRegistry {
         &self.alarms
     }
 
     /// Whether this cluster can encrypt: the archiver runs on every node with a supported
     /// compliance database.
-    pub fn eligibility(&self) -> Eligibility {
+    pub(crate) fn eligibility(&self) -> Eligibility {
         let mut nodes = self.state.nodes.iter();
         let Some(first) = nodes.next() else {
             return Eligibility::NotEligible { reason: "the cluster has no nodes".into() };
@@ -254,7 +256,7 @@ impl Cluster {
     }
 
     /// Why this cluster does not encrypt, in the operator's terms (`None` if it does).
-    pub fn off_reason(&self) -> Option<String> {
+    pub(crate) fn off_reason(&self) -> Option<String> {
         let Role::Off { left } = &self.state.role else { return None };
         if !self.config.capabilities.encryption {
             return Some("this cluster's software does not support encryption".into());
@@ -286,7 +288,7 @@ impl Cluster {
     }
 
     /// How this cluster sees `peer` (`None` if it is not a peer).
-    pub fn peer_relation(&self, peer: &ClusterId) -> Option<PeerRelation> {
+    pub(crate) fn peer_relation(&self, peer: &ClusterId) -> Option<PeerRelation> {
         let view = self.views.get(peer)?;
         let Some(hello) = &view.hello else { return Some(PeerRelation::NotHeardFrom) };
         if let Some(why) = self.conflict_with(peer, &hello.role) {
@@ -313,9 +315,10 @@ impl Cluster {
         })
     }
 
+    #[cfg(test)]
     /// Checks that a key download is allowed here, without doing it: only on the master. The
     /// error names the master when this cluster is a slave.
-    pub fn may_download_keys(&self) -> Result<(), CommandError> {
+    pub(crate) fn may_download_keys(&self) -> Result<(), CommandError> {
         self.master_state("key download").map(|_| ())
     }
 
@@ -323,20 +326,20 @@ impl Cluster {
     /// the next hello (when there are peers), the moment the master becomes unreachable (not
     /// again once that alarm is raised), or when the primary key is due for rotation (at once
     /// when a hot path wore it out).
-    pub fn poll_timeout(&self) -> Option<Time> {
+    pub(crate) fn poll_timeout(&self) -> Option<Time> {
         let hello = (!self.views.is_empty()).then_some(self.next_hello);
         [hello, self.unreachable_deadline(), self.rotation_deadline()].into_iter().flatten().min()
     }
 
     /// The next effect to carry out, in order.
-    pub fn poll_effect(&mut self) -> Option<Effect> {
+    pub(crate) fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
     // ----- inputs --------------------------------------------------------------------------
 
     /// Runs one administrator command. On error nothing changed.
-    pub fn handle_command(
+    pub(crate) fn handle_command(
         &mut self,
         cmd: Command,
         now: Time,
@@ -370,7 +373,7 @@ impl Cluster {
 
     /// Handles one message from peer `from` (its identity is the name in its TLS
     /// certificate, checked by the transport).
-    pub fn handle_peer_message(
+    pub(crate) fn handle_peer_message(
         &mut self,
         from: &ClusterId,
         msg: PeerMessage,
@@ -396,7 +399,7 @@ impl Cluster {
     /// Lets time pass: periodic hellos, the master-unreachable alarm, and automatic key
     /// rotation on the master when [`Cluster::rotation_due`] says so (the new key comes from
     /// `entropy`, which is not used otherwise).
-    pub fn handle_timeout(&mut self, now: Time, entropy: Entropy) {
+    pub(crate) fn handle_timeout(&mut self, now: Time, entropy: Entropy) {
         if let Some(why) = self.rotation_due(now) {
             self.log(LogLevel::Info, format!("rotating the key automatically: {why}"));
             if let Err(e) = self.transaction(|c| c.rotate(now, entropy)) {
@@ -410,7 +413,7 @@ impl Cluster {
     /// Input: the hot path sealed 0.9·2^32 records under `version` here. A slave tells its
     /// master in its next hello (sent at once); a master rotates at its next timeout, which
     /// [`Cluster::poll_timeout`] makes due at once.
-    pub fn handle_worn_out(&mut self, version: KeyVersion, now: Time) {
+    pub(crate) fn handle_worn_out(&mut self, version: KeyVersion, now: Time) {
         if self.worn_out != Some(version) {
             self.worn_out = Some(version);
             self.next_hello = now;
@@ -454,7 +457,7 @@ impl Cluster {
     /// has reached 0.9·2^32 seals on this cluster or on a slave (each cluster counts its own
     /// record key), or is older than `rotate_after`. [`Cluster::handle_timeout`] then rotates;
     /// a report about an older version (already rotated) is ignored.
-    pub fn rotation_due(&self, now: Time) -> Option<String> {
+    pub(crate) fn rotation_due(&self, now: Time) -> Option<String> {
         let Role::Master(m) = &self.state.role else { return None };
         let ring = &m.state.ring;
         let primary = ring.primary_version();

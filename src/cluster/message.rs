@@ -16,7 +16,7 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 /// One message from a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum PeerMessage {
+pub(crate) enum PeerMessage {
     /// Who I am and what I hold. Sent when a peer is added, whenever the role or epoch
     /// changes, and every hello interval. Carries no key material.
     Hello(Hello),
@@ -30,8 +30,9 @@ pub enum PeerMessage {
 }
 
 impl PeerMessage {
+    #[cfg(test)]
     /// True for the only message kind that carries key material.
-    pub fn carries_keys(&self) -> bool {
+    pub(crate) fn carries_keys(&self) -> bool {
         matches!(self, PeerMessage::State(_))
     }
 }
@@ -39,27 +40,27 @@ impl PeerMessage {
 /// The hello of one cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Hello {
+pub(crate) struct Hello {
     /// Grows with every hello the sender sends; a receiver ignores a hello not newer than the
     /// last one it accepted from that sender (reordering cannot bring back an old role).
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The sender has no hello from the receiver (just added, or just restarted): answer with
     /// a hello at once instead of waiting for the next interval.
-    pub want_reply: bool,
-    pub capabilities: Capabilities,
-    pub eligibility: Eligibility,
-    pub role: Announced,
+    pub(crate) want_reply: bool,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) eligibility: Eligibility,
+    pub(crate) role: Announced,
     /// The sender sealed 0.9·2^32 records under this (its primary) key version: AES-GCM with
     /// random nonces allows 2^32 per key, so its master should rotate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation_needed: Option<KeyVersion>,
+    pub(crate) rotation_needed: Option<KeyVersion>,
 }
 
 /// Whether a cluster can encrypt its archive: the archiver must run on every node with a
 /// supported compliance database.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Eligibility {
+pub(crate) enum Eligibility {
     Eligible,
     /// Why not, in the operator's terms (e.g. "node n2 has no archiver database").
     NotEligible {
@@ -68,7 +69,7 @@ pub enum Eligibility {
 }
 
 impl Eligibility {
-    pub fn is_eligible(&self) -> bool {
+    pub(crate) fn is_eligible(&self) -> bool {
         matches!(self, Eligibility::Eligible)
     }
 }
@@ -76,7 +77,7 @@ impl Eligibility {
 /// The role as announced in a hello (no key material).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Announced {
+pub(crate) enum Announced {
     Off {
         /// The last domain this cluster left and why, if any.
         left: Option<Tombstone>,
@@ -94,14 +95,14 @@ pub enum Announced {
 
 impl Announced {
     /// The domain this role encrypts for, if any.
-    pub fn domain(&self) -> Option<DomainId> {
+    pub(crate) fn domain(&self) -> Option<DomainId> {
         match self {
             Announced::Off { .. } => None,
             Announced::Master { domain, .. } | Announced::Slave { domain, .. } => Some(*domain),
         }
     }
 
-    pub fn is_master(&self) -> bool {
+    pub(crate) fn is_master(&self) -> bool {
         matches!(self, Announced::Master { .. })
     }
 }
@@ -121,16 +122,16 @@ impl fmt::Display for Announced {
 /// Why a cluster refused a domain state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Rejection {
-    pub domain: DomainId,
+pub(crate) struct Rejection {
+    pub(crate) domain: DomainId,
     /// The epoch of the refused state.
-    pub epoch: Epoch,
-    pub reason: RejectReason,
+    pub(crate) epoch: Epoch,
+    pub(crate) reason: RejectReason,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum RejectReason {
+pub(crate) enum RejectReason {
     #[error("it is itself master of domain {domain}")]
     IsMaster { domain: DomainId },
     #[error("it is a slave of cluster {master} in domain {domain}")]

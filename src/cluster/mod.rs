@@ -14,7 +14,8 @@
 //! The daemon applies effects **in order**, and a [`Effect::Persist`] must be durable before
 //! the effects after it are carried out (so a slave never holds an epoch its master lost).
 //!
-//! Invariants (each is asserted by the simulator in [`sim`] over random networks):
+//! Invariants (each is asserted by the simulator in `sim`, a test-only module, over random
+//! networks):
 //! 1. a cluster holds the key material of at most one domain;
 //! 2. a slave's epoch for its domain never decreases (no rollback, no replay);
 //! 3. once the network is quiet, every slave whose master is its peer holds exactly the
@@ -35,34 +36,33 @@ mod reconcile;
 mod rules;
 mod state;
 
-pub mod sim;
+#[cfg(test)]
+mod sim;
 
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, CommandError, Outcome, PeerError};
-pub use dbprobe::DbProbe;
-pub use machine::{Cluster, PeerRelation, StateError};
-pub use message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
-pub use reconcile::{Refusal, Wanted};
-pub use state::{
-    BadArchiver, BadNodeId, Capabilities, ClusterConfig, ComplianceDb, DomainState, Entropy,
-    LeaveReason, MAX_TOMBSTONES, MasterState, NodeId, PersistedState, Role, STATE_FORMAT,
-    StaleSlave, Time, Tombstone,
-};
+pub(crate) use command::PeerError;
+pub use command::{Command, CommandError, Outcome};
+pub(crate) use dbprobe::DbProbe;
+pub(crate) use machine::{Cluster, PeerRelation, StateError};
+pub(crate) use message::PeerMessage;
+pub(crate) use reconcile::Wanted;
+pub use state::ComplianceDb;
+pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role, Time};
 
 use crate::alarm::{Alarm, AlarmKey};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::ClusterId;
 
 /// The exact log line written when a cluster starts encrypting (operators grep for it).
-pub const LOG_ENCRYPTION_ENABLED: &str = "Encryption enabled";
+const LOG_ENCRYPTION_ENABLED: &str = "Encryption enabled";
 /// The exact log line written when a cluster stops encrypting.
-pub const LOG_ENCRYPTION_DISABLED: &str = "Encryption disabled";
+const LOG_ENCRYPTION_DISABLED: &str = "Encryption disabled";
 
 /// Something the daemon must do on behalf of the state machine.
 #[derive(Clone, Debug)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Send `msg` to peer `to` (best effort: the protocol tolerates loss, duplicates, reorder).
     Send {
         to: ClusterId,
@@ -89,14 +89,14 @@ pub enum Effect {
 
 /// How important a log line is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Info,
     Warn,
 }
 
 /// One line for the operator's log. Never contains key material or passwords.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogLine {
-    pub level: LogLevel,
-    pub text: String,
+pub(crate) struct LogLine {
+    pub(crate) level: LogLevel,
+    pub(crate) text: String,
 }

@@ -20,19 +20,19 @@ use super::state::{ComplianceDb, NodeId, Time};
 
 /// The nodes and peers the configuration file names.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Wanted {
+pub(crate) struct Wanted {
     /// Each node with its archiver database (`None`: no archiver configured).
-    pub nodes: Vec<(NodeId, Option<ComplianceDb>)>,
+    pub(crate) nodes: Vec<(NodeId, Option<ComplianceDb>)>,
     /// Each peer with the `host:port` of its intercluster listener.
-    pub peers: Vec<(ClusterId, String)>,
+    pub(crate) peers: Vec<(ClusterId, String)>,
 }
 
 /// A change of the configuration that the machine refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// The change in the operator's terms, e.g. "add node n3".
-    pub change: String,
-    pub reason: CommandError,
+    pub(crate) change: String,
+    pub(crate) reason: CommandError,
 }
 
 impl fmt::Display for Refusal {
@@ -44,7 +44,7 @@ impl fmt::Display for Refusal {
 impl Cluster {
     /// Input: the configuration file's nodes and peers (at start). Returns the changes that
     /// were refused; everything else now matches `wanted`.
-    pub fn reconcile(&mut self, wanted: &Wanted, now: Time) -> Vec<Refusal> {
+    pub(crate) fn reconcile(&mut self, wanted: &Wanted, now: Time) -> Vec<Refusal> {
         let mut refused = Vec::new();
         let mut apply =
             |c: &mut Self, change: String, f: &dyn Fn(&mut Self) -> Result<(), CommandError>| {

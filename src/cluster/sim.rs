@@ -27,46 +27,47 @@ use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, Password};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
+use super::message::{Announced, Hello};
+use super::state::LeaveReason;
 use super::{
-    Announced, Capabilities, Cluster, ClusterConfig, Command, CommandError, ComplianceDb, Effect,
-    Entropy, Hello, LeaveReason, LogLine, NodeId, Outcome, PeerMessage, PersistedState, Role, Time,
-    Wanted,
+    Capabilities, Cluster, ClusterConfig, Command, CommandError, ComplianceDb, Effect, Entropy,
+    LogLine, NodeId, Outcome, PeerMessage, PersistedState, Role, Time, Wanted,
 };
 
 /// The two passwords the simulator uses (a master alternates between them on change).
-pub const PASSWORDS: [&str; 2] = ["Correct-Horse-Battery-1", "Staple-Purple-Monkey-2"];
+pub(crate) const PASSWORDS: [&str; 2] = ["Correct-Horse-Battery-1", "Staple-Purple-Monkey-2"];
 
 /// One message in flight.
 #[derive(Clone, Debug)]
-pub struct Envelope {
-    pub from: ClusterId,
-    pub to: ClusterId,
-    pub msg: PeerMessage,
+pub(crate) struct Envelope {
+    pub(crate) from: ClusterId,
+    pub(crate) to: ClusterId,
+    pub(crate) msg: PeerMessage,
 }
 
 /// One simulated cluster and what its daemon would have carried out.
 #[derive(Debug)]
-pub struct SimCluster {
-    pub machine: Cluster,
+pub(crate) struct SimCluster {
+    pub(crate) machine: Cluster,
     /// The last state the machine asked to persist (what a restart starts from).
-    pub disk: PersistedState,
+    pub(crate) disk: PersistedState,
     /// The ring the hot path uses.
-    pub hot_ring: Option<KeyRing>,
-    pub logs: Vec<LogLine>,
+    pub(crate) hot_ring: Option<KeyRing>,
+    pub(crate) logs: Vec<LogLine>,
     /// Alarms as raised and cleared by effects.
-    pub alarms: BTreeMap<AlarmKey, Alarm>,
-    pub downloads: Vec<KeyRing>,
+    pub(crate) alarms: BTreeMap<AlarmKey, Alarm>,
+    pub(crate) downloads: Vec<KeyRing>,
     /// The peers whose transport link is up (`Effect::LinkUp` / `LinkDown`).
-    pub links: BTreeSet<ClusterId>,
+    links: BTreeSet<ClusterId>,
 }
 
 /// Settings for every cluster of a network.
 #[derive(Clone, Debug)]
-pub struct SimSettings {
-    pub iterations: Iterations,
-    pub hello_interval: Duration,
-    pub master_unreachable_after: Duration,
-    pub rotate_after: Option<Duration>,
+pub(crate) struct SimSettings {
+    pub(crate) iterations: Iterations,
+    pub(crate) hello_interval: Duration,
+    pub(crate) master_unreachable_after: Duration,
+    pub(crate) rotate_after: Option<Duration>,
 }
 
 impl Default for SimSettings {
@@ -83,7 +84,7 @@ impl Default for SimSettings {
 /// One step of a random scenario (what the property test generates). Cluster and message
 /// indices are taken modulo the number of clusters / messages in flight.
 #[derive(Clone, Debug)]
-pub enum Op {
+pub(crate) enum Op {
     Enable {
         at: usize,
         remote: bool,
@@ -110,7 +111,7 @@ pub enum Op {
 
 /// The simulated network.
 #[derive(Debug)]
-pub struct Network {
+pub(crate) struct Network {
     settings: SimSettings,
     clusters: BTreeMap<ClusterId, SimCluster>,
     in_flight: Vec<Envelope>,
@@ -132,12 +133,12 @@ impl Default for Network {
 }
 
 /// A cluster id from a short name; panics on an invalid name (test helper).
-pub fn cid(name: &str) -> ClusterId {
+pub(crate) fn cid(name: &str) -> ClusterId {
     ClusterId::new(name).expect("valid cluster name")
 }
 
 impl Network {
-    pub fn new(settings: SimSettings) -> Self {
+    pub(crate) fn new(settings: SimSettings) -> Self {
         Self {
             settings,
             clusters: BTreeMap::new(),
@@ -152,7 +153,7 @@ impl Network {
     }
 
     /// `n` eligible clusters named `c0`, `c1`, … each with two nodes archiving to SQL Server.
-    pub fn with_clusters(n: usize) -> Self {
+    pub(crate) fn with_clusters(n: usize) -> Self {
         let mut net = Self::default();
         for i in 0..n {
             net.add_cluster(&format!("c{i}"));
@@ -172,13 +173,13 @@ impl Network {
     }
 
     /// Adds an eligible cluster with nodes `n1` and `n2` archiving to SQL Server.
-    pub fn add_cluster(&mut self, name: &str) -> ClusterId {
+    pub(crate) fn add_cluster(&mut self, name: &str) -> ClusterId {
         let db = Some(ComplianceDb::SqlServer);
         self.add_cluster_with(name, Capabilities::CURRENT, &[("n1", db.clone()), ("n2", db)])
     }
 
     /// Adds a cluster with the given software and nodes.
-    pub fn add_cluster_with(
+    pub(crate) fn add_cluster_with(
         &mut self,
         name: &str,
         capabilities: Capabilities,
@@ -207,52 +208,61 @@ impl Network {
         id
     }
 
-    pub fn ids(&self) -> Vec<ClusterId> {
+    pub(crate) fn ids(&self) -> Vec<ClusterId> {
         self.clusters.keys().cloned().collect()
     }
 
-    pub fn now(&self) -> Time {
+    pub(crate) fn now(&self) -> Time {
         self.now
     }
 
-    pub fn get(&self, id: &ClusterId) -> &SimCluster {
+    pub(crate) fn get(&self, id: &ClusterId) -> &SimCluster {
         &self.clusters[id]
     }
 
-    pub fn cluster(&self, id: &ClusterId) -> &Cluster {
+    pub(crate) fn cluster(&self, id: &ClusterId) -> &Cluster {
         &self.clusters[id].machine
     }
 
-    pub fn in_flight(&self) -> &[Envelope] {
+    pub(crate) fn in_flight(&self) -> &[Envelope] {
         &self.in_flight
     }
 
     /// Failed invariants so far (empty in a correct implementation).
-    pub fn violations(&self) -> &[String] {
+    pub(crate) fn violations(&self) -> &[String] {
         &self.violations
     }
 
-    pub fn alarm_active(&self, at: &ClusterId, name: AlarmName, about: &ClusterId) -> bool {
+    pub(crate) fn alarm_active(&self, at: &ClusterId, name: AlarmName, about: &ClusterId) -> bool {
         self.clusters[at].alarms.contains_key(&AlarmKey { name, about: about.clone() })
     }
 
-    pub fn alarm(&self, at: &ClusterId, name: AlarmName, about: &ClusterId) -> Option<&Alarm> {
+    pub(crate) fn alarm(
+        &self,
+        at: &ClusterId,
+        name: AlarmName,
+        about: &ClusterId,
+    ) -> Option<&Alarm> {
         self.clusters[at].alarms.get(&AlarmKey { name, about: about.clone() })
     }
 
-    pub fn logged(&self, at: &ClusterId, line: &str) -> usize {
+    pub(crate) fn logged(&self, at: &ClusterId, line: &str) -> usize {
         self.clusters[at].logs.iter().filter(|l| l.text == line).count()
     }
 
     /// The password currently set on master `m` (as the simulator set it).
-    pub fn password_of(&self, m: &ClusterId) -> Password {
+    fn password_of(&self, m: &ClusterId) -> Password {
         Password::new(PASSWORDS[self.passwords.get(m).copied().unwrap_or(0)])
     }
 
     // ----- driving ---------------------------------------------------------------------------
 
     /// Runs an administrator command on `at` with fresh deterministic entropy.
-    pub fn command(&mut self, at: &ClusterId, cmd: Command) -> Result<Outcome, CommandError> {
+    pub(crate) fn command(
+        &mut self,
+        at: &ClusterId,
+        cmd: Command,
+    ) -> Result<Outcome, CommandError> {
         self.entropy_seed += 1;
         let entropy = Entropy::from_seed(self.entropy_seed);
         let pw_change = match &cmd {
@@ -283,7 +293,7 @@ impl Network {
     }
 
     /// `at`'s hot path reports that it used `version` up to 0.9·2^32 seals.
-    pub fn report_worn_out(&mut self, at: &ClusterId, version: KeyVersion) {
+    pub(crate) fn report_worn_out(&mut self, at: &ClusterId, version: KeyVersion) {
         let now = self.now;
         self.clusters.get_mut(at).expect("known cluster").machine.handle_worn_out(version, now);
         self.drain(at);
@@ -295,13 +305,13 @@ impl Network {
     }
 
     /// Peers `a` and `b` (both sides, as operators configure both ends).
-    pub fn peer(&mut self, a: &ClusterId, b: &ClusterId) {
+    pub(crate) fn peer(&mut self, a: &ClusterId, b: &ClusterId) {
         let _ = self.command(a, Command::AddPeer { peer: b.clone(), address: Self::address_of(b) });
         let _ = self.command(b, Command::AddPeer { peer: a.clone(), address: Self::address_of(a) });
     }
 
     /// Removes the peering between `a` and `b` on both sides.
-    pub fn unpeer(&mut self, a: &ClusterId, b: &ClusterId) {
+    pub(crate) fn unpeer(&mut self, a: &ClusterId, b: &ClusterId) {
         let _ = self.command(a, Command::RemovePeer { peer: b.clone() });
         let _ = self.command(b, Command::RemovePeer { peer: a.clone() });
         self.delivered_hellos.remove(&(a.clone(), b.clone()));
@@ -309,7 +319,7 @@ impl Network {
     }
 
     /// Peers every pair of the given clusters.
-    pub fn peer_all(&mut self, ids: &[ClusterId]) {
+    pub(crate) fn peer_all(&mut self, ids: &[ClusterId]) {
         for (i, a) in ids.iter().enumerate() {
             for b in &ids[i + 1..] {
                 self.peer(a, b);
@@ -318,7 +328,7 @@ impl Network {
     }
 
     /// Delivers message `i` of the bag (taken out of it).
-    pub fn deliver(&mut self, i: usize) {
+    fn deliver(&mut self, i: usize) {
         if self.in_flight.is_empty() {
             return;
         }
@@ -327,7 +337,7 @@ impl Network {
     }
 
     /// Drops message `i` of the bag.
-    pub fn drop_message(&mut self, i: usize) {
+    fn drop_message(&mut self, i: usize) {
         if !self.in_flight.is_empty() {
             let n = self.in_flight.len();
             self.in_flight.remove(i % n);
@@ -335,7 +345,7 @@ impl Network {
     }
 
     /// Puts a copy of message `i` at the end of the bag.
-    pub fn duplicate(&mut self, i: usize) {
+    fn duplicate(&mut self, i: usize) {
         if !self.in_flight.is_empty() {
             let env = self.in_flight[i % self.in_flight.len()].clone();
             self.in_flight.push(env);
@@ -343,7 +353,7 @@ impl Network {
     }
 
     /// Delivers everything in flight, oldest first, including what the deliveries cause.
-    pub fn deliver_all(&mut self) {
+    pub(crate) fn deliver_all(&mut self) {
         let mut budget = 100_000;
         while !self.in_flight.is_empty() && budget > 0 {
             budget -= 1;
@@ -357,24 +367,19 @@ impl Network {
 
     /// Puts a message into the network as if `env.from` had sent it (to test what a receiver
     /// does with a message a correct sender would not send).
-    pub fn inject(&mut self, env: Envelope) {
+    pub(crate) fn inject(&mut self, env: Envelope) {
         self.in_flight.push(env);
     }
 
     /// Takes out of the network every message for which `pick` is true, and returns them.
-    pub fn take(&mut self, mut pick: impl FnMut(&Envelope) -> bool) -> Vec<Envelope> {
+    pub(crate) fn take(&mut self, mut pick: impl FnMut(&Envelope) -> bool) -> Vec<Envelope> {
         let (taken, kept) = std::mem::take(&mut self.in_flight).into_iter().partition(|e| pick(e));
         self.in_flight = kept;
         taken
     }
 
-    /// Drops everything in flight.
-    pub fn drop_all(&mut self) {
-        self.in_flight.clear();
-    }
-
     /// Lets `d` pass and runs every cluster's timers.
-    pub fn advance(&mut self, d: Duration) {
+    pub(crate) fn advance(&mut self, d: Duration) {
         self.now = self.now.after(d);
         for id in self.ids() {
             self.timeout(&id);
@@ -390,13 +395,13 @@ impl Network {
     }
 
     /// Restarts `id`'s daemon from its persisted state, with the given software.
-    pub fn restart_with(&mut self, id: &ClusterId, capabilities: Capabilities) {
+    pub(crate) fn restart_with(&mut self, id: &ClusterId, capabilities: Capabilities) {
         let disk = self.clusters[id].disk.clone();
         self.restart_from(id, disk, capabilities);
     }
 
     /// Restarts `id`'s daemon from `state` (e.g. an old backup), with the given software.
-    pub fn restart_from(
+    pub(crate) fn restart_from(
         &mut self,
         id: &ClusterId,
         state: PersistedState,
@@ -421,13 +426,13 @@ impl Network {
     }
 
     /// Restarts `id`'s daemon from its persisted state, running current software.
-    pub fn restart(&mut self, id: &ClusterId) {
+    pub(crate) fn restart(&mut self, id: &ClusterId) {
         self.restart_with(id, Capabilities::CURRENT);
     }
 
     /// Delivers everything, then lets hello rounds pass until nothing changes any more: the
     /// network is quiet. Records a violation if it never gets quiet.
-    pub fn settle(&mut self) {
+    pub(crate) fn settle(&mut self) {
         self.deliver_all();
         let mut calm_rounds = 0;
         for _ in 0..30 {
@@ -450,7 +455,7 @@ impl Network {
     }
 
     /// Applies one random-scenario step.
-    pub fn apply(&mut self, op: &Op) {
+    pub(crate) fn apply(&mut self, op: &Op) {
         let ids = self.ids();
         let n = ids.len();
         let at = |i: usize| ids[i % n].clone();
@@ -657,7 +662,7 @@ impl Network {
 
     /// Checks the properties of a quiet network (call after [`Network::settle`]); returns the
     /// failures.
-    pub fn check_quiet(&self) -> Vec<String> {
+    pub(crate) fn check_quiet(&self) -> Vec<String> {
         let mut bad = Vec::new();
         let peered = |a: &ClusterId, b: &ClusterId| {
             self.clusters[a].machine.state().peers.contains(b)
@@ -729,7 +734,7 @@ impl Network {
 
 /// The ground truth of a conflicting peering: both encrypt, in two domains or as two masters;
 /// a slave and its own (former) master are a stale-data matter, not a multi-master one.
-pub fn conflict(a: &Cluster, b: &Cluster) -> bool {
+fn conflict(a: &Cluster, b: &Cluster) -> bool {
     let (ra, rb) = (a.announced(), b.announced());
     let (Some(da), Some(db)) = (ra.domain(), rb.domain()) else { return false };
     let slave_of =
@@ -747,7 +752,7 @@ fn strip_seq(s: &PersistedState) -> PersistedState {
 }
 
 /// The set of clusters that hold keys of `domain` (for assertions).
-pub fn holders(net: &Network, domain: DomainId) -> BTreeSet<ClusterId> {
+pub(crate) fn holders(net: &Network, domain: DomainId) -> BTreeSet<ClusterId> {
     net.ids()
         .into_iter()
         .filter(|id| net.cluster(id).domain_state().is_some_and(|d| d.domain == domain))

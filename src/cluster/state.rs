@@ -25,28 +25,28 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-pub struct Time(pub u64);
+pub(crate) struct Time(pub u64);
 
 impl Time {
-    pub const fn from_unix_millis(ms: u64) -> Self {
+    pub(crate) const fn from_unix_millis(ms: u64) -> Self {
         Self(ms)
     }
 
-    pub fn unix_millis(self) -> u64 {
+    pub(crate) fn unix_millis(self) -> u64 {
         self.0
     }
 
     /// Whole seconds since the Unix epoch (what key versions record as their creation time).
-    pub fn unix_secs(self) -> u64 {
+    pub(crate) fn unix_secs(self) -> u64 {
         self.0 / 1000
     }
 
-    pub fn after(self, d: Duration) -> Self {
+    pub(crate) fn after(self, d: Duration) -> Self {
         Self(self.0.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     }
 
     /// How long from `earlier` to `self` (zero if `earlier` is later).
-    pub fn since(self, earlier: Time) -> Duration {
+    pub(crate) fn since(self, earlier: Time) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 }
@@ -61,20 +61,21 @@ impl fmt::Display for Time {
 /// The daemon fills it from the OS CSPRNG ([`Entropy::from_os`]); tests and the simulator use
 /// [`Entropy::from_seed`]. Commands that need none simply ignore it.
 #[derive(Clone)]
-pub struct Entropy {
-    pub key: Zeroizing<[u8; 32]>,
-    pub domain: [u8; 16],
-    pub salt: [u8; 16],
+pub(crate) struct Entropy {
+    pub(crate) key: Zeroizing<[u8; 32]>,
+    pub(crate) domain: [u8; 16],
+    pub(crate) salt: [u8; 16],
 }
 
 impl Entropy {
-    pub fn from_os() -> Self {
+    pub(crate) fn from_os() -> Self {
         use crate::crypto::random::{new_key, os_bytes};
         Self { key: new_key(), domain: os_bytes(), salt: os_bytes() }
     }
 
+    #[cfg(test)]
     /// Deterministic bytes derived from `seed` (SHA-256 based). Tests and simulation only.
-    pub fn from_seed(seed: u64) -> Self {
+    pub(crate) fn from_seed(seed: u64) -> Self {
         use sha2::{Digest, Sha256};
         let block = |tag: u8| {
             let mut h = Sha256::new();
@@ -112,17 +113,13 @@ impl NodeId {
     /// A node name: 1 to 253 ASCII letters, digits, `.`, `_` and `-` (an FQDN or a short
     /// name), so that it is one path segment of the admin API as it is, and the CLI can name
     /// every node the daemon accepts.
-    pub fn new(s: impl Into<String>) -> Result<Self, BadNodeId> {
+    pub(crate) fn new(s: impl Into<String>) -> Result<Self, BadNodeId> {
         let s = s.into();
         let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
         if s.is_empty() || s.len() > 253 || !s.chars().all(allowed) {
             return Err(BadNodeId(s));
         }
         Ok(Self(s))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 
@@ -178,13 +175,13 @@ pub enum BadArchiver {
 }
 
 impl ComplianceDb {
-    pub fn is_supported(&self) -> bool {
+    pub(crate) fn is_supported(&self) -> bool {
         !matches!(self, ComplianceDb::Unsupported(_))
     }
 
     /// A node's `archiver` setting: `"none"` is no archiver, anything else a database
     /// (see [`FromStr`](std::str::FromStr)). The config file and the admin API both use this.
-    pub fn parse_archiver(s: &str) -> Result<Option<ComplianceDb>, BadArchiver> {
+    pub(crate) fn parse_archiver(s: &str) -> Result<Option<ComplianceDb>, BadArchiver> {
         match s {
             "none" => Ok(None),
             other => other.parse().map(Some),
@@ -224,48 +221,49 @@ impl fmt::Display for ComplianceDb {
 /// What this build of the software can do; exchanged in every hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Capabilities {
+pub(crate) struct Capabilities {
     /// The software supports archive encryption at all (older versions do not).
-    pub encryption: bool,
+    pub(crate) encryption: bool,
     /// Version of the peer protocol spoken.
-    pub protocol: u32,
+    protocol: u32,
 }
 
 impl Capabilities {
-    pub const PROTOCOL: u32 = 1;
+    const PROTOCOL: u32 = 1;
 
     /// What this build supports.
-    pub const CURRENT: Capabilities = Capabilities { encryption: true, protocol: Self::PROTOCOL };
+    pub(crate) const CURRENT: Capabilities =
+        Capabilities { encryption: true, protocol: Self::PROTOCOL };
 
     /// A peer running software that predates encryption.
-    pub const LEGACY: Capabilities = Capabilities { encryption: false, protocol: 0 };
+    pub(crate) const LEGACY: Capabilities = Capabilities { encryption: false, protocol: 0 };
 }
 
 /// Settings of one cluster that come from its configuration file, not from the replicated
 /// state. Validated by the daemon when it loads the file.
 #[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    pub id: ClusterId,
-    pub capabilities: Capabilities,
+pub(crate) struct ClusterConfig {
+    pub(crate) id: ClusterId,
+    pub(crate) capabilities: Capabilities,
     /// PBKDF2 iterations for new password records (600,000 by default).
-    pub iterations: Iterations,
+    pub(crate) iterations: Iterations,
     /// How often each peer is sent a hello even when nothing changed.
-    pub hello_interval: Duration,
+    pub(crate) hello_interval: Duration,
     /// How long a slave tolerates silence from its master before raising
     /// `MAencryptionMasterUnreachable`.
-    pub master_unreachable_after: Duration,
+    pub(crate) master_unreachable_after: Duration,
     /// On the master: rotate the key once the primary version is older than this.
-    pub rotate_after: Option<Duration>,
+    pub(crate) rotate_after: Option<Duration>,
 }
 
 impl ClusterConfig {
     /// `peer.hello_interval` when the config file does not say: the one source of this
     /// default (the config loader and docs/operations.md follow it; a test checks the docs).
-    pub const DEFAULT_HELLO_INTERVAL: Duration = Duration::from_secs(10);
+    pub(crate) const DEFAULT_HELLO_INTERVAL: Duration = Duration::from_secs(10);
     /// `peer.master_unreachable_after` when the config file does not say.
-    pub const DEFAULT_MASTER_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
+    pub(crate) const DEFAULT_MASTER_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
 
-    pub fn new(id: ClusterId) -> Self {
+    pub(crate) fn new(id: ClusterId) -> Self {
         Self {
             id,
             capabilities: Capabilities::CURRENT,
@@ -281,26 +279,26 @@ impl ClusterConfig {
 /// holds an exact copy of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DomainState {
-    pub domain: DomainId,
-    pub master: ClusterId,
+pub(crate) struct DomainState {
+    pub(crate) domain: DomainId,
+    pub(crate) master: ClusterId,
     /// Bumped by the master on every change of this state.
-    pub epoch: Epoch,
-    pub ring: KeyRing,
+    pub(crate) epoch: Epoch,
+    pub(crate) ring: KeyRing,
     /// The master's password record (hash only), so that a slave can check the master's
     /// password for a slave-side disable without ever holding the password.
-    pub password: PasswordRecord,
+    pub(crate) password: PasswordRecord,
     /// "Enable on remote clusters": eligible peers are enrolled as slaves.
-    pub remote: bool,
+    pub(crate) remote: bool,
     /// The epoch at which "enable on remote clusters" was last switched on. A cluster that
     /// left the domain on its own administrator's decision rejoins only after that.
-    pub remote_since: Epoch,
+    pub(crate) remote_since: Epoch,
 }
 
 /// Why a cluster stopped being part of a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LeaveReason {
+pub(crate) enum LeaveReason {
     /// The master disabled encryption: the domain no longer exists.
     DomainDisabled,
     /// The master switched "enable on remote clusters" off.
@@ -313,28 +311,28 @@ pub enum LeaveReason {
 /// keeps the tombstones of its domains so that slaves that were unreachable learn it later.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Tombstone {
-    pub domain: DomainId,
-    pub master: ClusterId,
+pub(crate) struct Tombstone {
+    pub(crate) domain: DomainId,
+    pub(crate) master: ClusterId,
     /// Higher than every epoch of the domain's live state.
-    pub epoch: Epoch,
-    pub reason: LeaveReason,
+    pub(crate) epoch: Epoch,
+    pub(crate) reason: LeaveReason,
 }
 
 /// The master's own state: the domain it replicates and what only the master knows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MasterState {
-    pub state: DomainState,
+pub(crate) struct MasterState {
+    pub(crate) state: DomainState,
     /// The newest key version included in a key download since the last key change. Disable
     /// is refused while the current key set was not downloaded (unless explicitly forced).
-    pub downloaded_through: Option<KeyVersion>,
+    pub(crate) downloaded_through: Option<KeyVersion>,
 }
 
 /// The encryption role of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Role {
+pub(crate) enum Role {
     /// Not encrypting. `left` remembers the last domain this cluster left and why, so that
     /// the master does not undo a local decision and stale state is never accepted again.
     Off {
@@ -346,7 +344,7 @@ pub enum Role {
 
 impl Role {
     /// The domain state this cluster holds, if it encrypts.
-    pub fn domain_state(&self) -> Option<&DomainState> {
+    pub(crate) fn domain_state(&self) -> Option<&DomainState> {
         match self {
             Role::Off { .. } => None,
             Role::Master(m) => Some(&m.state),
@@ -359,43 +357,43 @@ impl Role {
 /// disables encryption there or peers it again.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StaleSlave {
-    pub domain: DomainId,
-    pub epoch: Epoch,
+pub(crate) struct StaleSlave {
+    pub(crate) domain: DomainId,
+    pub(crate) epoch: Epoch,
 }
 
 /// Everything a cluster must remember across restarts. The daemon seals it with the node key
 /// and writes it crash-safely whenever the machine emits [`super::Effect::Persist`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PersistedState {
+pub(crate) struct PersistedState {
     /// Format of this structure; refused if unknown.
-    pub format: u32,
-    pub cluster: ClusterId,
+    pub(crate) format: u32,
+    pub(crate) cluster: ClusterId,
     /// The cluster's nodes and the compliance database each one archives to (`None`: the
     /// archiver is not configured on that node).
-    pub nodes: BTreeMap<NodeId, Option<ComplianceDb>>,
-    pub peers: BTreeSet<ClusterId>,
-    pub role: Role,
+    pub(crate) nodes: BTreeMap<NodeId, Option<ComplianceDb>>,
+    pub(crate) peers: BTreeSet<ClusterId>,
+    pub(crate) role: Role,
     /// Tombstones of the domains this cluster was master of (newest last, at most
     /// [`MAX_TOMBSTONES`]).
-    pub tombstones: Vec<Tombstone>,
+    pub(crate) tombstones: Vec<Tombstone>,
     /// Former slaves removed from the peers without disabling.
-    pub stale_slaves: BTreeMap<ClusterId, StaleSlave>,
+    pub(crate) stale_slaves: BTreeMap<ClusterId, StaleSlave>,
     /// The sequence number of the last hello sent (hellos older than the newest one seen are
     /// ignored by the receiver, so a reordered network cannot bring back an old role).
-    pub hello_seq: u64,
+    pub(crate) hello_seq: u64,
 }
 
-pub const STATE_FORMAT: u32 = 1;
+pub(crate) const STATE_FORMAT: u32 = 1;
 
 /// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
 /// domains covers any realistic history of disable/enable cycles.
-pub const MAX_TOMBSTONES: usize = 64;
+pub(crate) const MAX_TOMBSTONES: usize = 64;
 
 impl PersistedState {
     /// The state of a cluster that was never configured: no nodes, no peers, encryption off.
-    pub fn new(cluster: ClusterId) -> Self {
+    pub(crate) fn new(cluster: ClusterId) -> Self {
         Self {
             format: STATE_FORMAT,
             cluster,

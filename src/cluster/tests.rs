@@ -6,6 +6,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::sim::{Envelope, Network, Op, PASSWORDS, cid, holders};
+use super::state::{LeaveReason, Tombstone};
 use super::*;
 use crate::alarm::AlarmName;
 use crate::crypto::password::Password;

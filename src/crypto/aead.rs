@@ -10,9 +10,9 @@ use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
-pub const KEY_LEN: usize = 32;
-pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
+const KEY_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// Which AES-256-GCM implementation seals and opens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -22,10 +22,10 @@ use super::mac::hmac_sha256;
 use crate::ids::{DomainId, KeyVersion};
 
 /// The HKDF info prefix of the index key (22 ASCII bytes, no terminator).
-pub const INDEX_KEY_INFO: &[u8] = b"imcrypt blind index v1";
+const INDEX_KEY_INFO: &[u8] = b"imcrypt blind index v1";
 
 /// Computes blind indexes under one domain key version.
-pub struct BlindIndexer {
+pub(crate) struct BlindIndexer {
     version: KeyVersion,
     key: Zeroizing<[u8; 32]>,
 }
@@ -37,11 +37,7 @@ impl std::fmt::Debug for BlindIndexer {
 }
 
 /// Derives the index key of one version (see the module documentation).
-pub fn index_key(
-    domain: DomainId,
-    version: KeyVersion,
-    domain_key: &[u8; 32],
-) -> Zeroizing<[u8; 32]> {
+fn index_key(domain: DomainId, version: KeyVersion, domain_key: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(domain.as_bytes()), domain_key);
     let mut okm = Zeroizing::new([0u8; 32]);
     hk.expand_multi_info(&[INDEX_KEY_INFO, &version.get().to_be_bytes()], &mut okm[..])
@@ -51,13 +47,13 @@ pub fn index_key(
 
 impl BlindIndexer {
     /// The indexer of the ring's primary version (what new rows use).
-    pub fn primary(ring: &KeyRing) -> Self {
+    pub(crate) fn primary(ring: &KeyRing) -> Self {
         let p = ring.primary();
         Self { version: p.version(), key: index_key(ring.domain(), p.version(), p.bytes()) }
     }
 
     /// One indexer per version the ring holds (what a viewer searches with).
-    pub fn all(ring: &KeyRing) -> Vec<Self> {
+    pub(crate) fn all(ring: &KeyRing) -> Vec<Self> {
         ring.keys()
             .map(|k| Self {
                 version: k.version(),
@@ -66,11 +62,11 @@ impl BlindIndexer {
             .collect()
     }
 
-    pub fn version(&self) -> KeyVersion {
+    pub(crate) fn version(&self) -> KeyVersion {
         self.version
     }
 
-    pub fn index(&self, message: &[u8]) -> [u8; 32] {
+    pub(crate) fn index(&self, message: &[u8]) -> [u8; 32] {
         hmac_sha256(&self.key[..], message)
     }
 }

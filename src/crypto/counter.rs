@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The NIST limit: invocations of one key with random 96-bit nonces.
 pub const HARD_LIMIT: u64 = 1 << 32;
 /// The count at which this cluster asks the master for a new key version (0.9·2^32).
-pub const ROTATE_AT: u64 = HARD_LIMIT * 9 / 10;
+const ROTATE_AT: u64 = HARD_LIMIT * 9 / 10;
 /// How many invocations one on-disk reservation covers.
 pub const BLOCK: u64 = 1 << 20;
 
@@ -43,7 +43,7 @@ pub struct InvocationCounter {
 
 impl InvocationCounter {
     /// A counter restored after a (re)start: everything reserved before is taken as used.
-    pub fn resume(persisted_reservation: u64) -> Self {
+    pub(crate) fn resume(persisted_reservation: u64) -> Self {
         Self {
             used: AtomicU64::new(persisted_reservation),
             reserved: AtomicU64::new(persisted_reservation),
@@ -66,7 +66,7 @@ impl InvocationCounter {
     /// Counts `n` invocations in one atomic operation (a whole batch), all or nothing: fails
     /// when the batch does not fit in the reservation or under the hard limit. Like `take`,
     /// a failed call still counts.
-    pub fn take_many(&self, n: u64) -> Result<u64, CounterError> {
+    pub(crate) fn take_many(&self, n: u64) -> Result<u64, CounterError> {
         let start = self.used.fetch_add(n, Ordering::Relaxed);
         let end = start.saturating_add(n);
         if end > HARD_LIMIT {
@@ -80,7 +80,7 @@ impl InvocationCounter {
 
     /// The reservation to persist next, once less than half a block is left; `None` while
     /// there is plenty. Persist it, then call `commit_reservation` with it.
-    pub fn reservation_due(&self) -> Option<u64> {
+    pub(crate) fn reservation_due(&self) -> Option<u64> {
         let used = self.used.load(Ordering::Relaxed);
         let reserved = self.reserved.load(Ordering::Acquire);
         if reserved >= HARD_LIMIT || reserved.saturating_sub(used) > BLOCK / 2 {
@@ -98,11 +98,12 @@ impl InvocationCounter {
         self.used.load(Ordering::Relaxed).min(HARD_LIMIT)
     }
 
-    pub fn reserved(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn reserved(&self) -> u64 {
         self.reserved.load(Ordering::Acquire)
     }
 
-    pub fn rotation_needed(&self) -> bool {
+    pub(crate) fn rotation_needed(&self) -> bool {
         self.used() >= ROTATE_AT
     }
 }

@@ -25,11 +25,11 @@ use zeroize::Zeroizing;
 use super::keyring::{DomainKey, KeyRing, KeyRingError};
 use crate::ids::{DomainId, KeyVersion};
 
-pub const FORMAT: &str = "imcrypt-key-export";
-pub const FORMAT_VERSION: u32 = 1;
-pub const WRAPPING: &str = "RSA-OAEP-SHA256-MGF1-SHA256";
-pub const MIN_BITS: u32 = 2048;
-pub const KCV_LABEL: &[u8] = b"imcrypt key check value v1";
+const FORMAT: &str = "imcrypt-key-export";
+const FORMAT_VERSION: u32 = 1;
+const WRAPPING: &str = "RSA-OAEP-SHA256-MGF1-SHA256";
+const MIN_BITS: u32 = 2048;
+const KCV_LABEL: &[u8] = b"imcrypt key check value v1";
 const RSA_ENCRYPTION_OID: &str = "1.2.840.113549.1.1.1";
 
 /// Why a public key is refused.
@@ -100,7 +100,7 @@ impl Recipient {
     }
 
     /// SHA-256 of the SubjectPublicKeyInfo DER, as `openssl pkey -pubin -outform DER | sha256sum`.
-    pub fn fingerprint_hex(&self) -> String {
+    pub(crate) fn fingerprint_hex(&self) -> String {
         hex::encode(self.fingerprint)
     }
 }
@@ -164,13 +164,13 @@ pub fn check_value(key: &[u8; 32]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyExport {
-    pub format: String,
-    pub format_version: u32,
-    pub domain: DomainId,
-    pub primary_version: KeyVersion,
-    pub wrapping: String,
+    format: String,
+    format_version: u32,
+    pub(crate) domain: DomainId,
+    pub(crate) primary_version: KeyVersion,
+    wrapping: String,
     pub recipient_sha256: String,
-    pub exported_at: String,
+    exported_at: String,
     pub keys: Vec<ExportedKey>,
 }
 
@@ -178,11 +178,11 @@ pub struct KeyExport {
 #[serde(deny_unknown_fields)]
 pub struct ExportedKey {
     pub version: KeyVersion,
-    pub created_at: String,
-    pub created_unix: u64,
+    created_at: String,
+    created_unix: u64,
     /// RSA-OAEP ciphertext of the 32 key bytes, base64 (standard alphabet, padded).
     pub wrapped_key: String,
-    pub check_value: String,
+    check_value: String,
 }
 
 fn rfc3339(unix: u64) -> String {

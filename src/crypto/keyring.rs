@@ -43,11 +43,11 @@ impl DomainKey {
         Self { version, created_unix, bytes }
     }
 
-    pub fn version(&self) -> KeyVersion {
+    pub(crate) fn version(&self) -> KeyVersion {
         self.version
     }
 
-    pub fn created_unix(&self) -> u64 {
+    pub(crate) fn created_unix(&self) -> u64 {
         self.created_unix
     }
 
@@ -138,7 +138,7 @@ impl KeyRing {
         &self.keys[&self.primary]
     }
 
-    pub fn newest(&self) -> KeyVersion {
+    pub(crate) fn newest(&self) -> KeyVersion {
         *self.keys.keys().next_back().expect("a key ring is never empty")
     }
 
@@ -146,11 +146,11 @@ impl KeyRing {
         self.keys.get(&v).ok_or(KeyRingError::UnknownVersion { domain: self.domain, version: v })
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &DomainKey> {
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &DomainKey> {
         self.keys.values()
     }
 
-    pub fn versions(&self) -> impl Iterator<Item = KeyVersion> + '_ {
+    pub(crate) fn versions(&self) -> impl Iterator<Item = KeyVersion> + '_ {
         self.keys.keys().copied()
     }
 }

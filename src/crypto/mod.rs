@@ -5,7 +5,7 @@
 //! derived record key) or wrapped (RSA-OAEP); they are zeroized on drop and redacted in `Debug`.
 
 pub mod aead;
-pub mod blind;
+pub(crate) mod blind;
 pub mod counter;
 pub mod export;
 pub mod keyring;
@@ -13,5 +13,5 @@ pub mod mac;
 pub mod password;
 pub mod random;
 pub mod record;
-pub mod ringfile;
+pub(crate) mod ringfile;
 pub mod seal;

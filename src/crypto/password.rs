@@ -17,12 +17,12 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-pub const MIN_LEN: usize = 12;
-pub const MAX_LEN: usize = 128;
-pub const DEFAULT_ITERATIONS: u32 = 600_000;
-pub const MIN_ITERATIONS: u32 = 100_000;
-pub const SALT_LEN: usize = 16;
-pub const HASH_LEN: usize = 32;
+const MIN_LEN: usize = 12;
+const MAX_LEN: usize = 128;
+const DEFAULT_ITERATIONS: u32 = 600_000;
+const MIN_ITERATIONS: u32 = 100_000;
+const SALT_LEN: usize = 16;
+const HASH_LEN: usize = 32;
 
 /// Which rule of the password policy a candidate broke. The message names the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,24 +44,26 @@ pub enum PolicyError {
 
 /// An iteration count that respects the floor, or was explicitly made weak for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Iterations(u32);
+pub(crate) struct Iterations(u32);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("PBKDF2 iteration count {0} is below the minimum of {MIN_ITERATIONS}")]
-pub struct IterationsTooLow(pub u32);
+pub(crate) struct IterationsTooLow(pub u32);
 
 impl Iterations {
-    pub fn new(n: u32) -> Result<Self, IterationsTooLow> {
+    pub(crate) fn new(n: u32) -> Result<Self, IterationsTooLow> {
         if n < MIN_ITERATIONS { Err(IterationsTooLow(n)) } else { Ok(Self(n)) }
     }
 
+    #[cfg(test)]
     /// Any count at all, so test suites need not spend 0.08 s per hash. Never for production.
     #[doc(hidden)]
-    pub fn insecure_for_tests(n: u32) -> Self {
+    pub(crate) fn insecure_for_tests(n: u32) -> Self {
         Self(n.max(1))
     }
 
-    pub fn get(self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn get(self) -> u32 {
         self.0
     }
 }
@@ -81,7 +83,7 @@ impl Password {
         Self(Zeroizing::new(s.into()))
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
 }
@@ -94,7 +96,10 @@ impl fmt::Debug for Password {
 
 /// Checks the complexity rules for a new password. `current`, when given, is the record the
 /// new password must differ from (this costs one PBKDF2 computation).
-pub fn check_policy(new: &Password, current: Option<&PasswordRecord>) -> Result<(), PolicyError> {
+pub(crate) fn check_policy(
+    new: &Password,
+    current: Option<&PasswordRecord>,
+) -> Result<(), PolicyError> {
     let s: &str = &new.0;
     let n = s.chars().count();
     if n < MIN_LEN {
@@ -128,7 +133,7 @@ pub fn check_policy(new: &Password, current: Option<&PasswordRecord>) -> Result<
 /// can check the master's password (slave-side disable) without ever holding the password.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PasswordRecord {
+pub(crate) struct PasswordRecord {
     #[serde(with = "hex::serde")]
     salt: [u8; SALT_LEN],
     iterations: u32,
@@ -138,19 +143,19 @@ pub struct PasswordRecord {
 
 impl PasswordRecord {
     /// Hashes `password` with a salt the caller drew from the OS CSPRNG.
-    pub fn create(password: &Password, salt: [u8; SALT_LEN], iterations: Iterations) -> Self {
+    pub(crate) fn create(
+        password: &Password,
+        salt: [u8; SALT_LEN],
+        iterations: Iterations,
+    ) -> Self {
         let hash = derive(password, &salt, iterations.0);
         Self { salt, iterations: iterations.0, hash: *hash }
     }
 
     /// True when `candidate` is the password; the comparison is constant-time.
-    pub fn verify(&self, candidate: &Password) -> bool {
+    pub(crate) fn verify(&self, candidate: &Password) -> bool {
         let h = derive(candidate, &self.salt, self.iterations);
         h.ct_eq(&self.hash).into()
-    }
-
-    pub fn iterations(&self) -> u32 {
-        self.iterations
     }
 }
 

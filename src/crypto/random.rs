@@ -15,12 +15,12 @@ use super::aead::NONCE_LEN;
 /// Fills `buf` from the operating system's CSPRNG.
 ///
 /// Panics if the OS has no entropy source at all: nothing in imcrypt can run safely then.
-pub fn fill_os(buf: &mut [u8]) {
+fn fill_os(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random source is unavailable");
 }
 
 /// `N` fresh bytes from the OS CSPRNG.
-pub fn os_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn os_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     fill_os(&mut b);
     b
@@ -34,7 +34,7 @@ pub fn new_key() -> Zeroizing<[u8; 32]> {
 }
 
 /// Nonces drawn from ChaCha20 before the generator is reseeded from the OS.
-pub const RESEED_EVERY: u32 = 1 << 20;
+const RESEED_EVERY: u32 = 1 << 20;
 
 /// A per-thread source of random 96-bit nonces.
 pub struct NonceSource {
@@ -53,7 +53,7 @@ impl NonceSource {
         Self { rng: ChaCha20Rng::from_seed(seed), left: u32::MAX }
     }
 
-    pub fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
+    pub(crate) fn next_nonce(&mut self) -> [u8; NONCE_LEN] {
         if self.left == 0 {
             let seed = Zeroizing::new(os_bytes::<32>());
             self.rng = ChaCha20Rng::from_seed(*seed);

@@ -33,10 +33,10 @@ use super::keyring::KeyRing;
 use super::random::NonceSource;
 use crate::ids::{ClusterId, DomainId, KeyVersion};
 
-pub const FORMAT_V1: u8 = 0x01;
+const FORMAT_V1: u8 = 0x01;
 pub const RECORD_KEY_INFO: &[u8] = b"imcrypt record key v1";
 /// Bytes a record adds to its plaintext, besides the cluster id.
-pub const FIXED_OVERHEAD: usize = 1 + 4 + 1 + NONCE_LEN + TAG_LEN;
+pub(crate) const FIXED_OVERHEAD: usize = 1 + 4 + 1 + NONCE_LEN + TAG_LEN;
 
 /// Why a record cannot be sealed or opened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,10 +68,10 @@ pub struct RecordHeader<'a> {
     pub key_version: KeyVersion,
     pub cluster: &'a str,
     /// Header bytes 0..6+L, as they enter the associated data.
-    pub raw: &'a [u8],
-    pub nonce: &'a [u8; NONCE_LEN],
+    raw: &'a [u8],
+    nonce: &'a [u8; NONCE_LEN],
     /// Ciphertext followed by the 16-byte tag.
-    pub body: &'a [u8],
+    body: &'a [u8],
 }
 
 impl<'a> RecordHeader<'a> {
@@ -164,11 +164,11 @@ impl RecordSealer {
         }
     }
 
-    pub fn domain(&self) -> DomainId {
+    pub(crate) fn domain(&self) -> DomainId {
         self.domain
     }
 
-    pub fn key_version(&self) -> KeyVersion {
+    pub(crate) fn key_version(&self) -> KeyVersion {
         self.version
     }
 
@@ -193,7 +193,7 @@ impl RecordSealer {
     /// Counts a batch of `n` records in one operation; the permit then seals exactly that
     /// many without touching the shared counter again (no cache-line contention between
     /// workers per record).
-    pub fn take_batch(&self, n: usize) -> Result<BatchPermit<'_>, RecordError> {
+    pub(crate) fn take_batch(&self, n: usize) -> Result<BatchPermit<'_>, RecordError> {
         self.counter.take_many(n as u64)?;
         Ok(BatchPermit { sealer: self, left: n })
     }
@@ -210,7 +210,7 @@ impl RecordSealer {
     }
 
     /// The length of the record for a plaintext of `n` bytes.
-    pub fn sealed_len(&self, n: usize) -> usize {
+    fn sealed_len(&self, n: usize) -> usize {
         self.header.len() + NONCE_LEN + n + TAG_LEN
     }
 
@@ -258,7 +258,7 @@ impl RecordSealer {
 
 /// The right to seal a counted batch; see `RecordSealer::take_batch`.
 #[derive(Debug)]
-pub struct BatchPermit<'s> {
+pub(crate) struct BatchPermit<'s> {
     sealer: &'s RecordSealer,
     left: usize,
 }
@@ -266,7 +266,7 @@ pub struct BatchPermit<'s> {
 impl BatchPermit<'_> {
     /// Appends one sealed record to `out`. Panics beyond the counted number of records: that
     /// would seal uncounted, which the counter exists to prevent.
-    pub fn seal_into(
+    pub(crate) fn seal_into(
         &mut self,
         nonces: &mut NonceSource,
         metadata: &[u8],

@@ -12,21 +12,21 @@ use zeroize::Zeroizing;
 
 use super::keyring::KeyRing;
 
-pub const FORMAT: &str = "imcrypt-key-ring";
-pub const FORMAT_VERSION: u32 = 1;
+const FORMAT: &str = "imcrypt-key-ring";
+const FORMAT_VERSION: u32 = 1;
 
 /// The document as it is on disk.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RingFile {
-    pub format: String,
-    pub format_version: u32,
-    pub ring: KeyRing,
+struct RingFile {
+    format: String,
+    format_version: u32,
+    ring: KeyRing,
 }
 
 /// Why bytes are not a key ring file this build reads.
 #[derive(Debug, thiserror::Error)]
-pub enum RingFileError {
+pub(crate) enum RingFileError {
     #[error("{0}")]
     Json(#[from] serde_json::Error),
     #[error(
@@ -37,7 +37,7 @@ pub enum RingFileError {
 }
 
 /// The file's bytes for `ring`: pretty JSON and a final newline.
-pub fn encode(ring: &KeyRing) -> Zeroizing<Vec<u8>> {
+pub(crate) fn encode(ring: &KeyRing) -> Zeroizing<Vec<u8>> {
     let file =
         RingFile { format: FORMAT.into(), format_version: FORMAT_VERSION, ring: ring.clone() };
     let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("serializes"));
@@ -46,7 +46,7 @@ pub fn encode(ring: &KeyRing) -> Zeroizing<Vec<u8>> {
 }
 
 /// The ring in a key ring file's text.
-pub fn decode(text: &str) -> Result<KeyRing, RingFileError> {
+pub(crate) fn decode(text: &str) -> Result<KeyRing, RingFileError> {
     let f: RingFile = serde_json::from_str(text)?;
     if f.format != FORMAT || f.format_version != FORMAT_VERSION {
         return Err(RingFileError::Version { found: f.format, version: f.format_version });

@@ -41,7 +41,7 @@ pub struct Control(pub(super) mpsc::Sender<Input>);
 
 impl Control {
     /// Runs `cmd`; answered once its effects are carried out (its state change is on disk).
-    pub async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
+    pub(crate) async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.0.send(Input::Command { cmd, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?

@@ -28,7 +28,7 @@ use super::Control;
 use crate::admin::RequestError;
 
 /// How long a clean shutdown waits for the tasks (the hot path's drain is shorter).
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// A running daemon. Stop it with `shutdown` (clean) or `kill` (as `kill -9`); dropping the
 /// handle aborts its tasks like `kill` but does not wait for them.
@@ -49,10 +49,6 @@ pub(super) async fn until_shutdown(shutdown: CancellationToken, task: impl Futur
 }
 
 impl DaemonHandle {
-    pub fn id(&self) -> &ClusterId {
-        &self.id
-    }
-
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }
@@ -74,7 +70,7 @@ impl DaemonHandle {
         self.control.command(cmd).await
     }
 
-    pub async fn status(&self) -> Result<api::Status, RequestError> {
+    pub(crate) async fn status(&self) -> Result<api::Status, RequestError> {
         self.control.status().await
     }
 
@@ -90,12 +86,12 @@ impl DaemonHandle {
 
     /// Stops at once, as `kill -9` would: whatever was not yet written is lost, and nothing
     /// that was written is.
-    pub async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         self.tasks.shutdown().await;
     }
 
     /// Waits until a task ends on its own (the core stopped, e.g. after a failed write).
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         self.tasks.join_next().await;
     }
 }

@@ -22,7 +22,7 @@ mod probe;
 mod start;
 mod status;
 
-pub use control::Control;
-pub use error::DaemonError;
+pub(crate) use control::Control;
+pub(crate) use error::DaemonError;
 pub use handle::DaemonHandle;
 pub use start::start;

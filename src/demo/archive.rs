@@ -16,13 +16,13 @@ use crate::archive::db::StoredRow;
 use crate::archive::{Archiver, ArchiverConfig, Db, DbUrl, Outcome};
 
 /// The ad hoc group chat of the story; its messages have three recipients each.
-pub const ROOM: &str = "acme-deal";
+pub(crate) const ROOM: &str = "acme-deal";
 
 /// 2026-11-30T09:00:00Z: the story's messages are one minute apart from here.
 const START_MS: i64 = 1_796_029_200_000;
 
 /// One IM event as a router hands it over: (message id, from, to, room, body).
-pub type Message =
+pub(crate) type Message =
     (&'static str, &'static str, &'static [&'static str], Option<&'static str>, &'static str);
 
 const ALICE: &str = "alice@example.com";
@@ -31,7 +31,7 @@ const CAROL: &str = "carol@example.com";
 const DAVE: &str = "dave@example.com";
 
 /// Before the rotation: 1:1 chats on b, the group chat on c.
-pub const BEFORE: [(&str, &[Message]); 2] = [
+pub(crate) const BEFORE: [(&str, &[Message]); 2] = [
     (
         "b",
         &[
@@ -54,7 +54,7 @@ pub const BEFORE: [(&str, &[Message]); 2] = [
 ];
 
 /// After the rotation: the same people go on talking.
-pub const AFTER: [(&str, &[Message]); 2] = [
+pub(crate) const AFTER: [(&str, &[Message]); 2] = [
     (
         "b",
         &[
@@ -79,7 +79,7 @@ pub const AFTER: [(&str, &[Message]); 2] = [
 ];
 
 /// Every body of the story, to show that none of them is in the database file.
-pub fn bodies() -> impl Iterator<Item = &'static str> {
+pub(crate) fn bodies() -> impl Iterator<Item = &'static str> {
     BEFORE.iter().chain(AFTER.iter()).flat_map(|(_, ms)| ms.iter().map(|m| m.4))
 }
 
@@ -100,8 +100,8 @@ fn event_line(i: usize, (id, from, to, room, body): &Message) -> String {
 }
 
 /// One cluster's archiver, listening for its router on a Unix socket.
-pub struct ClusterArchiver {
-    pub socket: PathBuf,
+pub(crate) struct ClusterArchiver {
+    pub(crate) socket: PathBuf,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -113,7 +113,7 @@ impl Drop for ClusterArchiver {
 
 /// Starts the archiver of a cluster whose hot path is at `hotpath`, writing to `db`, listening
 /// at `socket` (as `imcrypt archive --db URL --hotpath SOCK --listen SOCKET` does).
-pub async fn start_archiver(
+pub(crate) async fn start_archiver(
     db: &DbUrl,
     hotpath: &Path,
     socket: PathBuf,
@@ -136,14 +136,18 @@ pub async fn start_archiver(
 
 /// What a router learned from the acknowledgements of one batch.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Routed {
-    pub messages: usize,
-    pub rows: usize,
+pub(crate) struct Routed {
+    pub(crate) messages: usize,
+    pub(crate) rows: usize,
 }
 
 /// A router: sends `messages` (numbered from `first` for their timestamps) to the archiver at
 /// `socket`, one JSON line each, and reads one acknowledgement per message.
-pub async fn route(socket: &Path, first: usize, messages: &[Message]) -> Result<Routed, LabError> {
+pub(crate) async fn route(
+    socket: &Path,
+    first: usize,
+    messages: &[Message],
+) -> Result<Routed, LabError> {
     let step = |reason: String| LabError::Step { step: "router", reason };
     let stream = tokio::net::UnixStream::connect(socket)
         .await
@@ -178,7 +182,7 @@ pub async fn route(socket: &Path, first: usize, messages: &[Message]) -> Result<
 }
 
 /// Every stored row, as a database administrator's `SELECT * FROM imcrypt_archive` returns it.
-pub async fn all_rows(db: &DbUrl) -> Result<Vec<StoredRow>, LabError> {
+pub(crate) async fn all_rows(db: &DbUrl) -> Result<Vec<StoredRow>, LabError> {
     let mut conn = Db::connect(db).await.map_err(crate::archive::ArchiveError::from)?;
     Ok(conn.select(&Default::default()).await.map_err(crate::archive::ArchiveError::from)?)
 }
@@ -193,7 +197,7 @@ fn or_null<T>(v: &Option<T>, f: impl Fn(&T) -> String) -> String {
 }
 
 /// One row's columns as a DBA's client would list them, binary shortened.
-pub fn dba_columns(r: &StoredRow) -> Vec<(&'static str, String)> {
+pub(crate) fn dba_columns(r: &StoredRow) -> Vec<(&'static str, String)> {
     vec![
         ("id", r.id.to_string()),
         ("message_id", r.message_id.clone()),
@@ -214,7 +218,7 @@ pub fn dba_columns(r: &StoredRow) -> Vec<(&'static str, String)> {
 
 /// The database file and its write-ahead log, as bytes: what someone who copies the files
 /// gets.
-pub fn database_bytes(path: &Path) -> Vec<u8> {
+pub(crate) fn database_bytes(path: &Path) -> Vec<u8> {
     let mut all = Vec::new();
     for suffix in ["", "-wal"] {
         let mut p = path.as_os_str().to_owned();
@@ -225,6 +229,6 @@ pub fn database_bytes(path: &Path) -> Vec<u8> {
 }
 
 /// Whether `needle` occurs in `haystack`.
-pub fn contains(haystack: &[u8], needle: &str) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }

@@ -48,7 +48,7 @@ pub enum LabError {
 /// How one cluster of the lab is configured.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    pub peers: BTreeSet<ClusterId>,
+    peers: BTreeSet<ClusterId>,
     /// (node, archiver) as in the config file: "postgresql", "sql_server", "none", …
     pub nodes: Vec<(String, String)>,
     pub hello_interval: Duration,
@@ -60,7 +60,7 @@ pub struct Spec {
     /// `encryption.rotate_after`.
     pub rotate_after: Option<Duration>,
     /// `[[nodes]] db` of every node: the archive database the daemon probes.
-    pub archive_db: Option<String>,
+    archive_db: Option<String>,
     /// Password rate limits and lockout raised out of reach (for fuzzing the admin API, which
     /// would otherwise be locked out after five wrong guesses, as any client is).
     pub unlimited_password_attempts: bool,
@@ -154,7 +154,7 @@ impl Lab {
 
     /// Adds cluster `id` to the lab later, with a certificate from the lab's CA (as
     /// `imcrypt pki add` gives one to a cluster that joins an existing network).
-    pub fn add_member(&mut self, id: &str) -> Result<(), LabError> {
+    fn add_member(&mut self, id: &str) -> Result<(), LabError> {
         let id = cid(id);
         crate::pki::add(&self.dir.join("pki"), std::slice::from_ref(&id))?;
         self.members.insert(id, Member::new()?);
@@ -189,7 +189,7 @@ impl Lab {
     }
 
     /// The TOML config of `id`, as an operator would write it.
-    pub fn config_text(&self, id: &ClusterId) -> Result<String, LabError> {
+    fn config_text(&self, id: &ClusterId) -> Result<String, LabError> {
         let m = self.member(id)?;
         let mut t = format!(
             "# imcrypt config of cluster {id} (lab)\n\
@@ -338,5 +338,5 @@ pub fn has_alarm(s: &Status, name: crate::alarm::AlarmName, about: &str) -> bool
     s.alarms.iter().any(|a| a.key.name == name && a.key.about.as_str() == about)
 }
 
-pub mod archive;
-pub mod story;
+mod archive;
+pub(crate) mod story;

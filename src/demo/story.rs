@@ -39,7 +39,7 @@ fn step(step: &'static str) -> impl Fn(String) -> LabError {
     move |reason| LabError::Step { step, reason }
 }
 
-pub async fn run(keep: bool) -> Result<(), LabError> {
+pub(crate) async fn run(keep: bool) -> Result<(), LabError> {
     let dir = tempfile::Builder::new()
         .prefix("imcrypt-demo-")
         .tempdir()

@@ -30,32 +30,27 @@
 use std::borrow::Cow;
 
 /// Protocol magic in HELLO.
-pub const MAGIC: &[u8; 4] = b"IMHP";
+const MAGIC: &[u8; 4] = b"IMHP";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 1;
 /// Bytes of the length prefix.
-pub const LEN_PREFIX: usize = 4;
-/// Where the request id of an ENCRYPT or STATUS frame starts, from the frame's first byte.
-/// The client patches ids in place there.
-pub const REQUEST_ID_OFFSET: usize = LEN_PREFIX + 1;
+pub(crate) const LEN_PREFIX: usize = 4;
 /// Bytes an ENCRYPT frame spends on its header (prefix, type, id, count).
-pub const ENCRYPT_HEADER_LEN: usize = LEN_PREFIX + 1 + 8 + 4;
+const ENCRYPT_HEADER_LEN: usize = LEN_PREFIX + 1 + 8 + 4;
 /// Bytes an ENCRYPT frame spends on each record besides its metadata and plaintext.
-pub const ENCRYPT_PER_RECORD: usize = 2 + 4;
-/// Bytes a SEALED frame spends on its header (prefix, type, id, count).
-pub const SEALED_HEADER_LEN: usize = LEN_PREFIX + 1 + 8 + 4;
+const ENCRYPT_PER_RECORD: usize = 2 + 4;
 
-pub mod kind {
-    pub const HELLO: u8 = 0x01;
-    pub const ENCRYPT: u8 = 0x02;
-    pub const STATUS: u8 = 0x03;
-    pub const INDEX: u8 = 0x04;
-    pub const WELCOME: u8 = 0x81;
-    pub const SEALED: u8 = 0x82;
-    pub const OFF: u8 = 0x83;
-    pub const STATUS_REPLY: u8 = 0x84;
-    pub const INDEXED: u8 = 0x85;
-    pub const ERROR: u8 = 0x8F;
+pub(crate) mod kind {
+    pub(crate) const HELLO: u8 = 0x01;
+    pub(crate) const ENCRYPT: u8 = 0x02;
+    pub(crate) const STATUS: u8 = 0x03;
+    pub(crate) const INDEX: u8 = 0x04;
+    pub(crate) const WELCOME: u8 = 0x81;
+    pub(crate) const SEALED: u8 = 0x82;
+    pub(crate) const OFF: u8 = 0x83;
+    pub(crate) const STATUS_REPLY: u8 = 0x84;
+    pub(crate) const INDEXED: u8 = 0x85;
+    pub(crate) const ERROR: u8 = 0x8F;
 }
 
 /// Why a request failed, as carried in an ERROR frame. Codes below 16 are protocol errors (the
@@ -89,7 +84,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn to_u16(self) -> u16 {
+    fn to_u16(self) -> u16 {
         match self {
             ErrorCode::Malformed => 1,
             ErrorCode::FrameTooLarge => 2,
@@ -106,7 +101,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn from_u16(c: u16) -> Self {
+    fn from_u16(c: u16) -> Self {
         match c {
             1 => ErrorCode::Malformed,
             2 => ErrorCode::FrameTooLarge,
@@ -124,7 +119,7 @@ impl ErrorCode {
     }
 
     /// Whether the request may succeed if sent again later (on this or a new connection).
-    pub fn is_transient(self) -> bool {
+    pub(crate) fn is_transient(self) -> bool {
         match self {
             ErrorCode::ReservationUnavailable | ErrorCode::ShuttingDown => true,
             ErrorCode::Malformed
@@ -161,7 +156,7 @@ pub enum FrameError {
 
 impl FrameError {
     /// The code an ERROR answer carries for this error.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
             FrameError::UnknownType(_) => ErrorCode::UnknownType,
@@ -173,7 +168,7 @@ impl FrameError {
     }
 
     /// The request id, when the frame got far enough to carry one.
-    pub fn request_id(&self) -> Option<u64> {
+    pub(crate) fn request_id(&self) -> Option<u64> {
         match self {
             FrameError::Malformed { request_id, .. } => *request_id,
             FrameError::BatchTooLarge { request_id, .. } => Some(*request_id),
@@ -260,7 +255,7 @@ fn split_frame(buf: &[u8], max_frame: u32) -> Result<Option<RawFrame<'_>>, Frame
 }
 
 /// How many bytes the frame at the front of `buf` has in all, once its prefix is there.
-pub fn frame_len(buf: &[u8]) -> Option<usize> {
+pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= LEN_PREFIX)
         .then(|| LEN_PREFIX + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize)
 }
@@ -282,7 +277,8 @@ impl<'a> RecordList<'a> {
     }
 
     /// Total plaintext bytes.
-    pub fn plaintext_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn plaintext_bytes(&self) -> usize {
         self.iter().map(|(_, p)| p.len()).sum()
     }
 
@@ -338,15 +334,7 @@ pub struct MessageList<'a> {
 }
 
 impl<'a> MessageList<'a> {
-    pub fn len(&self) -> usize {
-        self.count as usize
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let mut rest = self.body;
         (0..self.count).map(move |_| {
             let l = u16::from_be_bytes([rest[0], rest[1]]) as usize;
@@ -427,20 +415,22 @@ pub struct SealedList<'a> {
 }
 
 impl<'a> SealedList<'a> {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count as usize
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
     /// The raw body: `count × (record_len u32 | record)`.
-    pub fn raw(&self) -> &'a [u8] {
+    pub(crate) fn raw(&self) -> &'a [u8] {
         self.body
     }
 
-    pub fn iter(&self) -> SealedIter<'a> {
+    #[cfg(test)]
+    pub(crate) fn iter(&self) -> SealedIter<'a> {
         SealedIter { rest: self.body, left: self.count }
     }
 }
@@ -459,7 +449,7 @@ pub struct SealedIter<'a> {
 }
 
 impl<'a> SealedIter<'a> {
-    pub fn new(raw: &'a [u8], count: u32) -> Self {
+    pub(crate) fn new(raw: &'a [u8], count: u32) -> Self {
         Self { rest: raw, left: count }
     }
 }
@@ -611,7 +601,9 @@ pub fn encode_hello(out: &mut Vec<u8>, min_version: u16, max_version: u16) {
 }
 
 /// The exact length of an ENCRYPT frame for records with these metadata and plaintext sizes.
-pub fn encrypt_frame_len<'r>(records: impl IntoIterator<Item = (&'r [u8], &'r [u8])>) -> usize {
+pub(crate) fn encrypt_frame_len<'r>(
+    records: impl IntoIterator<Item = (&'r [u8], &'r [u8])>,
+) -> usize {
     ENCRYPT_HEADER_LEN
         + records.into_iter().map(|(m, p)| ENCRYPT_PER_RECORD + m.len() + p.len()).sum::<usize>()
 }
@@ -642,7 +634,7 @@ pub fn encode_status_request(out: &mut Vec<u8>, request_id: u64) {
 
 /// Encodes INDEX. Messages longer than 65,535 bytes are cut to fit (the client refuses them
 /// before encoding).
-pub fn encode_index<'m>(
+pub(crate) fn encode_index<'m>(
     out: &mut Vec<u8>,
     request_id: u64,
     messages: impl ExactSizeIterator<Item = &'m [u8]>,
@@ -658,7 +650,12 @@ pub fn encode_index<'m>(
     });
 }
 
-pub fn encode_indexed(out: &mut Vec<u8>, request_id: u64, key_version: u32, indexes: &[[u8; 32]]) {
+pub(crate) fn encode_indexed(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    key_version: u32,
+    indexes: &[[u8; 32]],
+) {
     frame(out, kind::INDEXED, |o| {
         o.extend_from_slice(&request_id.to_be_bytes());
         o.extend_from_slice(&key_version.to_be_bytes());
@@ -669,7 +666,7 @@ pub fn encode_indexed(out: &mut Vec<u8>, request_id: u64, key_version: u32, inde
     });
 }
 
-pub fn encode_welcome(out: &mut Vec<u8>, version: u16, max_frame: u32, max_batch: u32) {
+pub(crate) fn encode_welcome(out: &mut Vec<u8>, version: u16, max_frame: u32, max_batch: u32) {
     frame(out, kind::WELCOME, |o| {
         o.extend_from_slice(&version.to_be_bytes());
         o.extend_from_slice(&max_frame.to_be_bytes());
@@ -679,7 +676,7 @@ pub fn encode_welcome(out: &mut Vec<u8>, version: u16, max_frame: u32, max_batch
 
 /// Starts a SEALED frame; append each record with `push_sealed_record`-style framing
 /// (`record_len u32 | record`), then call `finish_sealed`.
-pub fn begin_sealed(out: &mut Vec<u8>, request_id: u64) -> usize {
+pub(crate) fn begin_sealed(out: &mut Vec<u8>, request_id: u64) -> usize {
     let at = out.len();
     out.extend_from_slice(&[0, 0, 0, 0, kind::SEALED]);
     out.extend_from_slice(&request_id.to_be_bytes());
@@ -688,17 +685,17 @@ pub fn begin_sealed(out: &mut Vec<u8>, request_id: u64) -> usize {
 }
 
 /// Completes the SEALED frame begun at `at` with `count` records.
-pub fn finish_sealed(out: &mut [u8], at: usize, count: u32) {
+pub(crate) fn finish_sealed(out: &mut [u8], at: usize, count: u32) {
     let len = (out.len() - at - LEN_PREFIX) as u32;
     out[at..at + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
     out[at + 13..at + 17].copy_from_slice(&count.to_be_bytes());
 }
 
-pub fn encode_off(out: &mut Vec<u8>, request_id: u64) {
+pub(crate) fn encode_off(out: &mut Vec<u8>, request_id: u64) {
     frame(out, kind::OFF, |o| o.extend_from_slice(&request_id.to_be_bytes()));
 }
 
-pub fn encode_status(out: &mut Vec<u8>, request_id: u64, status: &StatusInfo) {
+pub(crate) fn encode_status(out: &mut Vec<u8>, request_id: u64, status: &StatusInfo) {
     frame(out, kind::STATUS_REPLY, |o| {
         o.extend_from_slice(&request_id.to_be_bytes());
         match status {
@@ -715,7 +712,13 @@ pub fn encode_status(out: &mut Vec<u8>, request_id: u64, status: &StatusInfo) {
     });
 }
 
-pub fn encode_error(out: &mut Vec<u8>, request_id: u64, code: ErrorCode, closes: bool, msg: &str) {
+pub(crate) fn encode_error(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    code: ErrorCode,
+    closes: bool,
+    msg: &str,
+) {
     frame(out, kind::ERROR, |o| {
         o.extend_from_slice(&request_id.to_be_bytes());
         o.extend_from_slice(&code.to_u16().to_be_bytes());

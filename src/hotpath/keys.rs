@@ -203,15 +203,11 @@ impl KeySource {
     }
 
     /// The blind indexer of the primary version, or `None` when encryption is off.
-    pub fn indexer(&self) -> Option<Arc<crate::crypto::blind::BlindIndexer>> {
+    pub(crate) fn indexer(&self) -> Option<Arc<crate::crypto::blind::BlindIndexer>> {
         self.indexer.load_full()
     }
 
-    pub fn cluster(&self) -> &ClusterId {
-        &self.cluster
-    }
-
-    pub fn status(&self) -> KeyStatus {
+    pub(crate) fn status(&self) -> KeyStatus {
         match &*self.current.load() {
             None => KeyStatus::Off,
             Some(s) => KeyStatus::On {
@@ -224,7 +220,7 @@ impl KeySource {
 
     /// Tells when a key version reaches 0.9·2^32 seals here (checked after every batch and
     /// when a sealer is set up, so a restart with a worn-out count reports it too).
-    pub fn worn_out(&self) -> watch::Receiver<Option<KeyVersion>> {
+    pub(crate) fn worn_out(&self) -> watch::Receiver<Option<KeyVersion>> {
         self.worn_out.subscribe()
     }
 
@@ -237,7 +233,7 @@ impl KeySource {
 
     /// Called by sealers after a batch: wakes the reserver if the next block is due, and
     /// reports a worn-out key version.
-    pub fn note_use(&self, sealer: &RecordSealer) {
+    pub(crate) fn note_use(&self, sealer: &RecordSealer) {
         if sealer.counter().reservation_due().is_some() {
             self.wanted.notify_one();
         }
@@ -246,7 +242,7 @@ impl KeySource {
 
     /// Wakes the reserver and waits until it commits a reservation, or `timeout` passes.
     /// Returns whether one was committed. Callers retry their seal either way.
-    pub async fn wait_for_reservation(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_for_reservation(&self, timeout: Duration) -> bool {
         let mut rx = self.committed.subscribe();
         rx.mark_unchanged();
         self.wanted.notify_one();
@@ -254,7 +250,7 @@ impl KeySource {
     }
 
     /// Persists the current sealer's next reservation if it is due. Blocking (one fsync).
-    pub fn reserve_now(&self) -> Result<bool, KeyError> {
+    pub(crate) fn reserve_now(&self) -> Result<bool, KeyError> {
         let Some(sealer) = self.sealer() else { return Ok(false) };
         let mut guard = self.reservations.lock().expect("not poisoned");
         let Some(n) = sealer.counter().reservation_due() else { return Ok(false) };
@@ -273,7 +269,7 @@ impl KeySource {
     /// Applies every key ring the daemon publishes (its `Effect::KeyRingChanged`, carried on a
     /// watch channel) until the sender is dropped. A ring whose first reservation cannot be
     /// persisted is retried every `retry`; the previous sealer keeps serving meanwhile.
-    pub async fn follow(
+    pub(crate) async fn follow(
         self: Arc<Self>,
         mut rings: watch::Receiver<Option<Arc<KeyRing>>>,
         retry: Duration,
@@ -305,7 +301,7 @@ impl KeySource {
 
     /// Keeps reservations ahead of use until `shutdown` resolves: woken by `note_use` and by
     /// sealers waiting in `wait_for_reservation`; retries a failed save every `retry`.
-    pub async fn run_reserver(
+    pub(crate) async fn run_reserver(
         self: Arc<Self>,
         shutdown: impl Future<Output = ()>,
         retry: Duration,

@@ -15,10 +15,10 @@
 //! Decryption is not offered on this socket. TCP with mutual TLS for routers on other nodes
 //! is not implemented yet: the service listens on a Unix socket only.
 
-pub mod client;
+mod client;
 pub mod frame;
-pub mod keys;
-pub mod server;
+mod keys;
+mod server;
 pub mod session;
 
 pub use client::{

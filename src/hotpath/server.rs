@@ -101,7 +101,7 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    pub fn validate(&self) -> Result<(), ServerError> {
+    pub(crate) fn validate(&self) -> Result<(), ServerError> {
         if self.max_frame < 64 {
             return Err(ServerError::Config("max_frame must be at least 64 bytes"));
         }

@@ -58,7 +58,7 @@ impl Session {
         Self { limits, greeted: false, nonces }
     }
 
-    pub fn greeted(&self) -> bool {
+    pub(crate) fn greeted(&self) -> bool {
         self.greeted
     }
 
@@ -178,7 +178,7 @@ impl Session {
     }
 
     /// The answer when the peer closed the connection in the middle of a frame.
-    pub fn truncated(out: &mut Vec<u8>, pending: usize) {
+    pub(crate) fn truncated(out: &mut Vec<u8>, pending: usize) {
         frame::encode_error(
             out,
             0,

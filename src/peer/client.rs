@@ -25,7 +25,7 @@ use crate::cluster::PeerMessage;
 use crate::ids::ClusterId;
 
 /// Path of the one peer endpoint.
-pub const MESSAGE_PATH: &str = "/v1/peer/message";
+pub(crate) const MESSAGE_PATH: &str = "/v1/peer/message";
 const TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -33,9 +33,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// What the admin status shows about one link.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinkStatus {
-    pub connected: bool,
+    pub(crate) connected: bool,
     /// Unix milliseconds of the last message this cluster delivered to the peer.
-    pub last_delivery_unix_ms: Option<u64>,
+    last_delivery_unix_ms: Option<u64>,
     pub last_error: Option<String>,
 }
 
@@ -48,7 +48,7 @@ struct Outbox {
 /// The handle the daemon uses to send to one peer. Dropping the last clone does not stop the
 /// sender task: `stop` does (the peer was removed).
 #[derive(Clone)]
-pub struct PeerLink {
+pub(crate) struct PeerLink {
     outbox: Arc<Outbox>,
     status: Arc<Mutex<LinkStatus>>,
     address: Arc<str>,
@@ -66,7 +66,7 @@ fn kind(m: &PeerMessage) -> u8 {
 
 impl PeerLink {
     /// Queues `msg`, replacing an undelivered older message of the same kind.
-    pub fn send(&self, msg: PeerMessage) {
+    pub(crate) fn send(&self, msg: PeerMessage) {
         let mut q = self.outbox.queue.lock().expect("outbox lock");
         q.retain(|m| kind(m) != kind(&msg));
         q.push_back(msg);
@@ -74,22 +74,22 @@ impl PeerLink {
         self.outbox.notify.notify_one();
     }
 
-    pub fn status(&self) -> LinkStatus {
+    pub(crate) fn status(&self) -> LinkStatus {
         self.status.lock().expect("status lock").clone()
     }
 
-    pub fn address(&self) -> &str {
+    pub(crate) fn address(&self) -> &str {
         &self.address
     }
 
     /// Stops the sender task; undelivered messages are dropped.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.task.abort();
     }
 }
 
 /// Starts the sender task for `peer` at `address`. It runs until aborted.
-pub fn spawn_link(
+pub(crate) fn spawn_link(
     peer: ClusterId,
     address: String,
     tls: Arc<ClientConfig>,
@@ -216,7 +216,7 @@ async fn deliver(
 /// no marker of their own (its refusals are plain text, see `server::handle`), so the wire is
 /// unchanged. `LinkStatus::last_error` shows the text of this error.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
+enum LinkError {
     #[error("timed out")]
     TimedOut,
     #[error("connect: {0}")]
@@ -247,7 +247,7 @@ impl LinkError {
     }
 
     /// True when sending the same message again cannot succeed: it is dropped, not retried.
-    pub fn is_permanent(&self) -> bool {
+    fn is_permanent(&self) -> bool {
         match self {
             LinkError::Rejected { .. } => true,
             LinkError::TimedOut

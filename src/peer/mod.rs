@@ -2,6 +2,6 @@
 //! `POST /v1/peer/message`, carries a `cluster::PeerMessage`; the sender's identity is the
 //! DNS name in its client certificate, never a field of the message.
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 pub mod tls;

@@ -26,14 +26,14 @@ use crate::ids::ClusterId;
 use crate::store::StoreError;
 
 /// Largest peer message accepted (a state with thousands of key versions fits easily).
-pub const MAX_BODY: usize = 1 << 20;
+const MAX_BODY: usize = 1 << 20;
 /// Peer connections open at once, handshakes included; more are closed at once, so that
 /// unauthenticated clients cannot use up this process's file descriptors.
-pub const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS: usize = 256;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where an accepted message goes; answers why when the message was not taken.
-pub trait Inbox: Clone + Send + Sync + 'static {
+pub(crate) trait Inbox: Clone + Send + Sync + 'static {
     fn deliver(
         &self,
         from: ClusterId,
@@ -44,7 +44,7 @@ pub trait Inbox: Clone + Send + Sync + 'static {
 /// Why the core did not take a well-formed peer message. Each is answered `409 Conflict` with
 /// this text as the body, which the sending link retries (see `client::LinkError`).
 #[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
+pub(crate) enum DeliverError {
     #[error("the daemon is stopping")]
     Stopping,
     /// The state machine refused it (a peer it does not know, a message from itself).
@@ -57,10 +57,10 @@ pub enum DeliverError {
 
 /// The peers whose certificates are accepted; the daemon changes it when a peer is added or
 /// removed at runtime.
-pub type AllowedPeers = Arc<std::sync::RwLock<Vec<ClusterId>>>;
+pub(crate) type AllowedPeers = Arc<std::sync::RwLock<Vec<ClusterId>>>;
 
 /// Accepts peer connections until the task is aborted.
-pub async fn serve<I: Inbox>(
+pub(crate) async fn serve<I: Inbox>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     peers: AllowedPeers,

@@ -41,7 +41,7 @@ pub struct TlsFiles {
 /// Server and client configurations for the intercluster link.
 #[derive(Clone)]
 pub struct PeerTls {
-    pub server: Arc<ServerConfig>,
+    pub(crate) server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
 }
 
@@ -71,14 +71,14 @@ impl PeerTls {
 }
 
 /// True when `cert` is valid for the DNS name `id` (its chain was verified by rustls already).
-pub fn names(cert: &CertificateDer<'_>, id: &ClusterId) -> bool {
+pub(crate) fn names(cert: &CertificateDer<'_>, id: &ClusterId) -> bool {
     let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return false };
     let Ok(name) = ServerName::try_from(id.as_str()) else { return false };
     ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
 /// Which of `candidates` the verified client certificate belongs to, if any.
-pub fn identify<'a>(
+pub(crate) fn identify<'a>(
     peer_certs: Option<&[CertificateDer<'_>]>,
     candidates: impl IntoIterator<Item = &'a ClusterId>,
 ) -> Option<ClusterId> {
@@ -87,7 +87,7 @@ pub fn identify<'a>(
 }
 
 /// The TLS server name to dial a peer by: its cluster id.
-pub fn server_name(id: &ClusterId) -> ServerName<'static> {
+pub(crate) fn server_name(id: &ClusterId) -> ServerName<'static> {
     ServerName::try_from(id.as_str().to_owned()).expect("a ClusterId is a valid DNS name")
 }
 

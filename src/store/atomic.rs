@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 /// What a write does when the file already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Existing {
+pub(crate) enum Existing {
     /// Replace it (the state files, `--force`).
     Replace,
     /// Keep it and fail: see [`WriteError::is_taken`].
@@ -28,7 +28,7 @@ pub enum Existing {
 
 /// One step of a write, in order. Exposed so tests can stop a write after any step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum WriteStep {
+pub(crate) enum WriteStep {
     CreateTemp,
     WriteHalf,
     WriteAll,
@@ -39,7 +39,8 @@ pub enum WriteStep {
 }
 
 impl WriteStep {
-    pub const ALL: [WriteStep; 6] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [WriteStep; 6] = [
         WriteStep::CreateTemp,
         WriteStep::WriteHalf,
         WriteStep::WriteAll,
@@ -53,28 +54,32 @@ impl WriteStep {
 /// (the temporary file up to the fsync, then the file itself).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {action} {}: {source}", path.display())]
-pub struct WriteError {
-    pub step: WriteStep,
-    pub action: &'static str,
-    pub path: PathBuf,
-    pub source: std::io::Error,
+pub(crate) struct WriteError {
+    step: WriteStep,
+    pub(crate) action: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) source: std::io::Error,
 }
 
 impl WriteError {
     /// Keeping an existing file, the file was there: nothing was written.
-    pub fn is_taken(&self) -> bool {
+    pub(crate) fn is_taken(&self) -> bool {
         self.step == WriteStep::Rename && self.source.kind() == std::io::ErrorKind::AlreadyExists
     }
 }
 
 /// Writes `bytes` to `path` whole or not at all, mode 0600, and makes it durable.
-pub fn write_private(path: &Path, bytes: &[u8], existing: Existing) -> Result<(), WriteError> {
+pub(crate) fn write_private(
+    path: &Path,
+    bytes: &[u8],
+    existing: Existing,
+) -> Result<(), WriteError> {
     write_private_until(path, bytes, existing, WriteStep::SyncDir)
 }
 
 /// Runs the write only up to and including `last`, as if the process died right after it.
 #[doc(hidden)]
-pub fn write_private_until(
+pub(crate) fn write_private_until(
     path: &Path,
     bytes: &[u8],
     existing: Existing,
@@ -159,7 +164,7 @@ fn parent_dir(p: &Path) -> &Path {
 }
 
 /// fsyncs a directory so that a rename or a new file in it survives power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     File::open(dir)?.sync_all()
 }

@@ -15,7 +15,7 @@
 //! the new state, never a mix; a file that exists but cannot be authenticated or parsed is an
 //! error that stops the start, never silently replaced by a fresh state.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,14 +26,14 @@ use crate::crypto::random;
 use crate::crypto::seal::{NodeKey, Purpose};
 
 mod atomic;
-pub mod node_key;
-pub mod secret;
+mod node_key;
+pub(crate) mod secret;
 
-pub use atomic::{Existing, WriteError, WriteStep, sync_dir, write_private};
-pub use node_key::NodeKeyError;
+pub(crate) use atomic::{Existing, WriteStep, sync_dir, write_private};
+pub(crate) use node_key::NodeKeyError;
 
-pub const MAGIC: &[u8; 8] = b"IMCSTATE";
-pub const SCHEMA_VERSION: u16 = 1;
+const MAGIC: &[u8; 8] = b"IMCSTATE";
+const SCHEMA_VERSION: u16 = 1;
 const HEADER_LEN: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +76,8 @@ impl SealedFile {
         Self { path: path.into(), key: node_key.sealing_key(purpose) }
     }
 
-    pub fn path(&self) -> &Path {
+    #[cfg(test)]
+    fn path(&self) -> &std::path::Path {
         &self.path
     }
 
@@ -118,7 +119,7 @@ impl SealedFile {
 
     /// Runs the write only up to and including `last`, as if the process died right after it.
     #[doc(hidden)]
-    pub fn save_until<T: Serialize>(&self, value: &T, last: WriteStep) -> Result<(), StoreError> {
+    fn save_until<T: Serialize>(&self, value: &T, last: WriteStep) -> Result<(), StoreError> {
         let bytes = self.encode(value)?;
         atomic::write_private_until(&self.path, &bytes, Existing::Replace, last)
             .map_err(|e| StoreError::Io { action: e.action, path: e.path, source: e.source })
@@ -145,6 +146,8 @@ impl SealedFile {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use serde::Deserialize;
 

@@ -16,7 +16,7 @@ use super::{Existing, write_private};
 
 /// Why a secret file cannot be used. The caller names the file in its own terms.
 #[derive(Debug, thiserror::Error)]
-pub enum SecretFileError {
+pub(crate) enum SecretFileError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     /// Group or others can read it; `mode` is the permission bits found.
@@ -26,7 +26,7 @@ pub enum SecretFileError {
 
 /// Reads the secret at `path` (at most `max_len` bytes), or creates it with `make()` when it
 /// does not exist. Returns the content and whether it was created now.
-pub fn load_or_create(
+pub(crate) fn load_or_create(
     path: &Path,
     max_len: usize,
     make: impl FnOnce() -> Zeroizing<Vec<u8>>,
