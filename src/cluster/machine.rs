@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
-use std::time::Duration;
 
 use crate::alarm::{AlarmChange, AlarmName, AlarmRegistry};
 use crate::crypto::keyring::KeyRing;
@@ -458,20 +457,18 @@ impl Cluster {
     /// record key), or is older than `rotate_after`. [`Cluster::handle_timeout`] then rotates;
     /// a report about an older version (already rotated) is ignored.
     pub(crate) fn rotation_due(&self, now: Time) -> Option<String> {
-        let Role::Master(m) = &self.state.role else { return None };
-        let ring = &m.state.ring;
-        let primary = ring.primary_version();
-        if self.rotation_refused == Some(primary) {
+        // Due exactly when the deadline `poll_timeout` waits for has passed, so the two never
+        // disagree (a timer that fires while the check says "not yet" would spin).
+        if self.rotation_deadline()? > now {
             return None;
         }
-        if let Some(who) = self.worn_out_by(primary) {
-            return Some(format!("{who} sealed 0.9*2^32 records under key version {primary}"));
-        }
-        let max_age = self.config.rotate_after?;
-        let age =
-            Duration::from_secs(now.unix_secs().saturating_sub(ring.primary().created_unix()));
-        (age >= max_age).then(|| {
-            format!("key version {primary} is older than {}", humantime::format_duration(max_age))
+        let primary = self.key_ring()?.primary_version();
+        Some(match self.worn_out_by(primary) {
+            Some(who) => format!("{who} sealed 0.9*2^32 records under key version {primary}"),
+            None => format!(
+                "key version {primary} is older than {}",
+                humantime::format_duration(self.config.rotate_after?)
+            ),
         })
     }
 
