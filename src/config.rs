@@ -48,12 +48,56 @@ pub struct Config {
     pub(crate) hotpath: Option<HotpathSection>,
     #[serde(default)]
     pub db_probe: DbProbeSection,
+    /// `[log]`: what the daemon logs.
+    #[serde(default)]
+    pub(crate) log: LogSection,
     #[serde(default)]
     pub(crate) testing: TestingSection,
 }
 
+/// `[log]`: the log level of `imcrypt serve` (`RUST_LOG`, when set, takes precedence: it
+/// allows per-module directives).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogSection {
+    /// `off`, `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default)]
+    pub(crate) level: LogLevel,
+}
+
+/// A log level, validated at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogLevel(pub(crate) tracing::level_filters::LevelFilter);
+
+impl Default for LogLevel {
+    fn default() -> Self {
+        Self(tracing::level_filters::LevelFilter::INFO)
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // LevelFilter prints in capitals; the file and the docs say `info`.
+        f.write_str(&self.0.to_string().to_ascii_lowercase())
+    }
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+        if !LEVELS.contains(&s.as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "log.level: {s:?} is not a level (one of {})",
+                LEVELS.join(", ")
+            )));
+        }
+        s.parse().map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
 /// `[hotpath.socket]` (path, mode, group) and `[hotpath.limits]` (docs/hotpath.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HotpathSection {
     pub(crate) socket: crate::hotpath::UnixSocketConfig,
@@ -62,7 +106,7 @@ pub(crate) struct HotpathSection {
 }
 
 /// Knobs for tests and demos of mixed-version networks; never set them in production.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TestingSection {
     /// Announce software that predates encryption (no encryption capability), as a cluster
@@ -71,7 +115,7 @@ pub(crate) struct TestingSection {
     pub(crate) legacy_software: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerSection {
     /// Address of the intercluster listener (mutual TLS).
@@ -86,14 +130,14 @@ pub(crate) struct PeerSection {
 }
 
 /// `[admin]`: the HTTPS admin API (docs/admin.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminSection {
     /// Address of the admin listener; a loopback address unless `allow_non_loopback`.
     pub(crate) listen: SocketAddr,
     /// Accept a `listen` address that is not loopback (the API then faces the network).
     #[serde(default)]
-    allow_non_loopback: bool,
+    pub(crate) allow_non_loopback: bool,
     /// Certificate and key of the admin listener (PEM); both or neither. Default: the
     /// cluster's certificate (`peer.cert`, `peer.key`), whose DNS name is the cluster id.
     #[serde(default)]
@@ -141,7 +185,7 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 
 /// `[encryption]`: what the master does on its own.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EncryptionSection {
     /// Rotate the key once the primary version is older than this (e.g. "90d"); unset: only
@@ -150,7 +194,7 @@ pub(crate) struct EncryptionSection {
     pub(crate) rotate_after: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PasswordSection {
     /// PBKDF2-HMAC-SHA256 iterations for new password records (at least 100,000).
@@ -158,7 +202,7 @@ pub(crate) struct PasswordSection {
     pub(crate) pbkdf2_iterations: Iterations,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerEntry {
     pub(crate) id: ClusterId,
@@ -166,7 +210,7 @@ pub(crate) struct PeerEntry {
     pub(crate) address: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
     pub(crate) id: NodeId,
@@ -182,7 +226,7 @@ pub struct NodeEntry {
 }
 
 /// `[db_probe]`: how often each node's `db` is probed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DbProbeSection {
     #[serde(default = "default_probe_interval", deserialize_with = "crate::duration::nonzero")]
@@ -436,6 +480,7 @@ archiver = "postgresql"
             ("hotpath.limits.reservation_wait".into(), d(h.limits.reservation_wait)),
             ("hotpath.limits.drain_timeout".into(), d(h.limits.drain_timeout)),
             ("testing.legacy_software".into(), format!("`{}`", c.testing.legacy_software)),
+            ("log.level".into(), format!("`{}`", c.log.level)),
         ];
         for (k, v) in &admin {
             expected.push((format!("admin.{k}"), v.clone()));
@@ -482,6 +527,10 @@ archiver = "postgresql"
         assert!(e.contains("max_failures") && e.contains("at least 1"), "{e}");
         let e = err(&GOOD.replace("[admin]\n", "[admin]\nlockout = \"forever\"\n"));
         assert!(e.contains("lockout") && e.contains("not a duration"), "{e}");
+        let e = err(&format!("{GOOD}\n[log]\nlevel = \"loud\"\n"));
+        assert!(e.contains("log.level") && e.contains("\"loud\" is not a level"), "{e}");
+        let debug = Config::parse(&format!("{GOOD}\n[log]\nlevel = \"debug\"\n"), Path::new("/"));
+        assert_eq!(debug.unwrap().log.level.to_string(), "debug");
         let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
         assert!(e.contains("missing field `admin`"), "{e}");
     }

@@ -47,7 +47,7 @@ pub use command::{Command, CommandError, Outcome};
 pub(crate) use dbprobe::DbProbe;
 pub(crate) use machine::{Cluster, PeerRelation, StateError};
 pub(crate) use message::PeerMessage;
-pub(crate) use reconcile::Wanted;
+pub(crate) use reconcile::{Refusal, Wanted};
 pub use state::ComplianceDb;
 pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role, Time};
 

@@ -6,7 +6,7 @@
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{RequestError, api};
-use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage};
+use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage, Refusal, Wanted};
 use crate::ids::{ClusterId, KeyVersion};
 use crate::peer::server::DeliverError;
 
@@ -32,6 +32,12 @@ pub(super) enum Input {
     WornOut(Option<KeyVersion>),
     /// `Cluster::poll_timeout` is due.
     Timeout,
+    /// The configuration file's nodes and peers changed (a reload): the machine reconciles
+    /// with them as at start; answered with the changes it refused.
+    Reconcile {
+        wanted: Wanted,
+        reply: oneshot::Sender<Result<Vec<Refusal>, RequestError>>,
+    },
 }
 
 /// A cloneable way into a running daemon: what the admin API (and tests) use to run commands
@@ -64,6 +70,15 @@ impl Control {
     /// and its messages are answered with an error.
     pub async fn remove_peer(&self, peer: ClusterId) -> Result<(), RequestError> {
         self.command(Command::RemovePeer { peer }).await.map(drop)
+    }
+
+    /// Brings nodes and peers in line with `wanted` (a reloaded configuration file), through
+    /// the state machine's `reconcile`, as at start: answered once the changes are on disk,
+    /// with those it refused (each with its reason; the others still apply).
+    pub(crate) async fn reconcile(&self, wanted: Wanted) -> Result<Vec<Refusal>, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.0.send(Input::Reconcile { wanted, reply }).await.map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
     }
 
     pub(super) async fn db_probe(&self, node: NodeId, probe: DbProbe) -> Result<(), RequestError> {

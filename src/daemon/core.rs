@@ -7,10 +7,13 @@
 //! - the core decides nothing: which links exist, when to rotate, what a disable means are the
 //!   machine's effects and outcomes;
 //! - a state write that fails ends the core on its one fatal path ([`Core::run`]), which
-//!   stops the whole daemon.
+//!   stops the whole daemon;
+//! - the [`Heartbeat`], if any, beats from this loop between inputs (ahead of them, so a busy
+//!   core still beats): a core stuck in one input stops beating.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -32,6 +35,21 @@ use crate::clock::now;
 /// Why the core stops: its state could not be written.
 type Fatal = Arc<StoreError>;
 
+/// Whoever wants to know that the core loop is alive (systemd's watchdog, `crate::systemd`):
+/// the core calls `beat` every `every` from its own loop. The core knows nothing else of it.
+pub(crate) struct Heartbeat {
+    every: Duration,
+    beat: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Heartbeat {
+    /// `every` must not be zero.
+    pub(crate) fn new(every: Duration, beat: impl Fn() + Send + Sync + 'static) -> Self {
+        assert!(!every.is_zero(), "a heartbeat needs an interval");
+        Self { every, beat: Box::new(beat) }
+    }
+}
+
 pub(super) struct Core {
     pub(super) cluster: Cluster,
     pub(super) state_file: Arc<SealedFile>,
@@ -46,6 +64,8 @@ pub(super) struct Core {
     pub(super) alarm_history: AlarmHistory,
     /// When the hot path wears out a key version (`None` without a hot path).
     pub(super) worn_out: Option<watch::Receiver<Option<KeyVersion>>>,
+    /// Beats from the loop while it runs (`None`: nobody watches).
+    pub(super) heartbeat: Option<Heartbeat>,
 }
 
 impl Core {
@@ -69,6 +89,12 @@ impl Core {
         if let Some(w) = &mut self.worn_out {
             w.mark_changed(); // a key worn out before the core started counts too
         }
+        let heartbeat = self.heartbeat.take();
+        let mut beats = heartbeat.as_ref().map(|h| {
+            let mut i = tokio::time::interval(h.every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         loop {
             let deadline = self.cluster.poll_timeout().map(|t| {
                 let wait = t.since(now());
@@ -77,6 +103,12 @@ impl Core {
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
+                () = next_beat(&mut beats) => {
+                    if let Some(h) = &heartbeat {
+                        (h.beat)();
+                    }
+                    continue;
+                }
                 i = rx.recv() => match i {
                     Some(i) => i,
                     None => return Ok(()),
@@ -131,6 +163,15 @@ impl Core {
             Input::Timeout => {
                 self.cluster.handle_timeout(t, Entropy::from_os());
                 self.carry().await
+            }
+            Input::Reconcile { wanted, reply } => {
+                let refused = self.cluster.reconcile(&wanted, t);
+                let carried = self.carry().await;
+                let _ = reply.send(match &carried {
+                    Ok(()) => Ok(refused),
+                    Err(e) => Err(RequestError::NotSaved(e.clone())),
+                });
+                carried
             }
         }
     }
@@ -210,6 +251,16 @@ async fn next_worn_out(rx: &mut Option<watch::Receiver<Option<KeyVersion>>>) -> 
         *rx = None; // the hot path has stopped
     }
     std::future::pending().await
+}
+
+/// The next tick of the heartbeat; never resolves without one.
+async fn next_beat(beats: &mut Option<tokio::time::Interval>) {
+    match beats {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

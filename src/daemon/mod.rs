@@ -12,17 +12,22 @@
 //! Files: [`error`] (what can go wrong), [`control`] (the inputs and the way in), [`start`]
 //! (start-up), [`probe`] (the database probe loop), [`core`] (the core loop), [`status`] (the
 //! admin status filled from the machine), [`handle`] (the running daemon and its one shutdown
-//! mechanism). The time given to the machine is `crate::clock::now`.
+//! mechanism), [`reload`] (a new configuration file applied to the running daemon). The time
+//! given to the machine is `crate::clock::now`.
 
 mod control;
 mod core;
 mod error;
 mod handle;
 mod probe;
+mod reload;
 mod start;
 mod status;
 
 pub(crate) use control::Control;
+pub(crate) use core::Heartbeat;
 pub(crate) use error::DaemonError;
 pub use handle::DaemonHandle;
+pub(crate) use reload::{LogLevelSetter, Reloader};
 pub use start::start;
+pub(crate) use start::start_with;

@@ -23,7 +23,7 @@ use crate::peer::tls::PeerTls;
 use crate::store::SealedFile;
 
 use super::control::CoreInbox;
-use super::core::Core;
+use super::core::{Core, Heartbeat};
 use super::handle::until_shutdown;
 use super::{Control, DaemonError, DaemonHandle, probe};
 use crate::clock::now;
@@ -41,8 +41,9 @@ fn cluster_config(config: &Config) -> ClusterConfig {
     cc
 }
 
-/// The nodes and peers the configuration file names, which the machine reconciles with.
-fn wanted(config: &Config) -> Wanted {
+/// The nodes and peers the configuration file names, which the machine reconciles with (at
+/// start, and on a reload when they changed).
+pub(super) fn wanted(config: &Config) -> Wanted {
     Wanted {
         nodes: config.nodes.iter().map(|n| (n.id.clone(), n.archiver.clone())).collect(),
         peers: config.peers.iter().map(|p| (p.id.clone(), p.address.clone())).collect(),
@@ -68,6 +69,15 @@ fn state_dir(dir: &std::path::Path) -> Result<(), DaemonError> {
 /// Starts the daemon described by `config`: loads (or creates) the node key and the sealed
 /// state, binds the peer and admin listeners, and spawns the tasks.
 pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
+    start_with(config, None).await
+}
+
+/// As [`start`], with a heartbeat the core loop beats while it runs (`imcrypt serve` under
+/// systemd's watchdog).
+pub(crate) async fn start_with(
+    config: Config,
+    heartbeat: Option<Heartbeat>,
+) -> Result<DaemonHandle, DaemonError> {
     let id = config.cluster_id.clone();
     // An error-level span is enabled whatever the log level, so every line names its cluster.
     let span = tracing::error_span!("cluster", id = %id);
@@ -152,6 +162,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         ring: ring_tx,
         alarm_history,
         worn_out,
+        heartbeat,
     };
     // The start-up effects (reconcile's state, the links, the first hellos) before anything
     // listens: the peer listener then already knows whom to accept.

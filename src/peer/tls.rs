@@ -31,7 +31,7 @@ pub enum TlsError {
 }
 
 /// The TLS material of one cluster.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
