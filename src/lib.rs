@@ -21,3 +21,4 @@ pub mod peer;
 mod pem_files;
 mod pki;
 pub mod store;
+mod systemd;

@@ -13,12 +13,14 @@
 mod archive;
 use crate::admin::client;
 mod commands;
+mod support;
 mod viewer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing::Instrument;
 
 use crate::crypto::export::{PublicKeyError, parse_public_key};
 use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand};
@@ -115,6 +117,11 @@ enum Command {
     Archive(archive::ArchiveArgs),
     /// Read the compliance database: filter by participant, room and time, decrypt, print.
     View(archive::ViewArgs),
+    /// Help for support: `imcrypt support bundle` collects what a support engineer needs.
+    Support {
+        #[command(subcommand)]
+        command: support::SupportCommand,
+    },
     /// Print a shell completion script (e.g. `imcrypt completions bash > /etc/bash_completion.d/imcrypt`).
     Completions {
         /// The shell to complete for.
@@ -298,6 +305,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(archive::archive(a)?)
         }
         Command::View(a) => Ok(archive::view(a)?),
+        Command::Support { command } => support::support(command),
     }
 }
 
@@ -305,19 +313,26 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(CliError::Runtime)
 }
 
-/// Structured logs on stderr; `RUST_LOG` overrides the default level. Colour only on a
-/// terminal, and never when `NO_COLOR` is set (no-color.org): a log file or a journal must not
-/// fill with escape codes.
-fn init_logging(default: &str) {
+/// How a running process changes its log level (`imcrypt serve`, on a reload).
+type LogReload =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Structured logs on stderr at level `default`, unless `RUST_LOG` is set: it takes precedence
+/// (and allows per-module directives). Colour only on a terminal, and never when `NO_COLOR` is
+/// set (no-color.org): a log file or a journal must not fill with escape codes. Returns the
+/// way to change the level later, or `None` when `RUST_LOG` decides it.
+fn init_logging(default: &str) -> Option<LogReload> {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use tracing_subscriber::prelude::*;
+    let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => (f, true),
+        Err(_) => (tracing_subscriber::EnvFilter::new(default), false),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
+    (!from_env).then_some(handle)
 }
 
 /// Whether log lines may carry ANSI colour: on a terminal, unless `NO_COLOR` is present and
@@ -326,23 +341,90 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// How often the service manager's status line is refreshed (role, peers, alarms change
+/// without a reload).
+const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `imcrypt serve`: the daemon until SIGTERM or SIGINT; SIGHUP reloads the config file
+/// (docs/operations.md, "Reloading the configuration"); under systemd, `sd_notify` messages
+/// (`crate::systemd`).
 fn serve(path: &std::path::Path) -> Result<(), CliError> {
-    init_logging("info");
+    use tokio::signal::unix::{SignalKind, signal};
     let config = crate::config::Config::load(path)?;
+    let log = init_logging(&config.log.level.to_string());
+    let set_level = log.map(|h| -> crate::daemon::LogLevelSetter {
+        Box::new(move |level| {
+            h.reload(tracing_subscriber::EnvFilter::new(level.to_string()))
+                .map_err(|e| e.to_string())
+        })
+    });
+    let notifier = crate::systemd::Notifier::from_env();
+    // As the daemon's own lines: every line names its cluster.
+    let span = tracing::error_span!("cluster", id = %config.cluster_id);
     runtime()?.block_on(async {
-        let mut daemon = crate::daemon::start(config).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(CliError::Runtime)?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            () = daemon.wait() => {
-                return Err(CliError::Daemon(crate::daemon::DaemonError::Stopped));
+        let signal = |kind| signal(kind).map_err(CliError::Runtime);
+        let (mut int, mut term, mut hup) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        );
+        let mut daemon = crate::daemon::start_with(config.clone(), notifier.watchdog()).await?;
+        let mut reloader = crate::daemon::Reloader::new(config, set_level);
+        let status_line = async |d: &crate::daemon::DaemonHandle| match d.status().await {
+            Ok(s) => crate::systemd::status_line(&s),
+            Err(e) => e.to_string(),
+        };
+        // Every listener is bound and the core runs: ready.
+        notifier.ready(&status_line(&daemon).await);
+        let mut refresh = tokio::time::interval(STATUS_REFRESH);
+        loop {
+            tokio::select! {
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = hup.recv() => {
+                    notifier.reloading();
+                    reload(path, &daemon, &mut reloader).instrument(span.clone()).await;
+                    notifier.ready(&status_line(&daemon).await);
+                }
+                _ = refresh.tick(), if notifier.enabled() => {
+                    notifier.status(&status_line(&daemon).await);
+                }
+                () = daemon.wait() => {
+                    return Err(CliError::Daemon(crate::daemon::DaemonError::Stopped));
+                }
             }
         }
+        notifier.stopping();
         daemon.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUP: the config file again, applied if it loads (`daemon::Reloader`); a file that does
+/// not load is refused with the loader's message, which names the key, and nothing changes.
+async fn reload(
+    path: &std::path::Path,
+    daemon: &crate::daemon::DaemonHandle,
+    reloader: &mut crate::daemon::Reloader,
+) {
+    tracing::info!(config = %path.display(), "SIGHUP received; reloading the configuration");
+    match crate::config::Config::load(path) {
+        Ok(new) => {
+            reloader.reload(daemon, new).await;
+        }
+        Err(e) => {
+            // One log line: the parser's message spans several (it quotes the offending line).
+            let error: Vec<String> = e.to_string().lines().map(|l| l.trim().to_owned()).collect();
+            let error = error.into_iter().filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+            tracing::error!(%error, "configuration not reloaded; the daemon runs on unchanged")
+        }
+    }
 }
 
 /// `imcrypt man`: the page of `imcrypt` on stdout, or every command's page into `out`.
