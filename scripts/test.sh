@@ -15,6 +15,10 @@ apt_install() {
 # openssl CLI: the interop tests unwrap key exports with `openssl pkeyutl`.
 command -v openssl >/dev/null || apt_install openssl
 
+# systemd-analyze: tests/systemd.rs runs `systemd-analyze verify` on dist/systemd/ (systemd
+# need not be PID 1 for that).
+command -v systemd-analyze >/dev/null || apt_install systemd
+
 # python3 with `cryptography`: the interop tests open records with a script written from
 # docs/formats.md.
 command -v python3 >/dev/null || apt_install python3 python3-pip
