@@ -162,14 +162,16 @@ fn next_message(socket: &UnixDatagram, deadline: Instant) -> Option<String> {
     None
 }
 
-/// Reads datagrams until one has the line `line`; returns it (fails after [`WAIT`]).
-fn wait_message(socket: &UnixDatagram, line: &str) -> String {
+/// Reads datagrams into `seen` until one has the line `line`; fails after [`WAIT`].
+fn wait_message(socket: &UnixDatagram, line: &str, seen: &mut Vec<String>) {
     let deadline = Instant::now() + WAIT;
     loop {
         let m = next_message(socket, deadline)
-            .unwrap_or_else(|| panic!("no {line} on NOTIFY_SOCKET within {WAIT:?}"));
-        if m.lines().any(|l| l == line) {
-            return m;
+            .unwrap_or_else(|| panic!("no {line} on NOTIFY_SOCKET within {WAIT:?}: {seen:?}"));
+        let found = m.lines().any(|l| l == line);
+        seen.push(m);
+        if found {
+            return;
         }
     }
 }
@@ -185,23 +187,31 @@ fn under_systemd_the_daemon_says_ready_once_it_listens_then_pings_the_watchdog_t
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")],
     );
 
-    let ready = wait_message(&socket, "READY=1");
+    let mut seen = Vec::new();
+    wait_message(&socket, "READY=1", &mut seen);
     // READY means the listeners are bound: the admin API answers at once.
     std::net::TcpStream::connect(("127.0.0.1", f.admin.port()))
         .expect("the admin listener is bound when READY=1 is sent");
+    let ready = seen.last().unwrap().clone();
     assert!(ready.contains("STATUS=encryption off"), "a status line for systemctl: {ready:?}");
     let (code, out, err) = f.cli(&["status", "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"cluster\": \"a\""), "{out}");
 
     // The core pings every half WATCHDOG_USEC (1 s here): two pings after READY.
-    let t = Instant::now();
-    wait_message(&socket, "WATCHDOG=1");
-    wait_message(&socket, "WATCHDOG=1");
+    let (t, after_ready) = (Instant::now(), seen.len());
+    wait_message(&socket, "WATCHDOG=1", &mut seen);
+    wait_message(&socket, "WATCHDOG=1", &mut seen);
     assert!(t.elapsed() < Duration::from_secs(4), "pings every second, took {:?}", t.elapsed());
 
     d.signal("TERM");
-    wait_message(&socket, "STOPPING=1");
+    wait_message(&socket, "STOPPING=1", &mut seen);
+    // In that order: nothing says STOPPING before the end, nor READY twice.
+    let has = |m: &String, line: &str| m.lines().any(|l| l == line);
+    assert_eq!(seen.iter().filter(|m| has(m, "STOPPING=1")).count(), 1, "{seen:?}");
+    assert!(has(seen.last().unwrap(), "STOPPING=1"), "{seen:?}");
+    assert_eq!(seen.iter().filter(|m| has(m, "READY=1")).count(), 1, "{seen:?}");
+    assert!(seen[after_ready..].iter().any(|m| has(m, "WATCHDOG=1")), "{seen:?}");
     let log = d.log();
     assert!(d.term_after_signal(), "exit status after SIGTERM; log:\n{log}");
 }
