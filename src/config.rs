@@ -63,6 +63,10 @@ pub(crate) struct LogSection {
     /// `off`, `error`, `warn`, `info`, `debug` or `trace`.
     #[serde(default)]
     pub(crate) level: LogLevel,
+    /// Append the log to this file instead of stderr (absent: stderr, the journal under
+    /// systemd). `imcrypt support bundle` includes its last lines.
+    #[serde(default)]
+    pub(crate) file: Option<PathBuf>,
 }
 
 /// A log level, validated at load.
@@ -317,6 +321,9 @@ impl Config {
         {
             abs(p);
         }
+        if let Some(f) = &mut c.log.file {
+            abs(f);
+        }
         if let Some(h) = &mut c.hotpath {
             abs(&mut h.socket.path);
             h.limits.validate().map_err(|e| format!("hotpath.limits: {e}"))?;
@@ -529,8 +536,10 @@ archiver = "postgresql"
         assert!(e.contains("lockout") && e.contains("not a duration"), "{e}");
         let e = err(&format!("{GOOD}\n[log]\nlevel = \"loud\"\n"));
         assert!(e.contains("log.level") && e.contains("\"loud\" is not a level"), "{e}");
-        let debug = Config::parse(&format!("{GOOD}\n[log]\nlevel = \"debug\"\n"), Path::new("/"));
-        assert_eq!(debug.unwrap().log.level.to_string(), "debug");
+        let text = format!("{GOOD}\n[log]\nlevel = \"debug\"\nfile = \"log/a.log\"\n");
+        let log = Config::parse(&text, Path::new("/etc/imcrypt")).unwrap().log;
+        assert_eq!(log.level.to_string(), "debug");
+        assert_eq!(log.file.as_deref(), Some(Path::new("/etc/imcrypt/log/a.log")));
         let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
         assert!(e.contains("missing field `admin`"), "{e}");
     }

@@ -347,7 +347,7 @@ fn sighup_applies_peers_and_the_log_level_refuses_a_broken_file_and_names_what_n
 fn a_support_bundle_of_a_running_daemon_has_status_and_alarm_history_and_no_secret() {
     const DB_PASSWORD: &str = "Planted-Db-Pa55word";
     let node = format!(
-        "[db_probe]\ninterval = \"1s\"\n\n[[nodes]]\nid = \"a1\"\narchiver = \"postgresql\"\n\
+        "[log]\nfile = \"imcrypt.log\"\n\n[db_probe]\ninterval = \"1s\"\n\n[[nodes]]\nid = \"a1\"\narchiver = \"postgresql\"\n\
          db = \"postgres://archiver:{DB_PASSWORD}@127.0.0.1:1/im\"\n"
     );
     let f = Fixture::new(&node);
@@ -383,7 +383,13 @@ fn a_support_bundle_of_a_running_daemon_has_status_and_alarm_history_and_no_secr
     let config = &b["config"]["redacted"];
     assert_eq!(config["nodes"][0]["db"], "postgres://archiver:***@127.0.0.1:1/im");
     assert_eq!(config["cluster_id"], "a");
-    assert!(b["logs"]["collect"].as_str().unwrap().contains("journalctl"));
+    // `[log] file` is set: the bundle carries its end.
+    let lines = b["logs"]["last_lines"].as_array().unwrap();
+    assert!(
+        lines.iter().any(|l| l.as_str().unwrap().contains("imcrypt daemon started")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.as_str().unwrap().contains("alarm raised")), "{lines:?}");
 
     // An existing file is never overwritten.
     let (code, _, err) = f.cli(&["support", "bundle", "--out", out.to_str().unwrap()]);
@@ -401,4 +407,13 @@ fn a_support_bundle_of_a_running_daemon_has_status_and_alarm_history_and_no_secr
     assert_eq!(b["daemon"]["reachable"], false);
     assert!(b["daemon"]["error"].as_str().unwrap().contains("cannot connect"), "{}", b["daemon"]);
     assert_eq!(b["config"]["redacted"]["cluster_id"], "a");
+
+    // Without `[log] file` the daemon logs to stderr: the bundle says how to get the journal.
+    let plain = Fixture::new("");
+    let out = plain.path("bundle.json");
+    let (code, _, err) = plain.cli(&["support", "bundle", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let b: serde_json::Value =
+        serde_json::from_reader(BufReader::new(std::fs::File::open(&out).unwrap())).unwrap();
+    assert!(b["logs"]["collect"].as_str().unwrap().contains("journalctl -u imcrypt"), "{b}");
 }

@@ -323,14 +323,37 @@ type LogReload =
 /// way to change the level later, or `None` when `RUST_LOG` decides it.
 fn init_logging(default: &str) -> Option<LogReload> {
     use std::io::IsTerminal;
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr);
+    init_logging_to(default, writer, ansi)
+}
+
+/// As [`init_logging`], appending to `file` (created 0640 if missing) instead of stderr,
+/// without colour.
+fn init_logging_file(default: &str, file: &std::path::Path) -> Result<Option<LogReload>, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(file)
+        .map_err(|source| CliError::Write { path: file.to_owned(), source })?;
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f));
+    Ok(init_logging_to(default, writer, false))
+}
+
+fn init_logging_to(
+    default: &str,
+    writer: tracing_subscriber::fmt::writer::BoxMakeWriter,
+    ansi: bool,
+) -> Option<LogReload> {
     use tracing_subscriber::prelude::*;
     let (filter, from_env) = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(f) => (f, true),
         Err(_) => (tracing_subscriber::EnvFilter::new(default), false),
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
     let _ = tracing_subscriber::registry().with(filter).with(fmt).try_init();
     (!from_env).then_some(handle)
 }
@@ -351,7 +374,11 @@ const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 fn serve(path: &std::path::Path) -> Result<(), CliError> {
     use tokio::signal::unix::{SignalKind, signal};
     let config = crate::config::Config::load(path)?;
-    let log = init_logging(&config.log.level.to_string());
+    let level = config.log.level.to_string();
+    let log = match &config.log.file {
+        Some(file) => init_logging_file(&level, file)?,
+        None => init_logging(&level),
+    };
     let set_level = log.map(|h| -> crate::daemon::LogLevelSetter {
         Box::new(move |level| {
             h.reload(tracing_subscriber::EnvFilter::new(level.to_string()))

@@ -25,8 +25,8 @@ use crate::admin::client::{Client, ConnectArgs};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum SupportCommand {
     /// Write a support bundle (one JSON file, mode 0600): versions, system, the config with
-    /// secrets redacted, the daemon's status and alarm history, where the logs are. Read it
-    /// before sending it: it holds no token, password or key.
+    /// secrets redacted, the daemon's status and alarm history, the end of the log file (or
+    /// where the logs are). Read it before sending it: it holds no token, password or key.
     Bundle {
         /// The file to write; it must not exist yet.
         #[arg(long)]
@@ -71,13 +71,52 @@ fn bundle(conn: &ConnectArgs) -> Result<Value, CliError> {
         "system": system(),
         "config": config(conn.config.as_deref()),
         "daemon": rt.block_on(daemon(conn)),
-        "logs": {
+        "logs": logs(conn.config.as_deref()),
+    }))
+}
+
+/// How many lines of the log file the bundle carries.
+const LOG_LINES: usize = 500;
+/// How much of the end of the log file is read to find them.
+const LOG_TAIL_BYTES: u64 = 1 << 20;
+
+/// The last lines of `[log] file`, or where the logs are when the daemon logs to stderr.
+fn logs(config: Option<&Path>) -> Value {
+    let file = config.and_then(|p| crate::config::Config::load(p).ok()).and_then(|c| c.log.file);
+    let Some(file) = file else {
+        return json!({
             "where": "imcrypt serve logs to stderr: under systemd, the journal",
             "collect": "journalctl -u imcrypt.service --since -24h -o short-iso > imcrypt-log.txt \
                         (for a template instance: -u imcrypt@NAME.service); attach it beside \
                         this bundle",
-        },
-    }))
+        });
+    };
+    match tail(&file) {
+        // Logs hold no secret by design; URL passwords are hidden once more all the same.
+        Ok(lines) => json!({
+            "file": file,
+            "last_lines": lines.iter().map(|l| crate::archive::redact(l)).collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "file": file, "error": format!("cannot read it: {e}") }),
+    }
+}
+
+/// The last [`LOG_LINES`] lines of `path`, read from its last [`LOG_TAIL_BYTES`].
+fn tail(path: &Path) -> std::io::Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // cut in the middle
+    }
+    let from = lines.len().saturating_sub(LOG_LINES);
+    Ok(lines[from..].iter().map(|l| (*l).to_owned()).collect())
 }
 
 /// The kernel, the distribution and the host.

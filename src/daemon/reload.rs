@@ -163,6 +163,7 @@ pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str
         (dbs.0 != dbs.1, "nodes.db"),
         (a.db_probe != b.db_probe, "db_probe.interval"),
         (a.testing != b.testing, "testing.legacy_software"),
+        (a.log.file != b.log.file, "log.file"),
     ]
     .into_iter()
     .filter_map(|(changed, key)| changed.then_some(key))
