@@ -79,14 +79,13 @@ async fn the_shipped_alert_rules_pass_promtool_check_and_their_unit_tests() {
 }
 
 /// a (master, with a hot path) and its slave b after a rotation; c and d, two masters peered
-/// with each other. Prometheus scrapes all four every second.
+/// with each other at runtime. Prometheus scrapes all four every second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_daemons_and_agrees_with_their_status() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let mut lab = Lab::new(dir.path(), &["a", "b", "c", "d"]).unwrap();
         lab.peer("a", "b");
-        lab.peer("c", "d");
         for id in ["a", "b", "c", "d"] {
             lab.spec_mut(id).metrics = true;
         }
@@ -98,8 +97,15 @@ async fn prometheus_scrapes_the_daemons_and_agrees_with_their_status() {
         lab.wait_until("b", "slave of a", WAIT, is_slave_of("a")).await.unwrap();
         lab.daemon("a").unwrap().command(Command::RotateKey).await.unwrap();
         lab.wait_until("b", "key v2", WAIT, |s| s.key_versions.len() == 2).await.unwrap();
+        // c and d become masters on their own, then are peered at runtime (enable refuses
+        // while a peer already encrypts, so the order matters): two masters meet.
         lab.daemon("c").unwrap().command(enable(false)).await.unwrap();
         lab.daemon("d").unwrap().command(enable(false)).await.unwrap();
+        let (c_addr, d_addr) =
+            (lab.daemon("c").unwrap().peer_addr(), lab.daemon("d").unwrap().peer_addr());
+        let (cc, cd) = (lab.daemon("c").unwrap().control(), lab.daemon("d").unwrap().control());
+        cc.add_peer(imcrypt::demo::cid("d"), d_addr.to_string()).await.unwrap();
+        cd.add_peer(imcrypt::demo::cid("c"), c_addr.to_string()).await.unwrap();
         for id in ["c", "d"] {
             let other = if id == "c" { "d" } else { "c" };
             lab.wait_until(id, "multi-master alarm", WAIT, |s| {
