@@ -34,6 +34,12 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && [ -z "${IMCRYPT_PG_B
   apt_install postgresql
 fi
 
+# Prometheus and promtool: tests/metrics.rs starts a throwaway Prometheus in a temp dir that
+# scrapes the daemons, and checks the exposition and dist/prometheus/'s rules with promtool.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  apt_install prometheus
+fi
+
 # Schemathesis (from PyPI, pinned so that a run is reproducible): tests/admin_api.rs fuzzes
 # the admin API of a live daemon against docs/admin-api.yaml. Installed in a virtualenv under
 # target/, so nothing outside the repository changes.

@@ -51,6 +51,9 @@ pub struct Config {
     /// `[log]`: what the daemon logs.
     #[serde(default)]
     pub(crate) log: LogSection,
+    /// The Prometheus metrics and health listener; absent: no metrics at all.
+    #[serde(default)]
+    pub(crate) metrics: Option<MetricsSection>,
     #[serde(default)]
     pub(crate) testing: TestingSection,
 }
@@ -188,6 +191,18 @@ fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
+/// `[metrics]`: `GET /metrics` and `GET /v1/health` over plain HTTP (docs/operations.md,
+/// "Monitoring"). Plain HTTP carries no secret here, but it is still loopback unless asked.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsSection {
+    /// Address of the metrics listener; a loopback address unless `allow_non_loopback`.
+    pub(crate) listen: SocketAddr,
+    /// Accept a `listen` address that is not loopback (Prometheus on another host).
+    #[serde(default)]
+    allow_non_loopback: bool,
+}
+
 /// `[encryption]`: what the master does on its own.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -313,6 +328,17 @@ impl Config {
                 c.admin.listen
             ));
         }
+        if let Some(m) = &c.metrics
+            && !m.listen.ip().is_loopback()
+            && !m.allow_non_loopback
+        {
+            return Err(format!(
+                "metrics.listen: {} is not a loopback address; the metrics listener speaks \
+                 plain HTTP (set metrics.allow_non_loopback = true if Prometheus scrapes from \
+                 another host)",
+                m.listen
+            ));
+        }
         if c.admin.cert.is_some() != c.admin.key.is_some() {
             return Err("admin.cert and admin.key: give both or neither".into());
         }
@@ -400,6 +426,7 @@ archiver = "postgresql"
         assert_eq!(c.nodes[0].archiver, Some(ComplianceDb::PostgreSql));
         assert_eq!(c.peer_address(&ClusterId::new("b").unwrap()), Some("127.0.0.1:7102"));
         assert!(c.hotpath.is_none());
+        assert!(c.metrics.is_none(), "metrics are off unless configured");
         assert_eq!(c.encryption.rotate_after, None);
         let rotating = Config::parse(
             &format!("{GOOD}\n[encryption]\nrotate_after = \"90d\"\n"),
@@ -488,6 +515,7 @@ archiver = "postgresql"
             ("hotpath.limits.drain_timeout".into(), d(h.limits.drain_timeout)),
             ("testing.legacy_software".into(), format!("`{}`", c.testing.legacy_software)),
             ("log.level".into(), format!("`{}`", c.log.level)),
+            ("metrics.allow_non_loopback".into(), "`false`".into()),
         ];
         for (k, v) in &admin {
             expected.push((format!("admin.{k}"), v.clone()));
@@ -528,6 +556,16 @@ archiver = "postgresql"
         assert!(e.contains("unknown field `mod`"), "{e}");
         let e = err(&GOOD.replace("127.0.0.1:7201", "0.0.0.0:7201"));
         assert!(e.contains("admin.listen") && e.contains("not a loopback"), "{e}");
+        let e = err(&format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n"));
+        assert!(e.contains("metrics.listen") && e.contains("not a loopback"), "{e}");
+        let e = err(&format!("{GOOD}\n[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n"));
+        assert!(e.contains("unknown field `path`"), "{e}");
+        let open =
+            format!("{GOOD}\n[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n");
+        assert_eq!(
+            Config::parse(&open, Path::new("/")).unwrap().metrics.unwrap().listen.port(),
+            9464
+        );
         let e = err(&GOOD.replace("[admin]\n", "[admin]\ncert = \"x.pem\"\n"));
         assert!(e.contains("admin.cert and admin.key"), "{e}");
         let e = err(&GOOD.replace("[admin]\n", "[admin]\nmax_failures = 0\n"));

@@ -17,6 +17,7 @@ pub mod demo;
 mod duration;
 pub mod hotpath;
 pub mod ids;
+pub mod metrics;
 pub mod peer;
 mod pem_files;
 mod pki;

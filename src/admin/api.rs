@@ -28,6 +28,7 @@ pub enum Route {
     AddNode,
     RemoveNode,
     Alarms,
+    Health,
     Enable,
     Disable,
     SetRemote,
@@ -37,7 +38,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -45,6 +46,7 @@ impl Route {
         Route::AddNode,
         Route::RemoveNode,
         Route::Alarms,
+        Route::Health,
         Route::Enable,
         Route::Disable,
         Route::SetRemote,
@@ -63,6 +65,7 @@ impl Route {
             Route::AddNode => ("POST", "/v1/nodes"),
             Route::RemoveNode => ("DELETE", "/v1/nodes/{id}"),
             Route::Alarms => ("GET", "/v1/alarms"),
+            Route::Health => ("GET", "/v1/health"),
             Route::Enable => ("POST", "/v1/encryption/enable"),
             Route::Disable => ("POST", "/v1/encryption/disable"),
             Route::SetRemote => ("PUT", "/v1/encryption/remote"),
@@ -70,6 +73,12 @@ impl Route {
             Route::RotateKey => ("POST", "/v1/keys/rotate"),
             Route::DownloadKeys => ("POST", "/v1/keys/download"),
         }
+    }
+
+    /// Answered without the admin token: a load balancer or monitor holds no token, and the
+    /// answer ([`Health`]) says nothing a monitor of this cluster does not need.
+    pub fn needs_token(self) -> bool {
+        self != Route::Health
     }
 }
 
@@ -208,11 +217,26 @@ pub struct Status {
     pub epoch: Option<Epoch>,
     pub key_versions: Vec<KeyVersion>,
     pub primary_version: Option<KeyVersion>,
+    /// When the primary version was made (Unix seconds): its age drives rotation by age.
+    #[serde(default)]
+    pub primary_created_unix: Option<u64>,
     /// "Enable on remote clusters" (on a master or slave).
     pub(crate) remote: Option<bool>,
     pub eligible: bool,
     pub peers: Vec<PeerStatus>,
     pub alarms: Vec<Alarm>,
+    /// The last probe of each node's compliance database (nodes with a `db` only, once
+    /// probed since start).
+    #[serde(default)]
+    pub db_probes: Vec<DbProbeStatus>,
+}
+
+/// One node's compliance database as the daemon's probe last found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbProbeStatus {
+    pub node: String,
+    /// It answered, and is of the kind configured.
+    pub reachable: bool,
 }
 
 /// One peer in `GET /v1/status` and `GET /v1/peers`.
@@ -224,6 +248,10 @@ pub struct PeerStatus {
     /// How this cluster sees the peer (slave in sync, conflict and why, not enrolled and why…).
     pub relation: PeerRelation,
     pub link: LinkStatus,
+    /// Unix milliseconds of the last message this cluster received from the peer (its hellos
+    /// come every `hello_interval`); `None`: nothing since this daemon started.
+    #[serde(default)]
+    pub last_hello_unix_ms: Option<u64>,
 }
 
 /// `GET /v1/alarms`: the active alarms and the recent raises and clears, oldest first.
@@ -231,6 +259,91 @@ pub struct PeerStatus {
 pub(crate) struct AlarmsReport {
     pub(crate) active: Vec<Alarm>,
     pub(crate) history: Vec<AlarmEvent>,
+}
+
+/// `GET /v1/health`'s verdict, most severe first where several apply; each has its own HTTP
+/// status (see [`Health::http_status`] and docs/operations.md, "Health").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// The daemon is shutting down: take it out of rotation.
+    Stopping,
+    /// A critical alarm is active (e.g. `MAencryptionMultiMaster`).
+    CriticalAlarm,
+    /// A slave whose master has not been heard from for `master_unreachable_after`: it still
+    /// encrypts with the keys it holds; changes wait.
+    MasterUnreachable,
+    /// Encryption is off here (by choice, or not eligible: see `off_reason` in the status).
+    Off,
+    /// A slave in good health.
+    Slave,
+    /// The master of its domain, in good health.
+    Master,
+}
+
+impl Health {
+    /// The verdict on a status; `None` (no status): the daemon is stopping.
+    pub(crate) fn of(status: Option<&Status>) -> Self {
+        use crate::alarm::{AlarmName, Severity};
+        let Some(s) = status else { return Health::Stopping };
+        if s.alarms.iter().any(|a| a.severity == Severity::Critical) {
+            return Health::CriticalAlarm;
+        }
+        match s.role {
+            Role::Master => Health::Master,
+            Role::Off => Health::Off,
+            Role::Slave if s.alarms.iter().any(|a| a.key.name == AlarmName::MasterUnreachable) => {
+                Health::MasterUnreachable
+            }
+            Role::Slave => Health::Slave,
+        }
+    }
+
+    /// The HTTP status a load balancer or monitor acts on, in the spirit of Vault's
+    /// `/sys/health`: 2xx only for a healthy master (and a healthy slave with
+    /// `standbyok=true`), distinct 4xx for states that are normal but not "master", 5xx for
+    /// states that need someone. The one place where a verdict becomes a status code.
+    pub fn http_status(self, standby_ok: bool) -> u16 {
+        match self {
+            Health::Master => 200,
+            Health::Slave if standby_ok => 200,
+            Health::Slave => 429,
+            Health::Off => 472,
+            Health::MasterUnreachable => 473,
+            Health::CriticalAlarm => 500,
+            Health::Stopping => 503,
+        }
+    }
+}
+
+/// `GET /v1/health`: enough for a monitor, nothing more (no peers, no causes, no addresses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthReport {
+    pub health: Health,
+    pub cluster: ClusterId,
+    /// `None` while stopping (the daemon no longer answers for its state).
+    pub role: Option<Role>,
+    pub domain: Option<DomainId>,
+    pub master: Option<ClusterId>,
+    pub epoch: Option<Epoch>,
+    pub critical_alarms: usize,
+}
+
+impl HealthReport {
+    pub(crate) fn new(cluster: ClusterId, status: Option<&Status>) -> Self {
+        let critical = |s: &Status| {
+            s.alarms.iter().filter(|a| a.severity == crate::alarm::Severity::Critical).count()
+        };
+        Self {
+            health: Health::of(status),
+            cluster,
+            role: status.map(|s| s.role),
+            domain: status.and_then(|s| s.domain),
+            master: status.and_then(|s| s.master.clone()),
+            epoch: status.and_then(|s| s.epoch),
+            critical_alarms: status.map(critical).unwrap_or(0),
+        }
+    }
 }
 
 /// The answer to a command that succeeded: what happened, in the operator's terms.

@@ -112,17 +112,20 @@ impl PasswordLimiter {
         Ok(())
     }
 
-    /// Records how an attempt that `begin` allowed ended.
-    pub(crate) fn finish(&mut self, client: IpAddr, outcome: Outcome, now: Instant) {
+    /// Records how an attempt that `begin` allowed ended. Returns whether this attempt locked
+    /// the client out (for the lockout counter of the metrics).
+    pub(crate) fn finish(&mut self, client: IpAddr, outcome: Outcome, now: Instant) -> bool {
         let max = self.limits.max_failures;
         let lockout = self.limits.lockout;
         let c = self.clients.entry(client).or_default();
         c.in_flight = c.in_flight.saturating_sub(1);
+        let mut locked = false;
         match outcome {
             Outcome::Correct => c.failures = 0,
             Outcome::Wrong => {
                 c.failures += 1;
                 if c.failures >= max {
+                    locked = true;
                     c.locked_until = Some(now + lockout);
                     tracing::warn!(
                         client = %client,
@@ -137,6 +140,7 @@ impl PasswordLimiter {
         if c.failures == 0 && c.in_flight == 0 && c.locked_until.is_none() {
             self.clients.remove(&client);
         }
+        locked
     }
 }
 

@@ -1,5 +1,5 @@
 //! The admin API: HTTPS (TLS 1.3 only) with JSON bodies, on loopback by default. Every
-//! request needs the admin token; routes are in [`api::Route`] and docs/admin-api.yaml, and the
+//! request but `GET /v1/health` ([`health`], for load balancers) needs the admin token; routes are in [`api::Route`] and docs/admin-api.yaml, and the
 //! operator's guide is docs/admin.md.
 //!
 //! Invariants:
@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_public_key};
 use crate::crypto::password::Password;
 use crate::ids::ClusterId;
+use crate::metrics::AdminMetrics;
 use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
 
@@ -103,6 +104,8 @@ struct Ctx {
     limiter: Mutex<PasswordLimiter>,
     hashing: Semaphore,
     history: AlarmHistory,
+    /// `None`: metrics off.
+    metrics: Option<Arc<AdminMetrics>>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -119,7 +122,11 @@ fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
 
 impl Admin {
     /// Loads the TLS certificate and the token (creating the token file on first start).
-    pub(crate) fn new(config: &Config, history: AlarmHistory) -> Result<Self, AdminError> {
+    pub(crate) fn new(
+        config: &Config,
+        history: AlarmHistory,
+        metrics: Option<Arc<AdminMetrics>>,
+    ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
         let path = config.admin_token_file();
@@ -141,6 +148,7 @@ impl Admin {
                 limiter: Mutex::new(PasswordLimiter::new(limits)),
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
                 history,
+                metrics,
             }),
         })
     }
@@ -179,13 +187,17 @@ async fn connection(
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let client = addr.ip();
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (ctx, control) = (ctx.clone(), control.clone());
         async move {
+            let counted = ctx.metrics.as_ref().map(|_| metric_labels(&req));
             let r = match handle(req, client, &ctx, &control).await {
                 Ok(r) => r,
                 Err(e) => e.response(),
             };
+            if let (Some(m), Some((method, route))) = (&ctx.metrics, counted) {
+                m.request(method, route, r.status().as_u16());
+            }
             Ok::<_, std::convert::Infallible>(r)
         }
     });
@@ -363,6 +375,35 @@ fn done(message: impl Into<String>, notes: Vec<String>) -> Response<Full<Bytes>>
     json(StatusCode::OK, &api::Done { message: message.into(), notes })
 }
 
+/// The method and route labels of `imcrypt_admin_requests_total`: only values of the route
+/// table (or "other"), never what a client typed, so the series stay few.
+fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
+    match api::find(req.method().as_str(), req.uri().path()) {
+        Match::Found { route, .. } => route.method_and_path(),
+        Match::WrongMethod { .. } | Match::NotFound => ("other", "other"),
+    }
+}
+
+/// `GET /v1/health`, on the admin and the metrics listeners, without a token: the verdict on
+/// the daemon's status and its HTTP status ([`api::Health::http_status`], the one place where
+/// a verdict becomes a code; docs/operations.md has the table). `standbyok=true` in the query
+/// makes a healthy slave 200, as Vault's `standbyok` does for a standby.
+pub(crate) async fn health(
+    cluster: &ClusterId,
+    query: Option<&str>,
+    control: &impl Daemon,
+) -> Response<Full<Bytes>> {
+    let status = control.status().await.ok();
+    let report = api::HealthReport::new(cluster.clone(), status.as_ref());
+    let standby_ok = query.is_some_and(|q| q.split('&').any(|kv| kv == "standbyok=true"));
+    let code = report.health.http_status(standby_ok);
+    let mut r = json(StatusCode::from_u16(code).expect("a valid status code"), &report);
+    if report.health == api::Health::Stopping {
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
+    }
+    r
+}
+
 fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), ApiError> {
     let Some(h) = req.headers().get(AUTHORIZATION) else { return Err(ApiError::NoToken) };
     let given = h.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or(ApiError::NoToken)?;
@@ -414,11 +455,19 @@ async fn with_password(
     }
     impl Drop for Finish {
         fn drop(&mut self) {
-            self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
+            let locked = self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
                 self.client,
                 self.outcome,
                 Instant::now(),
             );
+            if let Some(m) = &self.ctx.metrics {
+                if self.outcome == Checked::Wrong {
+                    m.password_failures.inc();
+                }
+                if locked {
+                    m.lockouts.inc();
+                }
+            }
         }
     }
     let mut finish = Finish { ctx: ctx.clone(), client, outcome: Checked::NotChecked };
@@ -465,9 +514,12 @@ async fn handle(
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    check_token(&req, ctx)?;
     let path = req.uri().path().to_owned();
-    let (route, param) = match api::find(req.method().as_str(), &path) {
+    let found = api::find(req.method().as_str(), &path);
+    if !matches!(found, Match::Found { route, .. } if !route.needs_token()) {
+        check_token(&req, ctx)?;
+    }
+    let (route, param) = match found {
         Match::Found { route, param } => (route, param),
         Match::WrongMethod { allowed } => {
             return Err(ApiError::WrongMethod {
@@ -481,6 +533,7 @@ async fn handle(
     let param = param.unwrap_or_default();
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
+        Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
         Route::Peers => Ok(json(StatusCode::OK, &control.status().await?.peers)),
         Route::Alarms => {
             let active = control.status().await?.alarms;

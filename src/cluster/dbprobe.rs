@@ -47,6 +47,12 @@ impl DbProbes {
         self.0.retain(|n, _| nodes.contains(n));
     }
 
+    /// Each probed node and whether its database answered as the kind configured or at all
+    /// (`true`: reachable), for the status and the metrics.
+    pub(crate) fn reachability(&self) -> impl Iterator<Item = (&NodeId, bool)> {
+        self.0.iter().map(|(n, p)| (n, matches!(p, DbProbe::Reachable { .. })))
+    }
+
     /// Forgets `node` (it was removed from the cluster).
     pub(super) fn forget(&mut self, node: &NodeId) {
         self.0.remove(node);

@@ -218,6 +218,16 @@ impl Cluster {
         matches!(self.state.role, Role::Master(_))
     }
 
+    /// When `peer` was last heard from (a hello or any other message); `None`: not since start.
+    pub(crate) fn peer_last_heard(&self, peer: &ClusterId) -> Option<Time> {
+        self.views.get(peer).and_then(|v| v.last_heard)
+    }
+
+    /// The last probe of each node's compliance database (`handle_db_probe`).
+    pub(crate) fn db_probes(&self) -> &DbProbes {
+        &self.db_probes
+    }
+
     pub(crate) fn alarms(&self) -> &AlarmRegistry {
         &self.alarms
     }

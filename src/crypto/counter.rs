@@ -213,6 +213,14 @@ impl Reservations {
         self.by_domain.get(&domain).and_then(|v| v.get(&version)).copied().unwrap_or(0)
     }
 
+    /// Every version of `domain` with its reservation (what counts as used after a restart).
+    pub(crate) fn versions(
+        &self,
+        domain: crate::ids::DomainId,
+    ) -> impl Iterator<Item = (crate::ids::KeyVersion, u64)> + '_ {
+        self.by_domain.get(&domain).into_iter().flat_map(|v| v.iter().map(|(k, n)| (*k, *n)))
+    }
+
     /// Records a new reservation. Reservations never go down.
     pub fn set(&mut self, domain: crate::ids::DomainId, version: crate::ids::KeyVersion, n: u64) {
         let e = self.by_domain.entry(domain).or_default().entry(version).or_insert(0);

@@ -39,6 +39,9 @@ pub struct DaemonHandle {
     pub(super) control: Control,
     pub(super) peer_addr: SocketAddr,
     pub(super) admin_addr: SocketAddr,
+    /// `None`: no `[metrics]` in the config.
+    pub(super) metrics_addr: Option<SocketAddr>,
+    pub(super) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(super) ring: watch::Receiver<Option<Arc<KeyRing>>>,
 }
 
@@ -55,6 +58,18 @@ impl DaemonHandle {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where `GET /metrics` and `GET /v1/health` are served over plain HTTP (`None`: metrics
+    /// are not configured).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The daemon's metrics (`None`: not configured): where the alarm sinks are hooked in
+    /// with `Metrics::set_sinks`.
+    pub fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        self.metrics.clone()
     }
 
     /// The key ring the hot path must use (`None`: encryption is off here).

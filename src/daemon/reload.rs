@@ -164,6 +164,8 @@ pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str
         (a.db_probe != b.db_probe, "db_probe.interval"),
         (a.testing != b.testing, "testing.legacy_software"),
         (a.log.file != b.log.file, "log.file"),
+        // The hot path and the admin API take the metrics registry at start.
+        (a.metrics != b.metrics, "metrics"),
     ]
     .into_iter()
     .filter_map(|(changed, key)| changed.then_some(key))

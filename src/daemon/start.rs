@@ -108,15 +108,28 @@ pub(crate) async fn start_with(
         });
     }
     let alarm_history = AlarmHistory::default();
-    let admin = span.in_scope(|| crate::admin::Admin::new(&config, alarm_history.clone()))?;
+    // Metrics off: no registry at all, and the hot path and admin API count nothing.
+    let metrics = config.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
+    let admin = span.in_scope(|| {
+        crate::admin::Admin::new(
+            &config,
+            alarm_history.clone(),
+            metrics.as_ref().map(|m| m.admin()),
+        )
+    })?;
 
     let bind = |what, addr| async move {
         TcpListener::bind(addr).await.map_err(|source| DaemonError::Listen { what, addr, source })
     };
     let peer_listener = bind("peer listener", config.peer.listen).await?;
     let admin_listener = bind("admin listener", config.admin.listen).await?;
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(bind("metrics listener", m.listen).await?),
+        None => None,
+    };
     let peer_addr = peer_listener.local_addr().expect("bound");
     let admin_addr = admin_listener.local_addr().expect("bound");
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().expect("bound"));
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -124,6 +137,7 @@ pub(crate) async fn start_with(
     let control = Control(tx.clone());
     let (ring_tx, ring_rx) = watch::channel(cluster.key_ring().cloned().map(Arc::new));
     let mut worn_out = None;
+    let mut hot_keys = None;
     if let Some(hp) = &config.hotpath {
         let counters = SealedFile::new(dir.join("counters.sealed"), &node_key, Purpose::Counters);
         let keys = Arc::new(crate::hotpath::KeySource::new(
@@ -135,6 +149,7 @@ pub(crate) async fn start_with(
         // the daemon does not start (rather than serve "off" or fail every request).
         span.in_scope(|| keys.set_ring(cluster.key_ring()))?;
         worn_out = Some(keys.worn_out());
+        hot_keys = Some(keys.clone());
         let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
         // Ends when the core drops the ring sender, so no counter write of this instance is
         // still running when the hot path's task returns.
@@ -142,9 +157,12 @@ pub(crate) async fn start_with(
             keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
         );
         let (limits, stop) = (hp.limits.clone(), shutdown.clone().cancelled_owned());
+        let counted = metrics.as_ref().map(|m| m.hotpath());
         tasks.spawn(
             async move {
-                if let Err(e) = crate::hotpath::serve(listener, keys, limits, stop).await {
+                if let Err(e) =
+                    crate::hotpath::serve_with(listener, keys, limits, counted, stop).await
+                {
                     tracing::error!(error = %e, "hot path stopped");
                 }
                 let _ = follow.await;
@@ -177,6 +195,17 @@ pub(crate) async fn start_with(
     tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));
     let admin_server = admin.serve(admin_listener, control.clone());
     tasks.spawn(until_shutdown(shutdown.clone(), admin_server).instrument(span.clone()));
+    if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
+        let server = crate::metrics::server::MetricsServer {
+            cluster: id.clone(),
+            metrics: m.clone(),
+            control: control.clone(),
+            keys: hot_keys,
+        };
+        tasks.spawn(
+            until_shutdown(shutdown.clone(), server.serve(listener)).instrument(span.clone()),
+        );
+    }
     if config.nodes.iter().any(|n| n.db.is_some()) {
         let probe = probe::probe_databases(config.clone(), control.clone());
         tasks.spawn(until_shutdown(shutdown.clone(), probe).instrument(span.clone()));
@@ -184,7 +213,17 @@ pub(crate) async fn start_with(
     tasks.spawn(core.run(rx, shutdown.clone()).instrument(span.clone()));
     drop(tx);
     span.in_scope(
-        || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
+        || tracing::info!(peer = %peer_addr, admin = %admin_addr, metrics = ?metrics_addr, "imcrypt daemon started"),
     );
-    Ok(DaemonHandle { id, shutdown, tasks, control, peer_addr, admin_addr, ring: ring_rx })
+    Ok(DaemonHandle {
+        id,
+        shutdown,
+        tasks,
+        control,
+        peer_addr,
+        admin_addr,
+        metrics_addr,
+        metrics,
+        ring: ring_rx,
+    })
 }

@@ -24,6 +24,7 @@ pub(super) fn status(c: &Cluster, links: &BTreeMap<ClusterId, PeerLink>) -> api:
             address: links.get(p).map(|l| l.address().to_owned()),
             relation: c.peer_relation(p).unwrap_or(PeerRelation::NotHeardFrom),
             link: links.get(p).map(PeerLink::status).unwrap_or_default(),
+            last_hello_unix_ms: c.peer_last_heard(p).map(|t| t.unix_millis()),
         })
         .collect();
     api::Status {
@@ -35,9 +36,15 @@ pub(super) fn status(c: &Cluster, links: &BTreeMap<ClusterId, PeerLink>) -> api:
         epoch: ds.map(|d| d.epoch),
         key_versions: ds.map(|d| d.ring.versions().collect()).unwrap_or_default(),
         primary_version: ds.map(|d| d.ring.primary_version()),
+        primary_created_unix: ds.map(|d| d.ring.primary().created_unix()),
         remote: ds.map(|d| d.remote),
         eligible: c.eligibility().is_eligible(),
         peers,
         alarms: c.alarms().iter().cloned().collect(),
+        db_probes: c
+            .db_probes()
+            .reachability()
+            .map(|(n, reachable)| api::DbProbeStatus { node: n.to_string(), reachable })
+            .collect(),
     }
 }

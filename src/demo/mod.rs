@@ -64,6 +64,8 @@ pub struct Spec {
     /// Password rate limits and lockout raised out of reach (for fuzzing the admin API, which
     /// would otherwise be locked out after five wrong guesses, as any client is).
     pub unlimited_password_attempts: bool,
+    /// Serve `GET /metrics` and `GET /v1/health` on the member's metrics port (`[metrics]`).
+    pub metrics: bool,
 }
 
 impl Default for Spec {
@@ -78,6 +80,7 @@ impl Default for Spec {
             rotate_after: None,
             archive_db: None,
             unlimited_password_attempts: false,
+            metrics: false,
         }
     }
 }
@@ -85,6 +88,7 @@ impl Default for Spec {
 struct Member {
     peer_port: ReservedPort,
     admin_port: ReservedPort,
+    metrics_port: ReservedPort,
     spec: Spec,
     daemon: Option<DaemonHandle>,
 }
@@ -132,6 +136,7 @@ impl Member {
         Ok(Self {
             peer_port: ReservedPort::new().map_err(LabError::Port)?,
             admin_port: ReservedPort::new().map_err(LabError::Port)?,
+            metrics_port: ReservedPort::new().map_err(LabError::Port)?,
             spec: Spec::default(),
             daemon: None,
         })
@@ -143,7 +148,7 @@ pub fn cid(s: &str) -> ClusterId {
 }
 
 impl Lab {
-    /// Creates the PKI for `ids` under `dir` and reserves two ports for each cluster.
+    /// Creates the PKI for `ids` under `dir` and reserves three ports for each cluster (peer, admin, metrics).
     pub fn new(dir: &Path, ids: &[&str]) -> Result<Self, LabError> {
         let ids: Vec<ClusterId> = ids.iter().map(|s| cid(s)).collect();
         crate::pki::init(&dir.join("pki"), &ids)?;
@@ -225,6 +230,9 @@ impl Lab {
         }
         if m.spec.hotpath {
             t.push_str(&format!("\n[hotpath.socket]\npath = \"state/{id}/hotpath.sock\"\n"));
+        }
+        if m.spec.metrics {
+            t.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{}\"\n", m.metrics_port.port()));
         }
         if m.spec.legacy_software {
             t.push_str("\n[testing]\nlegacy_software = true\n");

@@ -84,6 +84,24 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// A stable name, for the `code` label of `imcrypt_hotpath_errors_total`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::Truncated => "truncated",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::HandshakeRequired => "handshake_required",
+            ErrorCode::BatchTooLarge => "batch_too_large",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::ReservationUnavailable => "reservation_unavailable",
+            ErrorCode::KeyExhausted => "key_exhausted",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other(_) => "other",
+        }
+    }
+
     fn to_u16(self) -> u16 {
         match self {
             ErrorCode::Malformed => 1,

@@ -218,6 +218,21 @@ impl KeySource {
         }
     }
 
+    /// Seals per key version of the current domain, counted against each version's 2^32
+    /// budget: the live count of the primary version, and the persisted reservation of older
+    /// ones (which is what counts for them after a restart). Empty while encryption is off.
+    /// Takes the reservations lock, which a save holds for one fsync: call off the async
+    /// workers.
+    pub(crate) fn seal_counts(&self) -> Vec<(KeyVersion, u64)> {
+        let Some(cur) = self.sealer() else { return Vec::new() };
+        let guard = self.reservations.lock().expect("not poisoned");
+        let mut v: std::collections::BTreeMap<KeyVersion, u64> =
+            guard.0.versions(cur.domain()).collect();
+        drop(guard);
+        v.insert(cur.key_version(), cur.counter().used());
+        v.into_iter().collect()
+    }
+
     /// Tells when a key version reaches 0.9·2^32 seals here (checked after every batch and
     /// when a sealer is set up, so a restart with a worn-out count reports it too).
     pub(crate) fn worn_out(&self) -> watch::Receiver<Option<KeyVersion>> {

@@ -25,4 +25,4 @@ pub use client::{
     BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch,
 };
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
-pub use server::{ServerConfig, ServerError, UnixSocketConfig, bind_unix, serve};
+pub use server::{ServerConfig, ServerError, UnixSocketConfig, bind_unix, serve, serve_with};

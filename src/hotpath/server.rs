@@ -27,6 +27,7 @@ use super::frame;
 use super::keys::KeySource;
 use super::session::{Limits, Next, Session};
 use crate::crypto::random::NonceSource;
+use crate::metrics::HotpathMetrics;
 
 /// Why the hot-path listener cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -178,11 +179,23 @@ pub fn bind_unix(cfg: &UnixSocketConfig) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves hot-path connections on `listener` until `shutdown` resolves, then drains.
-/// Also keeps the key source's counter reservations ahead of use.
+/// Also keeps the key source's counter reservations ahead of use. No metrics.
 pub async fn serve(
     listener: UnixListener,
     keys: Arc<KeySource>,
     config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    serve_with(listener, keys, config, None, shutdown).await
+}
+
+/// As [`serve`], counting requests, records, errors and latency in `metrics` when given
+/// (`None`: nothing is counted and no clock is read for it).
+pub async fn serve_with(
+    listener: UnixListener,
+    keys: Arc<KeySource>,
+    config: ServerConfig,
+    metrics: Option<Arc<HotpathMetrics>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     config.validate()?;
@@ -204,8 +217,9 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
+                    let metrics = metrics.clone();
                     conns.spawn(async move {
-                        if let Err(e) = connection(stream, &keys, &config, stop).await {
+                        if let Err(e) = connection(stream, &keys, &config, metrics, stop).await {
                             tracing::debug!(error = %e, "hot-path connection ended with an error");
                         }
                     });
@@ -239,10 +253,14 @@ async fn connection(
     mut stream: UnixStream,
     keys: &KeySource,
     config: &ServerConfig,
+    metrics: Option<Arc<HotpathMetrics>>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let limits = Limits { max_frame: config.max_frame, max_batch: config.max_batch };
-    let mut session = Session::new(limits, NonceSource::from_os());
+    let timed = metrics.clone();
+    let mut session = Session::new(limits, NonceSource::from_os()).with_metrics(metrics);
+    // When the bytes that completed the requests being answered were read (metrics on only).
+    let mut read_at = timed.as_ref().map(|_| Instant::now());
     let mut inbuf: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut start = 0;
     let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
@@ -258,6 +276,12 @@ async fn connection(
             out.clear();
             if out.capacity() > 1 << 20 {
                 out.shrink_to(64 << 10);
+            }
+        }
+        if let (Some(m), Some(t)) = (&timed, read_at) {
+            let n = session.take_answered();
+            if n > 0 {
+                m.observe(n, t.elapsed());
             }
         }
         match p.next {
@@ -289,6 +313,9 @@ async fn connection(
         inbuf.reserve(want - inbuf.len());
         tokio::select! {
             r = stream.read_buf(&mut inbuf) => {
+                if read_at.is_some() {
+                    read_at = Some(Instant::now());
+                }
                 if r? == 0 {
                     if !inbuf.is_empty() {
                         Session::truncated(&mut out, inbuf.len());

@@ -13,11 +13,14 @@
 //!   waited for the reservation (`Next::WaitForReservation`); after the wait it is sealed or,
 //!   if `give_up` is set, answered with `ReservationUnavailable`. It is never dropped.
 
+use std::sync::Arc;
+
 use super::frame::{self, ErrorCode, FrameError, Request, StatusInfo};
 use super::keys::{KeySource, KeyStatus};
 use crate::crypto::counter::CounterError;
 use crate::crypto::random::NonceSource;
 use crate::crypto::record::RecordError;
+use crate::metrics::HotpathMetrics;
 
 /// Limits a session enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +54,37 @@ pub struct Session {
     limits: Limits,
     greeted: bool,
     nonces: NonceSource,
+    /// `None`: metrics off, nothing counted.
+    metrics: Option<Arc<HotpathMetrics>>,
+    /// ENCRYPT and INDEX requests answered since the driver last asked ([`Self::take_answered`]).
+    answered: u32,
 }
 
 impl Session {
     pub fn new(limits: Limits, nonces: NonceSource) -> Self {
-        Self { limits, greeted: false, nonces }
+        Self { limits, greeted: false, nonces, metrics: None, answered: 0 }
+    }
+
+    /// Counts requests, records and errors in `metrics` (once per batch, not per record).
+    pub(crate) fn with_metrics(mut self, metrics: Option<Arc<HotpathMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The ENCRYPT and INDEX requests answered since the last call (for the driver's latency
+    /// histogram: the session reads no clock).
+    pub(crate) fn take_answered(&mut self) -> u32 {
+        std::mem::take(&mut self.answered)
+    }
+
+    fn count(&mut self, records: usize, error: Option<ErrorCode>) {
+        if let Some(m) = &self.metrics {
+            self.answered += 1;
+            m.answered(records);
+            if let Some(code) = error {
+                m.error(code.name());
+            }
+        }
     }
 
     pub(crate) fn greeted(&self) -> bool {
@@ -79,6 +108,9 @@ impl Session {
                     Ok(None) => return Progress { used, next: Next::NeedMore },
                     Err(e) => {
                         protocol_error(out, &e);
+                        if let Some(m) = &self.metrics {
+                            m.error(e.code().name());
+                        }
                         return Progress { used, next: Next::Close };
                     }
                 };
@@ -116,19 +148,23 @@ impl Session {
                     );
                     return Progress { used, next: Next::Close };
                 }
-                (true, Request::Index { request_id, messages }) => match keys.indexer() {
-                    None => frame::encode_off(out, request_id),
-                    Some(ix) => {
-                        let idx: Vec<[u8; 32]> = messages.iter().map(|m| ix.index(m)).collect();
-                        frame::encode_indexed(out, request_id, ix.version().get(), &idx);
+                (true, Request::Index { request_id, messages }) => {
+                    match keys.indexer() {
+                        None => frame::encode_off(out, request_id),
+                        Some(ix) => {
+                            let idx: Vec<[u8; 32]> = messages.iter().map(|m| ix.index(m)).collect();
+                            frame::encode_indexed(out, request_id, ix.version().get(), &idx);
+                        }
                     }
-                },
+                    self.count(0, None);
+                }
                 (true, Request::Status { request_id }) => {
                     frame::encode_status(out, request_id, &status_info(keys));
                 }
                 (true, Request::Encrypt { request_id, records }) => {
                     let Some(sealer) = keys.sealer() else {
                         frame::encode_off(out, request_id);
+                        self.count(0, None);
                         used += n;
                         continue;
                     };
@@ -147,7 +183,10 @@ impl Session {
                         Err(e) => Some(e),
                     };
                     match failed {
-                        None => frame::finish_sealed(out, at, records.len() as u32),
+                        None => {
+                            frame::finish_sealed(out, at, records.len() as u32);
+                            self.count(records.len(), None);
+                        }
                         Some(e) => {
                             out.truncate(at);
                             let exhausted =
@@ -168,6 +207,7 @@ impl Session {
                                 other => (ErrorCode::Internal, other.to_string()),
                             };
                             frame::encode_error(out, request_id, code, false, &msg);
+                            self.count(0, Some(code));
                         }
                     }
                     keys.note_use(&sealer);

@@ -1,10 +1,13 @@
 //! Shared by the integration tests: a lab of daemons on 127.0.0.1 in a temp dir, passwords,
 //! ports reserved for servers the tests start ([`ReservedPort`]), key pairs made by the real
-//! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps.
+//! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps; [`prometheus`] starts the
+//! real Prometheus.
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod prometheus;
 
 pub use imcrypt::admin::api::{Role, Status};
 pub use imcrypt::alarm::AlarmName;
