@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::alarm::sink::SinkStatus;
 use crate::alarm::{Alarm, AlarmEvent};
 use crate::cluster::PeerRelation;
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
@@ -196,7 +197,8 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// `GET /v1/status`: role, domain, key versions (never key bytes), peers and active alarms.
+/// `GET /v1/status`: role, domain, key versions (never key bytes), peers, active alarms and
+/// alarm sinks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub(crate) cluster: ClusterId,
@@ -213,6 +215,8 @@ pub struct Status {
     pub eligible: bool,
     pub peers: Vec<PeerStatus>,
     pub alarms: Vec<Alarm>,
+    /// Each configured alarm sink and its delivery counters.
+    pub sinks: Vec<SinkStatus>,
 }
 
 /// One peer in `GET /v1/status` and `GET /v1/peers`.

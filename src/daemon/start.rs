@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::alarm::AlarmHistory;
+use crate::alarm::sink::Sinks;
 use crate::cluster::{Cluster, ClusterConfig, PersistedState, Wanted};
 use crate::config::Config;
 use crate::crypto::seal::{NodeKey, Purpose};
@@ -98,6 +99,8 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         });
     }
     let alarm_history = AlarmHistory::default();
+    // One task per sink; an unreachable sink is not an error here (it counts failures).
+    let sinks = span.in_scope(|| Sinks::new(id.clone(), &config.alarms.sinks));
     let admin = span.in_scope(|| crate::admin::Admin::new(&config, alarm_history.clone()))?;
 
     let bind = |what, addr| async move {
@@ -151,6 +154,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         tls_client: tls.client.clone(),
         ring: ring_tx,
         alarm_history,
+        sinks: sinks.clone(),
         worn_out,
     };
     // The start-up effects (reconcile's state, the links, the first hellos) before anything
@@ -175,5 +179,5 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     span.in_scope(
         || tracing::info!(peer = %peer_addr, admin = %admin_addr, "imcrypt daemon started"),
     );
-    Ok(DaemonHandle { id, shutdown, tasks, control, peer_addr, admin_addr, ring: ring_rx })
+    Ok(DaemonHandle { id, shutdown, tasks, control, peer_addr, admin_addr, ring: ring_rx, sinks })
 }
