@@ -64,6 +64,8 @@ pub struct Spec {
     /// Password rate limits and lockout raised out of reach (for fuzzing the admin API, which
     /// would otherwise be locked out after five wrong guesses, as any client is).
     pub unlimited_password_attempts: bool,
+    /// TOML appended to the generated config as is (e.g. `[[alarms.sinks]]` tables).
+    pub extra_config: String,
 }
 
 impl Default for Spec {
@@ -78,6 +80,7 @@ impl Default for Spec {
             rotate_after: None,
             archive_db: None,
             unlimited_password_attempts: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -228,6 +231,11 @@ impl Lab {
         }
         if m.spec.legacy_software {
             t.push_str("\n[testing]\nlegacy_software = true\n");
+        }
+        if !m.spec.extra_config.is_empty() {
+            t.push('\n');
+            t.push_str(&m.spec.extra_config);
+            t.push('\n');
         }
         for p in &m.spec.peers {
             let port = self.member(p)?.peer_port.port();
