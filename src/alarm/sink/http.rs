@@ -99,7 +99,9 @@ async fn post_inner(
                 .map_err(|e| HttpError::Connect(format!("TLS server name {}: {e}", url.host)))?;
             stream::tls(tcp, ca, name).await.map_err(|e| HttpError::Connect(format!("TLS: {e}")))?
         }
-        _ => Box::new(tcp),
+        // Never plain HTTP to an https URL (config load reads the CA for every https URL).
+        (true, None) => return Err(HttpError::Connect("https without a CA file".into())),
+        (false, _) => Box::new(tcp),
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await

@@ -546,6 +546,61 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err());
     }
 
+    /// Answers every HTTP POST with 200 and passes its body on.
+    async fn http_receiver() -> (String, mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let mut r = tokio::io::BufReader::new(s);
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).await.unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).await.unwrap();
+                let _ = tx.send(String::from_utf8(body).unwrap());
+                r.get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_new_alertmanager_sink_is_given_the_alarms_already_active() {
+        let (url, mut rx) = http_receiver().await;
+        let sinks = Sinks::new(ClusterId::new("a").unwrap(), &[]);
+        sinks.raised(&alarm(AlarmName::MultiMaster, "b"), None, 1);
+        let am = SinkConfig {
+            name: "am".into(),
+            min_severity: Severity::Warning,
+            kind: SinkKind::Alertmanager(config::AlertmanagerConfig {
+                url,
+                resend_interval: Duration::from_secs(3600),
+                ends_at_after: None,
+                ca_file: None,
+                ca: None,
+            }),
+        };
+        sinks.reconfigure(&[am]);
+        let body: serde_json::Value = serde_json::from_str(&next(&mut rx).await).unwrap();
+        assert_eq!(body[0]["labels"]["alertname"], "MAencryptionMultiMaster", "{body}");
+        assert_eq!(body[0]["labels"]["about"], "b", "{body}");
+    }
+
     #[test]
     fn a_webhook_config_with_another_secret_is_a_changed_sink() {
         let w = |s: &[u8]| {

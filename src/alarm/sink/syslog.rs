@@ -170,6 +170,8 @@ impl SyslogSender {
                         .map_err(|e| format!("TLS server name {host}: {e}"))?;
                     stream::tls(tcp, ca, name).await.map_err(|e| format!("TLS: {e}"))?
                 }
+                // Never plain TCP when TLS was asked for (config load reads the CA).
+                (Transport::Tls, None) => return Err("TLS without a CA file".into()),
                 _ => Box::new(tcp),
             });
         }
@@ -244,6 +246,75 @@ mod tests {
             e.alarm.severity = s;
             assert_eq!(severity_code(&e), code);
         }
+    }
+
+    fn sink(address: String, transport: Transport) -> SyslogConfig {
+        SyslogConfig {
+            address,
+            transport,
+            ca_file: None,
+            facility: 3,
+            app_name: "imcrypt".into(),
+            hostname: Some("h".into()),
+            sd_id: super::super::config::DEFAULT_SD_ID.into(),
+            ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_sends_one_datagram_per_message_without_framing() {
+        let r = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut s = SyslogSender::new(sink(r.local_addr().unwrap().to_string(), Transport::Udp));
+        let e = event(AlarmEventKind::Raised, "c");
+        s.send(&e).await.unwrap();
+        let mut buf = vec![0; 65536];
+        let n = r.recv(&mut buf).await.unwrap();
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), s.message(&e));
+    }
+
+    /// TLS to a collector whose certificate (for `localhost`) comes from the configured CA.
+    #[tokio::test]
+    async fn tls_verifies_the_collector_against_the_ca_and_frames_each_message() {
+        use crate::pem_files::{self, PemKind};
+        use tokio::io::AsyncReadExt;
+        let d = tempfile::tempdir().unwrap();
+        let id = ClusterId::new("localhost").unwrap();
+        crate::pki::init(d.path(), std::slice::from_ref(&id)).unwrap();
+        let f = crate::pki::files_of(d.path(), &id);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                pem_files::certificates(PemKind::Certificate, &f.cert).unwrap(),
+                pem_files::private_key(&f.key).unwrap(),
+            )
+            .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = Vec::new();
+            tls.read_to_end(&mut buf).await.ok();
+            buf
+        });
+        let mut c = sink(format!("localhost:{port}"), Transport::Tls);
+        c.ca = Some(pem_files::certificates(PemKind::CaCertificate, &f.ca).unwrap().into());
+        let mut s = SyslogSender::new(c);
+        let e = event(AlarmEventKind::Raised, "c");
+        s.send(&e).await.unwrap();
+        s.send(&e).await.unwrap();
+        drop(s);
+        let got =
+            tokio::time::timeout(std::time::Duration::from_secs(10), got).await.unwrap().unwrap();
+        assert_eq!(got, [frame(&s_message(&e)), frame(&s_message(&e))].concat());
+    }
+
+    fn s_message(e: &SinkEvent) -> String {
+        SyslogSender::new(sink("h:1".into(), Transport::Tcp)).message(e)
     }
 
     #[test]
