@@ -154,6 +154,26 @@ async fn alertmanager_gets_the_alert_and_then_sees_it_resolved_after_the_unpeeri
         let s = lab.status("a").await.unwrap();
         assert!(s.sinks[0].counters.delivered >= 2, "{:?}", s.sinks);
         assert_eq!(s.sinks[0].counters.undelivered, 0, "{:?}", s.sinks);
+
+        // `imcrypt alarms test` reaches the same Alertmanager, whatever min_severity says.
+        let config = lab.dir().join("a.toml");
+        let out = imcrypt(&["alarms", "test", "--config", config.to_str().unwrap()], "").await;
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.starts_with("am ") && out.stdout.contains(" delivered"),
+            "{}",
+            out.stdout
+        );
+        let test = wait_for("the test alert", WAIT, async || {
+            am.alerts()
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["labels"]["alertname"] == "MAimcryptTest")
+                .cloned()
+        })
+        .await;
+        assert_eq!(test["labels"]["severity"], "warning", "{test}");
         lab.stop_all().await;
     })
     .await;
