@@ -39,6 +39,10 @@ fi
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   apt_install prometheus
 fi
+# rsyslog and Prometheus Alertmanager: tests/alarm_sinks.rs delivers alarms to both (started in
+# temp dirs on 127.0.0.1, tests/support/services.rs).
+[ -x /usr/sbin/rsyslogd ] || apt_install rsyslog
+[ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager
 
 # Schemathesis (from PyPI, pinned so that a run is reproducible): tests/admin_api.rs fuzzes
 # the admin API of a live daemon against docs/admin-api.yaml. Installed in a virtualenv under

@@ -54,6 +54,9 @@ pub struct Config {
     /// The Prometheus metrics and health listener; absent: no metrics at all.
     #[serde(default)]
     pub(crate) metrics: Option<MetricsSection>,
+    /// `[[alarms.sinks]]`: where alarms are delivered (docs/operations.md, "Alarm delivery").
+    #[serde(default)]
+    pub(crate) alarms: crate::alarm::sink::AlarmsSection,
     #[serde(default)]
     pub(crate) testing: TestingSection,
 }
@@ -283,8 +286,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
-            .map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+        let invalid = |message| ConfigError::Invalid { path: path.to_owned(), message };
+        let mut c = Self::parse(&text, base).map_err(invalid)?;
+        // The files the sinks need (a webhook's secret, a CA): unreadable or too open is an
+        // error naming the key; an unreachable address is not (the sink counts failures).
+        for (i, s) in c.alarms.sinks.iter_mut().enumerate() {
+            s.load_files().map_err(|e| invalid(format!("alarms.sinks[{i}].{e}")))?;
+        }
+        Ok(c)
     }
 
     /// Parses and validates `text`; relative paths are resolved against `base`.
@@ -349,6 +358,9 @@ impl Config {
         }
         if let Some(f) = &mut c.log.file {
             abs(f);
+        }
+        for s in &mut c.alarms.sinks {
+            s.resolve_paths(base);
         }
         if let Some(h) = &mut c.hotpath {
             abs(&mut h.socket.path);
@@ -527,6 +539,58 @@ archiver = "postgresql"
         }
         assert_eq!(c.encryption.rotate_after, None);
         assert_eq!(documented_default(ops, "encryption.rotate_after"), "unset");
+    }
+
+    /// The example of docs/operations.md, "Alarm delivery", is a config that loads, and the
+    /// defaults of its table are the code's.
+    #[test]
+    fn the_alarm_delivery_example_parses() {
+        use crate::alarm::Severity;
+        use crate::alarm::sink::SinkKind;
+        use crate::alarm::sink::config::Transport;
+        let ops = include_str!("../docs/operations.md");
+        let section = &ops[ops.find("## Alarm delivery").expect("the section")..];
+        let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let c = Config::parse(&format!("{GOOD}\n{block}"), Path::new("/etc/imcrypt")).unwrap();
+        let s = &c.alarms.sinks;
+        assert_eq!(s.len(), 3);
+        let SinkKind::Syslog(sys) = &s[0].kind else { panic!("{s:?}") };
+        assert_eq!((sys.transport, sys.facility), (Transport::Tls, 19));
+        assert_eq!(sys.ca_file.as_deref(), Some(Path::new("/etc/imcrypt/pki/syslog-ca.pem")));
+        assert_eq!(s[1].min_severity, Severity::Major);
+        let SinkKind::Webhook(w) = &s[2].kind else { panic!("{s:?}") };
+        assert_eq!(w.secret_file, Path::new("/etc/imcrypt/webhook.secret"));
+
+        let d = Config::parse(
+            &format!(
+                "{GOOD}\n[[alarms.sinks]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"h:1\"\n\
+                 [[alarms.sinks]]\nname = \"m\"\nkind = \"alertmanager\"\nurl = \"http://h:1\"\n"
+            ),
+            Path::new("/"),
+        )
+        .unwrap();
+        let (SinkKind::Syslog(sys), SinkKind::Alertmanager(am)) =
+            (&d.alarms.sinks[0].kind, &d.alarms.sinks[1].kind)
+        else {
+            panic!()
+        };
+        assert_eq!(sys.facility, 3);
+        let expected = [
+            ("alarms.sinks.min_severity", format!("`{}`", d.alarms.sinks[0].min_severity)),
+            ("alarms.sinks.transport", "`tcp`".to_owned()),
+            ("alarms.sinks.facility", "`daemon`".to_owned()),
+            ("alarms.sinks.app_name", format!("`{}`", sys.app_name)),
+            ("alarms.sinks.sd_id", format!("`{}`", sys.sd_id)),
+            (
+                "alarms.sinks.resend_interval",
+                format!("`{}`", humantime::format_duration(am.resend_interval)),
+            ),
+        ];
+        assert_eq!(sys.transport, Transport::Tcp);
+        for (key, value) in expected {
+            assert_eq!(documented_default(ops, key), value, "docs/operations.md, `{key}`");
+        }
     }
 
     #[test]

@@ -284,13 +284,22 @@ fn sighup_applies_peers_and_the_log_level_refuses_a_broken_file_and_names_what_n
     f.wait_status("a answering", |s| s["cluster"] == "a");
     assert!(!d.log().contains("DEBUG"), "the default level is info");
 
-    // A peer and a debug log level, added to the file; then the admin listener moved.
+    // A peer, an alarm sink and a debug log level, added to the file; then the admin
+    // listener moved.
     let b = ReservedPort::new().unwrap();
     let peer = format!("[[peers]]\nid = \"b\"\naddress = \"127.0.0.1:{}\"\n", b.port());
-    f.write(&format!("{node}{peer}[log]\nlevel = \"debug\"\n"));
+    let nobody = ReservedPort::new().unwrap();
+    let sink = format!(
+        "[[alarms.sinks]]\nname = \"pager\"\nkind = \"alertmanager\"\nurl = \"http://127.0.0.1:{}\"\n",
+        nobody.port()
+    );
+    f.write(&format!("{node}{peer}{sink}[log]\nlevel = \"debug\"\n"));
     d.signal("HUP");
     f.wait_status("peer b after the reload", |s| {
         s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["id"] == "b"))
+    });
+    f.wait_status("sink pager after the reload", |s| {
+        s["sinks"].as_array().is_some_and(|k| k.iter().any(|k| k["name"] == "pager"))
     });
     d.wait_log(&["INFO", "log level changed", "from=info", "to=debug"]);
     d.wait_log(&["DEBUG", "configuration reload finished"]);

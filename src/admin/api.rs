@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::alarm::sink::SinkStatus;
 use crate::alarm::{Alarm, AlarmEvent};
 use crate::cluster::PeerRelation;
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
@@ -205,7 +206,8 @@ impl std::fmt::Display for Role {
     }
 }
 
-/// `GET /v1/status`: role, domain, key versions (never key bytes), peers and active alarms.
+/// `GET /v1/status`: role, domain, key versions (never key bytes), peers, active alarms and
+/// alarm sinks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub(crate) cluster: ClusterId,
@@ -229,6 +231,8 @@ pub struct Status {
     /// probed since start).
     #[serde(default)]
     pub db_probes: Vec<DbProbeStatus>,
+    /// Each configured alarm sink and its delivery counters.
+    pub sinks: Vec<SinkStatus>,
 }
 
 /// One node's compliance database as the daemon's probe last found it.

@@ -2,7 +2,8 @@
 //!
 //! The cluster state machine decides which alarms are active; this module only names them and
 //! keeps the registry that turns "the set of alarms that should be active now" into raise and
-//! clear events, so that sinks (log, SNMP, the admin API) see each change exactly once.
+//! clear events, so that sinks (log, the admin API, and the configured [`sink`]s: syslog,
+//! Alertmanager, webhooks) see each change exactly once.
 //!
 //! Invariants: an alarm is identified by its [`AlarmKey`] (name + the cluster it is about); at
 //! most one alarm per key is active; [`AlarmRegistry::reconcile`] reports a raise only for a
@@ -10,8 +11,9 @@
 //! was. Alarm texts never contain key material or passwords.
 
 mod history;
+pub(crate) mod sink;
 
-pub(crate) use history::{AlarmEvent, AlarmHistory};
+pub(crate) use history::{AlarmEvent, AlarmEventKind, AlarmHistory};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -44,16 +46,20 @@ pub enum AlarmName {
     /// probe failed). About this cluster itself.
     #[serde(rename = "MAcomplianceDbDown")]
     ComplianceDbDown,
+    /// Never raised by the state machine: what `imcrypt alarms test` sends through the sinks.
+    #[serde(rename = "MAimcryptTest")]
+    Test,
 }
 
 impl AlarmName {
     #[cfg(test)]
-    const ALL: [AlarmName; 5] = [
+    const ALL: [AlarmName; 6] = [
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
         AlarmName::StaleData,
         AlarmName::SyncRejected,
         AlarmName::ComplianceDbDown,
+        AlarmName::Test,
     ];
 
     /// The operator-facing name, e.g. `MAencryptionMultiMaster`.
@@ -64,6 +70,7 @@ impl AlarmName {
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
             AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
+            AlarmName::Test => "MAimcryptTest",
         }
     }
 
@@ -72,6 +79,7 @@ impl AlarmName {
     fn severity(self) -> Severity {
         match self {
             AlarmName::MultiMaster => Severity::Critical,
+            AlarmName::Test => Severity::Warning,
             AlarmName::MasterUnreachable
             | AlarmName::StaleData
             | AlarmName::SyncRejected

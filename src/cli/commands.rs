@@ -68,6 +68,20 @@ pub(crate) enum PeersCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub(crate) enum AlarmsCommand {
+    /// Send a test alarm (MAimcryptTest, severity warning, about this cluster) from this
+    /// process through the sinks in the daemon's config file (--config), whatever their
+    /// min_severity, and print for each `delivered` or the error.
+    Test {
+        /// Only the sink of this name (`[[alarms.sinks]] name`).
+        #[arg(long)]
+        sink: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub(crate) enum NodesCommand {
     /// Add a node (refused while encryption is on, as the manual requires).
     Add {
@@ -364,6 +378,25 @@ pub(crate) fn status(common: &Common) -> Result<(), CliError> {
     print_peers(&s.peers);
     println!();
     print_alarms(&s.alarms);
+    if !s.sinks.is_empty() {
+        println!();
+        println!(
+            "{:<24} {:<13} {:>9} {:>8} {:>11} LAST ERROR",
+            "ALARM SINK", "KIND", "DELIVERED", "FAILED", "UNDELIVERED"
+        );
+        for k in &s.sinks {
+            let c = &k.counters;
+            println!(
+                "{:<24} {:<13} {:>9} {:>8} {:>11} {}",
+                k.name,
+                k.kind,
+                c.delivered,
+                c.failed_attempts,
+                c.undelivered,
+                or_dash(c.last_error.as_ref())
+            );
+        }
+    }
     Ok(())
 }
 
@@ -414,7 +447,10 @@ pub(crate) fn nodes(cmd: NodesCommand) -> Result<(), CliError> {
     }
 }
 
-pub(crate) fn alarms(common: &Common) -> Result<(), CliError> {
+pub(crate) fn alarms(cmd: Option<AlarmsCommand>, common: &Common) -> Result<(), CliError> {
+    if let Some(AlarmsCommand::Test { sink, common }) = cmd {
+        return test_sinks(sink.as_deref(), &common);
+    }
     let v: api::AlarmsReport = call(common, Method::GET, "/v1/alarms", NO_BODY)?;
     if common.output == Output::Json {
         return print_json(&v);
@@ -426,6 +462,71 @@ pub(crate) fn alarms(common: &Common) -> Result<(), CliError> {
         for e in &v.history {
             println!("{:<25} {:<8} {:<30} {}", e.at, e.event, e.name.as_str(), e.about);
         }
+    }
+    Ok(())
+}
+
+/// One line of `imcrypt alarms test --output json`.
+#[derive(serde::Serialize)]
+struct SinkTest<'a> {
+    sink: &'a str,
+    kind: &'a str,
+    delivered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `imcrypt alarms test`: the test alarm through each selected sink, once, without retry.
+fn test_sinks(only: Option<&str>, common: &Common) -> Result<(), CliError> {
+    use crate::alarm::sink;
+    let Some(path) = &common.conn.config else {
+        return Err(CliError::NoSink(
+            "alarms test reads the sinks from the daemon's config file: give --config FILE".into(),
+        ));
+    };
+    let config = crate::config::Config::load(path)?;
+    let sinks: Vec<&sink::SinkConfig> =
+        config.alarms.sinks.iter().filter(|s| only.is_none_or(|n| s.name == n)).collect();
+    if sinks.is_empty() {
+        return Err(CliError::NoSink(match only {
+            Some(n) => format!("{} has no alarm sink named {n:?}", path.display()),
+            None => format!("{} configures no alarm sinks ([[alarms.sinks]])", path.display()),
+        }));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    let results: Vec<Result<(), String>> = rt.block_on(async {
+        let mut out = Vec::new();
+        for s in &sinks {
+            out.push(sink::send_once(s, sink::test_event(&config.cluster_id)).await);
+        }
+        out
+    });
+    let lines: Vec<SinkTest<'_>> = sinks
+        .iter()
+        .zip(&results)
+        .map(|(s, r)| SinkTest {
+            sink: &s.name,
+            kind: s.kind.name(),
+            delivered: r.is_ok(),
+            error: r.clone().err(),
+        })
+        .collect();
+    if common.output == Output::Json {
+        print_json(&lines)?;
+    } else {
+        for l in &lines {
+            match &l.error {
+                None => println!("{:<24} {:<13} delivered", l.sink, l.kind),
+                Some(e) => println!("{:<24} {:<13} failed: {e}", l.sink, l.kind),
+            }
+        }
+    }
+    let failed = lines.iter().filter(|l| !l.delivered).count();
+    if failed > 0 {
+        return Err(CliError::SinksFailed { failed, total: lines.len() });
     }
     Ok(())
 }

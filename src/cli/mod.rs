@@ -23,7 +23,9 @@ use clap::{Parser, Subcommand};
 use tracing::Instrument;
 
 use crate::crypto::export::{PublicKeyError, parse_public_key};
-use commands::{EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand};
+use commands::{
+    AlarmsCommand, EncryptionCommand, KeyCommand, NodesCommand, PasswordCommand, PeersCommand,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,8 +82,10 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
-    /// Show active alarms and the recent history of raises and clears.
+    /// Show active alarms and the recent history of raises and clears (or test the sinks).
     Alarms {
+        #[command(subcommand)]
+        command: Option<AlarmsCommand>,
         #[command(flatten)]
         common: commands::Common,
     },
@@ -198,6 +202,11 @@ enum CliError {
     Undecryptable { failed: usize, seen: usize },
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    /// `alarms test`: no sink to test (none configured, or none of that name).
+    #[error("{0}")]
+    NoSink(String),
+    #[error("{failed} of {total} alarm sinks did not take the test alarm (see above)")]
+    SinksFailed { failed: usize, total: usize },
 }
 
 impl CliError {
@@ -213,7 +222,11 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Output(_)
             | CliError::Write { .. } => 1,
-            CliError::PublicKey { .. } | CliError::Config(_) | CliError::Password(_) => 3,
+            CliError::SinksFailed { .. } => 1,
+            CliError::PublicKey { .. }
+            | CliError::Config(_)
+            | CliError::Password(_)
+            | CliError::NoSink(_) => 3,
             CliError::Viewer(e) => {
                 use viewer::ViewerError as V;
                 match e {
@@ -295,7 +308,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status { common } => commands::status(&common),
         Command::Peers { command, common } => commands::peers(command, &common),
         Command::Nodes { command } => commands::nodes(command),
-        Command::Alarms { common } => commands::alarms(&common),
+        Command::Alarms { command, common } => commands::alarms(command, &common),
         Command::Encryption { command } => commands::encryption(command),
         Command::Password { command } => commands::password(command),
         Command::Key { command } => commands::key(command),

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm::AlarmHistory;
+use crate::alarm::sink::Sinks;
 use crate::cluster::{Cluster, Effect, Entropy, LogLevel};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::{ClusterId, KeyVersion};
@@ -62,6 +63,8 @@ pub(super) struct Core {
     pub(super) ring: watch::Sender<Option<Arc<KeyRing>>>,
     /// Raises and clears, for the admin API's `GET /v1/alarms`.
     pub(super) alarm_history: AlarmHistory,
+    /// The configured alarm sinks; handing them an event never waits.
+    pub(super) sinks: Sinks,
     /// When the hot path wears out a key version (`None` without a hot path).
     pub(super) worn_out: Option<watch::Receiver<Option<KeyVersion>>>,
     /// Beats from the loop while it runs (`None`: nobody watches).
@@ -147,7 +150,7 @@ impl Core {
                 carried
             }
             Input::Status { reply } => {
-                let _ = reply.send(status::status(&self.cluster, &self.links));
+                let _ = reply.send(status::status(&self.cluster, &self.links, &self.sinks));
                 Ok(())
             }
             Input::DbProbe { node, probe } => {
@@ -215,7 +218,10 @@ impl Core {
                     self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
                 }
                 Effect::RaiseAlarm(a) => {
-                    self.alarm_history.raised(now().unix_millis(), &a);
+                    let at = now().unix_millis();
+                    self.alarm_history.raised(at, &a);
+                    let domain = self.cluster.domain_state().map(|d| d.domain);
+                    self.sinks.raised(&a, domain, at);
                     tracing::warn!(
                         alarm = a.key.name.as_str(),
                         severity = %a.severity,
@@ -226,7 +232,9 @@ impl Core {
                     )
                 }
                 Effect::ClearAlarm(k) => {
-                    self.alarm_history.cleared(now().unix_millis(), &k);
+                    let at = now().unix_millis();
+                    self.alarm_history.cleared(at, &k);
+                    self.sinks.cleared(&k, at);
                     tracing::info!(alarm = k.name.as_str(), about = %k.about, "alarm cleared")
                 }
                 Effect::Log(line) => match line.level {

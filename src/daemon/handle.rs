@@ -43,6 +43,8 @@ pub struct DaemonHandle {
     pub(super) metrics_addr: Option<SocketAddr>,
     pub(super) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(super) ring: watch::Receiver<Option<Arc<KeyRing>>>,
+    /// The alarm sinks, for a reload (`Sinks::reconfigure`).
+    pub(super) sinks: crate::alarm::sink::Sinks,
 }
 
 /// Runs `task` until it ends or `shutdown` is cancelled: how every task that has nothing to
@@ -52,6 +54,12 @@ pub(super) async fn until_shutdown(shutdown: CancellationToken, task: impl Futur
 }
 
 impl DaemonHandle {
+    /// The daemon's alarm sinks: `reconfigure` them on a reload.
+    #[allow(dead_code)] // the SIGHUP reload is its caller
+    pub(crate) fn sinks(&self) -> &crate::alarm::sink::Sinks {
+        &self.sinks
+    }
+
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer_addr
     }

@@ -1,6 +1,7 @@
 //! Reload (SIGHUP): a new configuration file applied to the running daemon, section by section.
 //!
-//! What changes at runtime: the log level (`[log] level`), and the nodes and peers
+//! What changes at runtime: the log level (`[log] level`), the alarm sinks
+//! (`[[alarms.sinks]]`), and the nodes and peers
 //! (`[[nodes]]` `id`/`archiver`, `[[peers]]`), which go through the state machine's
 //! `Cluster::reconcile` exactly as at start, so its rules decide (a node added while encryption
 //! is on is refused and logged, the rest applies). Everything else is read once at start; a
@@ -17,7 +18,8 @@
 //!   again (a peer added with `imcrypt peers add` stays until the file's peers change or the
 //!   daemon restarts).
 //!
-//! Extension point: a new runtime section (the alarm sinks, the metrics listener) is one call
+//! Extension point: a new runtime section (the metrics listener, once the hot path and the
+//! admin API can swap their registry) is one call
 //! in [`Reloader::reload`], after the peers: compare `self.current.SECTION` with
 //! `new.SECTION`, hand the new section to the running part (e.g. through the `DaemonHandle`),
 //! and push the outcome into the [`Report`] (`applied` on success, `failed` with the key and
@@ -102,8 +104,14 @@ impl Reloader {
             }
         }
 
-        // Alarm sinks and the metrics listener plug in here, one call each (see the module
-        // documentation).
+        // Alarm sinks: those whose settings are unchanged keep running, with their queue and
+        // counters (`Sinks::reconfigure`). The metrics listener needs a restart (below).
+        if self.current.alarms != new.alarms {
+            daemon.sinks().reconfigure(&new.alarms.sinks);
+            let names: Vec<&str> = new.alarms.sinks.iter().map(|s| s.name.as_str()).collect();
+            tracing::info!(sinks = ?names, "alarm sinks reconfigured");
+            report.applied.push(format!("alarms.sinks: {}", names.join(", ")));
+        }
 
         report.restart_needed = restart_needed(&self.started, &new);
         for key in &report.restart_needed {

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::alarm::AlarmHistory;
+use crate::alarm::sink::Sinks;
 use crate::cluster::{Cluster, ClusterConfig, PersistedState, Wanted};
 use crate::config::Config;
 use crate::crypto::seal::{NodeKey, Purpose};
@@ -108,8 +109,23 @@ pub(crate) async fn start_with(
         });
     }
     let alarm_history = AlarmHistory::default();
+    // One task per sink; an unreachable sink is not an error here (it counts failures).
+    let sinks = span.in_scope(|| Sinks::new(id.clone(), &config.alarms.sinks));
     // Metrics off: no registry at all, and the hot path and admin API count nothing.
     let metrics = config.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
+    if let Some(m) = &metrics {
+        let sinks = sinks.clone();
+        m.set_sinks(Arc::new(move || {
+            let counts = |s: crate::alarm::sink::SinkStatus| crate::metrics::SinkCounts {
+                delivered: s.counters.delivered,
+                failed: s.counters.failed_attempts,
+                undelivered: s.counters.undelivered,
+                name: s.name,
+                kind: s.kind,
+            };
+            sinks.snapshot().into_iter().map(counts).collect()
+        }));
+    }
     let admin = span.in_scope(|| {
         crate::admin::Admin::new(
             &config,
@@ -179,6 +195,7 @@ pub(crate) async fn start_with(
         tls_client: tls.client.clone(),
         ring: ring_tx,
         alarm_history,
+        sinks: sinks.clone(),
         worn_out,
         heartbeat,
     };
@@ -225,5 +242,6 @@ pub(crate) async fn start_with(
         metrics_addr,
         metrics,
         ring: ring_rx,
+        sinks,
     })
 }

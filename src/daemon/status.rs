@@ -4,11 +4,16 @@
 use std::collections::BTreeMap;
 
 use crate::admin::api;
+use crate::alarm::sink::Sinks;
 use crate::cluster::{Cluster, PeerRelation, Role};
 use crate::ids::ClusterId;
 use crate::peer::client::PeerLink;
 
-pub(super) fn status(c: &Cluster, links: &BTreeMap<ClusterId, PeerLink>) -> api::Status {
+pub(super) fn status(
+    c: &Cluster,
+    links: &BTreeMap<ClusterId, PeerLink>,
+    sinks: &Sinks,
+) -> api::Status {
     let ds = c.domain_state();
     let role = match c.role() {
         Role::Off { .. } => api::Role::Off,
@@ -46,5 +51,6 @@ pub(super) fn status(c: &Cluster, links: &BTreeMap<ClusterId, PeerLink>) -> api:
             .reachability()
             .map(|(n, reachable)| api::DbProbeStatus { node: n.to_string(), reachable })
             .collect(),
+        sinks: sinks.snapshot(),
     }
 }

@@ -66,6 +66,8 @@ pub struct Spec {
     pub unlimited_password_attempts: bool,
     /// Serve `GET /metrics` and `GET /v1/health` on the member's metrics port (`[metrics]`).
     pub metrics: bool,
+    /// TOML appended to the generated config as is (e.g. `[[alarms.sinks]]` tables).
+    pub extra_config: String,
 }
 
 impl Default for Spec {
@@ -81,6 +83,7 @@ impl Default for Spec {
             archive_db: None,
             unlimited_password_attempts: false,
             metrics: false,
+            extra_config: String::new(),
         }
     }
 }
@@ -236,6 +239,11 @@ impl Lab {
         }
         if m.spec.legacy_software {
             t.push_str("\n[testing]\nlegacy_software = true\n");
+        }
+        if !m.spec.extra_config.is_empty() {
+            t.push('\n');
+            t.push_str(&m.spec.extra_config);
+            t.push('\n');
         }
         for p in &m.spec.peers {
             let port = self.member(p)?.peer_port.port();

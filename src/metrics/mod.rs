@@ -157,14 +157,16 @@ pub struct SinkCounts {
     pub name: String,
     /// Its kind: `syslog`, `alertmanager`, `webhook`.
     pub kind: String,
-    /// Events delivered since start.
+    /// Messages the receiver took since start.
     pub delivered: u64,
-    /// Events given up on (after retries, or dropped from a full queue) since start.
+    /// Delivery attempts that failed since start (each is retried).
     pub failed: u64,
+    /// Events never delivered since start: dropped because the sink's queue was full.
+    pub undelivered: u64,
 }
 
-/// The hook through which the alarm sinks feed `imcrypt_sink_deliveries_total` and
-/// `imcrypt_sink_failures_total`: called once per scrape, off the core, so it must be cheap
+/// The hook through which the alarm sinks feed `imcrypt_sink_deliveries_total`,
+/// `imcrypt_sink_failures_total` and `imcrypt_sink_undelivered_total`: called once per scrape, off the core, so it must be cheap
 /// and must not block (read atomics or a snapshot). Set it with [`Metrics::set_sinks`]; until
 /// then no sink metric is exported.
 pub type SinkSource = Arc<dyn Fn() -> Vec<SinkCounts> + Send + Sync>;
@@ -333,8 +335,14 @@ impl Collector for StateCollector {
         counter(
             e,
             "imcrypt_sink_failures",
-            "Alarm events a sink gave up on, per sink",
+            "Failed delivery attempts of alarm events, per sink (each is retried)",
             sc.sinks.iter().map(|s| (sink(s), s.failed)),
+        )?;
+        counter(
+            e,
+            "imcrypt_sink_undelivered",
+            "Alarm events dropped because the sink's queue was full, per sink",
+            sc.sinks.iter().map(|s| (sink(s), s.undelivered)),
         )?;
         Ok(())
     }
@@ -462,6 +470,7 @@ mod tests {
                 kind: "webhook".into(),
                 delivered: 3,
                 failed: 1,
+                undelivered: 2,
             }]
         }));
         let v = KeyVersion::new(2).unwrap();
@@ -472,6 +481,7 @@ mod tests {
             "imcrypt_key_budget_used_ratio{key_version=\"2\"} 0.25",
             "imcrypt_sink_deliveries_total{sink=\"pager\",kind=\"webhook\"} 3",
             "imcrypt_sink_failures_total{sink=\"pager\",kind=\"webhook\"} 1",
+            "imcrypt_sink_undelivered_total{sink=\"pager\",kind=\"webhook\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
@@ -530,7 +540,13 @@ mod tests {
     async fn every_documented_metric_is_exported_and_no_other() {
         let m = Metrics::new();
         m.set_sinks(Arc::new(|| {
-            vec![SinkCounts { name: "s".into(), kind: "syslog".into(), delivered: 1, failed: 0 }]
+            vec![SinkCounts {
+                name: "s".into(),
+                kind: "syslog".into(),
+                delivered: 1,
+                failed: 0,
+                undelivered: 0,
+            }]
         }));
         m.hotpath().answered(1);
         m.hotpath().error("internal");
