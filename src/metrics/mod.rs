@@ -515,6 +515,7 @@ mod tests {
             }],
             alarms: vec![Alarm::new(AlarmName::MultiMaster, b, "cause", "remedy")],
             db_probes: vec![DbProbeStatus { node: "n1".into(), reachable: false }],
+            sinks: vec![],
         }
     }
 
