@@ -41,7 +41,6 @@ pub struct DaemonHandle {
     pub(super) admin_addr: SocketAddr,
     /// `None`: no `[metrics]` in the config.
     pub(super) metrics_addr: Option<SocketAddr>,
-    pub(super) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(super) ring: watch::Receiver<Option<Arc<KeyRing>>>,
     /// The alarm sinks, for a reload (`Sinks::reconfigure`).
     pub(super) sinks: crate::alarm::sink::Sinks,
@@ -55,7 +54,6 @@ pub(super) async fn until_shutdown(shutdown: CancellationToken, task: impl Futur
 
 impl DaemonHandle {
     /// The daemon's alarm sinks: `reconfigure` them on a reload.
-    #[allow(dead_code)] // the SIGHUP reload is its caller
     pub(crate) fn sinks(&self) -> &crate::alarm::sink::Sinks {
         &self.sinks
     }
@@ -72,12 +70,6 @@ impl DaemonHandle {
     /// are not configured).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
-    }
-
-    /// The daemon's metrics (`None`: not configured): where the alarm sinks are hooked in
-    /// with `Metrics::set_sinks`.
-    pub fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
-        self.metrics.clone()
     }
 
     /// The key ring the hot path must use (`None`: encryption is off here).

@@ -113,19 +113,6 @@ pub(crate) async fn start_with(
     let sinks = span.in_scope(|| Sinks::new(id.clone(), &config.alarms.sinks));
     // Metrics off: no registry at all, and the hot path and admin API count nothing.
     let metrics = config.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
-    if let Some(m) = &metrics {
-        let sinks = sinks.clone();
-        m.set_sinks(Arc::new(move || {
-            let counts = |s: crate::alarm::sink::SinkStatus| crate::metrics::SinkCounts {
-                delivered: s.counters.delivered,
-                failed: s.counters.failed_attempts,
-                undelivered: s.counters.undelivered,
-                name: s.name,
-                kind: s.kind,
-            };
-            sinks.snapshot().into_iter().map(counts).collect()
-        }));
-    }
     let admin = span.in_scope(|| {
         crate::admin::Admin::new(
             &config,
@@ -240,7 +227,6 @@ pub(crate) async fn start_with(
         peer_addr,
         admin_addr,
         metrics_addr,
-        metrics,
         ring: ring_rx,
         sinks,
     })

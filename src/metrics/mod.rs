@@ -6,9 +6,10 @@
 //!   ([`HotpathMetrics`]), admin requests, password failures and lockouts ([`AdminMetrics`]).
 //!   Plain atomic counters, no locks on the hot path: a batch costs a few relaxed atomic adds
 //!   and one histogram observation per request;
-//! - **derived at scrape time** from the daemon's typed status (`admin::api::Status`), the hot
-//!   path's seal counts and the alarm sinks ([`StateCollector`]): role, epoch, key versions,
-//!   peers, alarms, database probes, sink deliveries. A scrape asks the core for its status
+//! - **derived at scrape time** from the daemon's typed status (`admin::api::Status`, which
+//!   carries the alarm sinks' counters too) and the hot path's seal counts
+//!   ([`StateCollector`]): role, epoch, key versions, peers, alarms, database probes, sink
+//!   deliveries. A scrape asks the core for its status
 //!   once, like `GET /v1/status` does.
 //!
 //! Invariants: metrics off means no registry at all (`None` everywhere, not a registry nobody
@@ -30,6 +31,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::admin::api::{Role, Status};
+use crate::alarm::sink::SinkStatus;
 use crate::crypto::counter::HARD_LIMIT;
 use crate::ids::KeyVersion;
 
@@ -150,27 +152,6 @@ impl AdminMetrics {
     }
 }
 
-/// Deliveries of one alarm sink, as the sinks report them (see [`SinkSource`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkCounts {
-    /// The sink's name in the config.
-    pub name: String,
-    /// Its kind: `syslog`, `alertmanager`, `webhook`.
-    pub kind: String,
-    /// Messages the receiver took since start.
-    pub delivered: u64,
-    /// Delivery attempts that failed since start (each is retried).
-    pub failed: u64,
-    /// Events never delivered since start: dropped because the sink's queue was full.
-    pub undelivered: u64,
-}
-
-/// The hook through which the alarm sinks feed `imcrypt_sink_deliveries_total`,
-/// `imcrypt_sink_failures_total` and `imcrypt_sink_undelivered_total`: called once per scrape, off the core, so it must be cheap
-/// and must not block (read atomics or a snapshot). Set it with [`Metrics::set_sinks`]; until
-/// then no sink metric is exported.
-pub type SinkSource = Arc<dyn Fn() -> Vec<SinkCounts> + Send + Sync>;
-
 /// Seals per key version of this cluster's hot path (its share of the 2^32 budget).
 pub(crate) type SealCounts = Vec<(KeyVersion, u64)>;
 
@@ -180,7 +161,6 @@ pub(crate) struct Scrape {
     /// `None`: the daemon is stopping and no longer answers for its state.
     pub(crate) status: Option<Status>,
     pub(crate) seals: SealCounts,
-    pub(crate) sinks: Vec<SinkCounts>,
     pub(crate) now_unix_ms: u64,
 }
 
@@ -308,6 +288,25 @@ impl Collector for StateCollector {
                     .iter()
                     .map(|p| (vec![("node", p.node.clone())], if p.reachable { 1.0 } else { 0.0 })),
             )?;
+            let sink = |k: &SinkStatus| vec![("sink", k.name.clone()), ("kind", k.kind.clone())];
+            counter(
+                e,
+                "imcrypt_sink_deliveries",
+                "Alarm events delivered, per sink",
+                s.sinks.iter().map(|k| (sink(k), k.counters.delivered)),
+            )?;
+            counter(
+                e,
+                "imcrypt_sink_failures",
+                "Failed delivery attempts of alarm events, per sink (each is retried)",
+                s.sinks.iter().map(|k| (sink(k), k.counters.failed_attempts)),
+            )?;
+            counter(
+                e,
+                "imcrypt_sink_undelivered",
+                "Alarm events dropped because the sink's queue was full, per sink",
+                s.sinks.iter().map(|k| (sink(k), k.counters.undelivered)),
+            )?;
         }
         counter(
             e,
@@ -325,25 +324,6 @@ impl Collector for StateCollector {
                 (vec![("key_version", v.to_string())], *n as f64 / HARD_LIMIT as f64)
             }),
         )?;
-        let sink = |s: &SinkCounts| vec![("sink", s.name.clone()), ("kind", s.kind.clone())];
-        counter(
-            e,
-            "imcrypt_sink_deliveries",
-            "Alarm events delivered, per sink",
-            sc.sinks.iter().map(|s| (sink(s), s.delivered)),
-        )?;
-        counter(
-            e,
-            "imcrypt_sink_failures",
-            "Failed delivery attempts of alarm events, per sink (each is retried)",
-            sc.sinks.iter().map(|s| (sink(s), s.failed)),
-        )?;
-        counter(
-            e,
-            "imcrypt_sink_undelivered",
-            "Alarm events dropped because the sink's queue was full, per sink",
-            sc.sinks.iter().map(|s| (sink(s), s.undelivered)),
-        )?;
         Ok(())
     }
 }
@@ -355,7 +335,6 @@ pub struct Metrics {
     hotpath: Arc<HotpathMetrics>,
     admin: Arc<AdminMetrics>,
     state: Arc<StateCollector>,
-    sinks: Mutex<Option<SinkSource>>,
     /// One scrape at a time: the state collector holds the scrape being encoded.
     scraping: tokio::sync::Mutex<()>,
 }
@@ -379,14 +358,7 @@ impl Metrics {
         let admin = AdminMetrics::new(&mut registry);
         let state = Arc::new(StateCollector::default());
         registry.register_collector(Box::new(state.clone()));
-        Self {
-            registry,
-            hotpath,
-            admin,
-            state,
-            sinks: Mutex::new(None),
-            scraping: tokio::sync::Mutex::new(()),
-        }
+        Self { registry, hotpath, admin, state, scraping: tokio::sync::Mutex::new(()) }
     }
 
     /// The hot path's counters, for `hotpath::serve_with`.
@@ -396,16 +368,6 @@ impl Metrics {
 
     pub(crate) fn admin(&self) -> Arc<AdminMetrics> {
         self.admin.clone()
-    }
-
-    /// Sets (or, on a reload, replaces) where the sink metrics come from.
-    pub fn set_sinks(&self, source: SinkSource) {
-        *self.sinks.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
-    }
-
-    fn sink_counts(&self) -> Vec<SinkCounts> {
-        let source = self.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        source.map(|f| f()).unwrap_or_default()
     }
 
     /// The exposition (Prometheus text format 0.0.4) of the counters alone, without the state
@@ -424,10 +386,9 @@ impl Metrics {
         seals: SealCounts,
         now_unix_ms: u64,
     ) -> String {
-        let sinks = self.sink_counts();
         let _one = self.scraping.lock().await;
         *self.state.scrape.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Scrape { status, seals, sinks, now_unix_ms });
+            Some(Scrape { status, seals, now_unix_ms });
         let out = self.encode_counters();
         *self.state.scrape.lock().unwrap_or_else(|p| p.into_inner()) = None;
         out
@@ -464,31 +425,19 @@ mod tests {
     #[tokio::test]
     async fn a_scrape_reports_seals_and_the_budget_used_per_key_version() {
         let m = Metrics::new();
-        m.set_sinks(Arc::new(|| {
-            vec![SinkCounts {
-                name: "pager".into(),
-                kind: "webhook".into(),
-                delivered: 3,
-                failed: 1,
-                undelivered: 2,
-            }]
-        }));
         let v = KeyVersion::new(2).unwrap();
         let text = m.encode(None, vec![(v, HARD_LIMIT / 4)], 0).await;
         for line in [
             "imcrypt_up 0",
             "imcrypt_seals_total{key_version=\"2\"} 1073741824",
             "imcrypt_key_budget_used_ratio{key_version=\"2\"} 0.25",
-            "imcrypt_sink_deliveries_total{sink=\"pager\",kind=\"webhook\"} 3",
-            "imcrypt_sink_failures_total{sink=\"pager\",kind=\"webhook\"} 1",
-            "imcrypt_sink_undelivered_total{sink=\"pager\",kind=\"webhook\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 
     /// A status with every kind of subject: a domain, a peer heard from, an alarm, a probed
-    /// database.
+    /// database, an alarm sink.
     fn full_status() -> Status {
         use crate::admin::api::{DbProbeStatus, PeerStatus};
         use crate::alarm::{Alarm, AlarmName};
@@ -515,7 +464,18 @@ mod tests {
             }],
             alarms: vec![Alarm::new(AlarmName::MultiMaster, b, "cause", "remedy")],
             db_probes: vec![DbProbeStatus { node: "n1".into(), reachable: false }],
-            sinks: vec![],
+            sinks: vec![SinkStatus {
+                name: "pager".into(),
+                kind: "webhook".into(),
+                min_severity: crate::alarm::Severity::Major,
+                counters: crate::alarm::sink::Counters {
+                    delivered: 3,
+                    failed_attempts: 1,
+                    undelivered: 2,
+                    last_error: None,
+                    last_success_unix_ms: None,
+                },
+            }],
         }
     }
 
@@ -540,15 +500,6 @@ mod tests {
     #[tokio::test]
     async fn every_documented_metric_is_exported_and_no_other() {
         let m = Metrics::new();
-        m.set_sinks(Arc::new(|| {
-            vec![SinkCounts {
-                name: "s".into(),
-                kind: "syslog".into(),
-                delivered: 1,
-                failed: 0,
-                undelivered: 0,
-            }]
-        }));
         m.hotpath().answered(1);
         m.hotpath().error("internal");
         m.admin().request("GET", "/v1/status", 200);
@@ -565,6 +516,9 @@ mod tests {
             "imcrypt_peer_last_hello_age_seconds{peer=\"b\"} 500",
             "imcrypt_alarms_active{name=\"MAencryptionMultiMaster\",severity=\"critical\"} 1",
             "imcrypt_archive_db_up{node=\"n1\"} 0",
+            "imcrypt_sink_deliveries_total{sink=\"pager\",kind=\"webhook\"} 3",
+            "imcrypt_sink_failures_total{sink=\"pager\",kind=\"webhook\"} 1",
+            "imcrypt_sink_undelivered_total{sink=\"pager\",kind=\"webhook\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
