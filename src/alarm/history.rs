@@ -65,11 +65,6 @@ impl Default for AlarmHistory {
     }
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
 impl AlarmHistory {
     fn new(capacity: usize) -> Self {
         Self { inner: Arc::new(Mutex::new(VecDeque::new())), capacity: capacity.max(1) }
@@ -86,7 +81,7 @@ impl AlarmHistory {
     pub(crate) fn raised(&self, at_unix_ms: u64, a: &Alarm) {
         self.push(AlarmEvent {
             at_unix_ms,
-            at: rfc3339(at_unix_ms),
+            at: super::rfc3339(at_unix_ms),
             event: AlarmEventKind::Raised,
             name: a.key.name,
             about: a.key.about.clone(),
@@ -99,7 +94,7 @@ impl AlarmHistory {
     pub(crate) fn cleared(&self, at_unix_ms: u64, k: &AlarmKey) {
         self.push(AlarmEvent {
             at_unix_ms,
-            at: rfc3339(at_unix_ms),
+            at: super::rfc3339(at_unix_ms),
             event: AlarmEventKind::Cleared,
             name: k.name,
             about: k.about.clone(),

@@ -22,6 +22,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::ClusterId;
 
+/// `ms` since the Unix epoch as RFC 3339, UTC, with milliseconds (`2026-12-01T06:20:00.123Z`):
+/// how the alarm history and every sink write the time of a raise or clear.
+fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// Every alarm imcrypt can raise. The `MA…` strings are what operators grep and configure
 /// their monitoring for; they never change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -62,7 +62,7 @@ fn bundle(conn: &ConnectArgs) -> Result<Value, CliError> {
         .map_err(CliError::Runtime)?;
     Ok(json!({
         "imcrypt_support_bundle": FORMAT,
-        "created": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "created": created(),
         "version": {
             "imcrypt": env!("CARGO_PKG_VERSION"),
             // Set by whoever builds the release (`IMCRYPT_GIT_COMMIT=$(git rev-parse HEAD)`).
@@ -73,6 +73,13 @@ fn bundle(conn: &ConnectArgs) -> Result<Value, CliError> {
         "daemon": rt.block_on(daemon(conn)),
         "logs": logs(conn.config.as_deref()),
     }))
+}
+
+/// When the bundle was made, to the second, from the one clock of the process
+/// (`crate::clock`).
+fn created() -> String {
+    let now = std::time::Duration::from_secs(crate::clock::now().unix_secs());
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + now).to_string()
 }
 
 /// How many lines of the log file the bundle carries.

@@ -67,8 +67,8 @@ pub(crate) fn payload(entries: &[Entry<'_>]) -> Bytes {
             Alert {
                 labels,
                 annotations,
-                starts_at: super::rfc3339(e.starts_at_unix_ms),
-                ends_at: super::rfc3339(e.ends_at_unix_ms),
+                starts_at: crate::alarm::rfc3339(e.starts_at_unix_ms),
+                ends_at: crate::alarm::rfc3339(e.ends_at_unix_ms),
             }
         })
         .collect();

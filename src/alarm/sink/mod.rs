@@ -58,10 +58,6 @@ fn backoff() -> ExponentialBuilder {
         .without_max_times()
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
 /// One raise or clear as the sinks see it. For a clear, `alarm` is the raise it clears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SinkEvent {

@@ -55,7 +55,7 @@ pub(crate) struct Header<'a> {
 /// cause=… remedy=… event=…] MSG`, MSGID being the alarm name.
 pub(crate) fn format(h: &Header<'_>, ev: &SinkEvent) -> String {
     let pri = u16::from(h.facility) * 8 + u16::from(severity_code(ev));
-    let ts = super::rfc3339(ev.at_unix_ms);
+    let ts = crate::alarm::rfc3339(ev.at_unix_ms);
     let a = &ev.alarm;
     let mut sd = format!(
         "[{} name=\"{}\" severity=\"{}\" cluster=\"{}\" about=\"{}\"",

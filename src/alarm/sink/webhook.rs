@@ -50,7 +50,7 @@ pub(crate) fn body(q: &Queued) -> Bytes {
         id: &q.id,
         sequence: q.sequence,
         event: q.event.event,
-        at: super::rfc3339(q.event.at_unix_ms),
+        at: crate::alarm::rfc3339(q.event.at_unix_ms),
         cluster: q.event.cluster.as_str(),
         domain: q.event.domain.map(|d| d.to_string()),
         alarm: a.key.name.as_str(),
