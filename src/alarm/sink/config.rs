@@ -308,18 +308,8 @@ impl SinkConfig {
                     ));
                 }
             }
-            SinkKind::Alertmanager(c) => {
-                let u = super::http::HttpUrl::parse(&c.url).map_err(|e| format!("url: {e}"))?;
-                if u.https != c.ca_file.is_some() {
-                    return Err("ca_file: needed with an https url, and only then".into());
-                }
-            }
-            SinkKind::Webhook(c) => {
-                let u = super::http::HttpUrl::parse(&c.url).map_err(|e| format!("url: {e}"))?;
-                if u.https != c.ca_file.is_some() {
-                    return Err("ca_file: needed with an https url, and only then".into());
-                }
-            }
+            SinkKind::Alertmanager(c) => http_target(&c.url, &c.ca_file)?,
+            SinkKind::Webhook(c) => http_target(&c.url, &c.ca_file)?,
         }
         Ok(())
     }
@@ -362,6 +352,15 @@ impl SinkConfig {
         }
         Ok(())
     }
+}
+
+/// An HTTP sink's `url` and `ca_file`: a URL with a host, and a CA exactly when it is https.
+fn http_target(url: &str, ca_file: &Option<PathBuf>) -> Result<(), String> {
+    let u = super::http::HttpUrl::parse(url).map_err(|e| format!("url: {e}"))?;
+    if u.https != ca_file.is_some() {
+        return Err("ca_file: needed with an https url, and only then".into());
+    }
+    Ok(())
 }
 
 /// The secret in `path`: owner-only permissions, not empty, one trailing newline dropped.

@@ -11,8 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use rustls::pki_types::CertificateDer;
 
 use super::stream;
 
@@ -88,21 +87,14 @@ async fn post_inner(
     headers: &[(&str, String)],
     body: Bytes,
 ) -> Result<(), HttpError> {
-    let addr = format!("{}:{}", bracket(&url.host), url.port);
-    let tcp = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| HttpError::Connect(format!("connect to {addr}: {e}")))?;
-    tcp.set_nodelay(true).ok();
-    let io: stream::Stream = match (url.https, ca) {
-        (true, Some(ca)) => {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|e| HttpError::Connect(format!("TLS server name {}: {e}", url.host)))?;
-            stream::tls(tcp, ca, name).await.map_err(|e| HttpError::Connect(format!("TLS: {e}")))?
-        }
+    let ca = match (url.https, ca) {
+        (true, Some(ca)) => Some(ca),
         // Never plain HTTP to an https URL (config load reads the CA for every https URL).
         (true, None) => return Err(HttpError::Connect("https without a CA file".into())),
-        (false, _) => Box::new(tcp),
+        (false, _) => None,
     };
+    let addr = format!("{}:{}", bracket(&url.host), url.port);
+    let io = stream::connect(&addr, &url.host, ca).await.map_err(HttpError::Connect)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| HttpError::Http(e.to_string()))?;

@@ -118,6 +118,12 @@ fn succeeded(c: &Mutex<Counters>) {
     c.last_success_unix_ms = Some(crate::clock::now().unix_millis());
 }
 
+/// A random id for one sink instance: event ids are this and the sequence, so they stay unique
+/// across restarts and reconfigurations.
+fn instance_id() -> String {
+    hex::encode(crate::crypto::random::os_bytes::<8>())
+}
+
 /// One running sink.
 struct Running {
     config: SinkConfig,
@@ -145,35 +151,30 @@ impl Running {
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters: Arc<Mutex<Counters>> = Arc::default();
         let span = tracing::info_span!("sink", name = %config.name);
-        let task = match &config.kind {
-            SinkKind::Syslog(c) => {
-                let s = Sender::Syslog(syslog::SyslogSender::new(c.clone()));
-                tokio::spawn(tracing::Instrument::instrument(
-                    deliver_in_order(s, rx, counters.clone()),
-                    span,
-                ))
-            }
-            SinkKind::Webhook(c) => {
-                let s = Sender::Webhook(webhook::WebhookSender::new(c.clone()));
-                tokio::spawn(tracing::Instrument::instrument(
-                    deliver_in_order(s, rx, counters.clone()),
-                    span,
-                ))
-            }
-            SinkKind::Alertmanager(c) => tokio::spawn(tracing::Instrument::instrument(
-                alertmanager::run(c.clone(), rx, counters.clone()),
-                span,
-            )),
-        };
-        let mut r = [0u8; 8];
-        getrandom::fill(&mut r).expect("the OS random source works");
+        let (kind, c) = (config.kind.clone(), counters.clone());
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                match kind {
+                    SinkKind::Syslog(k) => {
+                        let s = Sender::Syslog(syslog::SyslogSender::new(k));
+                        deliver_in_order(s, rx, c).await
+                    }
+                    SinkKind::Webhook(k) => {
+                        let s = Sender::Webhook(webhook::WebhookSender::new(k));
+                        deliver_in_order(s, rx, c).await
+                    }
+                    SinkKind::Alertmanager(k) => alertmanager::run(k, rx, c).await,
+                }
+            },
+            span,
+        ));
         Self {
             config,
             tx,
             counters,
             sequence: 0,
             raised: Default::default(),
-            instance: hex::encode(r),
+            instance: instance_id(),
             last_drop_log: None,
             task,
         }
@@ -384,9 +385,7 @@ const TEST_ALERT_LIFETIME: Duration = Duration::from_secs(300);
 /// Sends `event` to the sink `config` once, now, without queue or retry (for `imcrypt alarms
 /// test`): `Ok` when the receiver took it.
 pub(crate) async fn send_once(config: &SinkConfig, event: SinkEvent) -> Result<(), String> {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("the OS random source works");
-    let q = Queued { sequence: 1, id: format!("{}-1", hex::encode(r)), event };
+    let q = Queued { sequence: 1, id: format!("{}-1", instance_id()), event };
     match &config.kind {
         SinkKind::Syslog(c) => syslog::SyslogSender::new(c.clone()).send(&q.event).await,
         SinkKind::Webhook(c) => webhook::WebhookSender::new(c.clone()).send(&q).await,

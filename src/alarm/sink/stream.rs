@@ -29,8 +29,24 @@ fn client_config(ca: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig,
         .with_no_client_auth())
 }
 
+/// Dials `address` (`host:port`); with `ca`, TLS to the server named `host`, verified against
+/// `ca`. An error says which step failed (connect, the TLS name, the handshake).
+pub(crate) async fn connect(
+    address: &str,
+    host: &str,
+    ca: Option<&Arc<[CertificateDer<'static>]>>,
+) -> Result<Stream, String> {
+    let tcp =
+        TcpStream::connect(address).await.map_err(|e| format!("connect to {address}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    let Some(ca) = ca else { return Ok(Box::new(tcp)) };
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("TLS server name {host}: {e}"))?;
+    tls(tcp, ca, name).await.map_err(|e| format!("TLS: {e}"))
+}
+
 /// TLS over `tcp` to the server `name`, verified against `ca`.
-pub(crate) async fn tls(
+async fn tls(
     tcp: TcpStream,
     ca: &Arc<[CertificateDer<'static>]>,
     name: ServerName<'static>,

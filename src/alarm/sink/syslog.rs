@@ -11,7 +11,7 @@
 //! either write RFC 3164 or offer no octet counting over TLS.
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 use super::config::{SyslogConfig, Transport};
 use super::{SinkEvent, stream};
@@ -159,21 +159,14 @@ impl SyslogSender {
             return Ok(());
         }
         if self.conn.is_none() {
-            let tcp = TcpStream::connect(address)
-                .await
-                .map_err(|e| format!("connect to {address}: {e}"))?;
-            tcp.set_nodelay(true).ok();
-            self.conn = Some(match (&self.config.transport, &self.config.ca) {
-                (Transport::Tls, Some(ca)) => {
-                    let (host, _) = super::config::host_port(address)?;
-                    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                        .map_err(|e| format!("TLS server name {host}: {e}"))?;
-                    stream::tls(tcp, ca, name).await.map_err(|e| format!("TLS: {e}"))?
-                }
+            let ca = match (self.config.transport, &self.config.ca) {
+                (Transport::Tls, Some(ca)) => Some(ca),
                 // Never plain TCP when TLS was asked for (config load reads the CA).
                 (Transport::Tls, None) => return Err("TLS without a CA file".into()),
-                _ => Box::new(tcp),
-            });
+                _ => None,
+            };
+            let (host, _) = super::config::host_port(address)?;
+            self.conn = Some(stream::connect(address, host, ca).await?);
         }
         let conn = self.conn.as_mut().expect("connected above");
         conn.write_all(&frame(msg)).await.map_err(|e| format!("write to {address}: {e}"))?;

@@ -11,7 +11,6 @@
 //! error.
 
 use bytes::Bytes;
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 
 use super::Queued;
@@ -64,12 +63,9 @@ pub(crate) fn body(q: &Queued) -> Bytes {
 
 /// `sha256=` and the hex HMAC-SHA256 under `secret` of `timestamp`, `.`, and `body`.
 pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
-    let mut mac =
-        <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let mut signed = format!("{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    format!("sha256={}", hex::encode(crate::crypto::mac::hmac_sha256(secret, &signed)))
 }
 
 pub(crate) struct WebhookSender {
