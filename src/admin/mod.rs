@@ -1,6 +1,6 @@
 //! The admin API: HTTPS (TLS 1.3 only) with JSON bodies, on loopback by default. Every
-//! request but `GET /v1/health` ([`health`], for load balancers) needs the admin token; routes are in [`api::Route`] and docs/admin-api.yaml, and the
-//! operator's guide is docs/admin.md.
+//! request but `GET /v1/health` ([`health`], for load balancers) needs the admin token; routes
+//! are in [`api::Route`] and docs/admin-api.yaml, and the operator's guide is docs/admin.md.
 //!
 //! Invariants:
 //! - nothing is read from a request body before its token is checked, and no body over

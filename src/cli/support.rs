@@ -60,6 +60,9 @@ fn bundle(conn: &ConnectArgs) -> Result<Value, CliError> {
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
+    // Read once: the config section shows the loader's verdict, the logs section needs its
+    // `[log] file`.
+    let loaded = conn.config.as_deref().map(|p| (p, crate::config::Config::load(p)));
     Ok(json!({
         "imcrypt_support_bundle": FORMAT,
         "created": created(),
@@ -69,9 +72,9 @@ fn bundle(conn: &ConnectArgs) -> Result<Value, CliError> {
             "git_commit": option_env!("IMCRYPT_GIT_COMMIT"),
         },
         "system": system(),
-        "config": config(conn.config.as_deref()),
+        "config": config(loaded.as_ref().map(|(p, c)| (*p, c))),
         "daemon": rt.block_on(daemon(conn)),
-        "logs": logs(conn.config.as_deref()),
+        "logs": logs(loaded.as_ref().and_then(|(_, c)| c.as_ref().ok())),
     }))
 }
 
@@ -88,8 +91,8 @@ const LOG_LINES: usize = 500;
 const LOG_TAIL_BYTES: u64 = 1 << 20;
 
 /// The last lines of `[log] file`, or where the logs are when the daemon logs to stderr.
-fn logs(config: Option<&Path>) -> Value {
-    let file = config.and_then(|p| crate::config::Config::load(p).ok()).and_then(|c| c.log.file);
+fn logs(config: Option<&crate::config::Config>) -> Value {
+    let file = config.and_then(|c| c.log.file.clone());
     let Some(file) = file else {
         return json!({
             "where": "imcrypt serve logs to stderr: under systemd, the journal",
@@ -144,9 +147,11 @@ fn system() -> Value {
     })
 }
 
-/// The config file, redacted; or why it is missing.
-fn config(path: Option<&Path>) -> Value {
-    let Some(path) = path else {
+/// The config file, redacted, with the loader's verdict on it; or why it is missing.
+fn config(
+    loaded: Option<(&Path, &Result<crate::config::Config, crate::config::ConfigError>)>,
+) -> Value {
+    let Some((path, loaded)) = loaded else {
         return json!({ "note": "no --config given: the configuration is not included" });
     };
     let text = match std::fs::read_to_string(path) {
@@ -155,7 +160,7 @@ fn config(path: Option<&Path>) -> Value {
     };
     // The daemon's own validation, so a support engineer sees the message the daemon would
     // print (its messages redact URL passwords).
-    let valid = match crate::config::Config::load(path) {
+    let valid = match loaded {
         Ok(_) => json!(true),
         Err(e) => json!(e.to_string()),
     };
