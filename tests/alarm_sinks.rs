@@ -6,8 +6,6 @@
 //!
 //! The alarm is `MAencryptionMultiMaster`: two masters peered at runtime, then unpeered.
 
-#[path = "support/services.rs"]
-mod services;
 mod support;
 
 use std::convert::Infallible;
@@ -23,7 +21,7 @@ use imcrypt::demo::{ReservedPort, cid};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use services::{Alertmanager, Rsyslog};
+use support::services::{Alertmanager, Rsyslog};
 use support::*;
 
 /// Two masters, a and b, started unpeered; `sinks` (TOML) is a's `[[alarms.sinks]]`.

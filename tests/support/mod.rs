@@ -1,19 +1,30 @@
 //! Shared by the integration tests: a lab of daemons on 127.0.0.1 in a temp dir, passwords,
 //! ports reserved for servers the tests start ([`ReservedPort`]), key pairs made by the real
 //! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps; [`prometheus`] starts the
-//! real Prometheus.
+//! real Prometheus, [`services`] real rsyslog and Alertmanager.
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod prometheus;
+pub mod services;
 
 pub use imcrypt::admin::api::{Role, Status};
 pub use imcrypt::alarm::AlarmName;
 pub use imcrypt::cluster::Command;
 pub use imcrypt::crypto::password::Password;
 pub use imcrypt::demo::{Lab, ReservedPort, has_alarm};
+
+/// The program at `path` from Debian's `package`, or a failure that says how to install it.
+pub fn debian_binary(path: &str, package: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(
+        p.exists(),
+        "{path} not found: run scripts/test.sh (it installs Debian's {package} package)"
+    );
+    p
+}
 
 pub const WAIT: Duration = Duration::from_secs(15);
 pub const PASSWORD: &str = "Correct-Horse-9-battery";

@@ -14,13 +14,7 @@ use super::ReservedPort;
 
 /// A Debian binary of the `prometheus` package, or a failure that says how to get it.
 pub fn prometheus_binary(name: &str) -> PathBuf {
-    let p = PathBuf::from("/usr/bin").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/test.sh, which installs prometheus",
-        p.display()
-    );
-    p
+    super::debian_binary(&format!("/usr/bin/{name}"), "prometheus")
 }
 
 /// `promtool ARGS` with `stdin`, bounded to 60 s: (exit code, stdout + stderr).

@@ -26,15 +26,6 @@ impl Drop for Guard {
     }
 }
 
-fn binary(path: &str, package: &str) -> PathBuf {
-    let p = PathBuf::from(path);
-    assert!(
-        p.exists(),
-        "{path} not found: run scripts/test.sh (it installs Debian's {package} package)"
-    );
-    p
-}
-
 /// Waits until `ready` holds, failing with the service's log if the process ended or `START`
 /// passed.
 fn wait_ready(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
@@ -68,7 +59,7 @@ pub struct Rsyslog {
 
 impl Rsyslog {
     pub fn start() -> Rsyslog {
-        let exe = binary("/usr/sbin/rsyslogd", "rsyslog");
+        let exe = super::debian_binary("/usr/sbin/rsyslogd", "rsyslog");
         let dir = tempfile::Builder::new().prefix("imcrypt-rsyslog").tempdir().unwrap();
         let port = ReservedPort::new().unwrap();
         let d = dir.path();
@@ -135,7 +126,8 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start() -> Alertmanager {
-        let exe = binary("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager");
+        let exe =
+            super::debian_binary("/usr/bin/prometheus-alertmanager", "prometheus-alertmanager");
         let dir = tempfile::Builder::new().prefix("imcrypt-am").tempdir().unwrap();
         let port = ReservedPort::new().unwrap();
         let d = dir.path();
