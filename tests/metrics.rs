@@ -196,8 +196,43 @@ async fn prometheus_scrapes_the_daemons_and_agrees_with_their_status() {
     .await;
 }
 
+/// One HTTP/1.1 connection kept open across requests, as a monitor or load balancer keeps it.
+struct KeepAlive(tokio::io::BufReader<tokio::net::TcpStream>);
+
+impl KeepAlive {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        Self(tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap()))
+    }
+
+    /// `GET path` on the open connection: (status, head, body), the body read by its length.
+    async fn get(&mut self, path: &str) -> (u16, String, String) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let head = format!("GET {path} HTTP/1.1\r\nHost: imcrypt\r\n\r\n");
+        self.0.get_mut().write_all(head.as_bytes()).await.unwrap();
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(self.0.read_line(&mut line).await.unwrap() > 0, "closed after: {head}");
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let length = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok()
+            })
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body).await.unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, head, String::from_utf8(body).unwrap())
+    }
+}
+
 /// Master 200, slave 429 (200 with `standbyok=true`), off 472, critical alarm 500, slave
-/// with an unreachable master 473: on both listeners, without a token.
+/// with an unreachable master 473, stopping 503: on both listeners, without a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_gives_each_documented_status_on_both_listeners_without_a_token() {
     bounded(async {
@@ -235,8 +270,18 @@ async fn health_gives_each_documented_status_on_both_listeners_without_a_token()
             assert_eq!((code, r.critical_alarms), (500, 1), "{id}");
         }
 
+        // A monitor holding a connection open while a stops is told 503 "stopping", with
+        // Retry-After, once a's core no longer answers for its state.
+        let mut monitor =
+            KeepAlive::connect(lab.daemon("a").unwrap().metrics_addr().unwrap()).await;
+        assert_eq!(monitor.get("/v1/health").await.0, 500, "critical before the stop");
         // a stops: its slave b keeps encrypting, and says its master is unreachable.
         lab.stop("a").await.unwrap();
+        let (code, head, body) = monitor.get("/v1/health").await;
+        assert_eq!(code, 503, "{head}\n{body}");
+        assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+        let r: HealthReport = serde_json::from_str(&body).unwrap();
+        assert_eq!(r.health, Health::Stopping, "{body}");
         let (code, r) = health(&lab, "b", "", Health::MasterUnreachable).await;
         assert_eq!((code, r.role), (473, Some(Role::Slave)));
         lab.stop_all().await;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use imcrypt::demo::ReservedPort;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
 /// How long any one wait of these tests may take before it fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -425,4 +427,57 @@ fn a_support_bundle_of_a_running_daemon_has_status_and_alarm_history_and_no_secr
     let b: serde_json::Value =
         serde_json::from_reader(BufReader::new(std::fs::File::open(&out).unwrap())).unwrap();
     assert!(b["logs"]["collect"].as_str().unwrap().contains("journalctl -u imcrypt"), "{b}");
+}
+
+#[test]
+fn sighup_starts_moves_and_stops_the_metrics_listener_and_the_counts_carry_on() {
+    use support::services::http_get;
+    let node = "[[nodes]]\nid = \"a1\"\narchiver = \"postgresql\"\n";
+    let f = Fixture::new(node);
+    let d = f.serve("a.log", &[]);
+    // Admin requests before `[metrics]` exists are counted all the same.
+    f.wait_status("a answering", |s| s["cluster"] == "a");
+    let (first, second) = (ReservedPort::new().unwrap(), ReservedPort::new().unwrap());
+    let metrics =
+        |port: &ReservedPort| format!("[metrics]\nlisten = \"127.0.0.1:{}\"\n", port.port());
+    let status_requests = |body: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with("imcrypt_admin_requests_total{") && l.contains("/v1/status"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+
+    f.write(&format!("{node}{}", metrics(&first)));
+    d.signal("HUP");
+    d.wait_log(&["INFO", "metrics listener moved", &format!("127.0.0.1:{}", first.port())]);
+    let (code, body) = http_get(first.port(), "/metrics").expect("metrics on the first port");
+    assert_eq!(code, 200, "{body}");
+    assert!(status_requests(&body) >= 1, "counted since the start:\n{body}");
+
+    // Moved: the new port serves, the old one is closed; nothing needs a restart.
+    f.write(&format!("{node}{}", metrics(&second)));
+    d.signal("HUP");
+    d.wait_log(&["INFO", "metrics listener moved", &format!("127.0.0.1:{}", second.port())]);
+    let (code, body) = http_get(second.port(), "/metrics").expect("metrics on the second port");
+    assert_eq!(code, 200, "{body}");
+    assert!(http_get(first.port(), "/metrics").is_none(), "the old port still answers");
+    assert!(!d.log().contains("key=\"metrics\""), "no restart asked for:\n{}", d.log());
+
+    // A port that is taken: reported with the key, and the listener serves on where it was.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    f.write(&format!(
+        "{node}[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        taken.local_addr().unwrap().port()
+    ));
+    d.signal("HUP");
+    let failed = d.wait_log(&["ERROR", "metrics.listen", "not applied"]);
+    assert!(failed.contains("still serving on"), "{failed}");
+    assert_eq!(http_get(second.port(), "/metrics").map(|(c, _)| c), Some(200));
+
+    // Gone from the file: off.
+    f.write(node);
+    d.signal("HUP");
+    d.wait_log(&["INFO", "metrics listener stopped"]);
+    assert!(http_get(second.port(), "/metrics").is_none(), "metrics still served");
+    assert!(d.term(), "exit status after SIGTERM");
 }

@@ -39,8 +39,8 @@ pub struct DaemonHandle {
     pub(super) control: Control,
     pub(super) peer_addr: SocketAddr,
     pub(super) admin_addr: SocketAddr,
-    /// `None`: no `[metrics]` in the config.
-    pub(super) metrics_addr: Option<SocketAddr>,
+    /// The metrics listener (off without `[metrics]`); a reload may move it.
+    pub(super) metrics: super::metrics_listener::MetricsListener,
     pub(super) ring: watch::Receiver<Option<Arc<KeyRing>>>,
     /// The alarm sinks, for a reload (`Sinks::reconfigure`).
     pub(super) sinks: crate::alarm::sink::Sinks,
@@ -66,10 +66,15 @@ impl DaemonHandle {
         self.admin_addr
     }
 
-    /// Where `GET /metrics` and `GET /v1/health` are served over plain HTTP (`None`: metrics
-    /// are not configured).
+    /// Where `GET /metrics` and `GET /v1/health` are served over plain HTTP now (`None`:
+    /// metrics are not configured).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_addr
+        self.metrics.addr()
+    }
+
+    /// The metrics listener, for a reload.
+    pub(super) fn metrics_listener(&self) -> &super::metrics_listener::MetricsListener {
+        &self.metrics
     }
 
     /// The key ring the hot path must use (`None`: encryption is off here).

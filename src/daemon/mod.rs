@@ -12,13 +12,15 @@
 //! Files: [`error`] (what can go wrong), [`control`] (the inputs and the way in), [`start`]
 //! (start-up), [`probe`] (the database probe loop), [`core`] (the core loop), [`status`] (the
 //! admin status filled from the machine), [`handle`] (the running daemon and its one shutdown
-//! mechanism), [`reload`] (a new configuration file applied to the running daemon). The time
+//! mechanism), [`reload`] (a new configuration file applied to the running daemon), [`metrics_listener`]
+//! (where the metrics are served, which a reload may change). The time
 //! given to the machine is `crate::clock::now`.
 
 mod control;
 mod core;
 mod error;
 mod handle;
+mod metrics_listener;
 mod probe;
 mod reload;
 mod start;

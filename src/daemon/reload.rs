@@ -1,7 +1,7 @@
 //! Reload (SIGHUP): a new configuration file applied to the running daemon, section by section.
 //!
 //! What changes at runtime: the log level (`[log] level`), the alarm sinks
-//! (`[[alarms.sinks]]`), and the nodes and peers
+//! (`[[alarms.sinks]]`), the metrics listener (`[metrics] listen`), and the nodes and peers
 //! (`[[nodes]]` `id`/`archiver`, `[[peers]]`), which go through the state machine's
 //! `Cluster::reconcile` exactly as at start, so its rules decide (a node added while encryption
 //! is on is refused and logged, the rest applies). Everything else is read once at start; a
@@ -18,9 +18,7 @@
 //!   again (a peer added with `imcrypt peers add` stays until the file's peers change or the
 //!   daemon restarts).
 //!
-//! Extension point: a new runtime section (the metrics listener, once the hot path and the
-//! admin API can swap their registry) is one call
-//! in [`Reloader::reload`], after the peers: compare `self.current.SECTION` with
+//! Extension point: a new runtime section is one call in [`Reloader::reload`], after the peers: compare `self.current.SECTION` with
 //! `new.SECTION`, hand the new section to the running part (e.g. through the `DaemonHandle`),
 //! and push the outcome into the [`Report`] (`applied` on success, `failed` with the key and
 //! the reason otherwise). A section that cannot change at runtime is one more line in
@@ -105,12 +103,19 @@ impl Reloader {
         }
 
         // Alarm sinks: those whose settings are unchanged keep running, with their queue and
-        // counters (`Sinks::reconfigure`). The metrics listener needs a restart (below).
+        // counters (`Sinks::reconfigure`).
         if self.current.alarms != new.alarms {
             daemon.sinks().reconfigure(&new.alarms.sinks);
             let names: Vec<&str> = new.alarms.sinks.iter().map(|s| s.name.as_str()).collect();
             tracing::info!(sinks = ?names, "alarm sinks reconfigured");
             report.applied.push(format!("alarms.sinks: {}", names.join(", ")));
+        }
+
+        // The metrics listener: started, moved or stopped; the counters carry on.
+        match daemon.metrics_listener().apply(new.metrics.as_ref().map(|m| m.listen)).await {
+            Ok(Some(applied)) => report.applied.push(applied),
+            Ok(None) => {}
+            Err(why) => report.failed.push(("metrics.listen", why)),
         }
 
         report.restart_needed = restart_needed(&self.started, &new);
@@ -172,8 +177,6 @@ pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str
         (a.db_probe != b.db_probe, "db_probe.interval"),
         (a.testing != b.testing, "testing.legacy_software"),
         (a.log.file != b.log.file, "log.file"),
-        // The hot path and the admin API take the metrics registry at start.
-        (a.metrics != b.metrics, "metrics"),
     ]
     .into_iter()
     .filter_map(|(changed, key)| changed.then_some(key))

@@ -26,6 +26,7 @@ use crate::store::SealedFile;
 use super::control::CoreInbox;
 use super::core::{Core, Heartbeat};
 use super::handle::until_shutdown;
+use super::metrics_listener::MetricsListener;
 use super::{Control, DaemonError, DaemonHandle, probe};
 use crate::clock::now;
 
@@ -111,14 +112,11 @@ pub(crate) async fn start_with(
     let alarm_history = AlarmHistory::default();
     // One task per sink; an unreachable sink is not an error here (it counts failures).
     let sinks = span.in_scope(|| Sinks::new(id.clone(), &config.alarms.sinks));
-    // Metrics off: no registry at all, and the hot path and admin API count nothing.
-    let metrics = config.metrics.as_ref().map(|_| Arc::new(crate::metrics::Metrics::new()));
+    // Counted from the start even without `[metrics]`, so that a reload that turns the
+    // listener on shows counts since the start (see `metrics_listener`).
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let admin = span.in_scope(|| {
-        crate::admin::Admin::new(
-            &config,
-            alarm_history.clone(),
-            metrics.as_ref().map(|m| m.admin()),
-        )
+        crate::admin::Admin::new(&config, alarm_history.clone(), Some(metrics.admin()))
     })?;
 
     let bind = |what, addr| async move {
@@ -132,7 +130,6 @@ pub(crate) async fn start_with(
     };
     let peer_addr = peer_listener.local_addr().expect("bound");
     let admin_addr = admin_listener.local_addr().expect("bound");
-    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().expect("bound"));
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -160,7 +157,7 @@ pub(crate) async fn start_with(
             keys.clone().follow(ring_rx.clone(), Duration::from_secs(1)).instrument(span.clone()),
         );
         let (limits, stop) = (hp.limits.clone(), shutdown.clone().cancelled_owned());
-        let counted = metrics.as_ref().map(|m| m.hotpath());
+        let counted = Some(metrics.hotpath());
         tasks.spawn(
             async move {
                 if let Err(e) =
@@ -199,16 +196,15 @@ pub(crate) async fn start_with(
     tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));
     let admin_server = admin.serve(admin_listener, control.clone());
     tasks.spawn(until_shutdown(shutdown.clone(), admin_server).instrument(span.clone()));
-    if let (Some(listener), Some(m)) = (metrics_listener, &metrics) {
-        let server = crate::metrics::server::MetricsServer {
-            cluster: id.clone(),
-            metrics: m.clone(),
-            control: control.clone(),
-            keys: hot_keys,
-        };
-        tasks.spawn(
-            until_shutdown(shutdown.clone(), server.serve(listener)).instrument(span.clone()),
-        );
+    let metrics_server = crate::metrics::server::MetricsServer {
+        cluster: id.clone(),
+        metrics,
+        control: control.clone(),
+        keys: hot_keys,
+    };
+    let metrics = MetricsListener::new(metrics_server, shutdown.clone(), span.clone());
+    if let (Some(listener), Some(m)) = (metrics_listener, &config.metrics) {
+        metrics.serve(m.listen, listener);
     }
     if config.nodes.iter().any(|n| n.db.is_some()) {
         let probe = probe::probe_databases(config.clone(), control.clone());
@@ -217,7 +213,7 @@ pub(crate) async fn start_with(
     tasks.spawn(core.run(rx, shutdown.clone()).instrument(span.clone()));
     drop(tx);
     span.in_scope(
-        || tracing::info!(peer = %peer_addr, admin = %admin_addr, metrics = ?metrics_addr, "imcrypt daemon started"),
+        || tracing::info!(peer = %peer_addr, admin = %admin_addr, metrics = ?metrics.addr(), "imcrypt daemon started"),
     );
     Ok(DaemonHandle {
         id,
@@ -226,7 +222,7 @@ pub(crate) async fn start_with(
         control,
         peer_addr,
         admin_addr,
-        metrics_addr,
+        metrics,
         ring: ring_rx,
         sinks,
     })

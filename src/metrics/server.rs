@@ -30,6 +30,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the metrics listener serves from.
+#[derive(Clone)]
 pub(crate) struct MetricsServer<D> {
     pub(crate) cluster: ClusterId,
     pub(crate) metrics: Arc<Metrics>,
