@@ -42,6 +42,8 @@ fi
 # rsyslog and Prometheus Alertmanager: tests/alarm_sinks.rs delivers alarms to both (started in
 # temp dirs on 127.0.0.1, tests/support/services.rs).
 [ -x /usr/sbin/rsyslogd ] || apt_install rsyslog
+# rsyslog's GnuTLS driver: the syslog sink's TLS transport is tested against rsyslog's TLS input.
+ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_install rsyslog-gnutls
 [ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager
 
 # Schemathesis (from PyPI, pinned so that a run is reproducible): tests/admin_api.rs fuzzes

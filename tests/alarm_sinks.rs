@@ -21,7 +21,7 @@ use imcrypt::demo::{ReservedPort, cid};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use support::services::{Alertmanager, Rsyslog};
+use support::services::{Alertmanager, LoopbackTls, Rsyslog};
 use support::*;
 
 /// Two masters, a and b, started unpeered; `sinks` (TOML) is a's `[[alarms.sinks]]`.
@@ -172,6 +172,67 @@ async fn alertmanager_gets_the_alert_and_then_sees_it_resolved_after_the_unpeeri
         })
         .await;
         assert_eq!(test["labels"]["severity"], "warning", "{test}");
+        lab.stop_all().await;
+    })
+    .await;
+}
+
+/// TLS to the real servers: rsyslog's TLS input (GnuTLS) and Alertmanager over HTTPS, each
+/// with a certificate for 127.0.0.1 from a CA the sinks are given; a third sink given another
+/// CA never delivers and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_alarm_reaches_rsyslog_and_alertmanager_and_a_wrong_ca_is_refused() {
+    let (tls, other) = (LoopbackTls::new(), LoopbackTls::new());
+    let (rsyslog, am) = (Rsyslog::start_with(Some(&tls)), Alertmanager::start_with(Some(&tls)));
+    assert!(am.url().starts_with("https://127.0.0.1:"), "{}", am.url());
+    bounded(async {
+        let sinks = format!(
+            "[[alarms.sinks]]\nname = \"central\"\nkind = \"syslog\"\naddress = \"{}\"\n\
+             transport = \"tls\"\nca_file = \"{}\"\n\n\
+             [[alarms.sinks]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"{}\"\n\
+             ca_file = \"{}\"\n\n\
+             [[alarms.sinks]]\nname = \"impostor\"\nkind = \"alertmanager\"\nurl = \"{}\"\n\
+             ca_file = \"{}\"\n",
+            rsyslog.address(),
+            tls.ca.display(),
+            am.url(),
+            tls.ca.display(),
+            am.url(),
+            other.ca.display(),
+        );
+        let (_d, mut lab) = two_masters(&sinks).await;
+        peer_at_runtime(&lab).await;
+        let line = wait_for("the raise in rsyslog's file, over TLS", WAIT, async || {
+            rsyslog.messages().into_iter().find(|l| l.contains("event=\"raised\""))
+        })
+        .await;
+        assert!(line.contains("[imcrypt@32473 name=\"MAencryptionMultiMaster\""), "{line}");
+        wait_for("the alert in Alertmanager, over HTTPS", WAIT, async || {
+            let alerts = am.alerts();
+            let found = alerts.as_array().unwrap().iter().any(|a| {
+                a["labels"]["alertname"] == "MAencryptionMultiMaster"
+                    && a["labels"]["cluster"] == "a"
+            });
+            found.then_some(())
+        })
+        .await;
+        let s = wait_for("the impostor sink's failure", WAIT, async || {
+            let s = lab.status("a").await.unwrap();
+            let impostor = s.sinks.iter().find(|k| k.name == "impostor").unwrap();
+            (impostor.counters.failed_attempts > 0).then_some(s)
+        })
+        .await;
+        for k in &s.sinks {
+            let c = &k.counters;
+            match k.name.as_str() {
+                "impostor" => {
+                    assert_eq!(c.delivered, 0, "{k:?}");
+                    let why = c.last_error.as_deref().unwrap_or_default();
+                    assert!(why.contains("certificate"), "the error says why: {why}");
+                }
+                _ => assert!(c.delivered >= 1 && c.failed_attempts == 0, "{k:?}"),
+            }
+        }
         lab.stop_all().await;
     })
     .await;

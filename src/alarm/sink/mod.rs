@@ -387,7 +387,12 @@ const TEST_ALERT_LIFETIME: Duration = Duration::from_secs(300);
 pub(crate) async fn send_once(config: &SinkConfig, event: SinkEvent) -> Result<(), String> {
     let q = Queued { sequence: 1, id: format!("{}-1", instance_id()), event };
     match &config.kind {
-        SinkKind::Syslog(c) => syslog::SyslogSender::new(c.clone()).send(&q.event).await,
+        SinkKind::Syslog(c) => {
+            let mut s = syslog::SyslogSender::new(c.clone());
+            let sent = s.send(&q.event).await;
+            s.close().await;
+            sent
+        }
         SinkKind::Webhook(c) => webhook::WebhookSender::new(c.clone()).send(&q).await,
         SinkKind::Alertmanager(c) => {
             let url = http::HttpUrl::parse(&c.url).map_err(|e| e.to_string())?;

@@ -145,6 +145,14 @@ impl SyslogSender {
         r
     }
 
+    /// Ends the connection politely (TLS close_notify, then TCP FIN), so the collector does not
+    /// log a broken session; best effort.
+    pub(crate) async fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = tokio::time::timeout(super::ATTEMPT_TIMEOUT, conn.shutdown()).await;
+        }
+    }
+
     async fn send_raw(&mut self, msg: &str) -> Result<(), String> {
         let address = self.config.address.as_str();
         if self.config.transport == Transport::Udp {
