@@ -8,6 +8,9 @@
 # URL). Copies the advisories (crates/), the licence files and the upstream commit into the
 # directory cargo deny expects, writes SNAPSHOT (commit, commit date, source), and runs
 # `cargo deny check advisories` against it. Review and commit the result.
+#
+# Always `--offline`: without it cargo deny "updates" the snapshot with git, finds this
+# repository around it and hard-resets it (uncommitted changes are lost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
