@@ -151,11 +151,11 @@ pub fn admin_body(data: &[u8]) -> bool {
     if let Some(b) = parse::<api::PasswordChangeRequest>(data) {
         accepted |= policy(&b.new_password);
     }
-    if let Some(b) = parse::<api::DownloadRequest>(data) {
-        if let Ok(r) = parse_public_key(&b.public_key_pem) {
-            assert!(r.bits() >= 2048, "a weak key was accepted");
-            accepted = true;
-        }
+    if let Some(b) = parse::<api::DownloadRequest>(data)
+        && let Ok(r) = parse_public_key(&b.public_key_pem)
+    {
+        assert!(r.bits() >= 2048, "a weak key was accepted");
+        accepted = true;
     }
     if let Some(b) = parse::<api::AddPeerRequest>(data) {
         accepted |= ClusterId::new(b.id.as_str()).is_ok() && b.address.contains(':');
@@ -360,14 +360,17 @@ mod tests {
         }
     }
 
+    /// Named seeds of one kind.
+    type Named<T> = Vec<(String, T)>;
+
     /// Master `fuzz-a` and slave `fuzz-b` through enrolment, rotation and disable; every
     /// message in the order sent, and the persisted states along the way.
-    fn scenario() -> (Vec<(String, PeerMessage)>, Vec<(String, PersistedState)>) {
+    fn scenario() -> (Named<PeerMessage>, Named<PersistedState>) {
         let mut net = Network::default();
         let (a, b) = (net.add_cluster(SENDER), net.add_cluster(RECEIVER));
         let mut msgs = Vec::new();
         let mut states = vec![("off".to_owned(), net.get(&b).disk.clone())];
-        let run = |net: &mut Network, step: &str, msgs: &mut Vec<(String, PeerMessage)>| {
+        let run = |net: &mut Network, step: &str, msgs: &mut Named<PeerMessage>| {
             while let Some(e) = net.in_flight().first().cloned() {
                 msgs.push((format!("{step}-{}-to-{}", e.from, e.to), e.msg));
                 net.apply(&Op::Deliver(0));
