@@ -297,7 +297,7 @@ impl Config {
     }
 
     /// Parses and validates `text`; relative paths are resolved against `base`.
-    fn parse(text: &str, base: &Path) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let mut c: Config = toml::from_str(text).map_err(|e| {
             // The parser quotes the offending line, passwords and all.
             crate::archive::redact(e.to_string().trim_end())

@@ -15,6 +15,8 @@ pub mod crypto;
 pub mod daemon;
 pub mod demo;
 mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hotpath;
 pub mod ids;
 pub mod metrics;

@@ -13,7 +13,7 @@
 //! - Accepted events are never dropped (see `writer`); refusals are explicit.
 
 pub mod db;
-mod event;
+pub(crate) mod event;
 mod postgres;
 mod schema;
 mod sqlite;

@@ -37,7 +37,7 @@ mod rules;
 mod state;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 #[cfg(test)]
 mod tests;

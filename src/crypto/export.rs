@@ -268,7 +268,7 @@ impl Unwrapper {
         Self::from_key(key)
     }
 
-    fn from_key(key: PrivateKey) -> Result<Self, ExportError> {
+    pub(crate) fn from_key(key: PrivateKey) -> Result<Self, ExportError> {
         let spki = key
             .to_public_key()
             .to_public_key_der()

@@ -90,6 +90,12 @@ impl SealedFile {
                 return Err(StoreError::Io { action: "read", path: self.path.clone(), source });
             }
         };
+        self.decode(&bytes).map(Some)
+    }
+
+    /// Authenticates and parses the bytes of a state file (what [`SealedFile::load`] read).
+    /// Errors name this file's path. Also the entry point of the `sealed_state` fuzz target.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, StoreError> {
         let path = || self.path.clone();
         if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(StoreError::NotAStateFile { path: path() });
@@ -108,7 +114,6 @@ impl SealedFile {
             .open(nonce, &bytes[..HEADER_LEN], &bytes[HEADER_LEN + NONCE_LEN..])
             .map_err(|_| StoreError::Authentication { path: path() })?;
         serde_json::from_slice(&json)
-            .map(Some)
             .map_err(|e| StoreError::Parse { path: path(), reason: e.to_string() })
     }
 
@@ -130,17 +135,22 @@ impl SealedFile {
             path: self.path.clone(),
             reason: format!("cannot serialize: {e}"),
         })?);
+        Ok(self.seal_json(&json))
+    }
+
+    /// The file bytes holding `json` (a serialized document), under a fresh random nonce.
+    pub(crate) fn seal_json(&self, json: &[u8]) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(HEADER_LEN + NONCE_LEN + json.len() + 16));
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&SCHEMA_VERSION.to_be_bytes());
         let nonce = random::os_bytes::<NONCE_LEN>();
         out.extend_from_slice(&nonce);
         let start = out.len();
-        out.extend_from_slice(&json);
+        out.extend_from_slice(json);
         let (header, _) = out.split_at(HEADER_LEN);
         let header = header.to_vec();
         self.key.seal_in_place(&nonce, &header, &mut out, start);
-        Ok(out)
+        out
     }
 }
 
