@@ -174,7 +174,9 @@ impl Admin {
                 let conn = connection(acceptor, tcp, addr, ctx, control, ticket.clone());
                 match ticket.guard(conn).await {
                     Some(Ok(())) => {}
-                    Some(Err(why)) => tracing::debug!(%addr, reason = %why, "admin connection ended"),
+                    Some(Err(why)) => {
+                        tracing::debug!(%addr, reason = %why, "admin connection ended")
+                    }
                     None => tracing::debug!(%addr, "admin connection without a request evicted"),
                 }
             }));

@@ -208,8 +208,7 @@ pub(crate) async fn start_with(
     tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));
     let admin_server = admin.serve(admin_listener, control.clone());
     tasks.spawn(until_shutdown(shutdown.clone(), admin_server).instrument(span.clone()));
-    if let (Some(listener), Some(m), Some(section)) =
-        (metrics_listener, &metrics, &config.metrics)
+    if let (Some(listener), Some(m), Some(section)) = (metrics_listener, &metrics, &config.metrics)
     {
         let server = crate::metrics::server::MetricsServer {
             cluster: id.clone(),
