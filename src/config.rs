@@ -137,6 +137,9 @@ pub(crate) struct PeerSection {
     pub(crate) hello_interval: Duration,
     #[serde(default = "default_unreachable", deserialize_with = "crate::duration::nonzero")]
     pub(crate) master_unreachable_after: Duration,
+    /// Connections to the peer listener at once (docs/operations.md, "Limits").
+    #[serde(default = "default_peer_connections", deserialize_with = "positive")]
+    pub(crate) max_connections: u32,
 }
 
 /// `[admin]`: the HTTPS admin API (docs/admin.md).
@@ -169,6 +172,21 @@ pub(crate) struct AdminSection {
     /// Password checks (PBKDF2) in flight at once; more wait their turn.
     #[serde(default = "default_concurrent", deserialize_with = "positive")]
     pub(crate) max_concurrent_password_checks: u32,
+    /// Connections to the admin listener at once (docs/operations.md, "Limits").
+    #[serde(default = "default_admin_connections", deserialize_with = "positive")]
+    pub(crate) max_connections: u32,
+}
+
+fn default_admin_connections() -> u32 {
+    64
+}
+
+fn default_peer_connections() -> u32 {
+    256
+}
+
+pub(crate) fn default_metrics_connections() -> u32 {
+    32
 }
 
 fn default_max_failures() -> u32 {
@@ -204,6 +222,10 @@ pub(crate) struct MetricsSection {
     /// Accept a `listen` address that is not loopback (Prometheus on another host).
     #[serde(default)]
     allow_non_loopback: bool,
+    /// Connections to the metrics listener at once; Prometheus needs one per server that
+    /// scrapes (docs/operations.md, "Limits").
+    #[serde(default = "default_metrics_connections", deserialize_with = "positive")]
+    pub(crate) max_connections: u32,
 }
 
 /// `[encryption]`: what the master does on its own.
@@ -369,6 +391,32 @@ impl Config {
         Ok(c)
     }
 
+    /// Each listener's connection cap with the key that sets it, for the descriptor budget
+    /// ([`crate::caps::check_descriptors`]).
+    pub(crate) fn listener_caps(&self) -> Vec<(&'static str, usize)> {
+        let mut caps = vec![
+            ("admin.max_connections", self.admin.max_connections as usize),
+            ("peer.max_connections", self.peer.max_connections as usize),
+        ];
+        // Counted even without `[metrics]`: a reload may start the listener.
+        let metrics =
+            self.metrics.as_ref().map_or_else(default_metrics_connections, |m| m.max_connections);
+        caps.push(("metrics.max_connections", metrics as usize));
+        if let Some(h) = &self.hotpath {
+            caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
+        }
+        caps
+    }
+
+    /// What the daemon needs in descriptors beyond its listeners.
+    pub(crate) fn descriptor_reserve(&self) -> crate::caps::Reserve {
+        crate::caps::Reserve {
+            peers: self.peers.len(),
+            sinks: self.alarms.sinks.len(),
+            probed_databases: self.nodes.iter().filter(|n| n.db.is_some()).count(),
+        }
+    }
+
     pub(crate) fn tls_files(&self) -> TlsFiles {
         TlsFiles {
             cert: self.peer.cert.clone(),
@@ -513,6 +561,7 @@ archiver = "postgresql"
             ("lockout", d(c.admin.lockout)),
             ("password_attempts_per_minute", n(c.admin.password_attempts_per_minute)),
             ("max_concurrent_password_checks", n(c.admin.max_concurrent_password_checks)),
+            ("max_connections", n(c.admin.max_connections)),
         ];
         let mut expected = vec![
             ("peer.hello_interval".to_owned(), d(c.peer.hello_interval)),
@@ -525,6 +574,11 @@ archiver = "postgresql"
             ("hotpath.limits.handshake_timeout".into(), d(h.limits.handshake_timeout)),
             ("hotpath.limits.reservation_wait".into(), d(h.limits.reservation_wait)),
             ("hotpath.limits.drain_timeout".into(), d(h.limits.drain_timeout)),
+            ("hotpath.limits.max_connections".into(), n(h.limits.max_connections)),
+            ("hotpath.limits.idle_timeout".into(), d(h.limits.idle_timeout)),
+            ("hotpath.limits.max_buffered".into(), n(h.limits.max_buffered)),
+            ("peer.max_connections".into(), n(c.peer.max_connections)),
+            ("metrics.max_connections".into(), n(default_metrics_connections())),
             ("testing.legacy_software".into(), format!("`{}`", c.testing.legacy_software)),
             ("log.level".into(), format!("`{}`", c.log.level)),
             ("metrics.allow_non_loopback".into(), "`false`".into()),

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod alarm;
 pub mod archive;
+pub mod caps;
 pub mod cli;
 mod clock;
 pub mod cluster;

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
 use imcrypt::demo::ReservedPort;
+use support::process::status_json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imcrypt");
 
@@ -36,20 +39,6 @@ fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
     paths.into_iter().zip(ports).map(|((id, path), ports)| (id, path, ports)).collect()
 }
 
-/// The status through the admin API (HTTPS with the token), as `imcrypt status` prints it.
-fn get_status(config: &Path) -> Option<serde_json::Value> {
-    let out = Command::new(BIN)
-        .args(["status", "--output", "json", "--config"])
-        .arg(config)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 fn wait_status(
     config: &Path,
     what: &str,
@@ -57,7 +46,7 @@ fn wait_status(
 ) -> serde_json::Value {
     let t = Instant::now();
     loop {
-        if let Some(s) = get_status(config)
+        if let Some(s) = status_json(config)
             && ok(&s)
         {
             return s;

@@ -12,7 +12,11 @@
 //!   with the whole export or an error, never part of one;
 //! - a refused request changes nothing (the state machine's own guarantee, carried through);
 //! - every error becomes one HTTP status and one JSON body in [`ApiError::status`], the one
-//!   place where that mapping lives.
+//!   place where that mapping lives;
+//! - at most `admin.max_connections` connections at once ([`crate::caps::Gate`]); a connection
+//!   that has not yet made a request with the token is evicted, oldest first, to make room for
+//!   a new one, so idle connections cannot lock the administrator out; one with the token keeps
+//!   its slot.
 
 pub mod api;
 pub mod client;
@@ -37,6 +41,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::alarm::AlarmHistory;
+use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{Command, CommandError, ComplianceDb, NodeId, Outcome};
 use crate::config::Config;
 use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_public_key};
@@ -50,7 +55,9 @@ use api::{ErrorBody, ErrorDetail, Match, Route};
 use limit::{Limits, Outcome as Checked, PasswordLimiter, Refused};
 use token::{Token, TokenError};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The CLI on the same host handshakes in milliseconds; a connection that has not finished in
+/// this time is closed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a password request waits for a free PBKDF2 slot before it is told to retry.
 const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
@@ -95,6 +102,7 @@ pub enum AdminError {
 pub(crate) struct Admin {
     tls: Arc<ServerConfig>,
     ctx: Arc<Ctx>,
+    gate: Arc<Gate>,
 }
 
 struct Ctx {
@@ -142,6 +150,7 @@ impl Admin {
         };
         Ok(Self {
             tls: Arc::new(tls),
+            gate: Gate::new("admin listener", Caps::new(a.max_connections as usize)),
             ctx: Arc::new(Ctx {
                 cluster: config.cluster_id.clone(),
                 token,
@@ -157,18 +166,18 @@ impl Admin {
     pub(crate) async fn serve(self, listener: TcpListener, control: impl Daemon) {
         let acceptor = TlsAcceptor::from(self.tls);
         loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let (tcp, ticket) = self.gate.accept(&listener).await;
+            let Ok(addr) = tcp.peer_addr() else { continue };
             let (acceptor, ctx, control) = (acceptor.clone(), self.ctx.clone(), control.clone());
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                if let Err(why) = connection(acceptor, tcp, addr, ctx, control).await {
-                    tracing::debug!(%addr, reason = %why, "admin connection ended");
+                let ticket = Arc::new(ticket);
+                let conn = connection(acceptor, tcp, addr, ctx, control, ticket.clone());
+                match ticket.guard(conn).await {
+                    Some(Ok(())) => {}
+                    Some(Err(why)) => {
+                        tracing::debug!(%addr, reason = %why, "admin connection ended")
+                    }
+                    None => tracing::debug!(%addr, "admin connection without a request evicted"),
                 }
             }));
         }
@@ -181,6 +190,7 @@ async fn connection(
     addr: SocketAddr,
     ctx: Arc<Ctx>,
     control: impl Daemon,
+    ticket: Arc<Ticket>,
 ) -> Result<(), String> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
@@ -188,10 +198,10 @@ async fn connection(
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let client = addr.ip();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (ctx, control) = (ctx.clone(), control.clone());
+        let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
             let counted = ctx.metrics.as_ref().map(|_| metric_labels(&req));
-            let r = match handle(req, client, &ctx, &control).await {
+            let r = match handle(req, client, &ctx, &control, &ticket).await {
                 Ok(r) => r,
                 Err(e) => e.response(),
             };
@@ -513,11 +523,14 @@ async fn handle(
     client: IpAddr,
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
+    ticket: &Ticket,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_owned();
     let found = api::find(req.method().as_str(), &path);
     if !matches!(found, Match::Found { route, .. } if !route.needs_token()) {
         check_token(&req, ctx)?;
+        // The administrator's connection: no longer one a flood can evict.
+        ticket.establish();
     }
     let (route, param) = match found {
         Match::Found { route, param } => (route, param),

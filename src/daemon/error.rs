@@ -40,4 +40,7 @@ pub enum DaemonError {
     HotpathKeys(#[from] crate::hotpath::KeyError),
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// The listeners' caps do not fit in the descriptor limit (names the keys).
+    #[error(transparent)]
+    Descriptors(#[from] crate::caps::DescriptorError),
 }

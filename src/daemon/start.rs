@@ -83,6 +83,14 @@ pub(crate) async fn start_with(
     let id = config.cluster_id.clone();
     // An error-level span is enabled whatever the log level, so every line names its cluster.
     let span = tracing::error_span!("cluster", id = %id);
+    // Before anything opens a descriptor: the listeners' caps and the reserve must fit.
+    let descriptors = crate::caps::raise_descriptor_limit();
+    crate::caps::check_descriptors(
+        descriptors,
+        &config.listener_caps(),
+        config.descriptor_reserve(),
+    )?;
+    span.in_scope(|| tracing::info!(descriptors, "descriptor limit (soft raised to hard)"));
     let dir = &config.state_dir;
     state_dir(dir)?;
     let (key_path, state_path) = (dir.join("node.key"), dir.join("state.sealed"));
@@ -192,6 +200,7 @@ pub(crate) async fn start_with(
         tls.server.clone(),
         core.allowed.clone(),
         CoreInbox(tx.clone()),
+        config.peer.max_connections as usize,
     );
     tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));
     let admin_server = admin.serve(admin_listener, control.clone());
@@ -201,6 +210,12 @@ pub(crate) async fn start_with(
         metrics,
         control: control.clone(),
         keys: hot_keys,
+        // Read at start only: the descriptor budget was checked with it.
+        max_connections: config
+            .metrics
+            .as_ref()
+            .map_or_else(crate::config::default_metrics_connections, |m| m.max_connections)
+            as usize,
     };
     let metrics = MetricsListener::new(metrics_server, shutdown.clone(), span.clone());
     if let (Some(listener), Some(m)) = (metrics_listener, &config.metrics) {

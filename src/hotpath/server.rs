@@ -9,6 +9,13 @@
 //!   connection answers the frames it has already received, closes, and `serve` returns once all
 //!   connections are closed (or `drain_timeout` passes).
 //! - One connection's bad frames or death never affects another connection.
+//! - Caps (docs/hotpath.md, "Limits"): at most `max_connections` connections (through the
+//!   shared [`Gate`]; one that has not sent HELLO is evicted first when the listener is full); a
+//!   connection without HELLO within `handshake_timeout`, or without a complete frame for
+//!   `idle_timeout` after it, is closed; a connection buffers at most [`FREE_BUFFER`] bytes of
+//!   its own, and a frame larger than that is read only once its length is granted from the
+//!   `max_buffered` byte budget all connections share, so incomplete frames cannot take the
+//!   daemon's memory (connections waiting for the budget read nothing and time out as idle).
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -19,13 +26,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::frame;
 use super::keys::KeySource;
 use super::session::{Limits, Next, Session};
+use crate::caps::{Caps, Gate, Ticket};
 use crate::crypto::random::NonceSource;
 use crate::metrics::HotpathMetrics;
 
@@ -87,7 +95,19 @@ pub struct ServerConfig {
     /// How long shutdown waits for connections to answer what they received.
     #[serde(with = "crate::duration")]
     pub drain_timeout: Duration,
+    /// Connections at once; a connection that has not sent HELLO yet makes room for a new one.
+    pub max_connections: u32,
+    /// After HELLO, a connection that completes no frame for this long is closed.
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// Bytes of frames larger than 64 KiB all connections may buffer together; a frame waits
+    /// for its share before its body is read. At least `max_frame`.
+    pub max_buffered: u32,
 }
+
+/// Bytes a connection may buffer of its own, without a share of `max_buffered`: room for a
+/// pipelined batch of small records, so the router's usual frames never wait for the budget.
+pub(crate) const FREE_BUFFER: usize = 64 << 10;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -97,6 +117,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(5),
             reservation_wait: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(5),
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(300),
+            max_buffered: 64 << 20,
         }
     }
 }
@@ -111,6 +134,19 @@ impl ServerConfig {
         }
         if self.max_batch == 0 {
             return Err(ServerError::Config("max_batch must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(ServerError::Config("max_connections must be at least 1"));
+        }
+        if self.idle_timeout.is_zero() || self.handshake_timeout.is_zero() {
+            return Err(ServerError::Config(
+                "idle_timeout and handshake_timeout must be longer than 0s",
+            ));
+        }
+        if (self.max_buffered as usize) < self.max_frame as usize + frame::LEN_PREFIX {
+            return Err(ServerError::Config(
+                "max_buffered must be at least max_frame + 4 bytes (one whole frame)",
+            ));
         }
         Ok(())
     }
@@ -200,6 +236,8 @@ pub async fn serve_with(
 ) -> Result<(), ServerError> {
     config.validate()?;
     let config = Arc::new(config);
+    let gate = Gate::new("hot-path listener", Caps::new(config.max_connections as usize));
+    let budget = Arc::new(Semaphore::new(config.max_buffered as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let reserver = {
@@ -214,22 +252,20 @@ pub async fn serve_with(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
-                    let metrics = metrics.clone();
-                    conns.spawn(async move {
-                        if let Err(e) = connection(stream, &keys, &config, metrics, stop).await {
-                            tracing::debug!(error = %e, "hot-path connection ended with an error");
+            (stream, ticket) = gate.accept(&listener) => {
+                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
+                let (metrics, budget) = (metrics.clone(), budget.clone());
+                conns.spawn(async move {
+                    let conn = Conn { ticket: &ticket, budget, config: &config };
+                    match ticket.guard(connection(stream, &keys, conn, metrics, stop)).await {
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "hot-path connection ended with an error")
                         }
-                    });
-                }
-                Err(e) => {
-                    // EMFILE and friends: keep serving the connections we have.
-                    tracing::warn!(error = %e, "hot path cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
+                        Some(Ok(())) => {}
+                        None => tracing::debug!("hot-path connection without HELLO evicted"),
+                    }
+                });
+            }
         }
     }
     drop(listener);
@@ -248,20 +284,31 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// What one connection holds of the listener's shared caps.
+struct Conn<'a> {
+    ticket: &'a Ticket,
+    budget: Arc<Semaphore>,
+    config: &'a ServerConfig,
+}
+
 /// Drives one connection: read, `Session::handle`, write, until close.
 async fn connection(
     mut stream: UnixStream,
     keys: &KeySource,
-    config: &ServerConfig,
+    conn: Conn<'_>,
     metrics: Option<Arc<HotpathMetrics>>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let config = conn.config;
     let limits = Limits { max_frame: config.max_frame, max_batch: config.max_batch };
     let timed = metrics.clone();
     let mut session = Session::new(limits, NonceSource::from_os()).with_metrics(metrics);
     // When the bytes that completed the requests being answered were read (metrics on only).
     let mut read_at = timed.as_ref().map(|_| Instant::now());
-    let mut inbuf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut inbuf: Vec<u8> = Vec::with_capacity(FREE_BUFFER);
+    // The share of `max_buffered` held for a frame larger than FREE_BUFFER being read.
+    let mut granted: Option<OwnedSemaphorePermit> = None;
+    let mut idle_by = Instant::now() + config.idle_timeout;
     let mut start = 0;
     let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
     let hello_by = Instant::now() + config.handshake_timeout;
@@ -269,8 +316,16 @@ async fn connection(
     let mut stopping = false;
     loop {
         let give_up = wait_until.is_some_and(|d| Instant::now() >= d);
+        let was_greeted = session.greeted();
         let p = session.handle(&inbuf[start..], keys, &mut out, give_up);
         start += p.used;
+        if p.used > 0 {
+            idle_by = Instant::now() + config.idle_timeout;
+        }
+        if !was_greeted && session.greeted() {
+            // A router, not a stray connection: it keeps its slot.
+            conn.ticket.establish();
+        }
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
@@ -306,11 +361,33 @@ async fn connection(
             inbuf.drain(..start);
             start = 0;
         }
-        if inbuf.capacity() > 1 << 20 && inbuf.len() < 64 << 10 {
-            inbuf.shrink_to(64 << 10);
+        let next = frame::frame_len(&inbuf).unwrap_or(0);
+        if next <= FREE_BUFFER {
+            if granted.take().is_some() {
+                // The large frame is answered: its share goes back, and so does its memory.
+                inbuf.shrink_to(FREE_BUFFER);
+            }
+        } else if granted.as_ref().is_none_or(|g| g.num_permits() < next) {
+            if !session.greeted() {
+                Session::before_hello(&mut out, next);
+                stream.write_all(&out).await?;
+                return stream.shutdown().await;
+            }
+            drop(granted.take());
+            // Nothing more is read until the budget grants the whole frame.
+            let want = u32::try_from(next).expect("frames are at most max_frame, a u32");
+            tokio::select! {
+                g = conn.budget.clone().acquire_many_owned(want) => {
+                    granted = Some(g.expect("the budget is never closed"));
+                }
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    return stream.shutdown().await;
+                }
+                _ = tokio::time::sleep_until(idle_by) => return stream.shutdown().await,
+            }
         }
-        let want = frame::frame_len(&inbuf).unwrap_or(0).max(inbuf.len() + (16 << 10));
-        inbuf.reserve(want - inbuf.len());
+        let want = next.max(inbuf.len() + (16 << 10));
+        inbuf.reserve_exact(want - inbuf.len());
         tokio::select! {
             r = stream.read_buf(&mut inbuf) => {
                 if read_at.is_some() {
@@ -325,6 +402,10 @@ async fn connection(
                 }
             }
             _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => stopping = true,
+            _ = tokio::time::sleep_until(idle_by), if session.greeted() => {
+                tracing::debug!(idle = ?config.idle_timeout, "idle hot-path connection closed");
+                return stream.shutdown().await;
+            }
             _ = tokio::time::sleep_until(hello_by), if !session.greeted() => {
                 frame::encode_error(
                     &mut out,

@@ -217,6 +217,18 @@ impl Session {
         }
     }
 
+    /// The answer to a connection that announces a frame too large to be a HELLO before
+    /// sending one: no share of the byte budget goes to a client that has not said HELLO.
+    pub(crate) fn before_hello(out: &mut Vec<u8>, len: usize) {
+        frame::encode_error(
+            out,
+            0,
+            ErrorCode::HandshakeRequired,
+            true,
+            &format!("a {len}-byte frame before HELLO; send HELLO first"),
+        );
+    }
+
     /// The answer when the peer closed the connection in the middle of a frame.
     pub(crate) fn truncated(out: &mut Vec<u8>, pending: usize) {
         frame::encode_error(

@@ -2,7 +2,8 @@
 //! `GET /metrics` (the Prometheus exposition) and `GET /v1/health` (the same answer as the
 //! admin listener's, see `admin::health`), without a token; anything else is 404 or 405.
 //!
-//! Invariants: at most [`MAX_CONNECTIONS`] connections at once (more are closed at accept);
+//! Invariants: at most `metrics.max_connections` connections at once, through the shared
+//! [`crate::caps::Gate`] (no client authenticates here, so the oldest is evicted for a new one);
 //! a client gets [`HEADER_TIMEOUT`] to send its request head and [`CONNECTION_TIMEOUT`] in
 //! all, so slow clients cannot pin the listener; no request body is ever read; a scrape asks
 //! the core for its status once, and never holds it up.
@@ -17,15 +18,13 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::Metrics;
 use crate::admin::Daemon;
+use crate::caps::{Caps, Gate};
 use crate::hotpath::KeySource;
 use crate::ids::ClusterId;
 
-/// Connections served at once; Prometheus needs one per server that scrapes.
-const MAX_CONNECTIONS: usize = 32;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,29 +36,20 @@ pub(crate) struct MetricsServer<D> {
     pub(crate) control: D,
     /// The hot path's key source, for the seals per key version (`None`: no hot path).
     pub(crate) keys: Option<Arc<KeySource>>,
+    /// `metrics.max_connections`.
+    pub(crate) max_connections: usize,
 }
 
 impl<D: Daemon> MetricsServer<D> {
     /// Serves `listener` until the task is dropped or aborted (the daemon's `until_shutdown`).
     pub(crate) async fn serve(self, listener: TcpListener) {
+        let gate = Gate::new("metrics listener", Caps::new(self.max_connections));
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
-            let (tcp, addr) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%addr, "metrics listener full; connection closed");
-                continue;
-            };
+            let (tcp, ticket) = gate.accept(&listener).await;
+            let Ok(addr) = tcp.peer_addr() else { continue };
             let this = this.clone();
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.handle(req).await) }
@@ -69,10 +59,13 @@ impl<D: Daemon> MetricsServer<D> {
                     .header_read_timeout(HEADER_TIMEOUT)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(tcp), service);
-                match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(%addr, error = %e, "metrics connection ended"),
-                    Err(_) => tracing::debug!(%addr, "metrics connection timed out"),
+                match ticket.guard(tokio::time::timeout(CONNECTION_TIMEOUT, conn)).await {
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        tracing::debug!(%addr, error = %e, "metrics connection ended")
+                    }
+                    Some(Err(_)) => tracing::debug!(%addr, "metrics connection timed out"),
+                    None => tracing::debug!(%addr, "metrics connection evicted for a newer one"),
                 }
             }));
         }

@@ -2,9 +2,16 @@
 //! certificate from the CA, identifies the peer by the DNS name in it, and hands each message
 //! to the daemon's core.
 //!
-//! Invariants: a connection whose certificate names no configured peer is refused and logged
-//! before any message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that
-//! says what was wrong and changes nothing.
+//! Invariants: a connection whose certificate names no configured peer is refused before any
+//! message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that says what was
+//! wrong and changes nothing.
+//!
+//! Against floods (docs/operations.md, "Limits"): at most `peer.max_connections` connections
+//! ([`crate::caps::Gate`]); those still in their TLS handshake share half of them, at most a
+//! quarter of that half per source address, and the oldest is evicted when a new one comes;
+//! the handshake must finish within [`HANDSHAKE_TIMEOUT`]; a connection authenticated as a
+//! configured peer holds a slot no flood can take. Refusals are counted into one log line per
+//! interval, never one line per connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,16 +28,16 @@ use tokio_rustls::TlsAcceptor;
 
 use super::client::MESSAGE_PATH;
 use super::tls::identify;
+use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{PeerError, PeerMessage};
 use crate::ids::ClusterId;
 use crate::store::StoreError;
 
 /// Largest peer message accepted (a state with thousands of key versions fits easily).
 const MAX_BODY: usize = 1 << 20;
-/// Peer connections open at once, handshakes included; more are closed at once, so that
-/// unauthenticated clients cannot use up this process's file descriptors.
-const MAX_CONNECTIONS: usize = 256;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A real peer handshakes in milliseconds on a LAN and well under a second across the world;
+/// a connection that has not finished by then makes room.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where an accepted message goes; answers why when the message was not taken.
 pub(crate) trait Inbox: Clone + Send + Sync + 'static {
@@ -65,28 +72,22 @@ pub(crate) async fn serve<I: Inbox>(
     tls: Arc<ServerConfig>,
     peers: AllowedPeers,
     inbox: I,
+    max_connections: usize,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let gate = Gate::new("peer listener", Caps::new(max_connections));
     loop {
-        let (tcp, addr) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "peer listener accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, limit = MAX_CONNECTIONS, "refused peer connection: too many open");
-            continue;
-        };
+        let (tcp, ticket) = gate.accept(&listener).await;
+        let Ok(addr) = tcp.peer_addr() else { continue };
         tcp.set_nodelay(true).ok();
         let (acceptor, peers, inbox) = (acceptor.clone(), peers.clone(), inbox.clone());
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let _slot = slot;
-            if let Err(why) = connection(acceptor, tcp, addr, &peers, inbox).await {
-                tracing::warn!(%addr, reason = %why, "refused peer connection");
+            match ticket.guard(connection(acceptor, tcp, addr, &peers, inbox, &ticket)).await {
+                Some(Ok(())) | None => {}
+                Some(Err(why)) => {
+                    tracing::debug!(%addr, reason = %why, "refused peer connection");
+                    ticket.dropped(format_args!("{addr}: {why}"));
+                }
             }
         }));
     }
@@ -98,6 +99,7 @@ async fn connection<I: Inbox>(
     addr: SocketAddr,
     peers: &AllowedPeers,
     inbox: I,
+    ticket: &Ticket,
 ) -> Result<(), String> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
@@ -107,6 +109,7 @@ async fn connection<I: Inbox>(
     let from = identify(tls.get_ref().1.peer_certificates(), &allowed)
         .ok_or_else(|| "its certificate names no configured peer cluster".to_string())?;
     tracing::debug!(%addr, peer = %from, "peer connected");
+    ticket.establish();
     let service = hyper::service::service_fn(move |req| {
         let (from, inbox) = (from.clone(), inbox.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(req, from, inbox).await) }

@@ -1,12 +1,14 @@
 //! Shared by the integration tests: a lab of daemons on 127.0.0.1 in a temp dir, passwords,
 //! ports reserved for servers the tests start ([`ReservedPort`]), key pairs made by the real
 //! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps; [`prometheus`] starts the
-//! real Prometheus, [`services`] real rsyslog and Alertmanager.
+//! real Prometheus, [`services`] real rsyslog and Alertmanager, [`process`] `imcrypt serve` as
+//! a process of its own.
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod process;
 pub mod prometheus;
 pub mod services;
 
