@@ -295,6 +295,74 @@ async fn master_killed_slaves_keep_keys_and_alarm_then_recover_and_restarts_keep
     .await;
 }
 
+/// The alarm history of `id`, as `imcrypt alarms -o json` shows it to its operator:
+/// (event, alarm name, about) per raise or clear, oldest first.
+async fn alarm_history(dir: &std::path::Path, id: &str) -> Vec<(String, String, String)> {
+    let config = dir.join(format!("{id}.toml"));
+    let o = imcrypt(&["alarms", "-c", config.to_str().unwrap(), "-o", "json"], "").await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let field = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
+    let history = v["history"].as_array().expect("a history");
+    history.iter().map(|e| (field(e, "event"), field(e, "name"), field(e, "about"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolment_raises_no_alarm_and_a_long_master_outage_is_raised_once() {
+    bounded(async {
+        let (d, mut lab) = mesh(&["a", "b", "c"]);
+        for id in ["a", "b", "c"] {
+            lab.spec_mut(id).hello_interval = Duration::from_millis(200);
+            lab.spec_mut(id).master_unreachable_after = Duration::from_millis(1500);
+            lab.start(id).await.unwrap();
+        }
+        lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
+        for id in ["b", "c"] {
+            lab.wait_until(id, "slave of a", WAIT, is_slave_of("a")).await.unwrap();
+        }
+        // A few hello rounds after the enrolment: still nothing, anywhere.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for id in ["a", "b", "c"] {
+            assert_eq!(alarm_history(d.path(), id).await, [], "{id}: enrolment raised an alarm");
+        }
+        // a stays down for several times the threshold; b re-derives its alarms at every
+        // hello from c, with the seconds of silence in the cause.
+        lab.stop("a").await.unwrap();
+        lab.wait_until("b", "master unreachable", WAIT, |s| {
+            has_alarm(s, AlarmName::MasterUnreachable, "a")
+        })
+        .await
+        .unwrap();
+        let first = lab.status("b").await.unwrap();
+        let cause = |s: &Status| {
+            let a = s.alarms.iter().find(|al| al.key.name == AlarmName::MasterUnreachable);
+            a.map(|al| al.cause.clone()).unwrap_or_default()
+        };
+        let later = lab
+            .wait_until("b", "the cause updated", WAIT, |s| cause(s) != cause(&first))
+            .await
+            .unwrap();
+        assert!(cause(&later).contains("has not been heard from for"), "{}", cause(&later));
+        lab.start("a").await.unwrap();
+        lab.wait_until("b", "alarm cleared", WAIT, |s| {
+            !has_alarm(s, AlarmName::MasterUnreachable, "a")
+        })
+        .await
+        .unwrap();
+        let unreachable = "MAencryptionMasterUnreachable".to_owned();
+        assert_eq!(
+            alarm_history(d.path(), "b").await,
+            [
+                ("raised".to_owned(), unreachable.clone(), "a".to_owned()),
+                ("cleared".to_owned(), unreachable, "a".to_owned())
+            ],
+            "one outage: one raise, one clear"
+        );
+        lab.stop_all().await;
+    })
+    .await;
+}
+
 /// A raw HTTPS POST of a hello-shaped body to `addr` with the given TLS client config.
 async fn raw_post(
     addr: std::net::SocketAddr,

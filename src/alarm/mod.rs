@@ -5,10 +5,14 @@
 //! clear events, so that sinks (log, the admin API, and the configured [`sink`]s: syslog,
 //! Alertmanager, webhooks) see each change exactly once.
 //!
-//! Invariants: an alarm is identified by its [`AlarmKey`] (name + the cluster it is about); at
-//! most one alarm per key is active; [`AlarmRegistry::reconcile`] reports a raise only for a
-//! key that was not active (or whose cause or remedy changed) and a clear only for a key that
-//! was. Alarm texts never contain key material or passwords.
+//! Invariants: one condition is one alarm. An alarm is identified by its [`AlarmKey`] (name +
+//! the cluster it is about), and that identity is the condition: at most one alarm per key is
+//! active; [`AlarmRegistry::reconcile`] reports a raise only for a key that was not active, an
+//! update (new cause or remedy text, e.g. the elapsed time of an outage) for a key that stays
+//! active, and a clear only for a key that was active. So a condition that lasts is raised
+//! once and cleared once, whatever its texts do meanwhile; the registry is the only producer of
+//! raise and clear events, so no caller can raise twice by accident. Alarm texts never contain
+//! key material or passwords.
 
 mod history;
 pub(crate) mod sink;
@@ -41,6 +45,12 @@ pub enum AlarmName {
     /// keeps encrypting with the keys it holds; changes wait for the master.
     #[serde(rename = "MAencryptionMasterUnreachable")]
     MasterUnreachable,
+    /// A master has not heard from one of its slaves (or from a peer it has not heard from at
+    /// all since it started, which may be one) for longer than the same threshold. The slave
+    /// keeps encrypting with the keys it holds, but rotations, password changes and a disable
+    /// do not reach it until it is back.
+    #[serde(rename = "MAencryptionSlaveUnreachable")]
+    SlaveUnreachable,
     /// Encryption data that nobody will ever update or delete: a slave whose master is no
     /// longer a peer, or a slave removed from the master's peers without disabling.
     #[serde(rename = "MAencryptionStaleData")]
@@ -60,9 +70,10 @@ pub enum AlarmName {
 
 impl AlarmName {
     #[cfg(test)]
-    const ALL: [AlarmName; 6] = [
+    pub(crate) const ALL: [AlarmName; 7] = [
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
+        AlarmName::SlaveUnreachable,
         AlarmName::StaleData,
         AlarmName::SyncRejected,
         AlarmName::ComplianceDbDown,
@@ -74,6 +85,7 @@ impl AlarmName {
         match self {
             AlarmName::MultiMaster => "MAencryptionMultiMaster",
             AlarmName::MasterUnreachable => "MAencryptionMasterUnreachable",
+            AlarmName::SlaveUnreachable => "MAencryptionSlaveUnreachable",
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
             AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
@@ -88,6 +100,7 @@ impl AlarmName {
             AlarmName::MultiMaster => Severity::Critical,
             AlarmName::Test => Severity::Warning,
             AlarmName::MasterUnreachable
+            | AlarmName::SlaveUnreachable
             | AlarmName::StaleData
             | AlarmName::SyncRejected
             | AlarmName::ComplianceDbDown => Severity::Major,
@@ -178,7 +191,13 @@ impl fmt::Display for Alarm {
 /// A change of the active alarm set.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum AlarmChange {
+    /// A condition that was not active now is.
     Raise(Alarm),
+    /// A condition that stays active has a new cause or remedy text (same key, same
+    /// severity): not a new alarm. The history and the syslog and webhook sinks record nothing
+    /// for it; the active set (status, Alertmanager's next re-send) shows the new text.
+    Update(Alarm),
+    /// A condition that was active no longer is.
     Clear(AlarmKey),
 }
 
@@ -194,7 +213,8 @@ impl AlarmRegistry {
     }
 
     /// Makes `desired` the active set and returns the changes, clears first, in key order.
-    /// An alarm whose cause or remedy text changed is raised again with the new text.
+    /// An alarm whose key stays active but whose cause or remedy text changed is an
+    /// [`AlarmChange::Update`], never a second raise.
     pub(crate) fn reconcile(
         &mut self,
         desired: impl IntoIterator<Item = Alarm>,
@@ -208,8 +228,10 @@ impl AlarmRegistry {
             }
         }
         for (key, alarm) in &desired {
-            if self.active.get(key) != Some(alarm) {
-                changes.push(AlarmChange::Raise(alarm.clone()));
+            match self.active.get(key) {
+                None => changes.push(AlarmChange::Raise(alarm.clone())),
+                Some(old) if old != alarm => changes.push(AlarmChange::Update(alarm.clone())),
+                Some(_) => {}
             }
         }
         self.active = desired;
@@ -261,8 +283,11 @@ mod tests {
         let a = Alarm::new(AlarmName::MultiMaster, id("b"), "cause", "remedy");
         assert_eq!(r.reconcile([a.clone()]), vec![AlarmChange::Raise(a.clone())]);
         assert_eq!(r.reconcile([a.clone()]), vec![]);
+        // The same condition with a new text is updated in place, not raised again.
         let a2 = Alarm::new(AlarmName::MultiMaster, id("b"), "other cause", "remedy");
-        assert_eq!(r.reconcile([a2.clone()]), vec![AlarmChange::Raise(a2)]);
+        assert_eq!(r.reconcile([a2.clone()]), vec![AlarmChange::Update(a2.clone())]);
+        assert_eq!(r.get(AlarmName::MultiMaster, &id("b")), Some(&a2));
+        assert_eq!(r.reconcile([a2.clone()]), vec![]);
         assert!(r.is_active(AlarmName::MultiMaster, &id("b")));
         assert_eq!(r.reconcile([]), vec![AlarmChange::Clear(a.key)]);
         assert!(r.is_empty());

@@ -114,6 +114,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarm::AlarmChange;
     use crate::cluster::message::Eligibility;
     use crate::cluster::{ClusterConfig, Command, Effect, Entropy};
     use crate::ids::ClusterId;
@@ -122,8 +123,8 @@ mod tests {
         let (mut raised, mut cleared) = (Vec::new(), Vec::new());
         while let Some(e) = c.poll_effect() {
             match e {
-                Effect::RaiseAlarm(a) => raised.push(a.name()),
-                Effect::ClearAlarm(k) => cleared.push(k.name),
+                Effect::Alarm(AlarmChange::Raise(a)) => raised.push(a.name()),
+                Effect::Alarm(AlarmChange::Clear(k)) => cleared.push(k.name),
                 _ => {}
             }
         }

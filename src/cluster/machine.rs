@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
-use crate::alarm::{AlarmChange, AlarmName, AlarmRegistry};
+use crate::alarm::AlarmRegistry;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Password, PasswordRecord, check_policy};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
@@ -44,6 +44,12 @@ pub(super) struct PeerView {
     pub(super) since: Time,
     /// The last rejection of our state, until the peer's hellos show it resolved.
     pub(super) rejection: Option<Rejection>,
+    /// A domain state from this peer (our master) was accepted after `hello`: that hello is
+    /// older news about the peer's role than the state. A master's hellos travel behind the
+    /// state it sends when it enables encryption, so the enrolling cluster still holds the
+    /// master's hello from before ("not encrypting") when it accepts the state; rules about
+    /// the master's role wait for its next hello instead of reading that one as news.
+    pub(super) hello_predates_state: bool,
     /// Where its intercluster listener is (`host:port`); `None` until the configuration or
     /// an administrator names it (a peer restored from the state file, before reconcile).
     pub(super) address: Option<String>,
@@ -51,7 +57,14 @@ pub(super) struct PeerView {
 
 impl PeerView {
     fn new(since: Time, address: Option<String>) -> Self {
-        Self { hello: None, last_heard: None, since, rejection: None, address }
+        Self {
+            hello: None,
+            last_heard: None,
+            since,
+            rejection: None,
+            hello_predates_state: false,
+            address,
+        }
     }
 }
 
@@ -332,8 +345,8 @@ impl Cluster {
     }
 
     /// When [`Cluster::handle_timeout`] must be called next, or `None` when nothing is due:
-    /// the next hello (when there are peers), the moment the master becomes unreachable (not
-    /// again once that alarm is raised), or when the primary key is due for rotation (at once
+    /// the next hello (when there are peers), the moment a watched peer (a slave's master, a
+    /// master's slaves) becomes unreachable (not again once its alarm is raised), or when the primary key is due for rotation (at once
     /// when a hot path wore it out).
     pub(crate) fn poll_timeout(&self) -> Option<Time> {
         let hello = (!self.views.is_empty()).then_some(self.next_hello);
@@ -826,6 +839,7 @@ impl Cluster {
         }
         let want_reply = hello.want_reply;
         view.hello = Some(hello);
+        view.hello_predates_state = false;
         if want_reply {
             let h = self.hello(false);
             self.pending.push(Effect::Send { to: from.clone(), msg: PeerMessage::Hello(h) });
@@ -845,6 +859,9 @@ impl Cluster {
             Ok(true) => {
                 let was_off = matches!(self.state.role, Role::Off { .. });
                 let (domain, master, epoch) = (s.domain, s.master.clone(), s.epoch);
+                if let Some(v) = self.views.get_mut(from) {
+                    v.hello_predates_state = true;
+                }
                 self.state.role = Role::Slave(Box::new(s));
                 self.dirty = true;
                 if was_off {
@@ -941,13 +958,13 @@ impl Cluster {
         self.pending.push(Effect::Log(LogLine { level, text }));
     }
 
+    /// When the next watched peer (a slave's master, a master's slaves) becomes unreachable;
+    /// peers whose alarm is already raised are not waited for again.
     fn unreachable_deadline(&self) -> Option<Time> {
-        let Role::Slave(s) = &self.state.role else { return None };
-        if self.alarms.is_active(AlarmName::MasterUnreachable, &s.master) {
-            return None;
-        }
-        let v = self.views.get(&s.master)?;
-        Some(v.last_heard.unwrap_or(v.since).after(self.config.master_unreachable_after))
+        self.watched_peers()
+            .filter(|w| !self.alarms.is_active(w.alarm, w.peer))
+            .map(|w| w.silent_since.after(self.config.master_unreachable_after))
+            .min()
     }
 
     /// Derives everything that follows from the state after an input, and queues the effects.
@@ -978,11 +995,7 @@ impl Cluster {
         }
         self.effects.extend(hellos);
         let desired = self.desired_alarms(now);
-        for change in self.alarms.reconcile(desired) {
-            self.effects.push_back(match change {
-                AlarmChange::Raise(a) => Effect::RaiseAlarm(a),
-                AlarmChange::Clear(k) => Effect::ClearAlarm(k),
-            });
-        }
+        let changes = self.alarms.reconcile(desired);
+        self.effects.extend(changes.into_iter().map(Effect::Alarm));
     }
 }

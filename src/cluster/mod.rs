@@ -24,7 +24,10 @@
 //!    two domains (two masters, a master and another master's slave, slaves of two masters);
 //! 5. key material is only ever addressed to this domain's slaves or to clusters that, by
 //!    their last hello, are off and may be enrolled; never to a cluster known to be in another
-//!    domain.
+//!    domain;
+//! 6. one condition (alarm name + the peer it is about) is one alarm: raised once, updated in
+//!    place, cleared once; and a fault-free run (commands of normal operation, peers added,
+//!    every link delivering in order) raises no alarm at all.
 //!
 //! Errors change nothing: a refused command leaves state and effects untouched.
 
@@ -51,7 +54,7 @@ pub(crate) use reconcile::{Refusal, Wanted};
 pub use state::ComplianceDb;
 pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role, Time};
 
-use crate::alarm::{Alarm, AlarmKey};
+use crate::alarm::AlarmChange;
 use crate::crypto::keyring::KeyRing;
 use crate::ids::ClusterId;
 
@@ -70,8 +73,12 @@ pub(crate) enum Effect {
     },
     /// Seal and write this state crash-safely before carrying out the next effect.
     Persist(Box<PersistedState>),
-    RaiseAlarm(Alarm),
-    ClearAlarm(AlarmKey),
+    /// A raise, an in-place update or a clear, exactly as the machine's [`AlarmRegistry`]
+    /// produced it: the only way alarms leave the machine, so one condition is raised once
+    /// and cleared once however often the machine re-derives its alarm set.
+    ///
+    /// [`AlarmRegistry`]: crate::alarm::AlarmRegistry
+    Alarm(AlarmChange),
     Log(LogLine),
     /// The key ring the hot path must use from now on (`None`: encryption is off here).
     KeyRingChanged(Option<Box<KeyRing>>),

@@ -8,11 +8,61 @@
 use crate::alarm::{Alarm, AlarmName};
 use crate::ids::ClusterId;
 
-use super::machine::Cluster;
+use super::machine::{Cluster, PeerView};
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason};
 use super::state::{DomainState, LeaveReason, Role, Time, Tombstone};
 
+/// A peer whose silence this cluster raises an alarm about: a slave's master, a master's
+/// slaves (see [`Cluster::watched_peers`]).
+pub(super) struct Watched<'a> {
+    pub(super) peer: &'a ClusterId,
+    /// The alarm its silence raises.
+    pub(super) alarm: AlarmName,
+    /// Since when it is silent: the last message from it, else since we expect one (peer
+    /// added or daemon started).
+    pub(super) silent_since: Time,
+    /// Nothing heard from it since the peer was added or this daemon started.
+    pub(super) never_heard: bool,
+}
+
+impl Watched<'_> {
+    fn new<'a>(peer: &'a ClusterId, view: &PeerView, alarm: AlarmName) -> Watched<'a> {
+        Watched {
+            peer,
+            alarm,
+            silent_since: view.last_heard.unwrap_or(view.since),
+            never_heard: view.last_heard.is_none(),
+        }
+    }
+}
+
 impl Cluster {
+    /// The peers whose silence for `peer.master_unreachable_after` is an alarm: on a slave,
+    /// its master (`MAencryptionMasterUnreachable`); on a master, every peer whose last hello
+    /// shows it as this master's slave, and every peer not heard from at all since it was
+    /// added or this daemon started, which may be one (`MAencryptionSlaveUnreachable`): a
+    /// master that restarts knows its slaves only from their hellos.
+    pub(super) fn watched_peers(&self) -> impl Iterator<Item = Watched<'_>> {
+        let me = &self.config.id;
+        let (master, domain) = match &self.state.role {
+            Role::Slave(s) => (Some(&s.master), None),
+            Role::Master(m) => (None, Some(m.state.domain)),
+            Role::Off { .. } => (None, None),
+        };
+        self.views.iter().filter_map(move |(peer, view)| {
+            if master == Some(peer) {
+                return Some(Watched::new(peer, view, AlarmName::MasterUnreachable));
+            }
+            let domain = domain?;
+            let ours = match &view.hello {
+                None => true,
+                Some(h) => matches!(&h.role, Announced::Slave { domain: d, master: m, .. }
+                    if *d == domain && m == me),
+            };
+            ours.then(|| Watched::new(peer, view, AlarmName::SlaveUnreachable))
+        })
+    }
+
     /// Whether to accept a domain state from `from`: `Ok(true)` accept, `Ok(false)` ignore
     /// (duplicate), `Err` reject with that reason.
     pub(super) fn judge_state(
@@ -202,7 +252,10 @@ impl Cluster {
                     ),
                 )),
                 Some(v) => {
+                    // Judged by the master's newest word: a hello received before the state
+                    // we accepted from it is older than that state (see `PeerView`).
                     if let Some(h) = &v.hello
+                        && !v.hello_predates_state
                         && h.role.domain() != Some(s.domain)
                     {
                         out.push(Alarm::new(
@@ -215,25 +268,6 @@ impl Cluster {
                             ),
                             "wait for the master's instruction to delete them; if this alarm \
                              stays, disable encryption here with the master's password",
-                        ));
-                    }
-                    let last = v.last_heard.unwrap_or(v.since);
-                    if now.since(last) >= self.config.master_unreachable_after {
-                        out.push(Alarm::new(
-                            AlarmName::MasterUnreachable,
-                            s.master.clone(),
-                            format!(
-                                "the master of this cluster, cluster {}, has not been heard \
-                                 from for {} s; this cluster keeps encrypting with the keys it \
-                                 holds, and changes wait for the master",
-                                s.master,
-                                now.since(last).as_secs()
-                            ),
-                            format!(
-                                "check that the imcrypt daemon of cluster {} runs and that the \
-                                 intercluster link and certificates are valid",
-                                s.master
-                            ),
                         ));
                     }
                 }
@@ -316,7 +350,55 @@ impl Cluster {
                 ));
             }
         }
+        out.extend(self.unreachable_alarms(now));
         out.extend(self.db_probes.down_alarm(&self.config.id));
+        out
+    }
+
+    /// `MAencryptionMasterUnreachable` and `MAencryptionSlaveUnreachable`: a watched peer
+    /// silent for `peer.master_unreachable_after`. The cause carries the elapsed time, so it
+    /// changes while the alarm is active: an update in place, never a second raise.
+    fn unreachable_alarms(&self, now: Time) -> Vec<Alarm> {
+        let after = self.config.master_unreachable_after;
+        let remedy = |peer: &ClusterId| {
+            format!(
+                "check that the imcrypt daemon of cluster {peer} runs and that the intercluster \
+                 link and certificates are valid (the link's last error is in this cluster's \
+                 status); cleared as soon as cluster {peer} is heard from again"
+            )
+        };
+        let mut out = Vec::new();
+        for w in self.watched_peers() {
+            let silent = now.since(w.silent_since);
+            if silent < after {
+                continue;
+            }
+            let (peer, secs) = (w.peer, silent.as_secs());
+            let heard = if w.never_heard {
+                format!(
+                    "has not been heard from since this daemon started or the peer was added ({secs} s ago)"
+                )
+            } else {
+                format!("has not been heard from for {secs} s")
+            };
+            let cause = match w.alarm {
+                AlarmName::MasterUnreachable => format!(
+                    "the master of this cluster, cluster {peer}, {heard}; this cluster keeps \
+                     encrypting with the keys it holds, and changes wait for the master"
+                ),
+                _ if w.never_heard => format!(
+                    "peer cluster {peer} {heard}; it may be a slave of this master holding the \
+                     domain's keys, and no key rotation, password change or disable reaches it \
+                     until it is back"
+                ),
+                _ => format!(
+                    "slave cluster {peer} {heard}; it keeps encrypting with the keys it holds, \
+                     but key rotations, password changes and a disable do not reach it until it \
+                     is back"
+                ),
+            };
+            out.push(Alarm::new(w.alarm, peer.clone(), cause, remedy(peer)));
+        }
         out
     }
 }

@@ -12,8 +12,10 @@
 //!    sender) shows it as the sender's slave or as an enrollable off cluster, and a cluster of
 //!    another domain that receives one stores nothing;
 //!
-//! plus: a refused command changes nothing and emits nothing, and the alarms carried by effects
-//! are exactly the machine's active alarms. [`Network::check_quiet`] checks the properties that
+//! plus: a refused command changes nothing and emits nothing, the alarms carried by effects
+//! are exactly the machine's active alarms, and one condition is one alarm (a raise only of an
+//! inactive alarm, an update or a clear only of an active one). Every raise is recorded
+//! ([`SimCluster::raises`]) so that a test can assert that a fault-free run raised none. [`Network::check_quiet`] checks the properties that
 //! hold once the network is quiet (after [`Network::settle`]):
 //! 3. every slave whose master is its peer holds exactly its master's domain state, and every
 //!    off cluster that the master may enroll is enrolled;
@@ -22,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::alarm::{Alarm, AlarmKey, AlarmName};
+use crate::alarm::{Alarm, AlarmChange, AlarmKey, AlarmName};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, Password};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
@@ -54,8 +56,10 @@ pub(crate) struct SimCluster {
     /// The ring the hot path uses.
     pub(crate) hot_ring: Option<KeyRing>,
     pub(crate) logs: Vec<LogLine>,
-    /// Alarms as raised and cleared by effects.
+    /// Alarms as raised, updated and cleared by effects.
     pub(crate) alarms: BTreeMap<AlarmKey, Alarm>,
+    /// Every raise carried out, in order (what the daemon's alarm history and sinks get).
+    pub(crate) raises: Vec<Alarm>,
     pub(crate) downloads: Vec<KeyRing>,
     /// The peers whose transport link is up (`Effect::LinkUp` / `LinkDown`).
     links: BTreeSet<ClusterId>,
@@ -103,6 +107,11 @@ pub(crate) enum Op {
     /// Restart the daemon from its persisted state, running current software.
     Restart(usize),
     Deliver(usize),
+    /// Delivers the oldest message of the link that message `i` travels on: links are FIFO,
+    /// as the daemon's one connection per peer is, so a fault-free run uses only this.
+    DeliverInOrder(usize),
+    /// Adds a new eligible cluster and peers it with every cluster (a peer added later).
+    AddPeeredCluster,
     Drop(usize),
     Duplicate(usize),
     DeliverAll,
@@ -200,6 +209,7 @@ impl Network {
                 hot_ring: None,
                 logs: Vec::new(),
                 alarms: BTreeMap::new(),
+                raises: Vec::new(),
                 downloads: Vec::new(),
                 links: BTreeSet::new(),
             },
@@ -333,6 +343,18 @@ impl Network {
             return;
         }
         let env = self.in_flight.remove(i % self.in_flight.len());
+        self.deliver_envelope(env);
+    }
+
+    /// Delivers the oldest message in flight from the sender to the receiver of message `i`.
+    fn deliver_in_order(&mut self, i: usize) {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        let e = &self.in_flight[i % self.in_flight.len()];
+        let (from, to) = (e.from.clone(), e.to.clone());
+        let first = self.in_flight.iter().position(|e| e.from == from && e.to == to);
+        let env = self.in_flight.remove(first.expect("message i is on this link"));
         self.deliver_envelope(env);
     }
 
@@ -511,6 +533,13 @@ impl Network {
             }
             Op::Restart(i) => self.restart(&at(*i)),
             Op::Deliver(i) => self.deliver(*i),
+            Op::DeliverInOrder(i) => self.deliver_in_order(*i),
+            Op::AddPeeredCluster => {
+                let new = self.add_cluster(&format!("c{n}"));
+                for other in &ids {
+                    self.peer(other, &new);
+                }
+            }
             Op::Drop(i) => self.drop_message(*i),
             Op::Duplicate(i) => self.duplicate(*i),
             Op::DeliverAll => self.deliver_all(),
@@ -556,15 +585,31 @@ impl Network {
     fn drain(&mut self, id: &ClusterId) {
         let sc = self.clusters.get_mut(id).expect("known cluster");
         let mut sends = Vec::new();
+        let mut bad = Vec::new();
         while let Some(e) = sc.machine.poll_effect() {
             match e {
                 Effect::Send { to, msg } => sends.push(Envelope { from: id.clone(), to, msg }),
                 Effect::Persist(s) => sc.disk = *s,
-                Effect::RaiseAlarm(a) => {
-                    sc.alarms.insert(a.key.clone(), a);
+                // One condition is one alarm: raised when not active, updated and cleared
+                // only when active.
+                Effect::Alarm(AlarmChange::Raise(a)) => {
+                    sc.raises.push(a.clone());
+                    if let Some(old) = sc.alarms.insert(a.key.clone(), a) {
+                        bad.push(format!("{id}: {old} raised again while active"));
+                    }
                 }
-                Effect::ClearAlarm(k) => {
-                    sc.alarms.remove(&k);
+                Effect::Alarm(AlarmChange::Update(a)) => {
+                    if sc.alarms.insert(a.key.clone(), a.clone()).is_none() {
+                        bad.push(format!("{id}: {a} updated while not active"));
+                    }
+                }
+                Effect::Alarm(AlarmChange::Clear(k)) => {
+                    if sc.alarms.remove(&k).is_none() {
+                        bad.push(format!(
+                            "{id}: {} about {} cleared while not active",
+                            k.name, k.about
+                        ));
+                    }
                 }
                 Effect::Log(l) => sc.logs.push(l),
                 Effect::KeyRingChanged(r) => sc.hot_ring = r.map(|b| *b),
@@ -576,6 +621,8 @@ impl Network {
                 }
             }
         }
+        self.violations.extend(bad);
+        let sc = &self.clusters[id];
         for env in &sends {
             if !sc.links.contains(&env.to) {
                 self.violations.push(format!("{id}: sent to {} without a link", env.to));

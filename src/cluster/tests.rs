@@ -717,6 +717,134 @@ proptest! {
     }
 }
 
+/// A fault-free step: everything an operator does in normal operation on master `c0`, a peer
+/// added later, time passing (no longer than a hello interval, with every message delivered
+/// first: nobody is down), and deliveries in any order across links but in order on each link.
+fn fault_free_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => Just(Op::Rotate(0)),
+        1 => Just(Op::ChangePassword(0)),
+        1 => Just(Op::Download(0)),
+        1 => Just(Op::DisableRemote(0)),
+        1 => Just(Op::EnableRemote(0)),
+        1 => Just(Op::AddPeeredCluster),
+        8 => (0usize..64).prop_map(Op::DeliverInOrder),
+        1 => Just(Op::DeliverAll),
+        1 => (1u64..=30).prop_map(|s| Op::Tick(Duration::from_secs(s))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// A normal sequence raises no alarm at all, not even for a moment: enrolment, rotation,
+    /// password change, settings sync ("enable on remote clusters" off and on), peers added
+    /// later, in any interleaving of the links. A false alarm pages someone at night.
+    #[test]
+    fn a_fault_free_run_raises_no_alarm(n in 2usize..=4, ops in prop::collection::vec(fault_free_op(), 1..60)) {
+        let mut net = Network::with_clusters(n);
+        let ids = net.ids();
+        net.peer_all(&ids);
+        net.apply(&Op::Enable { at: 0, remote: true });
+        for o in &ops {
+            if let Op::Tick(_) = o {
+                net.deliver_all(); // nobody is down: what was sent arrives before time passes
+            }
+            net.apply(o);
+        }
+        net.settle();
+        prop_assert!(net.violations().is_empty(), "{:#?}", net.violations());
+        for id in net.ids() {
+            let raises = &net.get(&id).raises;
+            prop_assert!(raises.is_empty(), "{id} raised {:#?} after {:?}", raises, ops);
+        }
+        prop_assert!(net.check_quiet().is_empty(), "{:#?}", net.check_quiet());
+    }
+}
+
+#[test]
+fn enrolment_raises_no_alarm_on_the_slaves_not_even_for_a_moment() {
+    // The master's hello saying "master of D" travels behind the state it sends on enable;
+    // the enrolling cluster still holds its hello from before ("not encrypting") when it
+    // accepts the state, and must not read that older hello as "the master left the domain".
+    let (mut net, a, b, c) = three();
+    enable(&mut net, &a, true);
+    while !net.in_flight().is_empty() {
+        net.apply(&Op::DeliverInOrder(0));
+        for id in [&a, &b, &c] {
+            assert!(net.get(id).raises.is_empty(), "{id}: {:?}", net.get(id).raises);
+        }
+    }
+    assert!(slave_of(&net, &b, &a) && slave_of(&net, &c, &a));
+    // A master that really leaves the domain without a word (its state lost) still raises it.
+    net.restart_from(
+        &a,
+        PersistedState { role: Role::Off { left: None }, ..net.get(&a).disk.clone() },
+        Capabilities::CURRENT,
+    );
+    net.settle();
+    let stale = net.alarm(&b, AlarmName::StaleData, &a).expect("the slave sees its master gone");
+    assert!(stale.cause.contains("is now not encrypting"), "{}", stale.cause);
+}
+
+#[test]
+fn a_lasting_master_outage_is_one_alarm_updated_in_place_and_cleared_once() {
+    let (mut net, a, b, _c) = three();
+    enable(&mut net, &a, true);
+    net.settle();
+    let mut causes = Vec::new();
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(30)); // a is down for 10 minutes
+        net.take(|e| e.from == a);
+        net.deliver_all();
+        if let Some(al) = net.alarm(&b, AlarmName::MasterUnreachable, &a) {
+            causes.push(al.cause.clone());
+        }
+    }
+    causes.dedup();
+    assert!(causes.len() > 5, "the elapsed time in the cause is kept current: {causes:?}");
+    net.settle();
+    assert!(!net.alarm_active(&b, AlarmName::MasterUnreachable, &a));
+    let raises: Vec<_> = net.get(&b).raises.iter().map(|al| al.key.name).collect();
+    assert_eq!(raises, [AlarmName::MasterUnreachable], "one outage, one raise");
+    assert_clean(&net);
+}
+
+#[test]
+fn a_master_raises_an_alarm_for_a_slave_it_cannot_reach_and_clears_it_when_back() {
+    let (mut net, a, b, c) = three();
+    enable(&mut net, &a, true);
+    net.settle();
+    for _ in 0..20 {
+        net.advance(Duration::from_secs(30)); // b is down for 10 minutes
+        net.take(|e| e.from == b || e.to == b);
+        net.deliver_all();
+    }
+    let al = net.alarm(&a, AlarmName::SlaveUnreachable, &b).expect("raised on the master");
+    assert!(al.cause.contains("slave cluster b has not been heard from for"), "{}", al.cause);
+    assert!(al.cause.contains("do not reach it"), "{}", al.cause);
+    assert!(al.remedy.contains("imcrypt daemon of cluster b runs"), "{}", al.remedy);
+    assert!(!net.alarm_active(&a, AlarmName::SlaveUnreachable, &c), "c is heard");
+    // b is back: the alarm clears, and it was raised once.
+    net.settle();
+    assert!(!net.alarm_active(&a, AlarmName::SlaveUnreachable, &b));
+    let raises: Vec<_> = net.get(&a).raises.iter().map(|al| al.key.clone()).collect();
+    assert_eq!(raises.len(), 1, "{raises:?}");
+    // A master that restarts while a slave is down knows it only as a peer it has not heard
+    // from: that is alarmed too (it may hold the domain's keys).
+    net.restart(&a);
+    for _ in 0..12 {
+        net.advance(Duration::from_secs(30));
+        net.take(|e| e.from == c || e.to == c);
+        net.deliver_all();
+    }
+    let al = net.alarm(&a, AlarmName::SlaveUnreachable, &c).expect("never heard since start");
+    assert!(al.cause.contains("since this daemon started"), "{}", al.cause);
+    net.settle();
+    assert!(!net.alarm_active(&a, AlarmName::SlaveUnreachable, &c));
+    assert_clean(&net);
+}
+
 #[test]
 fn poll_timeout_wakes_for_hellos_and_the_unreachable_alarm_without_busy_looping() {
     let mut alone = Network::new(sim::SimSettings::default());

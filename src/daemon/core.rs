@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::alarm::AlarmHistory;
 use crate::alarm::sink::Sinks;
+use crate::alarm::{AlarmChange, AlarmHistory};
 use crate::cluster::{Cluster, Effect, Entropy, LogLevel};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::{ClusterId, KeyVersion};
@@ -217,7 +217,7 @@ impl Core {
                     }
                     self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
                 }
-                Effect::RaiseAlarm(a) => {
+                Effect::Alarm(AlarmChange::Raise(a)) => {
                     let at = now().unix_millis();
                     self.alarm_history.raised(at, &a);
                     let domain = self.cluster.domain_state().map(|d| d.domain);
@@ -231,7 +231,10 @@ impl Core {
                         "alarm raised"
                     )
                 }
-                Effect::ClearAlarm(k) => {
+                // Same condition, new text (e.g. the elapsed time of an outage): not a new
+                // alarm, so nothing for the history or the log; the sinks keep the new text.
+                Effect::Alarm(AlarmChange::Update(a)) => self.sinks.updated(&a),
+                Effect::Alarm(AlarmChange::Clear(k)) => {
                     let at = now().unix_millis();
                     self.alarm_history.cleared(at, &k);
                     self.sinks.cleared(&k, at);

@@ -130,7 +130,10 @@ impl State {
 }
 
 /// Runs the sink until its queue closes: applies events as they come, and sends the whole set
-/// after each batch of events and every `resend_interval`.
+/// after each batch of raises and clears and every `resend_interval`. An in-place update (new
+/// texts of an active alarm) is applied but sent with the next round, not at once: it is not a
+/// new alert, and an alarm whose cause carries an elapsed time would otherwise cost a POST per
+/// hello.
 pub(crate) async fn run(
     config: AlertmanagerConfig,
     mut rx: mpsc::Receiver<Queued>,
@@ -140,15 +143,23 @@ pub(crate) async fn run(
     let mut state = State::default();
     let mut next = tokio::time::Instant::now() + config.resend_interval;
     loop {
-        tokio::select! {
+        let mut send_now = tokio::select! {
             q = rx.recv() => match q {
-                Some(q) => state.apply(q.event),
+                Some(q) => {
+                    let event = !q.in_place;
+                    state.apply(q.event);
+                    event
+                }
                 None => return,
             },
-            () = tokio::time::sleep_until(next) => {}
-        }
+            () = tokio::time::sleep_until(next) => true,
+        };
         while let Ok(q) = rx.try_recv() {
+            send_now |= !q.in_place;
             state.apply(q.event);
+        }
+        if !send_now {
+            continue;
         }
         next = tokio::time::Instant::now() + config.resend_interval;
         let Some(body) = state.payload(crate::clock::now().unix_millis(), config.ends_at_after())

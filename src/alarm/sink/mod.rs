@@ -6,6 +6,10 @@
 //! makes the core (nor the hot path) wait. Guarantees:
 //! - a sink receives an alarm iff its severity is at least the sink's `min_severity`, and the
 //!   clear of an alarm iff it received the raise;
+//! - one condition is one alarm: a raise of an alarm that is already active (same
+//!   [`AlarmKey`]) is an update in place, never a second raise. An update (new cause or remedy
+//!   text) is sent to no syslog or webhook receiver; an Alertmanager sink that has the alarm
+//!   takes the new annotations into its next re-send, without an extra POST;
 //! - the events of one sink are delivered in order; each is retried (exponential backoff with
 //!   jitter, `backon`) until delivered, so a receiver that comes back gets every event once
 //!   (TCP and HTTP: a delivery whose answer is lost may come twice, webhook events carry an id);
@@ -78,6 +82,10 @@ pub(crate) struct Queued {
     /// Unique: the sink instance's random id and the sequence.
     pub(crate) id: String,
     pub(crate) event: SinkEvent,
+    /// New texts for an alarm the sink already has (only ever queued to Alertmanager sinks,
+    /// which apply it to the next re-send): not an event of its own, so it takes no sequence
+    /// number and is never delivered by itself.
+    pub(crate) in_place: bool,
 }
 
 /// What `GET /v1/status` shows of one sink (no `deny_unknown_fields`: serde does not support
@@ -197,6 +205,7 @@ impl Running {
             sequence: self.sequence,
             id: format!("{}-{}", self.instance, self.sequence),
             event,
+            in_place: false,
         };
         if self.tx.try_send(q).is_err() {
             self.counters.lock().unwrap_or_else(|p| p.into_inner()).undelivered += 1;
@@ -209,6 +218,19 @@ impl Running {
                     "alarm sink queue full; event dropped (counted as undelivered; logged at most once a minute)"
                 );
             }
+        }
+    }
+
+    /// Hands the new texts of an alarm this sink has to an Alertmanager sink (the others
+    /// have nothing to update: a syslog line or a webhook POST is sent once). A full queue
+    /// drops the update: the raise it updates is queued already, and the next update or the
+    /// clear follows.
+    fn offer_update(&mut self, event: SinkEvent) {
+        if matches!(self.config.kind, SinkKind::Alertmanager(_))
+            && self.raised.contains(&event.alarm.key)
+        {
+            let q = Queued { sequence: self.sequence, id: String::new(), event, in_place: true };
+            let _ = self.tx.try_send(q);
         }
     }
 
@@ -304,11 +326,15 @@ impl Sinks {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands a raise to every sink whose `min_severity` it reaches. Never waits.
+    /// Hands a raise to every sink whose `min_severity` it reaches. Never waits. A raise of
+    /// an alarm that is already active is an [update](Sinks::updated): one condition is
+    /// raised once.
     pub(crate) fn raised(&self, alarm: &Alarm, domain: Option<DomainId>, at_unix_ms: u64) {
         let mut inner = self.lock();
-        // The labels of an alarm stay those of its first raise (see `alertmanager`).
-        let domain = inner.active.get(&alarm.key).map_or(domain, |e| e.domain);
+        if inner.active.contains_key(&alarm.key) {
+            drop(inner);
+            return self.updated(alarm);
+        }
         let ev = SinkEvent {
             event: AlarmEventKind::Raised,
             alarm: alarm.clone(),
@@ -319,6 +345,21 @@ impl Sinks {
         inner.active.insert(alarm.key.clone(), ev.clone());
         for s in inner.sinks.iter_mut().filter(|s| alarm.severity >= s.config.min_severity) {
             s.offer(ev.clone());
+        }
+    }
+
+    /// New cause or remedy text for an active alarm: kept as the alarm's texts (for the clear,
+    /// and for an Alertmanager sink started later), and handed to the Alertmanager sinks that
+    /// have the alarm, for their next re-send. Syslog and webhook receivers get nothing: their
+    /// raise was sent once. The labels and the start time stay those of the raise. An alarm
+    /// that is not active is ignored. Never waits.
+    pub(crate) fn updated(&self, alarm: &Alarm) {
+        let mut inner = self.lock();
+        let Some(ev) = inner.active.get_mut(&alarm.key) else { return };
+        ev.alarm = alarm.clone();
+        let ev = ev.clone();
+        for s in &mut inner.sinks {
+            s.offer_update(ev.clone());
         }
     }
 
@@ -385,7 +426,7 @@ const TEST_ALERT_LIFETIME: Duration = Duration::from_secs(300);
 /// Sends `event` to the sink `config` once, now, without queue or retry (for `imcrypt alarms
 /// test`): `Ok` when the receiver took it.
 pub(crate) async fn send_once(config: &SinkConfig, event: SinkEvent) -> Result<(), String> {
-    let q = Queued { sequence: 1, id: format!("{}-1", instance_id()), event };
+    let q = Queued { sequence: 1, id: format!("{}-1", instance_id()), event, in_place: false };
     match &config.kind {
         SinkKind::Syslog(c) => {
             let mut s = syslog::SyslogSender::new(c.clone());
@@ -428,6 +469,20 @@ mod tests {
                 app_name: "imcrypt".into(),
                 hostname: Some("h".into()),
                 sd_id: config::DEFAULT_SD_ID.into(),
+                ca: None,
+            }),
+        }
+    }
+
+    fn alertmanager_sink(url: String, resend_interval: Duration) -> SinkConfig {
+        SinkConfig {
+            name: "am".into(),
+            min_severity: Severity::Warning,
+            kind: SinkKind::Alertmanager(config::AlertmanagerConfig {
+                url,
+                resend_interval,
+                ends_at_after: None,
+                ca_file: None,
                 ca: None,
             }),
         }
@@ -511,10 +566,9 @@ mod tests {
             ClusterId::new("a").unwrap(),
             &[syslog_sink("down", &format!("127.0.0.1:{port}"), Severity::Warning)],
         );
-        let a = alarm(AlarmName::MultiMaster, "b");
         let start = std::time::Instant::now();
         for i in 0..(QUEUE as u64 + 10) {
-            sinks.raised(&a, None, i);
+            sinks.raised(&alarm(AlarmName::MultiMaster, &format!("b{i}")), None, i);
         }
         assert!(start.elapsed() < Duration::from_secs(1), "the hand-off never waits");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -583,21 +637,44 @@ mod tests {
         let (url, mut rx) = http_receiver().await;
         let sinks = Sinks::new(ClusterId::new("a").unwrap(), &[]);
         sinks.raised(&alarm(AlarmName::MultiMaster, "b"), None, 1);
-        let am = SinkConfig {
-            name: "am".into(),
-            min_severity: Severity::Warning,
-            kind: SinkKind::Alertmanager(config::AlertmanagerConfig {
-                url,
-                resend_interval: Duration::from_secs(3600),
-                ends_at_after: None,
-                ca_file: None,
-                ca: None,
-            }),
-        };
-        sinks.reconfigure(&[am]);
+        sinks.reconfigure(&[alertmanager_sink(url, Duration::from_secs(3600))]);
         let body: serde_json::Value = serde_json::from_str(&next(&mut rx).await).unwrap();
         assert_eq!(body[0]["labels"]["alertname"], "MAencryptionMultiMaster", "{body}");
         assert_eq!(body[0]["labels"]["about"], "b", "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_update_reaches_alertmanager_with_its_next_resend_and_nobody_else() {
+        let (addr, mut lines) = collector().await;
+        let (url, mut posts) = http_receiver().await;
+        let am = alertmanager_sink(url, Duration::from_millis(1500));
+        let sinks = Sinks::new(
+            ClusterId::new("a").unwrap(),
+            &[syslog_sink("log", &addr, Severity::Warning), am],
+        );
+        let first =
+            Alarm::new(AlarmName::MasterUnreachable, ClusterId::new("m").unwrap(), "61 s", "r");
+        sinks.raised(&first, None, 1_000);
+        assert!(next(&mut lines).await.contains("event=\"raised\""));
+        let body: serde_json::Value = serde_json::from_str(&next(&mut posts).await).unwrap();
+        assert_eq!(body[0]["annotations"]["cause"], "61 s");
+        // The same condition, 10 s later: a new cause, one through `updated` and one through a
+        // careless second `raised`. Neither is a new event for syslog, nor an extra POST.
+        let mut later = first.clone();
+        later.cause = "71 s".into();
+        sinks.updated(&later);
+        later.cause = "81 s".into();
+        sinks.raised(&later, None, 21_000);
+        let quiet = Duration::from_millis(500);
+        assert!(tokio::time::timeout(quiet, lines.recv()).await.is_err(), "syslog: one raise");
+        assert!(tokio::time::timeout(quiet, posts.recv()).await.is_err(), "no POST per update");
+        // The re-send carries the newest text, with the first raise's start.
+        let body: serde_json::Value = serde_json::from_str(&next(&mut posts).await).unwrap();
+        assert_eq!(body[0]["annotations"]["cause"], "81 s", "{body}");
+        assert_eq!(body[0]["startsAt"], "1970-01-01T00:00:01.000Z", "{body}");
+        sinks.cleared(&first.key, 30_000);
+        assert!(next(&mut lines).await.contains("event=\"cleared\""));
+        assert_eq!(sinks.snapshot()[0].counters.delivered, 2, "raise and clear, nothing else");
     }
 
     #[test]

@@ -114,6 +114,7 @@ mod tests {
                 domain: None,
                 at_unix_ms: 0,
             },
+            in_place: false,
         };
         let b = body(&q);
         assert_eq!(
