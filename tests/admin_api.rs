@@ -208,6 +208,65 @@ async fn a_body_over_the_limit_is_refused_by_its_length_or_cut_off_at_the_limit(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_a_body_that_is_not_json_gets_415() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let t = target(&f.lab, "a", None);
+        let token = t.token.as_str();
+        // RFC 9110 §11.1: the scheme name in any case.
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let head = raw(
+                &t,
+                &format!(
+                    "GET /v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: {scheme} {token}\r\n\
+                     Connection: close\r\n\r\n"
+                ),
+                b"",
+            )
+            .await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{scheme}: {head}");
+        }
+        let head = raw(
+            &t,
+            &format!(
+                "GET /v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {token}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+            b"",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 401") && head.contains("no_token"), "{head}");
+
+        // A JSON body under another Content-Type: 415 naming the header to send, before the
+        // body is looked at (so the wrong password in it counts nothing).
+        let body = download_body("Wrong-Passw0rd!", &f.good_key());
+        let post = |content_type: &str| {
+            format!(
+                "POST /v1/keys/download HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+        };
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+            let head = raw(&t, &post(ct), &body).await;
+            assert!(head.starts_with("HTTP/1.1 415"), "{ct}: {head}");
+            assert!(head.contains("not_json") && head.contains("application/json"), "{head}");
+        }
+        // JSON in any spelling is read: the wrong password is answered as such.
+        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/merge+json"]
+        {
+            let head = raw(&t, &post(ct), &body).await;
+            assert!(
+                head.starts_with("HTTP/1.1 403") && head.contains("wrong_password"),
+                "{ct}: {head}"
+            );
+        }
+        f.unchanged().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weak_wrong_or_garbage_public_keys_are_refused_before_the_password_is_looked_at() {
     bounded(async {
         let f = MasterAndSlave::start().await;

@@ -118,6 +118,7 @@ pub(crate) async fn start_with(
             &config,
             alarm_history.clone(),
             metrics.as_ref().map(|m| m.admin()),
+            node_key.client_proof_key(),
         )
     })?;
 
