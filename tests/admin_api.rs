@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use hyper::{Method, StatusCode};
 use imcrypt::admin::api::Route;
 use imcrypt::admin::client::{Client, ClientError, Target};
-use rustls_pki_types::pem::PemObject;
 use support::*;
 use zeroize::Zeroizing;
 
@@ -49,23 +48,10 @@ fn refused(r: Result<bytes::Bytes, ClientError>) -> Refusal {
 /// Sends `head` and `body` over TLS as they are and returns what the daemon answers.
 async fn raw(t: &Target, head: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&t.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = tls_client_trusting(&t.ca);
     let tcp = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(t.server_name.clone()).unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     // The daemon may answer and close before it has read the body.
     let _ = s.write_all(body).await;

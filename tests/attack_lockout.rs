@@ -10,7 +10,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustls_pki_types::pem::PemObject;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,25 +31,9 @@ struct Answer {
 
 impl Api {
     fn new(lab: &Lab) -> Api {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in
-            rustls_pki_types::CertificateDer::pem_file_iter(lab.dir().join("pki/ca.pem")).unwrap()
-        {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = tls_client_trusting(&lab.dir().join("pki/ca.pem"));
         let token = std::fs::read_to_string(lab.dir().join("state/a/admin.token")).unwrap();
-        Api {
-            addr: lab.daemon("a").unwrap().admin_addr(),
-            token: token.trim().to_owned(),
-            tls: Arc::new(tls),
-        }
+        Api { addr: lab.daemon("a").unwrap().admin_addr(), token: token.trim().to_owned(), tls }
     }
 
     /// A key download with `password`, sent from source address `from`, with `proof` if

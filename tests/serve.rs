@@ -36,6 +36,13 @@ fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
     paths.into_iter().zip(ports).map(|((id, path), ports)| (id, path, ports)).collect()
 }
 
+/// The demo's PKI (`imcrypt pki init`) and configs in `dir`, as [`demo_configs`] gives them.
+fn demo_with_pki(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
+    let pki = dir.join("pki");
+    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
+    demo_configs(dir)
+}
+
 /// The status through the admin API (HTTPS with the token), as `imcrypt status` prints it.
 fn get_status(config: &Path) -> Option<serde_json::Value> {
     let out = Command::new(BIN)
@@ -71,7 +78,21 @@ struct Daemon(Child, PathBuf);
 
 impl Daemon {
     fn start(config: &Path, log: PathBuf) -> Self {
-        let child = Command::new(BIN)
+        Self::start_under(&[], config, log)
+    }
+
+    /// As [`Daemon::start`], through `wrapper`: a command line that runs the rest in its own
+    /// process (as `prlimit` and `setpriv` do, so the daemon's pid is the child's).
+    fn start_under(wrapper: &[&str], config: &Path, log: PathBuf) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -203,9 +224,7 @@ fn log_on_a_terminal(config: &Path, no_color: Option<&str>) -> String {
 #[test]
 fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
     let d = tempfile::tempdir().unwrap();
-    let pki = d.path().join("pki");
-    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
-    let cfg = demo_configs(d.path());
+    let cfg = demo_with_pki(d.path());
     let coloured = log_on_a_terminal(&cfg[0].1, None);
     assert!(coloured.contains("imcrypt daemon") && coloured.contains("\x1b["), "{coloured}");
     let plain = log_on_a_terminal(&cfg[0].1, Some("1"));
@@ -310,9 +329,7 @@ fn clusters_run_on_certificates_from_an_organisations_ca() {
 #[test]
 fn the_daemon_makes_no_core_dumps_and_locks_its_key_pages_or_says_why_not() {
     let d = tempfile::tempdir().unwrap();
-    let pki = d.path().join("pki");
-    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
-    let cfg = demo_configs(d.path());
+    let cfg = demo_with_pki(d.path());
     let config = &cfg[0].1;
     let proc_field = |pid: u32, file: &str, prefix: &str| -> String {
         let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
@@ -356,24 +373,18 @@ fn the_daemon_makes_no_core_dumps_and_locks_its_key_pages_or_says_why_not() {
         eprintln!("setpriv (util-linux) is missing: the case without mlock is not run");
         return;
     }
-    let log_path = d.path().join("a-nolock.log");
-    let child = Command::new("prlimit")
-        .args([
+    let a = Daemon::start_under(
+        &[
+            "prlimit",
             "--memlock=0:0",
             "setpriv",
             "--bounding-set=-ipc_lock",
             "--inh-caps=-ipc_lock",
             "--",
-        ])
-        .arg(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let a = Daemon(child, log_path);
+        ],
+        config,
+        d.path().join("a-nolock.log"),
+    );
     wait_status(config, "a up without mlock", |s| s["cluster"] == "a");
     let vm_lck = locked_kb(a.0.id());
     let (ok, log) = a.term();
