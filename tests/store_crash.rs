@@ -133,6 +133,7 @@ fn a_state_write_that_fails_on_a_full_disk_leaves_the_old_state_and_no_temporary
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("No space left on device"), "{stdout}");
-    assert!(stdout.contains("files: ") && !stdout.contains(".tmp"), "{stdout}");
+    let files = stdout.lines().find(|l| l.starts_with("files: ")).unwrap_or_default();
+    assert!(files.contains("state.sealed") && !files.contains(".tmp"), "{stdout}");
     assert!(stdout.contains("state: 1"), "{stdout}");
 }
