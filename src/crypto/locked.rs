@@ -209,10 +209,20 @@ mod tests {
         // /proc/self/smaps lists the mapping with the "dd" (do not dump) flag, and locked when
         // the process may lock.
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
+        // The kernel may merge neighbouring mappings of the same kind into one area: find the
+        // area that holds the address.
+        let holds = |l: &str| {
+            let range = l.split_whitespace().next().unwrap_or_default();
+            let Some((a, b)) = range.split_once('-') else { return false };
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                return false;
+            };
+            (a..b).contains(&addr)
+        };
         let flags = smaps
             .lines()
-            .skip_while(|l| !l.starts_with(&start))
+            .skip_while(|l| !holds(l))
             .find(|l| l.starts_with("VmFlags:"))
             .expect("the mapping is in smaps");
         let may_lock = rustix::process::getrlimit(rustix::process::Resource::Memlock)
