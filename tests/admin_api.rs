@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 use hyper::{Method, StatusCode};
 use imcrypt::admin::api::Route;
 use imcrypt::admin::client::{Client, ClientError, Target};
-use rustls_pki_types::pem::PemObject;
 use support::*;
 use zeroize::Zeroizing;
 
@@ -49,23 +48,10 @@ fn refused(r: Result<bytes::Bytes, ClientError>) -> Refusal {
 /// Sends `head` and `body` over TLS as they are and returns what the daemon answers.
 async fn raw(t: &Target, head: &str, body: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(&t.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = tls_client_trusting(&t.ca);
     let tcp = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(t.server_name.clone()).unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
     // The daemon may answer and close before it has read the body.
     let _ = s.write_all(body).await;
@@ -202,6 +188,65 @@ async fn a_body_over_the_limit_is_refused_by_its_length_or_cut_off_at_the_limit(
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 413") && head.contains("body_too_large"), "{head}");
+        f.unchanged().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive_and_a_body_that_is_not_json_gets_415() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let t = target(&f.lab, "a", None);
+        let token = t.token.as_str();
+        // RFC 9110 §11.1: the scheme name in any case.
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let head = raw(
+                &t,
+                &format!(
+                    "GET /v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: {scheme} {token}\r\n\
+                     Connection: close\r\n\r\n"
+                ),
+                b"",
+            )
+            .await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{scheme}: {head}");
+        }
+        let head = raw(
+            &t,
+            &format!(
+                "GET /v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: Basic {token}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+            b"",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 401") && head.contains("no_token"), "{head}");
+
+        // A JSON body under another Content-Type: 415 naming the header to send, before the
+        // body is looked at (so the wrong password in it counts nothing).
+        let body = download_body("Wrong-Passw0rd!", &f.good_key());
+        let post = |content_type: &str| {
+            format!(
+                "POST /v1/keys/download HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+        };
+        for ct in ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"] {
+            let head = raw(&t, &post(ct), &body).await;
+            assert!(head.starts_with("HTTP/1.1 415"), "{ct}: {head}");
+            assert!(head.contains("not_json") && head.contains("application/json"), "{head}");
+        }
+        // JSON in any spelling is read: the wrong password is answered as such.
+        for ct in ["application/json", "Application/JSON; charset=utf-8", "application/merge+json"]
+        {
+            let head = raw(&t, &post(ct), &body).await;
+            assert!(
+                head.starts_with("HTTP/1.1 403") && head.contains("wrong_password"),
+                "{ct}: {head}"
+            );
+        }
         f.unchanged().await;
     })
     .await;

@@ -412,19 +412,8 @@ async fn peers_with_a_wrong_certificate_or_none_are_refused() {
         // A certificate for a cluster id that is not a configured peer: refused.
         assert!(raw_post(addr, x.client.clone(), "a").await.is_err());
         // No client certificate at all: refused in the handshake.
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for c in rustls::pki_types::CertificateDer::pem_file_iter(pki.join("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let anon = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        assert!(raw_post(addr, Arc::new(anon), "a").await.is_err());
+        let anon = tls_client_trusting(&pki.join("ca.pem"));
+        assert!(raw_post(addr, anon, "a").await.is_err());
         // A server whose certificate does not name the cluster dialled is refused by the client.
         let e = raw_post(addr, b.client.clone(), "c").await.unwrap_err();
         assert!(e.contains("TLS"), "{e}");

@@ -7,32 +7,19 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use imcrypt::admin::api::{Health, HealthReport};
-use rustls_pki_types::pem::PemObject;
 use support::prometheus::{Prometheus, http_get, promtool};
 use support::*;
 
 /// `GET path` on the admin listener of `id` over HTTPS, with no token: (status, body).
 async fn admin_get(lab: &Lab, id: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pki_types::CertificateDer::pem_file_iter(lab.dir().join("pki/ca.pem")).unwrap()
-    {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = tls_client_trusting(&lab.dir().join("pki/ca.pem"));
     let addr = lab.daemon(id).unwrap().admin_addr();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(id.to_owned()).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nHost: {id}\r\nConnection: close\r\n\r\n");
     tls.write_all(head.as_bytes()).await.unwrap();
     let mut buf = Vec::new();

@@ -39,6 +39,13 @@ fn demo_configs(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
     paths.into_iter().zip(ports).map(|((id, path), ports)| (id, path, ports)).collect()
 }
 
+/// The demo's PKI (`imcrypt pki init`) and configs in `dir`, as [`demo_configs`] gives them.
+fn demo_with_pki(dir: &Path) -> Vec<(String, PathBuf, [ReservedPort; 2])> {
+    let pki = dir.join("pki");
+    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
+    demo_configs(dir)
+}
+
 fn wait_status(
     config: &Path,
     what: &str,
@@ -60,7 +67,21 @@ struct Daemon(Child, PathBuf);
 
 impl Daemon {
     fn start(config: &Path, log: PathBuf) -> Self {
-        let child = Command::new(BIN)
+        Self::start_under(&[], config, log)
+    }
+
+    /// As [`Daemon::start`], through `wrapper`: a command line that runs the rest in its own
+    /// process (as `prlimit` and `setpriv` do, so the daemon's pid is the child's).
+    fn start_under(wrapper: &[&str], config: &Path, log: PathBuf) -> Self {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -192,9 +213,7 @@ fn log_on_a_terminal(config: &Path, no_color: Option<&str>) -> String {
 #[test]
 fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
     let d = tempfile::tempdir().unwrap();
-    let pki = d.path().join("pki");
-    assert_eq!(run(&["pki", "init", "--out", pki.to_str().unwrap(), "--clusters", "a,b,c"]).0, 0);
-    let cfg = demo_configs(d.path());
+    let cfg = demo_with_pki(d.path());
     let coloured = log_on_a_terminal(&cfg[0].1, None);
     assert!(coloured.contains("imcrypt daemon") && coloured.contains("\x1b["), "{coloured}");
     let plain = log_on_a_terminal(&cfg[0].1, Some("1"));
@@ -291,4 +310,75 @@ fn clusters_run_on_certificates_from_an_organisations_ca() {
             .is_some_and(|p| p.iter().any(|p| p["id"] == "b" && p["link"]["connected"] == true))
     });
     assert!(a.term().0 && b.term().0);
+}
+
+/// What an operator checks of a running daemon's secrets in memory (docs/operations.md,
+/// "Secrets in memory"): no core dumps (core size limit 0, soft and hard); key pages locked
+/// (VmLck) where the daemon may lock, and where it may not, the warning in its log.
+#[test]
+fn the_daemon_makes_no_core_dumps_and_locks_its_key_pages_or_says_why_not() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = demo_with_pki(d.path());
+    let config = &cfg[0].1;
+    let proc_field = |pid: u32, file: &str, prefix: &str| -> String {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+        text.lines().find(|l| l.starts_with(prefix)).unwrap_or_default().to_owned()
+    };
+    let locked_kb = |pid: u32| -> u64 {
+        let line = proc_field(pid, "status", "VmLck:");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmLck in status")
+    };
+    const WARNING: &str = "cannot lock key pages in memory";
+
+    // As started here: whatever the core limit was, it is 0 now.
+    let a = Daemon::start(config, d.path().join("a.log"));
+    wait_status(config, "a up", |s| s["cluster"] == "a");
+    let pid = a.0.id();
+    let core = proc_field(pid, "limits", "Max core file size");
+    assert_eq!(core.split_whitespace().collect::<Vec<_>>()[4..6], ["0", "0"], "{core}");
+    let may_lock = proc_field(pid, "status", "CapEff:")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .is_some_and(|caps| caps & (1 << 14) != 0) // CAP_IPC_LOCK
+        || !proc_field(pid, "limits", "Max locked memory").contains(" 0 ");
+    let vm_lck = locked_kb(pid);
+    let (ok, log) = a.term();
+    assert!(ok, "{log}");
+    if may_lock {
+        assert!(vm_lck > 0, "VmLck {vm_lck} kB; log:\n{log}");
+        assert!(!log.contains(WARNING), "{log}");
+    } else {
+        assert!(log.contains(WARNING), "{log}");
+    }
+
+    // Without CAP_IPC_LOCK and with no RLIMIT_MEMLOCK room (where this test runs as root, it
+    // can take both away): nothing locked, one warning that says what to raise, and it runs.
+    if !std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("setpriv (util-linux) is missing: the case without mlock is not run");
+        return;
+    }
+    let a = Daemon::start_under(
+        &[
+            "prlimit",
+            "--memlock=0:0",
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--inh-caps=-ipc_lock",
+            "--",
+        ],
+        config,
+        d.path().join("a-nolock.log"),
+    );
+    wait_status(config, "a up without mlock", |s| s["cluster"] == "a");
+    let vm_lck = locked_kb(a.0.id());
+    let (ok, log) = a.term();
+    assert!(ok, "{log}");
+    assert_eq!(vm_lck, 0, "{log}");
+    assert_eq!(log.matches(WARNING).count(), 1, "{log}");
+    assert!(log.contains("LimitMEMLOCK"), "{log}");
 }

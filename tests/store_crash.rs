@@ -91,3 +91,49 @@ fn kill_9_during_writes_leaves_old_or_new_state() {
         assert!(reserved >= last_acked << 20, "round {round}: counters went back");
     }
 }
+
+/// Not a test of its own: the child process of
+/// `a_state_write_that_fails_on_a_full_disk_leaves_the_old_state_and_no_temporary_file`, run in
+/// a mount namespace with a 64 KiB tmpfs at `IMCRYPT_STORE_CHILD_DIR`.
+#[test]
+#[ignore = "child process of a_state_write_that_fails_on_a_full_disk_…"]
+fn child_full_disk() {
+    let dir = std::env::var_os("IMCRYPT_STORE_CHILD_DIR").expect("run by the parent test");
+    let dir = Path::new(&dir);
+    let (state, _) = files(dir);
+    state.save(&State { n: 1, padding: "small".into() }).unwrap();
+    // Larger than the whole file system: the write fails part way (ENOSPC).
+    let e = state.save(&State { n: 2, padding: "x".repeat(256 * 1024) }).unwrap_err();
+    println!("error: {e}");
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    println!("files: {}", names.join(","));
+    let s: State = state.load().unwrap().unwrap();
+    println!("state: {}", s.n);
+}
+
+/// The attack's full disk, for real: a tmpfs too small for the state, in a mount namespace of
+/// the test's own (`unshare`, util-linux). The failed write names the cause, leaves the old
+/// state, and leaves no temporary file behind (issue 17 found a 0-byte `state.sealed.tmp`).
+#[test]
+fn a_state_write_that_fails_on_a_full_disk_leaves_the_old_state_and_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = "mount -t tmpfs -o size=64k imcrypt-full \"$IMCRYPT_STORE_CHILD_DIR\" && exec \"$0\" \
+                  child_full_disk --exact --ignored --nocapture --test-threads=1";
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .arg(&exe)
+        .env("IMCRYPT_STORE_CHILD_DIR", dir.path())
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("No space left on device"), "{stdout}");
+    let files = stdout.lines().find(|l| l.starts_with("files: ")).unwrap_or_default();
+    assert!(files.contains("state.sealed") && !files.contains(".tmp"), "{stdout}");
+    assert!(stdout.contains("state: 1"), "{stdout}");
+}

@@ -8,8 +8,8 @@
 //! Invariants: the token is never printed; an error answer from the daemon keeps its HTTP
 //! status and code, so that `cli` maps it to one exit code.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -103,6 +103,11 @@ pub(crate) struct ConnectArgs {
     /// --config, else the host of --addr).
     #[arg(long, global = true, env = "IMCRYPT_SERVER_NAME")]
     pub(crate) server_name: Option<String>,
+    /// Where the CLI keeps the daemon's proof that this user gave the right password, which
+    /// lets them through a lockout caused by someone else's guesses (docs/admin.md). Default:
+    /// `$HOME/.local/state/imcrypt/SERVER_NAME.proof`.
+    #[arg(long, global = true, env = "IMCRYPT_PROOF_FILE")]
+    pub(crate) proof_file: Option<PathBuf>,
 }
 
 fn read(what: &'static str, path: &std::path::Path) -> Result<Zeroizing<String>, ClientError> {
@@ -114,6 +119,19 @@ fn read(what: &'static str, path: &std::path::Path) -> Result<Zeroizing<String>,
 }
 
 impl ConnectArgs {
+    /// The proof file of `target` (`--proof-file`, else under `$HOME`, else none).
+    pub(crate) fn proof_file(&self, target: &Target) -> Option<PathBuf> {
+        self.proof_file.clone().or_else(|| {
+            let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+            let name: String = target
+                .server_name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+                .collect();
+            Some(Path::new(&home).join(format!(".local/state/imcrypt/{name}.proof")))
+        })
+    }
+
     /// Resolves the flags, environment and config file into a target.
     pub(crate) fn target(&self) -> Result<Target, ClientError> {
         let config = match &self.config {
@@ -167,6 +185,9 @@ impl ConnectArgs {
 pub struct Client {
     target: Target,
     tls: Arc<ClientConfig>,
+    /// The daemon's proof that this client gave the right password (`admin::proof`), sent
+    /// with every request once known; and whether the daemon handed out a new one.
+    proof: Mutex<(Option<Zeroizing<String>>, bool)>,
 }
 
 impl Client {
@@ -179,7 +200,22 @@ impl Client {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self { target, tls: Arc::new(tls) })
+        Ok(Self { target, tls: Arc::new(tls), proof: Mutex::new((None, false)) })
+    }
+
+    /// Sends `proof` (a proof this client was given earlier) with the requests from now on.
+    pub fn set_proof(&self, proof: &str) {
+        let p = proof.trim();
+        if !p.is_empty() {
+            *self.proof.lock().unwrap_or_else(|e| e.into_inner()) =
+                (Some(Zeroizing::new(p.to_owned())), false);
+        }
+    }
+
+    /// The proof the daemon handed out since the last call, if it did: to keep for later runs.
+    pub fn take_new_proof(&self) -> Option<Zeroizing<String>> {
+        let mut g = self.proof.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::take(&mut g.1) { g.0.clone() } else { None }
     }
 
     /// Sends one request; returns the body of a 2xx answer, or the daemon's error.
@@ -232,11 +268,18 @@ impl Client {
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
+        if let Some(p) = &self.proof.lock().unwrap_or_else(|e| e.into_inner()).0 {
+            req = req.header(super::proof::HEADER, p.as_str());
+        }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
         let status = resp.status();
+        if let Some(p) = resp.headers().get(super::proof::HEADER).and_then(|v| v.to_str().ok()) {
+            *self.proof.lock().unwrap_or_else(|e| e.into_inner()) =
+                (Some(Zeroizing::new(p.to_owned())), true);
+        }
         let bytes = resp
             .into_body()
             .collect()

@@ -1,22 +1,76 @@
 //! Rate limits on password attempts, as pure logic: the caller passes `now` in.
 //!
-//! Two limits apply to every request that carries a password (enable, change, download,
-//! disable):
+//! Every request that carries a password (enable, change, download, disable) is made by a
+//! [`Credential`] (today the one admin token, identified by a hash of it; named administrators
+//! later) and, within that credential, by a [`Client`]: either a client that has shown the right
+//! password before and carries the daemon's proof of it ([`Client::Proven`], see
+//! `admin::proof`), or any other client ([`Client::Unproven`], all of them together). Source
+//! addresses play no part: every local user shares 127.0.0.1, and anyone can rotate through
+//! 127.x.y.z.
 //!
-//! - **per client** (source IP address): after `max_failures` consecutive wrong passwords the
+//! - **lockout** per (credential, client): after `max_failures` consecutive wrong passwords the
 //!   client is locked out for `lockout` (Vault's default is 5 and 15 minutes). A correct
 //!   password resets the count. Attempts still in flight count as potential failures, so a
-//!   client cannot slip 100 parallel guesses in before the first failure is recorded;
-//! - **overall**: at most `attempts_per_minute` password attempts per minute from all clients
-//!   together, which bounds the PBKDF2 work an attacker who holds the token can cause.
+//!   client cannot slip 100 parallel guesses in before the first failure is recorded. All
+//!   unproven clients of a credential share one count, so guessing stays bounded at
+//!   `max_failures` per `lockout` whatever the addresses; a proven client (the administrator
+//!   whose CLI kept its proof) has its own count and so is never locked out by someone else's
+//!   guesses;
+//! - **overall**: at most `attempts_per_minute` password attempts per minute from all
+//!   credentials together, which bounds the PBKDF2 work; and no credential takes more than
+//!   half of that budget ([`Limits::share`]), so a flood with one credential always leaves room
+//!   for another.
 //!
 //! Invariants: [`PasswordLimiter::begin`] decides before any hashing; every `begin` that
-//! returned `Ok` is matched by exactly one [`PasswordLimiter::finish`] (the [`Attempt`] guard
-//! makes that structural); a refusal always carries a positive `retry_after`.
+//! returned `Ok` is matched by exactly one [`PasswordLimiter::finish`] (the `Attempt` guard of
+//! the admin API makes that structural); a refusal always carries a positive `retry_after`; a
+//! refusal counts nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// Who made a request, for the limits: a hash of the admin token (never the token itself), so
+/// that named administrators slot in as other credentials.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Credential([u8; 16]);
+
+impl Credential {
+    /// The credential of an admin token: the first 16 bytes of SHA-256 over a domain label
+    /// and the token.
+    pub(crate) fn of_token(token: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"imcrypt admin credential v1\0");
+        h.update(token);
+        let d = h.finalize();
+        Self(d[..16].try_into().expect("16 of 32 bytes"))
+    }
+
+    /// The bytes a client proof is bound to.
+    pub(crate) fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({})", hex::encode(&self.0[..4]))
+    }
+}
+
+/// A client that once showed the right password, named by the random id of its proof.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) struct ClientId(pub(crate) [u8; 16]);
+
+/// Which client of a credential made an attempt.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum Client {
+    /// Carries a valid proof that it gave the right password before.
+    Proven(ClientId),
+    /// Any other client; all of them share one count per credential.
+    Unproven,
+}
 
 /// The limits, from the `[admin]` section of the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +86,14 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The most attempts one credential may have in the window: half the overall budget (at
+    /// least 1), so that one credential's flood leaves the other half to the rest.
+    pub(crate) fn share(&self) -> usize {
+        (self.attempts_per_minute as usize / 2).max(1)
+    }
+}
+
 /// Why an attempt is refused before any hashing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refused {
@@ -40,14 +102,29 @@ pub(crate) enum Refused {
         humantime::format_duration(Duration::from_secs(retry_after.as_secs().max(1)))
     )]
     LockedOut { retry_after: Duration },
+    #[error(
+        "too many wrong passwords from clients that have not given the right password before: \
+         they are locked out for {}; a client that has (the CLI keeps the daemon's proof of it \
+         in its proof file) can still try",
+        humantime::format_duration(Duration::from_secs(retry_after.as_secs().max(1)))
+    )]
+    UnprovenLockedOut { retry_after: Duration },
     #[error("too many password attempts on this daemon; try again in a moment")]
     Overall { retry_after: Duration },
+    #[error(
+        "too many password attempts with this admin credential (at most half of the daemon's \
+         budget per minute); try again in a moment"
+    )]
+    CredentialShare { retry_after: Duration },
 }
 
 impl Refused {
     pub(crate) fn retry_after(&self) -> Duration {
         match *self {
-            Refused::LockedOut { retry_after } | Refused::Overall { retry_after } => retry_after,
+            Refused::LockedOut { retry_after }
+            | Refused::UnprovenLockedOut { retry_after }
+            | Refused::Overall { retry_after }
+            | Refused::CredentialShare { retry_after } => retry_after,
         }
     }
 }
@@ -63,8 +140,9 @@ pub(crate) enum Outcome {
     NotChecked,
 }
 
+/// The consecutive failures of one (credential, client).
 #[derive(Debug, Default)]
-struct Client {
+struct Count {
     failures: u32,
     in_flight: u32,
     locked_until: Option<Instant>,
@@ -73,72 +151,103 @@ struct Client {
 #[derive(Debug)]
 pub(crate) struct PasswordLimiter {
     limits: Limits,
-    clients: HashMap<IpAddr, Client>,
-    recent: VecDeque<Instant>,
+    counts: HashMap<(Credential, Client), Count>,
+    /// Attempts of the last minute, oldest first, with the credential that made each.
+    recent: VecDeque<(Instant, Credential)>,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
 
 impl PasswordLimiter {
     pub(crate) fn new(limits: Limits) -> Self {
-        Self { limits, clients: HashMap::new(), recent: VecDeque::new() }
+        Self { limits, counts: HashMap::new(), recent: VecDeque::new() }
     }
 
-    /// Decides whether `client` may try a password now. On `Ok` the attempt is counted (as in
-    /// flight for the client, and in the overall window).
-    pub(crate) fn begin(&mut self, client: IpAddr, now: Instant) -> Result<(), Refused> {
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+    /// Decides whether `client` of `cred` may try a password now. On `Ok` the attempt is
+    /// counted (as in flight for the client, and in the overall window); a refusal counts
+    /// nothing.
+    pub(crate) fn begin(
+        &mut self,
+        cred: Credential,
+        client: Client,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        while self.recent.front().is_some_and(|(t, _)| now.duration_since(*t) >= WINDOW) {
             self.recent.pop_front();
         }
-        let c = self.clients.entry(client).or_default();
-        if let Some(until) = c.locked_until {
-            if until > now {
-                return Err(Refused::LockedOut { retry_after: until - now });
+        let locked_out = |retry_after| match client {
+            Client::Proven(_) => Refused::LockedOut { retry_after },
+            Client::Unproven => Refused::UnprovenLockedOut { retry_after },
+        };
+        if let Some(c) = self.counts.get_mut(&(cred, client)) {
+            if let Some(until) = c.locked_until {
+                if until > now {
+                    return Err(locked_out(until - now));
+                }
+                c.locked_until = None;
+                c.failures = 0;
             }
-            c.locked_until = None;
-            c.failures = 0;
+            if c.failures + c.in_flight >= self.limits.max_failures {
+                // Only attempts in flight can make this true without a lockout: wait for them.
+                return Err(locked_out(Duration::from_secs(1)));
+            }
         }
-        if c.failures + c.in_flight >= self.limits.max_failures {
-            // Only attempts in flight can make this true without a lockout: wait for them.
-            return Err(Refused::LockedOut { retry_after: Duration::from_secs(1) });
-        }
+        let retry_after = |oldest: Instant| {
+            (oldest + WINDOW).saturating_duration_since(now).max(Duration::from_secs(1))
+        };
         if self.recent.len() >= self.limits.attempts_per_minute as usize {
-            let oldest = *self.recent.front().expect("non-empty");
-            let retry_after = (oldest + WINDOW).saturating_duration_since(now);
-            return Err(Refused::Overall { retry_after: retry_after.max(Duration::from_secs(1)) });
+            let (oldest, _) = *self.recent.front().expect("non-empty");
+            return Err(Refused::Overall { retry_after: retry_after(oldest) });
         }
+        let mine = self.recent.iter().filter(|(_, k)| *k == cred);
+        if let Some((oldest, _)) = mine.clone().next()
+            && mine.count() >= self.limits.share()
+        {
+            return Err(Refused::CredentialShare { retry_after: retry_after(*oldest) });
+        }
+        let c = self.counts.entry((cred, client)).or_default();
         c.in_flight += 1;
-        self.recent.push_back(now);
+        self.recent.push_back((now, cred));
         Ok(())
     }
 
     /// Records how an attempt that `begin` allowed ended. Returns whether this attempt locked
     /// the client out (for the lockout counter of the metrics).
-    pub(crate) fn finish(&mut self, client: IpAddr, outcome: Outcome, now: Instant) -> bool {
+    pub(crate) fn finish(
+        &mut self,
+        cred: Credential,
+        client: Client,
+        outcome: Outcome,
+        now: Instant,
+    ) -> bool {
         let max = self.limits.max_failures;
         let lockout = self.limits.lockout;
-        let c = self.clients.entry(client).or_default();
+        let c = self.counts.entry((cred, client)).or_default();
         c.in_flight = c.in_flight.saturating_sub(1);
         let mut locked = false;
         match outcome {
             Outcome::Correct => c.failures = 0,
             Outcome::Wrong => {
                 c.failures += 1;
-                if c.failures >= max {
+                if c.failures >= max && c.locked_until.is_none() {
                     locked = true;
                     c.locked_until = Some(now + lockout);
                     tracing::warn!(
-                        client = %client,
+                        credential = ?cred,
+                        client = match client {
+                            Client::Proven(_) => "a proven client",
+                            Client::Unproven => "the clients without proof",
+                        },
                         failures = c.failures,
                         lockout = %humantime::format_duration(lockout),
-                        "admin client locked out after wrong passwords"
+                        "admin clients locked out after wrong passwords"
                     );
                 }
             }
             Outcome::NotChecked => {}
         }
         if c.failures == 0 && c.in_flight == 0 && c.locked_until.is_none() {
-            self.clients.remove(&client);
+            self.counts.remove(&(cred, client));
         }
         locked
     }
@@ -148,49 +257,87 @@ impl PasswordLimiter {
 mod tests {
     use super::*;
 
-    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
-    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    const P: Client = Client::Proven(ClientId([1; 16]));
+    const Q: Client = Client::Proven(ClientId([2; 16]));
+    const U: Client = Client::Unproven;
+
+    fn token() -> Credential {
+        Credential::of_token(b"0123456789abcdef")
+    }
+
+    fn other() -> Credential {
+        Credential::of_token(b"another administrator")
+    }
 
     fn limiter() -> PasswordLimiter {
         PasswordLimiter::new(Limits::default())
+    }
+
+    fn wrong(l: &mut PasswordLimiter, cred: Credential, client: Client, t: Instant, n: usize) {
+        for i in 0..n {
+            l.begin(cred, client, t).unwrap_or_else(|e| panic!("attempt {i}: {e}"));
+            l.finish(cred, client, Outcome::Wrong, t);
+        }
+    }
+
+    #[test]
+    fn the_credential_is_a_hash_never_the_token() {
+        let c = Credential::of_token(b"0123456789abcdef");
+        assert_eq!(c, token());
+        assert_ne!(c, other());
+        assert!(!c.as_bytes().windows(4).any(|w| w == b"0123"));
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
     }
 
     #[test]
     fn five_wrong_passwords_lock_the_client_out_for_fifteen_minutes() {
         let mut l = limiter();
         let t = Instant::now();
-        for i in 0..5 {
-            l.begin(A, t).unwrap_or_else(|e| panic!("attempt {i}: {e}"));
-            l.finish(A, Outcome::Wrong, t);
-        }
-        let e = l.begin(A, t).unwrap_err();
+        wrong(&mut l, token(), P, t, 5);
+        let e = l.begin(token(), P, t).unwrap_err();
         assert_eq!(e, Refused::LockedOut { retry_after: Duration::from_secs(900) });
         assert!(e.to_string().contains("15m"), "{e}");
-        // Another client is not affected; the lockout ends after 15 minutes.
-        l.begin(B, t).unwrap();
-        l.finish(B, Outcome::Correct, t);
         let later = t + Duration::from_secs(899);
-        assert!(matches!(l.begin(A, later), Err(Refused::LockedOut { .. })));
-        l.begin(A, t + Duration::from_secs(900)).unwrap();
+        assert!(matches!(l.begin(token(), P, later), Err(Refused::LockedOut { .. })));
+        l.begin(token(), P, t + Duration::from_secs(900)).unwrap();
+    }
+
+    #[test]
+    fn unproven_clients_share_one_count_whatever_their_address() {
+        // Rotating source addresses is no way around it: the address is not part of the key.
+        let mut l = limiter();
+        let t = Instant::now();
+        wrong(&mut l, token(), U, t, 5);
+        let e = l.begin(token(), U, t).unwrap_err();
+        assert_eq!(e, Refused::UnprovenLockedOut { retry_after: Duration::from_secs(900) });
+        assert!(e.to_string().contains("proof file"), "{e}");
+    }
+
+    #[test]
+    fn a_proven_client_is_not_locked_out_by_someone_elses_guesses() {
+        let mut l = limiter();
+        let t = Instant::now();
+        wrong(&mut l, token(), U, t, 5);
+        wrong(&mut l, token(), Q, t, 5);
+        assert!(l.begin(token(), U, t).is_err() && l.begin(token(), Q, t).is_err());
+        l.begin(token(), P, t).unwrap();
+        l.finish(token(), P, Outcome::Correct, t);
+        // Nor is another credential.
+        l.begin(other(), U, t).unwrap();
+        l.finish(other(), U, Outcome::Correct, t);
     }
 
     #[test]
     fn a_correct_password_resets_the_count() {
         let mut l = limiter();
         let t = Instant::now();
-        for _ in 0..4 {
-            l.begin(A, t).unwrap();
-            l.finish(A, Outcome::Wrong, t);
-        }
-        l.begin(A, t).unwrap();
-        l.finish(A, Outcome::Correct, t);
-        for _ in 0..4 {
-            l.begin(A, t).unwrap();
-            l.finish(A, Outcome::Wrong, t);
-        }
-        l.begin(A, t).unwrap();
-        l.finish(A, Outcome::NotChecked, t);
-        assert!(l.begin(A, t).is_ok());
+        wrong(&mut l, token(), U, t, 4);
+        l.begin(token(), U, t).unwrap();
+        l.finish(token(), U, Outcome::Correct, t);
+        wrong(&mut l, token(), U, t, 4);
+        l.begin(token(), U, t).unwrap();
+        l.finish(token(), U, Outcome::NotChecked, t);
+        assert!(l.begin(token(), U, t).is_ok());
     }
 
     #[test]
@@ -198,23 +345,55 @@ mod tests {
         let mut l = limiter();
         let t = Instant::now();
         for _ in 0..5 {
-            l.begin(A, t).unwrap();
+            l.begin(token(), U, t).unwrap();
         }
-        assert!(matches!(l.begin(A, t), Err(Refused::LockedOut { .. })));
-        l.finish(A, Outcome::Correct, t);
-        l.begin(A, t).unwrap();
+        assert!(matches!(l.begin(token(), U, t), Err(Refused::UnprovenLockedOut { .. })));
+        l.finish(token(), U, Outcome::Correct, t);
+        l.begin(token(), U, t).unwrap();
     }
 
     #[test]
-    fn overall_rate_is_limited_across_clients() {
-        let mut l = PasswordLimiter::new(Limits { attempts_per_minute: 3, ..Limits::default() });
+    fn overall_rate_is_limited_across_credentials() {
+        let mut l = PasswordLimiter::new(Limits { attempts_per_minute: 4, ..Limits::default() });
         let t = Instant::now();
-        for ip in [A, B, A] {
-            l.begin(ip, t).unwrap();
-            l.finish(ip, Outcome::Correct, t);
+        for cred in [token(), other(), token(), other()] {
+            l.begin(cred, P, t).unwrap();
+            l.finish(cred, P, Outcome::Correct, t);
         }
-        let e = l.begin(B, t + Duration::from_secs(20)).unwrap_err();
+        let third = Credential::of_token(b"third");
+        let e = l.begin(third, P, t + Duration::from_secs(20)).unwrap_err();
         assert_eq!(e, Refused::Overall { retry_after: Duration::from_secs(40) });
-        l.begin(B, t + Duration::from_secs(60)).unwrap();
+        l.begin(third, P, t + Duration::from_secs(60)).unwrap();
+    }
+
+    #[test]
+    fn a_flood_with_one_credential_leaves_half_the_budget_to_others() {
+        let mut l = limiter();
+        let t = Instant::now();
+        // Correct passwords, so no lockout interferes: only the budget.
+        for i in 0..15 {
+            l.begin(token(), P, t).unwrap_or_else(|e| panic!("attempt {i}: {e}"));
+            l.finish(token(), P, Outcome::Correct, t);
+        }
+        let e = l.begin(token(), Q, t + Duration::from_secs(10)).unwrap_err();
+        assert_eq!(e, Refused::CredentialShare { retry_after: Duration::from_secs(50) });
+        for i in 0..15 {
+            l.begin(other(), U, t).unwrap_or_else(|e| panic!("other credential, attempt {i}: {e}"));
+            l.finish(other(), U, Outcome::Correct, t);
+        }
+        // Now the whole budget is used.
+        assert!(matches!(l.begin(Credential::of_token(b"x"), U, t), Err(Refused::Overall { .. })));
+    }
+
+    #[test]
+    fn a_refusal_counts_nothing() {
+        let mut l = PasswordLimiter::new(Limits { attempts_per_minute: 2, ..Limits::default() });
+        let t = Instant::now();
+        wrong(&mut l, token(), U, t, 1);
+        for _ in 0..100 {
+            assert!(l.begin(token(), U, t).is_err());
+        }
+        assert_eq!(l.recent.len(), 1);
+        l.begin(other(), U, t).unwrap();
     }
 }

@@ -5,7 +5,8 @@
 //! Invariants:
 //! - nothing is read from a request body before its token is checked, and no body over
 //!   [`api::MAX_BODY`] is read at all;
-//! - a request that carries a password passes the rate limits ([`limit`]) *before* any
+//! - a request that carries a password passes the rate limits ([`limit`]), keyed on its
+//!   credential and its client proof ([`proof`]), never on its source address, *before* any
 //!   hashing, and at most `max_concurrent_password_checks` such requests are handed to the core
 //!   at once; PBKDF2 itself runs in the core off the async workers (see `daemon`);
 //! - a key download validates the public key before the password is looked at, and answers
@@ -21,9 +22,10 @@
 pub mod api;
 pub mod client;
 mod limit;
+mod proof;
 mod token;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,7 +54,8 @@ use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
 
 use api::{ErrorBody, ErrorDetail, Match, Route};
-use limit::{Limits, Outcome as Checked, PasswordLimiter, Refused};
+use limit::{Client, Credential, Limits, Outcome as Checked, PasswordLimiter, Refused};
+use proof::ProofKey;
 use token::{Token, TokenError};
 
 /// The CLI on the same host handshakes in milliseconds; a connection that has not finished in
@@ -109,6 +112,9 @@ struct Ctx {
     /// This daemon's cluster, named in answers.
     cluster: ClusterId,
     token: Token,
+    /// The token's credential, the key of the password limits.
+    credential: Credential,
+    proofs: ProofKey,
     limiter: Mutex<PasswordLimiter>,
     hashing: Semaphore,
     history: AlarmHistory,
@@ -130,10 +136,12 @@ fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
 
 impl Admin {
     /// Loads the TLS certificate and the token (creating the token file on first start).
+    /// `proof_key` signs client proofs (`NodeKey::client_proof_key`).
     pub(crate) fn new(
         config: &Config,
         history: AlarmHistory,
         metrics: Option<Arc<AdminMetrics>>,
+        proof_key: zeroize::Zeroizing<[u8; 32]>,
     ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
@@ -153,7 +161,9 @@ impl Admin {
             gate: Gate::new("admin listener", Caps::new(a.max_connections as usize)),
             ctx: Arc::new(Ctx {
                 cluster: config.cluster_id.clone(),
+                credential: token.credential(),
                 token,
+                proofs: ProofKey::new(proof_key),
                 limiter: Mutex::new(PasswordLimiter::new(limits)),
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
                 history,
@@ -196,13 +206,18 @@ async fn connection(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let client = addr.ip();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
             let counted = ctx.metrics.as_ref().map(|_| metric_labels(&req));
-            let r = match handle(req, client, &ctx, &control, &ticket).await {
-                Ok(r) => r,
+            let mut issued = None;
+            let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued).await {
+                Ok(mut r) => {
+                    if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
+                        r.headers_mut().insert(proof::HEADER, v);
+                    }
+                    r
+                }
                 Err(e) => e.response(),
             };
             if let (Some(m), Some((method, route))) = (&ctx.metrics, counted) {
@@ -234,6 +249,11 @@ enum ApiError {
     WrongMethod { method: String, path: String, allowed: String },
     #[error("request body is larger than {} bytes", api::MAX_BODY)]
     TooLarge,
+    #[error(
+        "request body has Content-Type {0:?}; the admin API takes JSON: send \
+         `Content-Type: application/json`"
+    )]
+    NotJson(String),
     #[error("request body is not valid: {0}")]
     BadBody(String),
     #[error("{0}")]
@@ -278,13 +298,14 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "no_such_endpoint"),
             ApiError::WrongMethod { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::NotJson(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json"),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             ApiError::BadValue(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
             ApiError::PublicKey(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_public_key"),
-            ApiError::RateLimited(Refused::LockedOut { .. }) => {
-                (StatusCode::TOO_MANY_REQUESTS, "locked_out")
-            }
-            ApiError::RateLimited(Refused::Overall { .. }) => {
+            ApiError::RateLimited(
+                Refused::LockedOut { .. } | Refused::UnprovenLockedOut { .. },
+            ) => (StatusCode::TOO_MANY_REQUESTS, "locked_out"),
+            ApiError::RateLimited(Refused::Overall { .. } | Refused::CredentialShare { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }
             ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
@@ -332,6 +353,7 @@ impl ApiError {
             | ApiError::NotFound(_)
             | ApiError::WrongMethod { .. }
             | ApiError::TooLarge
+            | ApiError::NotJson(_)
             | ApiError::BadBody(_)
             | ApiError::BadValue(_)
             | ApiError::PublicKey(_)
@@ -416,8 +438,27 @@ pub(crate) async fn health(
 
 fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), ApiError> {
     let Some(h) = req.headers().get(AUTHORIZATION) else { return Err(ApiError::NoToken) };
-    let given = h.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or(ApiError::NoToken)?;
+    let given = h.to_str().ok().and_then(bearer).ok_or(ApiError::NoToken)?;
     if ctx.token.matches(given) { Ok(()) } else { Err(ApiError::WrongToken) }
+}
+
+/// The credentials of an `Authorization` value of the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 9110 §11.1); one or more spaces separate it from the token.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim_start_matches(' '))
+}
+
+/// A body is JSON: its Content-Type is `application/json` or a `+json` type (any case, any
+/// parameters). A body sent without a Content-Type is read as JSON, as the CLI of earlier
+/// releases sent it.
+fn check_json(req: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(v) = req.headers().get(CONTENT_TYPE) else { return Ok(()) };
+    let text = String::from_utf8_lossy(v.as_bytes());
+    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json { Ok(()) } else { Err(ApiError::NotJson(text.chars().take(100).collect())) }
 }
 
 async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
@@ -429,6 +470,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
     if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
         return Err(ApiError::TooLarge);
     }
+    check_json(&req)?;
     let bytes = Limited::new(req.into_body(), api::MAX_BODY)
         .collect()
         .await
@@ -447,25 +489,39 @@ fn password(s: &zeroize::Zeroizing<String>) -> Password {
     Password::new(s.as_str())
 }
 
+/// Who sent a password request, for the limits: the token's credential and the client its
+/// proof names (or none).
+fn client_of(req: &Request<Incoming>, ctx: &Ctx) -> Client {
+    ctx.proofs.client(ctx.credential, req.headers().get(proof::HEADER).map(HeaderValue::as_bytes))
+}
+
 /// Runs a command that carries a password: rate limits first, then a PBKDF2 slot, then the
 /// core. The check runs in its own task, so a client that goes away cannot stop its outcome
 /// from being recorded (a guess abandoned mid-way still counts as a failure if it was wrong).
+/// A client without a proof that gave the right password gets one in `issued`.
 async fn with_password(
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
-    client: IpAddr,
+    (client, peer): (Client, SocketAddr),
     cmd: Command,
+    issued: &mut Option<String>,
 ) -> Result<Outcome, ApiError> {
-    ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(client, Instant::now())?;
+    let credential = ctx.credential;
+    ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(
+        credential,
+        client,
+        Instant::now(),
+    )?;
     /// Records the outcome when dropped, whatever happened.
     struct Finish {
         ctx: Arc<Ctx>,
-        client: IpAddr,
+        client: Client,
         outcome: Checked,
     }
     impl Drop for Finish {
         fn drop(&mut self) {
             let locked = self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
+                self.ctx.credential,
                 self.client,
                 self.outcome,
                 Instant::now(),
@@ -496,11 +552,16 @@ async fn with_password(
             Err(_) => Checked::NotChecked,
         };
         if finish.outcome == Checked::Wrong {
-            tracing::warn!(client = %client, "admin request with a wrong password");
+            let proven = matches!(client, Client::Proven(_));
+            tracing::warn!(%peer, proven, "admin request with a wrong password");
         }
-        Ok(r?)
+        Ok::<_, ApiError>(r?)
     }));
-    task.await.map_err(|_| ApiError::Stopping)?
+    let outcome = task.await.map_err(|_| ApiError::Stopping)??;
+    if client == Client::Unproven {
+        *issued = Some(ctx.proofs.issue(credential));
+    }
+    Ok(outcome)
 }
 
 fn archiver(s: &str) -> Result<Option<ComplianceDb>, ApiError> {
@@ -520,10 +581,11 @@ const UNTIL_RESTART: &str = "this change lasts until the daemon restarts: the co
 
 async fn handle(
     req: Request<Incoming>,
-    client: IpAddr,
+    peer: SocketAddr,
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
     ticket: &Ticket,
+    issued: &mut Option<String>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_owned();
     let found = api::find(req.method().as_str(), &path);
@@ -544,6 +606,7 @@ async fn handle(
         Match::NotFound => return Err(ApiError::NotFound(path)),
     };
     let param = param.unwrap_or_default();
+    let client = (client_of(&req, ctx), peer);
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
         Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
@@ -556,7 +619,7 @@ async fn handle(
         Route::Enable => {
             let b: api::EnableRequest = body(req).await?;
             let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
-            let domain = match with_password(ctx, control, client, cmd).await? {
+            let domain = match with_password(ctx, control, client, cmd, issued).await? {
                 Outcome::Enabled { domain } => domain,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
@@ -573,7 +636,7 @@ async fn handle(
                 password: password(&b.password),
                 i_understand_data_loss: b.i_understand_data_loss,
             };
-            let msg = match with_password(ctx, control, client, cmd).await? {
+            let msg = match with_password(ctx, control, client, cmd, issued).await? {
                 Outcome::DisabledHere { master } => format!(
                     "encryption disabled on this slave of cluster {master}; its keys are deleted"
                 ),
@@ -605,7 +668,7 @@ async fn handle(
                 old: password(&b.old_password),
                 new: password(&b.new_password),
             };
-            with_password(ctx, control, client, cmd).await?;
+            with_password(ctx, control, client, cmd, issued).await?;
             Ok(done(
                 "the encryption password was changed; slaves receive it at the next sync",
                 vec![],
@@ -628,7 +691,7 @@ async fn handle(
             // The key is checked before the password is looked at.
             let to = parse_public_key(&b.public_key_pem)?;
             let cmd = Command::DownloadKeys { password: password(&b.password) };
-            let ring = match with_password(ctx, control, client, cmd).await? {
+            let ring = match with_password(ctx, control, client, cmd, issued).await? {
                 Outcome::KeysForDownload(ring) => ring,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };

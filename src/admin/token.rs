@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::crypto::locked::Locked;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -26,8 +28,8 @@ pub enum TokenError {
     Malformed { path: PathBuf },
 }
 
-/// The token the daemon expects.
-pub(crate) struct Token(Zeroizing<String>);
+/// The token the daemon expects: its 64 hex digits, out of core dumps and swap.
+pub(crate) struct Token(Locked<[u8; 64]>);
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,12 +57,21 @@ impl Token {
         if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(TokenError::Malformed { path: path.to_owned() });
         }
-        Ok((Self(Zeroizing::new(t.to_owned())), created))
+        let mut digits = [0u8; 64];
+        digits.copy_from_slice(t.as_bytes());
+        let token = Self(Locked::new(digits));
+        digits.zeroize();
+        Ok((token, created))
+    }
+
+    /// The credential this token stands for in the password limits (a hash, not the token).
+    pub(crate) fn credential(&self) -> super::limit::Credential {
+        super::limit::Credential::of_token(&self.0[..])
     }
 
     /// True when `candidate` is the token (constant time in the candidate's content).
     pub(crate) fn matches(&self, candidate: &str) -> bool {
-        self.0.as_bytes().ct_eq(candidate.trim().as_bytes()).into()
+        self.0[..].ct_eq(candidate.trim().as_bytes()).into()
     }
 }
 

@@ -214,12 +214,41 @@ fn call<T: serde::de::DeserializeOwned>(
     path: &str,
     body: Option<&impl serde::Serialize>,
 ) -> Result<T, CliError> {
-    let client = Client::new(common.conn.target()?)?;
+    let target = common.conn.target()?;
+    let proof_file = common.conn.proof_file(&target);
+    let client = Client::new(target)?;
+    if let Some(text) = proof_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+        client.set_proof(&text);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)?;
-    Ok(rt.block_on(client.call::<T>(method, path, body))?)
+    let r = rt.block_on(client.call::<T>(method, path, body));
+    if let (Some(path), Some(proof)) = (&proof_file, client.take_new_proof()) {
+        keep_proof(path, &proof);
+    }
+    Ok(r?)
+}
+
+/// Keeps the daemon's client proof for the next runs (mode 0600, in a directory of mode
+/// 0700). Failing to is not an error of the command, only said.
+fn keep_proof(path: &std::path::Path, proof: &str) {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let made =
+        dir.map_or(Ok(()), |d| std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d));
+    let r = made.map_err(|e| e.to_string()).and_then(|()| {
+        crate::store::write_private(path, proof.as_bytes(), crate::store::Existing::Replace)
+            .map_err(|e| e.to_string())
+    });
+    if let Err(e) = r {
+        eprintln!(
+            "note: cannot keep the daemon's client proof in {} ({e}); a lockout caused by \
+             someone else's wrong passwords would also stop you (see --proof-file)",
+            path.display()
+        );
+    }
 }
 
 /// A command's request without a body.

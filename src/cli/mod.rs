@@ -256,7 +256,10 @@ impl CliError {
                 C::Api { status, .. } => match *status {
                     S::UNAUTHORIZED => 5,
                     S::TOO_MANY_REQUESTS | S::SERVICE_UNAVAILABLE => 6,
-                    S::BAD_REQUEST | S::PAYLOAD_TOO_LARGE | S::UNPROCESSABLE_ENTITY => 3,
+                    S::BAD_REQUEST
+                    | S::PAYLOAD_TOO_LARGE
+                    | S::UNSUPPORTED_MEDIA_TYPE
+                    | S::UNPROCESSABLE_ENTITY => 3,
                     S::FORBIDDEN | S::CONFLICT | S::NOT_FOUND => 4,
                     _ => 1,
                 },
@@ -276,7 +279,39 @@ pub fn main() -> ExitCode {
     }
 }
 
+impl Command {
+    /// Commands that hold key material, a private key or the password in memory: they make no
+    /// core dumps (`crypto::locked::harden_process`). `serve` hardens itself once its log is
+    /// set up, so the outcome reaches the daemon's log.
+    fn holds_secrets(&self) -> bool {
+        match self {
+            Command::Demo { .. }
+            | Command::Encryption { .. }
+            | Command::Password { .. }
+            | Command::Key { .. }
+            | Command::Decrypt { .. }
+            | Command::View(_) => true,
+            Command::Serve { .. }
+            | Command::Pki { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::CheckKey { .. }
+            | Command::Status { .. }
+            | Command::Peers { .. }
+            | Command::Nodes { .. }
+            | Command::Alarms { .. }
+            | Command::Archive(_)
+            | Command::Support { .. } => false,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), CliError> {
+    if cli.command.holds_secrets() {
+        for e in crate::crypto::locked::harden_process().errors {
+            eprintln!("warning: cannot keep secrets out of core dumps: {e}");
+        }
+    }
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Demo { keep } => {
@@ -401,6 +436,10 @@ fn serve(path: &std::path::Path) -> Result<(), CliError> {
     let notifier = crate::systemd::Notifier::from_env();
     // As the daemon's own lines: every line names its cluster.
     let span = tracing::error_span!("cluster", id = %config.cluster_id);
+    // Before any key is loaded: no core dump will ever hold one.
+    span.in_scope(
+        || crate::crypto::locked::log_hardening(&crate::crypto::locked::harden_process()),
+    );
     runtime()?.block_on(async {
         let signal = |kind| signal(kind).map_err(CliError::Runtime);
         let (mut int, mut term, mut hup) = (

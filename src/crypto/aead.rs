@@ -10,6 +10,8 @@ use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
+use super::locked::Locked;
+
 const KEY_LEN: usize = 32;
 pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
@@ -41,14 +43,12 @@ impl AeadImpl {
 #[error("AES-256-GCM authentication failed")]
 pub struct AeadError;
 
-/// An AES-256-GCM key, expanded once for one implementation. The `aes-gcm` variant zeroizes
-/// its schedule on drop; ring's key schedule is not exposed for zeroizing (ring's choice).
-/// The larger `aes-gcm` schedule is boxed, so the default (ring) stays inline, without an
-/// indirection on the hot path.
-#[allow(clippy::large_enum_variant)]
+/// An AES-256-GCM key, expanded once for one implementation, in pages of its own
+/// ([`Locked`]: out of core dumps and swap, zeroed when dropped, which also covers ring's key
+/// schedule that ring does not zeroize itself).
 pub enum AeadKey {
-    Ring(ring::aead::LessSafeKey),
-    RustCrypto(Box<Aes256Gcm>),
+    Ring(Locked<ring::aead::LessSafeKey>),
+    RustCrypto(Locked<Aes256Gcm>),
 }
 
 impl AeadKey {
@@ -57,9 +57,9 @@ impl AeadKey {
             AeadImpl::Ring => {
                 let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
                     .expect("a 32-byte key is always valid for AES-256-GCM");
-                AeadKey::Ring(ring::aead::LessSafeKey::new(unbound))
+                AeadKey::Ring(Locked::new(ring::aead::LessSafeKey::new(unbound)))
             }
-            AeadImpl::RustCrypto => AeadKey::RustCrypto(Box::new(Aes256Gcm::new(key.into()))),
+            AeadImpl::RustCrypto => AeadKey::RustCrypto(Locked::new(Aes256Gcm::new(key.into()))),
         }
     }
 

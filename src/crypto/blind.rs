@@ -18,6 +18,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::keyring::KeyRing;
+use super::locked::Locked;
 use super::mac::hmac_sha256;
 use crate::ids::{DomainId, KeyVersion};
 
@@ -27,7 +28,8 @@ const INDEX_KEY_INFO: &[u8] = b"imcrypt blind index v1";
 /// Computes blind indexes under one domain key version.
 pub(crate) struct BlindIndexer {
     version: KeyVersion,
-    key: Zeroizing<[u8; 32]>,
+    /// Out of core dumps and swap (`crypto::locked`).
+    key: Locked<[u8; 32]>,
 }
 
 impl std::fmt::Debug for BlindIndexer {
@@ -49,7 +51,10 @@ impl BlindIndexer {
     /// The indexer of the ring's primary version (what new rows use).
     pub(crate) fn primary(ring: &KeyRing) -> Self {
         let p = ring.primary();
-        Self { version: p.version(), key: index_key(ring.domain(), p.version(), p.bytes()) }
+        Self {
+            version: p.version(),
+            key: Locked::new(*index_key(ring.domain(), p.version(), p.bytes())),
+        }
     }
 
     /// One indexer per version the ring holds (what a viewer searches with).
@@ -57,7 +62,7 @@ impl BlindIndexer {
         ring.keys()
             .map(|k| Self {
                 version: k.version(),
-                key: index_key(ring.domain(), k.version(), k.bytes()),
+                key: Locked::new(*index_key(ring.domain(), k.version(), k.bytes())),
             })
             .collect()
     }

@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::locked::Locked;
 use crate::ids::{DomainId, KeyVersion};
 
 /// Why a key ring cannot be built or changed.
@@ -35,12 +36,13 @@ pub enum KeyRingError {
 pub struct DomainKey {
     version: KeyVersion,
     created_unix: u64,
-    bytes: Zeroizing<[u8; 32]>,
+    /// Out of core dumps and swap, zeroed on drop.
+    bytes: Locked<[u8; 32]>,
 }
 
 impl DomainKey {
     pub fn new(version: KeyVersion, created_unix: u64, bytes: Zeroizing<[u8; 32]>) -> Self {
-        Self { version, created_unix, bytes }
+        Self { version, created_unix, bytes: Locked::new(*bytes) }
     }
 
     pub(crate) fn version(&self) -> KeyVersion {

@@ -6,6 +6,15 @@
 //! SHA-2, then encrypted with AES-256". Only the record is replicated to slaves, never the
 //! password.
 //!
+//! A password is an RFC 8265 **OpaqueString** (through the `precis-profiles` crate): before the
+//! policy and before any hashing, at set, change and check alike, non-ASCII spaces become
+//! U+0020 and the string is normalised to NFC, and what the profile refuses (control and
+//! invisible format characters such as U+202E or U+200D, unassigned code points) is refused
+//! with the code point named. So a password set in NFC and typed in NFD is the same password.
+//! Records made before this rule hashed the password as typed; for any password the profile
+//! leaves unchanged (every NFC password without non-ASCII spaces) that is the same hash, and
+//! for the others [`PasswordRecord::verify`] also tries the password as typed.
+//!
 //! Invariants: verification compares in constant time; a `Password` is zeroized on drop and
 //! redacted in `Debug`; the iteration count of a new record is never below `MIN_ITERATIONS`
 //! except through the explicitly named test constructor.
@@ -38,8 +47,12 @@ pub enum PolicyError {
     TooFewClasses(usize),
     #[error("password must differ from the current password")]
     SameAsCurrent,
-    #[error("password contains a control character, which cannot be typed reliably")]
-    ControlCharacter,
+    #[error(
+        "password contains the character U+{0:04X}, which a password may not hold (RFC 8265 \
+         OpaqueString): control, invisible formatting and unassigned characters cannot be typed \
+         reliably"
+    )]
+    Disallowed(u32),
 }
 
 /// An iteration count that respects the floor, or was explicitly made weak for tests.
@@ -83,8 +96,25 @@ impl Password {
         Self(Zeroizing::new(s.into()))
     }
 
+    /// The password as typed.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
+    }
+
+    /// The password as RFC 8265's OpaqueString profile enforces it: non-ASCII spaces mapped to
+    /// U+0020, NFC. An empty password is too short; a refused character is named.
+    pub(crate) fn enforced(&self) -> Result<Zeroizing<String>, PolicyError> {
+        use precis_core::profile::PrecisFastInvocation;
+        match precis_profiles::OpaqueString::enforce(self.0.as_str()) {
+            Ok(s) => Ok(Zeroizing::new(s.into_owned())),
+            Err(precis_core::Error::BadCodepoint(info)) => Err(PolicyError::Disallowed(info.cp)),
+            Err(precis_core::Error::Unexpected(
+                precis_core::UnexpectedError::ContextRuleNotApplicable(info)
+                | precis_core::UnexpectedError::MissingContextRule(info),
+            )) => Err(PolicyError::Disallowed(info.cp)),
+            // Empty, before or after the mapping.
+            Err(_) => Err(PolicyError::TooShort(0)),
+        }
     }
 }
 
@@ -100,16 +130,14 @@ pub(crate) fn check_policy(
     new: &Password,
     current: Option<&PasswordRecord>,
 ) -> Result<(), PolicyError> {
-    let s: &str = &new.0;
+    let enforced = new.enforced()?;
+    let s: &str = &enforced;
     let n = s.chars().count();
     if n < MIN_LEN {
         return Err(PolicyError::TooShort(n));
     }
     if n > MAX_LEN {
         return Err(PolicyError::TooLong(n));
-    }
-    if s.chars().any(char::is_control) {
-        return Err(PolicyError::ControlCharacter);
     }
     let classes = [
         s.chars().any(|c| c.is_lowercase()),
@@ -142,19 +170,41 @@ pub(crate) struct PasswordRecord {
 }
 
 impl PasswordRecord {
-    /// Hashes `password` with a salt the caller drew from the OS CSPRNG.
+    /// Hashes `password` (its OpaqueString form, which [`check_policy`] has accepted) with a
+    /// salt the caller drew from the OS CSPRNG. A password the profile refuses (only records
+    /// made in tests) is hashed as typed.
     pub(crate) fn create(
         password: &Password,
         salt: [u8; SALT_LEN],
         iterations: Iterations,
     ) -> Self {
-        let hash = derive(password, &salt, iterations.0);
+        let typed = password.as_bytes();
+        let enforced = password.enforced().ok();
+        let bytes = enforced.as_ref().map_or(typed, |s| s.as_bytes());
+        let hash = derive(bytes, &salt, iterations.0);
         Self { salt, iterations: iterations.0, hash: *hash }
     }
 
-    /// True when `candidate` is the password; the comparison is constant-time.
+    /// True when `candidate` is the password; the comparison is constant-time. The candidate's
+    /// OpaqueString form is checked; when that differs from what was typed (or the profile
+    /// refuses it), the typed form is checked too, so a record made before the profile applied
+    /// still accepts its password.
     pub(crate) fn verify(&self, candidate: &Password) -> bool {
-        let h = derive(candidate, &self.salt, self.iterations);
+        let typed = candidate.as_bytes();
+        let enforced = candidate.enforced().ok();
+        if let Some(e) = &enforced
+            && self.matches(e.as_bytes())
+        {
+            return true;
+        }
+        if enforced.as_ref().is_some_and(|e| e.as_bytes() == typed) {
+            return false;
+        }
+        self.matches(typed)
+    }
+
+    fn matches(&self, password: &[u8]) -> bool {
+        let h = derive(password, &self.salt, self.iterations);
         h.ct_eq(&self.hash).into()
     }
 }
@@ -165,9 +215,9 @@ impl fmt::Debug for PasswordRecord {
     }
 }
 
-fn derive(password: &Password, salt: &[u8], iterations: u32) -> Zeroizing<[u8; HASH_LEN]> {
+fn derive(password: &[u8], salt: &[u8], iterations: u32) -> Zeroizing<[u8; HASH_LEN]> {
     let mut out = Zeroizing::new([0u8; HASH_LEN]);
-    pbkdf2_sha256(password.as_bytes(), salt, iterations, &mut out[..]);
+    pbkdf2_sha256(password, salt, iterations, &mut out[..]);
     out
 }
 
@@ -192,9 +242,57 @@ mod tests {
         assert!(e(&"Ab1!".repeat(40)).contains("too long"));
         assert!(e("alllowercaseletters").contains("1 of the 4 character classes"));
         assert!(e("lowerUPPERonly").contains("2 of the 4"));
-        assert!(e("Tab\tinside-Pass1").contains("control character"));
+        assert!(e("Tab\tinside-Pass1").contains("U+0009"));
         assert!(check_policy(&Password::new("correct-Horse-battery"), None).is_ok());
         assert!(check_policy(&Password::new("Ünïcödé-wörds-9"), None).is_ok());
+    }
+
+    /// The issue's examples: invisible format characters are refused, and NFD is NFC.
+    #[test]
+    fn passwords_are_opaque_strings() {
+        let p = |s: &str| Password::new(s);
+        let e = |s: &str| check_policy(&p(s), None).unwrap_err();
+        // RIGHT-TO-LEFT OVERRIDE and ZERO WIDTH JOINER pass "can be typed" no longer.
+        assert_eq!(e("Correct-Horse-9\u{202E}"), PolicyError::Disallowed(0x202E));
+        assert_eq!(e("Correct\u{200D}Horse-9"), PolicyError::Disallowed(0x200D));
+        assert!(e("Correct-Horse-9\u{202E}").to_string().contains("U+202E"));
+        assert_eq!(e("Correct\u{200B}Horse-9"), PolicyError::Disallowed(0x200B));
+        assert_eq!(e(""), PolicyError::TooShort(0));
+        // Set in NFC, typed in NFD: the same password.
+        let nfc = "Caf\u{e9}-Cr\u{e8}me-9";
+        let nfd = "Cafe\u{301}-Cre\u{300}me-9";
+        assert_ne!(nfc, nfd);
+        check_policy(&p(nfc), None).unwrap();
+        check_policy(&p(nfd), None).unwrap();
+        assert!(rec(nfc).verify(&p(nfd)));
+        assert!(rec(nfd).verify(&p(nfc)));
+        assert!(!rec(nfc).verify(&p("Cafe-Creme-9")));
+        // A non-ASCII space is a space.
+        assert!(rec("Correct Horse-9").verify(&p("Correct\u{a0}Horse-9")));
+        // Length counts the normalised characters: 12 in NFC, 14 typed in NFD.
+        assert_eq!(
+            check_policy(&p("Cafe\u{301}-Cre\u{300}m-9"), None),
+            Err(PolicyError::TooShort(11))
+        );
+    }
+
+    #[test]
+    fn records_made_before_the_profile_still_verify() {
+        // Hashed as typed, as every release before the profile did.
+        let legacy = |s: &str| {
+            let hash = derive(s.as_bytes(), &[3; 16], 10);
+            PasswordRecord { salt: [3; 16], iterations: 10, hash: *hash }
+        };
+        // An NFC password: the same hash either way.
+        let nfc = "Caf\u{e9}-Cr\u{e8}me-9";
+        assert_eq!(legacy(nfc), rec(nfc));
+        assert!(legacy(nfc).verify(&Password::new("Cafe\u{301}-Cre\u{300}me-9")));
+        // One the profile now refuses or changes: accepted as typed, and only so.
+        let odd = "Correct\u{200D}Horse-9";
+        assert!(legacy(odd).verify(&Password::new(odd)));
+        assert!(!legacy(odd).verify(&Password::new("CorrectHorse-9")));
+        let nbsp = "Correct\u{a0}Horse-9";
+        assert!(legacy(nbsp).verify(&Password::new(nbsp)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::aead::{AeadImpl, AeadKey};
+use super::locked::Locked;
 
 /// What a derived sealing key is for; each purpose gets its own key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +29,8 @@ impl Purpose {
     }
 }
 
-/// This node's sealing key.
-pub struct NodeKey(Zeroizing<[u8; 32]>);
+/// This node's sealing key, out of core dumps and swap.
+pub struct NodeKey(Locked<[u8; 32]>);
 
 impl std::fmt::Debug for NodeKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,20 +42,30 @@ impl NodeKey {
     /// The key from its secret bytes. Reading and creating the key file is the store's
     /// (`store::node_key`, which adds `NodeKey::load_or_create`).
     pub(crate) fn from_secret(key: Zeroizing<[u8; 32]>) -> Self {
-        Self(key)
+        Self(Locked::new(*key))
     }
 
     /// A key from bytes, for tests.
     #[doc(hidden)]
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        Self(Zeroizing::new(b))
+        Self(Locked::new(b))
     }
 
     /// The AES-256-GCM key for one purpose: HKDF-SHA256(ikm = node key, no salt, info).
     pub fn sealing_key(&self, purpose: Purpose) -> AeadKey {
+        AeadKey::new(AeadImpl::default(), &self.expand(purpose.info()))
+    }
+
+    /// The key of the admin API's client proofs (`admin::proof`): HKDF-SHA256 as for the
+    /// sealing keys, with its own info, so proofs stay valid across restarts.
+    pub(crate) fn client_proof_key(&self) -> Zeroizing<[u8; 32]> {
+        self.expand(b"imcrypt admin client proof v1")
+    }
+
+    fn expand(&self, info: &[u8]) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(None, &self.0[..]);
         let mut k = Zeroizing::new([0u8; 32]);
-        hk.expand(purpose.info(), &mut k[..]).expect("32 bytes is a valid HKDF output length");
-        AeadKey::new(AeadImpl::default(), &k)
+        hk.expand(info, &mut k[..]).expect("32 bytes is a valid HKDF output length");
+        k
     }
 }

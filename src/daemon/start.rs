@@ -124,7 +124,12 @@ pub(crate) async fn start_with(
     // listener on shows counts since the start (see `metrics_listener`).
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let admin = span.in_scope(|| {
-        crate::admin::Admin::new(&config, alarm_history.clone(), Some(metrics.admin()))
+        crate::admin::Admin::new(
+            &config,
+            alarm_history.clone(),
+            Some(metrics.admin()),
+            node_key.client_proof_key(),
+        )
     })?;
 
     let bind = |what, addr| async move {

@@ -7,6 +7,11 @@
 //! temporary file is `NAME.tmp` and is renamed over `NAME`; keeping an existing file, it is
 //! `NAME.tmp.PID` and is hard-linked to `NAME`, which fails if `NAME` exists.
 //!
+//! A write that fails removes its temporary file before it returns the error, so a full or
+//! failing disk leaves no `NAME.tmp` behind; one that could not be removed then (the file
+//! system went read-only) or that a crash left is removed by [`remove_leftover`] at the next
+//! start, and in any case before the next write.
+//!
 //! Invariants: after a crash at any point `NAME` holds the old content or the new, never a mix
 //! or a part; the file is never, not even for a moment, readable by group or others; with
 //! [`Existing::Keep`] a file that is there, or appears meanwhile, is never replaced; the
@@ -85,13 +90,7 @@ pub(crate) fn write_private_until(
     existing: Existing,
     last: WriteStep,
 ) -> Result<(), WriteError> {
-    let mut tmp = path.as_os_str().to_owned();
-    match existing {
-        Existing::Replace => tmp.push(".tmp"),
-        // Two processes may create the same file at once: each needs its own temporary file.
-        Existing::Keep => tmp.push(format!(".tmp.{}", std::process::id())),
-    }
-    let tmp = PathBuf::from(tmp);
+    let tmp = temp_path(path, existing);
     let result = match write_temp(&tmp, bytes, last) {
         Ok(false) => return Ok(()),
         Ok(true) => place(&tmp, path, existing, last),
@@ -99,10 +98,41 @@ pub(crate) fn write_private_until(
     };
     // Whatever stands at the temporary name when it could not be created is not ours.
     let ours = !matches!(&result, Err(e) if e.step == WriteStep::CreateTemp);
-    if ours && (existing == Existing::Keep || result.is_err()) {
-        let _ = std::fs::remove_file(&tmp);
+    if ours
+        && (existing == Existing::Keep || result.is_err())
+        && let Err(e) = std::fs::remove_file(&tmp)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(
+            path = %tmp.display(),
+            error = %e,
+            "cannot remove the temporary file of a failed write; it is removed at the next start"
+        );
     }
     result
+}
+
+/// The temporary file of a write to `path`.
+fn temp_path(path: &Path, existing: Existing) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    match existing {
+        Existing::Replace => tmp.push(".tmp"),
+        // Two processes may create the same file at once: each needs its own temporary file.
+        Existing::Keep => tmp.push(format!(".tmp.{}", std::process::id())),
+    }
+    PathBuf::from(tmp)
+}
+
+/// Removes the temporary file a replacing write to `path` left when it was cut short (a crash,
+/// `kill -9`, a file system that went read-only mid-write). Such a file never holds anything
+/// acknowledged: the write it belonged to never reached its rename. Returns whether there was
+/// one.
+pub(crate) fn remove_leftover(path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(temp_path(path, Existing::Replace)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn fail(

@@ -81,8 +81,22 @@ impl SealedFile {
         &self.path
     }
 
-    /// The stored value, or `None` when no state was ever written.
+    /// The stored value, or `None` when no state was ever written. A temporary file that a
+    /// write cut short left beside the file is removed first (it never holds anything
+    /// acknowledged; see `atomic::remove_leftover`).
     pub fn load<T: DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match atomic::remove_leftover(&self.path) {
+            Ok(false) => {}
+            Ok(true) => tracing::info!(
+                path = %self.path.display(),
+                "removed the temporary file of a state write that was cut short"
+            ),
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot remove the temporary file of a state write that was cut short"
+            ),
+        }
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -202,6 +216,21 @@ mod tests {
             f.save(&new).unwrap();
             assert_eq!(f.load::<S>().unwrap(), Some(new));
         }
+    }
+
+    #[test]
+    fn loading_removes_the_temporary_file_of_a_write_cut_short() {
+        let d = tempfile::tempdir().unwrap();
+        let f = file(d.path());
+        f.save(&S { n: 1, text: "old".into() }).unwrap();
+        f.save_until(&S { n: 2, text: "new".into() }, WriteStep::CreateTemp).unwrap();
+        let tmp = d.path().join("state.sealed.tmp");
+        assert_eq!(std::fs::metadata(&tmp).unwrap().len(), 0, "a 0-byte temporary file");
+        assert_eq!(f.load::<S>().unwrap().unwrap().n, 1);
+        assert!(!tmp.exists());
+        let names: Vec<_> =
+            std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["state.sealed"]);
     }
 
     #[test]

@@ -142,6 +142,24 @@ pub fn disable_unacknowledged() -> Command {
     Command::Disable { password: pw(PASSWORD), i_understand_data_loss: false }
 }
 
+/// A TLS 1.3 client config (ring) that trusts only the CA certificates in the PEM file `ca`,
+/// with no client certificate: for tests that speak to a listener byte by byte.
+pub fn tls_client_trusting(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
 /// What the `imcrypt` binary printed and how it exited.
 pub struct Out {
     pub code: i32,
@@ -178,6 +196,10 @@ pub async fn imcrypt_with(run: Run<'_>, args: &[&str], stdin: &str) -> Out {
             cmd.env_remove(k);
         }
     }
+    // The CLI keeps the daemon's client proof: under the target directory, not in $HOME.
+    let proof =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proof-{}", std::process::id()));
+    cmd.env("IMCRYPT_PROOF_FILE", proof);
     cmd.envs(run.env.iter().copied());
     if let Some(d) = run.dir {
         cmd.current_dir(d);
