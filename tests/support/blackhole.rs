@@ -9,6 +9,9 @@
 //! - [`Blackhole::heal`]: bytes flow again, on the held connections as on new ones (as TCP
 //!   retransmission delivers them after a real partition heals; a daemon that gave up on a
 //!   connection in the meantime has closed it, and the proxy closes its other side).
+//! - [`Blackhole::drop_connections`]: closes every connection the proxy carries or holds, on
+//!   both sides (as a firewall or NAT that forgot them during a long partition): after the
+//!   heal the daemons must dial again.
 //!
 //! Invariant: every task of the proxy ends when it is dropped (one `JoinSet`, aborted on drop),
 //! so a test leaves no connection behind.
@@ -24,6 +27,8 @@ use tokio::task::JoinSet;
 pub struct Blackhole {
     addr: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Bumped to close every current connection.
+    generation: watch::Sender<u64>,
     _tasks: JoinSet<()>,
 }
 
@@ -33,9 +38,10 @@ impl Blackhole {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (cut, rx) = watch::channel(false);
+        let (generation, gen_rx) = watch::channel(0);
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept_loop(listener, target, rx));
-        Ok(Self { addr, cut, _tasks: tasks })
+        tasks.spawn(accept_loop(listener, target, rx, gen_rx));
+        Ok(Self { addr, cut, generation, _tasks: tasks })
     }
 
     /// Where the daemon on this side of the link should dial.
@@ -52,9 +58,19 @@ impl Blackhole {
     pub fn heal(&self) {
         self.cut.send_replace(false);
     }
+
+    /// Closes every connection open now (held or not); later ones are not affected.
+    pub fn drop_connections(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: watch::Receiver<bool>,
+    generation: watch::Receiver<u64>,
+) {
     // Connection tasks live in this set: aborting the accept loop (dropping the proxy) drops
     // the set, which aborts them.
     let mut conns = JoinSet::new();
@@ -62,7 +78,16 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, cut: watch::Rece
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((client, _)) = accepted {
-                    conns.spawn(connection(client, target, cut.clone()));
+                    let mut generation = generation.clone();
+                    generation.mark_unchanged();
+                    let cut = cut.clone();
+                    conns.spawn(async move {
+                        // Dropping the connection's future closes both of its sockets.
+                        tokio::select! {
+                            () = connection(client, target, cut) => {}
+                            _ = generation.changed() => {}
+                        }
+                    });
                 }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
