@@ -280,9 +280,12 @@ impl Campaign {
 
     fn client(&self, id: &str) -> Result<Client, ClientError> {
         let d = &self.daemons[id];
-        let token = std::fs::read_to_string(d.token_file(&self.dir)).map_err(|e| {
-            ClientError::Read { what: "token file", path: d.token_file(&self.dir), reason: e.to_string() }
-        })?;
+        let token =
+            std::fs::read_to_string(d.token_file(&self.dir)).map_err(|e| ClientError::Read {
+                what: "token file",
+                path: d.token_file(&self.dir),
+                reason: e.to_string(),
+            })?;
         Client::new(Target {
             addr: d.admin.clone(),
             server_name: id.to_owned(),
@@ -404,7 +407,9 @@ impl Campaign {
             tokio::time::sleep(Duration::from_millis(50)).await;
             s = match self.statuses().await {
                 Ok(s) if Self::agree(&s) => s,
-                Ok(s) => return fail(format!("the network disagreed again: {}", Self::describe(&s))),
+                Ok(s) => {
+                    return fail(format!("the network disagreed again: {}", Self::describe(&s)));
+                }
                 Err(e) => return fail(format!("status failed after convergence: {e}")),
             };
             self.note_alarms(&s);
@@ -435,7 +440,11 @@ impl Campaign {
             .map_err(|e| Failure(format!("enable on {MASTER}: {e}")))?;
         let (m, took) = self.converge(Instant::now()).await?;
         self.versions = m.key_versions.len();
-        println!("enrolled in {} ms; alarms seen so far: {:?}", took.as_millis(), self.counts.alarms_seen);
+        println!(
+            "enrolled in {} ms; alarms seen so far: {:?}",
+            took.as_millis(),
+            self.counts.alarms_seen
+        );
         self.counts.alarms_seen.clear();
         for id in CLUSTERS {
             let r = self.start_router(id, interval)?;
@@ -545,20 +554,34 @@ impl Campaign {
         let act = async {
             match op {
                 "rotation" => {
-                    vec![answer_of(&self.request(MASTER, Method::POST, "/v1/keys/rotate", None).await)]
+                    vec![answer_of(
+                        &self.request(MASTER, Method::POST, "/v1/keys/rotate", None).await,
+                    )]
                 }
                 "password change" => {
                     let body = serde_json::json!({
                         "old_password": self.password, "new_password": new_password,
                     });
-                    vec![answer_of(&self.request(MASTER, Method::POST, "/v1/password", Some(body)).await)]
+                    vec![answer_of(
+                        &self.request(MASTER, Method::POST, "/v1/password", Some(body)).await,
+                    )]
                 }
                 "peer change" => {
                     let (b, c) = (&self.daemons["b"], &self.daemons["c"]);
                     let (rb, rc) = if self.peers_cut {
                         tokio::join!(
-                            self.request("b", Method::POST, "/v1/peers", Some(serde_json::json!({"id": "c", "address": c.peer}))),
-                            self.request("c", Method::POST, "/v1/peers", Some(serde_json::json!({"id": "b", "address": b.peer}))),
+                            self.request(
+                                "b",
+                                Method::POST,
+                                "/v1/peers",
+                                Some(serde_json::json!({"id": "c", "address": c.peer}))
+                            ),
+                            self.request(
+                                "c",
+                                Method::POST,
+                                "/v1/peers",
+                                Some(serde_json::json!({"id": "b", "address": b.peer}))
+                            ),
                         )
                     } else {
                         tokio::join!(
@@ -601,10 +624,9 @@ impl Campaign {
             self.peers_cut = false;
             self.restore_peers().await;
         }
-        let (master, took) = self
-            .converge(restarted)
-            .await
-            .map_err(|e| Failure(format!("kill {n} ({op}, {victim} killed after {delay:?}): {e}")))?;
+        let (master, took) = self.converge(restarted).await.map_err(|e| {
+            Failure(format!("kill {n} ({op}, {victim} killed after {delay:?}): {e}"))
+        })?;
         self.counts.converge_ms.push(took.as_millis() as u64);
         let after = master.key_versions.len();
         match op {
@@ -669,10 +691,20 @@ impl Campaign {
         let (b, c) = (&self.daemons["b"], &self.daemons["c"]);
         // "Already a peer" answers are fine: a restart restored it from the config.
         let _ = self
-            .request("b", Method::POST, "/v1/peers", Some(serde_json::json!({"id": "c", "address": c.peer})))
+            .request(
+                "b",
+                Method::POST,
+                "/v1/peers",
+                Some(serde_json::json!({"id": "c", "address": c.peer})),
+            )
             .await;
         let _ = self
-            .request("c", Method::POST, "/v1/peers", Some(serde_json::json!({"id": "b", "address": b.peer})))
+            .request(
+                "c",
+                Method::POST,
+                "/v1/peers",
+                Some(serde_json::json!({"id": "b", "address": b.peer})),
+            )
             .await;
     }
 
@@ -729,7 +761,11 @@ impl Campaign {
                 .await?;
             let stderr = String::from_utf8_lossy(&out.stderr);
             if !out.status.success() {
-                eprintln!("{label}: view of {id} exited {:?}: {}", out.status.code(), stderr.trim());
+                eprintln!(
+                    "{label}: view of {id} exited {:?}: {}",
+                    out.status.code(),
+                    stderr.trim()
+                );
                 v.undecryptable += stderr.lines().filter(|l| !l.trim().is_empty()).count() as u64;
             }
             rows.push(out.stdout);
@@ -761,7 +797,9 @@ impl Campaign {
             } else {
                 v.lost += 1;
                 if v.lost <= 10 {
-                    eprintln!("{label}: acknowledged {mid} is not in the archive or does not decrypt");
+                    eprintln!(
+                        "{label}: acknowledged {mid} is not in the archive or does not decrypt"
+                    );
                 }
             }
         }
@@ -818,7 +856,9 @@ impl Campaign {
                 return Ok(());
             }
             if start.elapsed() > DRAIN_WITHIN {
-                return fail(format!("{pending} events still unacknowledged after {DRAIN_WITHIN:?}"));
+                return fail(format!(
+                    "{pending} events still unacknowledged after {DRAIN_WITHIN:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -837,16 +877,23 @@ impl Campaign {
         self.verify("final").await
     }
 
-    fn panics_in_logs(&self) -> u64 {
-        let mut n = 0;
+    /// Reads the daemons' and archivers' logs: panics, and every alarm raise by name (also
+    /// those raised and cleared between two status polls, which the cycles cannot see).
+    fn read_logs(&self) -> (u64, BTreeMap<String, u64>) {
+        let (mut panics, mut raises) = (0, BTreeMap::new());
         for id in CLUSTERS {
             for f in [self.daemons[id].log.clone(), self.dir.join(format!("archive-{id}.log"))] {
-                if let Ok(t) = std::fs::read_to_string(&f) {
-                    n += t.matches("panicked").count() as u64;
+                let Ok(t) = std::fs::read_to_string(&f) else { continue };
+                panics += t.matches("panicked").count() as u64;
+                for l in t.lines() {
+                    if let Some(rest) = l.split("alarm raised alarm=\"").nth(1) {
+                        let name = rest.split('"').next().unwrap_or_default();
+                        *raises.entry(format!("{name} on {id}")).or_default() += 1;
+                    }
                 }
             }
         }
-        n
+        (panics, raises)
     }
 }
 
@@ -924,7 +971,7 @@ async fn run(args: Args, dir: PathBuf, bin: PathBuf, seed: u64) -> Result<bool, 
         (g.sent.len(), g.refused.len(), g.other.len())
     };
     let stuck: u64 = counts.stuck_alarms.values().sum();
-    let panics = c.panics_in_logs();
+    let (panics, raises) = c.read_logs();
     println!("== kill campaign: seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     println!("kills                      {}", counts.kills);
     println!("  by act                   {:?}", counts.kills_by_op);
@@ -935,11 +982,18 @@ async fn run(args: Args, dir: PathBuf, bin: PathBuf, seed: u64) -> Result<bool, 
     println!("records acknowledged       {}", v.acknowledged);
     println!("records verified           {} (decrypted to the body sent)", v.verified);
     println!("records lost               {}", v.lost);
-    println!("rows read back             {} ({} plaintext, {} wrong body, {} undecryptable)", v.rows, v.plaintext, v.wrong_body, v.undecryptable);
-    println!("events refused             {refused} ({} of them stored anyway)", v.refused_but_stored);
+    println!(
+        "rows read back             {} ({} plaintext, {} wrong body, {} undecryptable)",
+        v.rows, v.plaintext, v.wrong_body, v.undecryptable
+    );
+    println!(
+        "events refused             {refused} ({} of them stored anyway)",
+        v.refused_but_stored
+    );
     println!("other acknowledgements     {other}");
     println!("stuck alarms               {stuck} {:?}", counts.stuck_alarms);
     println!("alarms seen in cycles      {:?}", counts.alarms_seen);
+    println!("alarm raises in the logs   {raises:?} (enrolment included)");
     println!("acknowledgement violations {}", counts.violations.len());
     println!("panics in logs             {panics}");
     println!(
@@ -975,7 +1029,12 @@ async fn main() -> std::process::ExitCode {
             (Some(t), d)
         }
     };
-    println!("kill campaign: {} kills, seed {seed}, in {}, binary {}", args.kills, dir.display(), bin.display());
+    println!(
+        "kill campaign: {} kills, seed {seed}, in {}, binary {}",
+        args.kills,
+        dir.display(),
+        bin.display()
+    );
     match run(args, dir, bin, seed).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => {
