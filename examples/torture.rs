@@ -567,22 +567,8 @@ impl Campaign {
                     )]
                 }
                 "peer change" => {
-                    let (b, c) = (&self.daemons["b"], &self.daemons["c"]);
                     let (rb, rc) = if self.peers_cut {
-                        tokio::join!(
-                            self.request(
-                                "b",
-                                Method::POST,
-                                "/v1/peers",
-                                Some(serde_json::json!({"id": "c", "address": c.peer}))
-                            ),
-                            self.request(
-                                "c",
-                                Method::POST,
-                                "/v1/peers",
-                                Some(serde_json::json!({"id": "b", "address": b.peer}))
-                            ),
-                        )
+                        tokio::join!(self.add_peer("b", "c"), self.add_peer("c", "b"))
                     } else {
                         tokio::join!(
                             self.request("b", Method::DELETE, "/v1/peers/c", None),
@@ -687,25 +673,15 @@ impl Campaign {
         fail("the master's password is unknown: the campaign cannot go on")
     }
 
+    /// Peers `on` with `peer` at runtime (`imcrypt peers add`).
+    async fn add_peer(&self, on: &str, peer: &str) -> Result<bytes::Bytes, ClientError> {
+        let body = serde_json::json!({ "id": peer, "address": self.daemons[peer].peer });
+        self.request(on, Method::POST, "/v1/peers", Some(body)).await
+    }
+
     async fn restore_peers(&self) {
-        let (b, c) = (&self.daemons["b"], &self.daemons["c"]);
         // "Already a peer" answers are fine: a restart restored it from the config.
-        let _ = self
-            .request(
-                "b",
-                Method::POST,
-                "/v1/peers",
-                Some(serde_json::json!({"id": "c", "address": c.peer})),
-            )
-            .await;
-        let _ = self
-            .request(
-                "c",
-                Method::POST,
-                "/v1/peers",
-                Some(serde_json::json!({"id": "b", "address": b.peer})),
-            )
-            .await;
+        let _ = tokio::join!(self.add_peer("b", "c"), self.add_peer("c", "b"));
     }
 
     fn violation(&mut self, msg: String) {
