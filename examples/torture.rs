@@ -143,6 +143,7 @@ impl Daemon {
 struct Counts {
     kills: u64,
     kills_by_op: BTreeMap<&'static str, u64>,
+    kills_by_cluster: BTreeMap<&'static str, u64>,
     rotations: BTreeMap<&'static str, u64>,
     password_changes: BTreeMap<&'static str, u64>,
     peer_changes: u64,
@@ -594,6 +595,7 @@ impl Campaign {
         drop(victim_child);
         self.counts.kills += 1;
         *self.counts.kills_by_op.entry(op).or_default() += 1;
+        *self.counts.kills_by_cluster.entry(victim).or_default() += 1;
         let restarted = Instant::now();
         self.spawn(victim)?;
         self.wait_ready(victim).await?;
@@ -951,6 +953,7 @@ async fn run(args: Args, dir: PathBuf, bin: PathBuf, seed: u64) -> Result<bool, 
     println!("== kill campaign: seed {seed}, {:.0} s", started.elapsed().as_secs_f64());
     println!("kills                      {}", counts.kills);
     println!("  by act                   {:?}", counts.kills_by_op);
+    println!("  by cluster               {:?}", counts.kills_by_cluster);
     println!("rotations                  {:?}", counts.rotations);
     println!("password changes           {:?}", counts.password_changes);
     println!("peer changes               {}", counts.peer_changes);
