@@ -68,6 +68,9 @@ pub struct Spec {
     pub metrics: bool,
     /// TOML appended to the generated config as is (e.g. `[[alarms.sinks]]` tables).
     pub extra_config: String,
+    /// Peers dialled at another address than their own listener (a proxy between the two,
+    /// e.g. the partition tests' blackhole); see [`Lab::route_peer`].
+    peer_routes: BTreeMap<ClusterId, SocketAddr>,
 }
 
 impl Default for Spec {
@@ -84,6 +87,7 @@ impl Default for Spec {
             unlimited_password_attempts: false,
             metrics: false,
             extra_config: String::new(),
+            peer_routes: BTreeMap::new(),
         }
     }
 }
@@ -191,6 +195,19 @@ impl Lab {
         self.spec_mut(b).peers.insert(cid(a));
     }
 
+    /// Makes `from` dial its peer `to` at `via` instead of `to`'s own listener (takes effect
+    /// at `from`'s next start). The peer is still authenticated by its certificate, so a TCP
+    /// proxy at `via` that forwards to [`Lab::peer_listen`] of `to` is transparent.
+    pub fn route_peer(&mut self, from: &str, to: &str, via: SocketAddr) {
+        self.spec_mut(from).peer_routes.insert(cid(to), via);
+    }
+
+    /// Where the intercluster listener of `id` listens.
+    pub fn peer_listen(&self, id: &str) -> Result<SocketAddr, LabError> {
+        let port = self.member(&cid(id))?.peer_port.port();
+        Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+    }
+
     pub fn unpeer(&mut self, a: &str, b: &str) {
         self.spec_mut(a).peers.remove(&cid(b));
         self.spec_mut(b).peers.remove(&cid(a));
@@ -246,8 +263,11 @@ impl Lab {
             t.push('\n');
         }
         for p in &m.spec.peers {
-            let port = self.member(p)?.peer_port.port();
-            t.push_str(&format!("\n[[peers]]\nid = \"{p}\"\naddress = \"127.0.0.1:{port}\"\n"));
+            let address = match m.spec.peer_routes.get(p) {
+                Some(via) => *via,
+                None => self.peer_listen(p.as_str())?,
+            };
+            t.push_str(&format!("\n[[peers]]\nid = \"{p}\"\naddress = \"{address}\"\n"));
         }
         for (n, a) in &m.spec.nodes {
             t.push_str(&format!("\n[[nodes]]\nid = \"{n}\"\narchiver = \"{a}\"\n"));

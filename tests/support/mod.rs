@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod blackhole;
 pub mod process;
 pub mod prometheus;
 pub mod services;
