@@ -197,9 +197,20 @@ pub async fn imcrypt_with(run: Run<'_>, args: &[&str], stdin: &str) -> Out {
             cmd.env_remove(k);
         }
     }
-    // The CLI keeps the daemon's client proof: under the target directory, not in $HOME.
+    // The CLI keeps the daemon's client proof: under the target directory, not in $HOME, and
+    // one file per config file, because the tests of one binary run at once against daemons
+    // that share server names (a proof of another daemon is no proof here). Without a config
+    // file, a file of this call's own: no proof is presented.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let config = args.windows(2).find(|w| w[0] == "-c" || w[0] == "--config").map(|w| {
+        let dir = run.dir.map(Path::to_path_buf).unwrap_or_default();
+        dir.join(w[1]).to_string_lossy().replace(['/', '.'], "_")
+    });
+    let key = config.unwrap_or_else(|| {
+        format!("call-{}", CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    });
     let proof =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proof-{}", std::process::id()));
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("proof-{}-{key}", std::process::id()));
     cmd.env("IMCRYPT_PROOF_FILE", proof);
     cmd.envs(run.env.iter().copied());
     if let Some(d) = run.dir {
