@@ -185,7 +185,7 @@ fn default_peer_connections() -> u32 {
     256
 }
 
-pub(crate) fn default_metrics_connections() -> u32 {
+fn default_metrics_connections() -> u32 {
     32
 }
 
@@ -393,15 +393,18 @@ impl Config {
 
     /// Each listener's connection cap with the key that sets it, for the descriptor budget
     /// ([`crate::caps::check_descriptors`]).
+    /// The metrics listener's cap, also without `[metrics]` (a reload may start it).
+    pub(crate) fn metrics_max_connections(&self) -> u32 {
+        self.metrics.as_ref().map_or_else(default_metrics_connections, |m| m.max_connections)
+    }
+
     pub(crate) fn listener_caps(&self) -> Vec<(&'static str, usize)> {
         let mut caps = vec![
             ("admin.max_connections", self.admin.max_connections as usize),
             ("peer.max_connections", self.peer.max_connections as usize),
         ];
         // Counted even without `[metrics]`: a reload may start the listener.
-        let metrics =
-            self.metrics.as_ref().map_or_else(default_metrics_connections, |m| m.max_connections);
-        caps.push(("metrics.max_connections", metrics as usize));
+        caps.push(("metrics.max_connections", self.metrics_max_connections() as usize));
         if let Some(h) = &self.hotpath {
             caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
         }

@@ -142,11 +142,6 @@ impl Reloader {
 /// read only at start (listeners, files, the state machine's settings, the database probe).
 pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (started, new);
-    let metrics_connections = |c: &Config| {
-        c.metrics
-            .as_ref()
-            .map_or_else(crate::config::default_metrics_connections, |m| m.max_connections)
-    };
     // The probe loop is built at start from the nodes that have a `db`.
     let node_dbs =
         |c: &Config| c.nodes.iter().filter_map(|n| Some((n.id.clone(), n.db.clone()?))).collect();
@@ -183,7 +178,7 @@ pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str
         (a.testing != b.testing, "testing.legacy_software"),
         (a.log.file != b.log.file, "log.file"),
         // The descriptor budget was checked at start with the listeners' caps.
-        (metrics_connections(a) != metrics_connections(b), "metrics.max_connections"),
+        (a.metrics_max_connections() != b.metrics_max_connections(), "metrics.max_connections"),
         (a.admin.max_connections != b.admin.max_connections, "admin.max_connections"),
         (a.peer.max_connections != b.peer.max_connections, "peer.max_connections"),
     ]

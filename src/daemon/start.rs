@@ -216,11 +216,7 @@ pub(crate) async fn start_with(
         control: control.clone(),
         keys: hot_keys,
         // Read at start only: the descriptor budget was checked with it.
-        max_connections: config
-            .metrics
-            .as_ref()
-            .map_or_else(crate::config::default_metrics_connections, |m| m.max_connections)
-            as usize,
+        max_connections: config.metrics_max_connections() as usize,
     };
     let metrics = MetricsListener::new(metrics_server, shutdown.clone(), span.clone());
     if let (Some(listener), Some(m)) = (metrics_listener, &config.metrics) {
