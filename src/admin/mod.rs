@@ -118,8 +118,7 @@ struct Ctx {
     limiter: Mutex<PasswordLimiter>,
     hashing: Semaphore,
     history: AlarmHistory,
-    /// `None`: metrics off.
-    metrics: Option<Arc<AdminMetrics>>,
+    metrics: Arc<AdminMetrics>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -140,7 +139,7 @@ impl Admin {
     pub(crate) fn new(
         config: &Config,
         history: AlarmHistory,
-        metrics: Option<Arc<AdminMetrics>>,
+        metrics: Arc<AdminMetrics>,
         proof_key: zeroize::Zeroizing<[u8; 32]>,
     ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
@@ -209,7 +208,7 @@ async fn connection(
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
-            let counted = ctx.metrics.as_ref().map(|_| metric_labels(&req));
+            let (method, route) = metric_labels(&req);
             let mut issued = None;
             let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued).await {
                 Ok(mut r) => {
@@ -220,9 +219,7 @@ async fn connection(
                 }
                 Err(e) => e.response(),
             };
-            if let (Some(m), Some((method, route))) = (&ctx.metrics, counted) {
-                m.request(method, route, r.status().as_u16());
-            }
+            ctx.metrics.request(method, route, r.status().as_u16());
             Ok::<_, std::convert::Infallible>(r)
         }
     });
@@ -526,13 +523,11 @@ async fn with_password(
                 self.outcome,
                 Instant::now(),
             );
-            if let Some(m) = &self.ctx.metrics {
-                if self.outcome == Checked::Wrong {
-                    m.password_failures.inc();
-                }
-                if locked {
-                    m.lockouts.inc();
-                }
+            if self.outcome == Checked::Wrong {
+                self.ctx.metrics.password_failures.inc();
+            }
+            if locked {
+                self.ctx.metrics.lockouts.inc();
             }
         }
     }

@@ -127,7 +127,7 @@ pub(crate) async fn start_with(
         crate::admin::Admin::new(
             &config,
             alarm_history.clone(),
-            Some(metrics.admin()),
+            metrics.admin(),
             node_key.client_proof_key(),
         )
     })?;
