@@ -790,7 +790,12 @@ impl Cluster {
             return;
         }
         view.address = Some(address.to_owned());
+        let want_reply = view.hello.is_none();
         self.pending.push(Effect::LinkUp { peer: peer.clone(), address: address.to_owned() });
+        // The start-up broadcast skipped this peer (no link yet): it hears from us now, not one
+        // hello interval later.
+        let hello = self.hello(want_reply);
+        self.pending.push(Effect::Send { to: peer.clone(), msg: PeerMessage::Hello(hello) });
     }
 
     pub(super) fn remove_peer(&mut self, peer: &ClusterId) -> Result<(), CommandError> {
@@ -975,9 +980,11 @@ impl Cluster {
         if self.announced.as_ref() != Some(&current) || now >= self.next_hello {
             self.bump_hello_seq(now);
             let h = self.hello(false);
-            for p in self.views.keys() {
+            // A peer without an address has no link yet (restored from the state file before
+            // reconcile names its address): it gets its hello when the link comes up.
+            for (p, view) in self.views.iter().filter(|(_, v)| v.address.is_some()) {
                 let mut h = h.clone();
-                h.want_reply = self.views[p].hello.is_none();
+                h.want_reply = view.hello.is_none();
                 hellos.push(Effect::Send { to: p.clone(), msg: PeerMessage::Hello(h) });
             }
             self.announced = Some(current);

@@ -159,6 +159,39 @@ mod tests {
         assert!(!c.eligibility().is_eligible(), "n2 has no archiver");
     }
 
+    /// The links and hellos among `c`'s effects, in order.
+    fn links_and_hellos(c: &mut Cluster) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(e) = c.poll_effect() {
+            match e {
+                Effect::LinkUp { peer, .. } => out.push(format!("up {peer}")),
+                Effect::Send { to, msg: crate::cluster::PeerMessage::Hello(h) } => {
+                    out.push(format!("hello {to} want_reply={}", h.want_reply))
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn after_a_restart_each_peer_gets_its_hello_as_soon_as_its_link_is_up_and_not_before() {
+        let mut c = Cluster::fresh(ClusterConfig::new(id("a")), Time(1));
+        let w = wanted(&[], &[("b", "127.0.0.1:7102"), ("c", "127.0.0.1:7103")]);
+        assert!(c.reconcile(&w, Time(2)).is_empty());
+        links_and_hellos(&mut c);
+
+        let state = c.state().clone();
+        let mut c = Cluster::new(ClusterConfig::new(id("a")), state, Time(3)).unwrap();
+        // No link exists yet: a hello now would have no way out.
+        assert_eq!(links_and_hellos(&mut c), Vec::<String>::new());
+        assert!(c.reconcile(&w, Time(4)).is_empty());
+        assert_eq!(
+            links_and_hellos(&mut c),
+            ["up b", "hello b want_reply=true", "up c", "hello c want_reply=true"]
+        );
+    }
+
     #[test]
     fn a_refused_change_is_reported_and_the_others_still_apply() {
         let mut c = Cluster::fresh(ClusterConfig::new(id("a")), Time(1));
