@@ -382,3 +382,71 @@ fn the_daemon_makes_no_core_dumps_and_locks_its_key_pages_or_says_why_not() {
     assert_eq!(log.matches(WARNING).count(), 1, "{log}");
     assert!(log.contains("LimitMEMLOCK"), "{log}");
 }
+
+/// A daemon under a file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) that its state
+/// outgrows: the state write that crosses the limit fails with a clear error instead of the
+/// kernel's SIGXFSZ killing the daemon in the middle of it, and nothing acknowledged is lost.
+#[test]
+fn a_state_write_past_the_file_size_limit_fails_with_a_clear_error_and_loses_nothing() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = demo_with_pki(d.path());
+    let config = cfg[0].1.to_str().unwrap();
+    // The log goes to a pipe: the limit is on files, and the log must tell why the daemon stops.
+    let mut child = Command::new("prlimit")
+        .args(["--fsize=16384", "--", BIN, "serve", "--config", config])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let child = Daemon(child, d.path().join("unused.log"));
+    wait_status(&cfg[0].1, "a up", |s| s["cluster"] == "a");
+    let pw = d.path().join("pw.txt");
+    std::fs::write(&pw, "Correct-Horse-9-battery\n").unwrap();
+    let (code, err) =
+        run(&["encryption", "enable", "--password-file", pw.to_str().unwrap(), "-c", config]);
+    assert_eq!(code, 0, "{err}");
+
+    // Each rotation adds a key version to the sealed state, until a write crosses 16 KiB.
+    let mut acknowledged = 0;
+    let refusal = loop {
+        let (code, err) = run(&["key", "rotate", "-c", config]);
+        if code != 0 {
+            break err;
+        }
+        acknowledged += 1;
+        assert!(acknowledged < 1000, "16 KiB should not hold 1,000 key versions");
+    };
+    assert!(refusal.contains("could not be saved"), "{refusal}");
+    let mut child = child;
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = log.join().unwrap();
+    assert_eq!(status.signal(), None, "killed by a signal ({status}); log:\n{log}");
+    assert!(!status.success());
+    assert!(log.contains("File too large"), "{log}");
+    let state_dir = d.path().join("state/a");
+    assert!(!state_dir.join("state.sealed.tmp").exists(), "the failed write's temporary file");
+
+    // Without the limit, the daemon starts on the last saved state: every acknowledged
+    // rotation is there, the refused one is not.
+    let a = Daemon::start(&cfg[0].1, d.path().join("a.log"));
+    let s = wait_status(&cfg[0].1, "a back", |s| s["cluster"] == "a");
+    assert_eq!(s["role"], "master");
+    assert_eq!(s["primary_version"], 1 + acknowledged, "{s}");
+    assert!(a.term().0);
+}

@@ -447,6 +447,11 @@ fn serve(path: &std::path::Path) -> Result<(), CliError> {
             signal(SignalKind::terminate())?,
             signal(SignalKind::hangup())?,
         );
+        // A write past the file-size limit (`ulimit -f`, `LimitFSIZE=`) must fail with EFBIG,
+        // which the state store reports and cleans up after, rather than kill the daemon in the
+        // middle of it (SIGXFSZ's default action). tokio's handler replaces that action for the
+        // life of the process; nothing needs to read the stream.
+        let _file_size = signal(SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw()))?;
         let mut daemon = crate::daemon::start_with(config.clone(), notifier.watchdog()).await?;
         let mut reloader = crate::daemon::Reloader::new(config, set_level);
         let status_line = async |d: &crate::daemon::DaemonHandle| match d.status().await {
