@@ -105,7 +105,7 @@ pub(crate) struct ConnectArgs {
     pub(crate) server_name: Option<String>,
     /// Where the CLI keeps the daemon's proof that this user gave the right password, which
     /// lets them through a lockout caused by someone else's guesses (docs/admin.md). Default:
-    /// `$HOME/.local/state/imcrypt/SERVER_NAME.proof`.
+    /// `$HOME/.local/state/imcrypt/SERVER_NAME@HOST_PORT.proof`.
     #[arg(long, global = true, env = "IMCRYPT_PROOF_FILE")]
     pub(crate) proof_file: Option<PathBuf>,
 }
@@ -123,10 +123,11 @@ impl ConnectArgs {
     pub(crate) fn proof_file(&self, target: &Target) -> Option<PathBuf> {
         self.proof_file.clone().or_else(|| {
             let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
-            let name: String = target
-                .server_name
+            // Named by server name and address: two daemons of one name (the same cluster id
+            // on two hosts, or a test's) keep their proofs apart.
+            let name: String = format!("{}@{}", target.server_name, target.addr)
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+                .map(|c| if c.is_ascii_alphanumeric() || ".-@".contains(c) { c } else { '_' })
                 .collect();
             Some(Path::new(&home).join(format!(".local/state/imcrypt/{name}.proof")))
         })
@@ -317,5 +318,33 @@ impl Client {
             .transpose()?;
         let bytes = self.send(method, path, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(server_name: &str, addr: &str) -> Target {
+        Target {
+            addr: addr.into(),
+            server_name: server_name.into(),
+            ca: PathBuf::new(),
+            token: Zeroizing::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn each_daemon_gets_its_own_default_proof_file_even_when_two_share_a_server_name() {
+        let args = ConnectArgs::default();
+        let home = std::env::var_os("HOME").expect("tests run with a HOME");
+        let file = |name, addr| args.proof_file(&target(name, addr)).unwrap();
+        let a1 = file("a", "127.0.0.1:7201");
+        assert_eq!(a1, Path::new(&home).join(".local/state/imcrypt/a@127.0.0.1_7201.proof"));
+        assert_ne!(a1, file("a", "127.0.0.1:7202"), "same name, another daemon");
+        assert_ne!(a1, file("b", "127.0.0.1:7201"));
+        assert_eq!(a1, file("a", "127.0.0.1:7201"));
+        let given = ConnectArgs { proof_file: Some("/tmp/p".into()), ..ConnectArgs::default() };
+        assert_eq!(given.proof_file(&target("a", "x:1")).unwrap(), Path::new("/tmp/p"));
     }
 }
