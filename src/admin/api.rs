@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::admin::roles::AdminRole;
 use crate::alarm::sink::SinkStatus;
 use crate::alarm::{Alarm, AlarmEvent};
-use crate::admin::roles::AdminRole;
 use crate::cluster::PeerRelation;
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 use crate::peer::client::LinkStatus;

@@ -382,7 +382,10 @@ mod tests {
             l.finish(other(), U, Outcome::Correct, t);
         }
         // Now the whole budget is used.
-        assert!(matches!(l.begin(Credential::of_token_hash(&[1; 32]), U, t), Err(Refused::Overall { .. })));
+        assert!(matches!(
+            l.begin(Credential::of_token_hash(&[1; 32]), U, t),
+            Err(Refused::Overall { .. })
+        ));
     }
 
     #[test]

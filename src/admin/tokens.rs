@@ -50,7 +50,9 @@ pub enum TokensError {
          digits, '-', '_' or '.', starting with a letter or digit"
     )]
     BadName { name: String },
-    #[error("an administrator named {0:?} already has a token; revoke it first or pick another name")]
+    #[error(
+        "an administrator named {0:?} already has a token; revoke it first or pick another name"
+    )]
     NameTaken(String),
     #[error("no administrator named {0:?} has a token that is not revoked")]
     NoSuchName(String),
@@ -218,7 +220,8 @@ impl Tokens {
 
     /// Revokes the token of `name`, unless it is the last `admin`.
     fn revoke(&mut self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
-        let admins = self.tokens.iter().filter(|e| e.active() && e.role == AdminRole::Admin).count();
+        let admins =
+            self.tokens.iter().filter(|e| e.active() && e.role == AdminRole::Admin).count();
         let e = self
             .tokens
             .iter_mut()
@@ -383,8 +386,12 @@ impl LiveTokens {
                 return Err(TokensError::Missing(self.file.path.clone()));
             }
             Err(source) => {
-                return Err(StoreError::Io { action: "stat", path: self.file.path.clone(), source }
-                    .into());
+                return Err(StoreError::Io {
+                    action: "stat",
+                    path: self.file.path.clone(),
+                    source,
+                }
+                .into());
             }
         };
         let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -425,7 +432,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (f, legacy) = imported(d.path());
         let t = f.load().unwrap();
-        assert_eq!(principal(&t, &legacy), Principal { name: "admin".into(), role: AdminRole::Admin });
+        assert_eq!(
+            principal(&t, &legacy),
+            Principal { name: "admin".into(), role: AdminRole::Admin }
+        );
         assert_eq!(principal(&t, &format!("{legacy}\n")).name, "admin", "as a file holds it");
         assert_eq!(t.authenticate(&"0".repeat(64)), Lookup::Unknown);
     }
