@@ -344,3 +344,56 @@ async fn a_revoked_token_is_refused_at_its_next_request_and_refused_tokens_are_c
     })
     .await;
 }
+
+/// A fresh install makes the token file and imports it as the first admin; an upgrade (a state
+/// directory an earlier release left: node key, state, token file, no token store) imports the
+/// same token file, logging one line saying so, and the token keeps working; later starts
+/// import nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_file_becomes_the_first_admin_at_install_and_upgrade_with_one_log_line() {
+    bounded(async {
+        let (dir, lab) = mesh(&["a"]);
+        let cfg = lab.write_config(&imcrypt::ids::ClusterId::new("a").unwrap()).unwrap();
+        let c = s(&cfg).to_owned();
+        let state = dir.path().join("state/a");
+        let imported = "is now the administrator \"admin\" with the role admin";
+        let log = |n: u32| dir.path().join(format!("serve-{n}.log"));
+
+        let mut daemon = support::process::Serve::start(&cfg, &log(1), None);
+        let first = daemon.log_text();
+        assert!(first.contains("created admin token file"), "{first}");
+        assert_eq!(first.matches(imported).count(), 1, "{first}");
+        let token = std::fs::read_to_string(state.join("admin.token")).unwrap();
+        let env = [("IMCRYPT_TOKEN", token.trim())];
+        let run = |args: &'static [&'static str]| {
+            let c = c.clone();
+            let env = env;
+            async move {
+                let args = [args, &["-c", &c]].concat();
+                imcrypt_with(Run { dir: None, env: &env }, &args, "").await
+            }
+        };
+        assert_eq!(run(&["status"]).await.code, 0);
+
+        // As an earlier release left it: no token store.
+        std::fs::remove_file(state.join(imcrypt::admin::tokens::FILE_NAME)).unwrap();
+        daemon.restart(&log(2));
+        let second = daemon.log_text();
+        assert!(!second.contains("created admin token file"), "{second}");
+        assert_eq!(second.matches(imported).count(), 1, "{second}");
+        assert_eq!(run(&["status"]).await.code, 0, "the token of the earlier release works");
+        let list = run(&["admin", "token", "list", "-o", "json"]).await;
+        let list: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+        assert_eq!(list["tokens"].as_array().unwrap().len(), 1, "{list}");
+        assert_eq!(
+            (list["tokens"][0]["name"].as_str(), list["tokens"][0]["role"].as_str()),
+            (Some("admin"), Some("admin"))
+        );
+
+        daemon.restart(&log(3));
+        assert_eq!(daemon.log_text().matches(imported).count(), 0, "imported once");
+        assert_eq!(run(&["status"]).await.code, 0);
+        drop(daemon);
+    })
+    .await;
+}
