@@ -367,7 +367,6 @@ async fn the_token_file_becomes_the_first_admin_at_install_and_upgrade_with_one_
         let env = [("IMCRYPT_TOKEN", token.trim())];
         let run = |args: &'static [&'static str]| {
             let c = c.clone();
-            let env = env;
             async move {
                 let args = [args, &["-c", &c]].concat();
                 imcrypt_with(Run { dir: None, env: &env }, &args, "").await
