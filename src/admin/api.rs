@@ -5,11 +5,13 @@
 //!
 //! Invariants: [`Route::ALL`] is the complete list of routes the server answers; request types
 //! that carry a password hold it in zeroizing memory and have no `Debug`; no response type
-//! holds key material.
+//! holds key material; the one response that holds a token ([`CreatedToken`]) holds it in
+//! zeroizing memory and has no `Debug`.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::admin::roles::AdminRole;
 use crate::alarm::sink::SinkStatus;
 use crate::alarm::{Alarm, AlarmEvent};
 use crate::cluster::PeerRelation;
@@ -36,10 +38,13 @@ pub enum Route {
     ChangePassword,
     RotateKey,
     DownloadKeys,
+    ListTokens,
+    CreateToken,
+    RevokeToken,
 }
 
 impl Route {
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 17] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -54,6 +59,9 @@ impl Route {
         Route::ChangePassword,
         Route::RotateKey,
         Route::DownloadKeys,
+        Route::ListTokens,
+        Route::CreateToken,
+        Route::RevokeToken,
     ];
 
     /// The HTTP method and the path pattern (`{id}` stands for one path segment).
@@ -73,6 +81,9 @@ impl Route {
             Route::ChangePassword => ("POST", "/v1/password"),
             Route::RotateKey => ("POST", "/v1/keys/rotate"),
             Route::DownloadKeys => ("POST", "/v1/keys/download"),
+            Route::ListTokens => ("GET", "/v1/tokens"),
+            Route::CreateToken => ("POST", "/v1/tokens"),
+            Route::RevokeToken => ("DELETE", "/v1/tokens/{id}"),
         }
     }
 
@@ -184,6 +195,40 @@ pub(crate) struct AddNodeRequest {
     pub(crate) id: String,
     /// `postgresql`, `sql_server`, `none`, or another product's name.
     pub(crate) archiver: String,
+}
+
+/// One administrator's token, as `GET /v1/tokens` lists it: never the token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: AdminRole,
+    /// When it was made (Unix seconds).
+    pub created_unix: u64,
+    /// When it was revoked; `None`: it is valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_unix: Option<u64>,
+}
+
+/// `GET /v1/tokens`: every token made on this daemon, oldest first, revoked ones included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `POST /v1/tokens`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTokenRequest {
+    pub(crate) name: String,
+    pub(crate) role: AdminRole,
+}
+
+/// The answer to `POST /v1/tokens`: the token, shown this once (only its hash is kept).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CreatedToken {
+    #[serde(flatten)]
+    pub(crate) info: TokenInfo,
+    pub(crate) token: Zeroizing<String>,
 }
 
 /// A cluster's role, as the admin API shows it.

@@ -1,8 +1,8 @@
 //! Rate limits on password attempts, as pure logic: the caller passes `now` in.
 //!
 //! Every request that carries a password (enable, change, download, disable) is made by a
-//! [`Credential`] (today the one admin token, identified by a hash of it; named administrators
-//! later) and, within that credential, by a [`Client`]: either a client that has shown the right
+//! [`Credential`] (a named administrator's token, identified by a hash of its stored hash)
+//! and, within that credential, by a [`Client`]: either a client that has shown the right
 //! password before and carries the daemon's proof of it ([`Client::Proven`], see
 //! `admin::proof`), or any other client ([`Client::Unproven`], all of them together). Source
 //! addresses play no part: every local user shares 127.0.0.1, and anyone can rotate through
@@ -31,18 +31,18 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// Who made a request, for the limits: a hash of the admin token (never the token itself), so
-/// that named administrators slot in as other credentials.
+/// Who made a request, for the limits: derived from the stored hash of the administrator's
+/// token (never the token itself), so each named administrator is a credential of their own.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Credential([u8; 16]);
 
 impl Credential {
     /// The credential of an admin token: the first 16 bytes of SHA-256 over a domain label
-    /// and the token.
-    pub(crate) fn of_token(token: &[u8]) -> Self {
+    /// and the token's stored SHA-256 (`tokens`).
+    pub(crate) fn of_token_hash(token_sha256: &[u8; 32]) -> Self {
         let mut h = Sha256::new();
-        h.update(b"imcrypt admin credential v1\0");
-        h.update(token);
+        h.update(b"imcrypt admin credential v2\0");
+        h.update(token_sha256);
         let d = h.finalize();
         Self(d[..16].try_into().expect("16 of 32 bytes"))
     }
@@ -262,11 +262,11 @@ mod tests {
     const U: Client = Client::Unproven;
 
     fn token() -> Credential {
-        Credential::of_token(b"0123456789abcdef")
+        Credential::of_token_hash(&[16; 32])
     }
 
     fn other() -> Credential {
-        Credential::of_token(b"another administrator")
+        Credential::of_token_hash(&[21; 32])
     }
 
     fn limiter() -> PasswordLimiter {
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn the_credential_is_a_hash_never_the_token() {
-        let c = Credential::of_token(b"0123456789abcdef");
+        let c = Credential::of_token_hash(&[16; 32]);
         assert_eq!(c, token());
         assert_ne!(c, other());
         assert!(!c.as_bytes().windows(4).any(|w| w == b"0123"));
@@ -360,7 +360,7 @@ mod tests {
             l.begin(cred, P, t).unwrap();
             l.finish(cred, P, Outcome::Correct, t);
         }
-        let third = Credential::of_token(b"third");
+        let third = Credential::of_token_hash(&[5; 32]);
         let e = l.begin(third, P, t + Duration::from_secs(20)).unwrap_err();
         assert_eq!(e, Refused::Overall { retry_after: Duration::from_secs(40) });
         l.begin(third, P, t + Duration::from_secs(60)).unwrap();
@@ -382,7 +382,10 @@ mod tests {
             l.finish(other(), U, Outcome::Correct, t);
         }
         // Now the whole budget is used.
-        assert!(matches!(l.begin(Credential::of_token(b"x"), U, t), Err(Refused::Overall { .. })));
+        assert!(matches!(
+            l.begin(Credential::of_token_hash(&[1; 32]), U, t),
+            Err(Refused::Overall { .. })
+        ));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The admin API: HTTPS (TLS 1.3 only) with JSON bodies, on loopback by default. Every
-//! request but `GET /v1/health` ([`health`], for load balancers) needs the admin token; routes
-//! are in [`api::Route`] and docs/admin-api.yaml, and the operator's guide is docs/admin.md.
+//! request but `GET /v1/health` ([`health`], for load balancers) needs the token of a named
+//! administrator ([`tokens`]), whose role must allow the route ([`roles`]); routes are in
+//! [`api::Route`] and docs/admin-api.yaml, and the operator's guide is docs/admin.md.
 //!
 //! Invariants:
-//! - nothing is read from a request body before its token is checked, and no body over
-//!   [`api::MAX_BODY`] is read at all;
+//! - nothing is read from a request body before its token is checked and its role allowed
+//!   (401 and 403 change nothing), and no body over [`api::MAX_BODY`] is read at all;
+//! - a request is answered as the token file is at that moment: a token created or revoked by
+//!   the CLI or the API takes effect at the next request ([`tokens::LiveTokens`]);
 //! - a request that carries a password passes the rate limits ([`limit`]), keyed on its
 //!   credential and its client proof ([`proof`]), never on its source address, *before* any
 //!   hashing, and at most `max_concurrent_password_checks` such requests are handed to the core
@@ -23,7 +26,9 @@ pub mod api;
 pub mod client;
 mod limit;
 mod proof;
+pub mod roles;
 mod token;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,7 +61,9 @@ use crate::store::StoreError;
 use api::{ErrorBody, ErrorDetail, Match, Route};
 use limit::{Client, Credential, Limits, Outcome as Checked, PasswordLimiter, Refused};
 use proof::ProofKey;
-use token::{Token, TokenError};
+use roles::{Forbidden, Principal};
+use token::TokenError;
+use tokens::{LiveTokens, Lookup, TokenFile, TokensError};
 
 /// The CLI on the same host handshakes in milliseconds; a connection that has not finished in
 /// this time is closed.
@@ -95,6 +102,8 @@ pub enum RequestError {
 pub enum AdminError {
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     #[error("admin TLS: {0}")]
     TlsFile(#[from] PemFileError),
     #[error("admin TLS setup failed: {0}")]
@@ -111,9 +120,8 @@ pub(crate) struct Admin {
 struct Ctx {
     /// This daemon's cluster, named in answers.
     cluster: ClusterId,
-    token: Token,
-    /// The token's credential, the key of the password limits.
-    credential: Credential,
+    /// The named administrators' tokens, as the file holds them now.
+    tokens: LiveTokens,
     proofs: ProofKey,
     limiter: Mutex<PasswordLimiter>,
     hashing: Semaphore,
@@ -134,21 +142,34 @@ fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
 }
 
 impl Admin {
-    /// Loads the TLS certificate and the token (creating the token file on first start).
-    /// `proof_key` signs client proofs (`NodeKey::client_proof_key`).
+    /// Loads the TLS certificate and the tokens. The first time (a fresh install, or an
+    /// upgrade from a release with one token) the token file (created now if missing) becomes
+    /// the administrator `admin`. `proof_key` signs client proofs
+    /// (`NodeKey::client_proof_key`).
     pub(crate) fn new(
         config: &Config,
         history: AlarmHistory,
         metrics: Arc<AdminMetrics>,
         proof_key: zeroize::Zeroizing<[u8; 32]>,
+        tokens: TokenFile,
     ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
         let path = config.admin_token_file();
-        let (token, created) = Token::load_or_create(&path)?;
-        if created {
-            tracing::info!(path = %path.display(), "created admin token file");
+        let fresh = !path.exists();
+        if tokens.import_if_missing(&path, crate::clock::now().unix_secs())? {
+            if fresh {
+                tracing::info!(path = %path.display(), "created admin token file");
+            }
+            tracing::info!(
+                token_file = %path.display(),
+                tokens = %tokens.path().display(),
+                "the admin token file is now the administrator \"admin\" with the role admin; \
+                 manage administrators with `imcrypt admin token`"
+            );
         }
+        let tokens = LiveTokens::new(tokens);
+        tokens.current()?;
         let a = &config.admin;
         let limits = Limits {
             max_failures: a.max_failures,
@@ -160,8 +181,7 @@ impl Admin {
             gate: Gate::new("admin listener", Caps::new(a.max_connections as usize)),
             ctx: Arc::new(Ctx {
                 cluster: config.cluster_id.clone(),
-                credential: token.credential(),
-                token,
+                tokens,
                 proofs: ProofKey::new(proof_key),
                 limiter: Mutex::new(PasswordLimiter::new(limits)),
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
@@ -240,6 +260,10 @@ enum ApiError {
     NoToken,
     #[error("the admin token is not valid for this daemon")]
     WrongToken,
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
     #[error("no such endpoint {0}")]
     NotFound(String),
     #[error("{path} does not allow {method}; use {allowed}")]
@@ -292,6 +316,19 @@ impl ApiError {
         match self {
             ApiError::NoToken => (StatusCode::UNAUTHORIZED, "no_token"),
             ApiError::WrongToken => (StatusCode::UNAUTHORIZED, "wrong_token"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "role_forbidden"),
+            ApiError::Tokens(t) => match t {
+                TokensError::BadName { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+                TokensError::NameTaken(_) => (StatusCode::CONFLICT, "refused"),
+                TokensError::NoSuchName(_) => (StatusCode::NOT_FOUND, "not_found"),
+                TokensError::LastAdmin(_) => (StatusCode::CONFLICT, "last_admin"),
+                TokensError::Store(_)
+                | TokensError::Lock { .. }
+                | TokensError::Legacy(_)
+                | TokensError::NoNodeKey(_)
+                | TokensError::NodeKey(_)
+                | TokensError::Missing(_) => (StatusCode::INTERNAL_SERVER_ERROR, "token_store"),
+            },
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "no_such_endpoint"),
             ApiError::WrongMethod { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -347,6 +384,8 @@ impl ApiError {
             ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
             ApiError::NoToken
             | ApiError::WrongToken
+            | ApiError::Forbidden(_)
+            | ApiError::Tokens(_)
             | ApiError::NotFound(_)
             | ApiError::WrongMethod { .. }
             | ApiError::TooLarge
@@ -433,10 +472,27 @@ pub(crate) async fn health(
     r
 }
 
-fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), ApiError> {
-    let Some(h) = req.headers().get(AUTHORIZATION) else { return Err(ApiError::NoToken) };
-    let given = h.to_str().ok().and_then(bearer).ok_or(ApiError::NoToken)?;
-    if ctx.token.matches(given) { Ok(()) } else { Err(ApiError::WrongToken) }
+/// Who sent the request: the administrator whose token it carries, and that token's
+/// credential in the password limits. A missing, unknown or revoked token is counted
+/// (`imcrypt_admin_token_refusals_total`) and answered 401; a revoked one is answered as an
+/// unknown one, so a stolen token does not tell that it was ever valid.
+fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(Principal, Credential), ApiError> {
+    let given = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(bearer);
+    let Some(given) = given else {
+        ctx.metrics.token_refused("missing");
+        return Err(ApiError::NoToken);
+    };
+    match ctx.tokens.current()?.authenticate(given) {
+        Lookup::Valid(p, c) => Ok((p, c)),
+        Lookup::Revoked => {
+            ctx.metrics.token_refused("revoked");
+            Err(ApiError::WrongToken)
+        }
+        Lookup::Unknown => {
+            ctx.metrics.token_refused("unknown");
+            Err(ApiError::WrongToken)
+        }
+    }
 }
 
 /// The credentials of an `Authorization` value of the `Bearer` scheme, whose name is
@@ -488,8 +544,8 @@ fn password(s: &zeroize::Zeroizing<String>) -> Password {
 
 /// Who sent a password request, for the limits: the token's credential and the client its
 /// proof names (or none).
-fn client_of(req: &Request<Incoming>, ctx: &Ctx) -> Client {
-    ctx.proofs.client(ctx.credential, req.headers().get(proof::HEADER).map(HeaderValue::as_bytes))
+fn client_of(req: &Request<Incoming>, ctx: &Ctx, credential: Credential) -> Client {
+    ctx.proofs.client(credential, req.headers().get(proof::HEADER).map(HeaderValue::as_bytes))
 }
 
 /// Runs a command that carries a password: rate limits first, then a PBKDF2 slot, then the
@@ -499,11 +555,10 @@ fn client_of(req: &Request<Incoming>, ctx: &Ctx) -> Client {
 async fn with_password(
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
-    (client, peer): (Client, SocketAddr),
+    (credential, client, peer): (Credential, Client, SocketAddr),
     cmd: Command,
     issued: &mut Option<String>,
 ) -> Result<Outcome, ApiError> {
-    let credential = ctx.credential;
     ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(
         credential,
         client,
@@ -512,13 +567,14 @@ async fn with_password(
     /// Records the outcome when dropped, whatever happened.
     struct Finish {
         ctx: Arc<Ctx>,
+        credential: Credential,
         client: Client,
         outcome: Checked,
     }
     impl Drop for Finish {
         fn drop(&mut self) {
             let locked = self.ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).finish(
-                self.ctx.credential,
+                self.credential,
                 self.client,
                 self.outcome,
                 Instant::now(),
@@ -531,7 +587,7 @@ async fn with_password(
             }
         }
     }
-    let mut finish = Finish { ctx: ctx.clone(), client, outcome: Checked::NotChecked };
+    let mut finish = Finish { ctx: ctx.clone(), credential, client, outcome: Checked::NotChecked };
     let control = control.clone();
     let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let _slot = tokio::time::timeout(HASH_SLOT_WAIT, finish.ctx.hashing.acquire())
@@ -584,11 +640,14 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_owned();
     let found = api::find(req.method().as_str(), &path);
-    if !matches!(found, Match::Found { route, .. } if !route.needs_token()) {
-        check_token(&req, ctx)?;
+    let who = if matches!(found, Match::Found { route, .. } if !route.needs_token()) {
+        None
+    } else {
+        let who = check_token(&req, ctx)?;
         // The administrator's connection: no longer one a flood can evict.
         ticket.establish();
-    }
+        Some(who)
+    };
     let (route, param) = match found {
         Match::Found { route, param } => (route, param),
         Match::WrongMethod { allowed } => {
@@ -600,8 +659,38 @@ async fn handle(
         }
         Match::NotFound => return Err(ApiError::NotFound(path)),
     };
-    let param = param.unwrap_or_default();
-    let client = (client_of(&req, ctx), peer);
+    let Some((principal, credential)) = who else {
+        return match route {
+            Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
+            _ => Err(ApiError::NoToken),
+        };
+    };
+    // Before the body is read: a refused role changes nothing and costs no hashing.
+    principal.may(route)?;
+    let req = Authenticated { req, principal, credential, peer };
+    serve_route(req, route, param.unwrap_or_default(), ctx, control, issued).await
+}
+
+/// A request whose token was checked: who sent it (the one place a route handler learns it,
+/// e.g. for an audit record), the token's credential in the password limits, and from where.
+struct Authenticated {
+    req: Request<Incoming>,
+    principal: Principal,
+    credential: Credential,
+    peer: SocketAddr,
+}
+
+/// Answers `route` for an administrator whose role allows it.
+async fn serve_route(
+    a: Authenticated,
+    route: Route,
+    param: String,
+    ctx: &Arc<Ctx>,
+    control: &impl Daemon,
+    issued: &mut Option<String>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let Authenticated { req, principal, credential, peer } = a;
+    let client = (credential, client_of(&req, ctx, credential), peer);
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
         Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
@@ -694,6 +783,7 @@ async fn handle(
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
                 versions = doc.keys.len(),
+                by = %principal.name,
                 "key export handed out"
             );
             Ok(json(StatusCode::OK, &doc))
@@ -733,5 +823,51 @@ async fn handle(
             control.command(Command::RemoveNode { node: node.clone() }).await?;
             Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
         }
+        Route::ListTokens => {
+            Ok(json(StatusCode::OK, &api::TokenList { tokens: ctx.tokens.current()?.list() }))
+        }
+        Route::CreateToken => {
+            let b: api::CreateTokenRequest = body(req).await?;
+            let new = token_change(ctx, move |f, now| f.create(&b.name, b.role, now)).await?;
+            tracing::info!(
+                name = %new.info.name,
+                role = %new.info.role,
+                by = %principal.name,
+                "admin token created"
+            );
+            let created = api::CreatedToken { info: new.info, token: new.token };
+            Ok(json(StatusCode::CREATED, &created))
+        }
+        Route::RevokeToken => {
+            let info = token_change(ctx, move |f, now| f.revoke(&param, now)).await?;
+            tracing::info!(
+                name = %info.name,
+                role = %info.role,
+                by = %principal.name,
+                "admin token revoked"
+            );
+            Ok(done(
+                format!(
+                    "the token of administrator {} (role {}) is revoked: it is refused from its \
+                     next request",
+                    info.name, info.role
+                ),
+                vec![],
+            ))
+        }
     }
+}
+
+/// Runs a change of the token file off the async workers (it takes the file's lock, which
+/// `imcrypt admin token --local` may hold, and fsyncs).
+async fn token_change<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    change: impl FnOnce(&TokenFile, u64) -> Result<T, TokensError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let ctx = ctx.clone();
+    let now = crate::clock::now().unix_secs();
+    tokio::task::spawn_blocking(move || change(ctx.tokens.file(), now))
+        .await
+        .map_err(|_| ApiError::Stopping)?
+        .map_err(ApiError::Tokens)
 }

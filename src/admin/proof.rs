@@ -80,7 +80,7 @@ mod tests {
     #[test]
     fn only_an_issued_proof_of_the_same_credential_proves() {
         let k = ProofKey::new(Zeroizing::new([7; 32]));
-        let cred = Credential::of_token(b"token");
+        let cred = Credential::of_token_hash(&[5; 32]);
         let p = k.issue(cred);
         assert_eq!(p.len(), 64);
         let Client::Proven(id) = k.client(cred, Some(p.as_bytes())) else { panic!("not proven") };
@@ -88,7 +88,7 @@ mod tests {
         // A second proof names another client.
         assert_ne!(k.client(cred, Some(k.issue(cred).as_bytes())), Client::Proven(id));
 
-        let other = Credential::of_token(b"other token");
+        let other = Credential::of_token_hash(&[11; 32]);
         assert_eq!(k.client(other, Some(p.as_bytes())), Client::Unproven);
         let other_key = ProofKey::new(Zeroizing::new([8; 32]));
         assert_eq!(other_key.client(cred, Some(p.as_bytes())), Client::Unproven);

@@ -1,14 +1,13 @@
-//! The admin token: 32 random bytes, written as 64 hex digits to a file of mode 0600 the
-//! first time the daemon starts; every admin request must carry it as
-//! `Authorization: Bearer <token>`.
+//! The admin token file of earlier releases: 32 random bytes, written as 64 hex digits to a
+//! file of mode 0600 the first time the daemon starts. It is still made on a fresh install, and
+//! read once: `tokens` turns it into the first named administrator, `admin` (the CLI's
+//! `--config` still reads it as the default token).
 //!
 //! Invariants: the token file is never created readable by group or others, and an existing
-//! one that is is refused (as the node key is); the token is compared in constant time and
-//! never logged.
+//! one that is is refused (as the node key is); the token is never logged.
 
 use std::path::{Path, PathBuf};
 
-use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::locked::Locked;
@@ -64,14 +63,9 @@ impl Token {
         Ok((token, created))
     }
 
-    /// The credential this token stands for in the password limits (a hash, not the token).
-    pub(crate) fn credential(&self) -> super::limit::Credential {
-        super::limit::Credential::of_token(&self.0[..])
-    }
-
-    /// True when `candidate` is the token (constant time in the candidate's content).
-    pub(crate) fn matches(&self, candidate: &str) -> bool {
-        self.0[..].ct_eq(candidate.trim().as_bytes()).into()
+    /// The token's 64 hex digits, as an administrator sends them.
+    pub(crate) fn digits(&self) -> &str {
+        std::str::from_utf8(&self.0[..]).expect("checked to be hex digits at load")
     }
 }
 
@@ -91,8 +85,7 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         let (again, created) = Token::load_or_create(&p).unwrap();
         assert!(!created);
-        assert!(t.matches(text.trim()) && again.matches(&text));
-        assert!(!t.matches("") && !t.matches(&"0".repeat(64)));
+        assert_eq!((t.digits(), again.digits()), (text.trim(), text.trim()));
         assert!(!format!("{t:?}").contains(text.trim()));
 
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -29,10 +29,10 @@ pub(crate) enum Output {
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Common {
     #[command(flatten)]
-    conn: ConnectArgs,
+    pub(super) conn: ConnectArgs,
     /// How to print the answer.
     #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
-    output: Output,
+    pub(super) output: Output,
 }
 
 /// Where a password comes from (never argv).
@@ -208,7 +208,7 @@ pub(crate) enum KeyCommand {
 
 /// One admin API request: `body` is the route's request type, `T` its response type (both
 /// from `admin::api`, the contract the daemon answers with).
-fn call<T: serde::de::DeserializeOwned>(
+pub(super) fn call<T: serde::de::DeserializeOwned>(
     common: &Common,
     method: Method,
     path: &str,
@@ -252,15 +252,15 @@ fn keep_proof(path: &std::path::Path, proof: &str) {
 }
 
 /// A command's request without a body.
-const NO_BODY: Option<&()> = None;
+pub(super) const NO_BODY: Option<&()> = None;
 
-fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
+pub(super) fn print_json(v: &impl serde::Serialize) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v).map_err(|e| CliError::Output(e.into()))?;
     writeln!(out).map_err(CliError::Output)
 }
 
-fn print_done(common: &Common, v: &api::Done) -> Result<(), CliError> {
+pub(super) fn print_done(common: &Common, v: &api::Done) -> Result<(), CliError> {
     if common.output == Output::Json {
         return print_json(v);
     }
@@ -452,7 +452,7 @@ pub(crate) fn peers(cmd: Option<PeersCommand>, common: &Common) -> Result<(), Cl
     }
 }
 
-fn path_segment(s: &str) -> Result<&str, CliError> {
+pub(super) fn path_segment(s: &str) -> Result<&str, CliError> {
     if s.is_empty() || s.chars().any(|c| !(c.is_ascii_alphanumeric() || "-._".contains(c))) {
         return Err(CliError::Password(format!(
             "{s:?} is not a valid id (letters, digits, '-', '.', '_')"

@@ -14,6 +14,7 @@ mod archive;
 use crate::admin::client;
 mod commands;
 mod support;
+mod tokens;
 mod viewer;
 
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ enum Command {
         /// Ctrl-C; then clean up.
         #[arg(long)]
         keep: bool,
+    },
+    /// Administrators: named tokens with roles (create, list, revoke).
+    Admin {
+        #[command(subcommand)]
+        command: tokens::AdminCommand,
     },
     /// Development certificates.
     Pki {
@@ -207,6 +213,10 @@ enum CliError {
     NoSink(String),
     #[error("{failed} of {total} alarm sinks did not take the test alarm (see above)")]
     SinksFailed { failed: usize, total: usize },
+    #[error(transparent)]
+    Tokens(crate::admin::tokens::TokensError),
+    #[error("--local works on the daemon's host with its config file: give --config FILE")]
+    LocalWithoutConfig,
 }
 
 impl CliError {
@@ -239,7 +249,20 @@ impl CliError {
                 }
             }
             CliError::Undecryptable { .. } => 7,
-            CliError::NoTerminal { .. } => 2,
+            CliError::NoTerminal { .. } | CliError::LocalWithoutConfig => 2,
+            CliError::Tokens(e) => {
+                use crate::admin::tokens::TokensError as T;
+                match e {
+                    T::BadName { .. } => 3,
+                    T::NameTaken(_) | T::NoSuchName(_) | T::LastAdmin(_) => 4,
+                    T::Store(_)
+                    | T::Lock { .. }
+                    | T::Legacy(_)
+                    | T::NoNodeKey(_)
+                    | T::NodeKey(_)
+                    | T::Missing(_) => 1,
+                }
+            }
             CliError::Archive(e) => {
                 use crate::archive::ArchiveError as A;
                 match e {
@@ -290,6 +313,7 @@ impl Command {
             | Command::Password { .. }
             | Command::Key { .. }
             | Command::Decrypt { .. }
+            | Command::Admin { .. }
             | Command::View(_) => true,
             Command::Serve { .. }
             | Command::Pki { .. }
@@ -314,6 +338,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
     match cli.command {
         Command::Serve { config } => serve(&config),
+        Command::Admin { command } => tokens::admin(command),
         Command::Demo { keep } => {
             init_logging("off");
             runtime()?.block_on(crate::demo::story::run(keep))?;

@@ -113,6 +113,7 @@ pub(crate) struct AdminMetrics {
     requests: Family<AdminLabels, Counter>,
     pub(crate) password_failures: Counter,
     pub(crate) lockouts: Counter,
+    token_refusals: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl AdminMetrics {
@@ -121,6 +122,7 @@ impl AdminMetrics {
             requests: Family::default(),
             password_failures: Counter::default(),
             lockouts: Counter::default(),
+            token_refusals: Family::default(),
         });
         registry.register(
             "imcrypt_admin_requests",
@@ -137,7 +139,17 @@ impl AdminMetrics {
             "Admin clients locked out after consecutive wrong passwords",
             m.lockouts.clone(),
         );
+        registry.register(
+            "imcrypt_admin_token_refusals",
+            "Admin requests refused (401) for their token, by reason: missing, unknown or revoked",
+            m.token_refusals.clone(),
+        );
         m
+    }
+
+    /// One request refused for its token; `reason` is `missing`, `unknown` or `revoked`.
+    pub(crate) fn token_refused(&self, reason: &'static str) {
+        self.token_refusals.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// One answered request; `route` is a path pattern of `admin::api::Route` or "other", so
@@ -502,6 +514,7 @@ mod tests {
         let m = Metrics::new();
         m.hotpath().answered(1);
         m.hotpath().error("internal");
+        m.admin().token_refused("unknown");
         m.admin().request("GET", "/v1/status", 200);
         let text = m.encode(Some(full_status()), vec![(KeyVersion::FIRST, 5)], 2_000_000).await;
         let docs = documented(include_str!("../../docs/operations.md"));

@@ -1,0 +1,536 @@
+//! The named administrators' tokens: who they are, their role, and the SHA-256 of their token,
+//! in a sealed file of the state directory (`admin.tokens.sealed`, node key purpose
+//! `AdminTokens`, written with the store's atomic write). [`Tokens`] is the pure logic
+//! (create, revoke, authenticate, the rules); [`TokenFile`] carries it to disk under a lock
+//! (`admin.tokens.lock`, `flock`), so that `imcrypt admin token … --local` and the daemon's
+//! token routes never lose each other's change; [`LiveTokens`] is the daemon's view, which
+//! re-stats the file on every authenticated request and reloads it when it changed, so a token
+//! created or revoked by either takes effect at once.
+//!
+//! A token is 32 random bytes, shown once as 64 hex digits; only its SHA-256 is stored (a hash
+//! of 256 random bits needs no salt or stretching: nothing can be guessed). The first file is
+//! made from the token file of earlier releases (`admin.token`, created on a fresh install):
+//! that token becomes the administrator `admin` with the role `admin`.
+//!
+//! Invariants: a token's bytes are never written, not even sealed; names are unique among the
+//! tokens not revoked and follow [`validate_name`]; there is always at least one `admin` not
+//! revoked (the last one cannot be revoked); a refused change writes nothing; a revoked token
+//! is kept (with the time of its revocation) so that it is told apart from a wrong one, and is
+//! never valid again; every comparison with a stored hash is constant-time.
+
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::api::TokenInfo;
+use super::limit::Credential;
+use super::roles::{AdminRole, Principal};
+use super::token::{Token, TokenError};
+use crate::crypto::seal::{NodeKey, Purpose};
+use crate::store::{SealedFile, StoreError};
+
+/// The sealed file of the tokens, in the state directory.
+pub const FILE_NAME: &str = "admin.tokens.sealed";
+/// The lock file that serializes changes to it.
+const LOCK_NAME: &str = "admin.tokens.lock";
+/// The name the token of earlier releases gets.
+pub const FIRST_ADMIN: &str = "admin";
+const MAX_NAME: usize = 64;
+
+/// Why a token operation did not happen; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    #[error(
+        "administrator name {name:?} is not valid: use 1 to {MAX_NAME} characters, letters, \
+         digits, '-', '_' or '.', starting with a letter or digit"
+    )]
+    BadName { name: String },
+    #[error(
+        "an administrator named {0:?} already has a token; revoke it first or pick another name"
+    )]
+    NameTaken(String),
+    #[error("no administrator named {0:?} has a token that is not revoked")]
+    NoSuchName(String),
+    #[error(
+        "{0:?} is the last administrator with the role admin: revoking it would leave nobody to \
+         manage tokens; create another admin token first"
+    )]
+    LastAdmin(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot lock {path} (against a concurrent token change): {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Legacy(#[from] TokenError),
+    #[error(
+        "{0} has no node key: this is not the state directory of a daemon that has started; \
+         start the daemon once (it makes the node key and the token store), or give the right \
+         --config"
+    )]
+    NoNodeKey(PathBuf),
+    #[error(transparent)]
+    NodeKey(#[from] crate::store::NodeKeyError),
+    #[error(
+        "the token store {0} is missing: restart the daemon to make it again from the token file \
+         (the tokens made since are lost)"
+    )]
+    Missing(PathBuf),
+}
+
+/// Checks an administrator's name: 1 to 64 ASCII letters, digits, `-`, `_`, `.`, the first a
+/// letter or digit (a name is a path segment of the API and a column of the audit).
+pub fn validate_name(name: &str) -> Result<(), TokensError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok { Ok(()) } else { Err(TokensError::BadName { name: name.into() }) }
+}
+
+/// One token as stored: never the token, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    role: AdminRole,
+    #[serde(with = "hex::serde")]
+    sha256: [u8; 32],
+    created_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_unix: Option<u64>,
+}
+
+impl Entry {
+    fn info(&self) -> TokenInfo {
+        TokenInfo {
+            name: self.name.clone(),
+            role: self.role,
+            created_unix: self.created_unix,
+            revoked_unix: self.revoked_unix,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.revoked_unix.is_none()
+    }
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+/// What a token given with a request turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// A token not revoked: who holds it, and its credential in the password limits.
+    Valid(Principal, Credential),
+    /// A token that was revoked.
+    Revoked,
+    /// No token this daemon ever made.
+    Unknown,
+}
+
+/// A token just made: shown once, then only its hash exists.
+pub struct NewToken {
+    pub info: TokenInfo,
+    /// 64 hex digits.
+    pub token: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewToken({:?}, <redacted>)", self.info)
+    }
+}
+
+/// Every token ever made here, revoked ones included: the file's document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tokens {
+    tokens: Vec<Entry>,
+}
+
+impl Tokens {
+    /// The tokens with the token of earlier releases as the first `admin`.
+    fn imported(legacy: &Token, now_unix: u64) -> Self {
+        let sha256 = hash(legacy.digits());
+        let first = Entry {
+            name: FIRST_ADMIN.into(),
+            role: AdminRole::Admin,
+            sha256,
+            created_unix: now_unix,
+            revoked_unix: None,
+        };
+        Self { tokens: vec![first] }
+    }
+
+    /// Who holds `given`, comparing it with every stored hash in constant time.
+    pub(crate) fn authenticate(&self, given: &str) -> Lookup {
+        let h = hash(given);
+        let mut found = None;
+        for e in &self.tokens {
+            if bool::from(e.sha256.ct_eq(&h)) {
+                found = Some(e);
+            }
+        }
+        match found {
+            Some(e) if e.active() => Lookup::Valid(
+                Principal { name: e.name.clone(), role: e.role },
+                Credential::of_token_hash(&e.sha256),
+            ),
+            Some(_) => Lookup::Revoked,
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Every token, oldest first, revoked ones included.
+    pub(crate) fn list(&self) -> Vec<TokenInfo> {
+        self.tokens.iter().map(Entry::info).collect()
+    }
+
+    /// Adds a token for `name` with `role`; `random` is its 32 random bytes.
+    fn create(
+        &mut self,
+        name: &str,
+        role: AdminRole,
+        random: &[u8; 32],
+        now_unix: u64,
+    ) -> Result<NewToken, TokensError> {
+        validate_name(name)?;
+        if self.tokens.iter().any(|e| e.active() && e.name == name) {
+            return Err(TokensError::NameTaken(name.into()));
+        }
+        let token = Zeroizing::new(hex::encode(random));
+        let e = Entry {
+            name: name.into(),
+            role,
+            sha256: hash(&token),
+            created_unix: now_unix,
+            revoked_unix: None,
+        };
+        let info = e.info();
+        self.tokens.push(e);
+        Ok(NewToken { info, token })
+    }
+
+    /// Revokes the token of `name`, unless it is the last `admin`.
+    fn revoke(&mut self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
+        let admins =
+            self.tokens.iter().filter(|e| e.active() && e.role == AdminRole::Admin).count();
+        let e = self
+            .tokens
+            .iter_mut()
+            .find(|e| e.active() && e.name == name)
+            .ok_or_else(|| TokensError::NoSuchName(name.into()))?;
+        if e.role == AdminRole::Admin && admins == 1 {
+            return Err(TokensError::LastAdmin(name.into()));
+        }
+        e.revoked_unix = Some(now_unix);
+        Ok(e.info())
+    }
+}
+
+/// The tokens' sealed file and its lock.
+pub struct TokenFile {
+    sealed: SealedFile,
+    path: PathBuf,
+    lock: PathBuf,
+}
+
+impl std::fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenFile({})", self.path.display())
+    }
+}
+
+/// Holds the lock file's exclusive `flock` until dropped.
+struct Held(#[allow(dead_code)] std::fs::File);
+
+impl TokenFile {
+    /// The token file of the state directory `dir`, sealed with `node_key`.
+    pub fn new(dir: &Path, node_key: &NodeKey) -> Self {
+        let path = dir.join(FILE_NAME);
+        Self {
+            sealed: SealedFile::new(path.clone(), node_key, Purpose::AdminTokens),
+            path,
+            lock: dir.join(LOCK_NAME),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> Result<Held, TokensError> {
+        let err = |source| TokensError::Lock { path: self.lock.clone(), source };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&self.lock)
+            .map_err(err)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| err(e.into()))?;
+        Ok(Held(f))
+    }
+
+    /// The token file of a daemon's state directory, for `imcrypt admin token --local` on the
+    /// daemon's host: with the daemon's node key (never made here), and made from the token
+    /// file of earlier releases if the daemon has not yet done so (returns whether it was).
+    pub fn local(config: &crate::config::Config) -> Result<(Self, bool), TokensError> {
+        let key = config.state_dir.join("node.key");
+        if !key.exists() {
+            return Err(TokensError::NoNodeKey(config.state_dir.clone()));
+        }
+        let (node_key, _) = NodeKey::load_or_create(&key)?;
+        let f = Self::new(&config.state_dir, &node_key);
+        let imported =
+            f.import_if_missing(&config.admin_token_file(), crate::clock::now().unix_secs())?;
+        Ok((f, imported))
+    }
+
+    /// The tokens; [`TokensError::Missing`] if the file was never made.
+    pub(crate) fn load(&self) -> Result<Tokens, TokensError> {
+        self.sealed.load()?.ok_or_else(|| TokensError::Missing(self.path.clone()))
+    }
+
+    /// Makes the file from the token file of earlier releases at `legacy` (created now if
+    /// missing, as at a fresh install) when there is no token file yet. Returns whether it did.
+    pub fn import_if_missing(&self, legacy: &Path, now_unix: u64) -> Result<bool, TokensError> {
+        let _held = self.lock()?;
+        if self.sealed.load::<Tokens>()?.is_some() {
+            return Ok(false);
+        }
+        let (token, _) = Token::load_or_create(legacy)?;
+        self.sealed.save(&Tokens::imported(&token, now_unix))?;
+        Ok(true)
+    }
+
+    /// Every token, revoked ones included.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TokensError> {
+        Ok(self.load()?.list())
+    }
+
+    /// Makes a token for `name` with `role` and stores its hash.
+    pub fn create(
+        &self,
+        name: &str,
+        role: AdminRole,
+        now_unix: u64,
+    ) -> Result<NewToken, TokensError> {
+        let _held = self.lock()?;
+        let mut t = self.load()?;
+        let random = Zeroizing::new(crate::crypto::random::os_bytes::<32>());
+        let new = t.create(name, role, &random, now_unix)?;
+        self.sealed.save(&t)?;
+        Ok(new)
+    }
+
+    /// Revokes the token of `name`.
+    pub fn revoke(&self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
+        let _held = self.lock()?;
+        let mut t = self.load()?;
+        let info = t.revoke(name, now_unix)?;
+        self.sealed.save(&t)?;
+        Ok(info)
+    }
+}
+
+/// What identifies one version of the file: a write renames a new inode into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+/// The daemon's tokens, reloaded when the file changes.
+pub(crate) struct LiveTokens {
+    file: TokenFile,
+    cache: Mutex<(Option<Stamp>, Arc<Tokens>)>,
+}
+
+impl LiveTokens {
+    pub(crate) fn new(file: TokenFile) -> Self {
+        Self { file, cache: Mutex::new((None, Arc::default())) }
+    }
+
+    pub(crate) fn file(&self) -> &TokenFile {
+        &self.file
+    }
+
+    /// The tokens as the file holds them now: one `stat` per call, a load only when it
+    /// changed. A file that is gone or does not load is an error (no request passes), never
+    /// the last tokens seen, which might hold one since revoked.
+    pub(crate) fn current(&self) -> Result<Arc<Tokens>, TokensError> {
+        let now = match stamp(&self.file.path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TokensError::Missing(self.file.path.clone()));
+            }
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "stat",
+                    path: self.file.path.clone(),
+                    source,
+                }
+                .into());
+            }
+        };
+        let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != Some(now) {
+            let t = Arc::new(self.file.load()?);
+            // Stamped before the load: a write in between is seen at the next request.
+            *g = (Some(now), t);
+        }
+        Ok(g.1.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path) -> TokenFile {
+        TokenFile::new(dir, &NodeKey::from_bytes([3; 32]))
+    }
+
+    fn imported(dir: &Path) -> (TokenFile, String) {
+        let f = file(dir);
+        let legacy = dir.join("admin.token");
+        assert!(f.import_if_missing(&legacy, 100).unwrap());
+        assert!(!f.import_if_missing(&legacy, 200).unwrap(), "imported once");
+        (f, std::fs::read_to_string(legacy).unwrap().trim().to_owned())
+    }
+
+    fn principal(t: &Tokens, token: &str) -> Principal {
+        match t.authenticate(token) {
+            Lookup::Valid(p, _) => p,
+            other => panic!("expected a valid token, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_token_file_of_earlier_releases_becomes_the_first_admin() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, legacy) = imported(d.path());
+        let t = f.load().unwrap();
+        assert_eq!(
+            principal(&t, &legacy),
+            Principal { name: "admin".into(), role: AdminRole::Admin }
+        );
+        assert_eq!(principal(&t, &format!("{legacy}\n")).name, "admin", "as a file holds it");
+        assert_eq!(t.authenticate(&"0".repeat(64)), Lookup::Unknown);
+    }
+
+    /// Only hashes are stored: neither the sealed file nor the JSON inside holds a token.
+    #[test]
+    fn only_the_hash_of_a_token_is_stored_even_sealed() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, legacy) = imported(d.path());
+        let alice = f.create("alice", AdminRole::Operator, 300).unwrap();
+        assert_eq!(alice.token.len(), 64);
+        let json = serde_json::to_string(&f.load().unwrap()).unwrap();
+        let raw = std::fs::read(f.path()).unwrap();
+        for token in [legacy.as_str(), alice.token.as_str()] {
+            assert!(!json.contains(token), "a token in the plaintext JSON: {json}");
+            let bytes = hex::decode(token).unwrap();
+            assert!(!json.contains(&hex::encode(&bytes[..16])), "{json}");
+            assert!(!raw.windows(32).any(|w| w == &token.as_bytes()[..32]));
+            assert!(json.contains(&hex::encode(hash(token))), "the hash is what is kept: {json}");
+        }
+        assert!(json.contains("\"alice\"") && json.contains("\"operator\""), "{json}");
+        assert!(!raw.windows(5).any(|w| w == b"alice"), "the file is sealed");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(f.path()).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn names_are_validated_and_unique_among_tokens_not_revoked() {
+        for bad in ["", "-x", ".x", "a b", "a/b", "é", "x;y", &"a".repeat(65)] {
+            let e = validate_name(bad).unwrap_err().to_string();
+            assert!(e.contains("letters, digits") && e.contains("1 to 64"), "{bad:?}: {e}");
+        }
+        for good in ["a", "alice", "Bob_2", "ops.team-1", &"a".repeat(64)] {
+            validate_name(good).unwrap();
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (f, _) = imported(d.path());
+        let before = std::fs::read(f.path()).unwrap();
+        assert!(matches!(f.create("a b", AdminRole::Viewer, 1), Err(TokensError::BadName { .. })));
+        let e = f.create("admin", AdminRole::Viewer, 1).unwrap_err();
+        assert!(matches!(e, TokensError::NameTaken(_)), "{e}");
+        assert_eq!(std::fs::read(f.path()).unwrap(), before, "a refused change writes nothing");
+        let first = f.create("bob", AdminRole::Viewer, 1).unwrap();
+        f.revoke("bob", 2).unwrap();
+        let second = f.create("bob", AdminRole::KeyCustodian, 3).unwrap();
+        let t = f.load().unwrap();
+        assert_eq!(t.authenticate(&first.token), Lookup::Revoked);
+        assert_eq!(principal(&t, &second.token).role, AdminRole::KeyCustodian);
+        assert_eq!(t.list().len(), 3);
+    }
+
+    #[test]
+    fn the_last_admin_cannot_be_revoked() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, legacy) = imported(d.path());
+        let e = f.revoke("admin", 5).unwrap_err();
+        assert!(e.to_string().contains("last administrator with the role admin"), "{e}");
+        f.create("viewer", AdminRole::Viewer, 6).unwrap();
+        assert!(matches!(f.revoke("admin", 7), Err(TokensError::LastAdmin(_))));
+        assert!(matches!(f.revoke("nobody", 7), Err(TokensError::NoSuchName(_))));
+        let carol = f.create("carol", AdminRole::Admin, 8).unwrap();
+        let info = f.revoke("admin", 9).unwrap();
+        assert_eq!(info.revoked_unix, Some(9));
+        let t = f.load().unwrap();
+        assert_eq!(t.authenticate(&legacy), Lookup::Revoked);
+        assert_eq!(principal(&t, &carol.token).name, "carol");
+        assert!(matches!(f.revoke("carol", 10), Err(TokensError::LastAdmin(_))));
+    }
+
+    #[test]
+    fn each_administrator_is_a_credential_of_their_own() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, legacy) = imported(d.path());
+        let a = f.create("a", AdminRole::Admin, 1).unwrap();
+        let t = f.load().unwrap();
+        let cred = |tok: &str| match t.authenticate(tok) {
+            Lookup::Valid(_, c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(cred(&legacy), cred(&a.token));
+        assert_eq!(cred(&a.token), cred(&a.token));
+    }
+
+    #[test]
+    fn a_running_daemon_sees_a_change_at_its_next_request() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, _) = imported(d.path());
+        let live = LiveTokens::new(file(d.path()));
+        let alice = f.create("alice", AdminRole::Viewer, 1).unwrap();
+        assert!(matches!(live.current().unwrap().authenticate(&alice.token), Lookup::Valid(..)));
+        f.revoke("alice", 2).unwrap();
+        assert_eq!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked);
+        std::fs::remove_file(f.path()).unwrap();
+        assert!(matches!(live.current(), Err(TokensError::Missing(_))), "fails closed");
+    }
+}
