@@ -109,6 +109,34 @@ async fn pipelined(
     r
 }
 
+/// `ROUNDS` back-to-back pairs of pipelined 64-record runs on `a` and `b`, each round swapping
+/// which goes first so that neither gains from going second: (rate of a, rate of b) per pair.
+async fn paired(
+    a: &Client,
+    b: &Client,
+    budget: Duration,
+    batch: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<(f64, f64)> {
+    let mut pairs = Vec::new();
+    for round in 0..ROUNDS {
+        pairs.push(if round % 2 == 0 {
+            let ra = pipelined(a, budget, batch, 16).await;
+            (ra, pipelined(b, budget, batch, 16).await)
+        } else {
+            let rb = pipelined(b, budget, batch, 16).await;
+            (pipelined(a, budget, batch, 16).await, rb)
+        });
+    }
+    pairs
+}
+
+/// b/a of each pair, sorted.
+fn sorted_ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
+    let mut r: Vec<f64> = pairs.iter().map(|(a, b)| b / a).collect();
+    r.sort_by(f64::total_cmp);
+    r
+}
+
 fn main() {
     let budget = Duration::from_millis(
         std::env::var("IMCRYPT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000),
@@ -245,17 +273,7 @@ fn main() {
         // tenants of the machine) falls on both alike, and each round swapping which goes
         // first, so neither gains from going second. The ratio is the median of the pairs'.
         let on = Client::new(ClientConfig::new(&counted_path));
-        let mut pairs = Vec::new();
-        for round in 0..ROUNDS {
-            let pair = if round % 2 == 0 {
-                let off = pipelined(&c, budget / 2, &batch, 16).await;
-                (off, pipelined(&on, budget / 2, &batch, 16).await)
-            } else {
-                let on = pipelined(&on, budget / 2, &batch, 16).await;
-                (pipelined(&c, budget / 2, &batch, 16).await, on)
-            };
-            pairs.push(pair);
-        }
+        let pairs = paired(&c, &on, budget / 2, &batch).await;
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
@@ -264,26 +282,12 @@ fn main() {
             median(pairs.iter().map(|p| p.0).collect()),
             median(pairs.iter().map(|p| p.1).collect()),
         );
-        let mut ratios: Vec<f64> = pairs.iter().map(|(off, on)| on / off).collect();
-        ratios.sort_by(f64::total_cmp);
-        metrics_ratios = ratios;
+        metrics_ratios = sorted_ratios(&pairs);
         // TCP + TLS against the Unix socket of the same listener set, in pairs likewise.
         let unix = Client::new(ClientConfig::new(&both_path));
         let tcp = Client::new(ClientConfig::to(tcp_endpoint));
-        let mut tcp_pairs = Vec::new();
-        for round in 0..ROUNDS {
-            let pair = if round % 2 == 0 {
-                let u = pipelined(&unix, budget / 2, &batch, 16).await;
-                (u, pipelined(&tcp, budget / 2, &batch, 16).await)
-            } else {
-                let t = pipelined(&tcp, budget / 2, &batch, 16).await;
-                (pipelined(&unix, budget / 2, &batch, 16).await, t)
-            };
-            tcp_pairs.push(pair);
-        }
-        let mut ratios: Vec<f64> = tcp_pairs.iter().map(|(u, t)| t / u).collect();
-        ratios.sort_by(f64::total_cmp);
-        tcp_ratios = ratios;
+        let tcp_pairs = paired(&unix, &tcp, budget / 2, &batch).await;
+        tcp_ratios = sorted_ratios(&tcp_pairs);
         let (unix_med, tcp_med) = (
             median(tcp_pairs.iter().map(|p| p.0).collect()),
             median(tcp_pairs.iter().map(|p| p.1).collect()),

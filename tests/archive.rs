@@ -609,7 +609,8 @@ async fn a_certificate_from_another_ca_is_refused_by_verify_ca_and_by_require_wi
         for mode in ["verify-full", "verify-ca", "require"] {
             let url = pg_url("localhost", &pg, &format!("sslmode={mode}&{root}"));
             let e = connect_error(&url).await;
-            assert!(e.contains("UnknownIssuer") || e.contains("issuer"), "{mode}: {e}");
+            // Both CAs are "imcrypt development CA": the chain is refused on its signature.
+            assert!(e.contains("invalid peer certificate"), "{mode}: {e}");
         }
         // require without a root encrypts without authenticating the server (libpq's rule).
         assert!(session_uses_tls(&pg_url("127.0.0.1", &pg, "sslmode=require")).await);

@@ -128,7 +128,7 @@ async fn hello_over(port: u16, tls: std::sync::Arc<rustls::ClientConfig>) -> Res
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let mut hello = Vec::new();
-    frame::encode_hello(&mut hello, frame::VERSION, frame::VERSION);
+    frame::encode_hello(&mut hello, 1, 1); // protocol version 1 (docs/hotpath.md)
     s.write_all(&hello).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     loop {

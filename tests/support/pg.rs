@@ -65,13 +65,7 @@ impl Pg {
         )
         .unwrap();
         if pg.as_postgres {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(pg.dir())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "cannot chown the server's certificate and key to user postgres");
+            chown_to_postgres(pg.dir());
         }
         pg.extra_opts =
             format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", c.display(), k.display());
@@ -85,13 +79,7 @@ impl Pg {
         let as_postgres = is_root();
         let dir = tempfile::Builder::new().prefix("imcrypt-pg").tempdir_in("/tmp").unwrap();
         if as_postgres {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "cannot chown the PostgreSQL temp dir to user postgres");
+            chown_to_postgres(dir.path());
         }
         let port = ReservedPort::new().expect("a port on 127.0.0.1");
         let pg = Pg { dir, bin, port, as_postgres, extra_opts: String::new() };
@@ -178,6 +166,12 @@ impl Pg {
         let data = self.data();
         self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "30", "stop"]);
     }
+}
+
+/// Gives `dir` and everything in it to user `postgres` (the server runs as it under root).
+fn chown_to_postgres(dir: &Path) {
+    let ok = Command::new("chown").args(["-R", "postgres:"]).arg(dir).status().unwrap().success();
+    assert!(ok, "cannot chown {} to user postgres", dir.display());
 }
 
 fn is_root() -> bool {
