@@ -11,6 +11,9 @@
 //! registry (`serve_with`, as every daemon does), the first counts nothing (no registry at
 //! all); pipelined 64-record batches run on the two in back-to-back pairs, and the median of
 //! the pairs' ratios is printed with their range (target >= 0.97).
+//! Then TCP with mutual TLS vs the Unix socket: a third listener serves both (`serve_all`, a
+//! development PKI from `Lab::new`, the router holding node1's certificate); pipelined
+//! 64-record batches alternate between them in pairs, as above (target >= 0.5).
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
@@ -29,8 +32,8 @@ use imcrypt::crypto::random::{NonceSource, new_key};
 use imcrypt::crypto::record::RecordSealer;
 use imcrypt::crypto::seal::{NodeKey, Purpose};
 use imcrypt::hotpath::{
-    Client, ClientConfig, Encrypted, KeySource, ServerConfig, UnixSocketConfig, bind_unix, serve,
-    serve_with,
+    Client, ClientConfig, Encrypted, KeySource, ServerConfig, TcpTls, UnixSocketConfig, bind_unix,
+    serve, serve_all, serve_with,
 };
 use imcrypt::ids::{ClusterId, DomainId};
 use imcrypt::metrics::Metrics;
@@ -106,6 +109,34 @@ async fn pipelined(
     r
 }
 
+/// `ROUNDS` back-to-back pairs of pipelined 64-record runs on `a` and `b`, each round swapping
+/// which goes first so that neither gains from going second: (rate of a, rate of b) per pair.
+async fn paired(
+    a: &Client,
+    b: &Client,
+    budget: Duration,
+    batch: &[(Vec<u8>, Vec<u8>)],
+) -> Vec<(f64, f64)> {
+    let mut pairs = Vec::new();
+    for round in 0..ROUNDS {
+        pairs.push(if round % 2 == 0 {
+            let ra = pipelined(a, budget, batch, 16).await;
+            (ra, pipelined(b, budget, batch, 16).await)
+        } else {
+            let rb = pipelined(b, budget, batch, 16).await;
+            (pipelined(a, budget, batch, 16).await, rb)
+        });
+    }
+    pairs
+}
+
+/// b/a of each pair, sorted.
+fn sorted_ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
+    let mut r: Vec<f64> = pairs.iter().map(|(a, b)| b / a).collect();
+    r.sort_by(f64::total_cmp);
+    r
+}
+
 fn main() {
     let budget = Duration::from_millis(
         std::env::var("IMCRYPT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000),
@@ -168,10 +199,50 @@ fn main() {
         let _g = server_rt.enter();
         let l = bind_unix(&UnixSocketConfig::new(&counted_path)).unwrap();
         let m = Some(metrics.hotpath());
-        server_rt.spawn(serve_with(l, keys, ServerConfig::default(), m, async move {
+        server_rt.spawn(serve_with(l, keys.clone(), ServerConfig::default(), m, async move {
             let _ = stopped_counted.await;
         }))
     };
+    // The same service on a Unix socket and on TCP with mutual TLS, from one listener set.
+    let pki = tempfile::tempdir().unwrap();
+    imcrypt::demo::Lab::new(pki.path(), &["bench", "node1"]).unwrap();
+    let pki_file = |n: &str| pki.path().join("pki").join(n);
+    let both_path = dir.path().join("hot-both.sock");
+    let (stop_both, stopped_both) = tokio::sync::oneshot::channel::<()>();
+    let (both_server, tcp_addr) = {
+        let _g = server_rt.enter();
+        let l = bind_unix(&UnixSocketConfig::new(&both_path)).unwrap();
+        let files = imcrypt::peer::tls::TlsFiles {
+            cert: pki_file("bench.pem"),
+            key: pki_file("bench.key"),
+            ca: pki_file("ca.pem"),
+        };
+        let tls = imcrypt::hotpath::server_config(&files, vec!["node1".into()]).unwrap();
+        let std_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_tcp.set_nonblocking(true).unwrap();
+        let addr = std_tcp.local_addr().unwrap();
+        let tcp = TcpTls { listener: tokio::net::TcpListener::from_std(std_tcp).unwrap(), tls };
+        let task = server_rt.spawn(serve_all(
+            l,
+            Some(tcp),
+            keys,
+            ServerConfig::default(),
+            None,
+            async move {
+                let _ = stopped_both.await;
+            },
+        ));
+        (task, addr)
+    };
+    let tcp_endpoint: imcrypt::hotpath::Endpoint = format!(
+        "tcp+tls://{tcp_addr}?cert={}&key={}&ca={}&server_name=bench",
+        pki_file("node1.pem").display(),
+        pki_file("node1.key").display(),
+        pki_file("ca.pem").display()
+    )
+    .parse()
+    .unwrap();
+    let mut tcp_ratios = Vec::new();
 
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let rec = |i: usize| (format!("msg-{i:04}").into_bytes(), pt.clone());
@@ -202,17 +273,7 @@ fn main() {
         // tenants of the machine) falls on both alike, and each round swapping which goes
         // first, so neither gains from going second. The ratio is the median of the pairs'.
         let on = Client::new(ClientConfig::new(&counted_path));
-        let mut pairs = Vec::new();
-        for round in 0..ROUNDS {
-            let pair = if round % 2 == 0 {
-                let off = pipelined(&c, budget / 2, &batch, 16).await;
-                (off, pipelined(&on, budget / 2, &batch, 16).await)
-            } else {
-                let on = pipelined(&on, budget / 2, &batch, 16).await;
-                (pipelined(&c, budget / 2, &batch, 16).await, on)
-            };
-            pairs.push(pair);
-        }
+        let pairs = paired(&c, &on, budget / 2, &batch).await;
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
@@ -221,10 +282,19 @@ fn main() {
             median(pairs.iter().map(|p| p.0).collect()),
             median(pairs.iter().map(|p| p.1).collect()),
         );
-        let mut ratios: Vec<f64> = pairs.iter().map(|(off, on)| on / off).collect();
-        ratios.sort_by(f64::total_cmp);
-        metrics_ratios = ratios;
+        metrics_ratios = sorted_ratios(&pairs);
+        // TCP + TLS against the Unix socket of the same listener set, in pairs likewise.
+        let unix = Client::new(ClientConfig::new(&both_path));
+        let tcp = Client::new(ClientConfig::to(tcp_endpoint));
+        let tcp_pairs = paired(&unix, &tcp, budget / 2, &batch).await;
+        tcp_ratios = sorted_ratios(&tcp_pairs);
+        let (unix_med, tcp_med) = (
+            median(tcp_pairs.iter().map(|p| p.0).collect()),
+            median(tcp_pairs.iter().map(|p| p.1).collect()),
+        );
         vec![
+            ("unix socket: 64/frame, 16 in flight", unix_med, None),
+            ("tcp+mTLS:    64/frame, 16 in flight", tcp_med, None),
             ("metrics off: 64/frame, 16 in flight", off_best, None),
             ("metrics on:  64/frame, 16 in flight", on_best, None),
             ("one record per request", r1, Some(lat1)),
@@ -236,6 +306,8 @@ fn main() {
     });
     let _ = stop.send(());
     let _ = stop_counted.send(());
+    let _ = stop_both.send(());
+    server_rt.block_on(both_server).unwrap().unwrap();
     server_rt.block_on(server).unwrap().unwrap();
     server_rt.block_on(counted_server).unwrap().unwrap();
     let counted = metrics.encode_counters();
@@ -271,8 +343,8 @@ fn main() {
     for (name, r, lat) in &rows {
         row(name, *r, lat.as_ref());
     }
-    let (off, on) = (rows[0].1, rows[1].1);
-    let rows = &rows[2..];
+    let (off, on) = (rows[2].1, rows[3].1);
+    let rows = &rows[4..];
     // The batched target: 64-record frames, pipelined, on the better of 1 and 2 connections.
     let batched = rows[3].1.max(rows[4].1) / baseline;
     let p99 = pct(rows[0].2.as_ref().unwrap(), 0.99);
@@ -286,6 +358,15 @@ fn main() {
         ratios[ratios.len() - 1],
         on / off,
         if ratio >= 0.97 { "met" } else { "NOT met" }
+    );
+    let tcp = tcp_ratios[tcp_ratios.len() / 2];
+    println!(
+        "tcp+mTLS vs unix socket, batched (64/frame, 16 in flight): {tcp:.3}x, median of {} \
+         pairs (range {:.3}-{:.3}); target >= 0.5: {}",
+        tcp_ratios.len(),
+        tcp_ratios[0],
+        tcp_ratios[tcp_ratios.len() - 1],
+        if tcp >= 0.5 { "met" } else { "NOT met" }
     );
     println!(
         "targets: batched >= 0.5x baseline: {} ({batched:.3}x); single-record p99 < 100 us: {} ({p99:.1?})",

@@ -106,13 +106,16 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
-/// `[hotpath.socket]` (path, mode, group) and `[hotpath.limits]` (docs/hotpath.md).
+/// `[hotpath.socket]` (path, mode, group), `[hotpath.limits]` and `[hotpath.tcp]` (routers
+/// on other nodes, mutual TLS) (docs/hotpath.md).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HotpathSection {
     pub(crate) socket: crate::hotpath::UnixSocketConfig,
     #[serde(default)]
     pub(crate) limits: crate::hotpath::ServerConfig,
+    #[serde(default)]
+    pub(crate) tcp: Option<crate::hotpath::TcpConfig>,
 }
 
 /// Knobs for tests and demos of mixed-version networks; never set them in production.
@@ -387,6 +390,23 @@ impl Config {
         if let Some(h) = &mut c.hotpath {
             abs(&mut h.socket.path);
             h.limits.validate().map_err(|e| format!("hotpath.limits: {e}"))?;
+            if let Some(t) = &mut h.tcp {
+                let given = [&t.cert, &t.key, &t.ca].iter().filter(|f| f.is_some()).count();
+                if given != 0 && given != 3 {
+                    return Err("hotpath.tcp.cert, hotpath.tcp.key and hotpath.tcp.ca: give all \
+                                three or none (then [peer]'s serve)"
+                        .into());
+                }
+                if c.nodes.is_empty() {
+                    return Err("hotpath.tcp: no [[nodes]] are configured, so no router \
+                                certificate could be accepted (it must name a node of this \
+                                cluster)"
+                        .into());
+                }
+                for p in [&mut t.cert, &mut t.key, &mut t.ca].into_iter().flatten() {
+                    abs(p);
+                }
+            }
         }
         Ok(c)
     }
@@ -407,6 +427,10 @@ impl Config {
         caps.push(("metrics.max_connections", self.metrics_max_connections() as usize));
         if let Some(h) = &self.hotpath {
             caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
+            if h.tcp.is_some() {
+                // The TCP listener caps its own connections at the same number.
+                caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
+            }
         }
         caps
     }
@@ -418,6 +442,19 @@ impl Config {
             sinks: self.alarms.sinks.len(),
             probed_databases: self.nodes.iter().filter(|n| n.db.is_some()).count(),
         }
+    }
+
+    /// The hot path's TCP listener, its TLS files (`[hotpath.tcp]`'s, or the cluster's) and
+    /// the node names a router's certificate may carry; `None` without `[hotpath.tcp]`.
+    pub(crate) fn hotpath_tcp(&self) -> Option<(std::net::SocketAddr, TlsFiles, Vec<String>)> {
+        let t = self.hotpath.as_ref()?.tcp.as_ref()?;
+        let files = match (&t.cert, &t.key, &t.ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() }
+            }
+            _ => self.tls_files(),
+        };
+        Some((t.listen, files, self.nodes.iter().map(|n| n.id.to_string()).collect()))
     }
 
     pub(crate) fn tls_files(&self) -> TlsFiles {

@@ -3,6 +3,8 @@
 //! the viewer reads them back, a DBA's SELECT shows no body or participant, a ciphertext moved
 //! to another row does not open, a database stopped mid-stream with blocking on loses nothing
 //! and refuses new events, and an archiver killed with SIGKILL loses no acknowledged row.
+//! PostgreSQL over TLS (a server with `ssl = on` and a certificate from `imcrypt pki`, taking
+//! TLS only): libpq's `sslmode`s connect or refuse as libpq does, and the round trip runs.
 //! The same body runs against SQL Server when `IMCRYPT_TEST_MSSQL` names one
 //! (`sqlserver://user:password@host:port/db`).
 
@@ -121,13 +123,12 @@ async fn dba_execute(url: &DbUrl, sql: &str) {
     }
 }
 
+/// A PostgreSQL session of our own, with the URL's TLS settings (a server may take TLS only).
 async fn pg_client(url: &DbUrl) -> tokio_postgres::Client {
-    let (c, conn) =
-        tokio_postgres::connect(&url.to_string().replace(":***", ""), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    c
+    match Db::connect(url).await.unwrap() {
+        Db::Postgres(c) => c,
+        other => panic!("not PostgreSQL: {other:?}"),
+    }
 }
 
 /// The shared body: archive → view round trip, filters, what a DBA sees, moved ciphertexts.
@@ -533,4 +534,112 @@ async fn a_batch_larger_than_one_statement_is_all_or_nothing_on_postgres() {
         assert_eq!(all_rows(&url).await.len(), n);
     })
     .await;
+}
+
+/// A development PKI (`imcrypt pki init`) in a temp dir with a certificate for `name`; returns
+/// the dir and the paths of the CA, the certificate and its key.
+async fn pki_for(name: &str) -> (tempfile::TempDir, [std::path::PathBuf; 3]) {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("pki");
+    let r = imcrypt(&["pki", "init", "--out", out.to_str().unwrap(), "--clusters", name], "").await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let files =
+        [out.join("ca.pem"), out.join(format!("{name}.pem")), out.join(format!("{name}.key"))];
+    (d, files)
+}
+
+/// `postgres://imcrypt@HOST:PORT/postgres?PARAMS`
+fn pg_url(host: &str, pg: &pg::Pg, params: &str) -> String {
+    format!("postgres://imcrypt@{host}:{}/postgres?{params}", pg.port())
+}
+
+/// Whether the session of `url` runs over TLS, as the server sees it (`pg_stat_ssl`).
+async fn session_uses_tls(url: &str) -> bool {
+    pg_client(&url.parse().unwrap())
+        .await
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn connect_error(url: &str) -> String {
+    let e = Db::connect(&url.parse().unwrap()).await.unwrap_err();
+    assert!(e.is_connection(), "{e:?}");
+    e.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_connects_to_the_name_in_the_servers_certificate_and_refuses_another() {
+    let (_d, [ca, cert, key]) = pki_for("localhost").await;
+    let pg = pg::Pg::start_tls(&cert, &key);
+    bounded(async {
+        let root = format!("sslrootcert={}", ca.display());
+        let good = pg_url("localhost", &pg, &format!("sslmode=verify-full&{root}"));
+        assert!(session_uses_tls(&good).await, "verify-full runs over TLS");
+        // The certificate names localhost, not the address 127.0.0.1.
+        let e =
+            connect_error(&pg_url("127.0.0.1", &pg, &format!("sslmode=verify-full&{root}"))).await;
+        assert!(e.contains("certificate") && e.contains("127.0.0.1"), "{e}");
+        // verify-ca checks the chain and not the name: the same address connects.
+        let ca_only = pg_url("127.0.0.1", &pg, &format!("sslmode=verify-ca&{root}"));
+        assert!(session_uses_tls(&ca_only).await);
+        // The probe, the archiver and the viewer share the connection: the probe says why.
+        let bad: DbUrl =
+            pg_url("127.0.0.1", &pg, &format!("sslmode=verify-full&{root}")).parse().unwrap();
+        match imcrypt::archive::probe(&bad).await {
+            ProbeResult::Unreachable { reason } => {
+                assert!(reason.contains("certificate"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok: DbUrl = good.parse().unwrap();
+        assert!(matches!(imcrypt::archive::probe(&ok).await, ProbeResult::Reachable { .. }));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_another_ca_is_refused_by_verify_ca_and_by_require_with_a_root() {
+    let (_d, [_, cert, key]) = pki_for("localhost").await;
+    let (_o, [other_ca, _, _]) = pki_for("localhost").await;
+    let pg = pg::Pg::start_tls(&cert, &key);
+    bounded(async {
+        let root = format!("sslrootcert={}", other_ca.display());
+        for mode in ["verify-full", "verify-ca", "require"] {
+            let url = pg_url("localhost", &pg, &format!("sslmode={mode}&{root}"));
+            let e = connect_error(&url).await;
+            // Both CAs are "imcrypt development CA": the chain is refused on its signature.
+            assert!(e.contains("invalid peer certificate"), "{mode}: {e}");
+        }
+        // require without a root encrypts without authenticating the server (libpq's rule).
+        assert!(session_uses_tls(&pg_url("127.0.0.1", &pg, "sslmode=require")).await);
+        // On loopback the default is prefer: TLS, since this server offers it.
+        assert!(session_uses_tls(&pg_url("127.0.0.1", &pg, "")).await);
+        // This server takes TLS only: disable is turned away by its pg_hba.conf.
+        let e = connect_error(&pg_url("127.0.0.1", &pg, "sslmode=disable")).await;
+        assert!(e.contains("pg_hba.conf"), "{e}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_refuses_a_server_without_tls_and_disable_and_prefer_use_it_in_clear() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let e = connect_error(&pg_url("127.0.0.1", &pg, "sslmode=require")).await;
+        assert!(e.contains("TLS"), "{e}");
+        assert!(!session_uses_tls(&pg_url("127.0.0.1", &pg, "sslmode=disable")).await);
+        assert!(!session_uses_tls(&pg_url("127.0.0.1", &pg, "sslmode=prefer")).await);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_archive_view_round_trip_over_tls() {
+    let (_d, [ca, cert, key]) = pki_for("localhost").await;
+    let pg = pg::Pg::start_tls(&cert, &key);
+    let url =
+        pg_url("localhost", &pg, &format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+    bounded(round_trip(&url)).await;
 }

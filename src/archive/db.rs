@@ -28,6 +28,9 @@ pub enum DbError {
          for an absolute path)"
     )]
     Url(String),
+    /// A parameter of a server URL (`?sslmode=…`, `password_file=…`) is wrong.
+    #[error("database URL {url}: {reason}")]
+    UrlParam { url: String, reason: String },
     #[error("cannot connect to the {kind} database at {at}: {reason}")]
     Connect { kind: &'static str, at: String, reason: String },
     #[error("the {kind} database at {at} did not answer within {secs} s")]

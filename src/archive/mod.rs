@@ -18,6 +18,7 @@ mod postgres;
 mod schema;
 mod sqlite;
 mod sqlserver;
+mod tls;
 mod url;
 pub mod view;
 mod writer;

@@ -9,23 +9,51 @@ use tokio_postgres::Client;
 
 use super::db::{DbError, Param, StoredRow, TIMEOUT, bad};
 use super::schema::POSTGRES_SCHEMA;
+use super::tls::PgTls;
 use super::url::Server;
+use tokio_postgres::config::SslMode;
 
-/// Connects to `srv` and drives the connection in a task of its own. The error is the reason,
-/// in the server's words.
+/// Connects to `srv` with the TLS its URL asks for (`super::tls`: libpq's `sslmode`) and
+/// drives the connection in a task of its own. The one place where imcrypt opens a PostgreSQL
+/// connection: the archiver, the viewer and the daemon's probe all come here through
+/// `Db::connect`. The error is the reason, in the server's words.
 pub(super) async fn connect(srv: &Server) -> Result<Client, String> {
     let mut c = tokio_postgres::Config::new();
     c.host(&srv.host).port(srv.port).connect_timeout(TIMEOUT);
     if !srv.user.is_empty() {
         c.user(&srv.user);
     }
-    if !srv.password.is_empty() {
-        c.password(&srv.password);
+    let password = srv.password.resolve()?;
+    if !password.is_empty() {
+        c.password(password.as_bytes());
     }
     if !srv.database.is_empty() {
         c.dbname(&srv.database);
     }
-    let (client, conn) = c.connect(tokio_postgres::NoTls).await.map_err(|e| connect_reason(&e))?;
+    let client = match srv.tls.client_config()? {
+        None => {
+            c.ssl_mode(SslMode::Disable);
+            drive(c.connect(tokio_postgres::NoTls).await)?
+        }
+        Some(tls) => {
+            c.ssl_mode(if srv.tls.allows_plain() { SslMode::Prefer } else { SslMode::Require });
+            drive(c.connect(PgTls(tls)).await)?
+        }
+    };
+    Ok(client)
+}
+
+/// Runs the connection half of a login in a task of its own; the login's error as a reason.
+fn drive<T>(
+    login: Result<
+        (Client, tokio_postgres::Connection<tokio_postgres::Socket, T>),
+        tokio_postgres::Error,
+    >,
+) -> Result<Client, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, conn) = login.map_err(|e| connect_reason(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended");
@@ -108,11 +136,21 @@ fn err(e: tokio_postgres::Error) -> DbError {
 
 /// Why a PostgreSQL login failed, in the server's words: `e.to_string()` of a server error is
 /// only "db error", so the message and SQLSTATE are taken from the server's error (28P01
-/// wrong password, 28000 no such role, 3D000 no such database, …).
+/// wrong password, 28000 no such role, 3D000 no such database, …); any other error with its
+/// causes (a refused certificate is the cause of "error performing TLS handshake").
 fn connect_reason(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // "error performing TLS handshake" says nothing of why: the cause is the source.
+            let mut reason = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                reason = format!("{reason}: {s}");
+                source = s.source();
+            }
+            reason
+        }
     }
 }
 

@@ -1,6 +1,10 @@
-//! SQL Server (tiberius, TDS 7.3, no TLS: see docs/archive.md): connecting, the schema, and
-//! the statements `Db` runs there. Errors are sorted into connection problems, which the
-//! archiver retries after reconnecting, and refusals, which it does not.
+//! SQL Server (tiberius, TDS 7.3, no TLS backend built in yet: see docs/archive.md): connecting,
+//! the schema, and the statements `Db` runs there. Errors are sorted into connection problems,
+//! which the archiver retries after reconnecting, and refusals, which it does not.
+//!
+//! Because this build cannot speak TLS to SQL Server, a URL whose `sslmode` asks for TLS
+//! (`require`, `verify-ca`, `verify-full`: also the default for a host that is not loopback)
+//! or says `trust_server_certificate=true` is refused with that reason, never served in clear.
 //!
 //! Invariants: a batch of several INSERTs runs inside one transaction with XACT_ABORT on and
 //! is rolled back on any error, so it is stored whole or not at all; values always travel as
@@ -20,14 +24,34 @@ pub(super) async fn connect(srv: &Server) -> Result<Client, String> {
     let mut c = tiberius::Config::new();
     c.host(&srv.host);
     c.port(srv.port);
-    c.authentication(tiberius::AuthMethod::sql_server(&srv.user, &srv.password));
+    let password = srv.password.resolve()?;
+    c.authentication(tiberius::AuthMethod::sql_server(&srv.user, password.as_str()));
     if !srv.database.is_empty() {
         c.database(&srv.database);
     }
-    c.encryption(tiberius::EncryptionLevel::NotSupported);
+    c.encryption(encryption(srv)?);
     let tcp = TcpStream::connect((srv.host.as_str(), srv.port)).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     tiberius::Client::connect(c, tcp.compat_write()).await.map_err(|e| e.to_string())
+}
+
+/// What the URL's TLS settings allow without a TLS backend: plain TDS for `disable` and
+/// `prefer`, a refusal naming the setting for anything that needs TLS.
+fn encryption(srv: &Server) -> Result<tiberius::EncryptionLevel, String> {
+    use super::tls::SslMode;
+    let wants_tls = match srv.tls.mode {
+        SslMode::Disable | SslMode::Prefer => srv.trust_server_certificate,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => true,
+    };
+    if wants_tls {
+        return Err(format!(
+            "TLS to SQL Server is not built into this imcrypt (docs/archive.md), and the URL \
+             asks for it (sslmode {:?}{}); over a trusted link only, add sslmode=disable",
+            srv.tls.mode,
+            if srv.trust_server_certificate { ", trust_server_certificate" } else { "" }
+        ));
+    }
+    Ok(tiberius::EncryptionLevel::NotSupported)
 }
 
 pub(super) async fn ensure_schema(c: &mut Client) -> Result<(), DbError> {
@@ -151,4 +175,36 @@ fn bind_all(q: &mut tiberius::Query<'_>, params: &[&Param]) {
 async fn exec(c: &mut Client, sql: &str) -> Result<(), DbError> {
     c.simple_query(sql).await.map_err(err)?.into_results().await.map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::url::{DbUrl, Target};
+
+    fn encryption_of(url: &str) -> Result<tiberius::EncryptionLevel, String> {
+        match url.parse::<DbUrl>().unwrap().target {
+            Target::Server(s) => encryption(&s),
+            Target::File(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_url_that_asks_for_tls_is_refused_rather_than_served_in_clear() {
+        let plain =
+            |u: &str| matches!(encryption_of(u), Ok(tiberius::EncryptionLevel::NotSupported));
+        assert!(plain("sqlserver://sa:pw@127.0.0.1:1433/master"), "loopback: prefer");
+        assert!(plain("sqlserver://sa:pw@db.example/im?sslmode=disable"));
+        for url in [
+            "sqlserver://sa:pw@db.example/im",
+            "sqlserver://sa:pw@127.0.0.1/im?sslmode=require",
+            "sqlserver://sa:pw@127.0.0.1/im?trust_server_certificate=true",
+        ] {
+            let e = encryption_of(url).unwrap_err();
+            assert!(
+                e.contains("TLS to SQL Server is not built") && e.contains("sslmode=disable"),
+                "{url}: {e}"
+            );
+        }
+    }
 }

@@ -1,14 +1,21 @@
 //! Where the archive lives: a database URL (`postgres://…`, `sqlserver://…`, `sqlite:PATH`)
-//! parsed into a server login or a file; and the one redactor that hides URL passwords in
-//! whatever is shown (a `DbUrl`'s `Display` and `Debug`, database errors, config errors).
+//! parsed into a server login or a file, with its parameters (`?sslmode=…&sslrootcert=…`,
+//! where the password comes from: `password_file=…`, `password_env=…`); and the one redactor
+//! that hides URL passwords in whatever is shown (a `DbUrl`'s `Display` and `Debug`, database
+//! errors, config errors).
 //!
 //! Invariants: a password never appears in what this module shows: a `DbUrl` prints it as
 //! `***`, and [`redact`] does the same to every URL in any text; `kind` is
-//! [`ComplianceDb::Sqlite`] exactly when the target is a file.
+//! [`ComplianceDb::Sqlite`] exactly when the target is a file; a parameter this module does
+//! not know, or one given twice, is refused by name (a misspelt `sslmode` must not quietly
+//! mean "no TLS").
 
 use std::path::{Path, PathBuf};
 
+use zeroize::Zeroizing;
+
 use super::db::DbError;
+use super::tls::TlsSettings;
 use crate::cluster::ComplianceDb;
 
 /// The archive `imcrypt archive` and `imcrypt view` use when no `--db` or
@@ -38,8 +45,47 @@ pub(super) struct Server {
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) user: String,
-    pub(super) password: String,
+    pub(super) password: Password,
     pub(super) database: String,
+    /// `sslmode` and `sslrootcert` (PostgreSQL and SQL Server alike).
+    pub(super) tls: TlsSettings,
+    /// SQL Server's "trust server certificate": TLS without any check of the server's
+    /// certificate, only when the URL says `trust_server_certificate=true`.
+    pub(super) trust_server_certificate: bool,
+}
+
+/// Where a server password comes from. A password in the URL is shown by `ps` when the URL is
+/// an argument; `password_file` and `password_env` keep it out of argv and out of the config
+/// file.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum Password {
+    /// In the URL itself (possibly empty: no password).
+    Inline(Zeroizing<String>),
+    /// `password_file=PATH`: the file's content, without a final line break.
+    File(PathBuf),
+    /// `password_env=NAME`: the value of that environment variable.
+    Env(String),
+}
+
+impl Password {
+    /// The password, read now (so a rotated password file counts from the next connection).
+    /// The error names the file or variable, never a password.
+    pub(super) fn resolve(&self) -> Result<Zeroizing<String>, String> {
+        match self {
+            Password::Inline(p) => Ok(p.clone()),
+            Password::File(path) => {
+                let mut text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    format!("cannot read the password file {} (password_file): {e}", path.display())
+                })?);
+                let len = text.trim_end_matches(['\n', '\r']).len();
+                text.truncate(len);
+                Ok(text)
+            }
+            Password::Env(name) => std::env::var(name).map(Zeroizing::new).map_err(|_| {
+                format!("the environment variable {name} (password_env) is not set or not UTF-8")
+            }),
+        }
+    }
 }
 
 impl std::fmt::Debug for DbUrl {
@@ -100,8 +146,8 @@ impl std::str::FromStr for DbUrl {
         };
         let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
         let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
+        let (hostpart, query) = hostpart.split_once('?').unwrap_or((hostpart, ""));
         let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
-        let database = database.split('?').next().unwrap_or("");
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
             None => (hostport, default_port),
@@ -109,17 +155,88 @@ impl std::str::FromStr for DbUrl {
         if host.is_empty() {
             return Err(bad());
         }
+        let host = host.trim_matches(['[', ']']).to_owned();
+        let param = |reason: String| DbError::UrlParam { url: redact(s), reason };
+        let mut p = Params::parse(query, &kind).map_err(param)?;
+        let password = match (p.take("password_file"), p.take("password_env")) {
+            (None, None) => Password::Inline(Zeroizing::new(pct_decode(password))),
+            _ if !password.is_empty() => {
+                return Err(param(
+                    "the URL holds a password and names another source of it (password_file \
+                     or password_env): give one"
+                        .into(),
+                ));
+            }
+            (Some(path), None) => Password::File(PathBuf::from(path)),
+            (None, Some(name)) => Password::Env(name),
+            (Some(_), Some(_)) => {
+                return Err(param("give password_file or password_env, not both".into()));
+            }
+        };
+        let tls =
+            TlsSettings::new(&host, p.take("sslmode").as_deref(), p.take("sslrootcert").as_deref())
+                .map_err(param)?;
+        let trust_server_certificate = match p.take("trust_server_certificate").as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => {
+                return Err(param(format!("trust_server_certificate={v} is not true or false")));
+            }
+        };
         Ok(Self {
             kind,
             raw: s.to_owned(),
             target: Target::Server(Server {
-                host: host.trim_matches(['[', ']']).to_owned(),
+                host,
                 port,
                 user: pct_decode(user),
-                password: pct_decode(password),
+                password,
                 database: pct_decode(database),
+                tls,
+                trust_server_certificate,
             }),
         })
+    }
+}
+
+/// The `?name=value&…` parameters of a server URL, percent-decoded, each taken once.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// The parameters a URL of `kind` may carry.
+    fn known(kind: &ComplianceDb) -> &'static [&'static str] {
+        match kind {
+            ComplianceDb::SqlServer => &[
+                "sslmode",
+                "sslrootcert",
+                "trust_server_certificate",
+                "password_file",
+                "password_env",
+            ],
+            _ => &["sslmode", "sslrootcert", "password_file", "password_env"],
+        }
+    }
+
+    fn parse(query: &str, kind: &ComplianceDb) -> Result<Self, String> {
+        let known = Self::known(kind);
+        let mut out: Vec<(String, String)> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (pct_decode(k), pct_decode(v));
+            if !known.contains(&k.as_str()) {
+                return Err(format!("unknown parameter {k:?}; known: {}", known.join(", ")));
+            }
+            if out.iter().any(|(seen, _)| *seen == k) {
+                return Err(format!("parameter {k} is given twice"));
+            }
+            out.push((k, v));
+        }
+        Ok(Self(out))
+    }
+
+    fn take(&mut self, name: &str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| k == name)?;
+        Some(self.0.remove(i).1)
     }
 }
 
@@ -213,7 +330,8 @@ mod tests {
         let u: DbUrl = "postgres://arch:s%40cret@127.0.0.1:5433/im".parse().unwrap();
         assert_eq!(u.kind, ComplianceDb::PostgreSql);
         let s = server(&u);
-        assert_eq!((s.host.as_str(), s.port, s.password.as_str()), ("127.0.0.1", 5433, "s@cret"));
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 5433));
+        assert_eq!(s.password.resolve().unwrap().as_str(), "s@cret");
         assert_eq!(s.database, "im");
         assert!(!format!("{u} {u:?}").contains("cret"));
         let m: DbUrl = "sqlserver://sa:pw@db.example".parse().unwrap();
@@ -227,6 +345,78 @@ mod tests {
                 .to_string()
                 .contains("topsecret")
         );
+    }
+
+    fn server(s: &str) -> Server {
+        match s.parse::<DbUrl>().unwrap().target {
+            Target::Server(s) => s,
+            Target::File(p) => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn url_parameters_give_the_tls_settings_with_libpq_defaults() {
+        use super::super::tls::{RootCert, SslMode};
+        let tls = |s: &str| server(s).tls;
+        // No sslmode: prefer on loopback, verify-full elsewhere.
+        assert_eq!(tls("postgres://u@127.0.0.1/im").mode, SslMode::Prefer);
+        assert_eq!(tls("postgres://u@localhost:5432/im").mode, SslMode::Prefer);
+        assert_eq!(tls("postgres://u@[::1]:5432/im").mode, SslMode::Prefer);
+        assert_eq!(tls("postgres://u@db.example:5432/im").mode, SslMode::VerifyFull);
+        assert_eq!(tls("sqlserver://u@10.0.0.5").mode, SslMode::VerifyFull);
+        let t = tls("postgres://u:p@db/im?sslmode=verify-ca&sslrootcert=/etc/imcrypt/db%20ca.pem");
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        assert_eq!(t.root_cert, Some(RootCert::File("/etc/imcrypt/db ca.pem".into())));
+        assert_eq!(tls("postgres://u@db?sslmode=disable").mode, SslMode::Disable);
+        assert_eq!(tls("postgres://u@127.0.0.1?sslmode=require").mode, SslMode::Require);
+        assert_eq!(server("postgres://u@db:5433?sslmode=require").port, 5433, "no database");
+        assert_eq!(server("postgres://u@db/im?sslmode=require").database, "im");
+        let t = tls("postgres://u@db?sslrootcert=system");
+        assert_eq!((t.mode, t.root_cert), (SslMode::VerifyFull, Some(RootCert::System)));
+        assert!(server("sqlserver://u@db?trust_server_certificate=true").trust_server_certificate);
+        assert!(!server("sqlserver://u@db").trust_server_certificate);
+
+        let refused = |s: &str| s.parse::<DbUrl>().unwrap_err().to_string();
+        let e = refused("postgres://u:pw@db/im?sslmode=verify_full");
+        assert!(e.contains("sslmode=verify_full") && !e.contains("pw@"), "{e}");
+        let e = refused("postgres://u@db/im?ssl_mode=require");
+        assert!(e.contains("unknown parameter \"ssl_mode\""), "{e}");
+        let e = refused("postgres://u@db/im?trust_server_certificate=true");
+        assert!(e.contains("unknown parameter"), "only SQL Server has it: {e}");
+        let e = refused("postgres://u@db/im?sslmode=require&sslmode=disable");
+        assert!(e.contains("sslmode is given twice"), "{e}");
+        let e = refused("sqlserver://u@db?trust_server_certificate=yes");
+        assert!(e.contains("trust_server_certificate=yes"), "{e}");
+    }
+
+    #[test]
+    fn a_password_comes_from_the_url_a_file_or_the_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("db.pw");
+        std::fs::write(&file, "s3cret pass\n").unwrap();
+        let url = format!("postgres://arch@db/im?password_file={}", file.display());
+        let s = server(&url);
+        assert_eq!(s.password.resolve().unwrap().as_str(), "s3cret pass", "final newline cut");
+        std::fs::write(&file, "rotated\r\n").unwrap();
+        assert_eq!(s.password.resolve().unwrap().as_str(), "rotated", "read at each connection");
+        std::fs::remove_file(&file).unwrap();
+        let e = s.password.resolve().unwrap_err();
+        assert!(e.contains(&file.display().to_string()) && e.contains("password_file"), "{e}");
+
+        // A variable set by nothing else in this test binary.
+        let var = "IMCRYPT_TEST_URL_PASSWORD_ENV";
+        let s = server(&format!("postgres://arch@db/im?password_env={var}"));
+        let e = s.password.resolve().unwrap_err();
+        assert!(e.contains(var) && e.contains("not set"), "{e}");
+        // A variable every test process has (setting one would need `unsafe`).
+        let s = server("postgres://arch@db/im?password_env=PATH");
+        assert_eq!(*s.password.resolve().unwrap(), std::env::var("PATH").unwrap());
+
+        let e = "postgres://arch:pw@db/im?password_env=X".parse::<DbUrl>().unwrap_err();
+        assert!(e.to_string().contains("give one"), "{e}");
+        let e = "postgres://a@db?password_env=X&password_file=/f".parse::<DbUrl>().unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        assert_eq!(server("postgres://a@db").password.resolve().unwrap().as_str(), "");
     }
 
     #[test]

@@ -53,10 +53,12 @@ pub struct ArchiverConfig {
 }
 
 impl ArchiverConfig {
-    pub fn new(db: DbUrl, hotpath_socket: impl Into<std::path::PathBuf>) -> Self {
+    /// Archives into `db`, sealing through the daemon's hot path at `hotpath` (its socket's
+    /// path, or any [`crate::hotpath::Endpoint`]).
+    pub fn new(db: DbUrl, hotpath: impl Into<crate::hotpath::Endpoint>) -> Self {
         Self {
             db,
-            hotpath: ClientConfig::new(hotpath_socket),
+            hotpath: ClientConfig::to(hotpath.into()),
             outbound: false,
             max_queue: 100_000,
             block_delivery: true,

@@ -19,9 +19,11 @@ pub(crate) struct ArchiveArgs {
     /// IMCRYPT_ARCHIVE_DB rather than on the command line.
     #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
     db: String,
-    /// The local daemon's hot-path socket ([hotpath.socket] path in its config).
+    /// The daemon's hot path: its socket ([hotpath.socket] path in its config), or, from
+    /// another node, tcp+tls://HOST:PORT?cert=FILE&key=FILE&ca=FILE[&server_name=NAME] (this
+    /// node's certificate; docs/hotpath.md).
     #[arg(long)]
-    hotpath: PathBuf,
+    hotpath: crate::hotpath::Endpoint,
     /// Read events from connections on this Unix socket instead of standard input.
     #[arg(long)]
     listen: Option<PathBuf>,

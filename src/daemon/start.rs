@@ -165,6 +165,15 @@ pub(crate) async fn start_with(
         worn_out = Some(keys.worn_out());
         hot_keys = Some(keys.clone());
         let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
+        let tcp = match config.hotpath_tcp() {
+            Some((addr, files, nodes)) => {
+                let tls = crate::hotpath::server_config(&files, nodes)?;
+                let listener = bind("hot-path TCP listener", addr).await?;
+                span.in_scope(|| tracing::info!(%addr, "hot path listening on TCP (mutual TLS)"));
+                Some(crate::hotpath::TcpTls { listener, tls })
+            }
+            None => None,
+        };
         // Ends when the core drops the ring sender, so no counter write of this instance is
         // still running when the hot path's task returns.
         let follow = tokio::spawn(
@@ -175,7 +184,7 @@ pub(crate) async fn start_with(
         tasks.spawn(
             async move {
                 if let Err(e) =
-                    crate::hotpath::serve_with(listener, keys, limits, counted, stop).await
+                    crate::hotpath::serve_all(listener, tcp, keys, limits, counted, stop).await
                 {
                     tracing::error!(error = %e, "hot path stopped");
                 }

@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, ErrorCode, Response, SealedIter, StatusInfo};
 use super::keys::KeyStatus;
+use super::tls::Endpoint;
 use crate::crypto::record::FIXED_OVERHEAD;
 use crate::ids::{ClusterId, DomainId, KeyVersion};
 
@@ -53,8 +53,9 @@ pub enum QueuePolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
-    /// The daemon's hot-path socket.
-    pub path: PathBuf,
+    /// The daemon's hot-path socket, or its TCP listener and this node's certificate
+    /// (`unix:PATH`, a path, or `tcp+tls://HOST:PORT?cert=…&key=…&ca=…`).
+    pub endpoint: Endpoint,
     /// Records waiting or in flight at most (the manual's "Max Queue Size").
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
@@ -90,9 +91,15 @@ fn default_backoff_max() -> Duration {
 }
 
 impl ClientConfig {
+    /// The daemon's Unix socket at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self::to(Endpoint::Unix(path.into()))
+    }
+
+    /// `endpoint` (e.g. parsed from a URL: [`Endpoint`]'s `FromStr`).
+    pub fn to(endpoint: Endpoint) -> Self {
         Self {
-            path: path.into(),
+            endpoint,
             max_queue: default_max_queue(),
             when_full: QueuePolicy::default(),
             max_attempts: default_attempts(),
@@ -251,7 +258,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hotpath::Client({})", self.cfg.path.display())
+        write!(f, "hotpath::Client({})", self.cfg.endpoint)
     }
 }
 
@@ -382,8 +389,74 @@ struct Welcome {
     max_batch: u32,
 }
 
-async fn connect(cfg: &ClientConfig) -> Result<(UnixStream, Welcome, Vec<u8>), String> {
-    let mut s = UnixStream::connect(&cfg.path).await.map_err(|e| e.to_string())?;
+/// A connection to the daemon: its Unix socket, or TCP with mutual TLS.
+enum Stream {
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the endpoint's transport: the socket, or TCP and the TLS handshake (the TLS files
+/// are read at each connection, so renewed certificates count without a restart).
+async fn open(endpoint: &Endpoint) -> Result<Stream, String> {
+    match endpoint {
+        Endpoint::Unix(path) => {
+            UnixStream::connect(path).await.map(Stream::Unix).map_err(|e| e.to_string())
+        }
+        Endpoint::Tls(t) => {
+            let config = t.client_config().map_err(|e| e.to_string())?;
+            let tcp = TcpStream::connect(&t.addr).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(t.server_name(), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+    }
+}
+
+async fn connect(cfg: &ClientConfig) -> Result<(Stream, Welcome, Vec<u8>), String> {
+    let mut s = open(&cfg.endpoint).await?;
     let mut hello = Vec::new();
     frame::encode_hello(&mut hello, frame::VERSION, frame::VERSION);
     s.write_all(&hello).await.map_err(|e| e.to_string())?;
@@ -421,7 +494,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         let (stream, welcome, leftover) = match conn {
             Ok(c) => c,
             Err(why) => {
-                tracing::debug!(path = %cfg.path.display(), error = %why, "hot path unreachable");
+                tracing::debug!(endpoint = %cfg.endpoint, error = %why, "hot path unreachable");
                 // Keep accepting jobs while waiting, so a closed client is noticed.
                 let sleep = tokio::time::sleep(backoff);
                 tokio::pin!(sleep);
@@ -439,9 +512,9 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
         };
         backoff = cfg.reconnect_min;
-        tracing::debug!(path = %cfg.path.display(), "hot path connected");
+        tracing::debug!(endpoint = %cfg.endpoint, "hot path connected");
         let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         let max_answer = u64::from(welcome.max_frame)
             + u64::from(welcome.max_batch) * (FIXED_OVERHEAD as u64 + 255 + 4)
             + 1024;
@@ -509,7 +582,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 retry.push_front(j);
             }
         }
-        tracing::info!(path = %cfg.path.display(), unanswered = n, "hot-path connection lost");
+        tracing::info!(endpoint = %cfg.endpoint, unanswered = n, "hot-path connection lost");
     }
 }
 
@@ -539,7 +612,7 @@ fn admit(mut job: Job, w: Welcome) -> Option<Job> {
 
 /// Reads answers until the connection ends, delivering each to its request. SEALED bodies
 /// are handed to the caller without a copy (a slice of the receive buffer).
-async fn read_answers(mut rd: OwnedReadHalf, leftover: Vec<u8>, max: u32, inflight: InFlight) {
+async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inflight: InFlight) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     buf.extend_from_slice(&leftover);
     loop {

@@ -5,24 +5,30 @@
 //! - `session`: one connection's protocol logic, sans I/O.
 //! - `keys`: the key source the state machine's `Effect::KeyRingChanged` updates, and the
 //!   invocation-counter reservations persisted ahead of use.
-//! - `server`: the Unix-socket listener and per-connection driver (`bind_unix`, `serve`).
+//! - `server`: the listeners and per-connection driver (`bind_unix`, `serve`, `serve_all`).
+//! - `tls`: TCP with mutual TLS for routers on other nodes: `[hotpath.tcp]`, the server's
+//!   verifier (a node certificate of this cluster), the client's endpoint URL.
 //! - `client`: the router's async, pipelined, reconnecting client with a bounded queue.
 //!
 //! Invariants (detailed in each module and in docs/hotpath.md): every request gets exactly
 //! one answer — ciphertexts, "encryption is off", or an explicit error; a key ring change
 //! reaches new batches atomically without pausing sealing; nothing is sealed beyond a
 //! persisted counter reservation; an unreachable daemon never looks like "encryption off".
-//! Decryption is not offered on this socket. TCP with mutual TLS for routers on other nodes
-//! is not implemented yet: the service listens on a Unix socket only.
+//! Decryption is not offered on this socket. Over TCP, only a client whose certificate chains
+//! to the cluster's CA and names one of its nodes gets past the TLS handshake.
 
 mod client;
 pub mod frame;
 mod keys;
 mod server;
 pub mod session;
+mod tls;
 
 pub use client::{
     BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch,
 };
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
-pub use server::{ServerConfig, ServerError, UnixSocketConfig, bind_unix, serve, serve_with};
+pub use server::{
+    ServerConfig, ServerError, TcpTls, UnixSocketConfig, bind_unix, serve, serve_all, serve_with,
+};
+pub use tls::{Endpoint, EndpointError, TcpConfig, TlsEndpoint, server_config};

@@ -1,5 +1,10 @@
-//! The hot-path listener: a Unix domain socket, one task per connection, each driving a
-//! `Session`. The daemon binds with `bind_unix` and runs `serve` until shutdown.
+//! The hot-path listeners: a Unix domain socket, and optionally TCP with mutual TLS for
+//! routers on other nodes (`super::tls`); one task per connection, each driving a `Session`.
+//! The daemon binds with `bind_unix` (and a `TcpListener`) and runs `serve_all` until shutdown.
+//!
+//! - Both listeners speak the same frames with the same `ServerConfig`: each caps its own
+//!   connections at `max_connections`, they share one `max_buffered` budget, and a TLS
+//!   handshake must finish within `handshake_timeout` as HELLO must.
 //!
 //! Invariants:
 //! - The socket appears at its configured path already with its mode (and group): it is bound
@@ -24,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -234,9 +239,31 @@ pub async fn serve_with(
     metrics: Option<Arc<HotpathMetrics>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
+    serve_all(listener, None, keys, config, metrics, shutdown).await
+}
+
+/// The TCP listener of the hot path and its TLS configuration (`super::tls::server_config`).
+pub struct TcpTls {
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// As [`serve_with`], also on `tcp` when given: the same frames, caps and shutdown.
+pub async fn serve_all(
+    listener: UnixListener,
+    tcp: Option<TcpTls>,
+    keys: Arc<KeySource>,
+    config: ServerConfig,
+    metrics: Option<Arc<HotpathMetrics>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     config.validate()?;
     let config = Arc::new(config);
     let gate = Gate::new("hot-path listener", Caps::new(config.max_connections as usize));
+    let tcp = tcp.map(|t| {
+        let gate = Gate::new("hot-path TCP listener", Caps::new(config.max_connections as usize));
+        (t.listener, tokio_rustls::TlsAcceptor::from(t.tls), gate)
+    });
     let budget = Arc::new(Semaphore::new(config.max_buffered as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -257,18 +284,31 @@ pub async fn serve_with(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config };
-                    match ticket.guard(connection(stream, &keys, conn, metrics, stop)).await {
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "hot-path connection ended with an error")
-                        }
-                        Some(Ok(())) => {}
-                        None => tracing::debug!("hot-path connection without HELLO evicted"),
-                    }
+                    let r = ticket.guard(connection(stream, &keys, conn, metrics, stop)).await;
+                    log_end(r);
+                });
+            }
+            (stream, ticket) = accept_tcp(tcp.as_ref()) => {
+                let acceptor = tcp.as_ref().expect("accepted on it").1.clone();
+                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
+                let (metrics, budget) = (metrics.clone(), budget.clone());
+                conns.spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Conn { ticket: &ticket, budget, config: &config };
+                    let serve = async {
+                        // Node certificates are checked inside the handshake (`tls`).
+                        let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
+                            .await
+                            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                        connection(tls, &keys, conn, metrics, stop).await
+                    };
+                    log_end(ticket.guard(serve).await);
                 });
             }
         }
     }
     drop(listener);
+    drop(tcp);
     let _ = stop_tx.send(true);
     let open = conns.len();
     tracing::info!(open, "hot path shutting down");
@@ -284,6 +324,24 @@ pub async fn serve_with(
     Ok(())
 }
 
+/// The next TCP connection with its slot; never, without a TCP listener.
+async fn accept_tcp(
+    tcp: Option<&(TcpListener, tokio_rustls::TlsAcceptor, Arc<Gate>)>,
+) -> (tokio::net::TcpStream, Ticket) {
+    match tcp {
+        Some((listener, _, gate)) => gate.accept(listener).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_end(r: Option<io::Result<()>>) {
+    match r {
+        Some(Err(e)) => tracing::debug!(error = %e, "hot-path connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!("hot-path connection without HELLO evicted"),
+    }
+}
+
 /// What one connection holds of the listener's shared caps.
 struct Conn<'a> {
     ticket: &'a Ticket,
@@ -292,8 +350,8 @@ struct Conn<'a> {
 }
 
 /// Drives one connection: read, `Session::handle`, write, until close.
-async fn connection(
-    mut stream: UnixStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     keys: &KeySource,
     conn: Conn<'_>,
     metrics: Option<Arc<HotpathMetrics>>,

@@ -51,7 +51,7 @@ impl PeerTls {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = pem_files::certificates(PemKind::Certificate, &files.cert)?;
         let key = pem_files::private_key(&files.key)?;
-        if !names(&certs[0], own_id) {
+        if !names(&certs[0], own_id.as_str()) {
             return Err(TlsError::OwnNameMismatch { path: files.cert.clone(), id: own_id.clone() });
         }
         let roots = Arc::new(pem_files::ca_roots(&files.ca)?);
@@ -70,10 +70,11 @@ impl PeerTls {
     }
 }
 
-/// True when `cert` is valid for the DNS name `id` (its chain was verified by rustls already).
-pub(crate) fn names(cert: &CertificateDer<'_>, id: &ClusterId) -> bool {
+/// True when `cert` is valid for the DNS name `name` (its chain was verified by rustls
+/// already): a cluster id on the peer link, a node name on the hot path's TCP listener.
+pub(crate) fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     let Ok(ee) = webpki::EndEntityCert::try_from(cert) else { return false };
-    let Ok(name) = ServerName::try_from(id.as_str()) else { return false };
+    let Ok(name) = ServerName::try_from(name) else { return false };
     ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
@@ -83,7 +84,7 @@ pub(crate) fn identify<'a>(
     candidates: impl IntoIterator<Item = &'a ClusterId>,
 ) -> Option<ClusterId> {
     let leaf = peer_certs?.first()?;
-    candidates.into_iter().find(|c| names(leaf, c)).cloned()
+    candidates.into_iter().find(|c| names(leaf, c.as_str())).cloned()
 }
 
 /// The TLS server name to dial a peer by: its cluster id.
@@ -107,7 +108,7 @@ mod tests {
         let e = PeerTls::load(&files, &b).err().unwrap().to_string();
         assert!(e.contains("not valid for this cluster's id b"), "{e}");
         let cert = pem_files::certificates(PemKind::Certificate, &f.cert).unwrap();
-        assert!(names(&cert[0], &a) && !names(&cert[0], &b));
+        assert!(names(&cert[0], a.as_str()) && !names(&cert[0], b.as_str()));
         assert_eq!(identify(Some(&cert), [&b, &a]), Some(a.clone()));
         assert_eq!(identify(Some(&cert), [&b]), None);
         assert_eq!(identify(None, [&a]), None);

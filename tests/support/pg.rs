@@ -2,7 +2,8 @@
 //! package (scripts/test.sh installs it) in a temp dir, on 127.0.0.1 and a port reserved for it
 //! while it lives (PostgreSQL binds with `SO_REUSEADDR`, see `imcrypt::demo::ReservedPort`), with
 //! trust authentication; stopped and removed on drop. As root (CI), the server runs as the
-//! `postgres` user, since initdb refuses to run as root.
+//! `postgres` user, since initdb refuses to run as root. [`Pg::start_tls`] starts one with
+//! `ssl = on` that accepts TLS connections only (`hostssl` in pg_hba.conf).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ pub struct Pg {
     /// Kept from the first start to the drop, restarts included.
     port: ReservedPort,
     as_postgres: bool,
+    /// Server options beyond the port and address (`ssl = on` and its files).
+    extra_opts: String,
 }
 
 fn find_bin() -> PathBuf {
@@ -41,20 +44,45 @@ fn find_bin() -> PathBuf {
 impl Pg {
     /// Creates the cluster and starts the server.
     pub fn start() -> Pg {
+        let pg = Pg::init();
+        pg.start_server();
+        pg
+    }
+
+    /// Creates the cluster and starts the server with `ssl = on`, presenting the certificate
+    /// `cert` (PEM chain) and its key `key`, and accepting TCP connections over TLS only.
+    pub fn start_tls(cert: &Path, key: &Path) -> Pg {
+        let mut pg = Pg::init();
+        let (c, k) = (pg.dir().join("server.crt"), pg.dir().join("server.key"));
+        std::fs::copy(cert, &c).unwrap();
+        std::fs::copy(key, &k).unwrap();
+        // PostgreSQL refuses a key file others can read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(
+            pg.data().join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        if pg.as_postgres {
+            chown_to_postgres(pg.dir());
+        }
+        pg.extra_opts =
+            format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", c.display(), k.display());
+        pg.start_server();
+        pg
+    }
+
+    /// `initdb` in a new temp dir; the server is not started.
+    fn init() -> Pg {
         let bin = find_bin();
         let as_postgres = is_root();
         let dir = tempfile::Builder::new().prefix("imcrypt-pg").tempdir_in("/tmp").unwrap();
         if as_postgres {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "cannot chown the PostgreSQL temp dir to user postgres");
+            chown_to_postgres(dir.path());
         }
         let port = ReservedPort::new().expect("a port on 127.0.0.1");
-        let pg = Pg { dir, bin, port, as_postgres };
+        let pg = Pg { dir, bin, port, as_postgres, extra_opts: String::new() };
         let data = pg.data();
         pg.run(
             "initdb",
@@ -70,7 +98,6 @@ impl Pg {
                 "--no-instructions",
             ],
         );
-        pg.start_server();
         pg
     }
 
@@ -110,9 +137,10 @@ impl Pg {
     /// Starts the server (again) and waits until it accepts connections.
     pub fn start_server(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off{}",
             self.port(),
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra_opts
         );
         let log = self.dir.path().join("server.log");
         let data = self.data();
@@ -138,6 +166,12 @@ impl Pg {
         let data = self.data();
         self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "30", "stop"]);
     }
+}
+
+/// Gives `dir` and everything in it to user `postgres` (the server runs as it under root).
+fn chown_to_postgres(dir: &Path) {
+    let ok = Command::new("chown").args(["-R", "postgres:"]).arg(dir).status().unwrap().success();
+    assert!(ok, "cannot chown {} to user postgres", dir.display());
 }
 
 fn is_root() -> bool {
