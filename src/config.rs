@@ -57,6 +57,9 @@ pub struct Config {
     /// `[[alarms.sinks]]`: where alarms are delivered (docs/operations.md, "Alarm delivery").
     #[serde(default)]
     pub(crate) alarms: crate::alarm::sink::AlarmsSection,
+    /// `[audit]`: the audit trail (docs/operations.md, "Audit trail").
+    #[serde(default)]
+    pub(crate) audit: crate::audit::AuditSection,
     #[serde(default)]
     pub(crate) testing: TestingSection,
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod alarm;
+pub mod audit;
 pub mod archive;
 pub mod caps;
 pub mod cli;

@@ -43,6 +43,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::alarm::AlarmHistory;
+use crate::audit::{Actor, Audit, AuditError, Record};
 use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{Command, CommandError, ComplianceDb, NodeId, Outcome};
 use crate::config::Config;
@@ -69,9 +70,11 @@ const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
 /// out), read the status. The daemon's `Control` implements it; the admin API never names the
 /// daemon, which starts it.
 pub trait Daemon: Clone + Send + Sync + 'static {
+    /// Runs `cmd` for `by`, who is named in its audit record.
     fn command(
         &self,
         cmd: Command,
+        by: crate::audit::Request,
     ) -> impl std::future::Future<Output = Result<Outcome, RequestError>> + Send;
     fn status(&self)
     -> impl std::future::Future<Output = Result<api::Status, RequestError>> + Send;
@@ -88,6 +91,12 @@ pub enum RequestError {
     NotSaved(#[source] Arc<StoreError>),
     #[error("the daemon has stopped")]
     Stopped,
+    /// Its audit record could not be written, so it was not done; nothing changed.
+    #[error(
+        "refused: the audit record of this request cannot be written ({0}); nothing was \
+         changed. Fix the audit trail (docs/operations.md, \"Audit trail\") and retry"
+    )]
+    NotAudited(#[source] Arc<crate::audit::AuditError>),
 }
 
 /// Why the admin API cannot start.
@@ -119,6 +128,8 @@ struct Ctx {
     hashing: Semaphore,
     history: AlarmHistory,
     metrics: Arc<AdminMetrics>,
+    /// Refusals that never reach the core are recorded here (the core records the rest).
+    audit: Audit,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -141,6 +152,7 @@ impl Admin {
         history: AlarmHistory,
         metrics: Arc<AdminMetrics>,
         proof_key: zeroize::Zeroizing<[u8; 32]>,
+        audit: Audit,
     ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
@@ -167,6 +179,7 @@ impl Admin {
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
                 history,
                 metrics,
+                audit,
             }),
         })
     }
@@ -210,6 +223,8 @@ async fn connection(
         async move {
             let (method, route) = metric_labels(&req);
             let mut issued = None;
+            let found = api::find(req.method().as_str(), req.uri().path());
+            let path = req.uri().path().to_owned();
             let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued).await {
                 Ok(mut r) => {
                     if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
@@ -217,7 +232,7 @@ async fn connection(
                     }
                     r
                 }
-                Err(e) => e.response(),
+                Err(e) => record_refusal(&ctx, &found, &path, addr, e).await.response(),
             };
             ctx.metrics.request(method, route, r.status().as_u16());
             Ok::<_, std::convert::Infallible>(r)
@@ -269,6 +284,12 @@ enum ApiError {
     NotSaved(#[source] Arc<StoreError>),
     #[error("the key export could not be made: {0}")]
     Export(#[from] ExportError),
+    /// The request's audit record could not be written, so it was not carried out.
+    #[error(
+        "refused: the audit record of this request cannot be written ({0}); nothing was \
+         changed. Fix the audit trail (docs/operations.md, \"Audit trail\") and retry"
+    )]
+    NotAudited(#[source] Arc<AuditError>),
     /// The daemon answered a command with an outcome of another command: a bug, never an
     /// answer to make up.
     #[error("internal error: the daemon answered {0}")]
@@ -281,6 +302,7 @@ impl From<RequestError> for ApiError {
             RequestError::Refused(c) => ApiError::Command(c),
             RequestError::NotSaved(e) => ApiError::NotSaved(e),
             RequestError::Stopped => ApiError::Stopping,
+            RequestError::NotAudited(e) => ApiError::NotAudited(e),
         }
     }
 }
@@ -309,6 +331,7 @@ impl ApiError {
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             ApiError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
+            ApiError::NotAudited(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::UnexpectedOutcome(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Command(c) => match c {
                 C::WrongPassword | C::WrongMasterPassword { .. } => {
@@ -345,6 +368,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited(r) => Some(r.retry_after()),
             ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
+            ApiError::NotAudited(_) => Some(Duration::from_secs(5)),
             ApiError::NoToken
             | ApiError::WrongToken
             | ApiError::NotFound(_)
@@ -433,6 +457,69 @@ pub(crate) async fn health(
     r
 }
 
+/// Who a request with a valid token is, in the audit: today's single token is the
+/// administrator `admin` with role `admin` (named administrators replace this).
+fn actor() -> Actor {
+    Actor::Admin { name: "admin".into(), role: "admin".into() }
+}
+
+impl ApiError {
+    /// Whether the daemon's core already recorded the request (it got that far).
+    fn recorded_by_core(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Command(_)
+                | ApiError::NotSaved(_)
+                | ApiError::NotAudited(_)
+                | ApiError::UnexpectedOutcome(_)
+        )
+    }
+}
+
+/// Records a request refused before the core saw it (no or a wrong token, a bad body or
+/// public key, a rate limit) when it was for a route that changes or reveals something, or
+/// failed its token check. When that record cannot be written, a request for such a route is
+/// answered [`ApiError::NotAudited`] instead: no answer without its record.
+async fn record_refusal(
+    ctx: &Ctx,
+    found: &Match,
+    path: &str,
+    addr: SocketAddr,
+    e: ApiError,
+) -> ApiError {
+    if e.recorded_by_core() {
+        return e;
+    }
+    let route = match found {
+        Match::Found { route, .. } => Some(*route),
+        Match::WrongMethod { .. } | Match::NotFound => None,
+    };
+    let token_refused = matches!(e, ApiError::NoToken | ApiError::WrongToken);
+    let audited = route.and_then(Route::audit_action);
+    let action = match (audited, token_refused) {
+        (Some(a), _) => a,
+        (None, true) => crate::audit::acts::action::ADMIN_READ,
+        (None, false) => return e,
+    };
+    let who = if token_refused { Actor::Anonymous } else { actor() };
+    let target: String = if audited.is_some() { String::new() } else { path.chars().take(200).collect() };
+    let outcome = if matches!(e, ApiError::Export(_)) {
+        crate::audit::Outcome::Failed
+    } else {
+        crate::audit::Outcome::Refused
+    };
+    let record = Record::new(who, action, outcome)
+        .source(Some(addr.to_string()))
+        .target(target)
+        .reason(e.to_string())
+        .detail("code", e.status().1);
+    match ctx.audit.write_async(vec![record]).await {
+        Ok(()) => e,
+        Err(w) if audited.is_some() => ApiError::NotAudited(w),
+        Err(_) => e,
+    }
+}
+
 fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(), ApiError> {
     let Some(h) = req.headers().get(AUTHORIZATION) else { return Err(ApiError::NoToken) };
     let given = h.to_str().ok().and_then(bearer).ok_or(ApiError::NoToken)?;
@@ -501,6 +588,7 @@ async fn with_password(
     control: &impl Daemon,
     (client, peer): (Client, SocketAddr),
     cmd: Command,
+    by: crate::audit::Request,
     issued: &mut Option<String>,
 ) -> Result<Outcome, ApiError> {
     let credential = ctx.credential;
@@ -538,7 +626,7 @@ async fn with_password(
             .await
             .map_err(|_| ApiError::Busy)?
             .map_err(|_| ApiError::Stopping)?;
-        let r = control.command(cmd).await;
+        let r = control.command(cmd, by).await;
         finish.outcome = match &r {
             Ok(_) => Checked::Correct,
             Err(RequestError::Refused(
@@ -602,6 +690,11 @@ async fn handle(
     };
     let param = param.unwrap_or_default();
     let client = (client_of(&req, ctx), peer);
+    let by = crate::audit::Request {
+        actor: actor(),
+        source: Some(peer.to_string()),
+        details: crate::audit::Details::new(),
+    };
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
         Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
@@ -614,7 +707,7 @@ async fn handle(
         Route::Enable => {
             let b: api::EnableRequest = body(req).await?;
             let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
-            let domain = match with_password(ctx, control, client, cmd, issued).await? {
+            let domain = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::Enabled { domain } => domain,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
@@ -631,7 +724,7 @@ async fn handle(
                 password: password(&b.password),
                 i_understand_data_loss: b.i_understand_data_loss,
             };
-            let msg = match with_password(ctx, control, client, cmd, issued).await? {
+            let msg = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::DisabledHere { master } => format!(
                     "encryption disabled on this slave of cluster {master}; its keys are deleted"
                 ),
@@ -646,7 +739,7 @@ async fn handle(
         Route::SetRemote => {
             let b: api::RemoteRequest = body(req).await?;
             control
-                .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote })
+                .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote }, by)
                 .await?;
             Ok(done(
                 if b.enabled {
@@ -663,14 +756,14 @@ async fn handle(
                 old: password(&b.old_password),
                 new: password(&b.new_password),
             };
-            with_password(ctx, control, client, cmd, issued).await?;
+            with_password(ctx, control, client, cmd, by, issued).await?;
             Ok(done(
                 "the encryption password was changed; slaves receive it at the next sync",
                 vec![],
             ))
         }
         Route::RotateKey => {
-            let v = match control.command(Command::RotateKey).await? {
+            let v = match control.command(Command::RotateKey, by).await? {
                 Outcome::Rotated { primary } => primary,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
@@ -686,10 +779,17 @@ async fn handle(
             // The key is checked before the password is looked at.
             let to = parse_public_key(&b.public_key_pem)?;
             let cmd = Command::DownloadKeys { password: password(&b.password) };
-            let ring = match with_password(ctx, control, client, cmd, issued).await? {
+            // The record names the recipient: the fingerprint `imcrypt check-key` and openssl
+            // show for this public key.
+            let mut by = by;
+            by.details.insert("recipient_fingerprint".into(), to.fingerprint_hex().into());
+            by.details.insert("recipient_bits".into(), to.bits().into());
+            let ring = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::KeysForDownload(ring) => ring,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
+            // A failure here is recorded as `failed` by `record_refusal`, after the core's
+            // record of the authorised download.
             let doc = export_ring(&ring, &to, crate::clock::now().unix_secs())?;
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
@@ -702,7 +802,7 @@ async fn handle(
             let b: api::AddPeerRequest = body(req).await?;
             let peer = cluster_id(&b.id)?;
             control
-                .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() })
+                .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() }, by)
                 .await?;
             Ok(done(
                 format!("cluster {peer} is now a peer of this cluster, at {}", b.address),
@@ -718,19 +818,19 @@ async fn handle(
         }
         Route::RemovePeer => {
             let peer = cluster_id(&param)?;
-            control.command(Command::RemovePeer { peer: peer.clone() }).await?;
+            control.command(Command::RemovePeer { peer: peer.clone() }, by).await?;
             Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
         }
         Route::AddNode => {
             let b: api::AddNodeRequest = body(req).await?;
             let node = node_id(&b.id)?;
             let archiver = archiver(&b.archiver)?;
-            control.command(Command::AddNode { node: node.clone(), archiver }).await?;
+            control.command(Command::AddNode { node: node.clone(), archiver }, by).await?;
             Ok(done(format!("node {node} added"), vec![UNTIL_RESTART.into()]))
         }
         Route::RemoveNode => {
             let node = node_id(&param)?;
-            control.command(Command::RemoveNode { node: node.clone() }).await?;
+            control.command(Command::RemoveNode { node: node.clone() }, by).await?;
             Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
         }
     }

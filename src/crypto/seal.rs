@@ -18,6 +18,8 @@ pub enum Purpose {
     State,
     /// Counter reservations (crypto::counter).
     Counters,
+    /// The audit trail's chain head (`audit::log`).
+    AuditHead,
 }
 
 impl Purpose {
@@ -25,6 +27,7 @@ impl Purpose {
         match self {
             Purpose::State => b"imcrypt seal state v1",
             Purpose::Counters => b"imcrypt seal counters v1",
+            Purpose::AuditHead => b"imcrypt seal audit head v1",
         }
     }
 }
