@@ -11,6 +11,7 @@
 //! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
 
 mod archive;
+mod audit;
 use crate::admin::client;
 mod commands;
 mod support;
@@ -103,6 +104,11 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Check or read the audit trail (on the daemon's host; docs/admin.md, "Audit trail").
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Decrypt archived records (JSON lines, docs/viewer.md) with an unwrapped key ring.
     Decrypt {
@@ -207,6 +213,13 @@ enum CliError {
     NoSink(String),
     #[error("{failed} of {total} alarm sinks did not take the test alarm (see above)")]
     SinksFailed { failed: usize, total: usize },
+    #[error("{0}")]
+    Usage(String),
+    /// `audit verify`: the chain is broken (or a file cannot be read).
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::audit::chain::ChainError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl CliError {
@@ -222,7 +235,10 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Output(_)
             | CliError::Write { .. } => 1,
-            CliError::SinksFailed { .. } => 1,
+            CliError::SinksFailed { .. } | CliError::Store(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Audit(crate::audit::chain::ChainError::Read { .. }) => 1,
+            CliError::Audit(_) => 8,
             CliError::PublicKey { .. }
             | CliError::Config(_)
             | CliError::Password(_)
@@ -301,6 +317,7 @@ impl Command {
             | Command::Nodes { .. }
             | Command::Alarms { .. }
             | Command::Archive(_)
+            | Command::Audit { .. }
             | Command::Support { .. } => false,
         }
     }
@@ -354,6 +371,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::View(a) => Ok(archive::view(a)?),
         Command::Support { command } => support::support(command),
+        Command::Audit { command } => audit::audit(command),
     }
 }
 
