@@ -7,8 +7,8 @@
 
 pub mod admin;
 pub mod alarm;
-pub mod audit;
 pub mod archive;
+pub mod audit;
 pub mod caps;
 pub mod cli;
 mod clock;

@@ -32,8 +32,8 @@ impl One {
         let cfg = s(&dir.path().join("a.toml")).to_owned();
         let pwfile = dir.path().join("pw.txt");
         std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
-        let o = imcrypt(&["encryption", "enable", "--password-file", s(&pwfile), "-c", &cfg], "")
-            .await;
+        let o =
+            imcrypt(&["encryption", "enable", "--password-file", s(&pwfile), "-c", &cfg], "").await;
         assert_eq!(o.code, 0, "{}", o.stderr);
         One { dir, lab, cfg }
     }
@@ -98,9 +98,14 @@ async fn a_key_download_is_audited_with_the_recipient_fingerprint_openssl_comput
         let o = one.download(&key, PASSWORD).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
 
-        let o = imcrypt(&["audit", "show", "--config", &one.cfg, "--action", "key.download", "-o", "json"], "").await;
+        let o = imcrypt(
+            &["audit", "show", "--config", &one.cfg, "--action", "key.download", "-o", "json"],
+            "",
+        )
+        .await;
         assert_eq!(o.code, 0, "{}", o.stderr);
-        let shown: Vec<Entry> = o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let shown: Vec<Entry> =
+            o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(shown.len(), 2, "{}", o.stdout);
         let (wrong, good) = (&shown[0], &shown[1]);
         assert_eq!(wrong.result, Outcome::Refused);
@@ -114,7 +119,11 @@ async fn a_key_download_is_audited_with_the_recipient_fingerprint_openssl_comput
 
         // The table names the same act.
         let o = imcrypt(&["audit", "show", "--config", &one.cfg, "--actor", "admin"], "").await;
-        assert!(o.stdout.contains("key.download") && o.stdout.contains("encryption.enable"), "{}", o.stdout);
+        assert!(
+            o.stdout.contains("key.download") && o.stdout.contains("encryption.enable"),
+            "{}",
+            o.stdout
+        );
 
         // Records of the state machine: the key ring it made at enable, the role change.
         let all = one.entries();
@@ -180,6 +189,20 @@ async fn every_kind_of_tampering_is_caught_by_audit_verify_naming_the_record() {
         assert!(n >= 8, "{original}");
         let o = one.verify(true).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
+        // The auditor's few lines of Python from docs/formats.md agree.
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/formats.md"))
+            .unwrap();
+        let audit_section = &doc[doc.find("## 5. Audit trail").unwrap()..];
+        let start = audit_section.find("```python\n").unwrap() + "```python\n".len();
+        let script = &audit_section[start..start + audit_section[start..].find("```").unwrap()];
+        let py = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(one.log())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&py.stdout);
+        assert!(py.status.success() && said.contains(&format!("intact up to seq {n}")), "{said}");
 
         let join = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
         // (what was done, the file written, whether only the sealed head can tell, what the
@@ -196,11 +219,34 @@ async fn every_kind_of_tampering_is_caught_by_audit_verify_naming_the_record() {
         let mut deleted = lines.clone();
         deleted.remove(4);
         let cases = [
-            ("one byte edited", join(&edited), false, "record seq 4".to_owned() + " (" + s(&one.log()) + " line 4): its prev hash is not the hash of record seq 3"),
-            ("two records swapped", join(&swapped), false, "record seq 5 (".to_owned() + s(&one.log()) + " line 4) comes where seq 4 should"),
-            ("a record deleted", join(&deleted), false, "record seq 6 (".to_owned() + s(&one.log()) + " line 5) comes where seq 5 should"),
+            (
+                "one byte edited",
+                join(&edited),
+                false,
+                "record seq 4".to_owned()
+                    + " ("
+                    + s(&one.log())
+                    + " line 4): its prev hash is not the hash of record seq 3",
+            ),
+            (
+                "two records swapped",
+                join(&swapped),
+                false,
+                "record seq 5 (".to_owned() + s(&one.log()) + " line 4) comes where seq 4 should",
+            ),
+            (
+                "a record deleted",
+                join(&deleted),
+                false,
+                "record seq 6 (".to_owned() + s(&one.log()) + " line 5) comes where seq 5 should",
+            ),
             ("the tail cut", join(&lines[..n - 2]), true, format!("ends at record seq {}", n - 2)),
-            ("the file replaced by a fresh valid chain", forged_chain(n as u64), true, format!("record seq {n}")),
+            (
+                "the file replaced by a fresh valid chain",
+                forged_chain(n as u64),
+                true,
+                format!("record seq {n}"),
+            ),
         ];
         for (what, text, needs_head, names) in cases {
             std::fs::write(one.log(), &text).unwrap();
@@ -237,7 +283,11 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
 
         let o = one.download(&key, PASSWORD).await;
         assert_eq!(o.code, 6, "{}", o.stderr);
-        assert!(o.stderr.contains("audit record") && o.stderr.contains("nothing was"), "{}", o.stderr);
+        assert!(
+            o.stderr.contains("audit record") && o.stderr.contains("nothing was"),
+            "{}",
+            o.stderr
+        );
         assert!(!one.dir.path().join("export.json").exists(), "no export without its record");
         let o = imcrypt(
             &["password", "change", "--password-stdin", "-c", &one.cfg],
@@ -246,7 +296,14 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
         .await;
         assert_eq!(o.code, 6, "{}", o.stderr);
         let o = imcrypt(
-            &["encryption", "disable", "--password-stdin", "--i-understand-data-loss", "-c", &one.cfg],
+            &[
+                "encryption",
+                "disable",
+                "--password-stdin",
+                "--i-understand-data-loss",
+                "-c",
+                &one.cfg,
+            ],
             &format!("{PASSWORD}\n"),
         )
         .await;

@@ -168,5 +168,8 @@ fn worked_examples_in_docs_formats_md_are_current() {
     if bless {
         std::fs::write(&path, &doc).unwrap();
     }
-    assert!(a && b && c, "docs/formats.md is out of date; run with IMCRYPT_BLESS=1 and review the diff");
+    assert!(
+        a && b && c,
+        "docs/formats.md is out of date; run with IMCRYPT_BLESS=1 and review the diff"
+    );
 }

@@ -502,7 +502,8 @@ async fn record_refusal(
         (None, false) => return e,
     };
     let who = if token_refused { Actor::Anonymous } else { actor() };
-    let target: String = if audited.is_some() { String::new() } else { path.chars().take(200).collect() };
+    let target: String =
+        if audited.is_some() { String::new() } else { path.chars().take(200).collect() };
     let outcome = if matches!(e, ApiError::Export(_)) {
         crate::audit::Outcome::Failed
     } else {

@@ -181,7 +181,9 @@ pub(crate) fn effects(
                 .detail("versions", s.versions.clone())
         };
         if let Some(r) = rejected {
-            out.push(base(Result_::Refused).reason(format!("this cluster refused it: {}", r.reason)));
+            out.push(
+                base(Result_::Refused).reason(format!("this cluster refused it: {}", r.reason)),
+            );
         } else if effects.iter().any(|e| matches!(e, Effect::Persist(_))) {
             out.push(base(Result_::Ok));
         }

@@ -128,7 +128,11 @@ impl Verifier {
     /// Checks the next line (without its line feed) found at `at`.
     pub fn push(&mut self, line: &[u8], at: Place) -> Result<(), ChainError> {
         let after = self.last.map_or(0, |(s, _)| s);
-        let e = parse_line(line).map_err(|why| ChainError::NotARecord { at: at.clone(), after, why })?;
+        let e = parse_line(line).map_err(|why| ChainError::NotARecord {
+            at: at.clone(),
+            after,
+            why,
+        })?;
         let prev = hex::decode(&e.prev).expect("checked by parse_line");
         match self.last {
             Some((s, h)) => {
@@ -302,7 +306,10 @@ mod tests {
         let mut c = chain(5);
         c.remove(2);
         let e = check(&c).unwrap_err().to_string();
-        assert!(e.contains("record seq 4") && e.contains("seq 3 should") && e.contains("deleted"), "{e}");
+        assert!(
+            e.contains("record seq 4") && e.contains("seq 3 should") && e.contains("deleted"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -339,7 +346,10 @@ mod tests {
         let e = verify(&c[..3]).unwrap_err().to_string();
         assert!(e.contains("ends at record seq 3") && e.contains("4..=5"), "{e}");
         let mut other = chain(5);
-        other[4] = other[4].replace("\"time\":\"1970-01-01T00:00:05.000Z\"", "\"time\":\"1970-01-01T00:00:06.000Z\"");
+        other[4] = other[4].replace(
+            "\"time\":\"1970-01-01T00:00:05.000Z\"",
+            "\"time\":\"1970-01-01T00:00:06.000Z\"",
+        );
         let e = verify(&other).unwrap_err().to_string();
         assert!(e.contains("record seq 5") && e.contains("sealed head"), "{e}");
         let e = verify(&chain(7)).unwrap_err().to_string();

@@ -148,7 +148,8 @@ impl AuditLog {
             len,
         };
         // Only the newest file with records is read: older ones are checked by `audit verify`.
-        let Some(newest) = files.iter().rev().find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        let Some(newest) =
+            files.iter().rev().find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         else {
             return match head {
                 None => Ok(log),
@@ -159,10 +160,16 @@ impl AuditLog {
             };
         };
         let Some(h) = head else {
-            return Err(broken(format!("{} holds records but there is no {HEAD_FILE}", newest.display())));
+            return Err(broken(format!(
+                "{} holds records but there is no {HEAD_FILE}",
+                newest.display()
+            )));
         };
-        let bytes = std::fs::read(newest)
-            .map_err(|source| AuditError::Io { action: "read", path: newest.clone(), source })?;
+        let bytes = std::fs::read(newest).map_err(|source| AuditError::Io {
+            action: "read",
+            path: newest.clone(),
+            source,
+        })?;
         let mut v = Verifier::new();
         v.push_bytes(&bytes, newest).map_err(|e| broken(e.to_string()))?;
         let s = v.finish().map_err(|e| broken(e.to_string()))?;
@@ -240,17 +247,16 @@ impl AuditLog {
             // What a failed batch left behind: never acknowledged, so not part of the chain.
             f.set_len(self.len).map_err(|e| io("truncate", e))?;
         }
-        let written = f
-            .write_all(&bytes)
-            .and_then(|()| f.sync_data())
-            .map_err(|e| io("write", e))
-            .and_then(|()| {
-                if self.len == 0 {
-                    sync_dir(&self.dir).map_err(|e| io("sync the directory of", e))?;
-                }
-                self.head_file.save(&Head { seq, hash })?;
-                Ok(())
-            });
+        let written =
+            f.write_all(&bytes).and_then(|()| f.sync_data()).map_err(|e| io("write", e)).and_then(
+                |()| {
+                    if self.len == 0 {
+                        sync_dir(&self.dir).map_err(|e| io("sync the directory of", e))?;
+                    }
+                    self.head_file.save(&Head { seq, hash })?;
+                    Ok(())
+                },
+            );
         if let Err(e) = written {
             // Best effort: the next batch cuts the file back too.
             let _ = f.set_len(self.len).and_then(|()| f.sync_data());

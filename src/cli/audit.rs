@@ -92,8 +92,7 @@ fn sealed_head(dir: &Path) -> Result<Option<(u64, Hash)>, CliError> {
     }
     let (key, _) = NodeKey::load_or_create(&key_path)
         .map_err(|e| CliError::Usage(format!("node key: {e}")))?;
-    let head: Option<crate::audit::log::Head> =
-        crate::audit::log::head_file(dir, &key).load()?;
+    let head: Option<crate::audit::log::Head> = crate::audit::log::head_file(dir, &key).load()?;
     Ok(head.map(|h| (h.seq, h.hash)))
 }
 
@@ -112,14 +111,18 @@ fn verify(files: &Files) -> Result<(), CliError> {
     }
     let s = v.finish()?;
     let mut out = std::io::stdout().lock();
-    let w = |out: &mut std::io::StdoutLock, t: String| writeln!(out, "{t}").map_err(CliError::Output);
-    w(&mut out, format!(
-        "audit chain intact: records {}..={} ({} records in {} files)",
-        s.first,
-        s.last,
-        s.records,
-        paths.len()
-    ))?;
+    let w =
+        |out: &mut std::io::StdoutLock, t: String| writeln!(out, "{t}").map_err(CliError::Output);
+    w(
+        &mut out,
+        format!(
+            "audit chain intact: records {}..={} ({} records in {} files)",
+            s.first,
+            s.last,
+            s.records,
+            paths.len()
+        ),
+    )?;
     if s.first > 1 {
         w(&mut out, format!("records before seq {} are not in the files given", s.first))?;
     }
@@ -152,9 +155,10 @@ impl Filter {
         let t = humantime::parse_rfc3339(&e.time).ok();
         self.since.is_none_or(|s| t.is_some_and(|t| t >= s))
             && self.actor.as_deref().is_none_or(|a| e.actor.label() == a)
-            && self.action.as_deref().is_none_or(|a| {
-                e.action == a || (a.ends_with('.') && e.action.starts_with(a))
-            })
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| e.action == a || (a.ends_with('.') && e.action.starts_with(a)))
     }
 }
 
@@ -172,8 +176,12 @@ fn show(files: &Files, filter: Filter, output: Output) -> Result<(), CliError> {
     let (paths, _) = files.resolve()?;
     let mut out = std::io::stdout().lock();
     if output == Output::Table {
-        writeln!(out, "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} DETAILS", "TIME", "SEQ", "ACTOR", "ACTION", "TARGET", "RESULT")
-            .map_err(CliError::Output)?;
+        writeln!(
+            out,
+            "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} DETAILS",
+            "TIME", "SEQ", "ACTOR", "ACTION", "TARGET", "RESULT"
+        )
+        .map_err(CliError::Output)?;
     }
     for p in &paths {
         let bytes =
