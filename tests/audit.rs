@@ -258,7 +258,7 @@ async fn every_kind_of_tampering_is_caught_by_audit_verify_naming_the_record() {
             }
             // And the daemon refuses to start on it rather than extend a broken chain.
             if needs_head {
-                let e = one.lab.start("a").await.err().expect("refused to start").to_string();
+                let e = one.lab.start("a").await.expect_err("refused to start").to_string();
                 assert!(e.contains("does not match its sealed head"), "{e}");
             }
         }
