@@ -295,18 +295,9 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
         )
         .await;
         assert_eq!(o.code, 6, "{}", o.stderr);
-        let o = imcrypt(
-            &[
-                "encryption",
-                "disable",
-                "--password-stdin",
-                "--i-understand-data-loss",
-                "-c",
-                &one.cfg,
-            ],
-            &format!("{PASSWORD}\n"),
-        )
-        .await;
+        let disable = ["encryption", "disable", "--password-stdin", "--i-understand-data-loss"];
+        let o =
+            imcrypt(&[&disable[..], &["-c", &one.cfg]].concat(), &format!("{PASSWORD}\n")).await;
         assert_eq!(o.code, 6, "{}", o.stderr);
         let o = imcrypt(&["key", "rotate", "-c", &one.cfg], "").await;
         assert_eq!(o.code, 6, "{}", o.stderr);

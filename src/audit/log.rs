@@ -344,6 +344,10 @@ mod tests {
         NodeKey::from_bytes([7; 32])
     }
 
+    fn open(d: &Path) -> AuditLog {
+        AuditLog::open(d, "a", &key(), MIN_ROTATE_BYTES).unwrap()
+    }
+
     fn verify_dir(dir: &Path) -> Result<super::super::chain::Summary, ChainError> {
         let head: Head = head_file(dir, &key()).load().unwrap().unwrap();
         let mut v = Verifier::with_head(head.seq, head.hash);
@@ -356,7 +360,7 @@ mod tests {
     #[test]
     fn batches_chain_across_rotation_and_restarts() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open(d.path(), "a", &key(), MIN_ROTATE_BYTES).unwrap();
+        let mut log = open(d.path());
         for i in 0..400 {
             log.append(vec![rec(i), rec(i + 1)], 1_000).unwrap();
         }
@@ -364,7 +368,7 @@ mod tests {
         let s = verify_dir(d.path()).unwrap();
         assert_eq!((s.first, s.last), (1, 800));
         drop(log);
-        let mut log = AuditLog::open(d.path(), "a", &key(), MIN_ROTATE_BYTES).unwrap();
+        let mut log = open(d.path());
         assert_eq!(log.seq(), 800);
         log.append(vec![rec(0)], 2_000).unwrap();
         assert_eq!(verify_dir(d.path()).unwrap().last, 801);
@@ -373,7 +377,7 @@ mod tests {
     #[test]
     fn a_log_made_unwritable_refuses_and_changes_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open(d.path(), "a", &key(), MIN_ROTATE_BYTES).unwrap();
+        let mut log = open(d.path());
         log.append(vec![rec(1)], 1_000).unwrap();
         let saved = std::fs::read(d.path().join(FILE)).unwrap();
         std::fs::rename(d.path().join(FILE), d.path().join("kept")).unwrap();
@@ -391,7 +395,7 @@ mod tests {
     #[test]
     fn a_tail_cut_behind_the_daemon_stops_the_next_write_and_the_next_start() {
         let d = tempfile::tempdir().unwrap();
-        let mut log = AuditLog::open(d.path(), "a", &key(), MIN_ROTATE_BYTES).unwrap();
+        let mut log = open(d.path());
         log.append(vec![rec(1), rec(2)], 1_000).unwrap();
         let p = d.path().join(FILE);
         let text = std::fs::read_to_string(&p).unwrap();
