@@ -297,7 +297,8 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
         assert_eq!(o.code, 6, "{}", o.stderr);
         let disable = ["encryption", "disable", "--password-stdin", "--i-understand-data-loss"];
         let o =
-            imcrypt(&[&disable[..], &["-c", &one.cfg]].concat(), &format!("{PASSWORD}\n")).await;
+            imcrypt(&[&disable[..], &["-c", one.cfg.as_str()]].concat(), &format!("{PASSWORD}\n"))
+                .await;
         assert_eq!(o.code, 6, "{}", o.stderr);
         let o = imcrypt(&["key", "rotate", "-c", &one.cfg], "").await;
         assert_eq!(o.code, 6, "{}", o.stderr);
