@@ -57,6 +57,9 @@ pub struct Config {
     /// `[[alarms.sinks]]`: where alarms are delivered (docs/operations.md, "Alarm delivery").
     #[serde(default)]
     pub(crate) alarms: crate::alarm::sink::AlarmsSection,
+    /// `[audit]`: the audit trail (docs/operations.md, "Audit trail").
+    #[serde(default)]
+    pub(crate) audit: crate::audit::AuditSection,
     #[serde(default)]
     pub(crate) testing: TestingSection,
 }
@@ -622,6 +625,8 @@ archiver = "postgresql"
             ("testing.legacy_software".into(), format!("`{}`", c.testing.legacy_software)),
             ("log.level".into(), format!("`{}`", c.log.level)),
             ("metrics.allow_non_loopback".into(), "`false`".into()),
+            ("audit.enabled".into(), format!("`{}`", c.audit.enabled)),
+            ("audit.rotate_bytes".into(), format!("`{}`", c.audit.rotate_bytes)),
         ];
         for (k, v) in &admin {
             expected.push((format!("admin.{k}"), v.clone()));
@@ -730,6 +735,10 @@ archiver = "postgresql"
         assert!(e.contains("max_failures") && e.contains("at least 1"), "{e}");
         let e = err(&GOOD.replace("[admin]\n", "[admin]\nlockout = \"forever\"\n"));
         assert!(e.contains("lockout") && e.contains("not a duration"), "{e}");
+        let e = err(&format!("{GOOD}\n[audit]\nrotate_bytes = 100\n"));
+        assert!(e.contains("audit.rotate_bytes") && e.contains("at least 65536"), "{e}");
+        let e = err(&format!("{GOOD}\n[audit]\nenable = false\n"));
+        assert!(e.contains("unknown field `enable`"), "{e}");
         let e = err(&format!("{GOOD}\n[log]\nlevel = \"loud\"\n"));
         assert!(e.contains("log.level") && e.contains("\"loud\" is not a level"), "{e}");
         let text = format!("{GOOD}\n[log]\nlevel = \"debug\"\nfile = \"log/a.log\"\n");

@@ -49,6 +49,7 @@ pub const TARGETS: &[Target] = &[
     ("frame", frame),
     ("session", session),
     ("record", record),
+    ("audit_record", audit_record),
 ];
 
 /// The entry point of the target called `name`.
@@ -322,6 +323,21 @@ pub fn record(data: &[u8]) -> bool {
         }
         (a, b) => panic!("the AEAD implementations disagree: {:?} vs {:?}", a.is_ok(), b.is_ok()),
     }
+}
+
+/// Audit trail lines, as `imcrypt audit verify` and the daemon's start read `audit.log`: each
+/// line parsed, the chain checked. A record that parses writes back to a line that parses to
+/// the same record. Accepted when the whole input is an intact chain.
+pub fn audit_record(data: &[u8]) -> bool {
+    use crate::audit::chain::{Verifier, parse_line};
+    if let Some(first) = data.split(|&b| b == b'\n').next()
+        && let Ok(e) = parse_line(first)
+    {
+        let again = parse_line(e.line().as_bytes()).expect("a written record parses");
+        assert_eq!(again, e, "a record changed on its way through a write");
+    }
+    let mut v = Verifier::new();
+    v.push_bytes(data, Path::new("/fuzz/audit.log")).is_ok() && v.finish().is_ok()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alarm;
 pub mod archive;
+pub mod audit;
 pub mod caps;
 pub mod cli;
 mod clock;

@@ -270,6 +270,22 @@ async fn a_key_custodian_downloads_but_cannot_disable_and_an_operator_rotates_bu
         assert_eq!(f.lab.status("a").await.unwrap().role, Role::Master, "still encrypting");
         let o = f.run(Some(&custodian), &["status"]).await;
         assert_eq!(o.code, 4, "key download only: {}", o.stderr);
+
+        // The audit trail names who did what, a refusal for a role included.
+        let o = f.run(None, &["audit", "show", "--action", "key.download", "-o", "json"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let shown: Vec<serde_json::Value> =
+            o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let who = |e: &serde_json::Value| {
+            format!("{} {} {}", e["actor"]["name"], e["actor"]["role"], e["result"])
+        };
+        let shown: Vec<String> = shown.iter().map(who).collect();
+        assert_eq!(
+            shown,
+            ["\"olga\" \"operator\" \"refused\"", "\"kim\" \"key-custodian\" \"ok\""],
+            "{}",
+            o.stdout
+        );
         f.lab.stop_all().await;
     })
     .await;

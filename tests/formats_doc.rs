@@ -94,6 +94,52 @@ fn state_example() -> String {
     )
 }
 
+/// Two chained audit records as `audit.log` holds them, and the hash each passes on.
+fn audit_example() -> String {
+    use imcrypt::audit::{Actor, Entry, GENESIS, Outcome, hash_line};
+    let first = Entry {
+        seq: 1,
+        prev: hex::encode(GENESIS),
+        time: "2026-12-01T14:00:00.000Z".into(),
+        cluster: "a".into(),
+        actor: Actor::Admin { name: "admin".into(), role: "admin".into() },
+        source: Some("127.0.0.1:50522".into()),
+        action: "key.rotate".into(),
+        target: String::new(),
+        result: Outcome::Ok,
+        reason: None,
+        details: serde_json::from_str(r#"{"primary":2}"#).unwrap(),
+    }
+    .line();
+    let h1 = hash_line(first.as_bytes());
+    let second = Entry {
+        seq: 2,
+        prev: hex::encode(h1),
+        time: "2026-12-01T14:00:05.250Z".into(),
+        cluster: "a".into(),
+        actor: Actor::Anonymous,
+        source: Some("127.0.0.1:50530".into()),
+        action: "key.download".into(),
+        target: String::new(),
+        result: Outcome::Refused,
+        reason: Some("the admin token is not valid for this daemon".into()),
+        details: serde_json::from_str(r#"{"code":"wrong_token"}"#).unwrap(),
+    }
+    .line();
+    let h2 = hash_line(second.as_bytes());
+    // What Python's json reads back is what was written.
+    let back: Entry = serde_json::from_str(&second).unwrap();
+    assert_eq!(back.line(), second);
+    format!(
+        "record 1   {first}\n\
+         sha256     {}\n\
+         record 2   {second}\n\
+         sha256     {}",
+        hex::encode(h1),
+        hex::encode(h2),
+    )
+}
+
 fn check_block(doc: &mut String, name: &str, body: &str, bless: bool) -> bool {
     let start = format!("<!-- example:{name} -->\n```text\n");
     let end = "\n```\n<!-- /example -->";
@@ -118,8 +164,12 @@ fn worked_examples_in_docs_formats_md_are_current() {
     let bless = std::env::var_os("IMCRYPT_BLESS").is_some();
     let a = check_block(&mut doc, "record", &record_example(), bless);
     let b = check_block(&mut doc, "state", &state_example(), bless);
+    let c = check_block(&mut doc, "audit", &audit_example(), bless);
     if bless {
         std::fs::write(&path, &doc).unwrap();
     }
-    assert!(a && b, "docs/formats.md is out of date; run with IMCRYPT_BLESS=1 and review the diff");
+    assert!(
+        a && b && c,
+        "docs/formats.md is out of date; run with IMCRYPT_BLESS=1 and review the diff"
+    );
 }

@@ -87,6 +87,30 @@ impl Route {
         }
     }
 
+    /// The audit action of a request to this route that changes or reveals something (its
+    /// refusals before the daemon's core are recorded under it); `None` for the routes that
+    /// only read status.
+    pub(crate) fn audit_action(self) -> Option<&'static str> {
+        use crate::audit::acts::action as a;
+        match self {
+            Route::Status | Route::Peers | Route::Alarms | Route::Health => None,
+            Route::AddPeer => Some(a::PEER_ADD),
+            Route::RemovePeer => Some(a::PEER_REMOVE),
+            Route::AddNode => Some(a::NODE_ADD),
+            Route::RemoveNode => Some(a::NODE_REMOVE),
+            Route::Enable => Some(a::ENABLE),
+            Route::Disable => Some(a::DISABLE),
+            Route::SetRemote => Some(a::REMOTE),
+            Route::ChangePassword => Some(a::PASSWORD_CHANGE),
+            Route::RotateKey => Some(a::KEY_ROTATE),
+            Route::DownloadKeys => Some(a::KEY_DOWNLOAD),
+            Route::CreateToken => Some(a::TOKEN_CREATE),
+            Route::RevokeToken => Some(a::TOKEN_REVOKE),
+            // Names and roles, no secret: read like the status.
+            Route::ListTokens => None,
+        }
+    }
+
     /// Answered without the admin token: a load balancer or monitor holds no token, and the
     /// answer ([`Health`]) says nothing a monitor of this cluster does not need.
     pub fn needs_token(self) -> bool {

@@ -48,6 +48,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::alarm::AlarmHistory;
+use crate::audit::{Actor, Audit, AuditError, Record};
 use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{Command, CommandError, ComplianceDb, NodeId, Outcome};
 use crate::config::Config;
@@ -76,9 +77,11 @@ const HASH_SLOT_WAIT: Duration = Duration::from_secs(10);
 /// out), read the status. The daemon's `Control` implements it; the admin API never names the
 /// daemon, which starts it.
 pub trait Daemon: Clone + Send + Sync + 'static {
+    /// Runs `cmd` for `by`, who is named in its audit record.
     fn command(
         &self,
         cmd: Command,
+        by: crate::audit::Request,
     ) -> impl std::future::Future<Output = Result<Outcome, RequestError>> + Send;
     fn status(&self)
     -> impl std::future::Future<Output = Result<api::Status, RequestError>> + Send;
@@ -95,6 +98,12 @@ pub enum RequestError {
     NotSaved(#[source] Arc<StoreError>),
     #[error("the daemon has stopped")]
     Stopped,
+    /// Its audit record could not be written, so it was not done; nothing changed.
+    #[error(
+        "refused: the audit record of this request cannot be written ({0}); nothing was \
+         changed. Fix the audit trail (docs/operations.md, \"Audit trail\") and retry"
+    )]
+    NotAudited(#[source] Arc<crate::audit::AuditError>),
 }
 
 /// Why the admin API cannot start.
@@ -127,6 +136,8 @@ struct Ctx {
     hashing: Semaphore,
     history: AlarmHistory,
     metrics: Arc<AdminMetrics>,
+    /// Refusals that never reach the core are recorded here (the core records the rest).
+    audit: Audit,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -152,6 +163,7 @@ impl Admin {
         metrics: Arc<AdminMetrics>,
         proof_key: zeroize::Zeroizing<[u8; 32]>,
         tokens: TokenFile,
+        audit: Audit,
     ) -> Result<Self, AdminError> {
         let (cert, key) = config.admin_cert_files();
         let tls = load_tls(&cert, &key)?;
@@ -187,6 +199,7 @@ impl Admin {
                 hashing: Semaphore::new(a.max_concurrent_password_checks as usize),
                 history,
                 metrics,
+                audit,
             }),
         })
     }
@@ -229,15 +242,20 @@ async fn connection(
         let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
             let (method, route) = metric_labels(&req);
-            let mut issued = None;
-            let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued).await {
+            let (mut issued, mut known) = (None, None);
+            let found = api::find(req.method().as_str(), req.uri().path());
+            let path = req.uri().path().to_owned();
+            let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued, &mut known).await
+            {
                 Ok(mut r) => {
                     if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
                         r.headers_mut().insert(proof::HEADER, v);
                     }
                     r
                 }
-                Err(e) => e.response(),
+                Err(e) => {
+                    record_refusal(&ctx, &found, &path, addr, known.as_ref(), e).await.response()
+                }
             };
             ctx.metrics.request(method, route, r.status().as_u16());
             Ok::<_, std::convert::Infallible>(r)
@@ -293,6 +311,12 @@ enum ApiError {
     NotSaved(#[source] Arc<StoreError>),
     #[error("the key export could not be made: {0}")]
     Export(#[from] ExportError),
+    /// The request's audit record could not be written, so it was not carried out.
+    #[error(
+        "refused: the audit record of this request cannot be written ({0}); nothing was \
+         changed. Fix the audit trail (docs/operations.md, \"Audit trail\") and retry"
+    )]
+    NotAudited(#[source] Arc<AuditError>),
     /// The daemon answered a command with an outcome of another command: a bug, never an
     /// answer to make up.
     #[error("internal error: the daemon answered {0}")]
@@ -305,6 +329,7 @@ impl From<RequestError> for ApiError {
             RequestError::Refused(c) => ApiError::Command(c),
             RequestError::NotSaved(e) => ApiError::NotSaved(e),
             RequestError::Stopped => ApiError::Stopping,
+            RequestError::NotAudited(e) => ApiError::NotAudited(e),
         }
     }
 }
@@ -346,6 +371,7 @@ impl ApiError {
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             ApiError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
+            ApiError::NotAudited(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::UnexpectedOutcome(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Command(c) => match c {
                 C::WrongPassword | C::WrongMasterPassword { .. } => {
@@ -382,6 +408,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited(r) => Some(r.retry_after()),
             ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
+            ApiError::NotAudited(_) => Some(Duration::from_secs(5)),
             ApiError::NoToken
             | ApiError::WrongToken
             | ApiError::Forbidden(_)
@@ -472,6 +499,74 @@ pub(crate) async fn health(
     r
 }
 
+/// Who a request with a valid token is, in the audit: the administrator it names.
+fn actor(p: &Principal) -> Actor {
+    Actor::Admin { name: p.name.clone(), role: p.role.to_string() }
+}
+
+impl ApiError {
+    /// Whether the daemon's core already recorded the request (it got that far).
+    fn recorded_by_core(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Command(_)
+                | ApiError::NotSaved(_)
+                | ApiError::NotAudited(_)
+                | ApiError::UnexpectedOutcome(_)
+        )
+    }
+}
+
+/// Records a request refused before the core saw it (no or a wrong token, a bad body or
+/// public key, a rate limit) when it was for a route that changes or reveals something, or
+/// failed its token check. When that record cannot be written, a request for such a route is
+/// answered [`ApiError::NotAudited`] instead: no answer without its record. `principal` is
+/// who the request's token named, if it got that far (a role refusal names them).
+async fn record_refusal(
+    ctx: &Ctx,
+    found: &Match,
+    path: &str,
+    addr: SocketAddr,
+    principal: Option<&Principal>,
+    e: ApiError,
+) -> ApiError {
+    if e.recorded_by_core() {
+        return e;
+    }
+    let route = match found {
+        Match::Found { route, .. } => Some(*route),
+        Match::WrongMethod { .. } | Match::NotFound => None,
+    };
+    let token_refused = matches!(e, ApiError::NoToken | ApiError::WrongToken);
+    let audited = route.and_then(Route::audit_action);
+    let action = match (audited, token_refused) {
+        (Some(a), _) => a,
+        (None, true) => crate::audit::acts::action::ADMIN_READ,
+        (None, false) => return e,
+    };
+    let who = match principal {
+        Some(p) if !token_refused => actor(p),
+        _ => Actor::Anonymous,
+    };
+    let target: String =
+        if audited.is_some() { String::new() } else { path.chars().take(200).collect() };
+    let outcome = if matches!(e, ApiError::Export(_)) {
+        crate::audit::Outcome::Failed
+    } else {
+        crate::audit::Outcome::Refused
+    };
+    let record = Record::new(who, action, outcome)
+        .source(Some(addr.to_string()))
+        .target(target)
+        .reason(e.to_string())
+        .detail("code", e.status().1);
+    match ctx.audit.write_async(vec![record]).await {
+        Ok(()) => e,
+        Err(w) if audited.is_some() => ApiError::NotAudited(w),
+        Err(_) => e,
+    }
+}
+
 /// Who sent the request: the administrator whose token it carries, and that token's
 /// credential in the password limits. A missing, unknown or revoked token is counted
 /// (`imcrypt_admin_token_refusals_total`) and answered 401; a revoked one is answered as an
@@ -557,6 +652,7 @@ async fn with_password(
     control: &impl Daemon,
     (credential, client, peer): (Credential, Client, SocketAddr),
     cmd: Command,
+    by: crate::audit::Request,
     issued: &mut Option<String>,
 ) -> Result<Outcome, ApiError> {
     ctx.limiter.lock().unwrap_or_else(|p| p.into_inner()).begin(
@@ -594,7 +690,7 @@ async fn with_password(
             .await
             .map_err(|_| ApiError::Busy)?
             .map_err(|_| ApiError::Stopping)?;
-        let r = control.command(cmd).await;
+        let r = control.command(cmd, by).await;
         finish.outcome = match &r {
             Ok(_) => Checked::Correct,
             Err(RequestError::Refused(
@@ -637,6 +733,7 @@ async fn handle(
     control: &impl Daemon,
     ticket: &Ticket,
     issued: &mut Option<String>,
+    known: &mut Option<Principal>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let path = req.uri().path().to_owned();
     let found = api::find(req.method().as_str(), &path);
@@ -665,6 +762,7 @@ async fn handle(
             _ => Err(ApiError::NoToken),
         };
     };
+    *known = Some(principal.clone());
     // Before the body is read: a refused role changes nothing and costs no hashing.
     principal.may(route)?;
     let req = Authenticated { req, principal, credential, peer };
@@ -691,6 +789,11 @@ async fn serve_route(
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let Authenticated { req, principal, credential, peer } = a;
     let client = (credential, client_of(&req, ctx, credential), peer);
+    let by = crate::audit::Request {
+        actor: actor(&principal),
+        source: Some(peer.to_string()),
+        details: crate::audit::Details::new(),
+    };
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
         Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
@@ -703,7 +806,7 @@ async fn serve_route(
         Route::Enable => {
             let b: api::EnableRequest = body(req).await?;
             let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
-            let domain = match with_password(ctx, control, client, cmd, issued).await? {
+            let domain = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::Enabled { domain } => domain,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
@@ -720,7 +823,7 @@ async fn serve_route(
                 password: password(&b.password),
                 i_understand_data_loss: b.i_understand_data_loss,
             };
-            let msg = match with_password(ctx, control, client, cmd, issued).await? {
+            let msg = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::DisabledHere { master } => format!(
                     "encryption disabled on this slave of cluster {master}; its keys are deleted"
                 ),
@@ -735,7 +838,7 @@ async fn serve_route(
         Route::SetRemote => {
             let b: api::RemoteRequest = body(req).await?;
             control
-                .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote })
+                .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote }, by)
                 .await?;
             Ok(done(
                 if b.enabled {
@@ -752,14 +855,14 @@ async fn serve_route(
                 old: password(&b.old_password),
                 new: password(&b.new_password),
             };
-            with_password(ctx, control, client, cmd, issued).await?;
+            with_password(ctx, control, client, cmd, by, issued).await?;
             Ok(done(
                 "the encryption password was changed; slaves receive it at the next sync",
                 vec![],
             ))
         }
         Route::RotateKey => {
-            let v = match control.command(Command::RotateKey).await? {
+            let v = match control.command(Command::RotateKey, by).await? {
                 Outcome::Rotated { primary } => primary,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
@@ -775,10 +878,17 @@ async fn serve_route(
             // The key is checked before the password is looked at.
             let to = parse_public_key(&b.public_key_pem)?;
             let cmd = Command::DownloadKeys { password: password(&b.password) };
-            let ring = match with_password(ctx, control, client, cmd, issued).await? {
+            // The record names the recipient: the fingerprint `imcrypt check-key` and openssl
+            // show for this public key.
+            let mut by = by;
+            by.details.insert("recipient_fingerprint".into(), to.fingerprint_hex().into());
+            by.details.insert("recipient_bits".into(), to.bits().into());
+            let ring = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::KeysForDownload(ring) => ring,
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
+            // A failure here is recorded as `failed` by `record_refusal`, after the core's
+            // record of the authorised download.
             let doc = export_ring(&ring, &to, crate::clock::now().unix_secs())?;
             tracing::info!(
                 recipient = %to.fingerprint_hex(),
@@ -792,7 +902,7 @@ async fn serve_route(
             let b: api::AddPeerRequest = body(req).await?;
             let peer = cluster_id(&b.id)?;
             control
-                .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() })
+                .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() }, by)
                 .await?;
             Ok(done(
                 format!("cluster {peer} is now a peer of this cluster, at {}", b.address),
@@ -808,19 +918,19 @@ async fn serve_route(
         }
         Route::RemovePeer => {
             let peer = cluster_id(&param)?;
-            control.command(Command::RemovePeer { peer: peer.clone() }).await?;
+            control.command(Command::RemovePeer { peer: peer.clone() }, by).await?;
             Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
         }
         Route::AddNode => {
             let b: api::AddNodeRequest = body(req).await?;
             let node = node_id(&b.id)?;
             let archiver = archiver(&b.archiver)?;
-            control.command(Command::AddNode { node: node.clone(), archiver }).await?;
+            control.command(Command::AddNode { node: node.clone(), archiver }, by).await?;
             Ok(done(format!("node {node} added"), vec![UNTIL_RESTART.into()]))
         }
         Route::RemoveNode => {
             let node = node_id(&param)?;
-            control.command(Command::RemoveNode { node: node.clone() }).await?;
+            control.command(Command::RemoveNode { node: node.clone() }, by).await?;
             Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
         }
         Route::ListTokens => {
@@ -828,7 +938,11 @@ async fn serve_route(
         }
         Route::CreateToken => {
             let b: api::CreateTokenRequest = body(req).await?;
-            let new = token_change(ctx, move |f, now| f.create(&b.name, b.role, now)).await?;
+            let record = token_record(ctx, by, crate::audit::acts::action::TOKEN_CREATE);
+            let new = token_change(ctx, move |f, now| {
+                f.create_recorded(&b.name, b.role, now, |info| record(info))
+            })
+            .await?;
             tracing::info!(
                 name = %new.info.name,
                 role = %new.info.role,
@@ -839,7 +953,11 @@ async fn serve_route(
             Ok(json(StatusCode::CREATED, &created))
         }
         Route::RevokeToken => {
-            let info = token_change(ctx, move |f, now| f.revoke(&param, now)).await?;
+            let record = token_record(ctx, by, crate::audit::acts::action::TOKEN_REVOKE);
+            let info = token_change(ctx, move |f, now| {
+                f.revoke_recorded(&param, now, |info| record(info))
+            })
+            .await?;
             tracing::info!(
                 name = %info.name,
                 role = %info.role,
@@ -858,16 +976,33 @@ async fn serve_route(
     }
 }
 
+/// Writes the audit record of a token change that is valid, before the change is saved (a
+/// refused change is recorded by `record_refusal`, like any refusal); if it cannot be
+/// written, the change is not made ([`ApiError::NotAudited`]).
+fn token_record(
+    ctx: &Arc<Ctx>,
+    by: crate::audit::Request,
+    action: &'static str,
+) -> impl FnOnce(&api::TokenInfo) -> Result<(), ApiError> + Send + 'static {
+    let audit = ctx.audit.clone();
+    move |info| {
+        let record = Record::new(by.actor, action, crate::audit::Outcome::Ok)
+            .source(by.source)
+            .target(info.name.clone())
+            .detail("role", info.role.to_string());
+        audit.write(vec![record]).map_err(|e| ApiError::NotAudited(Arc::new(e)))
+    }
+}
+
 /// Runs a change of the token file off the async workers (it takes the file's lock, which
-/// `imcrypt admin token --local` may hold, and fsyncs).
+/// `imcrypt admin token --local` may hold, and fsyncs, as the audit record does).
 async fn token_change<T: Send + 'static>(
     ctx: &Arc<Ctx>,
-    change: impl FnOnce(&TokenFile, u64) -> Result<T, TokensError> + Send + 'static,
+    change: impl FnOnce(&TokenFile, u64) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let ctx = ctx.clone();
     let now = crate::clock::now().unix_secs();
     tokio::task::spawn_blocking(move || change(ctx.tokens.file(), now))
         .await
         .map_err(|_| ApiError::Stopping)?
-        .map_err(ApiError::Tokens)
 }

@@ -324,20 +324,45 @@ impl TokenFile {
         role: AdminRole,
         now_unix: u64,
     ) -> Result<NewToken, TokensError> {
+        self.create_recorded(name, role, now_unix, |_| Ok::<(), TokensError>(()))
+    }
+
+    /// As [`TokenFile::create`], calling `record` once the change is known to be valid and
+    /// before it is saved: an error from `record` (the audit trail cannot be written) leaves
+    /// the file as it was. No record, no act.
+    pub(crate) fn create_recorded<E: From<TokensError>>(
+        &self,
+        name: &str,
+        role: AdminRole,
+        now_unix: u64,
+        record: impl FnOnce(&TokenInfo) -> Result<(), E>,
+    ) -> Result<NewToken, E> {
         let _held = self.lock()?;
         let mut t = self.load()?;
         let random = Zeroizing::new(crate::crypto::random::os_bytes::<32>());
         let new = t.create(name, role, &random, now_unix)?;
-        self.sealed.save(&t)?;
+        record(&new.info)?;
+        self.sealed.save(&t).map_err(TokensError::from)?;
         Ok(new)
     }
 
     /// Revokes the token of `name`.
     pub fn revoke(&self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
+        self.revoke_recorded(name, now_unix, |_| Ok::<(), TokensError>(()))
+    }
+
+    /// As [`TokenFile::revoke`], with `record` called as [`TokenFile::create_recorded`] does.
+    pub(crate) fn revoke_recorded<E: From<TokensError>>(
+        &self,
+        name: &str,
+        now_unix: u64,
+        record: impl FnOnce(&TokenInfo) -> Result<(), E>,
+    ) -> Result<TokenInfo, E> {
         let _held = self.lock()?;
         let mut t = self.load()?;
         let info = t.revoke(name, now_unix)?;
-        self.sealed.save(&t)?;
+        record(&info)?;
+        self.sealed.save(&t).map_err(TokensError::from)?;
         Ok(info)
     }
 }

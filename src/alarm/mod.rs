@@ -63,6 +63,11 @@ pub enum AlarmName {
     /// probe failed). About this cluster itself.
     #[serde(rename = "MAcomplianceDbDown")]
     ComplianceDbDown,
+    /// The audit trail cannot be written: every audited act is refused meanwhile (admin
+    /// changes, key downloads, peers' states). Raised and cleared by the daemon's core, not
+    /// the state machine (its own records could not be written either). About this cluster.
+    #[serde(rename = "MAencryptionAuditUnavailable")]
+    AuditUnavailable,
     /// Never raised by the state machine: what `imcrypt alarms test` sends through the sinks.
     #[serde(rename = "MAimcryptTest")]
     Test,
@@ -70,7 +75,8 @@ pub enum AlarmName {
 
 impl AlarmName {
     #[cfg(test)]
-    pub(crate) const ALL: [AlarmName; 7] = [
+    pub(crate) const ALL: [AlarmName; 8] = [
+        AlarmName::AuditUnavailable,
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
         AlarmName::SlaveUnreachable,
@@ -89,6 +95,7 @@ impl AlarmName {
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
             AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
+            AlarmName::AuditUnavailable => "MAencryptionAuditUnavailable",
             AlarmName::Test => "MAimcryptTest",
         }
     }
@@ -97,7 +104,7 @@ impl AlarmName {
     /// key sets, and whoever downloads keys from one master cannot read the other's records.
     fn severity(self) -> Severity {
         match self {
-            AlarmName::MultiMaster => Severity::Critical,
+            AlarmName::MultiMaster | AlarmName::AuditUnavailable => Severity::Critical,
             AlarmName::Test => Severity::Warning,
             AlarmName::MasterUnreachable
             | AlarmName::SlaveUnreachable

@@ -11,6 +11,7 @@
 //! Invariant: passwords never come from argv, only from a no-echo prompt, a file or stdin.
 
 mod archive;
+mod audit;
 use crate::admin::client;
 mod commands;
 mod support;
@@ -109,6 +110,11 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Check or read the audit trail (on the daemon's host; docs/admin.md, "Audit trail").
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Decrypt archived records (JSON lines, docs/viewer.md) with an unwrapped key ring.
     Decrypt {
@@ -217,6 +223,13 @@ enum CliError {
     Tokens(crate::admin::tokens::TokensError),
     #[error("--local works on the daemon's host with its config file: give --config FILE")]
     LocalWithoutConfig,
+    #[error("{0}")]
+    Usage(String),
+    /// `audit verify`: the chain is broken (or a file cannot be read).
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::audit::chain::ChainError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl CliError {
@@ -232,7 +245,10 @@ impl CliError {
             | CliError::Runtime(_)
             | CliError::Output(_)
             | CliError::Write { .. } => 1,
-            CliError::SinksFailed { .. } => 1,
+            CliError::SinksFailed { .. } | CliError::Store(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Audit(crate::audit::chain::ChainError::Read { .. }) => 1,
+            CliError::Audit(_) => 8,
             CliError::PublicKey { .. }
             | CliError::Config(_)
             | CliError::Password(_)
@@ -325,6 +341,7 @@ impl Command {
             | Command::Nodes { .. }
             | Command::Alarms { .. }
             | Command::Archive(_)
+            | Command::Audit { .. }
             | Command::Support { .. } => false,
         }
     }
@@ -379,6 +396,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::View(a) => Ok(archive::view(a)?),
         Command::Support { command } => support::support(command),
+        Command::Audit { command } => audit::audit(command),
     }
 }
 

@@ -109,6 +109,21 @@ impl fmt::Display for PeerRelation {
     }
 }
 
+/// What [`Cluster::checkpoint`] saved.
+pub(crate) struct Checkpoint(Box<Saved>);
+
+struct Saved {
+    state: PersistedState,
+    views: BTreeMap<ClusterId, PeerView>,
+    alarms: AlarmRegistry,
+    hot_ring: Option<KeyRing>,
+    announced: Option<(Announced, Eligibility)>,
+    next_hello: Time,
+    worn_out: Option<KeyVersion>,
+    rotation_refused: Option<KeyVersion>,
+    db_probes: DbProbes,
+}
+
 /// The state machine of one cluster. See the [module documentation](super).
 #[derive(Debug)]
 pub(crate) struct Cluster {
@@ -372,6 +387,41 @@ impl Cluster {
             self.finish(now);
         }
         r
+    }
+
+    /// Everything an input may change, to put back with [`Cluster::restore`]: how the daemon
+    /// takes back an input whose effects it cannot carry out because their audit records
+    /// cannot be written (an input is audited before it takes effect; `daemon::core`).
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint(Box::new(Saved {
+            state: self.state.clone(),
+            views: self.views.clone(),
+            alarms: self.alarms.clone(),
+            hot_ring: self.hot_ring.clone(),
+            announced: self.announced.clone(),
+            next_hello: self.next_hello,
+            worn_out: self.worn_out,
+            rotation_refused: self.rotation_refused,
+            db_probes: self.db_probes.clone(),
+        }))
+    }
+
+    /// Puts the machine back as it was at `cp`, and drops the effects queued since: as if the
+    /// inputs since had never arrived. The caller must not have carried any of those effects.
+    pub(crate) fn restore(&mut self, cp: Checkpoint) {
+        let s = *cp.0;
+        self.state = s.state;
+        self.views = s.views;
+        self.alarms = s.alarms;
+        self.hot_ring = s.hot_ring;
+        self.announced = s.announced;
+        self.next_hello = s.next_hello;
+        self.worn_out = s.worn_out;
+        self.rotation_refused = s.rotation_refused;
+        self.db_probes = s.db_probes;
+        self.effects.clear();
+        self.pending.clear();
+        self.dirty = false;
     }
 
     /// Runs `f` as a transaction: on error the state, the peer views and the effects queued

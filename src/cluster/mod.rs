@@ -48,7 +48,7 @@ mod tests;
 pub(crate) use command::PeerError;
 pub use command::{Command, CommandError, Outcome};
 pub(crate) use dbprobe::DbProbe;
-pub(crate) use machine::{Cluster, PeerRelation, StateError};
+pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError};
 pub(crate) use message::PeerMessage;
 pub(crate) use reconcile::{Refusal, Wanted};
 pub use state::ComplianceDb;

@@ -20,6 +20,8 @@ pub enum Purpose {
     Counters,
     /// The named administrators' token hashes (admin::tokens).
     AdminTokens,
+    /// The audit trail's chain head (`audit::log`).
+    AuditHead,
 }
 
 impl Purpose {
@@ -28,6 +30,7 @@ impl Purpose {
             Purpose::State => b"imcrypt seal state v1",
             Purpose::Counters => b"imcrypt seal counters v1",
             Purpose::AdminTokens => b"imcrypt seal admin tokens v1",
+            Purpose::AuditHead => b"imcrypt seal audit head v1",
         }
     }
 }

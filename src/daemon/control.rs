@@ -14,6 +14,8 @@ use crate::peer::server::DeliverError;
 pub(super) enum Input {
     Command {
         cmd: Command,
+        /// Who asked, for the audit record.
+        by: crate::audit::Request,
         reply: oneshot::Sender<Result<Outcome, RequestError>>,
     },
     Peer {
@@ -46,10 +48,21 @@ pub(super) enum Input {
 pub struct Control(pub(super) mpsc::Sender<Input>);
 
 impl Control {
-    /// Runs `cmd`; answered once its effects are carried out (its state change is on disk).
+    /// Runs `cmd` as the daemon itself (actor `local` in the audit); answered once its
+    /// effects are carried out (its state change is on disk).
     pub(crate) async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
+        self.command_by(cmd, crate::audit::Request::local()).await
+    }
+
+    /// Runs `cmd` asked for by `by`: its audit record is written before any of its effects,
+    /// or it is refused ([`RequestError::NotAudited`]) and nothing changes.
+    pub(crate) async fn command_by(
+        &self,
+        cmd: Command,
+        by: crate::audit::Request,
+    ) -> Result<Outcome, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.0.send(Input::Command { cmd, reply }).await.map_err(|_| RequestError::Stopped)?;
+        self.0.send(Input::Command { cmd, by, reply }).await.map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
@@ -87,8 +100,12 @@ impl Control {
 }
 
 impl crate::admin::Daemon for Control {
-    async fn command(&self, cmd: Command) -> Result<Outcome, RequestError> {
-        Control::command(self, cmd).await
+    async fn command(
+        &self,
+        cmd: Command,
+        by: crate::audit::Request,
+    ) -> Result<Outcome, RequestError> {
+        Control::command_by(self, cmd, by).await
     }
 
     async fn status(&self) -> Result<api::Status, RequestError> {

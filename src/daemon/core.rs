@@ -4,6 +4,14 @@
 //! Invariants:
 //! - a `Persist` is durable before any later effect is carried out, and a request is answered
 //!   only after all its effects are (never "done" for a change a restart would not have);
+//! - the audit records of an input (the command and how it ended, the role, key-ring and
+//!   alarm changes and a peer's state accepted or rejected, [`crate::audit::acts`]) are on
+//!   disk before any of its effects is carried out; when they cannot be written the machine is
+//!   put back as it was before the input ([`Cluster::restore`]), a request is answered
+//!   "not audited", a peer's message is refused (its link sends it again), and the machine's
+//!   own inputs (timers, probes, worn-out keys) wait [`AUDIT_RETRY`] before they are tried
+//!   again; meanwhile `MAencryptionAuditUnavailable` is raised (by the core itself: the
+//!   machine's alarms are audited acts too);
 //! - the core decides nothing: which links exist, when to rotate, what a disable means are the
 //!   machine's effects and outcomes;
 //! - a state write that fails ends the core on its one fatal path ([`Core::run`]), which
@@ -20,7 +28,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::alarm::sink::Sinks;
-use crate::alarm::{AlarmChange, AlarmHistory};
+use crate::alarm::{Alarm, AlarmChange, AlarmHistory, AlarmName};
+use crate::audit::acts::{self, Offered, RoleView};
+use crate::audit::{Actor, Audit, AuditError, Record};
 use crate::cluster::{Cluster, Effect, Entropy, LogLevel};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::{ClusterId, KeyVersion};
@@ -35,6 +45,25 @@ use crate::clock::now;
 
 /// Why the core stops: its state could not be written.
 type Fatal = Arc<StoreError>;
+
+/// How long the machine's own inputs (timers, probes) wait after an audit write failed before
+/// they are tried again. Requests and peers' messages are answered at once meanwhile.
+const AUDIT_RETRY: Duration = Duration::from_secs(5);
+
+/// How an input's effects went.
+enum Carried {
+    Done,
+    /// Its audit records could not be written: the machine is as it was before the input.
+    NotAudited(Arc<AuditError>),
+}
+
+/// What the audit of one input needs from before it ran.
+struct Before {
+    checkpoint: crate::cluster::Checkpoint,
+    role: RoleView,
+    actor: Actor,
+    offered: Option<Offered>,
+}
 
 /// Whoever wants to know that the core loop is alive (systemd's watchdog, `crate::systemd`):
 /// the core calls `beat` every `every` from its own loop. The core knows nothing else of it.
@@ -69,6 +98,12 @@ pub(super) struct Core {
     pub(super) worn_out: Option<watch::Receiver<Option<KeyVersion>>>,
     /// Beats from the loop while it runs (`None`: nobody watches).
     pub(super) heartbeat: Option<Heartbeat>,
+    /// The audit trail, shared with the admin API.
+    pub(super) audit: Audit,
+    /// `MAencryptionAuditUnavailable`, while the last audit write failed.
+    pub(super) audit_alarm: Option<Alarm>,
+    /// Until when the machine's own inputs wait after a failed audit write.
+    pub(super) audit_retry: Option<tokio::time::Instant>,
 }
 
 impl Core {
@@ -101,8 +136,10 @@ impl Core {
         loop {
             let deadline = self.cluster.poll_timeout().map(|t| {
                 let wait = t.since(now());
-                tokio::time::Instant::now() + wait
+                let at = tokio::time::Instant::now() + wait;
+                self.audit_retry.map_or(at, |r| r.max(at))
             });
+            let audit_waits = self.audit_retry.is_some_and(|r| r > tokio::time::Instant::now());
             let input = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -116,72 +153,170 @@ impl Core {
                     Some(i) => i,
                     None => return Ok(()),
                 },
-                v = next_worn_out(&mut self.worn_out) => Input::WornOut(v),
+                v = next_worn_out(&mut self.worn_out), if !audit_waits => Input::WornOut(v),
                 () = sleep_until(deadline) => Input::Timeout,
             };
             self.step(input).await?;
         }
     }
 
-    /// Handles one input: the machine decides, then the effects are carried out, then the
-    /// request (if any) is answered.
+    /// Handles one input: the machine decides, the records of what it decided are written,
+    /// then the effects are carried out, then the request (if any) is answered.
     async fn step(&mut self, input: Input) -> Result<(), Fatal> {
         let t = now();
         match input {
-            Input::Command { cmd, reply } => {
+            Input::Command { cmd, by, reply } => {
+                let before = self.before(by.actor.clone(), None);
+                let mut record = acts::command(&by, &cmd);
                 // Commands may run PBKDF2 (about 0.08 s at 600,000 iterations): tell the
                 // runtime, so that this worker's other tasks move elsewhere meanwhile.
                 let cluster = &mut self.cluster;
                 let r = blocking(|| cluster.handle_command(cmd, t, Entropy::from_os()));
-                let carried = self.carry().await;
+                acts::outcome(&mut record, &r);
+                let carried = self.audit_and_carry(Some(before), vec![record]).await;
                 let _ = reply.send(match &carried {
-                    Ok(()) => r.map_err(RequestError::from),
+                    Ok(Carried::Done) => r.map_err(RequestError::from),
+                    Ok(Carried::NotAudited(e)) => Err(RequestError::NotAudited(e.clone())),
                     Err(e) => Err(RequestError::NotSaved(e.clone())),
                 });
-                carried
+                carried.map(drop)
             }
             Input::Peer { from, msg, reply } => {
+                let actor = Actor::Peer { cluster: from.to_string() };
+                let before = self.before(actor, Offered::of(&from, &msg));
                 let r = self.cluster.handle_peer_message(&from, msg, t);
-                let carried = self.carry().await;
+                let carried = self.audit_and_carry(Some(before), vec![]).await;
                 let _ = reply.send(match &carried {
-                    Ok(()) => r.map_err(DeliverError::Refused),
+                    Ok(Carried::Done) => r.map_err(DeliverError::Refused),
+                    Ok(Carried::NotAudited(e)) => Err(DeliverError::NotAudited(e.clone())),
                     Err(e) => Err(DeliverError::NotSaved(e.clone())),
                 });
-                carried
+                carried.map(drop)
             }
             Input::Status { reply } => {
-                let _ = reply.send(status::status(&self.cluster, &self.links, &self.sinks));
+                let mut s = status::status(&self.cluster, &self.links, &self.sinks);
+                s.alarms.extend(self.audit_alarm.clone());
+                let _ = reply.send(s);
                 Ok(())
             }
             Input::DbProbe { node, probe } => {
+                let before = self.before(Actor::Local, None);
                 self.cluster.handle_db_probe(&node, probe, t);
-                self.carry().await
+                self.audit_and_carry(Some(before), vec![]).await.map(drop)
             }
             Input::WornOut(v) => {
+                let before = self.before(Actor::Local, None);
                 if let Some(v) = v {
                     self.cluster.handle_worn_out(v, t);
                 }
-                self.carry().await
+                let carried = self.audit_and_carry(Some(before), vec![]).await?;
+                if let (Carried::NotAudited(_), Some(w)) = (carried, &mut self.worn_out) {
+                    w.mark_changed(); // handled again once the audit waits no more
+                }
+                Ok(())
             }
             Input::Timeout => {
+                let before = self.before(Actor::Local, None);
                 self.cluster.handle_timeout(t, Entropy::from_os());
-                self.carry().await
+                self.audit_and_carry(Some(before), vec![]).await.map(drop)
             }
             Input::Reconcile { wanted, reply } => {
+                let before = self.before(Actor::Local, None);
                 let refused = self.cluster.reconcile(&wanted, t);
-                let carried = self.carry().await;
+                let carried = self.audit_and_carry(Some(before), vec![]).await;
                 let _ = reply.send(match &carried {
-                    Ok(()) => Ok(refused),
+                    Ok(Carried::Done) => Ok(refused),
+                    Ok(Carried::NotAudited(e)) => Err(RequestError::NotAudited(e.clone())),
                     Err(e) => Err(RequestError::NotSaved(e.clone())),
                 });
-                carried
+                carried.map(drop)
             }
         }
     }
 
-    /// Carries out the pending effects in order; a failed write stops here.
-    pub(super) async fn carry(&mut self) -> Result<(), Fatal> {
-        while let Some(effect) = self.cluster.poll_effect() {
+    fn before(&self, actor: Actor, offered: Option<Offered>) -> Before {
+        Before {
+            checkpoint: self.cluster.checkpoint(),
+            role: RoleView::of(&self.cluster),
+            actor,
+            offered,
+        }
+    }
+
+    /// Writes `records` and those of the pending effects, then carries the effects out. When
+    /// the records cannot be written, nothing is carried out and the machine goes back to
+    /// `before` (at start-up there is no `before`: the caller gives up).
+    async fn audit_and_carry(
+        &mut self,
+        before: Option<Before>,
+        mut records: Vec<Record>,
+    ) -> Result<Carried, Fatal> {
+        let effects: Vec<Effect> = std::iter::from_fn(|| self.cluster.poll_effect()).collect();
+        let role = RoleView::of(&self.cluster);
+        let (actor, was, offered) = match &before {
+            Some(b) => (b.actor.clone(), b.role.clone(), b.offered.as_ref()),
+            None => (Actor::Local, role.clone(), None),
+        };
+        records.extend(acts::effects(&actor, &was, &role, offered, &effects));
+        if let Err(e) = self.audit.write_async(records).await {
+            if let Some(b) = before {
+                self.cluster.restore(b.checkpoint);
+            }
+            self.audit_failed(&e);
+            return Ok(Carried::NotAudited(e));
+        }
+        self.audit_works();
+        for effect in effects {
+            self.carry_one(effect).await?;
+        }
+        Ok(Carried::Done)
+    }
+
+    /// An audit write failed: raise `MAencryptionAuditUnavailable` (once) and hold back the
+    /// machine's own inputs for a while.
+    fn audit_failed(&mut self, e: &AuditError) {
+        self.audit_retry = Some(tokio::time::Instant::now() + AUDIT_RETRY);
+        tracing::error!(error = %e, "cannot write the audit trail; audited acts are refused");
+        if self.audit_alarm.is_some() {
+            return;
+        }
+        let a = Alarm::new(
+            AlarmName::AuditUnavailable,
+            self.cluster.id().clone(),
+            format!("the audit trail cannot be written ({e}); every audited act is refused"),
+            "make state_dir/audit.log writable again (disk space, permissions, a file in its \
+             way); `imcrypt audit verify --config …` must pass; the alarm clears at the next \
+             record written",
+        );
+        let at = now().unix_millis();
+        self.alarm_history.raised(at, &a);
+        let domain = self.cluster.domain_state().map(|d| d.domain);
+        self.sinks.raised(&a, domain, at);
+        self.audit_alarm = Some(a);
+    }
+
+    fn audit_works(&mut self) {
+        self.audit_retry = None;
+        if let Some(a) = self.audit_alarm.take() {
+            let at = now().unix_millis();
+            self.alarm_history.cleared(at, &a.key);
+            self.sinks.cleared(&a.key, at);
+            tracing::info!(alarm = a.key.name.as_str(), "audit trail written again; alarm cleared");
+        }
+    }
+
+    /// The effects of start-up (the restored state, reconcile with the configuration file):
+    /// audited as the daemon's own, then carried out.
+    pub(super) async fn carry_start(&mut self) -> Result<(), super::DaemonError> {
+        match self.audit_and_carry(None, vec![]).await.map_err(super::DaemonError::NotSaved)? {
+            Carried::Done => Ok(()),
+            Carried::NotAudited(e) => Err(super::DaemonError::Audit(e)),
+        }
+    }
+
+    /// Carries out one effect; a failed write stops here.
+    async fn carry_one(&mut self, effect: Effect) -> Result<(), Fatal> {
+        {
             match effect {
                 Effect::Persist(state) => {
                     let file = self.state_file.clone();

@@ -34,6 +34,10 @@ pub enum DaemonError {
     /// The state reconciled with the configuration could not be written at start.
     #[error("the state could not be saved at start ({0})")]
     NotSaved(#[source] Arc<StoreError>),
+    /// The audit trail cannot be opened (it does not match its sealed head, or cannot be
+    /// read) or written at start.
+    #[error("audit trail: {0}")]
+    Audit(#[source] Arc<crate::audit::AuditError>),
     #[error(transparent)]
     Hotpath(#[from] crate::hotpath::ServerError),
     #[error("hot path: {0}")]

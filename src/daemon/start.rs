@@ -104,6 +104,19 @@ pub(crate) async fn start_with(
         span.in_scope(|| tracing::info!(path = %key_path.display(), "created node key"));
     }
     let state_file = SealedFile::new(state_path, &node_key, Purpose::State);
+    // Before the state: a trail that does not match its sealed head stops the start, and
+    // nothing is done unaudited.
+    let audit = crate::audit::Audit::open(dir, id.as_str(), &node_key, &config.audit)
+        .map_err(|e| DaemonError::Audit(Arc::new(e)))?;
+    if !config.audit.enabled {
+        span.in_scope(|| {
+            tracing::warn!(
+                "AUDIT TRAIL DISABLED ([audit] enabled = false): administrative acts, key \
+                 downloads and key-ring changes are NOT recorded; use this only to measure the \
+                 audit's cost, never in production"
+            )
+        });
+    }
     let persisted: Option<PersistedState> = state_file.load()?;
     let tls = PeerTls::load(&config.tls_files(), &id)?;
 
@@ -130,6 +143,7 @@ pub(crate) async fn start_with(
             metrics.admin(),
             node_key.client_proof_key(),
             crate::admin::tokens::TokenFile::new(dir, &node_key),
+            audit.clone(),
         )
     })?;
 
@@ -205,11 +219,13 @@ pub(crate) async fn start_with(
         sinks: sinks.clone(),
         worn_out,
         heartbeat,
+        audit,
+        audit_alarm: None,
+        audit_retry: None,
     };
     // The start-up effects (reconcile's state, the links, the first hellos) before anything
     // listens: the peer listener then already knows whom to accept.
-    let carried = core.carry().instrument(span.clone()).await;
-    carried.map_err(DaemonError::NotSaved)?;
+    core.carry_start().instrument(span.clone()).await?;
     let peer_server = crate::peer::server::serve(
         peer_listener,
         tls.server.clone(),

@@ -60,6 +60,9 @@ pub(crate) enum DeliverError {
     /// Taken, but what followed could not be written; the daemon stops.
     #[error("this cluster cannot save its state: {0}")]
     NotSaved(#[source] std::sync::Arc<StoreError>),
+    /// Not taken: its audit record could not be written; the sender retries at its next sync.
+    #[error("this cluster cannot write its audit trail, so it takes nothing for now: {0}")]
+    NotAudited(#[source] std::sync::Arc<crate::audit::AuditError>),
 }
 
 /// The peers whose certificates are accepted; the daemon changes it when a peer is added or

@@ -1,0 +1,239 @@
+//! What each act of the daemon is recorded as: a command and how it ended, and what the state
+//! machine's effects of one input change (role, key ring, alarms, a peer's state accepted or
+//! rejected). The core builds these records before it carries out any effect of the input.
+//!
+//! Invariant: the records hold names, ids, versions and reasons, never key bytes or a
+//! password (a key ring is recorded as its version numbers, a command by its kind).
+
+use serde_json::json;
+
+use super::{Actor, Outcome as Result_, Record, Request};
+use crate::alarm::AlarmChange;
+use crate::cluster::{Command, CommandError, Effect, Outcome, PeerMessage};
+use crate::crypto::keyring::KeyRing;
+use crate::ids::ClusterId;
+
+/// The action names of records (docs/formats.md, "Audit trail", lists them all).
+pub(crate) mod action {
+    pub(crate) const ENABLE: &str = "encryption.enable";
+    pub(crate) const REMOTE: &str = "encryption.remote";
+    pub(crate) const DISABLE: &str = "encryption.disable";
+    pub(crate) const PASSWORD_CHANGE: &str = "password.change";
+    pub(crate) const KEY_ROTATE: &str = "key.rotate";
+    pub(crate) const KEY_DOWNLOAD: &str = "key.download";
+    pub(crate) const PEER_ADD: &str = "peer.add";
+    pub(crate) const PEER_REMOVE: &str = "peer.remove";
+    pub(crate) const NODE_ADD: &str = "node.add";
+    pub(crate) const NODE_REMOVE: &str = "node.remove";
+    pub(crate) const TOKEN_CREATE: &str = "token.create";
+    pub(crate) const TOKEN_REVOKE: &str = "token.revoke";
+    /// A request to a route that reads (status, peers, alarms) refused for its token.
+    pub(crate) const ADMIN_READ: &str = "admin.read";
+}
+
+/// The action and target a command is recorded under.
+pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
+    match cmd {
+        Command::Enable { .. } => (action::ENABLE, String::new()),
+        Command::EnableRemote | Command::DisableRemote => (action::REMOTE, String::new()),
+        Command::ChangePassword { .. } => (action::PASSWORD_CHANGE, String::new()),
+        Command::RotateKey => (action::KEY_ROTATE, String::new()),
+        Command::DownloadKeys { .. } => (action::KEY_DOWNLOAD, String::new()),
+        Command::Disable { .. } => (action::DISABLE, String::new()),
+        Command::AddPeer { peer, .. } => (action::PEER_ADD, peer.to_string()),
+        Command::RemovePeer { peer } => (action::PEER_REMOVE, peer.to_string()),
+        Command::AddNode { node, .. } => (action::NODE_ADD, node.to_string()),
+        Command::RemoveNode { node } => (action::NODE_REMOVE, node.to_string()),
+        Command::SetArchiver { node, .. } => ("node.archiver", node.to_string()),
+        Command::AcknowledgeStaleData { peer } => ("stale_data.acknowledge", peer.to_string()),
+    }
+}
+
+/// The record of `cmd`, asked for by `by`, before it runs ([`outcome`] completes it).
+pub(crate) fn command(by: &Request, cmd: &Command) -> Record {
+    let (action, target) = action_of(cmd);
+    let mut details = by.details.clone();
+    match cmd {
+        Command::Enable { remote, .. } => {
+            details.insert("remote".into(), json!(remote));
+        }
+        Command::EnableRemote => {
+            details.insert("remote".into(), json!(true));
+        }
+        Command::DisableRemote => {
+            details.insert("remote".into(), json!(false));
+        }
+        Command::Disable { i_understand_data_loss, .. } => {
+            details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
+        }
+        Command::AddPeer { address, .. } => {
+            details.insert("address".into(), json!(address));
+        }
+        Command::AddNode { archiver, .. } | Command::SetArchiver { archiver, .. } => {
+            details.insert(
+                "archiver".into(),
+                json!(archiver.as_ref().map_or("none".to_owned(), |a| a.to_string())),
+            );
+        }
+        _ => {}
+    }
+    Record {
+        actor: by.actor.clone(),
+        source: by.source.clone(),
+        action: action.into(),
+        target,
+        result: Result_::Ok,
+        reason: None,
+        details,
+    }
+}
+
+/// Completes the record of a command with how it ended.
+pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, CommandError>) {
+    let details = &mut r.details;
+    match result {
+        Ok(Outcome::KeysForDownload(ring)) => {
+            details.insert("versions".into(), json!(versions(ring)));
+        }
+        Ok(Outcome::Rotated { primary }) => {
+            details.insert("primary".into(), json!(primary.get()));
+        }
+        Ok(Outcome::Enabled { domain }) | Ok(Outcome::DisabledDomain { domain }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+        }
+        _ => {}
+    }
+    if let Err(e) = result {
+        r.result = Result_::Refused;
+        r.reason = Some(e.to_string());
+    }
+}
+
+fn versions(ring: &KeyRing) -> Vec<u32> {
+    ring.versions().map(|v| v.get()).collect()
+}
+
+/// A summary of the role, to see whether an input changed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RoleView {
+    role: &'static str,
+    domain: Option<String>,
+    master: Option<String>,
+}
+
+impl RoleView {
+    pub(crate) fn of(c: &crate::cluster::Cluster) -> Self {
+        use crate::cluster::Role;
+        let role = match c.role() {
+            Role::Off { .. } => "off",
+            Role::Master(_) => "master",
+            Role::Slave(_) => "slave",
+        };
+        let d = c.domain_state();
+        Self {
+            role,
+            domain: d.map(|d| d.domain.to_string()),
+            master: d.map(|d| d.master.to_string()),
+        }
+    }
+}
+
+/// A peer's domain state as the audit names it (no key bytes: its key versions).
+pub(crate) struct Offered {
+    from: ClusterId,
+    domain: String,
+    epoch: serde_json::Value,
+    versions: Vec<u32>,
+}
+
+impl Offered {
+    /// The state `msg` offers, if it is one.
+    pub(crate) fn of(from: &ClusterId, msg: &PeerMessage) -> Option<Self> {
+        let PeerMessage::State(s) = msg else { return None };
+        Some(Self {
+            from: from.clone(),
+            domain: s.domain.to_string(),
+            epoch: json!(s.epoch),
+            versions: versions(&s.ring),
+        })
+    }
+}
+
+/// The records of one input's effects: a role change (`before` → `after`), each key-ring
+/// change, each alarm raised or cleared, and, for a peer's domain state, whether it was
+/// accepted or rejected.
+pub(crate) fn effects(
+    actor: &Actor,
+    before: &RoleView,
+    after: &RoleView,
+    offered: Option<&Offered>,
+    effects: &[Effect],
+) -> Vec<Record> {
+    let mut out = Vec::new();
+    if let Some(s) = offered {
+        let rejected = effects.iter().find_map(|e| match e {
+            Effect::Send { to, msg: PeerMessage::Reject(r) } if *to == s.from => Some(r),
+            _ => None,
+        });
+        let base = |result| {
+            Record::new(actor.clone(), "peer.state", result)
+                .target(s.from.to_string())
+                .detail("domain", s.domain.clone())
+                .detail("epoch", s.epoch.clone())
+                .detail("versions", s.versions.clone())
+        };
+        if let Some(r) = rejected {
+            out.push(
+                base(Result_::Refused).reason(format!("this cluster refused it: {}", r.reason)),
+            );
+        } else if effects.iter().any(|e| matches!(e, Effect::Persist(_))) {
+            out.push(base(Result_::Ok));
+        }
+    }
+    if before != after {
+        let mut r = Record::new(actor.clone(), "role.change", Result_::Ok)
+            .target(after.role)
+            .detail("from", before.role);
+        if let Some(d) = &after.domain {
+            r = r.detail("domain", d.clone());
+        }
+        if let Some(m) = &after.master {
+            r = r.detail("master", m.clone());
+        }
+        out.push(r);
+    }
+    for e in effects {
+        match e {
+            Effect::KeyRingChanged(ring) => {
+                let mut r = Record::new(actor.clone(), "keyring.change", Result_::Ok);
+                r = match ring {
+                    Some(ring) => r
+                        .target(ring.domain().to_string())
+                        .detail("versions", versions(ring))
+                        .detail("primary", ring.primary_version().get()),
+                    None => r.detail("versions", Vec::<u32>::new()),
+                };
+                out.push(r);
+            }
+            Effect::Alarm(AlarmChange::Raise(a)) => out.push(
+                Record::new(actor.clone(), "alarm.raise", Result_::Ok)
+                    .target(a.key.name.as_str())
+                    .detail("about", a.key.about.to_string())
+                    .detail("severity", a.severity.to_string())
+                    .detail("cause", a.cause.clone()),
+            ),
+            Effect::Alarm(AlarmChange::Clear(k)) => out.push(
+                Record::new(actor.clone(), "alarm.clear", Result_::Ok)
+                    .target(k.name.as_str())
+                    .detail("about", k.about.to_string()),
+            ),
+            Effect::Alarm(AlarmChange::Update(_))
+            | Effect::Persist(_)
+            | Effect::Send { .. }
+            | Effect::Log(_)
+            | Effect::LinkUp { .. }
+            | Effect::LinkDown { .. } => {}
+        }
+    }
+    out
+}

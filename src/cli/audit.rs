@@ -1,0 +1,231 @@
+//! `imcrypt audit verify|show`: the audit trail read offline, on the daemon's host (the files
+//! are the daemon's, mode 0600: run as its user). Neither talks to the daemon.
+//!
+//! Invariant: `verify` succeeds only if every record of the files links to the one before it,
+//! and, with `--config`, the chain ends exactly at the sealed head the daemon wrote last; it
+//! never creates or changes a file (a missing node key is an error, not a new key).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::audit::chain::{self, ChainError, Verifier};
+use crate::audit::{Entry, Hash};
+use crate::crypto::seal::NodeKey;
+
+use super::CliError;
+use super::commands::Output;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain of audit files; exits 8 naming the first bad record and why.
+    Verify {
+        #[command(flatten)]
+        files: Files,
+    },
+    /// Print audit records, oldest first, filtered.
+    Show {
+        #[command(flatten)]
+        files: Files,
+        /// Only records at or after this time: RFC 3339 (`2026-12-01T10:00:00Z`) or a
+        /// duration ago (`90m`, `2d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records of this actor: an administrator's name, a peer's cluster id,
+        /// `anonymous` or `local`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action (`key.download`), or a family of them (`key.`).
+        #[arg(long)]
+        action: Option<String>,
+        /// How to print: a table, or the records' JSON lines as stored.
+        #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
+        output: Output,
+    },
+}
+
+/// Which audit files to read.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Files {
+    /// Audit files (`audit.log`, `audit.log.N`), in any order; default: all of the state
+    /// directory that `--config` names.
+    files: Vec<PathBuf>,
+    /// The daemon's config file: its state directory holds the files and the sealed chain
+    /// head, which `verify` checks the chain's end against.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl Files {
+    /// The files in chain order, and the config's state directory if one was given.
+    fn resolve(&self) -> Result<(Vec<PathBuf>, Option<PathBuf>), CliError> {
+        let dir = match &self.config {
+            Some(c) => Some(crate::config::Config::load(c)?.state_dir),
+            None => None,
+        };
+        let files = match (&dir, self.files.is_empty()) {
+            (_, false) => self.files.clone(),
+            (Some(d), true) => chain::files_in(d)?,
+            (None, true) => return Err(CliError::Usage("give audit files, or --config".into())),
+        };
+        Ok((chain::in_chain_order(files), dir))
+    }
+}
+
+pub(super) fn audit(command: AuditCommand) -> Result<(), CliError> {
+    match command {
+        AuditCommand::Verify { files } => verify(&files),
+        AuditCommand::Show { files, since, actor, action, output } => {
+            let since = since.map(|s| parse_since(&s)).transpose()?;
+            show(&files, Filter { since, actor, action }, output)
+        }
+    }
+}
+
+/// The sealed head of the state directory `dir`, read with its node key (never created).
+fn sealed_head(dir: &Path) -> Result<Option<(u64, Hash)>, CliError> {
+    let key_path = dir.join("node.key");
+    if !key_path.exists() {
+        return Err(CliError::Read {
+            path: key_path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no node key"),
+        });
+    }
+    let (key, _) = NodeKey::load_or_create(&key_path)
+        .map_err(|e| CliError::Usage(format!("node key: {e}")))?;
+    let head: Option<crate::audit::log::Head> = crate::audit::log::head_file(dir, &key).load()?;
+    Ok(head.map(|h| (h.seq, h.hash)))
+}
+
+fn verify(files: &Files) -> Result<(), CliError> {
+    let (paths, dir) = files.resolve()?;
+    let head = match &dir {
+        Some(d) => sealed_head(d)?,
+        None => None,
+    };
+    let mut v = match head {
+        Some((seq, hash)) => Verifier::with_head(seq, hash),
+        None => Verifier::new(),
+    };
+    for p in &paths {
+        v.push_file(p)?;
+    }
+    let s = v.finish()?;
+    let mut out = std::io::stdout().lock();
+    let w =
+        |out: &mut std::io::StdoutLock, t: String| writeln!(out, "{t}").map_err(CliError::Output);
+    w(
+        &mut out,
+        format!(
+            "audit chain intact: records {}..={} ({} records in {} files)",
+            s.first,
+            s.last,
+            s.records,
+            paths.len()
+        ),
+    )?;
+    if s.first > 1 {
+        w(&mut out, format!("records before seq {} are not in the files given", s.first))?;
+    }
+    match (dir, head) {
+        (Some(_), Some((seq, _))) => {
+            w(&mut out, format!("the chain ends at the sealed head (seq {seq})"))?
+        }
+        (Some(d), None) => w(
+            &mut out,
+            format!("warning: {} has no sealed head: the chain's end is not checked", d.display()),
+        )?,
+        (None, _) => w(
+            &mut out,
+            "without --config the chain's end is not checked (a cut tail or a replaced last \
+             record goes unseen)"
+                .into(),
+        )?,
+    }
+    Ok(())
+}
+
+struct Filter {
+    since: Option<std::time::SystemTime>,
+    actor: Option<String>,
+    action: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, e: &Entry) -> bool {
+        let t = humantime::parse_rfc3339(&e.time).ok();
+        self.since.is_none_or(|s| t.is_some_and(|t| t >= s))
+            && self.actor.as_deref().is_none_or(|a| e.actor.label() == a)
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| e.action == a || (a.ends_with('.') && e.action.starts_with(a)))
+    }
+}
+
+fn parse_since(s: &str) -> Result<std::time::SystemTime, CliError> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(s).map_err(|_| {
+        CliError::Usage(format!("--since {s:?}: neither an RFC 3339 time nor a duration like 2h"))
+    })?;
+    Ok(std::time::SystemTime::now() - ago)
+}
+
+fn show(files: &Files, filter: Filter, output: Output) -> Result<(), CliError> {
+    let (paths, _) = files.resolve()?;
+    let mut out = std::io::stdout().lock();
+    if output == Output::Table {
+        writeln!(
+            out,
+            "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} DETAILS",
+            "TIME", "SEQ", "ACTOR", "ACTION", "TARGET", "RESULT"
+        )
+        .map_err(CliError::Output)?;
+    }
+    for p in &paths {
+        let bytes =
+            std::fs::read(p).map_err(|source| CliError::Read { path: p.clone(), source })?;
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let e = chain::parse_line(line).map_err(|why| {
+                CliError::Audit(ChainError::NotARecord {
+                    at: chain::Place { file: p.clone(), line: i + 1 },
+                    after: 0,
+                    why,
+                })
+            })?;
+            if !filter.keeps(&e) {
+                continue;
+            }
+            match output {
+                Output::Json => out.write_all(line).and_then(|()| out.write_all(b"\n")),
+                Output::Table => {
+                    let mut details: Vec<String> =
+                        e.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    if let Some(r) = &e.reason {
+                        details.insert(0, format!("reason={r:?}"));
+                    }
+                    if let Some(s) = &e.source {
+                        details.insert(0, format!("from={s}"));
+                    }
+                    writeln!(
+                        out,
+                        "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} {}",
+                        e.time,
+                        e.seq,
+                        e.actor.label(),
+                        e.action,
+                        e.target,
+                        e.result,
+                        details.join(" ")
+                    )
+                }
+            }
+            .map_err(CliError::Output)?;
+        }
+    }
+    Ok(())
+}
