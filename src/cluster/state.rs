@@ -277,8 +277,11 @@ impl ClusterConfig {
 
 /// The replicated state of one encryption domain: what the master sends and every slave
 /// holds an exact copy of.
+///
+/// Invariant, checked when one is parsed (from a peer or the state file): its key ring belongs
+/// to its domain. A state that breaks it is refused as malformed, before any rule sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "DomainStateFields")]
 pub(crate) struct DomainState {
     pub(crate) domain: DomainId,
     pub(crate) master: ClusterId,
@@ -293,6 +296,35 @@ pub(crate) struct DomainState {
     /// The epoch at which "enable on remote clusters" was last switched on. A cluster that
     /// left the domain on its own administrator's decision rejoins only after that.
     pub(crate) remote_since: Epoch,
+}
+
+/// [`DomainState`] as parsed, before its invariant is checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainStateFields {
+    domain: DomainId,
+    master: ClusterId,
+    epoch: Epoch,
+    ring: KeyRing,
+    password: PasswordRecord,
+    remote: bool,
+    remote_since: Epoch,
+}
+
+impl TryFrom<DomainStateFields> for DomainState {
+    type Error = String;
+
+    fn try_from(f: DomainStateFields) -> Result<Self, String> {
+        if f.ring.domain() != f.domain {
+            return Err(format!(
+                "the key ring belongs to domain {}, not to the state's domain {}",
+                f.ring.domain(),
+                f.domain
+            ));
+        }
+        let DomainStateFields { domain, master, epoch, ring, password, remote, remote_since } = f;
+        Ok(Self { domain, master, epoch, ring, password, remote, remote_since })
+    }
 }
 
 /// Why a cluster stopped being part of a domain.
