@@ -106,6 +106,17 @@ impl TlsSettings {
                 sslmode.unwrap_or("nothing")
             ));
         }
+        // Nor does verify-ca take the system store without a file: with no name check, any
+        // certificate a public CA issued to anyone would pass (libpq fails here too, for the
+        // want of its root.crt).
+        if mode == SslMode::VerifyCa && !matches!(root_cert, Some(RootCert::File(_))) {
+            return Err(
+                "sslmode=verify-ca needs sslrootcert=FILE, the CA that signs the server's \
+                 certificate (without a name check, any certificate from the system's CAs would \
+                 pass; use verify-full to rely on them)"
+                    .into(),
+            );
+        }
         Ok(Self { mode, root_cert })
     }
 
@@ -126,8 +137,9 @@ impl TlsSettings {
         let roots = match &self.root_cert {
             Some(RootCert::File(path)) => Some(load_roots(path)?),
             Some(RootCert::System) => Some(system_roots()?),
-            // verify-ca/verify-full without sslrootcert: the system's CAs (libpq would look
-            // for ~/.postgresql/root.crt, which a daemon has no business reading).
+            // verify-full without sslrootcert: the system's CAs (libpq would look for
+            // ~/.postgresql/root.crt, which a daemon has no business reading); verify-ca
+            // without it is refused by `new`.
             None if verify => Some(system_roots()?),
             None => None,
         };
@@ -339,8 +351,13 @@ mod tests {
             ("verify-ca", SslMode::VerifyCa),
             ("verify-full", SslMode::VerifyFull),
         ] {
-            assert_eq!(settings("db", Some(m), None).unwrap().mode, want);
+            assert_eq!(settings("db", Some(m), Some("/etc/ca.pem")).unwrap().mode, want);
         }
+        // verify-ca checks no name: only a CA of the operator's choosing means anything.
+        let e = settings("db", Some("verify-ca"), None).unwrap_err();
+        assert!(e.contains("verify-ca needs sslrootcert=FILE"), "{e}");
+        let e = settings("db", Some("verify-ca"), Some("system")).unwrap_err();
+        assert!(e.contains("needs sslmode=verify-full"), "{e}");
         let e = settings("db", Some("allow"), None).unwrap_err();
         assert!(e.contains("sslmode=allow") && e.contains("verify-full"), "{e}");
         let e = settings("db", Some("require"), Some("system")).unwrap_err();

@@ -144,9 +144,11 @@ impl std::str::FromStr for DbUrl {
             "sqlserver" | "mssql" => (ComplianceDb::SqlServer, 1433),
             _ => return Err(bad()),
         };
+        // The query first: its values (a file name) may hold an `@`; a `?` in a password is
+        // percent-encoded (`%3F`), as in any URL.
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
         let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
-        let (hostpart, query) = hostpart.split_once('?').unwrap_or((hostpart, ""));
         let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
@@ -334,6 +336,12 @@ mod tests {
         assert_eq!(s.password.resolve().unwrap().as_str(), "s@cret");
         assert_eq!(s.database, "im");
         assert!(!format!("{u} {u:?}").contains("cret"));
+        // An `@` in a parameter is not the end of the login.
+        let u: DbUrl =
+            "postgres://arch:pw@db.example/im?sslrootcert=/etc/ca@2024.pem".parse().unwrap();
+        let s = server(&u);
+        assert_eq!((s.host.as_str(), s.user.as_str()), ("db.example", "arch"));
+        assert_eq!(s.password.resolve().unwrap().as_str(), "pw");
         let m: DbUrl = "sqlserver://sa:pw@db.example".parse().unwrap();
         assert_eq!((server(&m).port, m.kind), (1433, ComplianceDb::SqlServer));
         let e = "mysql://x@y/z".parse::<DbUrl>().unwrap_err().to_string();
