@@ -550,15 +550,22 @@ async fn record_refusal(
     };
     let target: String =
         if audited.is_some() { String::new() } else { path.chars().take(200).collect() };
-    let outcome = if matches!(e, ApiError::Export(_)) {
-        crate::audit::Outcome::Failed
-    } else {
-        crate::audit::Outcome::Refused
+    let outcome =
+        if matches!(e, ApiError::Export(_)) || e.status().0 == StatusCode::INTERNAL_SERVER_ERROR {
+            crate::audit::Outcome::Failed
+        } else {
+            crate::audit::Outcome::Refused
+        };
+    // A body's parse error may quote a value of the body (a password sent as a number): the
+    // record names the refusal, never what was sent.
+    let reason = match &e {
+        ApiError::BadBody(_) => "the request body does not parse as this route's JSON".into(),
+        e => e.to_string(),
     };
     let record = Record::new(who, action, outcome)
         .source(Some(addr.to_string()))
         .target(target)
-        .reason(e.to_string())
+        .reason(reason)
         .detail("code", e.status().1);
     match ctx.audit.write_async(vec![record]).await {
         Ok(()) => e,

@@ -165,11 +165,29 @@ impl AuditLog {
                 newest.display()
             )));
         };
-        let bytes = std::fs::read(newest).map_err(|source| AuditError::Io {
+        let mut bytes = std::fs::read(newest).map_err(|source| AuditError::Io {
             action: "read",
             path: newest.clone(),
             source,
         })?;
+        // A last line without its line feed is a record whose write a crash (a power cut) tore:
+        // its act never took effect (records are fsynced before it) and nobody was answered.
+        // It is dropped; every whole record must still match the head below.
+        if *newest == current && !bytes.ends_with(b"\n") {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            tracing::warn!(
+                file = %current.display(),
+                bytes = bytes.len() - keep,
+                "a partly written audit record at the end of the trail (a crash during its \
+                 write) is dropped"
+            );
+            let f = std::fs::OpenOptions::new().write(true).open(&current);
+            f.and_then(|f| f.set_len(keep as u64).and_then(|()| f.sync_data())).map_err(
+                |source| AuditError::Io { action: "truncate", path: current.clone(), source },
+            )?;
+            bytes.truncate(keep);
+            log.len = keep as u64;
+        }
         let mut v = Verifier::new();
         v.push_bytes(&bytes, newest).map_err(|e| broken(e.to_string()))?;
         let s = v.finish().map_err(|e| broken(e.to_string()))?;
@@ -390,6 +408,24 @@ mod tests {
         assert_eq!(std::fs::read(d.path().join(FILE)).unwrap(), saved);
         log.append(vec![rec(3)], 1_000).unwrap();
         assert_eq!(verify_dir(d.path()).unwrap().last, 2);
+    }
+
+    #[test]
+    fn a_record_torn_by_a_crash_is_dropped_at_start_and_the_chain_goes_on() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = open(d.path());
+        log.append(vec![rec(1), rec(2)], 1_000).unwrap();
+        drop(log);
+        let p = d.path().join(FILE);
+        let whole = std::fs::read(&p).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"seq":3,"prev":"ab"#);
+        std::fs::write(&p, &torn).unwrap();
+        let mut log = open(d.path());
+        assert_eq!(log.seq(), 2);
+        assert_eq!(std::fs::read(&p).unwrap(), whole, "cut back to the last whole record");
+        log.append(vec![rec(3)], 1_000).unwrap();
+        assert_eq!(verify_dir(d.path()).unwrap().last, 3);
     }
 
     #[test]
