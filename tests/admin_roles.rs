@@ -328,6 +328,23 @@ async fn a_revoked_token_is_refused_at_its_next_request_and_refused_tokens_are_c
         assert_eq!(o.code, 0, "{}", o.stderr);
         assert_eq!(f.run(Some(&bob), &["peers"]).await.code, 5);
         assert_eq!(f.metric(revoked).await, 2.0);
+        // Both changes are in the audit trail, by the administrator who made them.
+        let o = f.run(None, &["audit", "show", "--action", "token.", "-o", "json"]).await;
+        let shown: Vec<String> = (o.stdout.lines())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|e| {
+                format!("{} {} {} {}", e["action"], e["actor"]["name"], e["target"], e["result"])
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "\"token.create\" \"admin\" \"bob\" \"ok\"",
+                "\"token.revoke\" \"admin\" \"bob\" \"ok\""
+            ],
+            "{}",
+            o.stdout
+        );
 
         // A wrong token: 401 and counted apart.
         assert_eq!(f.run(Some(&"0".repeat(64)), &["status"]).await.code, 5);

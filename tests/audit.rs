@@ -302,6 +302,9 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
         assert_eq!(o.code, 6, "{}", o.stderr);
         let o = imcrypt(&["key", "rotate", "-c", &one.cfg], "").await;
         assert_eq!(o.code, 6, "{}", o.stderr);
+        let create = ["admin", "token", "create", "--name", "eve", "--role", "admin"];
+        let o = imcrypt(&[&create[..], &["-c", one.cfg.as_str()]].concat(), "").await;
+        assert_eq!(o.code, 6, "a token change without its record: {}", o.stderr);
 
         // Status answers, and says why.
         let o = imcrypt(&["status", "-c", &one.cfg], "").await;
@@ -322,6 +325,9 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
         assert!(!has_alarm(&after, AlarmName::AuditUnavailable, "a"), "cleared");
         let o = one.verify(true).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
+        let o = imcrypt(&["admin", "token", "list", "-c", &one.cfg], "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert!(!o.stdout.contains("eve"), "no token was made without its record: {}", o.stdout);
     })
     .await;
 }
