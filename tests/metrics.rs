@@ -56,7 +56,7 @@ async fn the_shipped_alert_rules_pass_promtool_check_and_their_unit_tests() {
         let (code, out) =
             promtool(&["check", "rules", "dist/prometheus/imcrypt-rules.yml"], b"").await;
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("SUCCESS: 4 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
         let (code, out) =
             promtool(&["test", "rules", "dist/prometheus/imcrypt-rules.test.yml"], b"").await;
         assert_eq!(code, 0, "{out}");
