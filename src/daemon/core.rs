@@ -288,21 +288,39 @@ impl Core {
              way); `imcrypt audit verify --config …` must pass; the alarm clears at the next \
              record written",
         );
-        let at = now().unix_millis();
-        self.alarm_history.raised(at, &a);
-        let domain = self.cluster.domain_state().map(|d| d.domain);
-        self.sinks.raised(&a, domain, at);
+        self.alarm_raised(&a);
         self.audit_alarm = Some(a);
     }
 
     fn audit_works(&mut self) {
         self.audit_retry = None;
         if let Some(a) = self.audit_alarm.take() {
-            let at = now().unix_millis();
-            self.alarm_history.cleared(at, &a.key);
-            self.sinks.cleared(&a.key, at);
-            tracing::info!(alarm = a.key.name.as_str(), "audit trail written again; alarm cleared");
+            self.alarm_cleared(&a.key);
         }
+    }
+
+    /// An alarm is raised: into the history, the sinks and the log. The machine's alarms and
+    /// the core's own (`MAencryptionAuditUnavailable`) go the same way.
+    fn alarm_raised(&mut self, a: &Alarm) {
+        let at = now().unix_millis();
+        self.alarm_history.raised(at, a);
+        let domain = self.cluster.domain_state().map(|d| d.domain);
+        self.sinks.raised(a, domain, at);
+        tracing::warn!(
+            alarm = a.key.name.as_str(),
+            severity = %a.severity,
+            about = %a.key.about,
+            cause = %a.cause,
+            remedy = %a.remedy,
+            "alarm raised"
+        )
+    }
+
+    fn alarm_cleared(&mut self, k: &crate::alarm::AlarmKey) {
+        let at = now().unix_millis();
+        self.alarm_history.cleared(at, k);
+        self.sinks.cleared(k, at);
+        tracing::info!(alarm = k.name.as_str(), about = %k.about, "alarm cleared")
     }
 
     /// The effects of start-up (the restored state, reconcile with the configuration file):
@@ -352,29 +370,11 @@ impl Core {
                     }
                     self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
                 }
-                Effect::Alarm(AlarmChange::Raise(a)) => {
-                    let at = now().unix_millis();
-                    self.alarm_history.raised(at, &a);
-                    let domain = self.cluster.domain_state().map(|d| d.domain);
-                    self.sinks.raised(&a, domain, at);
-                    tracing::warn!(
-                        alarm = a.key.name.as_str(),
-                        severity = %a.severity,
-                        about = %a.key.about,
-                        cause = %a.cause,
-                        remedy = %a.remedy,
-                        "alarm raised"
-                    )
-                }
+                Effect::Alarm(AlarmChange::Raise(a)) => self.alarm_raised(&a),
                 // Same condition, new text (e.g. the elapsed time of an outage): not a new
                 // alarm, so nothing for the history or the log; the sinks keep the new text.
                 Effect::Alarm(AlarmChange::Update(a)) => self.sinks.updated(&a),
-                Effect::Alarm(AlarmChange::Clear(k)) => {
-                    let at = now().unix_millis();
-                    self.alarm_history.cleared(at, &k);
-                    self.sinks.cleared(&k, at);
-                    tracing::info!(alarm = k.name.as_str(), about = %k.about, "alarm cleared")
-                }
+                Effect::Alarm(AlarmChange::Clear(k)) => self.alarm_cleared(&k),
                 Effect::Log(line) => match line.level {
                     LogLevel::Info => tracing::info!("{}", line.text),
                     LogLevel::Warn => tracing::warn!("{}", line.text),
