@@ -284,11 +284,8 @@ impl TokenFile {
     /// daemon's host: with the daemon's node key (never made here), and made from the token
     /// file of earlier releases if the daemon has not yet done so (returns whether it was).
     pub fn local(config: &crate::config::Config) -> Result<(Self, bool), TokensError> {
-        let key = config.state_dir.join("node.key");
-        if !key.exists() {
-            return Err(TokensError::NoNodeKey(config.state_dir.clone()));
-        }
-        let (node_key, _) = NodeKey::load_or_create(&key)?;
+        let node_key = crate::store::existing_node_key(&config.state_dir)?
+            .ok_or_else(|| TokensError::NoNodeKey(config.state_dir.clone()))?;
         let f = Self::new(&config.state_dir, &node_key);
         let imported =
             f.import_if_missing(&config.admin_token_file(), crate::clock::now().unix_secs())?;

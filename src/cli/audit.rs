@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use crate::audit::chain::{self, ChainError, Verifier};
 use crate::audit::{Entry, Hash};
-use crate::crypto::seal::NodeKey;
 
 use super::CliError;
 use super::commands::Output;
@@ -83,15 +82,12 @@ pub(super) fn audit(command: AuditCommand) -> Result<(), CliError> {
 
 /// The sealed head of the state directory `dir`, read with its node key (never created).
 fn sealed_head(dir: &Path) -> Result<Option<(u64, Hash)>, CliError> {
-    let key_path = dir.join("node.key");
-    if !key_path.exists() {
-        return Err(CliError::Read {
-            path: key_path,
+    let key = crate::store::existing_node_key(dir)
+        .map_err(|e| CliError::Usage(format!("node key: {e}")))?
+        .ok_or_else(|| CliError::Read {
+            path: dir.join(crate::store::NODE_KEY_FILE),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no node key"),
-        });
-    }
-    let (key, _) = NodeKey::load_or_create(&key_path)
-        .map_err(|e| CliError::Usage(format!("node key: {e}")))?;
+        })?;
     let head: Option<crate::audit::log::Head> = crate::audit::log::head_file(dir, &key).load()?;
     Ok(head.map(|h| (h.seq, h.hash)))
 }

@@ -93,7 +93,7 @@ pub(crate) async fn start_with(
     span.in_scope(|| tracing::info!(descriptors, "descriptor limit (soft raised to hard)"));
     let dir = &config.state_dir;
     state_dir(dir)?;
-    let (key_path, state_path) = (dir.join("node.key"), dir.join("state.sealed"));
+    let (key_path, state_path) = (dir.join(crate::store::NODE_KEY_FILE), dir.join("state.sealed"));
     // A state without its node key cannot be read: say so instead of making a new key that
     // would only hide the real problem (and have to be deleted before a restore).
     if !key_path.exists() && state_path.exists() {

@@ -30,7 +30,7 @@ mod node_key;
 pub(crate) mod secret;
 
 pub(crate) use atomic::{Existing, WriteStep, sync_dir, write_private};
-pub(crate) use node_key::NodeKeyError;
+pub(crate) use node_key::{NODE_KEY_FILE, NodeKeyError, existing_node_key};
 
 const MAGIC: &[u8; 8] = b"IMCSTATE";
 const SCHEMA_VERSION: u16 = 1;

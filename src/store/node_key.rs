@@ -28,6 +28,20 @@ pub enum NodeKeyError {
     WrongLength { path: std::path::PathBuf, len: usize },
 }
 
+/// The node key's file name in the state directory.
+pub(crate) const NODE_KEY_FILE: &str = "node.key";
+
+/// The node key of the state directory `dir`, for a command run beside the daemon on its host
+/// (`imcrypt admin token --local`, `imcrypt audit verify --config`); `None` when there is none.
+/// Never creates one: a key made here would seal what the daemon cannot read.
+pub(crate) fn existing_node_key(dir: &Path) -> Result<Option<NodeKey>, NodeKeyError> {
+    let path = dir.join(NODE_KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    NodeKey::load_or_create(&path).map(|(key, _)| Some(key))
+}
+
 impl NodeKey {
     /// Loads the key at `path`, or creates it (mode 0600, fresh OS randomness) when the file
     /// does not exist. Returns whether it was created.
