@@ -67,7 +67,7 @@ async fn rsyslog_writes_the_alarm_as_an_rfc5424_line_with_structured_data() {
     bounded(async {
         let sink = format!(
             "[[alarms.sinks]]\nname = \"central\"\nkind = \"syslog\"\naddress = \"{}\"\n\
-             transport = \"tcp\"\nhostname = \"im-a.example\"\n",
+             transport = \"tcp\"\nhostname = \"im-a.example\"\naudit = false\n",
             rsyslog.address()
         );
         let (_d, mut lab) = two_masters(&sink).await;
@@ -103,6 +103,52 @@ async fn rsyslog_writes_the_alarm_as_an_rfc5424_line_with_structured_data() {
         let s = lab.status("a").await.unwrap();
         assert_eq!(s.sinks[0].name, "central");
         assert_eq!(s.sinks[0].counters.delivered, 2, "{:?}", s.sinks);
+        lab.stop_all().await;
+    })
+    .await;
+}
+
+/// The syslog sink's copy of the audit trail: one message per record, MSGID `audit`, whose MSG
+/// is the record's line exactly as in `audit.log`, in the same order, at any `min_severity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_gets_every_audit_record_as_the_same_line_as_in_audit_log() {
+    let rsyslog = Rsyslog::start();
+    bounded(async {
+        let sink = format!(
+            "[[alarms.sinks]]\nname = \"central\"\nkind = \"syslog\"\naddress = \"{}\"\n\
+             min_severity = \"critical\"\n",
+            rsyslog.address()
+        );
+        let (d, mut lab) = mesh(&["a"]);
+        lab.spec_mut("a").extra_config = sink;
+        lab.start("a").await.unwrap();
+        let a = lab.daemon("a").unwrap();
+        a.command(enable(false)).await.unwrap();
+        a.command(Command::RotateKey).await.unwrap();
+        let log = d.path().join("state/a/audit.log");
+        let on_disk: Vec<String> =
+            std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+        assert!(
+            on_disk.iter().any(|l| l.contains("\"action\":\"key.rotate\"")),
+            "the rotation is in the trail: {on_disk:?}"
+        );
+        let copies = wait_for("every audit record in rsyslog's file", WAIT, async || {
+            let copies: Vec<String> = rsyslog
+                .messages()
+                .iter()
+                .filter_map(|m| Some(m.split_once(" audit - ")?.1.to_owned()))
+                .collect();
+            (copies.len() >= on_disk.len()).then_some(copies)
+        })
+        .await;
+        assert_eq!(copies[..on_disk.len()], on_disk[..], "the copies are the lines, in order");
+        // As documented: the collector's copies, one per line, verify as a chain.
+        let copy_file = d.path().join("collected.log");
+        std::fs::write(&copy_file, copies.join("\n") + "\n").unwrap();
+        let o = imcrypt(&["audit", "verify", copy_file.to_str().unwrap()], "").await;
+        assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+        let first = rsyslog.messages().into_iter().find(|m| m.contains(" audit - ")).unwrap();
+        assert!(first.starts_with("<30>1 20"), "daemon.info for a record that is ok: {first}");
         lab.stop_all().await;
     })
     .await;

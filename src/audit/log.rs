@@ -309,6 +309,8 @@ impl AuditLog {
 #[derive(Clone)]
 pub(crate) struct Audit {
     log: Option<Arc<Mutex<AuditLog>>>,
+    /// Where a copy of each record goes once it is on disk (the syslog sinks).
+    copies: Option<crate::alarm::sink::Sinks>,
 }
 
 impl Audit {
@@ -321,18 +323,29 @@ impl Audit {
         section: &AuditSection,
     ) -> Result<Self, AuditError> {
         if !section.enabled {
-            return Ok(Self { log: None });
+            return Ok(Self { log: None, copies: None });
         }
         let log = AuditLog::open(dir, cluster, node_key, section.rotate_bytes)?;
-        Ok(Self { log: Some(Arc::new(Mutex::new(log))) })
+        Ok(Self { log: Some(Arc::new(Mutex::new(log))), copies: None })
     }
 
-    /// Writes `records` durably (blocking: fsyncs), or nothing; see [`AuditLog::append`].
+    /// Also hands a copy of every record written from now on to `sinks` (the syslog sinks
+    /// that take them; see `alarm::sink`), after it is on disk.
+    pub(crate) fn copy_to(self, sinks: crate::alarm::sink::Sinks) -> Self {
+        Self { copies: Some(sinks), ..self }
+    }
+
+    /// Writes `records` durably (blocking: fsyncs), or nothing; see [`AuditLog::append`]. Once
+    /// they are on disk, their copies go to the sinks (never waiting on them).
     pub(crate) fn write(&self, records: Vec<Record>) -> Result<(), AuditError> {
         let Some(log) = &self.log else { return Ok(()) };
-        log.lock()
+        let entries = log
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .append(records, crate::clock::now().unix_millis())?;
+        if let Some(sinks) = &self.copies {
+            sinks.audit(&entries);
+        }
         Ok(())
     }
 

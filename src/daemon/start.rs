@@ -133,6 +133,7 @@ pub(crate) async fn start_with(
     let alarm_history = AlarmHistory::default();
     // One task per sink; an unreachable sink is not an error here (it counts failures).
     let sinks = span.in_scope(|| Sinks::new(id.clone(), &config.alarms.sinks));
+    let audit = audit.copy_to(sinks.clone());
     // Counted from the start even without `[metrics]`, so that a reload that turns the
     // listener on shows counts since the start (see `metrics_listener`).
     let metrics = Arc::new(crate::metrics::Metrics::new());

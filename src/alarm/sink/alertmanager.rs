@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::config::AlertmanagerConfig;
 use super::http::{HttpUrl, post_json};
-use super::{Counters, Queued, SinkEvent};
+use super::{Counters, Item, SinkEvent};
 use crate::alarm::{AlarmEventKind, AlarmKey};
 
 /// The alerts path under the configured base URL.
@@ -136,7 +136,7 @@ impl State {
 /// hello.
 pub(crate) async fn run(
     config: AlertmanagerConfig,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::Receiver<Item>,
     counters: Arc<Mutex<Counters>>,
 ) {
     let url = HttpUrl::parse(&config.url).expect("validated at config load").join(ALERTS_PATH);
@@ -145,18 +145,22 @@ pub(crate) async fn run(
     loop {
         let mut send_now = tokio::select! {
             q = rx.recv() => match q {
-                Some(q) => {
+                Some(Item::Alarm(q)) => {
                     let event = !q.in_place;
                     state.apply(q.event);
                     event
                 }
+                // Never queued here (`Running::offer_audit`).
+                Some(Item::Audit(_)) => false,
                 None => return,
             },
             () = tokio::time::sleep_until(next) => true,
         };
-        while let Ok(q) = rx.try_recv() {
-            send_now |= !q.in_place;
-            state.apply(q.event);
+        while let Ok(item) = rx.try_recv() {
+            if let Item::Alarm(q) = item {
+                send_now |= !q.in_place;
+                state.apply(q.event);
+            }
         }
         if !send_now {
             continue;

@@ -86,6 +86,10 @@ pub(crate) struct SyslogConfig {
     /// The SD-ID of the structured data element (`name@PEN`).
     #[serde(default = "default_sd_id")]
     pub(crate) sd_id: String,
+    /// Also send a copy of every audit record (MSGID `audit`, the record's line as MSG), at
+    /// any `min_severity`. The copy is best effort; `state_dir/audit.log` is the record.
+    #[serde(default = "default_audit")]
+    pub(crate) audit: bool,
     /// The CA certificates read from `ca_file` at load.
     #[serde(skip)]
     pub(crate) ca: Option<Arc<[CertificateDer<'static>]>>,
@@ -151,6 +155,10 @@ fn default_transport() -> Transport {
 
 fn default_facility() -> u8 {
     3 // daemon
+}
+
+fn default_audit() -> bool {
+    true
 }
 
 fn default_app_name() -> String {

@@ -21,6 +21,10 @@
 //!   counters included), starts new ones, and stops removed ones; a new Alertmanager sink is
 //!   sent the alarms active at that moment.
 //!
+//! Syslog sinks also take a copy of every audit record ([`Sinks::audit`], unless the sink says
+//! `audit = false`), in the same queue and order as its alarms, with the same drop-and-count
+//! rule: the copy is best effort, `state_dir/audit.log` is the record.
+//!
 //! Undelivered events are lost when the daemon stops. Files: [`config`] (the config section),
 //! [`syslog`], [`alertmanager`], [`webhook`] (one per kind), [`http`] and `stream` (the
 //! client side they share).
@@ -88,6 +92,24 @@ pub(crate) struct Queued {
     pub(crate) in_place: bool,
 }
 
+/// A copy of one audit record, as written to `audit.log`, for the syslog sinks.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditCopy {
+    /// The record's `time` (RFC 3339, UTC, milliseconds): the message's TIMESTAMP.
+    pub(crate) time: String,
+    pub(crate) result: crate::audit::Outcome,
+    /// The record's line, without its line feed.
+    pub(crate) line: Arc<str>,
+}
+
+/// What one sink's queue carries. Audit copies are only ever offered to syslog sinks
+/// ([`Running::offer_audit`]).
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    Alarm(Queued),
+    Audit(AuditCopy),
+}
+
 /// What `GET /v1/status` shows of one sink (no `deny_unknown_fields`: serde does not support
 /// it with `flatten`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +157,7 @@ fn instance_id() -> String {
 /// One running sink.
 struct Running {
     config: SinkConfig,
-    tx: mpsc::Sender<Queued>,
+    tx: mpsc::Sender<Item>,
     counters: Arc<Mutex<Counters>>,
     sequence: u64,
     instance: String,
@@ -207,7 +229,20 @@ impl Running {
             event,
             in_place: false,
         };
-        if self.tx.try_send(q).is_err() {
+        self.enqueue(Item::Alarm(q));
+    }
+
+    /// Hands an audit record's copy to a syslog sink that takes them; the others ignore it.
+    fn offer_audit(&mut self, copy: &AuditCopy) {
+        if matches!(&self.config.kind, SinkKind::Syslog(c) if c.audit) {
+            self.enqueue(Item::Audit(copy.clone()));
+        }
+    }
+
+    /// Queues `item` without waiting; a full queue drops it, counts it, and logs at most once a
+    /// minute.
+    fn enqueue(&mut self, item: Item) {
+        if self.tx.try_send(item).is_err() {
             self.counters.lock().unwrap_or_else(|p| p.into_inner()).undelivered += 1;
             let now = std::time::Instant::now();
             if self.last_drop_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
@@ -230,7 +265,7 @@ impl Running {
             && self.raised.contains(&event.alarm.key)
         {
             let q = Queued { sequence: self.sequence, id: String::new(), event, in_place: true };
-            let _ = self.tx.try_send(q);
+            let _ = self.tx.try_send(Item::Alarm(q));
         }
     }
 
@@ -251,10 +286,12 @@ enum Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, q: &Queued) -> Result<(), String> {
-        match self {
-            Sender::Syslog(s) => s.send(&q.event).await,
-            Sender::Webhook(s) => s.send(q).await,
+    async fn send(&mut self, item: &Item) -> Result<(), String> {
+        match (self, item) {
+            (Sender::Syslog(s), item) => s.send_item(item).await,
+            (Sender::Webhook(s), Item::Alarm(q)) => s.send(q).await,
+            // Never queued to a webhook (`Running::offer_audit`).
+            (Sender::Webhook(_), Item::Audit(_)) => Ok(()),
         }
     }
 }
@@ -262,7 +299,7 @@ impl Sender {
 /// Delivers the queue's events in order, each retried until it is delivered.
 async fn deliver_in_order(
     mut sender: Sender,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::Receiver<Item>,
     counters: Arc<Mutex<Counters>>,
 ) {
     let mut last_logged: Option<String> = None;
@@ -373,6 +410,22 @@ impl Sinks {
         }
     }
 
+    /// Hands a copy of each audit record just written to the syslog sinks that take them.
+    /// Never waits (it runs on the audit writer's thread, between fsync and answer).
+    pub(crate) fn audit(&self, entries: &[crate::audit::Entry]) {
+        let mut inner = self.lock();
+        let takes = |s: &Running| matches!(&s.config.kind, SinkKind::Syslog(c) if c.audit);
+        if !inner.sinks.iter().any(takes) {
+            return;
+        }
+        for e in entries {
+            let copy = AuditCopy { time: e.time.clone(), result: e.result, line: e.line().into() };
+            for s in &mut inner.sinks {
+                s.offer_audit(&copy);
+            }
+        }
+    }
+
     /// The status of every sink, in configuration order.
     pub(crate) fn snapshot(&self) -> Vec<SinkStatus> {
         self.lock().sinks.iter().map(Running::status).collect()
@@ -469,6 +522,7 @@ mod tests {
                 app_name: "imcrypt".into(),
                 hostname: Some("h".into()),
                 sd_id: config::DEFAULT_SD_ID.into(),
+                audit: true,
                 ca: None,
             }),
         }
@@ -521,6 +575,45 @@ mod tests {
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap()
+    }
+
+    fn audit_entries(results: &[crate::audit::Outcome]) -> Vec<crate::audit::Entry> {
+        let mut prev = crate::audit::GENESIS;
+        let mut out = Vec::new();
+        for (i, r) in results.iter().enumerate() {
+            let rec = crate::audit::Record::new(crate::audit::Actor::Local, "key.rotate", *r);
+            let e = crate::audit::Entry::new(i as u64 + 1, &prev, 1_796_000_000_000, "a", rec);
+            prev = crate::audit::hash_line(e.line().as_bytes());
+            out.push(e);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn syslog_sinks_get_each_audit_record_line_in_order_unless_they_say_audit_false() {
+        use crate::audit::Outcome;
+        let (with, mut rx_with) = collector().await;
+        let (without, mut rx_without) = collector().await;
+        let mut off = syslog_sink("off", &without, Severity::Warning);
+        if let SinkKind::Syslog(c) = &mut off.kind {
+            c.audit = false;
+        }
+        // min_severity concerns alarms only: a critical-only sink still takes the audit.
+        let sinks = Sinks::new(
+            ClusterId::new("a").unwrap(),
+            &[syslog_sink("on", &with, Severity::Critical), off],
+        );
+        let entries = audit_entries(&[Outcome::Ok, Outcome::Refused]);
+        sinks.audit(&entries);
+        for (e, pri) in entries.iter().zip(["<30>", "<29>"]) {
+            let m = next(&mut rx_with).await;
+            let head = format!("{pri}1 {} h imcrypt {} audit - ", e.time, std::process::id());
+            assert_eq!(m, head + &e.line(), "daemon.info for ok, daemon.notice for refused");
+        }
+        // Alarms go on as before, after the copies; the other sink's first message is the alarm.
+        sinks.raised(&alarm(AlarmName::MultiMaster, "b"), None, 1);
+        assert!(next(&mut rx_with).await.contains(" MAencryptionMultiMaster ["));
+        assert!(next(&mut rx_without).await.contains(" MAencryptionMultiMaster ["));
     }
 
     #[tokio::test]

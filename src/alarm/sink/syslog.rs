@@ -1,5 +1,7 @@
 //! The syslog sink: each raise or clear as one RFC 5424 message with the alarm in structured
-//! data, over TCP or TLS with RFC 6587 octet-counting framing, or UDP (one datagram each).
+//! data, and (unless `audit = false`) each audit record as one message whose MSG is the
+//! record's line exactly as in `audit.log`; over TCP or TLS with RFC 6587 octet-counting
+//! framing, or UDP (one datagram each).
 //!
 //! Formatting is pure ([`format`], [`frame`]) and tested here; [`SyslogSender`] only moves
 //! bytes. Invariants: every PARAM-VALUE is escaped (`"`, `\`, `]`), so an alarm text can never
@@ -14,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UdpSocket;
 
 use super::config::{SyslogConfig, Transport};
-use super::{SinkEvent, stream};
+use super::{AuditCopy, Item, SinkEvent, stream};
 use crate::alarm::{AlarmEventKind, Severity};
 
 /// The syslog severity of an event: critical→2 (crit), major→3 (err), minor→4 (warning),
@@ -89,6 +91,17 @@ pub(crate) fn format(h: &Header<'_>, ev: &SinkEvent) -> String {
     )
 }
 
+/// One audit record as an RFC 5424 message: `<PRI>1 TIME HOSTNAME APP-NAME PROCID audit - LINE`.
+/// TIME is the record's own `time`; no structured data; MSG is the record's line byte for byte,
+/// so a collector's copy hashes as the record does (docs/formats.md) and `imcrypt audit verify`
+/// reads the MSG parts of consecutive messages as a chain. Severity 6 (info) for a record whose
+/// result is `ok`, 5 (notice) for one refused or failed.
+pub(crate) fn format_audit(h: &Header<'_>, a: &AuditCopy) -> String {
+    let severity: u16 = if a.result == crate::audit::Outcome::Ok { 6 } else { 5 };
+    let pri = u16::from(h.facility) * 8 + severity;
+    format!("<{pri}>1 {} {} {} {} audit - {}", a.time, h.hostname, h.app_name, h.procid, a.line)
+}
+
 /// RFC 6587, 3.4.1 octet counting: `MSG-LEN SP SYSLOG-MSG`, the length in bytes.
 pub(crate) fn frame(msg: &str) -> Vec<u8> {
     let mut out = format!("{} ", msg.len()).into_bytes();
@@ -119,22 +132,34 @@ impl SyslogSender {
         Self { config, hostname, conn: None, udp: None }
     }
 
-    fn message(&self, ev: &SinkEvent) -> String {
-        format(
-            &Header {
-                facility: self.config.facility,
-                hostname: &self.hostname,
-                app_name: &self.config.app_name,
-                procid: std::process::id(),
-                sd_id: &self.config.sd_id,
-            },
-            ev,
-        )
+    fn header(&self) -> Header<'_> {
+        Header {
+            facility: self.config.facility,
+            hostname: &self.hostname,
+            app_name: &self.config.app_name,
+            procid: std::process::id(),
+            sd_id: &self.config.sd_id,
+        }
     }
 
-    /// Sends one event; an error leaves no connection behind.
+    /// Sends one alarm event; an error leaves no connection behind.
     pub(crate) async fn send(&mut self, ev: &SinkEvent) -> Result<(), String> {
-        let msg = self.message(ev);
+        let msg = format(&self.header(), ev);
+        self.send_message(msg).await
+    }
+
+    /// Sends one queued item: an alarm event or an audit record's copy.
+    pub(crate) async fn send_item(&mut self, item: &Item) -> Result<(), String> {
+        match item {
+            Item::Alarm(q) => self.send(&q.event).await,
+            Item::Audit(a) => {
+                let msg = format_audit(&self.header(), a);
+                self.send_message(msg).await
+            }
+        }
+    }
+
+    async fn send_message(&mut self, msg: String) -> Result<(), String> {
         let r = tokio::time::timeout(super::ATTEMPT_TIMEOUT, self.send_raw(&msg))
             .await
             .unwrap_or_else(|_| Err("timed out".into()));
@@ -229,6 +254,20 @@ mod tests {
     }
 
     #[test]
+    fn an_audit_record_is_one_message_whose_msg_is_the_record_line_byte_for_byte() {
+        let line = r#"{"seq":1,"prev":"00","action":"key.download","reason":"a ] \" b"}"#;
+        let copy = |result| AuditCopy {
+            time: "2026-12-01T06:20:00.123Z".into(),
+            result,
+            line: line.into(),
+        };
+        let m = format_audit(&H, &copy(crate::audit::Outcome::Ok));
+        assert_eq!(m, format!("<30>1 2026-12-01T06:20:00.123Z host1 imcrypt 42 audit - {line}"));
+        let m = format_audit(&H, &copy(crate::audit::Outcome::Failed));
+        assert!(m.starts_with("<29>1 "), "daemon.notice: {m}");
+    }
+
+    #[test]
     fn param_values_are_escaped_so_the_structured_data_cannot_end_early() {
         assert_eq!(escape_param(r#"a "b" \c ]d"#), r#"a \"b\" \\c \]d"#);
         let m = format(&H, &event(AlarmEventKind::Raised, r#"x"] [evil@1 a="b"#));
@@ -258,6 +297,7 @@ mod tests {
             app_name: "imcrypt".into(),
             hostname: Some("h".into()),
             sd_id: super::super::config::DEFAULT_SD_ID.into(),
+            audit: true,
             ca: None,
         }
     }
@@ -270,7 +310,7 @@ mod tests {
         s.send(&e).await.unwrap();
         let mut buf = vec![0; 65536];
         let n = r.recv(&mut buf).await.unwrap();
-        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), s.message(&e));
+        assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), format(&s.header(), &e));
     }
 
     /// TLS to a collector whose certificate (for `localhost`) comes from the configured CA.
@@ -315,7 +355,7 @@ mod tests {
     }
 
     fn s_message(e: &SinkEvent) -> String {
-        SyslogSender::new(sink("h:1".into(), Transport::Tcp)).message(e)
+        format(&SyslogSender::new(sink("h:1".into(), Transport::Tcp)).header(), e)
     }
 
     #[test]
