@@ -328,17 +328,22 @@ async fn a_revoked_token_is_refused_at_its_next_request_and_refused_tokens_are_c
         assert_eq!(o.code, 0, "{}", o.stderr);
         assert_eq!(f.run(Some(&bob), &["peers"]).await.code, 5);
         assert_eq!(f.metric(revoked).await, 2.0);
-        // Both changes are in the audit trail, by the administrator who made them.
+        // Every change is in the audit trail: those through the API by the administrator who
+        // made them, those made on the host as `local`, with how.
         let o = f.run(None, &["audit", "show", "--action", "token.", "-o", "json"]).await;
         let shown: Vec<String> = (o.stdout.lines())
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .map(|e| {
-                format!("{} {} {} {}", e["action"], e["actor"]["name"], e["target"], e["result"])
+                let who = &e["actor"]["name"];
+                let who = if who.is_null() { &e["details"]["via"] } else { who };
+                format!("{} {} {} {}", e["action"], who, e["target"], e["result"])
             })
             .collect();
         assert_eq!(
             shown,
             [
+                "\"token.create\" \"imcrypt admin token --local\" \"alice\" \"ok\"",
+                "\"token.revoke\" \"imcrypt admin token --local\" \"alice\" \"ok\"",
                 "\"token.create\" \"admin\" \"bob\" \"ok\"",
                 "\"token.revoke\" \"admin\" \"bob\" \"ok\""
             ],
@@ -409,6 +414,11 @@ async fn the_token_file_becomes_the_first_admin_at_install_and_upgrade_with_one_
 
         // As an earlier release left it: no token store.
         std::fs::remove_file(state.join(imcrypt::admin::tokens::FILE_NAME)).unwrap();
+        // Listing on the host only reads: it says the store is missing and makes none.
+        let list = run(&["admin", "token", "list", "--local"]).await;
+        assert_eq!(list.code, 1, "{}", list.stderr);
+        assert!(list.stderr.contains("is missing"), "{}", list.stderr);
+        assert!(!state.join(imcrypt::admin::tokens::FILE_NAME).exists());
         daemon.restart(&log(2));
         let second = daemon.log_text();
         assert!(!second.contains("created admin token file"), "{second}");

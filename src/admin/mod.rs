@@ -169,7 +169,7 @@ impl Admin {
         let tls = load_tls(&cert, &key)?;
         let path = config.admin_token_file();
         let fresh = !path.exists();
-        if tokens.import_if_missing(&path, crate::clock::now().unix_secs())? {
+        if tokens.import_if_missing(crate::clock::now().unix_secs())? {
             if fresh {
                 tracing::info!(path = %path.display(), "created admin token file");
             }
@@ -180,8 +180,16 @@ impl Admin {
                  manage administrators with `imcrypt admin token`"
             );
         }
-        let tokens = LiveTokens::new(tokens);
-        tokens.current()?;
+        let tokens = LiveTokens::new(tokens, audit.clone());
+        match tokens.current() {
+            // Not a reason to stay down: every request tries again, and is refused meanwhile.
+            Err(TokensError::Unaudited(e)) => tracing::error!(error = %e,
+                "token changes made with `imcrypt admin token --local` cannot be recorded in the \
+                 audit trail; no admin token is accepted until they are"),
+            other => {
+                other?;
+            }
+        }
         let a = &config.admin;
         let limits = Limits {
             max_failures: a.max_failures,
@@ -347,7 +355,9 @@ impl ApiError {
                 TokensError::NameTaken(_) => (StatusCode::CONFLICT, "refused"),
                 TokensError::NoSuchName(_) => (StatusCode::NOT_FOUND, "not_found"),
                 TokensError::LastAdmin(_) => (StatusCode::CONFLICT, "last_admin"),
-                TokensError::Store(_)
+                TokensError::Unaudited(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+                TokensError::NotRecorded(_)
+                | TokensError::Store(_)
                 | TokensError::Lock { .. }
                 | TokensError::Legacy(_)
                 | TokensError::NoNodeKey(_)

@@ -10,7 +10,12 @@
 //! A token is 32 random bytes, shown once as 64 hex digits; only its SHA-256 is stored (a hash
 //! of 256 random bits needs no salt or stretching: nothing can be guessed). The first file is
 //! made from the token file of earlier releases (`admin.token`, created on a fresh install):
-//! that token becomes the administrator `admin` with the role `admin`.
+//! that token becomes the administrator `admin` with the role `admin`. Revoking that token
+//! removes `admin.token`, so that a token store lost later can never bring it back.
+//!
+//! A change made with `--local` is audited through `audit::pending`: the CLI writes its record
+//! there before saving, and [`LiveTokens`] chains the pending records before it uses a changed
+//! file; when it cannot, it uses neither the change nor any token (no record, no act).
 //!
 //! Invariants: a token's bytes are never written, not even sealed; names are unique among the
 //! tokens not revoked and follow [`validate_name`]; there is always at least one `admin` not
@@ -31,6 +36,7 @@ use super::api::TokenInfo;
 use super::limit::Credential;
 use super::roles::{AdminRole, Principal};
 use super::token::{Token, TokenError};
+use crate::audit::{Audit, AuditError, Details, acts::action, pending};
 use crate::crypto::seal::{NodeKey, Purpose};
 use crate::store::{SealedFile, StoreError};
 
@@ -80,6 +86,14 @@ pub enum TokensError {
          (the tokens made since are lost)"
     )]
     Missing(PathBuf),
+    #[error("the audit record of this change cannot be written, so nothing was changed: {0}")]
+    NotRecorded(#[source] AuditError),
+    #[error(
+        "the token store was changed on the daemon's host (`imcrypt admin token --local`) and the \
+         audit record of that change cannot be written yet, so no token is accepted until it is: \
+         {0}"
+    )]
+    Unaudited(#[source] Arc<AuditError>),
 }
 
 /// Checks an administrator's name: 1 to 64 ASCII letters, digits, `-`, `_`, `.`, the first a
@@ -235,11 +249,14 @@ impl Tokens {
     }
 }
 
-/// The tokens' sealed file and its lock.
+/// The tokens' sealed file and its lock, in a daemon's state directory.
 pub struct TokenFile {
     sealed: SealedFile,
+    dir: PathBuf,
     path: PathBuf,
     lock: PathBuf,
+    /// The token file of earlier releases (`admin.token`): the first `admin` is made from it.
+    legacy: PathBuf,
 }
 
 impl std::fmt::Debug for TokenFile {
@@ -252,18 +269,26 @@ impl std::fmt::Debug for TokenFile {
 struct Held(#[allow(dead_code)] std::fs::File);
 
 impl TokenFile {
-    /// The token file of the state directory `dir`, sealed with `node_key`.
-    pub fn new(dir: &Path, node_key: &NodeKey) -> Self {
+    /// The token file of the state directory `dir`, sealed with `node_key`; `legacy` is the
+    /// token file of earlier releases (`Config::admin_token_file`).
+    pub fn new(dir: &Path, node_key: &NodeKey, legacy: PathBuf) -> Self {
         let path = dir.join(FILE_NAME);
         Self {
             sealed: SealedFile::new(path.clone(), node_key, Purpose::AdminTokens),
+            dir: dir.to_owned(),
             path,
             lock: dir.join(LOCK_NAME),
+            legacy,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The token file of earlier releases this store was (or will be) made from.
+    pub fn legacy(&self) -> &Path {
+        &self.legacy
     }
 
     fn lock(&self) -> Result<Held, TokensError> {
@@ -281,15 +306,12 @@ impl TokenFile {
     }
 
     /// The token file of a daemon's state directory, for `imcrypt admin token --local` on the
-    /// daemon's host: with the daemon's node key (never made here), and made from the token
-    /// file of earlier releases if the daemon has not yet done so (returns whether it was).
-    pub fn local(config: &crate::config::Config) -> Result<(Self, bool), TokensError> {
+    /// daemon's host, with the daemon's node key (never made here). Only reads: a change
+    /// first makes the file if the daemon has not yet ([`TokenFile::import_if_missing`]).
+    pub fn local(config: &crate::config::Config) -> Result<Self, TokensError> {
         let node_key = crate::store::existing_node_key(&config.state_dir)?
             .ok_or_else(|| TokensError::NoNodeKey(config.state_dir.clone()))?;
-        let f = Self::new(&config.state_dir, &node_key);
-        let imported =
-            f.import_if_missing(&config.admin_token_file(), crate::clock::now().unix_secs())?;
-        Ok((f, imported))
+        Ok(Self::new(&config.state_dir, &node_key, config.admin_token_file()))
     }
 
     /// The tokens; [`TokensError::Missing`] if the file was never made.
@@ -297,14 +319,14 @@ impl TokenFile {
         self.sealed.load()?.ok_or_else(|| TokensError::Missing(self.path.clone()))
     }
 
-    /// Makes the file from the token file of earlier releases at `legacy` (created now if
-    /// missing, as at a fresh install) when there is no token file yet. Returns whether it did.
-    pub fn import_if_missing(&self, legacy: &Path, now_unix: u64) -> Result<bool, TokensError> {
+    /// Makes the file from the token file of earlier releases (created now if missing, as at
+    /// a fresh install) when there is no token file yet. Returns whether it did.
+    pub fn import_if_missing(&self, now_unix: u64) -> Result<bool, TokensError> {
         let _held = self.lock()?;
         if self.sealed.load::<Tokens>()?.is_some() {
             return Ok(false);
         }
-        let (token, _) = Token::load_or_create(legacy)?;
+        let (token, _) = Token::load_or_create(&self.legacy)?;
         self.sealed.save(&Tokens::imported(&token, now_unix))?;
         Ok(true)
     }
@@ -360,7 +382,61 @@ impl TokenFile {
         let info = t.revoke(name, now_unix)?;
         record(&info)?;
         self.sealed.save(&t).map_err(TokensError::from)?;
+        self.remove_legacy_if_revoked(&t);
         Ok(info)
+    }
+
+    /// Removes the token file of earlier releases once its token is revoked: it opens nothing
+    /// any more, and if the store were lost it must not become the first `admin` again.
+    fn remove_legacy_if_revoked(&self, t: &Tokens) {
+        let Ok(text) = std::fs::read_to_string(&self.legacy) else { return };
+        let h = hash(&text);
+        if t.tokens.iter().any(|e| !e.active() && bool::from(e.sha256.ct_eq(&h))) {
+            match std::fs::remove_file(&self.legacy) {
+                Ok(()) => tracing::info!(path = %self.legacy.display(),
+                    "removed the admin token file: its token is revoked"),
+                Err(e) => tracing::warn!(path = %self.legacy.display(), error = %e,
+                    "the admin token file holds a revoked token and could not be removed; remove it"),
+            }
+        }
+    }
+
+    /// Makes a token on the daemon's host (`--local`): the record goes to the pending audit
+    /// records first (`audit::pending`), the daemon chains it before it uses the token.
+    pub fn create_local(
+        &self,
+        name: &str,
+        role: AdminRole,
+        now_unix: u64,
+    ) -> Result<NewToken, TokensError> {
+        self.create_recorded(name, role, now_unix, |info| self.pending(action::TOKEN_CREATE, info))
+    }
+
+    /// Revokes a token on the daemon's host (`--local`), recorded as [`TokenFile::create_local`].
+    pub fn revoke_local(&self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
+        self.revoke_recorded(name, now_unix, |info| self.pending(action::TOKEN_REVOKE, info))
+    }
+
+    fn pending(&self, action: &str, info: &TokenInfo) -> Result<(), TokensError> {
+        let mut d = Details::new();
+        d.insert("role".into(), info.role.to_string().into());
+        let now = crate::clock::now().unix_millis();
+        pending::append(&self.dir, action, &info.name, d, now).map_err(TokensError::NotRecorded)
+    }
+
+    /// The tokens, after the pending records of `--local` changes are chained with `audit`;
+    /// both under the lock, so no change can slip in between unrecorded.
+    fn load_chained(&self, audit: &Audit) -> Result<Tokens, TokensError> {
+        let _held = self.lock()?;
+        let n = pending::drain(&self.dir, |r| audit.write(r))
+            .map_err(|e| TokensError::Unaudited(Arc::new(e)))?;
+        if n > 0 {
+            tracing::info!(
+                records = n,
+                "token changes made on this host with `imcrypt admin token --local` are now in the audit trail"
+            );
+        }
+        self.load()
     }
 }
 
@@ -386,12 +462,14 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
 /// The daemon's tokens, reloaded when the file changes.
 pub(crate) struct LiveTokens {
     file: TokenFile,
+    /// Where the pending records of `--local` changes are chained before a reload.
+    audit: Audit,
     cache: Mutex<(Option<Stamp>, Arc<Tokens>)>,
 }
 
 impl LiveTokens {
-    pub(crate) fn new(file: TokenFile) -> Self {
-        Self { file, cache: Mutex::new((None, Arc::default())) }
+    pub(crate) fn new(file: TokenFile, audit: Audit) -> Self {
+        Self { file, audit, cache: Mutex::new((None, Arc::default())) }
     }
 
     pub(crate) fn file(&self) -> &TokenFile {
@@ -399,8 +477,9 @@ impl LiveTokens {
     }
 
     /// The tokens as the file holds them now: one `stat` per call, a load only when it
-    /// changed. A file that is gone or does not load is an error (no request passes), never
-    /// the last tokens seen, which might hold one since revoked.
+    /// changed, after the pending records of `--local` changes are chained. A file that is
+    /// gone or does not load, or pending records that cannot be chained, is an error (no
+    /// request passes), never the last tokens seen, which might hold one since revoked.
     pub(crate) fn current(&self) -> Result<Arc<Tokens>, TokensError> {
         let now = match stamp(&self.file.path) {
             Ok(s) => s,
@@ -418,7 +497,7 @@ impl LiveTokens {
         };
         let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 != Some(now) {
-            let t = Arc::new(self.file.load()?);
+            let t = Arc::new(self.file.load_chained(&self.audit)?);
             // Stamped before the load: a write in between is seen at the next request.
             *g = (Some(now), t);
         }
@@ -431,14 +510,14 @@ mod tests {
     use super::*;
 
     fn file(dir: &Path) -> TokenFile {
-        TokenFile::new(dir, &NodeKey::from_bytes([3; 32]))
+        TokenFile::new(dir, &NodeKey::from_bytes([3; 32]), dir.join("admin.token"))
     }
 
     fn imported(dir: &Path) -> (TokenFile, String) {
         let f = file(dir);
         let legacy = dir.join("admin.token");
-        assert!(f.import_if_missing(&legacy, 100).unwrap());
-        assert!(!f.import_if_missing(&legacy, 200).unwrap(), "imported once");
+        assert!(f.import_if_missing(100).unwrap());
+        assert!(!f.import_if_missing(200).unwrap(), "imported once");
         (f, std::fs::read_to_string(legacy).unwrap().trim().to_owned())
     }
 
@@ -547,12 +626,59 @@ mod tests {
     fn a_running_daemon_sees_a_change_at_its_next_request() {
         let d = tempfile::tempdir().unwrap();
         let (f, _) = imported(d.path());
-        let live = LiveTokens::new(file(d.path()));
+        let live = LiveTokens::new(file(d.path()), Audit::disabled());
         let alice = f.create("alice", AdminRole::Viewer, 1).unwrap();
         assert!(matches!(live.current().unwrap().authenticate(&alice.token), Lookup::Valid(..)));
         f.revoke("alice", 2).unwrap();
         assert_eq!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked);
         std::fs::remove_file(f.path()).unwrap();
         assert!(matches!(live.current(), Err(TokensError::Missing(_))), "fails closed");
+    }
+
+    #[test]
+    fn revoking_the_first_admin_removes_the_old_token_file_so_a_lost_store_cannot_revive_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (f, legacy) = imported(d.path());
+        f.create("root", AdminRole::Admin, 300).unwrap();
+        f.revoke("admin", 400).unwrap();
+        assert!(!f.legacy().exists(), "admin.token is removed with its token");
+        std::fs::remove_file(f.path()).unwrap();
+        assert!(f.import_if_missing(500).unwrap(), "a lost store is made again");
+        let t = f.load().unwrap();
+        assert_eq!(t.authenticate(&legacy), Lookup::Unknown, "never the revoked token");
+        let fresh = std::fs::read_to_string(f.legacy()).unwrap();
+        assert_eq!(principal(&t, &fresh).name, "admin", "but a new admin.token");
+    }
+
+    #[test]
+    fn a_local_change_is_in_the_trail_before_the_daemon_uses_it_and_unused_until_it_can_be() {
+        use crate::audit::{AuditSection, Entry};
+        let d = tempfile::tempdir().unwrap();
+        let (f, _) = imported(d.path());
+        let audit =
+            Audit::open(d.path(), "a", &NodeKey::from_bytes([4; 32]), &AuditSection::default())
+                .unwrap();
+        let live = LiveTokens::new(file(d.path()), audit);
+        live.current().unwrap();
+        let log = d.path().join("audit.log");
+        // The trail cannot be written: the change made on the host is not used, nor any token.
+        std::fs::create_dir(&log).unwrap();
+        let alice = f.create_local("alice", AdminRole::Viewer, 1).unwrap();
+        assert!(matches!(live.current(), Err(TokensError::Unaudited(_))));
+        std::fs::remove_dir(&log).unwrap();
+        let t = live.current().unwrap();
+        assert!(matches!(t.authenticate(&alice.token), Lookup::Valid(..)));
+        let text = std::fs::read_to_string(&log).unwrap();
+        let e: Entry = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!((e.action.as_str(), e.target.as_str()), ("token.create", "alice"));
+        assert_eq!(e.actor.label(), "local");
+        assert_eq!(e.details["via"], "imcrypt admin token --local");
+        assert_eq!(e.details["role"], "viewer");
+        assert!(!text.contains(alice.token.as_str()), "never the token");
+        f.revoke_local("alice", 2).unwrap();
+        assert_eq!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().nth(1).unwrap().contains(r#""action":"token.revoke""#), "{text}");
     }
 }

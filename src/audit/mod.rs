@@ -21,6 +21,7 @@
 pub(crate) mod acts;
 pub mod chain;
 pub(crate) mod log;
+pub(crate) mod pending;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

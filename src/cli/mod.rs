@@ -271,6 +271,7 @@ impl CliError {
                 match e {
                     T::BadName { .. } => 3,
                     T::NameTaken(_) | T::NoSuchName(_) | T::LastAdmin(_) => 4,
+                    T::NotRecorded(_) | T::Unaudited(_) => 6,
                     T::Store(_)
                     | T::Lock { .. }
                     | T::Legacy(_)

@@ -78,11 +78,17 @@ impl clap::builder::ValueParserFactory for AdminRole {
 fn local_file(common: &Common) -> Result<TokenFile, CliError> {
     let path = common.conn.config.as_ref().ok_or(CliError::LocalWithoutConfig)?;
     let config = crate::config::Config::load(path)?;
-    let (file, imported) = TokenFile::local(&config)?;
-    if imported {
+    Ok(TokenFile::local(&config)?)
+}
+
+/// As [`local_file`], for a change: the store is first made from the admin token file if the
+/// daemon has not yet done so (and that is said).
+fn local_file_to_change(common: &Common) -> Result<TokenFile, CliError> {
+    let file = local_file(common)?;
+    if file.import_if_missing(now())? {
         eprintln!(
             "note: the admin token file {} is now the administrator \"admin\" with the role admin",
-            config.admin_token_file().display()
+            file.legacy().display()
         );
     }
     Ok(file)
@@ -102,7 +108,7 @@ pub(crate) fn admin(cmd: AdminCommand) -> Result<(), CliError> {
     match command {
         TokenCommand::Create { name, role, local, common } => {
             let created = if local.local {
-                let new = local_file(&common)?.create(&name, role, now())?;
+                let new = local_file_to_change(&common)?.create_local(&name, role, now())?;
                 api::CreatedToken { info: new.info, token: new.token }
             } else {
                 let body = api::CreateTokenRequest { name, role };
@@ -137,7 +143,7 @@ pub(crate) fn admin(cmd: AdminCommand) -> Result<(), CliError> {
         }
         TokenCommand::Revoke { name, local, common } => {
             let done = if local.local {
-                let info = local_file(&common)?.revoke(&name, now())?;
+                let info = local_file_to_change(&common)?.revoke_local(&name, now())?;
                 api::Done {
                     message: format!(
                         "the token of administrator {} (role {}) is revoked: the daemon refuses \

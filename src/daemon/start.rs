@@ -143,7 +143,7 @@ pub(crate) async fn start_with(
             alarm_history.clone(),
             metrics.admin(),
             node_key.client_proof_key(),
-            crate::admin::tokens::TokenFile::new(dir, &node_key),
+            crate::admin::tokens::TokenFile::new(dir, &node_key, config.admin_token_file()),
             audit.clone(),
         )
     })?;
