@@ -383,6 +383,31 @@ async fn a_revoked_token_is_refused_at_its_next_request_and_refused_tokens_are_c
     .await;
 }
 
+/// Requests without a valid token are each refused and counted, but recorded once per source,
+/// action and error code a minute, the next record carrying how many were only counted: a
+/// client without a token cannot make the audit trail grow without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_without_a_valid_token_is_counted_in_full_and_recorded_once() {
+    bounded(async {
+        let mut f = One::start().await;
+        let wrong = "0".repeat(64);
+        for _ in 0..12 {
+            assert_eq!(f.run(Some(&wrong), &["key", "rotate"]).await.code, 5);
+        }
+        let unknown = "imcrypt_admin_token_refusals_total{reason=\"unknown\"}";
+        assert_eq!(f.metric(unknown).await, 12.0);
+        let o = f.run(None, &["audit", "show", "--actor", "anonymous", "-o", "json"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let records: Vec<serde_json::Value> =
+            o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(records.len(), 1, "{}", o.stdout);
+        assert_eq!(records[0]["action"], "key.rotate");
+        assert_eq!(records[0]["details"]["code"], "wrong_token");
+        f.lab.stop_all().await;
+    })
+    .await;
+}
+
 /// A fresh install makes the token file and imports it as the first admin; an upgrade (a state
 /// directory an earlier release left: node key, state, token file, no token store) imports the
 /// same token file, logging one line saying so, and the token keeps working; later starts

@@ -26,6 +26,7 @@ pub mod api;
 pub mod client;
 mod limit;
 mod proof;
+mod refusals;
 pub mod roles;
 mod token;
 pub mod tokens;
@@ -138,6 +139,8 @@ struct Ctx {
     metrics: Arc<AdminMetrics>,
     /// Refusals that never reach the core are recorded here (the core records the rest).
     audit: Audit,
+    /// How often anonymous refusals are recorded ([`refusals`]).
+    refusals: Mutex<refusals::Refusals>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -208,6 +211,7 @@ impl Admin {
                 history,
                 metrics,
                 audit,
+                refusals: Mutex::default(),
             }),
         })
     }
@@ -530,7 +534,9 @@ impl ApiError {
 /// Records a request refused before the core saw it (no or a wrong token, a bad body or
 /// public key, a rate limit) when it was for a route that changes or reveals something, or
 /// failed its token check. When that record cannot be written, a request for such a route is
-/// answered [`ApiError::NotAudited`] instead: no answer without its record. `principal` is
+/// answered [`ApiError::NotAudited`] instead: no answer without its record. The one
+/// exception: anonymous refusals are coalesced ([`refusals`]), so a request without a valid
+/// token may be answered with only a count. `principal` is
 /// who the request's token named, if it got that far (a role refusal names them).
 async fn record_refusal(
     ctx: &Ctx,
@@ -572,11 +578,28 @@ async fn record_refusal(
         ApiError::BadBody(_) => "the request body does not parse as this route's JSON".into(),
         e => e.to_string(),
     };
-    let record = Record::new(who, action, outcome)
+    let code = e.status().1;
+    let mut record = Record::new(who, action, outcome)
         .source(Some(addr.to_string()))
         .target(target)
         .reason(reason)
-        .detail("code", e.status().1);
+        .detail("code", code);
+    if record.actor == Actor::Anonymous {
+        let verdict = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).check(
+            action,
+            code,
+            addr.ip(),
+            std::time::Instant::now(),
+        );
+        match verdict {
+            // Coalesced: an anonymous request cannot make the trail grow faster than that.
+            refusals::Verdict::Counted => return e,
+            refusals::Verdict::Record { suppressed: 0 } => {}
+            refusals::Verdict::Record { suppressed } => {
+                record = record.detail("suppressed", suppressed);
+            }
+        }
+    }
     match ctx.audit.write_async(vec![record]).await {
         Ok(()) => e,
         Err(w) if audited.is_some() => ApiError::NotAudited(w),
