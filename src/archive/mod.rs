@@ -26,6 +26,7 @@ mod writer;
 use std::path::PathBuf;
 
 pub use db::{Db, DbError, ProbeResult, probe};
+pub(crate) use tls::is_loopback;
 pub use url::DbUrl;
 pub(crate) use url::{DEFAULT_DB_URL, redact};
 pub use view::{RowFailure, ViewFilter, ViewedRow, view};

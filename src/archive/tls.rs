@@ -174,7 +174,7 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
 }
 
 /// `localhost`, or an address of 127.0.0.0/8 or ::1: traffic that never leaves the host.
-pub(super) fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

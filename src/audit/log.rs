@@ -342,13 +342,13 @@ impl Audit {
     }
 
     /// Writes `records` durably (blocking: fsyncs), or nothing; see [`AuditLog::append`]. Once
-    /// they are on disk, their copies go to the sinks (never waiting on them).
+    /// they are on disk, their copies go to the sinks, in the chain's order (never waiting on
+    /// them).
     pub(crate) fn write(&self, records: Vec<Record>) -> Result<(), AuditError> {
         let Some(log) = &self.log else { return Ok(()) };
-        let entries = log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append(records, crate::clock::now().unix_millis())?;
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = log.append(records, crate::clock::now().unix_millis())?;
+        // Still under the log's lock: the copies are queued in the order of the chain.
         if let Some(sinks) = &self.copies {
             sinks.audit(&entries);
         }

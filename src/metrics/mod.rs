@@ -319,6 +319,13 @@ impl Collector for StateCollector {
                 "Alarm events dropped because the sink's queue was full, per sink",
                 s.sinks.iter().map(|k| (sink(k), k.counters.undelivered)),
             )?;
+            counter(
+                e,
+                "imcrypt_sink_audit_undelivered",
+                "Audit record copies not sent because half the sink's queue was taken, per \
+                 syslog sink (the records are in audit.log)",
+                s.sinks.iter().map(|k| (sink(k), k.counters.audit_undelivered)),
+            )?;
         }
         counter(
             e,
@@ -484,6 +491,7 @@ mod tests {
                     delivered: 3,
                     failed_attempts: 1,
                     undelivered: 2,
+                    audit_undelivered: 4,
                     last_error: None,
                     last_success_unix_ms: None,
                 },
@@ -532,6 +540,7 @@ mod tests {
             "imcrypt_sink_deliveries_total{sink=\"pager\",kind=\"webhook\"} 3",
             "imcrypt_sink_failures_total{sink=\"pager\",kind=\"webhook\"} 1",
             "imcrypt_sink_undelivered_total{sink=\"pager\",kind=\"webhook\"} 2",
+            "imcrypt_sink_audit_undelivered_total{sink=\"pager\",kind=\"webhook\"} 4",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

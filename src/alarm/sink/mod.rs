@@ -22,8 +22,10 @@
 //!   sent the alarms active at that moment.
 //!
 //! Syslog sinks also take a copy of every audit record ([`Sinks::audit`], unless the sink says
-//! `audit = false`), in the same queue and order as its alarms, with the same drop-and-count
-//! rule: the copy is best effort, `state_dir/audit.log` is the record.
+//! `audit = false`), in the same queue as its alarms, in the chain's order. Copies may take
+//! half the queue at most (alarms keep the other half); past that a copy is dropped and
+//! counted apart (`audit_undelivered`): the copy is best effort, `state_dir/audit.log` is the
+//! record.
 //!
 //! Undelivered events are lost when the daemon stops. Files: [`config`] (the config section),
 //! [`syslog`], [`alertmanager`], [`webhook`] (one per kind), [`http`] and `stream` (the
@@ -132,6 +134,10 @@ pub struct Counters {
     pub failed_attempts: u64,
     /// Events never delivered: dropped because the queue was full.
     pub undelivered: u64,
+    /// Audit record copies not sent because half the queue was taken (syslog sinks only; the
+    /// records themselves are in `audit.log`).
+    #[serde(default)]
+    pub audit_undelivered: u64,
     pub last_error: Option<String>,
     pub last_success_unix_ms: Option<u64>,
 }
@@ -178,6 +184,16 @@ impl Drop for Running {
 impl Running {
     /// Starts the sink's task (on the current tokio runtime).
     fn start(config: SinkConfig) -> Self {
+        if let SinkKind::Syslog(c) = &config.kind
+            && c.audit
+            && c.transport != config::Transport::Tls
+            && !config::host_port(&c.address).is_ok_and(|(h, _)| crate::archive::is_loopback(h))
+        {
+            tracing::warn!(sink = %config.name, address = %c.address,
+                "this syslog sink sends audit record copies (administrators' names, source \
+                 addresses, key fingerprints) in clear to another host: use transport = \"tls\", \
+                 or audit = false");
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters: Arc<Mutex<Counters>> = Arc::default();
         let span = tracing::info_span!("sink", name = %config.name);
@@ -232,11 +248,23 @@ impl Running {
         self.enqueue(Item::Alarm(q));
     }
 
-    /// Hands an audit record's copy to a syslog sink that takes them; the others ignore it.
+    /// Whether the sink takes audit copies: a syslog sink without `audit = false`.
+    fn takes_audit(&self) -> bool {
+        matches!(&self.config.kind, SinkKind::Syslog(c) if c.audit)
+    }
+
+    /// Hands an audit record's copy to a sink that takes them. Copies may fill half the queue
+    /// at most, so a collector that is down for a while never costs an alarm its place; a
+    /// copy past that is dropped and counted in `audit_undelivered`.
     fn offer_audit(&mut self, copy: &AuditCopy) {
-        if matches!(&self.config.kind, SinkKind::Syslog(c) if c.audit) {
-            self.enqueue(Item::Audit(copy.clone()));
+        if !self.takes_audit() {
+            return;
         }
+        if self.tx.capacity() <= QUEUE / 2 {
+            self.counters.lock().unwrap_or_else(|p| p.into_inner()).audit_undelivered += 1;
+            return;
+        }
+        self.enqueue(Item::Audit(copy.clone()));
     }
 
     /// Queues `item` without waiting; a full queue drops it, counts it, and logs at most once a
@@ -414,8 +442,7 @@ impl Sinks {
     /// Never waits (it runs on the audit writer's thread, between fsync and answer).
     pub(crate) fn audit(&self, entries: &[crate::audit::Entry]) {
         let mut inner = self.lock();
-        let takes = |s: &Running| matches!(&s.config.kind, SinkKind::Syslog(c) if c.audit);
-        if !inner.sinks.iter().any(takes) {
+        if !inner.sinks.iter().any(Running::takes_audit) {
             return;
         }
         for e in entries {
@@ -672,6 +699,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn audit_copies_take_half_the_queue_at_most_so_alarms_keep_their_place() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let sinks = Sinks::new(
+            ClusterId::new("a").unwrap(),
+            &[syslog_sink("down", &format!("127.0.0.1:{port}"), Severity::Warning)],
+        );
+        let copies = audit_entries(&vec![crate::audit::Outcome::Ok; QUEUE]);
+        sinks.audit(&copies);
+        for i in 0..(QUEUE as u64 / 2 - 2) {
+            sinks.raised(&alarm(AlarmName::MultiMaster, &format!("b{i}")), None, i);
+        }
+        let c = sinks.snapshot()[0].counters.clone();
+        assert_eq!(c.undelivered, 0, "no alarm dropped: {c:?}");
+        let queued = QUEUE as u64 - c.audit_undelivered;
+        assert!((QUEUE as u64 / 2..=QUEUE as u64 / 2 + 1).contains(&queued), "{c:?}");
+    }
+
+    #[tokio::test]
     async fn reconfigure_keeps_unchanged_sinks_and_their_counters() {
         let (addr, mut rx) = collector().await;
         let keep = syslog_sink("keep", &addr, Severity::Warning);
@@ -780,6 +828,7 @@ mod tests {
                 delivered: 3,
                 failed_attempts: 2,
                 undelivered: 1,
+                audit_undelivered: 0,
                 last_error: Some("connect to h:1: refused".into()),
                 last_success_unix_ms: Some(5),
             },
@@ -788,7 +837,7 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"name": "hook", "kind": "webhook", "min_severity": "major",
-                "delivered": 3, "failed_attempts": 2, "undelivered": 1,
+                "delivered": 3, "failed_attempts": 2, "undelivered": 1, "audit_undelivered": 0,
                 "last_error": "connect to h:1: refused", "last_success_unix_ms": 5})
         );
         assert_eq!(serde_json::from_value::<SinkStatus>(json).unwrap(), s);
