@@ -9,6 +9,7 @@ pub mod admin;
 pub mod alarm;
 pub mod archive;
 pub mod audit;
+mod blocking;
 pub mod caps;
 pub mod cli;
 mod clock;

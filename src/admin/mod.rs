@@ -594,9 +594,13 @@ async fn record_refusal(
         match verdict {
             // Coalesced: an anonymous request cannot make the trail grow faster than that.
             refusals::Verdict::Counted => return e,
-            refusals::Verdict::Record { suppressed: 0 } => {}
-            refusals::Verdict::Record { suppressed } => {
-                record = record.detail("suppressed", suppressed);
+            refusals::Verdict::Record { suppressed, shared } => {
+                if suppressed > 0 {
+                    record = record.detail("suppressed", suppressed);
+                }
+                if shared {
+                    record = record.source(None).detail("sources", "many");
+                }
             }
         }
     }
@@ -979,8 +983,9 @@ async fn serve_route(
         Route::CreateToken => {
             let b: api::CreateTokenRequest = body(req).await?;
             let record = token_record(ctx, by, crate::audit::acts::action::TOKEN_CREATE);
+            let audit = ctx.audit.clone();
             let new = token_change(ctx, move |f, now| {
-                f.create_recorded(&b.name, b.role, now, |info| record(info))
+                f.create_recorded(Some(&audit), &b.name, b.role, now, record, |()| {})
             })
             .await?;
             tracing::info!(
@@ -994,8 +999,9 @@ async fn serve_route(
         }
         Route::RevokeToken => {
             let record = token_record(ctx, by, crate::audit::acts::action::TOKEN_REVOKE);
-            let info = token_change(ctx, move |f, now| {
-                f.revoke_recorded(&param, now, |info| record(info))
+            let audit = ctx.audit.clone();
+            let tokens::Revoked { info, note } = token_change(ctx, move |f, now| {
+                f.revoke_recorded(Some(&audit), &param, now, record, |()| {})
             })
             .await?;
             tracing::info!(
@@ -1004,13 +1010,16 @@ async fn serve_route(
                 by = %principal.name,
                 "admin token revoked"
             );
+            if let Some(n) = &note {
+                tracing::info!("{n}");
+            }
             Ok(done(
                 format!(
                     "the token of administrator {} (role {}) is revoked: it is refused from its \
                      next request",
                     info.name, info.role
                 ),
-                vec![],
+                note.into_iter().collect(),
             ))
         }
     }

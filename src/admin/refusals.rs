@@ -42,8 +42,9 @@ struct Slot {
 /// Whether to write the record of one anonymous refusal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Write it, with this many earlier refusals of the key that were not recorded.
-    Record { suppressed: u64 },
+    /// Write it, with this many earlier refusals of the key that were not recorded; `shared`:
+    /// the key of the sources past [`MAX_KEYS`], so the record names no address.
+    Record { suppressed: u64, shared: bool },
     /// Do not: a record of the same key was written less than [`WINDOW`] ago.
     Counted,
 }
@@ -80,11 +81,11 @@ impl Refusals {
             Some(s) => {
                 let suppressed = std::mem::take(&mut s.suppressed);
                 s.recorded_at = now;
-                Verdict::Record { suppressed }
+                Verdict::Record { suppressed, shared: key.ip.is_none() }
             }
             None => {
                 self.slots.insert(key, Slot { recorded_at: now, suppressed: 0 });
-                Verdict::Record { suppressed: 0 }
+                Verdict::Record { suppressed: 0, shared: key.ip.is_none() }
             }
         }
     }
@@ -104,20 +105,32 @@ mod tests {
     fn one_record_per_source_action_and_code_per_window_carrying_what_was_only_counted() {
         let mut r = Refusals::default();
         let t0 = Instant::now();
-        assert_eq!(r.check(DL, "wrong_token", ip(1), t0), Verdict::Record { suppressed: 0 });
+        assert_eq!(
+            r.check(DL, "wrong_token", ip(1), t0),
+            Verdict::Record { suppressed: 0, shared: false }
+        );
         for i in 1..=1000 {
             let t = t0 + Duration::from_millis(i);
             assert_eq!(r.check(DL, "wrong_token", ip(1), t), Verdict::Counted);
         }
         // Another code, action or source is a key of its own.
-        assert_eq!(r.check(DL, "no_token", ip(1), t0), Verdict::Record { suppressed: 0 });
+        assert_eq!(
+            r.check(DL, "no_token", ip(1), t0),
+            Verdict::Record { suppressed: 0, shared: false }
+        );
         assert_eq!(
             r.check("key.rotate", "wrong_token", ip(1), t0),
-            Verdict::Record { suppressed: 0 }
+            Verdict::Record { suppressed: 0, shared: false }
         );
-        assert_eq!(r.check(DL, "wrong_token", ip(2), t0), Verdict::Record { suppressed: 0 });
+        assert_eq!(
+            r.check(DL, "wrong_token", ip(2), t0),
+            Verdict::Record { suppressed: 0, shared: false }
+        );
         let later = t0 + WINDOW;
-        assert_eq!(r.check(DL, "wrong_token", ip(1), later), Verdict::Record { suppressed: 1000 });
+        assert_eq!(
+            r.check(DL, "wrong_token", ip(1), later),
+            Verdict::Record { suppressed: 1000, shared: false }
+        );
         assert_eq!(r.check(DL, "wrong_token", ip(1), later), Verdict::Counted);
     }
 
@@ -125,17 +138,17 @@ mod tests {
     fn rotating_source_addresses_share_one_key_past_the_limit() {
         let mut r = Refusals::default();
         let t0 = Instant::now();
-        let recorded = (0..100_000u32)
-            .filter(|n| r.check(DL, "wrong_token", ip(*n), t0) != Verdict::Counted)
-            .count();
-        assert_eq!(recorded, MAX_KEYS + 1);
+        let verdicts: Vec<Verdict> =
+            (0..100_000u32).map(|n| r.check(DL, "wrong_token", ip(n), t0)).collect();
+        let recorded: Vec<&Verdict> = verdicts.iter().filter(|v| **v != Verdict::Counted).collect();
+        assert_eq!(recorded.len(), MAX_KEYS + 1);
+        assert_eq!(*recorded[MAX_KEYS], Verdict::Record { suppressed: 0, shared: true });
         assert!(r.slots.len() <= MAX_KEYS + 1);
-        // A window later, keys that suppressed nothing make room again for single sources.
+        // A window later, keys that suppressed nothing make room again for single sources;
+        // the shared key keeps its count for its next record.
         let later = t0 + WINDOW;
-        assert_eq!(
-            r.check(DL, "wrong_token", ip(200_000), later),
-            Verdict::Record { suppressed: 0 }
-        );
+        let v = r.check(DL, "wrong_token", ip(200_000), later);
+        assert_eq!(v, Verdict::Record { suppressed: 0, shared: false });
         let shared = Key { action: DL, code: "wrong_token", ip: None };
         assert_eq!(r.slots[&shared].suppressed, 100_000 - MAX_KEYS as u64 - 1);
     }

@@ -38,7 +38,7 @@ use super::roles::{AdminRole, Principal};
 use super::token::{Token, TokenError};
 use crate::audit::{Audit, AuditError, Details, acts::action, pending};
 use crate::crypto::seal::{NodeKey, Purpose};
-use crate::store::{SealedFile, StoreError};
+use crate::store::{SealedFile, StoreError, sync_dir};
 
 /// The sealed file of the tokens, in the state directory.
 pub const FILE_NAME: &str = "admin.tokens.sealed";
@@ -336,108 +336,163 @@ impl TokenFile {
         Ok(self.load()?.list())
     }
 
-    /// Makes a token for `name` with `role` and stores its hash.
+    /// Makes a token for `name` with `role` and stores its hash (unaudited: tests and tools).
     pub fn create(
         &self,
         name: &str,
         role: AdminRole,
         now_unix: u64,
     ) -> Result<NewToken, TokensError> {
-        self.create_recorded(name, role, now_unix, |_| Ok::<(), TokensError>(()))
+        self.create_recorded(None, name, role, now_unix, |_| Ok::<(), TokensError>(()), |()| {})
     }
 
-    /// As [`TokenFile::create`], calling `record` once the change is known to be valid and
-    /// before it is saved: an error from `record` (the audit trail cannot be written) leaves
-    /// the file as it was. No record, no act.
-    pub(crate) fn create_recorded<E: From<TokensError>>(
+    /// As [`TokenFile::create`], under the lock: first the pending records of `--local`
+    /// changes are chained with `chain` (the daemon's trail; `None` for the CLI), so that the
+    /// rules (a name taken, the last admin) judge the store as its records say it is; then
+    /// `record` is called once the change is known to be valid and before it is saved. An error
+    /// from `record` (the audit trail cannot be written) leaves the file as it was: no record,
+    /// no act. If the save then fails, `undo` gets what `record` returned.
+    pub(crate) fn create_recorded<R, E: From<TokensError>>(
         &self,
+        chain: Option<&Audit>,
         name: &str,
         role: AdminRole,
         now_unix: u64,
-        record: impl FnOnce(&TokenInfo) -> Result<(), E>,
+        record: impl FnOnce(&TokenInfo) -> Result<R, E>,
+        undo: impl FnOnce(R),
     ) -> Result<NewToken, E> {
         let _held = self.lock()?;
-        let mut t = self.load()?;
+        let mut t = self.load_locked(chain)?;
         let random = Zeroizing::new(crate::crypto::random::os_bytes::<32>());
         let new = t.create(name, role, &random, now_unix)?;
-        record(&new.info)?;
-        self.sealed.save(&t).map_err(TokensError::from)?;
+        let mark = record(&new.info)?;
+        if let Err(e) = self.sealed.save(&t) {
+            undo(mark);
+            return Err(TokensError::from(e).into());
+        }
         Ok(new)
     }
 
-    /// Revokes the token of `name`.
-    pub fn revoke(&self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
-        self.revoke_recorded(name, now_unix, |_| Ok::<(), TokensError>(()))
+    /// Revokes the token of `name` (unaudited: tests and tools).
+    pub fn revoke(&self, name: &str, now_unix: u64) -> Result<Revoked, TokensError> {
+        self.revoke_recorded(None, name, now_unix, |_| Ok::<(), TokensError>(()), |()| {})
     }
 
-    /// As [`TokenFile::revoke`], with `record` called as [`TokenFile::create_recorded`] does.
-    pub(crate) fn revoke_recorded<E: From<TokensError>>(
+    /// As [`TokenFile::revoke`], with `chain`, `record` and `undo` as
+    /// [`TokenFile::create_recorded`] takes them.
+    pub(crate) fn revoke_recorded<R, E: From<TokensError>>(
         &self,
+        chain: Option<&Audit>,
         name: &str,
         now_unix: u64,
-        record: impl FnOnce(&TokenInfo) -> Result<(), E>,
-    ) -> Result<TokenInfo, E> {
+        record: impl FnOnce(&TokenInfo) -> Result<R, E>,
+        undo: impl FnOnce(R),
+    ) -> Result<Revoked, E> {
         let _held = self.lock()?;
-        let mut t = self.load()?;
+        let mut t = self.load_locked(chain)?;
         let info = t.revoke(name, now_unix)?;
-        record(&info)?;
-        self.sealed.save(&t).map_err(TokensError::from)?;
-        self.remove_legacy_if_revoked(&t);
-        Ok(info)
+        let mark = record(&info)?;
+        if let Err(e) = self.sealed.save(&t) {
+            undo(mark);
+            return Err(TokensError::from(e).into());
+        }
+        let note = self.remove_legacy_if_revoked(&t);
+        Ok(Revoked { info, note })
     }
 
     /// Removes the token file of earlier releases once its token is revoked: it opens nothing
-    /// any more, and if the store were lost it must not become the first `admin` again.
-    fn remove_legacy_if_revoked(&self, t: &Tokens) {
-        let Ok(text) = std::fs::read_to_string(&self.legacy) else { return };
+    /// any more, and if the store were lost it must not become the first `admin` again. Only
+    /// a file in the state directory: one elsewhere may be another daemon's too. Returns what
+    /// the operator must be told.
+    fn remove_legacy_if_revoked(&self, t: &Tokens) -> Option<String> {
+        let text = Zeroizing::new(std::fs::read_to_string(&self.legacy).ok()?);
         let h = hash(&text);
-        if t.tokens.iter().any(|e| !e.active() && bool::from(e.sha256.ct_eq(&h))) {
-            match std::fs::remove_file(&self.legacy) {
-                Ok(()) => tracing::info!(path = %self.legacy.display(),
-                    "removed the admin token file: its token is revoked"),
-                Err(e) => tracing::warn!(path = %self.legacy.display(), error = %e,
-                    "the admin token file holds a revoked token and could not be removed; remove it"),
-            }
+        if !t.tokens.iter().any(|e| !e.active() && bool::from(e.sha256.ct_eq(&h))) {
+            return None;
         }
+        let shown = self.legacy.display();
+        if self.legacy.parent() != Some(self.dir.as_path()) {
+            return Some(format!(
+                "the admin token file {shown} holds this revoked token; it is outside the state \
+                 directory, so it was left in place: remove it"
+            ));
+        }
+        let removed = std::fs::remove_file(&self.legacy).and_then(|()| sync_dir(&self.dir));
+        Some(match removed {
+            Ok(()) => format!(
+                "removed the admin token file {shown}: its token is revoked (give the CLI \
+                 another administrator's token with --token-file or IMCRYPT_TOKEN from now on)"
+            ),
+            Err(e) => format!(
+                "the admin token file {shown} holds this revoked token and could not be removed \
+                 ({e}): remove it"
+            ),
+        })
     }
 
     /// Makes a token on the daemon's host (`--local`): the record goes to the pending audit
-    /// records first (`audit::pending`), the daemon chains it before it uses the token.
+    /// records first (`audit::pending`, taken back if the save fails), and the daemon chains
+    /// it before it uses the token.
     pub fn create_local(
         &self,
         name: &str,
         role: AdminRole,
         now_unix: u64,
     ) -> Result<NewToken, TokensError> {
-        self.create_recorded(name, role, now_unix, |info| self.pending(action::TOKEN_CREATE, info))
+        let record = |info: &TokenInfo| self.pending(action::TOKEN_CREATE, info);
+        self.create_recorded(None, name, role, now_unix, record, pending::Mark::undo)
     }
 
     /// Revokes a token on the daemon's host (`--local`), recorded as [`TokenFile::create_local`].
-    pub fn revoke_local(&self, name: &str, now_unix: u64) -> Result<TokenInfo, TokensError> {
-        self.revoke_recorded(name, now_unix, |info| self.pending(action::TOKEN_REVOKE, info))
+    pub fn revoke_local(&self, name: &str, now_unix: u64) -> Result<Revoked, TokensError> {
+        let record = |info: &TokenInfo| self.pending(action::TOKEN_REVOKE, info);
+        self.revoke_recorded(None, name, now_unix, record, pending::Mark::undo)
     }
 
-    fn pending(&self, action: &str, info: &TokenInfo) -> Result<(), TokensError> {
+    /// Writes the pending record of a `--local` change of `info`.
+    fn pending(&self, action: &str, info: &TokenInfo) -> Result<pending::Mark, TokensError> {
         let mut d = Details::new();
         d.insert("role".into(), info.role.to_string().into());
         let now = crate::clock::now().unix_millis();
         pending::append(&self.dir, action, &info.name, d, now).map_err(TokensError::NotRecorded)
     }
 
-    /// The tokens, after the pending records of `--local` changes are chained with `audit`;
-    /// both under the lock, so no change can slip in between unrecorded.
-    fn load_chained(&self, audit: &Audit) -> Result<Tokens, TokensError> {
-        let _held = self.lock()?;
-        let n = pending::drain(&self.dir, |r| audit.write(r))
-            .map_err(|e| TokensError::Unaudited(Arc::new(e)))?;
-        if n > 0 {
-            tracing::info!(
-                records = n,
-                "token changes made on this host with `imcrypt admin token --local` are now in the audit trail"
-            );
+    /// The tokens; with `chain`, after the pending records of `--local` changes are chained
+    /// there. The caller holds the lock, so no change can slip in between unrecorded.
+    fn load_locked(&self, chain: Option<&Audit>) -> Result<Tokens, TokensError> {
+        if let Some(audit) = chain {
+            let n = pending::drain(&self.dir, |r| audit.write(r))
+                .map_err(|e| TokensError::Unaudited(Arc::new(e)))?;
+            if n > 0 && audit.is_enabled() {
+                tracing::info!(
+                    records = n,
+                    "token changes made on this host with `imcrypt admin token --local` are now \
+                     in the audit trail"
+                );
+            } else if n > 0 {
+                tracing::warn!(
+                    records = n,
+                    "token changes made on this host with `imcrypt admin token --local` are not \
+                     recorded: the audit trail is disabled"
+                );
+            }
         }
         self.load()
     }
+
+    /// [`TokenFile::load_locked`] with the daemon's trail, taking the lock.
+    fn load_chained(&self, audit: &Audit) -> Result<Tokens, TokensError> {
+        let _held = self.lock()?;
+        self.load_locked(Some(audit))
+    }
+}
+
+/// A token revoked, and what the operator must be told about the admin token file, if
+/// anything.
+#[derive(Debug)]
+pub struct Revoked {
+    pub info: TokenInfo,
+    pub note: Option<String>,
 }
 
 /// What identifies one version of the file: a write renames a new inode into place.
@@ -464,12 +519,25 @@ pub(crate) struct LiveTokens {
     file: TokenFile,
     /// Where the pending records of `--local` changes are chained before a reload.
     audit: Audit,
-    cache: Mutex<(Option<Stamp>, Arc<Tokens>)>,
+    cache: Mutex<Cache>,
 }
+
+#[derive(Default)]
+struct Cache {
+    /// The version of the file `tokens` were loaded from.
+    stamp: Option<Stamp>,
+    tokens: Arc<Tokens>,
+    /// The last reload of this version failed to chain its pending records: when, and why.
+    unaudited: Option<(Stamp, std::time::Instant, Arc<AuditError>)>,
+}
+
+/// How long a reload that could not chain its pending records is not tried again: requests
+/// meanwhile get the same answer without a lock, a read and a failed append each.
+const UNAUDITED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LiveTokens {
     pub(crate) fn new(file: TokenFile, audit: Audit) -> Self {
-        Self { file, audit, cache: Mutex::new((None, Arc::default())) }
+        Self { file, audit, cache: Mutex::default() }
     }
 
     pub(crate) fn file(&self) -> &TokenFile {
@@ -495,13 +563,36 @@ impl LiveTokens {
                 .into());
             }
         };
-        let mut g = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 != Some(now) {
-            let t = Arc::new(self.file.load_chained(&self.audit)?);
-            // Stamped before the load: a write in between is seen at the next request.
-            *g = (Some(now), t);
+        let lock = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let g = lock();
+            if g.stamp == Some(now) {
+                return Ok(g.tokens.clone());
+            }
+            if let Some((s, at, e)) = &g.unaudited
+                && *s == now
+                && at.elapsed() < UNAUDITED_RETRY
+            {
+                return Err(TokensError::Unaudited(e.clone()));
+            }
         }
-        Ok(g.1.clone())
+        // Without the cache's lock, and off the async worker: the reload takes the store's
+        // lock (which a `--local` command may hold) and may fsync the trail. Two requests may
+        // both reload; the second finds nothing pending.
+        match crate::blocking::blocking(|| self.file.load_chained(&self.audit)) {
+            Ok(t) => {
+                let t = Arc::new(t);
+                // Stamped before the load: a write in between is seen at the next request.
+                let mut g = lock();
+                (g.stamp, g.tokens, g.unaudited) = (Some(now), t.clone(), None);
+                Ok(t)
+            }
+            Err(TokensError::Unaudited(e)) => {
+                lock().unaudited = Some((now, std::time::Instant::now(), e.clone()));
+                Err(TokensError::Unaudited(e))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -600,7 +691,7 @@ mod tests {
         assert!(matches!(f.revoke("admin", 7), Err(TokensError::LastAdmin(_))));
         assert!(matches!(f.revoke("nobody", 7), Err(TokensError::NoSuchName(_))));
         let carol = f.create("carol", AdminRole::Admin, 8).unwrap();
-        let info = f.revoke("admin", 9).unwrap();
+        let info = f.revoke("admin", 9).unwrap().info;
         assert_eq!(info.revoked_unix, Some(9));
         let t = f.load().unwrap();
         assert_eq!(t.authenticate(&legacy), Lookup::Revoked);
@@ -666,6 +757,9 @@ mod tests {
         let alice = f.create_local("alice", AdminRole::Viewer, 1).unwrap();
         assert!(matches!(live.current(), Err(TokensError::Unaudited(_))));
         std::fs::remove_dir(&log).unwrap();
+        // Not tried again at once: requests meanwhile get the same answer without a retry.
+        assert!(matches!(live.current(), Err(TokensError::Unaudited(_))));
+        std::thread::sleep(UNAUDITED_RETRY);
         let t = live.current().unwrap();
         assert!(matches!(t.authenticate(&alice.token), Lookup::Valid(..)));
         let text = std::fs::read_to_string(&log).unwrap();
@@ -680,5 +774,30 @@ mod tests {
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.lines().nth(1).unwrap().contains(r#""action":"token.revoke""#), "{text}");
+    }
+
+    #[test]
+    fn a_change_through_the_api_chains_the_local_changes_before_its_own_record() {
+        use crate::audit::{AuditSection, Record};
+        let d = tempfile::tempdir().unwrap();
+        let (f, _) = imported(d.path());
+        let audit =
+            Audit::open(d.path(), "a", &NodeKey::from_bytes([4; 32]), &AuditSection::default())
+                .unwrap();
+        f.create_local("root", AdminRole::Admin, 1).unwrap();
+        // The daemon revokes `admin`, allowed only because of `root`, made on the host.
+        let record = |info: &TokenInfo| {
+            let r =
+                Record::new(crate::audit::Actor::Local, "token.revoke", crate::audit::Outcome::Ok)
+                    .target(info.name.clone());
+            audit.write(vec![r]).map_err(|e| TokensError::Unaudited(Arc::new(e)))
+        };
+        f.revoke_recorded(Some(&audit), "admin", 2, record, |()| {}).unwrap();
+        let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+        let order: Vec<&str> = text
+            .lines()
+            .map(|l| if l.contains(r#""target":"root""#) { "create root" } else { "revoke admin" })
+            .collect();
+        assert_eq!(order, ["create root", "revoke admin"], "{text}");
     }
 }

@@ -86,6 +86,12 @@ pub enum AuditError {
     )]
     Shrunk { path: PathBuf, found: u64, expected: u64 },
     #[error(
+        "{path} line {line} is not a pending audit record ({reason}): the token change made with \
+         `imcrypt admin token --local` that it may stand for is not used until this is settled; \
+         look at the line, then fix or remove it"
+    )]
+    Pending { path: PathBuf, line: usize, reason: String },
+    #[error(
         "the audit trail in {dir} does not match its sealed head ({reason}); run `imcrypt audit \
          verify --config …` to see which record, keep the files as evidence, then move \
          audit.log* and audit.head aside to start a new chain"
@@ -327,6 +333,11 @@ impl Audit {
         }
         let log = AuditLog::open(dir, cluster, node_key, section.rotate_bytes)?;
         Ok(Self { log: Some(Arc::new(Mutex::new(log))), copies: None })
+    }
+
+    /// Whether records are written (`[audit] enabled`).
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.log.is_some()
     }
 
     /// No trail: every write succeeds without writing (tests of what is not the trail).

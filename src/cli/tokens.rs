@@ -143,14 +143,14 @@ pub(crate) fn admin(cmd: AdminCommand) -> Result<(), CliError> {
         }
         TokenCommand::Revoke { name, local, common } => {
             let done = if local.local {
-                let info = local_file_to_change(&common)?.revoke_local(&name, now())?;
+                let r = local_file_to_change(&common)?.revoke_local(&name, now())?;
                 api::Done {
                     message: format!(
                         "the token of administrator {} (role {}) is revoked: the daemon refuses \
                          it from its next request",
-                        info.name, info.role
+                        r.info.name, r.info.role
                     ),
-                    notes: vec![],
+                    notes: r.note.into_iter().collect(),
                 }
             } else {
                 let path = format!("/v1/tokens/{}", super::commands::path_segment(&name)?);

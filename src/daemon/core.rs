@@ -31,6 +31,7 @@ use crate::alarm::sink::Sinks;
 use crate::alarm::{Alarm, AlarmChange, AlarmHistory, AlarmName};
 use crate::audit::acts::{self, Offered, RoleView};
 use crate::audit::{Actor, Audit, AuditError, Record};
+use crate::blocking::blocking;
 use crate::cluster::{Cluster, Effect, Entropy, LogLevel};
 use crate::crypto::keyring::KeyRing;
 use crate::ids::{ClusterId, KeyVersion};
@@ -413,15 +414,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Runs CPU-heavy work (PBKDF2) on the current task without stalling the runtime: on a
-/// multi-threaded runtime the worker hands its other tasks over first (`block_in_place`); on a
-/// current-thread runtime there is no other worker, so it just runs.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
     }
 }
