@@ -12,48 +12,13 @@ use std::path::Path;
 use imcrypt::admin::api::Route;
 use imcrypt::admin::client::{Client, ClientError, Target};
 use imcrypt::admin::roles::{AdminRole, allowed};
-use support::prometheus::http_get;
 use support::*;
 
 const NEW_PASSWORD: &str = "Another-Battery-7-staple";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Cluster a, running alone with its metrics listener, encryption off; `cfg` is its config
-/// file, which the CLI is pointed at.
-struct One {
-    dir: tempfile::TempDir,
-    lab: Lab,
-    cfg: String,
-}
-
+/// What only these tests ask of the one-cluster fixture (cluster a, encryption off, metrics
+/// on).
 impl One {
-    async fn start() -> One {
-        let (dir, mut lab) = mesh(&["a"]);
-        lab.spec_mut("a").metrics = true;
-        lab.start("a").await.unwrap();
-        let cfg = s(&dir.path().join("a.toml")).to_owned();
-        One { dir, lab, cfg }
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let p = self.dir.path().join(name);
-        std::fs::write(&p, format!("{text}\n")).unwrap();
-        s(&p).to_owned()
-    }
-
-    /// `imcrypt ARGS -c CFG` with `token` (none: the config's token file, the first admin).
-    async fn run(&self, token: Option<&str>, args: &[&str]) -> Out {
-        let args = [args, &["-c", &self.cfg]].concat();
-        let env: &[(&str, &str)] = match token {
-            Some(t) => &[("IMCRYPT_TOKEN", t)],
-            None => &[],
-        };
-        imcrypt_with(Run { dir: None, env }, &args, "").await
-    }
-
     /// A token for `name` with `role`, made with `--local` on the daemon's host.
     async fn token(&self, name: &str, role: AdminRole) -> String {
         let o = self
@@ -79,15 +44,6 @@ impl One {
             "{} {:?} {:?} {:?} {:?} {:?} {}",
             st.role, st.domain, st.epoch, st.key_versions, st.primary_version, peers, tokens.stdout
         )
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let addr = self.lab.daemon("a").unwrap().metrics_addr().expect("metrics on");
-        let (code, body) = http_get(&addr.to_string(), "/metrics").await.unwrap();
-        assert_eq!(code, 200);
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
     }
 }
 

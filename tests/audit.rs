@@ -14,34 +14,8 @@ use support::*;
 
 const NEW_PASSWORD: &str = "Another-Battery-7-staple";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// One cluster `a`, running, encryption enabled through the CLI.
-struct One {
-    dir: tempfile::TempDir,
-    lab: Lab,
-    cfg: String,
-}
-
+/// What only these tests ask of the one-cluster fixture.
 impl One {
-    async fn enabled() -> One {
-        let (dir, mut lab) = mesh(&["a"]);
-        lab.start("a").await.unwrap();
-        let cfg = s(&dir.path().join("a.toml")).to_owned();
-        let pwfile = dir.path().join("pw.txt");
-        std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
-        let o =
-            imcrypt(&["encryption", "enable", "--password-file", s(&pwfile), "-c", &cfg], "").await;
-        assert_eq!(o.code, 0, "{}", o.stderr);
-        One { dir, lab, cfg }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state/a")
-    }
-
     fn log(&self) -> PathBuf {
         self.state().join("audit.log")
     }

@@ -2,13 +2,14 @@
 //! ports reserved for servers the tests start ([`ReservedPort`]), key pairs made by the real
 //! `openssl`, and bounded waits ([`wait_for`]) in place of sleeps; [`prometheus`] starts the
 //! real Prometheus, [`services`] real rsyslog and Alertmanager, [`process`] `imcrypt serve` as
-//! a process of its own.
+//! a process of its own, [`one`] the one-cluster fixture of the CLI tests.
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod blackhole;
+pub mod one;
 pub mod process;
 pub mod prometheus;
 pub mod services;
@@ -18,6 +19,7 @@ pub use imcrypt::alarm::AlarmName;
 pub use imcrypt::cluster::Command;
 pub use imcrypt::crypto::password::Password;
 pub use imcrypt::demo::{Lab, ReservedPort, has_alarm};
+pub use one::{One, s};
 
 /// The program at `path` from Debian's `package`, or a failure that says how to install it.
 pub fn debian_binary(path: &str, package: &str) -> PathBuf {
