@@ -263,6 +263,9 @@ async fn a_revoked_token_is_refused_at_its_next_request_and_refused_tokens_are_c
         let o = f.run(Some(&alice), &["status"]).await;
         assert_eq!(o.code, 5, "refused at once: {}", o.stderr);
         assert_eq!(f.metric(revoked).await, 1.0);
+        // The answer is that of any wrong token; the audit names whose token it was.
+        let o = f.run(None, &["audit", "show", "--actor", "anonymous", "-o", "json"]).await;
+        assert!(o.stdout.contains(r#""revoked":"alice""#), "{}", o.stdout);
 
         // Made and revoked through the API by the first admin (the config's token file).
         let o = f

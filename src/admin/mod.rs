@@ -288,8 +288,10 @@ enum ApiError {
         "no admin token given: send `Authorization: Bearer <token>` (the CLI reads --token, IMCRYPT_TOKEN or --token-file)"
     )]
     NoToken,
+    /// A token this daemon never made, or (`revoked`: whose) one it revoked: answered alike,
+    /// so a stolen token does not tell that it was ever valid; the audit record tells apart.
     #[error("the admin token is not valid for this daemon")]
-    WrongToken,
+    WrongToken { revoked: Option<String> },
     #[error(transparent)]
     Forbidden(#[from] Forbidden),
     #[error(transparent)]
@@ -352,7 +354,7 @@ impl ApiError {
         use CommandError as C;
         match self {
             ApiError::NoToken => (StatusCode::UNAUTHORIZED, "no_token"),
-            ApiError::WrongToken => (StatusCode::UNAUTHORIZED, "wrong_token"),
+            ApiError::WrongToken { .. } => (StatusCode::UNAUTHORIZED, "wrong_token"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "role_forbidden"),
             ApiError::Tokens(t) => match t {
                 TokensError::BadName { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
@@ -422,9 +424,11 @@ impl ApiError {
         match self {
             ApiError::RateLimited(r) => Some(r.retry_after()),
             ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
-            ApiError::NotAudited(_) => Some(Duration::from_secs(5)),
+            ApiError::NotAudited(_) | ApiError::Tokens(TokensError::Unaudited(_)) => {
+                Some(Duration::from_secs(5))
+            }
             ApiError::NoToken
-            | ApiError::WrongToken
+            | ApiError::WrongToken { .. }
             | ApiError::Forbidden(_)
             | ApiError::Tokens(_)
             | ApiError::NotFound(_)
@@ -553,7 +557,7 @@ async fn record_refusal(
         Match::Found { route, .. } => Some(*route),
         Match::WrongMethod { .. } | Match::NotFound => None,
     };
-    let token_refused = matches!(e, ApiError::NoToken | ApiError::WrongToken);
+    let token_refused = matches!(e, ApiError::NoToken | ApiError::WrongToken { .. });
     let audited = route.and_then(Route::audit_action);
     let action = match (audited, token_refused) {
         (Some(a), _) => a,
@@ -584,10 +588,20 @@ async fn record_refusal(
         .target(target)
         .reason(reason)
         .detail("code", code);
+    // A revoked administrator's attempts are named, and coalesced apart from wrong tokens, so
+    // that nobody else's refusals can fold them into a count.
+    let revoked = match &e {
+        ApiError::WrongToken { revoked: Some(name) } => Some(name.clone()),
+        _ => None,
+    };
+    if let Some(name) = &revoked {
+        record = record.detail("revoked", name.clone());
+    }
     if record.actor == Actor::Anonymous {
+        let key_code = if revoked.is_some() { "revoked_token" } else { code };
         let verdict = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).check(
             action,
-            code,
+            key_code,
             addr.ip(),
             std::time::Instant::now(),
         );
@@ -623,13 +637,13 @@ fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(Principal, Credent
     };
     match ctx.tokens.current()?.authenticate(given) {
         Lookup::Valid(p, c) => Ok((p, c)),
-        Lookup::Revoked => {
+        Lookup::Revoked(name) => {
             ctx.metrics.token_refused("revoked");
-            Err(ApiError::WrongToken)
+            Err(ApiError::WrongToken { revoked: Some(name) })
         }
         Lookup::Unknown => {
             ctx.metrics.token_refused("unknown");
-            Err(ApiError::WrongToken)
+            Err(ApiError::WrongToken { revoked: None })
         }
     }
 }

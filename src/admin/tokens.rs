@@ -143,8 +143,8 @@ fn hash(token: &str) -> [u8; 32] {
 pub(crate) enum Lookup {
     /// A token not revoked: who holds it, and its credential in the password limits.
     Valid(Principal, Credential),
-    /// A token that was revoked.
-    Revoked,
+    /// A token that was revoked: whose it was.
+    Revoked(String),
     /// No token this daemon ever made.
     Unknown,
 }
@@ -197,7 +197,7 @@ impl Tokens {
                 Principal { name: e.name.clone(), role: e.role },
                 Credential::of_token_hash(&e.sha256),
             ),
-            Some(_) => Lookup::Revoked,
+            Some(e) => Lookup::Revoked(e.name.clone()),
             None => Lookup::Unknown,
         }
     }
@@ -676,7 +676,7 @@ mod tests {
         f.revoke("bob", 2).unwrap();
         let second = f.create("bob", AdminRole::KeyCustodian, 3).unwrap();
         let t = f.load().unwrap();
-        assert_eq!(t.authenticate(&first.token), Lookup::Revoked);
+        assert!(matches!(t.authenticate(&first.token), Lookup::Revoked(_)));
         assert_eq!(principal(&t, &second.token).role, AdminRole::KeyCustodian);
         assert_eq!(t.list().len(), 3);
     }
@@ -694,7 +694,7 @@ mod tests {
         let info = f.revoke("admin", 9).unwrap().info;
         assert_eq!(info.revoked_unix, Some(9));
         let t = f.load().unwrap();
-        assert_eq!(t.authenticate(&legacy), Lookup::Revoked);
+        assert!(matches!(t.authenticate(&legacy), Lookup::Revoked(_)));
         assert_eq!(principal(&t, &carol.token).name, "carol");
         assert!(matches!(f.revoke("carol", 10), Err(TokensError::LastAdmin(_))));
     }
@@ -721,7 +721,7 @@ mod tests {
         let alice = f.create("alice", AdminRole::Viewer, 1).unwrap();
         assert!(matches!(live.current().unwrap().authenticate(&alice.token), Lookup::Valid(..)));
         f.revoke("alice", 2).unwrap();
-        assert_eq!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked);
+        assert!(matches!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked(_)));
         std::fs::remove_file(f.path()).unwrap();
         assert!(matches!(live.current(), Err(TokensError::Missing(_))), "fails closed");
     }
@@ -770,7 +770,7 @@ mod tests {
         assert_eq!(e.details["role"], "viewer");
         assert!(!text.contains(alice.token.as_str()), "never the token");
         f.revoke_local("alice", 2).unwrap();
-        assert_eq!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked);
+        assert!(matches!(live.current().unwrap().authenticate(&alice.token), Lookup::Revoked(_)));
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.lines().nth(1).unwrap().contains(r#""action":"token.revoke""#), "{text}");
