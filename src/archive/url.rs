@@ -175,9 +175,6 @@ impl std::str::FromStr for DbUrl {
                 return Err(param("give password_file or password_env, not both".into()));
             }
         };
-        let tls =
-            TlsSettings::new(&host, p.take("sslmode").as_deref(), p.take("sslrootcert").as_deref())
-                .map_err(param)?;
         let trust_server_certificate = match p.take("trust_server_certificate").as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -185,6 +182,15 @@ impl std::str::FromStr for DbUrl {
                 return Err(param(format!("trust_server_certificate={v} is not true or false")));
             }
         };
+        let (sslmode, sslrootcert) = (p.take("sslmode"), p.take("sslrootcert"));
+        // Trusting any certificate is asking for TLS without its check: without an sslmode
+        // (and without a root, which it contradicts), `require`, not the host's default.
+        let sslmode = match sslmode {
+            None if trust_server_certificate && sslrootcert.is_none() => Some("require".into()),
+            m => m,
+        };
+        let tls =
+            TlsSettings::new(&host, sslmode.as_deref(), sslrootcert.as_deref()).map_err(param)?;
         Ok(Self {
             kind,
             raw: s.to_owned(),
