@@ -205,7 +205,7 @@ fn tls_failed(e: &tiberius::error::Error) -> bool {
 fn reason(e: &tiberius::error::Error) -> String {
     match e {
         tiberius::error::Error::Tls(m) => {
-            let m = m.split(" To connect anyway").next().unwrap_or(m);
+            let m = m.split(" To connect anyway").next().unwrap_or(m).trim_end_matches('.');
             format!(
                 "TLS: {m} (give the CA of the server's certificate as sslrootcert=FILE, with \
                  the name that certificate carries as the URL's host; or, knowing that the \
