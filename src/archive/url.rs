@@ -50,7 +50,8 @@ pub(super) struct Server {
     /// `sslmode` and `sslrootcert` (PostgreSQL and SQL Server alike).
     pub(super) tls: TlsSettings,
     /// SQL Server's "trust server certificate": TLS without any check of the server's
-    /// certificate, only when the URL says `trust_server_certificate=true`.
+    /// certificate, only when the URL says `trust_server_certificate=true` (which, without
+    /// `sslmode` or `sslrootcert`, also means `sslmode=require`).
     pub(super) trust_server_certificate: bool,
 }
 
