@@ -331,9 +331,21 @@ async fn sql_server_tls_checks_the_chain_and_the_name_before_the_login_leaves() 
             assert!(e.contains("TLS: ") && e.contains("sslrootcert=FILE"), "{params}: {e}");
             assert!(matches!(tds.take(1)[..], [HandshakeFailed(_)]), "{params}");
         }
-        // Any certificate, only when the URL says so; still TLS.
-        connect_error(&tds_url("127.0.0.1", &tds, "trust_server_certificate=true")).await;
+        // Any certificate, only when the URL says so; still TLS, and the operator is told.
+        let any = tds_url("127.0.0.1", &tds, "trust_server_certificate=true");
+        connect_error(&any).await;
         assert_eq!(tds.take(1), [LoginOverTls]);
+        let o = imcrypt(&["view", "--db", &any, "-o", "json"], "").await;
+        assert_eq!(tds.take(1), [LoginOverTls]);
+        assert!(
+            o.stderr.contains("WARN")
+                && o.stderr.contains(
+                    "SQL Server at 127.0.0.1: trust_server_certificate=true, \
+                                      the server's certificate is not verified"
+                ),
+            "{}",
+            o.stderr
+        );
         // libpq's prefer: TLS, and plain text when TLS fails.
         connect_error(&tds_url("localhost", &tds, &format!("sslmode=prefer&{root}"))).await;
         assert_eq!(tds.take(1), [LoginOverTls]);
