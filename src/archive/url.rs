@@ -151,14 +151,19 @@ impl std::str::FromStr for DbUrl {
         let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
         let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
         let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-            None => (hostport, default_port),
+        // An IPv6 address is in brackets (`[::1]`, `[::1]:1433`): its colons are not the port's.
+        let (host, port) = match hostport.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            Some((h, "")) => (h, default_port),
+            Some((h, p)) => (h, p.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?),
+            None => match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (hostport, default_port),
+            },
         };
         if host.is_empty() {
             return Err(bad());
         }
-        let host = host.trim_matches(['[', ']']).to_owned();
+        let host = host.to_owned();
         let param = |reason: String| DbError::UrlParam { url: redact(s), reason };
         let mut p = Params::parse(query, &kind).map_err(param)?;
         let password = match (p.take("password_file"), p.take("password_env")) {
@@ -377,6 +382,13 @@ mod tests {
         assert_eq!(tls("postgres://u@127.0.0.1/im").mode, SslMode::Prefer);
         assert_eq!(tls("postgres://u@localhost:5432/im").mode, SslMode::Prefer);
         assert_eq!(tls("postgres://u@[::1]:5432/im").mode, SslMode::Prefer);
+        assert_eq!(tls("sqlserver://u@[::1]/im").mode, SslMode::Prefer, "IPv6 without a port");
+        let (s, t) = (server("sqlserver://u@[::1]/im"), server("postgres://u@[fe80::2]:1500"));
+        assert_eq!(
+            (s.host.as_str(), s.port, t.host.as_str(), t.port),
+            ("::1", 1433, "fe80::2", 1500)
+        );
+        assert!("postgres://u@[::1]x/im".parse::<DbUrl>().is_err());
         assert_eq!(tls("postgres://u@db.example:5432/im").mode, SslMode::VerifyFull);
         assert_eq!(tls("sqlserver://u@10.0.0.5").mode, SslMode::VerifyFull);
         let t = tls("postgres://u:p@db/im?sslmode=verify-ca&sslrootcert=/etc/imcrypt/db%20ca.pem");
