@@ -44,21 +44,21 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What tiberius is told for one URL: built by [`tds_settings`], applied by [`connect`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct TdsSettings {
+struct TdsSettings {
     /// `NotSupported` (no TLS), `On` (TLS when the server offers it) or `Required`.
-    pub(super) encryption: EncryptionLevel,
+    encryption: EncryptionLevel,
     /// `sslmode=prefer`: when the server offers no TLS, or the TLS handshake fails, log in
     /// again in plain text (libpq's `prefer`).
-    pub(super) plain_fallback: bool,
-    pub(super) trust: Trust,
+    plain_fallback: bool,
+    trust: Trust,
     /// The TDS prelogin, TLS handshake and login together; as PostgreSQL's connect timeout.
-    pub(super) handshake_timeout: Duration,
-    pub(super) command_timeout: Duration,
+    handshake_timeout: Duration,
+    command_timeout: Duration,
 }
 
 /// Which server certificate tiberius accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Trust {
+enum Trust {
     /// No TLS (`disable`): no certificate is asked for.
     NoTls,
     /// A certificate that chains to the system's CAs, or to `extra_ca` (tiberius adds
@@ -72,7 +72,7 @@ pub(super) enum Trust {
 
 /// The tiberius settings the URL's TLS parameters mean, or why they cannot be honoured (the
 /// reason names the parameter). Pure: reads no file and opens no connection.
-pub(super) fn tds_settings(srv: &Server) -> Result<TdsSettings, String> {
+fn tds_settings(srv: &Server) -> Result<TdsSettings, String> {
     let trust_all = srv.trust_server_certificate;
     let root_file = match &srv.tls.root_cert {
         Some(RootCert::File(path)) => Some(path.clone()),
