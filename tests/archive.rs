@@ -6,11 +6,15 @@
 //! PostgreSQL over TLS (a server with `ssl = on` and a certificate from `imcrypt pki`, taking
 //! TLS only): libpq's `sslmode`s connect or refuse as libpq does, and the round trip runs.
 //! The same body runs against SQL Server when `IMCRYPT_TEST_MSSQL` names one
-//! (`sqlserver://user:password@host:port/db`).
+//! (`sqlserver://user:password@host:port/db`), also over TLS. Without one, SQL Server's TLS is
+//! checked against a stand-in that speaks TDS up to the login (tests/support/tds.rs): which
+//! certificates tiberius accepts for each `sslmode`, and whether the login leaves in clear.
 
 #[path = "support/pg.rs"]
 mod pg;
 mod support;
+#[path = "support/tds.rs"]
+mod tds;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,6 +271,112 @@ async fn sql_server_archive_view_round_trip() {
         return;
     };
     bounded(round_trip(&url)).await;
+}
+
+/// The URL of `IMCRYPT_TEST_MSSQL` with its parameters replaced by `params`.
+fn mssql_url_with(url: &str, params: &str) -> String {
+    format!("{}?{params}", url.split('?').next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_server_archive_view_round_trip_over_tls() {
+    let Ok(url) = std::env::var("IMCRYPT_TEST_MSSQL") else {
+        eprintln!("IMCRYPT_TEST_MSSQL is not set: SQL Server TLS test skipped");
+        return;
+    };
+    // `Required`: the round trip passes only if every statement ran over TLS. Any SQL
+    // Server's certificate, even its self-signed fallback one, with trust_server_certificate;
+    // a CA of ours does not sign it, so verify-full with that CA is refused.
+    bounded(round_trip(&mssql_url_with(&url, "sslmode=require&trust_server_certificate=true")))
+        .await;
+    let (_d, [other_ca, _, _]) = pki_for("localhost").await;
+    let e = connect_error(&mssql_url_with(
+        &url,
+        &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+    ))
+    .await;
+    assert!(e.contains("TLS: "), "{e}");
+}
+
+/// `sqlserver://sa:pw@HOST:PORT/im?PARAMS` for the stand-in server.
+fn tds_url(host: &str, tds: &tds::FakeTds, params: &str) -> String {
+    format!("sqlserver://sa:pw@{host}:{}/im?{params}", tds.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_server_tls_checks_the_chain_and_the_name_before_the_login_leaves() {
+    use tds::Seen::*;
+    let (_d, [ca, cert, key]) = pki_for("localhost").await;
+    let (_o, [other_ca, _, _]) = pki_for("localhost").await;
+    let tds = tds::FakeTds::start(Some((&cert, &key)));
+    bounded(async {
+        let root = format!("sslrootcert={}", ca.display());
+        // The CA and the name: the login travels inside TLS (the stand-in then hangs up).
+        let e = connect_error(&tds_url("localhost", &tds, &format!("sslmode=verify-full&{root}")))
+            .await;
+        assert_eq!(tds.take(1), [LoginOverTls], "{e}");
+        // libpq's require with a root is verify-ca; tiberius checks the name too: it passes.
+        connect_error(&tds_url("localhost", &tds, &format!("sslmode=require&{root}"))).await;
+        assert_eq!(tds.take(1), [LoginOverTls]);
+        // The certificate names localhost, not the address 127.0.0.1.
+        let e = connect_error(&tds_url("127.0.0.1", &tds, &format!("sslmode=verify-full&{root}")))
+            .await;
+        assert!(e.contains("TLS: ") && e.contains("127.0.0.1"), "{e}");
+        assert!(!e.contains("Config::"), "the remedy is said in the URL's terms: {e}");
+        assert!(matches!(tds.take(1)[..], [HandshakeFailed(_)]));
+        // Another PKI's CA, or none (the system's CAs do not know a development CA).
+        let other = format!("sslmode=verify-full&sslrootcert={}", other_ca.display());
+        for params in [other.as_str(), "sslmode=require", "sslmode=verify-full"] {
+            let e = connect_error(&tds_url("localhost", &tds, params)).await;
+            assert!(e.contains("TLS: ") && e.contains("sslrootcert=FILE"), "{params}: {e}");
+            assert!(matches!(tds.take(1)[..], [HandshakeFailed(_)]), "{params}");
+        }
+        // Any certificate, only when the URL says so; still TLS, and the operator is told.
+        let any = tds_url("127.0.0.1", &tds, "trust_server_certificate=true");
+        connect_error(&any).await;
+        assert_eq!(tds.take(1), [LoginOverTls]);
+        let o = imcrypt(&["view", "--db", &any, "-o", "json"], "").await;
+        assert_eq!(tds.take(1), [LoginOverTls]);
+        assert!(
+            o.stderr.contains("WARN")
+                && o.stderr.contains(
+                    "SQL Server at 127.0.0.1: trust_server_certificate=true, \
+                                      the server's certificate is not verified"
+                ),
+            "{}",
+            o.stderr
+        );
+        // libpq's prefer: TLS, and plain text when TLS fails.
+        connect_error(&tds_url("localhost", &tds, &format!("sslmode=prefer&{root}"))).await;
+        assert_eq!(tds.take(1), [LoginOverTls]);
+        connect_error(&tds_url("127.0.0.1", &tds, "sslmode=prefer")).await;
+        assert!(matches!(tds.take(2)[..], [HandshakeFailed(_), LoginInClear]));
+        connect_error(&tds_url("localhost", &tds, "sslmode=disable")).await;
+        assert_eq!(tds.take(1), [LoginInClear]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_server_without_tls_is_refused_when_the_url_asks_for_it() {
+    use tds::Seen::*;
+    let tds = tds::FakeTds::start(None);
+    bounded(async {
+        for params in ["sslmode=require", "sslmode=verify-full", "trust_server_certificate=true"] {
+            let e = connect_error(&tds_url("localhost", &tds, params)).await;
+            assert!(e.contains("offers no TLS"), "{params}: {e}");
+            assert_eq!(tds.take(1), [LeftAfterPrelogin], "{params}: no login in clear");
+        }
+        // prefer (the loopback default) asks for TLS, then logs in again without it; disable
+        // logs in without it at once.
+        for params in ["", "sslmode=prefer"] {
+            connect_error(&tds_url("127.0.0.1", &tds, params)).await;
+            assert_eq!(tds.take(2), [LeftAfterPrelogin, LoginInClear], "{params}");
+        }
+        connect_error(&tds_url("127.0.0.1", &tds, "sslmode=disable")).await;
+        assert_eq!(tds.take(1), [LoginInClear]);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

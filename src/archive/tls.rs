@@ -159,7 +159,8 @@ impl TlsSettings {
     }
 }
 
-fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
+/// The CA certificates of an `sslrootcert` file; the error names the parameter and the file.
+pub(super) fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
     pem_files::ca_roots(path).map(Arc::new).map_err(|e| format!("sslrootcert: {e}"))
 }
 
@@ -171,6 +172,21 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
     load_roots(&path).map_err(|e| {
         format!("{e} (the system's CA bundle; give the server's CA as sslrootcert=FILE)")
     })
+}
+
+/// Makes ring the process's default rustls provider, once. Every other TLS client and server
+/// of imcrypt names ring itself; tiberius cannot be told a provider and takes the process's
+/// default, or aws-lc-rs when none is installed (tiberius's `resolve_crypto_provider`), so
+/// SQL Server's `connect` calls this before its first handshake. Installing the default from
+/// there rather than from each `main` covers every path to SQL Server (CLI, daemon, tests),
+/// and nothing else in imcrypt reads the default.
+pub(super) fn ring_by_default() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means that a provider is installed already: not by imcrypt (this is the one
+        // place that installs one), and a process has one default, so it stays.
+        let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    });
 }
 
 /// `localhost`, or an address of 127.0.0.0/8 or ::1: traffic that never leaves the host.

@@ -50,7 +50,8 @@ pub(super) struct Server {
     /// `sslmode` and `sslrootcert` (PostgreSQL and SQL Server alike).
     pub(super) tls: TlsSettings,
     /// SQL Server's "trust server certificate": TLS without any check of the server's
-    /// certificate, only when the URL says `trust_server_certificate=true`.
+    /// certificate, only when the URL says `trust_server_certificate=true` (which, without
+    /// `sslmode` or `sslrootcert`, also means `sslmode=require`).
     pub(super) trust_server_certificate: bool,
 }
 
@@ -150,14 +151,19 @@ impl std::str::FromStr for DbUrl {
         let (auth, hostpart) = rest.rsplit_once('@').unwrap_or(("", rest));
         let (user, password) = auth.split_once(':').unwrap_or((auth, ""));
         let (hostport, database) = hostpart.split_once('/').unwrap_or((hostpart, ""));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
-            None => (hostport, default_port),
+        // An IPv6 address is in brackets (`[::1]`, `[::1]:1433`): its colons are not the port's.
+        let (host, port) = match hostport.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            Some((h, "")) => (h, default_port),
+            Some((h, p)) => (h, p.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?),
+            None => match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse().map_err(|_| bad())?),
+                None => (hostport, default_port),
+            },
         };
         if host.is_empty() {
             return Err(bad());
         }
-        let host = host.trim_matches(['[', ']']).to_owned();
+        let host = host.to_owned();
         let param = |reason: String| DbError::UrlParam { url: redact(s), reason };
         let mut p = Params::parse(query, &kind).map_err(param)?;
         let password = match (p.take("password_file"), p.take("password_env")) {
@@ -175,9 +181,6 @@ impl std::str::FromStr for DbUrl {
                 return Err(param("give password_file or password_env, not both".into()));
             }
         };
-        let tls =
-            TlsSettings::new(&host, p.take("sslmode").as_deref(), p.take("sslrootcert").as_deref())
-                .map_err(param)?;
         let trust_server_certificate = match p.take("trust_server_certificate").as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -185,6 +188,15 @@ impl std::str::FromStr for DbUrl {
                 return Err(param(format!("trust_server_certificate={v} is not true or false")));
             }
         };
+        let (sslmode, sslrootcert) = (p.take("sslmode"), p.take("sslrootcert"));
+        // Trusting any certificate is asking for TLS without its check: without an sslmode
+        // (and without a root, which it contradicts), `require`, not the host's default.
+        let sslmode = match sslmode {
+            None if trust_server_certificate && sslrootcert.is_none() => Some("require".into()),
+            m => m,
+        };
+        let tls =
+            TlsSettings::new(&host, sslmode.as_deref(), sslrootcert.as_deref()).map_err(param)?;
         Ok(Self {
             kind,
             raw: s.to_owned(),
@@ -370,6 +382,13 @@ mod tests {
         assert_eq!(tls("postgres://u@127.0.0.1/im").mode, SslMode::Prefer);
         assert_eq!(tls("postgres://u@localhost:5432/im").mode, SslMode::Prefer);
         assert_eq!(tls("postgres://u@[::1]:5432/im").mode, SslMode::Prefer);
+        assert_eq!(tls("sqlserver://u@[::1]/im").mode, SslMode::Prefer, "IPv6 without a port");
+        let (s, t) = (server("sqlserver://u@[::1]/im"), server("postgres://u@[fe80::2]:1500"));
+        assert_eq!(
+            (s.host.as_str(), s.port, t.host.as_str(), t.port),
+            ("::1", 1433, "fe80::2", 1500)
+        );
+        assert!("postgres://u@[::1]x/im".parse::<DbUrl>().is_err());
         assert_eq!(tls("postgres://u@db.example:5432/im").mode, SslMode::VerifyFull);
         assert_eq!(tls("sqlserver://u@10.0.0.5").mode, SslMode::VerifyFull);
         let t = tls("postgres://u:p@db/im?sslmode=verify-ca&sslrootcert=/etc/imcrypt/db%20ca.pem");

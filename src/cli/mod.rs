@@ -395,7 +395,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             init_logging("info");
             Ok(archive::archive(a)?)
         }
-        Command::View(a) => Ok(archive::view(a)?),
+        Command::View(a) => {
+            // Warnings only: the rows go to stdout, and a warning such as "the server's
+            // certificate is not verified" (trust_server_certificate) must reach the reader.
+            init_logging("warn");
+            Ok(archive::view(a)?)
+        }
         Command::Support { command } => support::support(command),
         Command::Audit { command } => audit::audit(command),
     }
