@@ -675,17 +675,21 @@ mod tests {
         assert_eq!((s[0].counters.delivered, s[0].counters.undelivered), (3, 0));
     }
 
-    #[tokio::test]
-    async fn a_full_queue_drops_and_counts_without_waiting() {
-        // Nobody listens: every event waits for its retries.
+    /// One syslog sink whose address nobody listens on: every event waits for its retries.
+    fn sink_to_nobody() -> Sinks {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let sinks = Sinks::new(
+        Sinks::new(
             ClusterId::new("a").unwrap(),
             &[syslog_sink("down", &format!("127.0.0.1:{port}"), Severity::Warning)],
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_without_waiting() {
+        let sinks = sink_to_nobody();
         let start = std::time::Instant::now();
         for i in 0..(QUEUE as u64 + 10) {
             sinks.raised(&alarm(AlarmName::MultiMaster, &format!("b{i}")), None, i);
@@ -700,14 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn audit_copies_take_half_the_queue_at_most_so_alarms_keep_their_place() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let sinks = Sinks::new(
-            ClusterId::new("a").unwrap(),
-            &[syslog_sink("down", &format!("127.0.0.1:{port}"), Severity::Warning)],
-        );
+        let sinks = sink_to_nobody();
         let copies = audit_entries(&vec![crate::audit::Outcome::Ok; QUEUE]);
         sinks.audit(&copies);
         for i in 0..(QUEUE as u64 / 2 - 2) {
