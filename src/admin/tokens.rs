@@ -612,6 +612,12 @@ mod tests {
         (f, std::fs::read_to_string(legacy).unwrap().trim().to_owned())
     }
 
+    /// A real audit trail in `dir`, as the daemon has one.
+    fn trail(dir: &Path) -> Audit {
+        let key = NodeKey::from_bytes([4; 32]);
+        Audit::open(dir, "a", &key, &crate::audit::AuditSection::default()).unwrap()
+    }
+
     fn principal(t: &Tokens, token: &str) -> Principal {
         match t.authenticate(token) {
             Lookup::Valid(p, _) => p,
@@ -743,12 +749,10 @@ mod tests {
 
     #[test]
     fn a_local_change_is_in_the_trail_before_the_daemon_uses_it_and_unused_until_it_can_be() {
-        use crate::audit::{AuditSection, Entry};
+        use crate::audit::Entry;
         let d = tempfile::tempdir().unwrap();
         let (f, _) = imported(d.path());
-        let audit =
-            Audit::open(d.path(), "a", &NodeKey::from_bytes([4; 32]), &AuditSection::default())
-                .unwrap();
+        let audit = trail(d.path());
         let live = LiveTokens::new(file(d.path()), audit);
         live.current().unwrap();
         let log = d.path().join("audit.log");
@@ -778,12 +782,10 @@ mod tests {
 
     #[test]
     fn a_change_through_the_api_chains_the_local_changes_before_its_own_record() {
-        use crate::audit::{AuditSection, Record};
+        use crate::audit::Record;
         let d = tempfile::tempdir().unwrap();
         let (f, _) = imported(d.path());
-        let audit =
-            Audit::open(d.path(), "a", &NodeKey::from_bytes([4; 32]), &AuditSection::default())
-                .unwrap();
+        let audit = trail(d.path());
         f.create_local("root", AdminRole::Admin, 1).unwrap();
         // The daemon revokes `admin`, allowed only because of `root`, made on the host.
         let record = |info: &TokenInfo| {
