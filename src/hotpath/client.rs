@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, ErrorCode, Response, SealedIter, StatusInfo};
 use super::keys::KeyStatus;
-use super::tls::Endpoint;
+use super::tls::{Endpoint, READ_AHEAD};
 use crate::crypto::record::FIXED_OVERHEAD;
 use crate::ids::{ClusterId, DomainId, KeyVersion};
 
@@ -392,7 +392,7 @@ struct Welcome {
 /// A connection to the daemon: its Unix socket, or TCP with mutual TLS.
 enum Stream {
     Unix(UnixStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
 }
 
 impl AsyncRead for Stream {
@@ -447,7 +447,7 @@ async fn open(endpoint: &Endpoint) -> Result<Stream, String> {
             let tcp = TcpStream::connect(&t.addr).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
             let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(t.server_name(), tcp)
+                .connect(t.server_name(), BufReader::with_capacity(READ_AHEAD, tcp))
                 .await
                 .map_err(|e| format!("TLS handshake failed: {e}"))?;
             Ok(Stream::Tls(Box::new(tls)))

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use super::frame;
 use super::keys::KeySource;
 use super::session::{Limits, Next, Session};
+use super::tls::READ_AHEAD;
 use crate::caps::{Caps, Gate, Ticket};
 use crate::crypto::random::NonceSource;
 use crate::metrics::HotpathMetrics;
@@ -297,7 +298,7 @@ pub async fn serve_all(
                     let conn = Conn { ticket: &ticket, budget, config: &config };
                     let serve = async {
                         // Node certificates are checked inside the handshake (`tls`).
-                        let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
+                        let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(BufReader::with_capacity(READ_AHEAD, stream)))
                             .await
                             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
                         connection(tls, &keys, conn, metrics, stop).await

@@ -36,6 +36,12 @@ pub struct TcpConfig {
     pub ca: Option<PathBuf>,
 }
 
+/// Bytes read from the TCP socket at once beneath TLS, on both ends. rustls asks its transport
+/// for at most 4 KiB per read, a quarter of a full TLS record, so without this buffer a batched
+/// router costs four `read` system calls per record on each side; with it, one call drains up to
+/// four records. It adds this much memory per TCP connection (docs/hotpath.md, "Limits").
+pub(crate) const READ_AHEAD: usize = 64 << 10;
+
 /// The server side: TLS 1.3, the given certificate, and clients that name one of `nodes`.
 pub fn server_config(
     files: &crate::peer::tls::TlsFiles,
