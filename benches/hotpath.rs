@@ -14,6 +14,11 @@
 //! Then TCP with mutual TLS vs the Unix socket: a third listener serves both (`serve_all`, a
 //! development PKI from `Lab::new`, the router holding node1's certificate); pipelined
 //! 64-record batches alternate between them in pairs, as above (target >= 0.5).
+//! And the hot path against its limits, measured in the same run: a bare Unix-socket ping-pong
+//! of the single-record request's and answer's sizes between this process and a child (this
+//! binary again, as an echo peer: two processes, as router and daemon), the round-trip limit
+//! (target: single-record p50 <= 1.3x its p50); and in-process full-record sealing, the
+//! throughput limit (target: 64-record frames, 16 in flight on two connections, >= 0.8x).
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
@@ -22,6 +27,10 @@ mod common;
 use common::rate;
 use std::collections::VecDeque;
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,7 +146,59 @@ fn sorted_ratios(pairs: &[(f64, f64)]) -> Vec<f64> {
     r
 }
 
+/// The echo peer of [`ping_pong`], in the child process: answers every `req`-byte message
+/// with `ans` bytes until the parent hangs up.
+fn echo(path: &str, req: usize, ans: usize) {
+    let mut s = UnixStream::connect(path).expect("the parent listens");
+    let (mut q, a) = (vec![0u8; req], vec![0xa5u8; ans]);
+    while s.read_exact(&mut q).is_ok() {
+        if s.write_all(&a).is_err() {
+            break;
+        }
+    }
+}
+
+/// The round-trip limit: sequential `req`-byte messages answered with `ans` bytes by a child
+/// process over a Unix socket, blocking I/O on both ends; sorted round-trip times.
+fn ping_pong(dir: &Path, req: usize, ans: usize, budget: Duration) -> Vec<Duration> {
+    let path = dir.join("ping.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(ECHO_ENV, format!("{},{req},{ans}", path.display()))
+        .spawn()
+        .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let (q, mut a) = (vec![0x5au8; req], vec![0u8; ans]);
+    let mut round = |s: &mut UnixStream| {
+        s.write_all(&q).unwrap();
+        s.read_exact(&mut a).unwrap();
+    };
+    for _ in 0..2000 {
+        round(&mut s);
+    }
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        let t = Instant::now();
+        round(&mut s);
+        lat.push(t.elapsed());
+    }
+    drop(s);
+    child.wait().unwrap();
+    lat.sort();
+    lat
+}
+
+/// Set in the child of [`ping_pong`]: `PATH,REQUEST_BYTES,ANSWER_BYTES`.
+const ECHO_ENV: &str = "IMCRYPT_BENCH_ECHO";
+
 fn main() {
+    if let Ok(v) = std::env::var(ECHO_ENV) {
+        let mut it = v.rsplitn(3, ',');
+        let ans = it.next().unwrap().parse().unwrap();
+        let req = it.next().unwrap().parse().unwrap();
+        return echo(it.next().unwrap(), req, ans);
+    }
     let budget = Duration::from_millis(
         std::env::var("IMCRYPT_BENCH_MS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000),
     );
@@ -167,6 +228,16 @@ fn main() {
 
     // The service.
     let dir = tempfile::tempdir().unwrap();
+    // The round-trip limit, with the sizes of one record's request and SEALED answer
+    // (length prefix, type, request id, count, record length, record).
+    let mut request = Vec::new();
+    imcrypt::hotpath::frame::encode_encrypt(
+        &mut request,
+        1,
+        [(&b"msg-0000"[..], &pt[..])].into_iter(),
+    );
+    let answer_len = 4 + 1 + 8 + 4 + 4 + out.len();
+    let ping = ping_pong(dir.path(), request.len(), answer_len, budget);
     let path = dir.path().join("hot.sock");
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -372,5 +443,19 @@ fn main() {
         "targets: batched >= 0.5x baseline: {} ({batched:.3}x); single-record p99 < 100 us: {} ({p99:.1?})",
         if batched >= 0.5 { "met" } else { "NOT met" },
         if p99 < Duration::from_micros(100) { "met" } else { "NOT met" },
+    );
+    // Against the limits of this machine, measured above.
+    let (ping50, one50) = (pct(&ping, 0.5), pct(rows[0].2.as_ref().unwrap(), 0.5));
+    let latency = one50.as_secs_f64() / ping50.as_secs_f64();
+    let two = rows[4].1 / record;
+    println!(
+        "limits: bare ping-pong of {} B / {answer_len} B between two processes p50 {ping50:.1?} \
+         (p99 {:.1?}); single-record p50 {one50:.1?} = {latency:.2}x of it, target <= 1.3: {}; \
+         batched (64/frame, 16 in flight, 2 connections) = {two:.3}x of in-process full-record \
+         sealing, target >= 0.8: {}",
+        request.len(),
+        pct(&ping, 0.99),
+        if latency <= 1.3 { "met" } else { "NOT met" },
+        if two >= 0.8 { "met" } else { "NOT met" },
     );
 }
