@@ -6,22 +6,10 @@ mod support;
 
 use support::*;
 
-/// A lab of `ids` in a fresh temp dir, each cluster with its own CA, fully meshed.
-fn own_cas(ids: &[&str]) -> (tempfile::TempDir, Lab) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::with_own_cas(dir.path(), ids).unwrap();
-    for (i, a) in ids.iter().enumerate() {
-        for b in &ids[i + 1..] {
-            lab.peer(a, b);
-        }
-    }
-    (dir, lab)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_with_a_ca_each_peer_when_each_is_given_the_others_ca() {
     bounded(async {
-        let (_d, mut lab) = own_cas(&["a", "b"]);
+        let (_d, mut lab) = mesh_own_cas(&["a", "b"]);
         lab.start("a").await.unwrap();
         lab.start("b").await.unwrap();
         lab.daemon("a").unwrap().command(enable(true)).await.unwrap();
@@ -36,7 +24,7 @@ async fn clusters_with_a_ca_each_peer_when_each_is_given_the_others_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_checked_against_the_wrong_ca_is_refused_in_both_directions() {
     bounded(async {
-        let (_d, mut lab) = own_cas(&["a", "b"]);
+        let (_d, mut lab) = mesh_own_cas(&["a", "b"]);
         // a verifies b against a's own CA, which did not sign b's certificate.
         lab.spec_mut("a").peer_without_ca.insert(imcrypt::demo::cid("b"));
         lab.start("a").await.unwrap();
