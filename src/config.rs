@@ -258,6 +258,10 @@ pub(crate) struct PeerEntry {
     pub(crate) id: ClusterId,
     /// host:port of the peer's intercluster listener.
     pub(crate) address: String,
+    /// The CA the peer's certificate must chain to (its own CA); absent, `peer.ca` (the
+    /// cluster's own CA, when the clusters share one).
+    #[serde(default)]
+    pub(crate) ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -316,6 +320,12 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |message| ConfigError::Invalid { path: path.to_owned(), message };
         let mut c = Self::parse(&text, base).map_err(invalid)?;
+        for (i, p) in c.peers.iter().enumerate() {
+            if let Some(ca) = &p.ca {
+                crate::pem_files::ca_roots(ca)
+                    .map_err(|e| invalid(format!("peers[{i}].ca: {e}")))?;
+            }
+        }
         // The files the sinks need (a webhook's secret, a CA): unreadable or too open is an
         // error naming the key; an unreachable address is not (the sink counts failures).
         for (i, s) in c.alarms.sinks.iter_mut().enumerate() {
@@ -358,6 +368,9 @@ impl Config {
         abs(&mut c.peer.cert);
         abs(&mut c.peer.key);
         abs(&mut c.peer.ca);
+        for p in c.peers.iter_mut().filter_map(|p| p.ca.as_mut()) {
+            abs(p);
+        }
         if !c.admin.listen.ip().is_loopback() && !c.admin.allow_non_loopback {
             return Err(format!(
                 "admin.listen: {} is not a loopback address; the admin API belongs on \
@@ -466,6 +479,11 @@ impl Config {
             key: self.peer.key.clone(),
             ca: self.peer.ca.clone(),
         }
+    }
+
+    /// The peers that have a CA of their own (`[[peers]] ca`), with its file.
+    pub(crate) fn peer_cas(&self) -> Vec<(ClusterId, PathBuf)> {
+        self.peers.iter().filter_map(|p| Some((p.id.clone(), p.ca.clone()?))).collect()
     }
 
     /// The admin listener's certificate and key: `[admin]`'s, or the cluster's.
@@ -747,5 +765,23 @@ archiver = "postgresql"
         assert_eq!(log.file.as_deref(), Some(Path::new("/etc/imcrypt/log/a.log")));
         let e = err(&GOOD.replace("[admin]\nlisten = \"127.0.0.1:7201\"\n", ""));
         assert!(e.contains("missing field `admin`"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_ca_is_resolved_like_the_other_paths_and_must_be_a_readable_ca() {
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:7102\"\n",
+            "address = \"127.0.0.1:7102\"\nca = \"b/ca.pem\"\n",
+        );
+        let c = Config::parse(&text, Path::new("/etc/imcrypt")).unwrap();
+        let b = ClusterId::new("b").unwrap();
+        assert_eq!(c.peer_cas(), [(b, PathBuf::from("/etc/imcrypt/b/ca.pem"))]);
+        assert!(Config::parse(GOOD, Path::new("/")).unwrap().peer_cas().is_empty());
+
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("a.toml");
+        std::fs::write(&path, &text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("peers[0].ca: ") && e.contains("b/ca.pem"), "{e}");
     }
 }

@@ -1,8 +1,10 @@
-//! A development PKI: one CA and one certificate per cluster, whose DNS name is the cluster id.
-//! `imcrypt pki init` makes it so that a network can be started in a minute, `imcrypt pki add`
-//! gives a cluster added later its certificate from the same CA; tests use it too. It is for
-//! trying imcrypt: production clusters use certificates from the organisation's CA
-//! (keys/README.md).
+//! A development PKI: a CA and one certificate per cluster, whose DNS name is the cluster id.
+//! The normal case is one CA per cluster (`imcrypt pki init --clusters a`: clusters of
+//! different sites or companies each have their own, and each peer is verified against its
+//! own CA, `peer::tls`); a CA shared by several clusters (`--clusters a,b,c`) still works.
+//! `imcrypt pki add` gives a cluster added later its certificate from an existing CA; tests
+//! use it too. It is for trying imcrypt: production clusters use certificates from the
+//! organisation's CA (keys/README.md).
 //!
 //! Invariants: private keys are written with mode 0600; nothing existing is overwritten; a
 //! cluster certificate is valid for about a year ([`LEAF_DAYS`]) and the CA for ten
@@ -73,7 +75,11 @@ pub(crate) fn init(dir: &Path, clusters: &[ClusterId]) -> Result<(), PkiError> {
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(DnType::CommonName, "imcrypt development CA");
+    let name = match clusters {
+        [one] => format!("imcrypt development CA of cluster {one}"),
+        _ => "imcrypt development CA".to_owned(),
+    };
+    ca.distinguished_name.push(DnType::CommonName, name);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     valid_for(&mut ca, CA_DAYS);
     let ca_cert = ca.self_signed(&ca_key)?;

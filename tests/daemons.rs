@@ -404,18 +404,22 @@ async fn peers_with_a_wrong_certificate_or_none_are_refused() {
             key: pki.join(format!("{id}.key")),
             ca: pki.join("ca.pem"),
         };
-        let x = imcrypt::peer::tls::PeerTls::load(&files("x"), &imcrypt::demo::cid("x")).unwrap();
-        let b = imcrypt::peer::tls::PeerTls::load(&files("b"), &imcrypt::demo::cid("b")).unwrap();
+        let load = |id: &str| {
+            let tls = imcrypt::peer::tls::PeerTls::load(&files(id), &imcrypt::demo::cid(id), &[]);
+            // The shared CA is every peer's: one client serves whichever is dialled.
+            tls.unwrap().client_for(&imcrypt::demo::cid("a")).unwrap()
+        };
+        let (x, b) = (load("x"), load("b"));
 
         // A configured peer gets an answer (400: the body is no peer message).
-        assert_eq!(raw_post(addr, b.client.clone(), "a").await, Ok(400));
+        assert_eq!(raw_post(addr, b.clone(), "a").await, Ok(400));
         // A certificate for a cluster id that is not a configured peer: refused.
-        assert!(raw_post(addr, x.client.clone(), "a").await.is_err());
+        assert!(raw_post(addr, x.clone(), "a").await.is_err());
         // No client certificate at all: refused in the handshake.
         let anon = tls_client_trusting(&pki.join("ca.pem"));
         assert!(raw_post(addr, anon, "a").await.is_err());
         // A server whose certificate does not name the cluster dialled is refused by the client.
-        let e = raw_post(addr, b.client.clone(), "c").await.unwrap_err();
+        let e = raw_post(addr, b.clone(), "c").await.unwrap_err();
         assert!(e.contains("TLS"), "{e}");
         assert_eq!(lab.status("a").await.unwrap().role, Role::Off);
         lab.stop_all().await;

@@ -158,7 +158,8 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
     /// Make a development CA (10 years) and one certificate per cluster (1 year, its id as DNS
-    /// name).
+    /// name). One cluster per CA is the normal case: each site makes its own, and its peers
+    /// are given its ca.pem (`[[peers]] ca`).
     Init {
         /// Directory to write into; existing files are never overwritten.
         #[arg(long)]

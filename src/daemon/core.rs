@@ -89,7 +89,8 @@ pub(super) struct Core {
     pub(super) link_tasks: JoinSet<()>,
     /// Whose certificates the peer listener accepts: the peers whose link is up.
     pub(super) allowed: crate::peer::server::AllowedPeers,
-    pub(super) tls_client: Arc<rustls::ClientConfig>,
+    /// The links' TLS: each link trusts its peer's CA only.
+    pub(super) tls: crate::peer::tls::PeerTls,
     pub(super) ring: watch::Sender<Option<Arc<KeyRing>>>,
     /// Raises and clears, for the admin API's `GET /v1/alarms`.
     pub(super) alarm_history: AlarmHistory,
@@ -351,12 +352,8 @@ impl Core {
                     }
                 },
                 Effect::LinkUp { peer, address } => {
-                    let link = spawn_link(
-                        peer.clone(),
-                        address,
-                        self.tls_client.clone(),
-                        &mut self.link_tasks,
-                    );
+                    let tls = self.tls.clone();
+                    let link = spawn_link(peer.clone(), address, tls, &mut self.link_tasks);
                     if let Some(old) = self.links.insert(peer.clone(), link) {
                         old.stop();
                     }

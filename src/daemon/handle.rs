@@ -44,6 +44,8 @@ pub struct DaemonHandle {
     pub(super) ring: watch::Receiver<Option<Arc<KeyRing>>>,
     /// The alarm sinks, for a reload (`Sinks::reconfigure`).
     pub(super) sinks: crate::alarm::sink::Sinks,
+    /// The peer link's TLS, for a reload that changes a peer's CA.
+    pub(super) peer_tls: crate::peer::tls::PeerTls,
 }
 
 /// Runs `task` until it ends or `shutdown` is cancelled: how every task that has nothing to

@@ -87,6 +87,14 @@ impl Reloader {
             }
         }
 
+        // The peers' CAs first, so that a peer added with its CA is verified against it.
+        if self.current.peer_cas() != new.peer_cas() {
+            match daemon.peer_tls.set_peer_cas(&new.peer_cas()) {
+                Ok(()) => report.applied.push("peers' CAs (from their next connection)".into()),
+                Err(e) => report.failed.push(("peers.ca", e.to_string())),
+            }
+        }
+
         // Nodes and peers: the state machine decides, as at start.
         let wanted_new = wanted(&new);
         if wanted(&self.current) != wanted_new {

@@ -118,7 +118,7 @@ pub(crate) async fn start_with(
         });
     }
     let persisted: Option<PersistedState> = state_file.load()?;
-    let tls = PeerTls::load(&config.tls_files(), &id)?;
+    let tls = PeerTls::load(&config.tls_files(), &id, &config.peer_cas())?;
 
     let cc = cluster_config(&config);
     let mut cluster = match persisted {
@@ -214,7 +214,7 @@ pub(crate) async fn start_with(
         links: BTreeMap::new(),
         link_tasks: JoinSet::new(),
         allowed: Arc::new(std::sync::RwLock::new(Vec::new())),
-        tls_client: tls.client.clone(),
+        tls: tls.clone(),
         ring: ring_tx,
         alarm_history,
         sinks: sinks.clone(),
@@ -229,7 +229,7 @@ pub(crate) async fn start_with(
     core.carry_start().instrument(span.clone()).await?;
     let peer_server = crate::peer::server::serve(
         peer_listener,
-        tls.server.clone(),
+        tls.clone(),
         core.allowed.clone(),
         CoreInbox(tx.clone()),
         config.peer.max_connections as usize,
@@ -268,5 +268,6 @@ pub(crate) async fn start_with(
         metrics,
         ring: ring_rx,
         sinks,
+        peer_tls: tls,
     })
 }

@@ -71,6 +71,9 @@ pub struct Spec {
     /// Peers dialled at another address than their own listener (a proxy between the two,
     /// e.g. the partition tests' blackhole); see [`Lab::route_peer`].
     peer_routes: BTreeMap<ClusterId, SocketAddr>,
+    /// Peers configured without their `ca` in a lab with a CA per cluster (so verified
+    /// against this cluster's own CA: a misconfiguration the tests need).
+    pub peer_without_ca: BTreeSet<ClusterId>,
 }
 
 impl Default for Spec {
@@ -88,6 +91,7 @@ impl Default for Spec {
             metrics: false,
             extra_config: String::new(),
             peer_routes: BTreeMap::new(),
+            peer_without_ca: BTreeSet::new(),
         }
     }
 }
@@ -104,6 +108,9 @@ struct Member {
 pub struct Lab {
     dir: PathBuf,
     members: BTreeMap<ClusterId, Member>,
+    /// Each cluster has a CA of its own (`pki/ID/`), named as its peers' `ca`; otherwise all
+    /// share `pki/ca.pem`.
+    own_cas: bool,
 }
 
 /// A port of 127.0.0.1 kept for one server until dropped; the server binds it as usual.
@@ -161,14 +168,37 @@ impl Lab {
         crate::pki::init(&dir.join("pki"), &ids)?;
         let members =
             ids.into_iter().map(|id| Ok((id, Member::new()?))).collect::<Result<_, LabError>>()?;
-        Ok(Self { dir: dir.to_owned(), members })
+        Ok(Self { dir: dir.to_owned(), members, own_cas: false })
+    }
+
+    /// As [`Lab::new`], but each cluster gets a CA of its own (`imcrypt pki init` for one
+    /// cluster, under `pki/ID/`), as clusters of different sites or companies have; a peer
+    /// is configured with the other's CA (`[[peers]] ca`).
+    pub fn with_own_cas(dir: &Path, ids: &[&str]) -> Result<Self, LabError> {
+        let mut lab = Self { dir: dir.to_owned(), members: BTreeMap::new(), own_cas: true };
+        for id in ids {
+            lab.add_member(id)?;
+        }
+        Ok(lab)
+    }
+
+    /// The PKI directory holding the certificate of `id`, relative to the lab's directory.
+    fn pki_of(&self, id: &ClusterId) -> String {
+        match self.own_cas {
+            true => format!("pki/{id}"),
+            false => "pki".into(),
+        }
     }
 
     /// Adds cluster `id` to the lab later, with a certificate from the lab's CA (as
     /// `imcrypt pki add` gives one to a cluster that joins an existing network).
     fn add_member(&mut self, id: &str) -> Result<(), LabError> {
         let id = cid(id);
-        crate::pki::add(&self.dir.join("pki"), std::slice::from_ref(&id))?;
+        let pki = self.dir.join(self.pki_of(&id));
+        match self.own_cas {
+            true => crate::pki::init(&pki, std::slice::from_ref(&id))?,
+            false => crate::pki::add(&pki, std::slice::from_ref(&id))?,
+        }
         self.members.insert(id, Member::new()?);
         Ok(())
     }
@@ -216,15 +246,16 @@ impl Lab {
     /// The TOML config of `id`, as an operator would write it.
     fn config_text(&self, id: &ClusterId) -> Result<String, LabError> {
         let m = self.member(id)?;
+        let pki = self.pki_of(id);
         let mut t = format!(
             "# imcrypt config of cluster {id} (lab)\n\
              cluster_id = \"{id}\"\n\
              state_dir = \"state/{id}\"\n\n\
              [peer]\n\
              listen = \"127.0.0.1:{}\"\n\
-             cert = \"pki/{id}.pem\"\n\
-             key = \"pki/{id}.key\"\n\
-             ca = \"pki/ca.pem\"\n\
+             cert = \"{pki}/{id}.pem\"\n\
+             key = \"{pki}/{id}.key\"\n\
+             ca = \"{pki}/ca.pem\"\n\
              hello_interval = \"{}\"\n\
              master_unreachable_after = \"{}\"\n\n\
              [admin]\n\
@@ -268,6 +299,9 @@ impl Lab {
                 None => self.peer_listen(p.as_str())?,
             };
             t.push_str(&format!("\n[[peers]]\nid = \"{p}\"\naddress = \"{address}\"\n"));
+            if self.own_cas && !m.spec.peer_without_ca.contains(p) {
+                t.push_str(&format!("ca = \"{}/ca.pem\"\n", self.pki_of(p)));
+            }
         }
         for (n, a) in &m.spec.nodes {
             t.push_str(&format!("\n[[nodes]]\nid = \"{n}\"\narchiver = \"{a}\"\n"));

@@ -4,7 +4,9 @@
 //! The state machine tolerates lost, duplicated and reordered messages (hellos repeat, states
 //! carry epochs), so the outbox keeps only the newest message of each kind while a peer is
 //! unreachable: nothing piles up, and the peer gets the current state when it is back.
-//! Invariant: the server is accepted only if its certificate names the peer dialled.
+//! Invariant: the server is accepted only if its certificate names the peer dialled and
+//! chains to that peer's CA; the CA is read at each new connection, so a changed one (a
+//! reload) holds from the next connection on.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,12 +17,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
-use super::tls::server_name;
+use super::tls::{PeerTls, TlsError, server_name};
 use crate::cluster::PeerMessage;
 use crate::ids::ClusterId;
 
@@ -92,7 +93,7 @@ impl PeerLink {
 pub(crate) fn spawn_link(
     peer: ClusterId,
     address: String,
-    tls: Arc<ClientConfig>,
+    tls: PeerTls,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> PeerLink {
     let outbox: Arc<Outbox> = Arc::default();
@@ -167,14 +168,13 @@ struct Sender {
 async fn connect(
     peer: &ClusterId,
     address: &str,
-    tls: &Arc<ClientConfig>,
+    tls: &PeerTls,
 ) -> Result<SendRequest<Full<Bytes>>, LinkError> {
+    let client = tls.client_for(peer).map_err(|e| LinkError::Setup(Arc::new(e)))?;
     let tcp = TcpStream::connect(address).await.map_err(LinkError::Connect)?;
     tcp.set_nodelay(true).ok();
-    let stream = TlsConnector::from(tls.clone())
-        .connect(server_name(peer), tcp)
-        .await
-        .map_err(LinkError::Tls)?;
+    let stream =
+        TlsConnector::from(client).connect(server_name(peer), tcp).await.map_err(LinkError::Tls)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(LinkError::Http)?;
@@ -188,7 +188,7 @@ async fn deliver(
     conn: &mut Option<SendRequest<Full<Bytes>>>,
     peer: &ClusterId,
     address: &str,
-    tls: &Arc<ClientConfig>,
+    tls: &PeerTls,
     body: Bytes,
 ) -> Result<(), LinkError> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
@@ -223,6 +223,9 @@ enum LinkError {
     Connect(std::io::Error),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    /// This side's TLS for the peer cannot be built (its CA could not be used).
+    #[error("TLS setup: {0}")]
+    Setup(Arc<TlsError>),
     #[error("HTTP: {0}")]
     Http(hyper::Error),
     /// The peer will never take this message, however often it is sent (a 400, 404 or 413:
@@ -253,6 +256,7 @@ impl LinkError {
             LinkError::TimedOut
             | LinkError::Connect(_)
             | LinkError::Tls(_)
+            | LinkError::Setup(_)
             | LinkError::Http(_)
             | LinkError::NotTaken { .. } => false,
         }

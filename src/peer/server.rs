@@ -1,9 +1,9 @@
 //! The receiving side of the intercluster link: a TLS 1.3 listener that requires a client
-//! certificate from the CA, identifies the peer by the DNS name in it, and hands each message
-//! to the daemon's core.
+//! certificate from a known CA, identifies the peer by the DNS name in it and the CA it chains
+//! to (`PeerTls::identify`), and hands each message to the daemon's core.
 //!
-//! Invariants: a connection whose certificate names no configured peer is refused before any
-//! message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that says what was
+//! Invariants: a connection whose certificate names no configured peer, or names one but does
+//! not chain to that peer's CA, is refused before any message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that says what was
 //! wrong and changes nothing.
 //!
 //! Against floods (docs/operations.md, "Limits"): at most `peer.max_connections` connections
@@ -22,12 +22,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::client::MESSAGE_PATH;
-use super::tls::identify;
+use super::tls::PeerTls;
 use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{PeerError, PeerMessage};
 use crate::ids::ClusterId;
@@ -72,20 +71,22 @@ pub(crate) type AllowedPeers = Arc<std::sync::RwLock<Vec<ClusterId>>>;
 /// Accepts peer connections until the task is aborted.
 pub(crate) async fn serve<I: Inbox>(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: PeerTls,
     peers: AllowedPeers,
     inbox: I,
     max_connections: usize,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let acceptor = TlsAcceptor::from(tls.server.clone());
     let gate = Gate::new("peer listener", Caps::new(max_connections));
     loop {
         let (tcp, ticket) = gate.accept(&listener).await;
         let Ok(addr) = tcp.peer_addr() else { continue };
         tcp.set_nodelay(true).ok();
         let (acceptor, peers, inbox) = (acceptor.clone(), peers.clone(), inbox.clone());
+        let trust = tls.clone();
         tokio::spawn(tracing::Instrument::in_current_span(async move {
-            match ticket.guard(connection(acceptor, tcp, addr, &peers, inbox, &ticket)).await {
+            let conn = connection(acceptor, &trust, tcp, addr, &peers, inbox, &ticket);
+            match ticket.guard(conn).await {
                 Some(Ok(())) | None => {}
                 Some(Err(why)) => {
                     tracing::debug!(%addr, reason = %why, "refused peer connection");
@@ -98,6 +99,7 @@ pub(crate) async fn serve<I: Inbox>(
 
 async fn connection<I: Inbox>(
     acceptor: TlsAcceptor,
+    trust: &PeerTls,
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     peers: &AllowedPeers,
@@ -109,8 +111,9 @@ async fn connection<I: Inbox>(
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let allowed = peers.read().expect("peer list lock").clone();
-    let from = identify(tls.get_ref().1.peer_certificates(), &allowed)
-        .ok_or_else(|| "its certificate names no configured peer cluster".to_string())?;
+    let from = trust.identify(tls.get_ref().1.peer_certificates(), &allowed).ok_or_else(|| {
+        "its certificate names no configured peer cluster whose CA it chains to".to_string()
+    })?;
     tracing::debug!(%addr, peer = %from, "peer connected");
     ticket.establish();
     let service = hyper::service::service_fn(move |req| {

@@ -1,16 +1,25 @@
-//! Mutual TLS 1.3 between clusters. Both sides present a certificate from the configured CA;
-//! a cluster's id is the DNS name in its certificate.
+//! Mutual TLS 1.3 between clusters, with one trust anchor per peer: each cluster has its own
+//! CA, and a peer is verified against that peer's CA only (a configured peer's `ca`, else the
+//! cluster's own `peer.ca`). A cluster's id is the DNS name in its certificate.
 //!
-//! Invariants: only TLS 1.3; a client without a certificate from the CA is refused during the
-//! handshake; a client whose certificate names no configured peer is refused after it
-//! (`identify`); a server is only accepted when its certificate names the peer dialled.
+//! Invariants: only TLS 1.3; a client whose chain leads to none of the known CAs is refused
+//! during the handshake; after it, a client is accepted only as the peer whose certificate
+//! names it **and** whose CA it chains to (`PeerTls::identify`: a certificate from B's CA
+//! naming C is refused); a dialled server is accepted only when its certificate chains to the
+//! dialled peer's CA and names that peer (`PeerTls::client_for`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use crate::ids::ClusterId;
 use crate::pem_files::{self, PemFileError, PemKind};
@@ -28,6 +37,8 @@ pub enum TlsError {
          the cluster id"
     )]
     OwnNameMismatch { path: PathBuf, id: ClusterId },
+    #[error("the CA of peer {peer}: {source}")]
+    PeerCa { peer: ClusterId, source: PemFileError },
 }
 
 /// The TLS material of one cluster.
@@ -38,35 +49,181 @@ pub struct TlsFiles {
     pub ca: PathBuf,
 }
 
-/// Server and client configurations for the intercluster link.
+/// Which CA each peer is verified against.
+#[derive(Debug)]
+struct Trust {
+    /// The cluster's own `peer.ca`: the anchor of every peer that names no CA of its own.
+    default: Arc<RootCertStore>,
+    /// The peers with a CA of their own.
+    peers: BTreeMap<ClusterId, Arc<RootCertStore>>,
+}
+
+impl Trust {
+    fn of(&self, peer: &ClusterId) -> Arc<RootCertStore> {
+        self.peers.get(peer).unwrap_or(&self.default).clone()
+    }
+}
+
+/// Server and client configurations for the intercluster link. Clones share the trust, so a
+/// peer CA set through one ([`PeerTls::set_peer_cas`]) holds for the listener and every link.
 #[derive(Clone)]
 pub struct PeerTls {
     pub(crate) server: Arc<ServerConfig>,
-    pub client: Arc<ClientConfig>,
+    provider: Arc<CryptoProvider>,
+    certs: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    trust: Arc<RwLock<Trust>>,
 }
 
 impl PeerTls {
-    /// Loads the files and checks that the own certificate names `own_id`.
-    pub fn load(files: &TlsFiles, own_id: &ClusterId) -> Result<Self, TlsError> {
+    /// Loads the files, checks that the own certificate names `own_id`, and reads each of
+    /// `peer_cas` (a peer and the CA file it is verified against).
+    pub fn load(
+        files: &TlsFiles,
+        own_id: &ClusterId,
+        peer_cas: &[(ClusterId, PathBuf)],
+    ) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = pem_files::certificates(PemKind::Certificate, &files.cert)?;
         let key = pem_files::private_key(&files.key)?;
         if !names(&certs[0], own_id.as_str()) {
             return Err(TlsError::OwnNameMismatch { path: files.cert.clone(), id: own_id.clone() });
         }
-        let roots = Arc::new(pem_files::ca_roots(&files.ca)?);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+        let default = Arc::new(pem_files::ca_roots(&files.ca)?);
+        let trust = Arc::new(RwLock::new(Trust { default, peers: BTreeMap::new() }));
+        let verifier = Arc::new(AnyPeerCa {
+            trust: trust.clone(),
+            algs: provider.signature_verification_algorithms,
+        });
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(certs.clone(), key.clone_key())?;
-        let client = ClientConfig::builder_with_provider(provider)
+        let tls = Self { server: Arc::new(server), provider, certs, key: Arc::new(key), trust };
+        tls.set_peer_cas(peer_cas)?;
+        // Fails here rather than at the first link: the own certificate and key must match.
+        tls.client_for(own_id)?;
+        Ok(tls)
+    }
+
+    /// Replaces the peers that have a CA of their own (a reload of the configuration file);
+    /// the others are verified against the cluster's own CA. On error nothing changes.
+    pub(crate) fn set_peer_cas(&self, peer_cas: &[(ClusterId, PathBuf)]) -> Result<(), TlsError> {
+        let mut peers = BTreeMap::new();
+        for (peer, path) in peer_cas {
+            let roots = pem_files::ca_roots(path)
+                .map_err(|source| TlsError::PeerCa { peer: peer.clone(), source })?;
+            peers.insert(peer.clone(), Arc::new(roots));
+        }
+        self.trust.write().expect("trust lock").peers = peers;
+        Ok(())
+    }
+
+    /// The client side of a link to `peer`: only `peer`'s CA is trusted (the name check,
+    /// that the certificate names `peer`, is rustls's, with the server name `peer`).
+    pub fn client_for(&self, peer: &ClusterId) -> Result<Arc<ClientConfig>, TlsError> {
+        let roots = self.trust.read().expect("trust lock").of(peer);
+        let client = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)?;
-        Ok(Self { server: Arc::new(server), client: Arc::new(client) })
+            .with_client_auth_cert(self.certs.clone(), self.key.clone_key())?;
+        Ok(Arc::new(client))
+    }
+
+    /// Which of `candidates` the client certificate chain `peer_certs` belongs to: the one it
+    /// names and whose CA it chains to. `None` for a certificate from one peer's CA that names
+    /// another peer.
+    pub(crate) fn identify<'a>(
+        &self,
+        peer_certs: Option<&[CertificateDer<'_>]>,
+        candidates: impl IntoIterator<Item = &'a ClusterId>,
+    ) -> Option<ClusterId> {
+        let (leaf, intermediates) = peer_certs?.split_first()?;
+        let trust = self.trust.read().expect("trust lock");
+        let algs = self.provider.signature_verification_algorithms;
+        candidates
+            .into_iter()
+            .find(|c| {
+                names(leaf, c.as_str())
+                    && chains_to(&trust.of(c), leaf, intermediates, UnixTime::now(), algs)
+            })
+            .cloned()
+    }
+}
+
+/// True when `leaf` (with `intermediates`) is a valid client certificate under `roots` at
+/// `now`.
+fn chains_to(
+    roots: &RootCertStore,
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    algs: WebPkiSupportedAlgorithms,
+) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(leaf) else { return false };
+    ee.verify_for_usage(
+        algs.all,
+        &roots.roots,
+        intermediates,
+        now,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+/// The listener's handshake check: the client's chain leads to the cluster's own CA or to the
+/// CA of one of its peers (which peer, and whether the name matches, is
+/// [`PeerTls::identify`]'s, after the handshake). Reads the trust at each handshake, so a
+/// peer CA set at runtime holds at once.
+#[derive(Debug)]
+struct AnyPeerCa {
+    trust: Arc<RwLock<Trust>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyPeerCa {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: each cluster presents its one certificate whatever the hints say.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let trust = self.trust.read().expect("trust lock");
+        let mut stores = std::iter::once(&trust.default).chain(trust.peers.values());
+        if stores.any(|roots| chains_to(roots, end_entity, intermediates, now, self.algs)) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
     }
 }
 
@@ -78,15 +235,6 @@ pub(crate) fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
     ee.verify_is_valid_for_subject_name(&name).is_ok()
 }
 
-/// Which of `candidates` the verified client certificate belongs to, if any.
-pub(crate) fn identify<'a>(
-    peer_certs: Option<&[CertificateDer<'_>]>,
-    candidates: impl IntoIterator<Item = &'a ClusterId>,
-) -> Option<ClusterId> {
-    let leaf = peer_certs?.first()?;
-    candidates.into_iter().find(|c| names(leaf, c.as_str())).cloned()
-}
-
 /// The TLS server name to dial a peer by: its cluster id.
 pub(crate) fn server_name(id: &ClusterId) -> ServerName<'static> {
     ServerName::try_from(id.as_str().to_owned()).expect("a ClusterId is a valid DNS name")
@@ -95,22 +243,137 @@ pub(crate) fn server_name(id: &ClusterId) -> ServerName<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn id(s: &str) -> ClusterId {
+        ClusterId::new(s).unwrap()
+    }
+
+    fn cert_of(dir: &Path, c: &str) -> Vec<CertificateDer<'static>> {
+        pem_files::certificates(PemKind::Certificate, &dir.join(format!("{c}.pem"))).unwrap()
+    }
+
+    /// The TLS material `pki init`/`pki add` wrote for `c` in `dir`.
+    fn files(dir: &Path, c: &str) -> TlsFiles {
+        let f = crate::pki::files_of(dir, &id(c));
+        TlsFiles { cert: f.cert, key: f.key, ca: dir.join("ca.pem") }
+    }
+
+    /// A handshake in memory; the client certificates the server saw, or the first error.
+    fn handshake(
+        client: Arc<ClientConfig>,
+        server: Arc<ServerConfig>,
+        dialled: &ClusterId,
+    ) -> Result<Vec<CertificateDer<'static>>, rustls::Error> {
+        let mut c = rustls::ClientConnection::new(client, server_name(dialled))?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..8 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(s.peer_certificates().expect("a client certificate").to_vec());
+            }
+        }
+        panic!("the handshake did not finish")
+    }
 
     #[test]
     fn loads_pki_init_output_and_checks_own_name() {
         let d = tempfile::tempdir().unwrap();
-        let a = ClusterId::new("a").unwrap();
-        let b = ClusterId::new("b").unwrap();
+        let (a, b) = (id("a"), id("b"));
         crate::pki::init(d.path(), &[a.clone(), b.clone()]).unwrap();
-        let f = crate::pki::files_of(d.path(), &a);
-        let files = TlsFiles { cert: f.cert.clone(), key: f.key.clone(), ca: f.ca.clone() };
-        PeerTls::load(&files, &a).unwrap();
-        let e = PeerTls::load(&files, &b).err().unwrap().to_string();
+        let tls = PeerTls::load(&files(d.path(), "a"), &a, &[]).unwrap();
+        let e = PeerTls::load(&files(d.path(), "a"), &b, &[]).err().unwrap().to_string();
         assert!(e.contains("not valid for this cluster's id b"), "{e}");
-        let cert = pem_files::certificates(PemKind::Certificate, &f.cert).unwrap();
+        let cert = cert_of(d.path(), "a");
         assert!(names(&cert[0], a.as_str()) && !names(&cert[0], b.as_str()));
-        assert_eq!(identify(Some(&cert), [&b, &a]), Some(a.clone()));
-        assert_eq!(identify(Some(&cert), [&b]), None);
-        assert_eq!(identify(None, [&a]), None);
+        assert_eq!(tls.identify(Some(&cert), [&b, &a]), Some(a.clone()));
+        assert_eq!(tls.identify(Some(&cert), [&b]), None);
+        assert_eq!(tls.identify(None, [&a]), None);
+    }
+
+    /// Cluster a has CA1 (and peer c under it); cluster b has CA2, given to a as b's CA.
+    /// Impostors: CA2 also signed a certificate naming c, CA1 one naming b.
+    struct TwoCas {
+        ca1: tempfile::TempDir,
+        ca2: tempfile::TempDir,
+        a: PeerTls,
+    }
+
+    fn two_cas() -> TwoCas {
+        let (ca1, ca2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        crate::pki::init(ca1.path(), &[id("a"), id("c")]).unwrap();
+        crate::pki::init(ca2.path(), &[id("b")]).unwrap();
+        crate::pki::add(ca2.path(), &[id("c")]).unwrap();
+        let a = PeerTls::load(
+            &files(ca1.path(), "a"),
+            &id("a"),
+            &[(id("b"), ca2.path().join("ca.pem"))],
+        )
+        .unwrap();
+        TwoCas { ca1, ca2, a }
+    }
+
+    #[test]
+    fn a_client_is_the_peer_whose_ca_it_chains_to_and_only_if_it_names_that_peer() {
+        let t = two_cas();
+        let (b, c) = (id("b"), id("c"));
+        assert_eq!(t.a.identify(Some(&cert_of(t.ca2.path(), "b")), [&b, &c]), Some(b.clone()));
+        assert_eq!(t.a.identify(Some(&cert_of(t.ca1.path(), "c")), [&b, &c]), Some(c.clone()));
+        // CA2 is b's anchor, not c's: its certificate naming c is nobody's.
+        assert_eq!(t.a.identify(Some(&cert_of(t.ca2.path(), "c")), [&b, &c]), None);
+        // And a certificate naming b from a's own CA is not b either.
+        crate::pki::add(t.ca1.path(), std::slice::from_ref(&b)).unwrap();
+        assert_eq!(t.a.identify(Some(&cert_of(t.ca1.path(), "b")), [&b, &c]), None);
+    }
+
+    #[test]
+    fn both_ends_of_a_handshake_verify_the_other_against_its_own_ca() {
+        let t = two_cas();
+        let (a, b) = (id("a"), id("b"));
+        let b_tls = PeerTls::load(
+            &files(t.ca2.path(), "b"),
+            &b,
+            &[(a.clone(), t.ca1.path().join("ca.pem"))],
+        )
+        .unwrap();
+        // a dials b and b accepts a, each through the other's CA.
+        let seen = handshake(t.a.client_for(&b).unwrap(), b_tls.server.clone(), &b).unwrap();
+        assert_eq!(b_tls.identify(Some(&seen), [&a]), Some(a.clone()));
+        let seen = handshake(b_tls.client_for(&a).unwrap(), t.a.server.clone(), &a).unwrap();
+        assert_eq!(t.a.identify(Some(&seen), [&b]), Some(b.clone()));
+
+        // A server at b's address with a certificate naming b from CA1 is refused by a.
+        crate::pki::add(t.ca1.path(), std::slice::from_ref(&b)).unwrap();
+        let impostor = PeerTls::load(&files(t.ca1.path(), "b"), &b, &[]).unwrap();
+        let e = handshake(t.a.client_for(&b).unwrap(), impostor.server.clone(), &b).unwrap_err();
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e}");
+
+        // A client from a CA nobody knows is refused in the handshake.
+        let other = tempfile::tempdir().unwrap();
+        crate::pki::init(other.path(), std::slice::from_ref(&b)).unwrap();
+        let stranger = PeerTls::load(
+            &files(other.path(), "b"),
+            &b,
+            &[(a.clone(), t.ca1.path().join("ca.pem"))],
+        )
+        .unwrap();
+        assert!(handshake(stranger.client_for(&a).unwrap(), t.a.server.clone(), &a).is_err());
+
+        // A peer CA that cannot be read is an error naming the peer, and changes nothing.
+        let e = t.a.set_peer_cas(&[(b.clone(), other.path().join("missing.pem"))]).unwrap_err();
+        assert!(e.to_string().starts_with("the CA of peer b: "), "{e}");
+        let seen = handshake(b_tls.client_for(&a).unwrap(), t.a.server.clone(), &a).unwrap();
+        assert_eq!(t.a.identify(Some(&seen), [&b]), Some(b));
     }
 }

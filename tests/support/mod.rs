@@ -40,8 +40,20 @@ pub fn pw(s: &str) -> Password {
 
 /// A lab of `ids`, fully meshed, in a fresh temp dir (kept alive by the returned guard).
 pub fn mesh(ids: &[&str]) -> (tempfile::TempDir, Lab) {
+    meshed(ids, Lab::new)
+}
+
+/// As [`mesh`], each cluster with a CA of its own, given to its peers (`[[peers]] ca`).
+pub fn mesh_own_cas(ids: &[&str]) -> (tempfile::TempDir, Lab) {
+    meshed(ids, Lab::with_own_cas)
+}
+
+fn meshed(
+    ids: &[&str],
+    make: fn(&Path, &[&str]) -> Result<Lab, imcrypt::demo::LabError>,
+) -> (tempfile::TempDir, Lab) {
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new(dir.path(), ids).unwrap();
+    let mut lab = make(dir.path(), ids).unwrap();
     for (i, a) in ids.iter().enumerate() {
         for b in &ids[i + 1..] {
             lab.peer(a, b);
