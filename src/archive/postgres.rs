@@ -80,30 +80,17 @@ pub(super) async fn ensure_schema(c: &Client) -> Result<(), DbError> {
 }
 
 /// The staging table a batch is copied into: temporary (this session only, not logged) and
-/// emptied at each commit, with the archive's insert columns plus the row's place in the
-/// batch, so the rows keep their order (and `id`s) when moved into the archive.
+/// emptied at each commit, with the archive's insert columns (made `LIKE` it, less its `id`)
+/// after the row's place in the batch, so the rows keep their order (and `id`s) when moved
+/// into the archive.
 const STAGE: &str = "imcrypt_stage";
 const STAGE_SCHEMA: &str = "\
-CREATE TEMP TABLE IF NOT EXISTS imcrypt_stage (
-    ord           INTEGER      NOT NULL,
-    message_id    VARCHAR(255) NOT NULL,
-    recipient_key BYTEA        NOT NULL,
-    ts_ms         BIGINT       NOT NULL,
-    direction     VARCHAR(8)   NOT NULL,
-    encrypted     BOOLEAN      NOT NULL,
-    from_idx      BYTEA,
-    to_idx        BYTEA,
-    room_idx      BYTEA,
-    from_addr     VARCHAR(320),
-    to_addr       VARCHAR(320),
-    room          VARCHAR(255),
-    key_version   INTEGER,
-    payload       BYTEA        NOT NULL
-) ON COMMIT DELETE ROWS;";
+CREATE TEMP TABLE IF NOT EXISTS imcrypt_stage (ord INTEGER NOT NULL, LIKE imcrypt_archive)
+    ON COMMIT DELETE ROWS;
+ALTER TABLE imcrypt_stage DROP COLUMN IF EXISTS id;";
 
-/// The COPY types of the staging table's columns, in `ord`, `COLUMNS` order.
-const STAGE_TYPES: [Type; 14] = [
-    Type::INT4,
+/// The COPY types of the insert columns, in `COLUMNS` order.
+const COLUMN_TYPES: [Type; 13] = [
     Type::VARCHAR,
     Type::BYTEA,
     Type::INT8,
@@ -134,7 +121,8 @@ pub(super) async fn copy_insert(
         .copy_in(&format!("COPY {STAGE} (ord, {cols}) FROM STDIN (FORMAT binary)"))
         .await
         .map_err(err)?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    let types: Vec<Type> = std::iter::once(Type::INT4).chain(COLUMN_TYPES).collect();
+    let writer = BinaryCopyInWriter::new(sink, &types);
     tokio::pin!(writer);
     for (i, row) in rows.iter().enumerate() {
         let ord = i as i32;
