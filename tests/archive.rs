@@ -491,8 +491,9 @@ async fn a_failed_postgres_login_says_what_the_server_said_and_its_sqlstate() {
     .await;
 }
 
-/// An `imcrypt archive` child process writing to `db`, its acknowledgements on a pipe.
-fn archive_process(db: &str, hotpath: &std::path::Path) -> tokio::process::Child {
+/// An `imcrypt archive` command writing to `db`, its acknowledgements on a pipe, its log at
+/// the default level (no IMCRYPT_* or RUST_LOG from the test's environment).
+fn archive_command(db: &str, hotpath: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"));
     cmd.args(["archive", "--db", db, "--hotpath"])
         .arg(hotpath)
@@ -500,13 +501,138 @@ fn archive_process(db: &str, hotpath: &std::path::Path) -> tokio::process::Child
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
         .kill_on_drop(true);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("IMCRYPT_") {
             cmd.env_remove(k);
         }
     }
-    cmd.spawn().unwrap()
+    cmd
+}
+
+/// An `imcrypt archive` child process writing to `db`, its acknowledgements on a pipe.
+fn archive_process(db: &str, hotpath: &std::path::Path) -> tokio::process::Child {
+    archive_command(db, hotpath).spawn().unwrap()
+}
+
+/// Reads `lines` until one contains `needle`; returns it (panics if the stream ends first).
+async fn line_with(
+    lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>,
+    needle: &str,
+) -> String {
+    loop {
+        match lines.next_line().await.unwrap() {
+            Some(l) if l.contains(needle) => return l,
+            Some(_) => {}
+            None => panic!("the archiver's log ended without {needle:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_hot_path_is_warned_about_while_it_lasts_and_counted_in_the_summary() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let pg = pg::Pg::start();
+    bounded(async {
+        let (_d, mut lab, ring) = encrypting_cluster().await;
+        lab.stop("a").await.unwrap();
+        let mut child = archive_command(&pg.url(), &lab.hotpath_socket("a"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut acks = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let e = event("m1", "alice@x", &["bob@x"], 1, "inbound", "held", None);
+        stdin.write_all(format!("{e}\n").as_bytes()).await.unwrap();
+        // Not one line and then silence: a warning after a few seconds, and again later.
+        let first = line_with(&mut log, "hot path has not answered for 3 s").await;
+        assert!(first.contains("WARN") && first.contains("1 rows wait"), "{first}");
+        let again = line_with(&mut log, "hot path has not answered for 6 s").await;
+        assert!(again.contains("WARN"), "{again}");
+        // The daemon is back: the event is archived, encrypted, and the outage counted.
+        lab.start("a").await.unwrap();
+        let ack: serde_json::Value =
+            serde_json::from_str(&acks.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(ack["result"], "archived", "{ack}");
+        line_with(&mut log, "hot path answers again").await;
+        drop(stdin);
+        let summary = line_with(&mut log, "imcrypt archive:").await;
+        assert!(
+            summary.contains("1 archived") && summary.contains("unreachable 1 times"),
+            "{summary}"
+        );
+        assert!(child.wait().await.unwrap().success());
+        let url: DbUrl = pg.url().parse().unwrap();
+        let (rows, bad) = view(&url, Some(&ring), &ViewFilter::default()).await.unwrap();
+        assert!(bad.is_empty() && rows.len() == 1, "{rows:?} {bad:?}");
+        assert!(rows[0].encrypted && rows[0].body == "held", "{rows:?}");
+        lab.stop_all().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_an_existing_schema_logs_no_already_exists_notices() {
+    use tokio::io::AsyncBufReadExt;
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        Db::connect(&url).await.unwrap().ensure_schema().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // No event to archive: the start (connect, schema check) and the summary only.
+        let mut child = archive_command(&pg.url(), &dir.path().join("no-daemon.sock"))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut lines = Vec::new();
+        while let Some(l) = log.next_line().await.unwrap() {
+            lines.push(l);
+        }
+        assert!(child.wait().await.unwrap().success(), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("compliance database ready")), "{lines:#?}");
+        assert!(!lines.iter().any(|l| l.contains("already exists")), "{lines:#?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_back_is_used_at_once_not_after_the_reconnection_backoff() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let (_d, mut lab, _ring) = encrypting_cluster().await;
+        let url: DbUrl = pg.url().parse().unwrap();
+        let mut cfg = ArchiverConfig::new(url.clone(), lab.hotpath_socket("a"));
+        // A backoff far longer than the wait below: only noticing the server is back can win.
+        cfg.retry_min = Duration::from_secs(600);
+        cfg.retry_max = Duration::from_secs(600);
+        let archiver = Arc::new(Archiver::start(cfg).await.unwrap());
+        let mk = |i: usize| {
+            event(&format!("m{i}"), "alice@x", &["bob@x"], i as i64, "inbound", "b", None)
+        };
+        assert_eq!(archiver.ingest(&mk(0)).await.result, Outcome::Archived);
+        pg.stop_server();
+        let a = archiver.clone();
+        let held = tokio::spawn(async move { a.ingest(&mk(1)).await });
+        wait_for("the archiver to see the database go down", WAIT, async || {
+            (!archiver.db_reachable()).then_some(())
+        })
+        .await;
+        assert_eq!(archiver.ingest(&mk(2)).await.result, Outcome::Refused);
+        pg.start_server();
+        wait_for("the archiver to use the database again", WAIT, async || {
+            archiver.db_reachable().then_some(())
+        })
+        .await;
+        assert_eq!(held.await.unwrap().result, Outcome::Archived);
+        assert_eq!(archiver.ingest(&mk(3)).await.result, Outcome::Archived);
+        assert_eq!(all_rows(&url).await.len(), 3, "m0, m1 and m3; m2 was refused");
+        lab.stop_all().await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

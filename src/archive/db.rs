@@ -3,7 +3,8 @@
 //! docs/archive.md), created if missing; batch inserts; the viewer's query; the eligibility
 //! probe. Where the database is comes from a URL (`url`).
 //!
-//! Invariants: a batch is written in one transaction (one INSERT statement, or several inside
+//! Invariants: a batch is written in one transaction (PostgreSQL: binary COPY into a staging
+//! table and one INSERT … SELECT; elsewhere one INSERT statement, or several inside
 //! BEGIN … COMMIT when it exceeds a backend's statement size), so it is stored whole or not at
 //! all; inserting a row that is already there (same message id and recipient key) changes
 //! nothing, so a batch whose acknowledgement was lost can be sent again, and [`Db::insert`]
@@ -237,7 +238,8 @@ impl Db {
     }
 
     /// Most rows one INSERT may carry on this backend (SQL Server binds at most 2,100
-    /// parameters per statement, SQLite 32,766).
+    /// parameters per statement, SQLite 32,766). PostgreSQL bulk-loads a whole batch with one
+    /// COPY, whatever its size; 1,000 is what a batch larger than "one statement" means there.
     pub fn max_rows_per_insert(&self) -> usize {
         match self {
             Db::Postgres(_) | Db::Sqlite(_) => 1000,
@@ -252,16 +254,16 @@ impl Db {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let dialect = self.dialect();
-        let chunks: Vec<(String, &[Vec<Param>])> = rows
-            .chunks(self.max_rows_per_insert())
-            .map(|c| (dialect.insert_sql(c.len()), c))
-            .collect();
+        let max = self.max_rows_per_insert();
+        let chunks = |d: Dialect| -> Vec<(String, &[Vec<Param>])> {
+            rows.chunks(max).map(|c| (d.insert_sql(c.len()), c)).collect()
+        };
         let written = match self {
-            Db::Postgres(c) => postgres::insert(c, &chunks).await?,
-            Db::SqlServer(c) => sqlserver::insert(c, &chunks).await?,
+            Db::Postgres(c) => postgres::copy_insert(c, rows).await?,
+            Db::SqlServer(c) => sqlserver::insert(c, &chunks(Dialect::SqlServer)).await?,
             Db::Sqlite(s) => {
-                let owned = chunks.iter().map(|(sql, c)| (sql.clone(), c.concat())).collect();
+                let owned =
+                    chunks(Dialect::Sqlite).into_iter().map(|(sql, c)| (sql, c.concat())).collect();
                 s.insert(owned).await?
             }
         };
@@ -368,6 +370,15 @@ impl SqlFilter {
         };
         (clause, params)
     }
+}
+
+/// Whether the server named by `url` accepts TCP connections now (within 250 ms); `None` for
+/// an SQLite file, which has no server to ask. Cheaper than a login: the archiver uses it to
+/// notice a database that is back before its reconnection backoff ends.
+pub(crate) async fn accepts_connections(url: &DbUrl) -> Option<bool> {
+    let Target::Server(srv) = &url.target else { return None };
+    let connect = tokio::net::TcpStream::connect((srv.host.as_str(), srv.port));
+    Some(matches!(tokio::time::timeout(Duration::from_millis(250), connect).await, Ok(Ok(_))))
 }
 
 /// What the eligibility probe learned about one node's compliance database.

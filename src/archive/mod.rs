@@ -30,7 +30,7 @@ pub(crate) use tls::is_loopback;
 pub use url::DbUrl;
 pub(crate) use url::{DEFAULT_DB_URL, redact};
 pub use view::{RowFailure, ViewFilter, ViewedRow, view};
-pub use writer::{Ack, Archiver, ArchiverConfig, Outcome};
+pub use writer::{Ack, Archiver, ArchiverConfig, HotpathOutages, Outcome};
 pub(crate) use writer::{serve_lines, serve_socket};
 
 /// Why the archiver or the viewer stopped.

@@ -13,11 +13,19 @@
 //!   blocks its delivery); so is any event that would overflow the bounded queue.
 //! - Rows are encrypted whenever the hot path says encryption is on; plaintext is written only
 //!   when the daemon answered OFF, never because it was unreachable (the client queues then).
+//!   While it does not answer, the archiver warns after [`HOTPATH_WARN_AFTER`] and then at
+//!   growing intervals (at most [`HOTPATH_WARN_MAX`] apart), and counts the outages.
+//!
+//! The pipeline, built to keep up with the database: events are admitted without a task of
+//! their own; a sealer task gathers up to `batch_rows` rows and seals them through the hot path
+//! while an inserter task writes the batch before (a pipeline of depth 2: one batch sealed and
+//! waiting, one being written); each connection's acknowledgements are written and flushed
+//! once per batch of answers ready, not once per event.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -47,8 +55,9 @@ pub struct ArchiverConfig {
     pub(crate) block_delivery: bool,
     /// Rows per database statement (and per hot-path batch) at most.
     pub(crate) batch_rows: usize,
-    /// Pause between reconnection attempts, doubling from `retry_min` to `retry_max`.
-    retry_min: Duration,
+    /// Pause between reconnection attempts, doubling from `retry_min` to `retry_max`; a
+    /// server database that accepts connections again cuts the pause short (`wait_for_db`).
+    pub retry_min: Duration,
     pub retry_max: Duration,
 }
 
@@ -132,16 +141,67 @@ impl Ack {
     }
 }
 
+/// Where an event's acknowledgement goes: to the one caller of [`Archiver::ingest`], or into
+/// a connection's stream of acknowledgements (`serve_lines`).
+pub(crate) enum Reply {
+    One(oneshot::Sender<Ack>),
+    Stream(mpsc::UnboundedSender<Ack>),
+}
+
+impl Reply {
+    fn send(self, ack: Ack) {
+        // A caller that went away no longer wants its answer; the rows are stored regardless.
+        let _ = match self {
+            Reply::One(tx) => tx.send(ack).map_err(drop),
+            Reply::Stream(tx) => tx.send(ack).map_err(drop),
+        };
+    }
+}
+
 struct Job {
     rows: Vec<RowPlain>,
     _permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Ack>,
+    reply: Reply,
+}
+
+impl Job {
+    fn answer(self, ack: Ack) {
+        self.reply.send(ack);
+    }
+
+    fn first_id(&self) -> Option<String> {
+        self.rows.first().map(|r| r.message_id.clone())
+    }
+}
+
+/// A batch of jobs, sealed, on its way from the sealer to the inserter.
+struct Sealed {
+    jobs: Vec<Job>,
+    rows: Vec<Vec<Param>>,
 }
 
 #[derive(Default)]
 struct Shared {
     db_down: AtomicBool,
     rows_written: AtomicU64,
+    /// Times the hot path stayed unanswered past [`HOTPATH_WARN_AFTER`], and for how long in
+    /// all (milliseconds, counted when each outage ends).
+    hotpath_outages: AtomicU64,
+    hotpath_outage_ms: AtomicU64,
+}
+
+/// After how long an unanswered hot path is worth a warning (shorter stalls are reconnects).
+pub(crate) const HOTPATH_WARN_AFTER: Duration = Duration::from_secs(3);
+/// The longest interval between two warnings while the hot path stays unanswered (they come
+/// after 3, 6, 12, 24, 48 s, then every 60 s).
+pub(crate) const HOTPATH_WARN_MAX: Duration = Duration::from_secs(60);
+
+/// How often the hot path went unanswered for longer than [`HOTPATH_WARN_AFTER`], and the
+/// time those outages lasted (outages over so far).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HotpathOutages {
+    pub count: u64,
+    pub total: Duration,
 }
 
 /// A running archiver. `ingest` may be called from many tasks at once.
@@ -162,8 +222,11 @@ impl Archiver {
         tracing::info!(db = %cfg.db, kind = db.kind_name(), "compliance database ready");
         let client = Client::new(cfg.hotpath.clone());
         let (tx, rx) = mpsc::unbounded_channel();
+        // Depth 2: one sealed batch waits here while the one before is being written.
+        let (sealed_tx, sealed_rx) = mpsc::channel(1);
         let shared = Arc::new(Shared::default());
-        let writer = tokio::spawn(write_loop(db, client, rx, shared.clone(), cfg.clone()));
+        tokio::spawn(seal_loop(client, rx, sealed_tx, shared.clone(), cfg.clone()));
+        let writer = tokio::spawn(insert_loop(db, sealed_rx, shared.clone(), cfg.clone()));
         Ok(Self {
             tx: Some(tx),
             permits: Arc::new(Semaphore::new(cfg.max_queue.clamp(1, Semaphore::MAX_PERMITS))),
@@ -183,21 +246,49 @@ impl Archiver {
         self.cfg.max_queue.clamp(1, Semaphore::MAX_PERMITS) - self.permits.available_permits()
     }
 
-    /// Archives one JSON line; resolves when its rows are committed or it is refused.
-    pub async fn ingest(&self, line: &str) -> Ack {
-        match Event::parse(line) {
-            Ok(e) => self.ingest_event(e).await,
-            Err(e) => Ack::new(None, Outcome::Invalid, 0, Some(e.to_string())),
+    /// The hot-path outages seen so far (each counted once it is over).
+    pub fn hotpath_outages(&self) -> HotpathOutages {
+        HotpathOutages {
+            count: self.shared.hotpath_outages.load(Ordering::Relaxed),
+            total: Duration::from_millis(self.shared.hotpath_outage_ms.load(Ordering::Relaxed)),
         }
     }
 
-    async fn ingest_event(&self, ev: Event) -> Ack {
+    /// Archives one JSON line; resolves when its rows are committed or it is refused.
+    pub async fn ingest(&self, line: &str) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        let id = self.submit(line, Reply::One(tx));
+        rx.await.unwrap_or_else(|_| {
+            Ack::new(id, Outcome::Failed, 0, Some("the archiver stopped before writing".into()))
+        })
+    }
+
+    /// Takes one JSON line without waiting: its acknowledgement goes to `reply`, at once when
+    /// it is skipped, refused or invalid, else once its rows are committed. Returns the
+    /// event's message id, if the line has one.
+    pub(crate) fn submit(&self, line: &str, reply: Reply) -> Option<String> {
+        match Event::parse(line) {
+            Ok(ev) => {
+                let id = Some(ev.message_id.clone());
+                self.admit(ev, reply);
+                id
+            }
+            Err(e) => {
+                reply.send(Ack::new(None, Outcome::Invalid, 0, Some(e.to_string())));
+                None
+            }
+        }
+    }
+
+    /// Queues `ev`'s rows for the writer, or answers `reply` at once with why not.
+    fn admit(&self, ev: Event, reply: Reply) {
         let id = Some(ev.message_id.clone());
         if ev.direction == Direction::Outbound && !self.cfg.outbound {
-            return Ack::new(id, Outcome::Skipped, 0, Some("outbound archiving is off".into()));
+            let why = "outbound archiving is off";
+            return reply.send(Ack::new(id, Outcome::Skipped, 0, Some(why.into())));
         }
         if self.cfg.block_delivery && !self.db_reachable() {
-            return Ack::new(
+            return reply.send(Ack::new(
                 id,
                 Outcome::Refused,
                 0,
@@ -206,35 +297,26 @@ impl Archiver {
                      record\" is on: do not deliver this message until it can be recorded"
                         .into(),
                 ),
-            );
+            ));
         }
         let rows = ev.rows();
-        let n = rows.len();
-        let full = || {
-            Ack::new(
-                id.clone(),
-                Outcome::Refused,
-                0,
-                Some(format!(
-                    "the archive queue is full ({} rows waiting); nothing was stored",
-                    self.cfg.max_queue
-                )),
-            )
-        };
-        let Ok(permit) = u32::try_from(n)
+        let Ok(permit) = u32::try_from(rows.len())
             .map_err(|_| ())
             .and_then(|w| self.permits.clone().try_acquire_many_owned(w).map_err(|_| ()))
         else {
-            return full();
+            let why = format!(
+                "the archive queue is full ({} rows waiting); nothing was stored",
+                self.cfg.max_queue
+            );
+            return reply.send(Ack::new(id, Outcome::Refused, 0, Some(why)));
         };
-        let (reply, rx) = oneshot::channel();
-        let sent = self.tx.as_ref().map(|tx| tx.send(Job { rows, _permit: permit, reply }));
-        if !matches!(sent, Some(Ok(()))) {
-            return Ack::new(id, Outcome::Refused, 0, Some("the archiver is stopping".into()));
+        let Some(tx) = &self.tx else {
+            let why = "the archiver is stopping";
+            return reply.send(Ack::new(id, Outcome::Refused, 0, Some(why.into())));
+        };
+        if let Err(mpsc::error::SendError(job)) = tx.send(Job { rows, _permit: permit, reply }) {
+            job.answer(Ack::new(id, Outcome::Refused, 0, Some("the archiver is stopping".into())));
         }
-        rx.await.unwrap_or_else(|_| {
-            Ack::new(id, Outcome::Failed, 0, Some("the archiver stopped before writing".into()))
-        })
     }
 
     /// Stops accepting, writes what was accepted, then returns.
@@ -377,17 +459,19 @@ fn set_up(shared: &Shared, cfg: &ArchiverConfig) {
     }
 }
 
-async fn write_loop(
-    db: Db,
+/// The pipeline's first stage: gathers queued events into batches of up to `batch_rows` rows
+/// and seals each (retrying while the hot path is unavailable, warning while that lasts), then
+/// hands it to [`insert_loop`]; waits while the inserter still has a sealed batch waiting.
+async fn seal_loop(
     client: Client,
     mut rx: mpsc::UnboundedReceiver<Job>,
+    sealed: mpsc::Sender<Sealed>,
     shared: Arc<Shared>,
     cfg: ArchiverConfig,
 ) {
-    let mut db = Some(db);
     while let Some(first) = rx.recv().await {
+        let mut n = first.rows.len();
         let mut jobs = vec![first];
-        let mut n = jobs[0].rows.len();
         while n < cfg.batch_rows {
             match rx.try_recv() {
                 Ok(j) => {
@@ -397,43 +481,107 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        // Seal once; the same rows are retried until stored.
-        let mut pause = cfg.retry_min;
-        let rows = loop {
-            let plain: Vec<&RowPlain> = jobs.iter().flat_map(|j| &j.rows).collect();
-            match seal(&client, &plain).await {
-                Ok(r) => break Some(r),
-                Err(SealError::Transient(e)) => {
-                    tracing::warn!(error = %e, "hot path unavailable; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(cfg.retry_max);
-                }
-                Err(SealError::Permanent(e)) => {
-                    tracing::error!(error = %e, "hot path refused the batch; its events failed");
-                    for j in jobs.drain(..) {
-                        let id = j.rows.first().map(|r| r.message_id.clone());
-                        let _ = j.reply.send(Ack::new(id, Outcome::Failed, 0, Some(e.to_string())));
+        let plain: Vec<&RowPlain> = jobs.iter().flat_map(|j| &j.rows).collect();
+        let sealing = async {
+            // Seal once; the inserter retries the same rows until stored.
+            let mut pause = cfg.retry_min;
+            loop {
+                match seal(&client, &plain).await {
+                    Ok(r) => return Ok(r),
+                    Err(SealError::Transient(e)) => {
+                        tracing::debug!(error = %e, "hot path unavailable; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(cfg.retry_max);
                     }
-                    break None;
+                    Err(SealError::Permanent(e)) => return Err(e),
                 }
             }
         };
-        let Some(rows) = rows else { continue };
+        let result = watch_hotpath(sealing, &shared, plain.len()).await;
+        drop(plain);
+        match result {
+            Ok(rows) => {
+                if sealed.send(Sealed { jobs, rows }).await.is_err() {
+                    return; // the inserter is gone: nothing more can be written.
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "hot path refused the batch; its events failed");
+                for j in jobs {
+                    let id = j.first_id();
+                    j.answer(Ack::new(id, Outcome::Failed, 0, Some(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `sealing` and, while it waits on an unanswered hot path, warns after
+/// [`HOTPATH_WARN_AFTER`] and then at doubling intervals (at most [`HOTPATH_WARN_MAX`]); an
+/// outage is counted (and its end logged) once the hot path answers.
+async fn watch_hotpath<T>(
+    sealing: impl std::future::Future<Output = T>,
+    shared: &Shared,
+    rows: usize,
+) -> T {
+    tokio::pin!(sealing);
+    let started = Instant::now();
+    let mut next = HOTPATH_WARN_AFTER;
+    loop {
+        tokio::select! {
+            r = &mut sealing => {
+                let waited = started.elapsed();
+                if waited >= HOTPATH_WARN_AFTER {
+                    shared.hotpath_outages.fetch_add(1, Ordering::Relaxed);
+                    shared.hotpath_outage_ms.fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+                    tracing::info!(
+                        waited_s = waited.as_secs(),
+                        "the daemon's hot path answers again; archiving resumes"
+                    );
+                }
+                return r;
+            }
+            _ = tokio::time::sleep_until((started + next).into()) => {
+                tracing::warn!(
+                    waited_s = next.as_secs(),
+                    rows,
+                    "the daemon's hot path has not answered for {} s: {rows} rows wait to be \
+                     sealed and nothing is written meanwhile (is the imcrypt daemon running, \
+                     and is --hotpath its [hotpath] socket?)",
+                    next.as_secs()
+                );
+                next += next.min(HOTPATH_WARN_MAX);
+            }
+        }
+    }
+}
+
+/// The pipeline's second stage: writes each sealed batch, reconnecting and retrying while the
+/// database is unreachable, then acknowledges its events.
+async fn insert_loop(
+    db: Db,
+    mut sealed: mpsc::Receiver<Sealed>,
+    shared: Arc<Shared>,
+    cfg: ArchiverConfig,
+) {
+    let mut db = Some(db);
+    while let Some(Sealed { jobs, rows }) = sealed.recv().await {
         let mut pause = cfg.retry_min;
         let result = loop {
             if db.is_none() {
                 match Db::connect_or_create(&cfg.db).await {
                     Ok(mut d) => match d.ensure_schema().await {
                         Ok(()) => db = Some(d),
-                        Err(e) => {
-                            set_down(&shared, &cfg, &e);
-                        }
+                        Err(e) => set_down(&shared, &cfg, &e),
                     },
                     Err(e) => set_down(&shared, &cfg, &e),
                 }
                 if db.is_none() {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(cfg.retry_max);
+                    if wait_for_db(&cfg.db, pause).await {
+                        pause = cfg.retry_min;
+                    } else {
+                        pause = (pause * 2).min(cfg.retry_max);
+                    }
                     continue;
                 }
             }
@@ -458,7 +606,7 @@ async fn write_loop(
         // The database's answer is per row, in the order of the jobs' rows.
         let mut first = 0;
         for j in jobs {
-            let id = j.rows.first().map(|r| r.message_id.clone());
+            let id = j.first_id();
             let n = j.rows.len();
             let ack = match &result {
                 Ok(w) => {
@@ -468,8 +616,36 @@ async fn write_loop(
                 Err(e) => Ack::new(id, Outcome::Failed, 0, Some(e.to_string())),
             };
             first += n;
-            let _ = j.reply.send(ack);
+            j.answer(ack);
         }
+    }
+}
+
+/// How often a down server database is checked for accepting connections again.
+const DB_PROBE_EVERY: Duration = Duration::from_millis(100);
+
+/// Waits `pause` before the next reconnection attempt, but returns early (`true`) as soon as
+/// a server database that refused connections accepts them again, so that new events are not
+/// refused for the rest of a backoff the outage no longer justifies. The check is a bare TCP
+/// connect, much cheaper than a login; a server that accepts connections but refuses the
+/// login is not retried faster than the backoff (no early return without a change).
+async fn wait_for_db(url: &DbUrl, pause: Duration) -> bool {
+    let deadline = Instant::now() + pause;
+    let Some(mut accepted) = super::db::accepts_connections(url).await else {
+        tokio::time::sleep_until(deadline.into()).await;
+        return false;
+    };
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(left.min(DB_PROBE_EVERY)).await;
+        let now = super::db::accepts_connections(url).await == Some(true);
+        if now && !accepted {
+            return true;
+        }
+        accepted = now;
     }
 }
 
@@ -496,7 +672,9 @@ impl Counts {
 }
 
 /// Reads events (JSON lines) from `input` and writes one acknowledgement line per event to
-/// `output`, in completion order, until `input` ends and every event is answered.
+/// `output`, in completion order, until `input` ends and every event is answered. Events are
+/// submitted as they are read (no task each); the acknowledgements ready at a time are written
+/// and flushed together, one write per batch rather than one per event.
 pub(crate) async fn serve_lines(
     archiver: Arc<Archiver>,
     input: impl AsyncBufRead + Unpin,
@@ -505,11 +683,16 @@ pub(crate) async fn serve_lines(
     let (tx, mut rx) = mpsc::unbounded_channel::<Ack>();
     let printer = tokio::spawn(async move {
         let mut counts = Counts::default();
-        while let Some(ack) = rx.recv().await {
-            counts.add(ack.result);
-            let mut line = serde_json::to_vec(&ack).expect("serializes");
-            line.push(b'\n');
-            output.write_all(&line).await?;
+        let mut acks = Vec::with_capacity(1024);
+        let mut out = Vec::with_capacity(64 << 10);
+        while rx.recv_many(&mut acks, 4096).await > 0 {
+            out.clear();
+            for ack in acks.drain(..) {
+                counts.add(ack.result);
+                serde_json::to_writer(&mut out, &ack).expect("serializes");
+                out.push(b'\n');
+            }
+            output.write_all(&out).await?;
             output.flush().await?;
         }
         Ok::<_, std::io::Error>(counts)
@@ -519,10 +702,7 @@ pub(crate) async fn serve_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let (a, tx) = (archiver.clone(), tx.clone());
-        tokio::spawn(async move {
-            let _ = tx.send(a.ingest(&line).await);
-        });
+        archiver.submit(&line, Reply::Stream(tx.clone()));
     }
     drop(tx);
     printer.await.map_err(std::io::Error::other)?

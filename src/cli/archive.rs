@@ -108,11 +108,20 @@ pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
             return crate::archive::serve_socket(archiver, &path).await;
         }
         let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let counts = crate::archive::serve_lines(archiver, stdin, tokio::io::stdout()).await?;
+        let counts =
+            crate::archive::serve_lines(archiver.clone(), stdin, tokio::io::stdout()).await?;
         tracing::info!(?counts, "input ended");
+        let outages = archiver.hotpath_outages();
         eprintln!(
-            "imcrypt archive: {} archived, {} skipped, {} refused, {} invalid, {} failed",
-            counts.archived, counts.skipped, counts.refused, counts.invalid, counts.failed
+            "imcrypt archive: {} archived, {} skipped, {} refused, {} invalid, {} failed; \
+             hot path unreachable {} times ({:.1} s in all)",
+            counts.archived,
+            counts.skipped,
+            counts.refused,
+            counts.invalid,
+            counts.failed,
+            outages.count,
+            outages.total.as_secs_f64()
         );
         match counts.refused + counts.failed + counts.invalid {
             0 => Ok(()),

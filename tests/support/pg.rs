@@ -49,6 +49,16 @@ impl Pg {
         pg
     }
 
+    /// Creates the cluster and starts the server with `fsync` and full-page writes on, as a
+    /// production server runs (the tests' servers skip them for speed): for benchmarks.
+    pub fn start_durable() -> Pg {
+        let mut pg = Pg::init();
+        // A later `-c` wins over the test default's `fsync=off`.
+        pg.extra_opts = " -c fsync=on -c full_page_writes=on".into();
+        pg.start_server();
+        pg
+    }
+
     /// Creates the cluster and starts the server with `ssl = on`, presenting the certificate
     /// `cert` (PEM chain) and its key `key`, and accepting TCP connections over TLS only.
     pub fn start_tls(cert: &Path, key: &Path) -> Pg {
