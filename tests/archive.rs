@@ -741,22 +741,47 @@ async fn a_node_archiving_to_sqlite_makes_the_cluster_eligible_and_a_missing_dir
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_larger_than_one_statement_is_all_or_nothing_on_postgres() {
+/// A plaintext row for `Db::insert`, in `COLUMNS` order: `id` for its message id, the same
+/// recipient for all, `payload` (`None` makes the row bad: the column is NOT NULL).
+fn plain_row(id: String, payload: Option<Vec<u8>>) -> Vec<imcrypt::archive::db::Param> {
     use imcrypt::archive::db::Param;
+    let mut r = vec![Param::Text(Some(id)), Param::Bytes(Some(vec![7; 32]))];
+    r.extend([Param::I64(1), Param::Text(Some("inbound".into())), Param::Bool(false)]);
+    r.extend([Param::Bytes(None), Param::Bytes(None), Param::Bytes(None)]);
+    r.extend([Param::Text(None), Param::Text(None), Param::Text(None), Param::I32(None)]);
+    r.push(Param::Bytes(payload));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_rows_already_stored_writes_only_the_others_once_and_in_order() {
     let pg = pg::Pg::start();
     bounded(async {
         let url: DbUrl = pg.url().parse().unwrap();
         let mut db = Db::connect(&url).await.unwrap();
         db.ensure_schema().await.unwrap();
-        let row = |id: String, payload: Option<Vec<u8>>| {
-            let mut r = vec![Param::Text(Some(id)), Param::Bytes(Some(vec![7; 32]))];
-            r.extend([Param::I64(1), Param::Text(Some("inbound".into())), Param::Bool(false)]);
-            r.extend([Param::Bytes(None), Param::Bytes(None), Param::Bytes(None)]);
-            r.extend([Param::Text(None), Param::Text(None), Param::Text(None), Param::I32(None)]);
-            r.push(Param::Bytes(payload));
-            r
-        };
+        let row = |i: usize| plain_row(format!("m{i}"), Some(vec![1]));
+        let first: Vec<_> = (0..4).map(row).collect();
+        assert_eq!(db.insert(&first).await.unwrap(), [true; 4], "a fresh batch is all written");
+        // A retried batch that grew: m2 and m3 are stored, m4 is new, m5 comes twice.
+        let retried: Vec<_> = [2, 4, 3, 5, 5, 6].into_iter().map(row).collect();
+        assert_eq!(db.insert(&retried).await.unwrap(), [false, true, false, true, false, true]);
+        let sql = "SELECT message_id FROM imcrypt_archive ORDER BY id";
+        let stored = pg_client(&url).await.query(sql, &[]).await.unwrap();
+        let ids: Vec<String> = stored.iter().map(|r| r.get(0)).collect();
+        assert_eq!(ids, ["m0", "m1", "m2", "m3", "m4", "m5", "m6"], "each once, in batch order");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_one_statement_is_all_or_nothing_on_postgres() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        let mut db = Db::connect(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        let row = plain_row;
         let n = db.max_rows_per_insert() + 5;
         let mut rows: Vec<_> = (0..n).map(|i| row(format!("m{i}"), Some(vec![1]))).collect();
         rows.push(row("bad".into(), None));

@@ -259,7 +259,10 @@ impl Db {
             rows.chunks(max).map(|c| (d.insert_sql(c.len()), c)).collect()
         };
         let written = match self {
-            Db::Postgres(c) => postgres::copy_insert(c, rows).await?,
+            Db::Postgres(c) => match postgres::copy_insert(c, rows).await? {
+                postgres::Written::All => return Ok(vec![true; rows.len()]),
+                postgres::Written::Only(keys) => keys,
+            },
             Db::SqlServer(c) => sqlserver::insert(c, &chunks(Dialect::SqlServer)).await?,
             Db::Sqlite(s) => {
                 let owned =

@@ -2,14 +2,16 @@
 //! Errors are sorted into connection problems, which the archiver retries after reconnecting,
 //! and refusals, which it does not.
 //!
-//! Invariants: a batch is bulk-loaded in one transaction (binary `COPY` into a session's
-//! temporary staging table, then one `INSERT … SELECT … ON CONFLICT DO NOTHING`), so it is
-//! stored whole or not at all and a row already stored is never stored twice; values always
+//! Invariants: a batch is bulk-loaded in one transaction (binary `COPY` into the archive; if a
+//! row of it is stored already, binary `COPY` into a session's temporary staging table, then
+//! one `INSERT … SELECT … ON CONFLICT DO NOTHING`), so it is stored whole or not at all and a
+//! row already stored is never stored twice; values always
 //! travel as bound parameters or COPY data, never spliced into SQL text; the schema check says
 //! nothing when everything already exists (no "already exists" notices in the log).
 
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::db::{DbError, Param, StoredRow, TIMEOUT, bad};
@@ -106,32 +108,39 @@ const COLUMN_TYPES: [Type; 13] = [
     Type::BYTEA,
 ];
 
-/// Bulk-loads `rows` (each `COLUMNS.len()` params) in one transaction: binary COPY into the
-/// staging table, then one INSERT … SELECT that skips rows already stored (and a key repeated
-/// within the batch); returns the keys of the rows written. The staging table is created by
-/// [`ensure_schema`], which the archiver runs on every (re)connection. PostgreSQL's COPY costs
-/// it about a third of the CPU of a multi-row INSERT with as many bound parameters.
-pub(super) async fn copy_insert(
-    c: &mut Client,
-    rows: &[Vec<Param>],
-) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+/// What a bulk load wrote.
+pub(super) enum Written {
+    /// Every row of the batch (the usual case: nothing of it was stored before).
+    All,
+    /// Only these rows (`message_id`, `recipient_key`); the others were stored already.
+    Only(Vec<(String, Vec<u8>)>),
+}
+
+/// Bulk-loads `rows` (each `COLUMNS.len()` params) in one transaction, skipping rows already
+/// stored (and a key repeated within the batch). First, binary COPY straight into the archive,
+/// as fast as PostgreSQL loads rows at all; a row already stored makes that COPY fail on the
+/// table's unique key (SQLSTATE 23505) and its transaction roll back, and only then is the
+/// batch loaded again the careful way: COPY into the staging table, then one INSERT … SELECT …
+/// ON CONFLICT DO NOTHING that says which rows it wrote. Retried batches are rare (a connection
+/// lost before the commit was seen), so they pay for the second load. The staging table is
+/// created by [`ensure_schema`], which the archiver runs on every (re)connection.
+pub(super) async fn copy_insert(c: &mut Client, rows: &[Vec<Param>]) -> Result<Written, DbError> {
     let cols = COLUMNS.join(", ");
     let tx = c.transaction().await.map_err(err)?;
-    let sink = tx
-        .copy_in(&format!("COPY {STAGE} (ord, {cols}) FROM STDIN (FORMAT binary)"))
-        .await
-        .map_err(err)?;
-    let types: Vec<Type> = std::iter::once(Type::INT4).chain(COLUMN_TYPES).collect();
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    tokio::pin!(writer);
-    for (i, row) in rows.iter().enumerate() {
-        let ord = i as i32;
-        let refs: Vec<&Param> = row.iter().collect();
-        let mut values = bind(&refs);
-        values.insert(0, &ord);
-        writer.as_mut().write(&values).await.map_err(err)?;
+    let direct = format!("COPY {TABLE} ({cols}) FROM STDIN (FORMAT binary)");
+    match copy(&tx, &direct, rows, false).await {
+        Ok(()) => {
+            tx.commit().await.map_err(err)?;
+            return Ok(Written::All);
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.rollback().await.map_err(err)?;
+        }
+        Err(e) => return Err(err(e)),
     }
-    writer.finish().await.map_err(err)?;
+    let tx = c.transaction().await.map_err(err)?;
+    let staged = format!("COPY {STAGE} (ord, {cols}) FROM STDIN (FORMAT binary)");
+    copy(&tx, &staged, rows, true).await.map_err(err)?;
     let sql = format!(
         "INSERT INTO {TABLE} ({cols}) SELECT {cols} FROM {STAGE} ORDER BY ord \
          ON CONFLICT (message_id, recipient_key) DO NOTHING RETURNING message_id, recipient_key"
@@ -141,7 +150,32 @@ pub(super) async fn copy_insert(
         written.push((r.try_get(0).map_err(bad)?, r.try_get(1).map_err(bad)?));
     }
     tx.commit().await.map_err(err)?;
-    Ok(written)
+    Ok(Written::Only(written))
+}
+
+/// Runs one binary COPY of `rows` (`COPY … FROM STDIN (FORMAT binary)` in `sql`), with each
+/// row's place in the batch first when `ord`.
+async fn copy(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &str,
+    rows: &[Vec<Param>],
+    ord: bool,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx.copy_in(sql).await?;
+    let types: Vec<Type> = ord.then_some(Type::INT4).into_iter().chain(COLUMN_TYPES).collect();
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    tokio::pin!(writer);
+    for (i, row) in rows.iter().enumerate() {
+        let place = i as i32;
+        let refs: Vec<&Param> = row.iter().collect();
+        let mut values = bind(&refs);
+        if ord {
+            values.insert(0, &place);
+        }
+        writer.as_mut().write(&values).await?;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 pub(super) async fn version(c: &Client) -> Result<String, DbError> {
