@@ -3,8 +3,9 @@
 //! docs/archive.md), created if missing; batch inserts; the viewer's query; the eligibility
 //! probe. Where the database is comes from a URL (`url`).
 //!
-//! Invariants: a batch is written in one transaction (PostgreSQL: binary COPY into a staging
-//! table and one INSERT … SELECT; elsewhere one INSERT statement, or several inside
+//! Invariants: a batch is written in one transaction (PostgreSQL: one binary COPY into the
+//! archive, or, when a row of it is stored already, COPY into a staging table and one
+//! INSERT … SELECT; elsewhere one INSERT statement, or several inside
 //! BEGIN … COMMIT when it exceeds a backend's statement size), so it is stored whole or not at
 //! all; inserting a row that is already there (same message id and recipient key) changes
 //! nothing, so a batch whose acknowledgement was lost can be sent again, and [`Db::insert`]

@@ -5,9 +5,9 @@
 //! Invariants: a batch is bulk-loaded in one transaction (binary `COPY` into the archive; if a
 //! row of it is stored already, binary `COPY` into a session's temporary staging table, then
 //! one `INSERT … SELECT … ON CONFLICT DO NOTHING`), so it is stored whole or not at all and a
-//! row already stored is never stored twice; values always
-//! travel as bound parameters or COPY data, never spliced into SQL text; the schema check says
-//! nothing when everything already exists (no "already exists" notices in the log).
+//! row already stored is never stored twice; values always travel as bound parameters or COPY
+//! data, never spliced into SQL text; the schema check says nothing when everything already
+//! exists (no "already exists" notices in the log).
 
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
