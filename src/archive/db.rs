@@ -35,6 +35,10 @@ pub enum DbError {
     UrlParam { url: String, reason: String },
     #[error("cannot connect to the {kind} database at {at}: {reason}")]
     Connect { kind: &'static str, at: String, reason: String },
+    /// The server answered but takes no logins for now: PostgreSQL's SQLSTATE 57P03 while it
+    /// starts up, shuts down or recovers. Unlike a refused login, worth retrying soon.
+    #[error("the {kind} database at {at} takes no logins yet: {reason}")]
+    NotReady { kind: &'static str, at: String, reason: String },
     #[error("the {kind} database at {at} did not answer within {secs} s")]
     Timeout { kind: &'static str, at: String, secs: u64 },
     /// The connection is gone (server stopped, network): retry after reconnecting.
@@ -60,11 +64,27 @@ impl DbError {
         matches!(
             self,
             DbError::Connect { .. }
+                | DbError::NotReady { .. }
                 | DbError::Timeout { .. }
                 | DbError::Lost { .. }
                 | DbError::Open { .. }
                 | DbError::Unavailable { .. }
         )
+    }
+}
+
+/// Why a login to a server failed, as the drivers tell it.
+#[derive(Debug)]
+pub(super) enum LoginError {
+    /// Refused or failed: wrong credentials, TLS, network, unknown database.
+    Refused(String),
+    /// The server is starting up, shutting down or recovering ([`DbError::NotReady`]).
+    NotReady(String),
+}
+
+impl From<String> for LoginError {
+    fn from(reason: String) -> Self {
+        LoginError::Refused(reason)
     }
 }
 
@@ -191,16 +211,17 @@ impl Db {
         let timeout = DbError::Timeout { kind, at: at.clone(), secs: TIMEOUT.as_secs() };
         let go = async {
             match url.kind {
-                ComplianceDb::SqlServer => {
-                    sqlserver::connect(srv).await.map(|c| Db::SqlServer(Box::new(c)))
-                }
+                ComplianceDb::SqlServer => sqlserver::connect(srv)
+                    .await
+                    .map(|c| Db::SqlServer(Box::new(c)))
+                    .map_err(LoginError::Refused),
                 _ => postgres::connect(srv).await.map(Db::Postgres),
             }
         };
-        tokio::time::timeout(TIMEOUT, go)
-            .await
-            .map_err(|_| timeout)?
-            .map_err(|reason| DbError::Connect { kind, at, reason })
+        tokio::time::timeout(TIMEOUT, go).await.map_err(|_| timeout)?.map_err(|e| match e {
+            LoginError::Refused(reason) => DbError::Connect { kind, at, reason },
+            LoginError::NotReady(reason) => DbError::NotReady { kind, at, reason },
+        })
     }
 
     pub(crate) fn kind_name(&self) -> &'static str {

@@ -14,7 +14,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
-use super::db::{DbError, Param, StoredRow, TIMEOUT, bad};
+use super::db::{DbError, LoginError, Param, StoredRow, TIMEOUT, bad};
 use super::schema::{COLUMNS, POSTGRES_SCHEMA, TABLE};
 use super::tls::PgTls;
 use super::url::Server;
@@ -24,7 +24,7 @@ use tokio_postgres::config::SslMode;
 /// drives the connection in a task of its own. The one place where imcrypt opens a PostgreSQL
 /// connection: the archiver, the viewer and the daemon's probe all come here through
 /// `Db::connect`. The error is the reason, in the server's words.
-pub(super) async fn connect(srv: &Server) -> Result<Client, String> {
+pub(super) async fn connect(srv: &Server) -> Result<Client, LoginError> {
     let mut c = tokio_postgres::Config::new();
     c.host(&srv.host).port(srv.port).connect_timeout(TIMEOUT);
     if !srv.user.is_empty() {
@@ -50,17 +50,25 @@ pub(super) async fn connect(srv: &Server) -> Result<Client, String> {
     Ok(client)
 }
 
-/// Runs the connection half of a login in a task of its own; the login's error as a reason.
+/// Runs the connection half of a login in a task of its own; the login's error as a reason,
+/// told apart when the server only says it is not ready (SQLSTATE 57P03).
 fn drive<T>(
     login: Result<
         (Client, tokio_postgres::Connection<tokio_postgres::Socket, T>),
         tokio_postgres::Error,
     >,
-) -> Result<Client, String>
+) -> Result<Client, LoginError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, conn) = login.map_err(|e| connect_reason(&e))?;
+    let (client, conn) = login.map_err(|e| {
+        let reason = connect_reason(&e);
+        if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) {
+            LoginError::NotReady(reason)
+        } else {
+            LoginError::Refused(reason)
+        }
+    })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended");

@@ -569,15 +569,24 @@ async fn insert_loop(
         let mut pause = cfg.retry_min;
         let result = loop {
             if db.is_none() {
-                match Db::connect_or_create(&cfg.db).await {
+                let not_ready = match Db::connect_or_create(&cfg.db).await {
                     Ok(mut d) => match d.ensure_schema().await {
-                        Ok(()) => db = Some(d),
-                        Err(e) => set_down(&shared, &cfg, &e),
+                        Ok(()) => {
+                            db = Some(d);
+                            false
+                        }
+                        Err(e) => {
+                            set_down(&shared, &cfg, &e);
+                            false
+                        }
                     },
-                    Err(e) => set_down(&shared, &cfg, &e),
-                }
+                    Err(e) => {
+                        set_down(&shared, &cfg, &e);
+                        matches!(e, DbError::NotReady { .. })
+                    }
+                };
                 if db.is_none() {
-                    if wait_for_db(&cfg.db, pause).await {
+                    if wait_for_db(&cfg.db, pause, not_ready).await {
                         pause = cfg.retry_min;
                     } else {
                         pause = (pause * 2).min(cfg.retry_max);
@@ -624,17 +633,31 @@ async fn insert_loop(
 /// How often a down server database is checked for accepting connections again.
 const DB_PROBE_EVERY: Duration = Duration::from_millis(100);
 
-/// Waits `pause` before the next reconnection attempt, but returns early (`true`) as soon as
-/// a server database that refused connections accepts them again, so that new events are not
-/// refused for the rest of a backoff the outage no longer justifies. The check is a bare TCP
-/// connect, much cheaper than a login; a server that accepts connections but refuses the
-/// login is not retried faster than the backoff (no early return without a change).
-async fn wait_for_db(url: &DbUrl, pause: Duration) -> bool {
+/// How soon a server that said it takes no logins yet ([`DbError::NotReady`]) is tried again.
+const DB_NOT_READY_RETRY: Duration = Duration::from_millis(250);
+
+/// Waits `pause` before the next reconnection attempt, but returns early (`true`) once a
+/// server database is worth a login again, so that new events are not refused for the rest
+/// of a backoff the outage no longer justifies: when a server that refused connections
+/// accepts them again (a bare TCP connect, much cheaper than a login), or, after the last
+/// login was answered `not_ready` (PostgreSQL starting up or shutting down), as soon as it
+/// accepts connections [`DB_NOT_READY_RETRY`] later. The second rule matters because the
+/// server accepts connections while it starts: if the first probe comes then, no refused →
+/// accepting change is ever seen. A server that accepts connections but refuses the login
+/// for another reason is not retried faster than the backoff.
+async fn wait_for_db(url: &DbUrl, pause: Duration, not_ready: bool) -> bool {
     let deadline = Instant::now() + pause;
-    let Some(mut accepted) = super::db::accepts_connections(url).await else {
+    if not_ready {
+        tokio::time::sleep(pause.min(DB_NOT_READY_RETRY)).await;
+    }
+    let Some(accepting) = super::db::accepts_connections(url).await else {
         tokio::time::sleep_until(deadline.into()).await;
         return false;
     };
+    if not_ready && accepting {
+        return true;
+    }
+    let mut accepted = accepting;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
