@@ -446,9 +446,10 @@ impl ApiError {
                 | C::TokenUsed { .. }
                 | C::TokenExpired { .. }
                 | C::TokenForOther { .. } => (StatusCode::FORBIDDEN, "peering_refused"),
-                C::NoSuchPeer(_) | C::NoSuchNode(_) | C::NoStaleData(_) | C::NotPeeredByToken(_) => {
-                    (StatusCode::NOT_FOUND, "not_found")
-                }
+                C::NoSuchPeer(_)
+                | C::NoSuchNode(_)
+                | C::NoStaleData(_)
+                | C::NotPeeredByToken(_) => (StatusCode::NOT_FOUND, "not_found"),
                 C::NotMasterButSlave { .. } | C::NotMasterButOff { .. } => {
                     (StatusCode::CONFLICT, "not_master")
                 }

@@ -222,8 +222,7 @@ pub(crate) fn effects(
     for e in effects {
         match e {
             // A peer's `Unpeer` took it off the peers: the peering was deleted over there.
-            Effect::LinkDown { peer }
-                if matches!(actor, Actor::Peer { cluster } if *cluster == peer.as_str()) =>
+            Effect::LinkDown { peer } if matches!(actor, Actor::Peer { cluster } if *cluster == peer.as_str()) =>
             {
                 out.push(
                     Record::new(actor.clone(), action::PEERING_DELETE, Result_::Ok)

@@ -3,7 +3,7 @@
 //!
 //! Invariants: a new token is printed once, alone on standard output (so `> FILE` keeps it and
 //! nothing else), the explanation on standard error; `establish` takes the token from a file
-//! or standard input as well as from the command line, so it need not land in a shell's
+//! (`--from-file`) or standard input as well as from the command line, so it need not land in a shell's
 //! history; no token is ever printed by `establish`, `list` or an error.
 
 use std::io::Read;
@@ -33,13 +33,13 @@ pub(crate) enum PeeringCommand {
     /// Peer with the cluster that made TOKEN: checks its certificate against the CA the token
     /// pins, proves the token and exchanges CAs.
     Establish {
-        /// The token; "-" or omitted: read from standard input (keeps it out of the shell's
-        /// history).
-        #[arg(conflicts_with = "token_file")]
-        token: Option<String>,
-        /// Read the token from this file.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        /// The peering token; "-" or omitted: read from standard input (keeps it out of the
+        /// shell's history).
+        #[arg(value_name = "TOKEN", conflicts_with = "from_file")]
+        peering_token: Option<String>,
+        /// Read the peering token from this file.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -51,6 +51,7 @@ pub(crate) enum PeeringCommand {
     },
     /// Delete the peering with CLUSTER (peered by token); CLUSTER deletes it too.
     Delete {
+        /// The peer cluster's id.
         cluster: String,
         #[command(flatten)]
         common: Common,
@@ -85,7 +86,8 @@ pub(crate) fn peering(cmd: PeeringCommand) -> Result<(), CliError> {
     match cmd {
         PeeringCommand::Token { for_cluster, expires, common } => {
             let body = api::PeeringTokenRequest { for_cluster, expires: Some(expires) };
-            let t: api::PeeringToken = call(&common, Method::POST, "/v1/peering/tokens", Some(&body))?;
+            let t: api::PeeringToken =
+                call(&common, Method::POST, "/v1/peering/tokens", Some(&body))?;
             if common.output == Output::Json {
                 return print_json(&t);
             }
@@ -100,8 +102,8 @@ pub(crate) fn peering(cmd: PeeringCommand) -> Result<(), CliError> {
             println!("{}", t.token.as_str());
             Ok(())
         }
-        PeeringCommand::Establish { token, token_file, common } => {
-            let token = token_text(token, token_file)?;
+        PeeringCommand::Establish { peering_token, from_file, common } => {
+            let token = token_text(peering_token, from_file)?;
             let body = api::PeeringEstablishRequest { token };
             let done: api::Done =
                 call(&common, Method::POST, "/v1/peering/establish", Some(&body))?;
@@ -118,7 +120,11 @@ pub(crate) fn peering(cmd: PeeringCommand) -> Result<(), CliError> {
                 println!("{:<24} {:<8} {:<28} {since}", p.cluster, p.source, p.address);
             }
             for t in &l.tokens {
-                println!("token for cluster {} usable until {}", t.for_cluster, time(t.expires_unix_ms));
+                println!(
+                    "token for cluster {} usable until {}",
+                    t.for_cluster,
+                    time(t.expires_unix_ms)
+                );
             }
             Ok(())
         }

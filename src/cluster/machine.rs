@@ -16,8 +16,8 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 
 use super::command::{Command, CommandError, Outcome, PeerError};
 use super::dbprobe::DbProbes;
-use super::peering::LearntPeer;
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
+use super::peering::LearntPeer;
 use super::state::{
     ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason, MAX_TOMBSTONES, MasterState,
     NodeId, PersistedState, Role, STATE_FORMAT, STATE_FORMATS_READ, StaleSlave, Time, Tombstone,

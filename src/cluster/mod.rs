@@ -53,8 +53,8 @@ pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError};
 pub(crate) use message::PeerMessage;
 pub use peering::{LearntPeer, PeeringSecret, PeeringView, PendingTokenView};
 pub(crate) use reconcile::{Refusal, Wanted};
-pub use state::{ComplianceDb, Time};
 pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role};
+pub use state::{ComplianceDb, Time};
 
 use crate::alarm::AlarmChange;
 use crate::crypto::keyring::KeyRing;

@@ -292,14 +292,20 @@ mod tests {
     }
 
     fn issue(c: &mut Cluster, for_cluster: &str, now: u64) -> PeeringSecret {
-        let cmd = Command::IssuePeeringToken { for_cluster: id(for_cluster), expires: Time(now + HOUR) };
+        let cmd =
+            Command::IssuePeeringToken { for_cluster: id(for_cluster), expires: Time(now + HOUR) };
         match c.handle_command(cmd, Time(now), Entropy::from_seed(now)).unwrap() {
             Outcome::PeeringToken { secret, .. } => secret,
             o => panic!("{o:?}"),
         }
     }
 
-    fn accept(c: &mut Cluster, peer: &str, secret: &PeeringSecret, now: u64) -> Result<Outcome, CommandError> {
+    fn accept(
+        c: &mut Cluster,
+        peer: &str,
+        secret: &PeeringSecret,
+        now: u64,
+    ) -> Result<Outcome, CommandError> {
         let cmd = Command::AcceptPeering {
             peer: id(peer),
             secret: secret.clone(),
@@ -329,7 +335,10 @@ mod tests {
         accept(&mut a, "b", &s, 20).unwrap();
         assert!(a.state().peers.contains(&id("b")));
         let learnt = &a.state().learnt_peers[&id("b")];
-        assert_eq!((learnt.address.as_str(), learnt.ca_pem.as_str()), ("127.0.0.1:7102", "CA OF B"));
+        assert_eq!(
+            (learnt.address.as_str(), learnt.ca_pem.as_str()),
+            ("127.0.0.1:7102", "CA OF B")
+        );
         assert_eq!(a.state().peering_tokens[0].used, Some(Time(20)));
         let e = drain(&mut a);
         assert!(matches!(e[0], Effect::Persist(_)), "persisted first: {e:?}");
@@ -385,7 +394,8 @@ mod tests {
     #[test]
     fn a_token_is_refused_for_itself_an_existing_peer_or_an_expiry_in_the_past() {
         let mut a = cluster("a");
-        let cmd = |c: &str, exp| Command::IssuePeeringToken { for_cluster: id(c), expires: Time(exp) };
+        let cmd =
+            |c: &str, exp| Command::IssuePeeringToken { for_cluster: id(c), expires: Time(exp) };
         let e = a.handle_command(cmd("a", 100), Time(10), Entropy::from_seed(1)).unwrap_err();
         assert_eq!(e, CommandError::PeerIsSelf);
         let e = a.handle_command(cmd("b", 10), Time(10), Entropy::from_seed(1)).unwrap_err();
@@ -411,7 +421,11 @@ mod tests {
     #[test]
     fn the_other_side_learns_the_issuer_from_its_answer() {
         let mut b = cluster("b");
-        let learnt = LearntPeer { address: "127.0.0.1:7101".into(), ca_pem: "CA OF A".into(), since: Time(5) };
+        let learnt = LearntPeer {
+            address: "127.0.0.1:7101".into(),
+            ca_pem: "CA OF A".into(),
+            since: Time(5),
+        };
         let cmd = Command::LearnPeer { peer: id("a"), learnt };
         b.handle_command(cmd, Time(5), Entropy::from_seed(0)).unwrap();
         assert!(b.state().peers.contains(&id("a")));
@@ -424,8 +438,17 @@ mod tests {
         let s = issue(&mut a, "b", 10);
         accept(&mut a, "b", &s, 20).unwrap();
         let mut b = cluster("b");
-        let learnt = LearntPeer { address: "127.0.0.1:7101".into(), ca_pem: "CA OF A".into(), since: Time(20) };
-        b.handle_command(Command::LearnPeer { peer: id("a"), learnt }, Time(20), Entropy::from_seed(0)).unwrap();
+        let learnt = LearntPeer {
+            address: "127.0.0.1:7101".into(),
+            ca_pem: "CA OF A".into(),
+            since: Time(20),
+        };
+        b.handle_command(
+            Command::LearnPeer { peer: id("a"), learnt },
+            Time(20),
+            Entropy::from_seed(0),
+        )
+        .unwrap();
         drain(&mut a);
         drain(&mut b);
         (a, b)
@@ -434,16 +457,22 @@ mod tests {
     #[test]
     fn a_deleted_peering_tells_the_peer_then_drops_the_link_and_the_peer_forgets_too() {
         let (mut a, mut b) = peered();
-        a.handle_command(Command::DeletePeering { peer: id("b") }, Time(30), Entropy::from_seed(0)).unwrap();
+        a.handle_command(Command::DeletePeering { peer: id("b") }, Time(30), Entropy::from_seed(0))
+            .unwrap();
         assert!(!a.state().peers.contains(&id("b")) && a.state().learnt_peers.is_empty());
         let e = drain(&mut a);
-        let unpeer = e.iter().position(|e| matches!(e, Effect::Send { msg: PeerMessage::Unpeer, .. }));
+        let unpeer =
+            e.iter().position(|e| matches!(e, Effect::Send { msg: PeerMessage::Unpeer, .. }));
         let down = e.iter().position(|e| matches!(e, Effect::LinkDown { .. }));
         assert!(unpeer.unwrap() < down.unwrap(), "{e:?}");
 
         b.handle_peer_message(&id("a"), PeerMessage::Unpeer, Time(31)).unwrap();
         assert!(!b.state().peers.contains(&id("a")) && b.state().learnt_peers.is_empty());
-        assert!(drain(&mut b).iter().any(|e| matches!(e, Effect::LinkDown { peer } if *peer == id("a"))));
+        assert!(
+            drain(&mut b)
+                .iter()
+                .any(|e| matches!(e, Effect::LinkDown { peer } if *peer == id("a")))
+        );
         // Whatever a sends from now on is from an unknown peer.
         assert!(b.handle_peer_message(&id("a"), PeerMessage::Unpeer, Time(32)).is_err());
     }
@@ -454,9 +483,17 @@ mod tests {
         let w = Wanted { nodes: vec![], peers: vec![(id("b"), "127.0.0.1:7102".into())] };
         a.reconcile(&w, Time(2));
         drain(&mut a);
-        let e = a.handle_command(Command::DeletePeering { peer: id("b") }, Time(3), Entropy::from_seed(0));
+        let e = a.handle_command(
+            Command::DeletePeering { peer: id("b") },
+            Time(3),
+            Entropy::from_seed(0),
+        );
         assert_eq!(e.unwrap_err(), CommandError::PeerFromConfig(id("b")));
-        let e = a.handle_command(Command::DeletePeering { peer: id("c") }, Time(3), Entropy::from_seed(0));
+        let e = a.handle_command(
+            Command::DeletePeering { peer: id("c") },
+            Time(3),
+            Entropy::from_seed(0),
+        );
         assert_eq!(e.unwrap_err(), CommandError::NoSuchPeer(id("c")));
         assert_eq!(a.peerings(Time(3)).0[0].source, "config");
         a.handle_peer_message(&id("b"), PeerMessage::Unpeer, Time(4)).unwrap();
@@ -478,7 +515,11 @@ mod tests {
         let w = Wanted { nodes: vec![], peers: vec![(id("b"), "10.0.0.2:7100".into())] };
         assert!(a.reconcile(&w, Time(42)).is_empty());
         let e = drain(&mut a);
-        assert!(e.iter().any(|e| matches!(e, Effect::LinkUp { address, .. } if address == "10.0.0.2:7100")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| matches!(e, Effect::LinkUp { address, .. } if address == "10.0.0.2:7100")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -492,7 +533,10 @@ mod tests {
         let mut a = Cluster::new(ClusterConfig::new(id("a")), old, Time(1)).unwrap();
         assert_eq!(a.state().format, super::super::state::STATE_FORMAT);
         let e = drain(&mut a);
-        assert!(matches!(&e[0], Effect::Persist(s) if s.format == super::super::state::STATE_FORMAT), "{e:?}");
+        assert!(
+            matches!(&e[0], Effect::Persist(s) if s.format == super::super::state::STATE_FORMAT),
+            "{e:?}"
+        );
     }
 
     #[test]

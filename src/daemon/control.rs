@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin::{RequestError, api};
+use crate::cluster::LearntPeer;
 use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage, Refusal, Wanted};
 use crate::ids::{ClusterId, KeyVersion};
-use crate::cluster::LearntPeer;
 use crate::peer::establish::{EstablishAnswer, EstablishRequest, Peering, PeeringError};
 use crate::peer::server::{DeliverError, EstablishError};
 use crate::peer::token::Token;
@@ -118,7 +118,8 @@ impl Control {
         let cmd = Command::IssuePeeringToken { for_cluster: for_cluster.clone(), expires };
         match self.command_by(cmd, by).await? {
             Outcome::PeeringToken { secret, expires } => {
-                let token = self.1.token_text(for_cluster.clone(), expires.unix_millis(), secret)?;
+                let token =
+                    self.1.token_text(for_cluster.clone(), expires.unix_millis(), secret)?;
                 Ok(api::PeeringToken {
                     token,
                     for_cluster: for_cluster.to_string(),
@@ -224,7 +225,8 @@ impl crate::peer::server::Inbox for CoreInbox {
     ) -> Result<EstablishAnswer, EstablishError> {
         let secret = (req.secret())
             .ok_or_else(|| EstablishError::Bad("the secret is not 32 bytes of base64url".into()))?;
-        let (_, certs) = crate::pem_files::ca_roots_from_pem(&req.ca_pem).map_err(EstablishError::Bad)?;
+        let (_, certs) =
+            crate::pem_files::ca_roots_from_pem(&req.ca_pem).map_err(EstablishError::Bad)?;
         if certs.len() != 1 {
             return Err(EstablishError::Bad("give exactly one CA certificate".into()));
         }

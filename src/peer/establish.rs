@@ -220,13 +220,14 @@ async fn attempt(
     let tcp = TcpStream::connect(address).await.map_err(|e| unreachable(e.to_string()))?;
     tcp.set_nodelay(true).ok();
     // The pin decides here, before any byte of the request exists on the wire.
-    let stream = TlsConnector::from(client).connect(server_name(issuer), tcp).await.map_err(
-        |e| PeeringError::Pin {
-            issuer: issuer.clone(),
-            address: address.to_owned(),
-            reason: e.to_string(),
-        },
-    )?;
+    let stream =
+        TlsConnector::from(client).connect(server_name(issuer), tcp).await.map_err(|e| {
+            PeeringError::Pin {
+                issuer: issuer.clone(),
+                address: address.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| protocol(format!("HTTP: {e}")))?;

@@ -176,6 +176,20 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     r
 }
 
+/// The body of `req` as `what` (at most `limit` bytes), or the answer that refuses it: 413
+/// when too large, 400 naming what did not parse.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+    what: &str,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
+        text(StatusCode::PAYLOAD_TOO_LARGE, format!("body refused: {e} (limit {limit} bytes)"))
+    })?;
+    serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("not {what}: {e}")))
+}
+
 /// The one request of a connection without a client certificate.
 async fn anonymous<I: Inbox>(
     req: Request<Incoming>,
@@ -191,19 +205,11 @@ async fn anonymous<I: Inbox>(
             ),
         );
     }
-    let body = match Limited::new(req.into_body(), MAX_ESTABLISH_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body refused: {e} (limit {MAX_ESTABLISH_BODY} bytes)"),
-            );
-        }
-    };
-    let req: EstablishRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not an establish request: {e}")),
-    };
+    let req: EstablishRequest =
+        match json_body(req, MAX_ESTABLISH_BODY, "an establish request").await {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
     match inbox.establish(req, source).await {
         Ok(answer) => {
             let mut r = text(StatusCode::OK, serde_json::to_string(&answer).expect("serializes"));
@@ -232,18 +238,9 @@ async fn handle<I: Inbox>(
     if req.method() != hyper::Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body refused: {e} (limit {MAX_BODY} bytes)"),
-            );
-        }
-    };
-    let msg: PeerMessage = match serde_json::from_slice(&body) {
+    let msg: PeerMessage = match json_body(req, MAX_BODY, "a peer message").await {
         Ok(m) => m,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a peer message: {e}")),
+        Err(refused) => return refused,
     };
     match inbox.deliver(from, msg).await {
         Ok(()) => text(StatusCode::NO_CONTENT, ""),

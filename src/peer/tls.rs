@@ -150,14 +150,8 @@ impl PeerTls {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(served, key.clone_key())?;
-        let tls = Self {
-            server: Arc::new(server),
-            provider,
-            certs,
-            key: Arc::new(key),
-            trust,
-            own_ca,
-        };
+        let tls =
+            Self { server: Arc::new(server), provider, certs, key: Arc::new(key), trust, own_ca };
         tls.set_peer_cas(peer_cas)?;
         // Fails here rather than at the first link: the own certificate and key must match.
         tls.client_for(own_id)?;
@@ -189,7 +183,10 @@ impl PeerTls {
     /// Replaces the peers learnt by token and their CAs (PEM, as the state file keeps them).
     /// A CA that does not parse (it did when it was learnt) is left out, so that peer is
     /// verified against the cluster's own CA and, in the normal case, refused.
-    pub(crate) fn set_learnt_cas<'a>(&self, learnt: impl IntoIterator<Item = (&'a ClusterId, &'a str)>) {
+    pub(crate) fn set_learnt_cas<'a>(
+        &self,
+        learnt: impl IntoIterator<Item = (&'a ClusterId, &'a str)>,
+    ) {
         let mut map = BTreeMap::new();
         for (peer, pem) in learnt {
             match pem_files::ca_roots_from_pem(pem) {
@@ -211,10 +208,7 @@ impl PeerTls {
     /// the server must name `issuer` and chain to the CA whose SHA-256 is `pin`, found in the
     /// chain the server sends; nothing else is trusted. No client certificate is sent (the
     /// issuer does not know this cluster's CA yet).
-    pub(crate) fn pinned_client(
-        &self,
-        pin: [u8; 32],
-    ) -> Result<Arc<ClientConfig>, TlsError> {
+    pub(crate) fn pinned_client(&self, pin: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
         let verifier = Arc::new(PinnedCa { pin, provider: self.provider.clone() });
         let client = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -257,7 +251,11 @@ impl PeerTls {
 }
 
 /// True when `ca` issued the chain `certs` (leaf first).
-fn issued_by(ca: &CertificateDer<'_>, certs: &[CertificateDer<'_>], algs: WebPkiSupportedAlgorithms) -> bool {
+fn issued_by(
+    ca: &CertificateDer<'_>,
+    certs: &[CertificateDer<'_>],
+    algs: WebPkiSupportedAlgorithms,
+) -> bool {
     let mut roots = RootCertStore::empty();
     if roots.add(ca.clone().into_owned()).is_err() {
         return false;
@@ -282,13 +280,14 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let pinned = intermediates.iter().find(|c| cert_sha256(c) == self.pin).ok_or_else(|| {
-            rustls::Error::General(
-                "the server's certificate chain holds no CA whose SHA-256 is the token's pin \
+        let pinned =
+            intermediates.iter().find(|c| cert_sha256(c) == self.pin).ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's certificate chain holds no CA whose SHA-256 is the token's pin \
                  (a server that is not the token's issuer, or the issuer's CA changed)"
-                    .into(),
-            )
-        })?;
+                        .into(),
+                )
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(pinned.clone().into_owned())?;
         let others: Vec<CertificateDer<'_>> =
@@ -550,7 +549,8 @@ mod tests {
         assert!(handshake(stranger.client_for(&a).unwrap(), t.a.server.clone(), &a).is_err());
 
         // A peer CA that cannot be read is an error naming the peer, and changes nothing.
-        let e = t.a.set_peer_cas(&[(b.clone(), Some(other.path().join("missing.pem")))]).unwrap_err();
+        let e =
+            t.a.set_peer_cas(&[(b.clone(), Some(other.path().join("missing.pem")))]).unwrap_err();
         assert!(e.to_string().starts_with("the CA of peer b: "), "{e}");
         let seen = handshake(b_tls.client_for(&a).unwrap(), t.a.server.clone(), &a).unwrap();
         assert_eq!(t.a.identify(Some(&seen), [&b]), Some(b));

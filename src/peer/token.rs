@@ -93,7 +93,8 @@ impl Token {
         let body = text.strip_prefix(PREFIX).ok_or(TokenError::Prefix)?;
         let json = Zeroizing::new(URL_SAFE_NO_PAD.decode(body).map_err(|_| TokenError::Base64)?);
         // serde_json's messages name fields and positions, never the values.
-        let doc: Doc = serde_json::from_slice(&json).map_err(|e| TokenError::Json(e.to_string()))?;
+        let doc: Doc =
+            serde_json::from_slice(&json).map_err(|e| TokenError::Json(e.to_string()))?;
         let secret = Zeroizing::new(
             URL_SAFE_NO_PAD.decode(doc.secret.as_bytes()).map_err(|_| TokenError::Secret)?,
         );
