@@ -68,6 +68,9 @@ fn token_text(arg: Option<String>, file: Option<PathBuf>) -> Result<Zeroizing<St
     match arg {
         Some(t) if t != "-" => Ok(Zeroizing::new(t)),
         _ => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("paste the peering token, then press Enter and Ctrl-D:");
+            }
             let mut text = Zeroizing::new(String::new());
             std::io::stdin()
                 .read_to_string(&mut text)

@@ -523,20 +523,33 @@ mod tests {
     }
 
     #[test]
-    fn a_state_of_format_1_loads_and_is_written_back_as_the_current_format() {
+    fn a_sealed_state_file_of_format_1_loads_and_is_written_back_as_the_current_format() {
+        use crate::crypto::seal::{NodeKey, Purpose};
+        use crate::store::SealedFile;
+        // A state file as the release before peering tokens wrote it: format 1, neither
+        // `peering_tokens` nor `learnt_peers`.
         let mut v = serde_json::to_value(PersistedState::new(id("a"))).unwrap();
         let o = v.as_object_mut().unwrap();
         o.remove("peering_tokens");
         o.remove("learnt_peers");
         o.insert("format".into(), 1.into());
-        let old: PersistedState = serde_json::from_value(v).unwrap();
-        let mut a = Cluster::new(ClusterConfig::new(id("a")), old, Time(1)).unwrap();
-        assert_eq!(a.state().format, super::super::state::STATE_FORMAT);
-        let e = drain(&mut a);
-        assert!(
-            matches!(&e[0], Effect::Persist(s) if s.format == super::super::state::STATE_FORMAT),
-            "{e:?}"
+        let d = tempfile::tempdir().unwrap();
+        let file = SealedFile::new(
+            d.path().join("state.sealed"),
+            &NodeKey::from_bytes([3; 32]),
+            Purpose::State,
         );
+        file.save(&v).unwrap();
+
+        let old: PersistedState = file.load().unwrap().unwrap();
+        let mut a = Cluster::new(ClusterConfig::new(id("a")), old, Time(1)).unwrap();
+        let current = super::super::state::STATE_FORMAT;
+        assert_eq!(a.state().format, current);
+        let e = drain(&mut a);
+        let Some(Effect::Persist(s)) = e.first() else { panic!("persisted first: {e:?}") };
+        file.save(&**s).unwrap();
+        let again: PersistedState = file.load().unwrap().unwrap();
+        assert_eq!((again.format, again.learnt_peers.len()), (current, 0));
     }
 
     #[test]
