@@ -146,6 +146,10 @@ pub(crate) struct PeerSection {
     /// Connections to the peer listener at once (docs/operations.md, "Limits").
     #[serde(default = "default_peer_connections", deserialize_with = "positive")]
     pub(crate) max_connections: u32,
+    /// The `host:port` addresses other clusters dial this listener at, written into the
+    /// peering tokens this cluster issues. Default: `listen`, unless it is a wildcard address.
+    #[serde(default)]
+    advertise: Vec<String>,
 }
 
 /// `[admin]`: the HTTPS admin API (docs/admin.md).
@@ -481,9 +485,21 @@ impl Config {
         }
     }
 
-    /// The peers that have a CA of their own (`[[peers]] ca`), with its file.
-    pub(crate) fn peer_cas(&self) -> Vec<(ClusterId, PathBuf)> {
-        self.peers.iter().filter_map(|p| Some((p.id.clone(), p.ca.clone()?))).collect()
+    /// The addresses a peering token names for this cluster's peer listener (`peer.advertise`,
+    /// else `peer.listen` unless it is a wildcard address); empty: none is known.
+    pub(crate) fn peer_advertise(&self) -> Vec<String> {
+        if !self.peer.advertise.is_empty() {
+            return self.peer.advertise.clone();
+        }
+        match self.peer.listen.ip().is_unspecified() {
+            true => Vec::new(),
+            false => vec![self.peer.listen.to_string()],
+        }
+    }
+
+    /// Every configured peer, with its own CA file (`[[peers]] ca`) when it has one.
+    pub(crate) fn peer_cas(&self) -> Vec<(ClusterId, Option<PathBuf>)> {
+        self.peers.iter().map(|p| (p.id.clone(), p.ca.clone())).collect()
     }
 
     /// The admin listener's certificate and key: `[admin]`'s, or the cluster's.
@@ -775,8 +791,8 @@ archiver = "postgresql"
         );
         let c = Config::parse(&text, Path::new("/etc/imcrypt")).unwrap();
         let b = ClusterId::new("b").unwrap();
-        assert_eq!(c.peer_cas(), [(b, PathBuf::from("/etc/imcrypt/b/ca.pem"))]);
-        assert!(Config::parse(GOOD, Path::new("/")).unwrap().peer_cas().is_empty());
+        assert_eq!(c.peer_cas(), [(b.clone(), Some(PathBuf::from("/etc/imcrypt/b/ca.pem")))]);
+        assert_eq!(Config::parse(GOOD, Path::new("/")).unwrap().peer_cas(), [(b, None)]);
 
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("a.toml");

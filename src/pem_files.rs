@@ -99,6 +99,33 @@ pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, PemFileError> {
     Ok(roots)
 }
 
+/// The certificates of a PEM text received from elsewhere (a peer's CA in a peering
+/// exchange, or the state file) as trust anchors, with the certificates themselves; at least
+/// one. The error says what was wrong, in words fit for the other side.
+pub(crate) fn ca_roots_from_pem(
+    text: &str,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), String> {
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the CA certificate is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("the CA certificate PEM holds no certificate".into());
+    }
+    let mut roots = RootCertStore::empty();
+    for ca in &certs {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("the CA certificate is not a usable trust anchor: {e}"))?;
+    }
+    Ok((roots, certs))
+}
+
+/// One certificate as PEM text.
+pub(crate) fn certificate_pem(cert: &CertificateDer<'_>) -> String {
+    pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, cert.as_ref())
+        .expect("a certificate encodes as PEM")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

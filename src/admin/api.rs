@@ -41,10 +41,14 @@ pub enum Route {
     ListTokens,
     CreateToken,
     RevokeToken,
+    PeeringToken,
+    PeeringEstablish,
+    PeeringList,
+    PeeringDelete,
 }
 
 impl Route {
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 21] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -62,6 +66,10 @@ impl Route {
         Route::ListTokens,
         Route::CreateToken,
         Route::RevokeToken,
+        Route::PeeringToken,
+        Route::PeeringEstablish,
+        Route::PeeringList,
+        Route::PeeringDelete,
     ];
 
     /// The HTTP method and the path pattern (`{id}` stands for one path segment).
@@ -84,6 +92,10 @@ impl Route {
             Route::ListTokens => ("GET", "/v1/tokens"),
             Route::CreateToken => ("POST", "/v1/tokens"),
             Route::RevokeToken => ("DELETE", "/v1/tokens/{id}"),
+            Route::PeeringToken => ("POST", "/v1/peering/tokens"),
+            Route::PeeringEstablish => ("POST", "/v1/peering/establish"),
+            Route::PeeringList => ("GET", "/v1/peering"),
+            Route::PeeringDelete => ("DELETE", "/v1/peering/{id}"),
         }
     }
 
@@ -106,6 +118,10 @@ impl Route {
             Route::DownloadKeys => Some(a::KEY_DOWNLOAD),
             Route::CreateToken => Some(a::TOKEN_CREATE),
             Route::RevokeToken => Some(a::TOKEN_REVOKE),
+            Route::PeeringToken => Some(a::PEERING_TOKEN),
+            Route::PeeringEstablish => Some(a::PEERING_ESTABLISH),
+            Route::PeeringDelete => Some(a::PEERING_DELETE),
+            Route::PeeringList => None,
             // Names and roles, no secret: read like the status.
             Route::ListTokens => None,
         }
@@ -253,6 +269,45 @@ pub(crate) struct CreatedToken {
     #[serde(flatten)]
     pub(crate) info: TokenInfo,
     pub(crate) token: Zeroizing<String>,
+}
+
+/// `POST /v1/peering/tokens`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeeringTokenRequest {
+    /// The cluster the token is for (only it can use it).
+    #[serde(rename = "for")]
+    pub(crate) for_cluster: String,
+    /// How long the token is valid (`30m`, `1h`, `2d`; 1 minute to 7 days); default 1 hour.
+    #[serde(default)]
+    pub(crate) expires: Option<String>,
+}
+
+/// The answer to `POST /v1/peering/tokens`: the token, shown this once (only the SHA-256 of
+/// its secret is kept). No `Debug`: it holds the secret.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringToken {
+    pub token: Zeroizing<String>,
+    #[serde(rename = "for")]
+    pub for_cluster: String,
+    pub expires_unix_ms: u64,
+}
+
+/// `POST /v1/peering/establish`. No `Debug`: it holds the token.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeeringEstablishRequest {
+    pub(crate) token: Zeroizing<String>,
+}
+
+/// `GET /v1/peering`: every peer with where it came from, and the peering tokens issued here
+/// that are still usable (never their secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringList {
+    pub peers: Vec<crate::cluster::PeeringView>,
+    pub tokens: Vec<crate::cluster::PendingTokenView>,
 }
 
 /// A cluster's role, as the admin API shows it.

@@ -57,6 +57,7 @@ use crate::crypto::export::{ExportError, PublicKeyError, export_ring, parse_publ
 use crate::crypto::password::Password;
 use crate::ids::ClusterId;
 use crate::metrics::AdminMetrics;
+use crate::peer::establish::PeeringError;
 use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
 
@@ -86,6 +87,22 @@ pub trait Daemon: Clone + Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Outcome, RequestError>> + Send;
     fn status(&self)
     -> impl std::future::Future<Output = Result<api::Status, RequestError>> + Send;
+    /// Issues a peering token (`imcrypt peering token`).
+    fn peering_token(
+        &self,
+        for_cluster: ClusterId,
+        valid_for: Duration,
+        by: crate::audit::Request,
+    ) -> impl std::future::Future<Output = Result<api::PeeringToken, PeeringError>> + Send;
+    /// Presents a peering token to its issuer (`imcrypt peering establish`).
+    fn establish_peering(
+        &self,
+        token: &str,
+        by: crate::audit::Request,
+    ) -> impl std::future::Future<Output = Result<ClusterId, PeeringError>> + Send;
+    fn peerings(
+        &self,
+    ) -> impl std::future::Future<Output = Result<api::PeeringList, RequestError>> + Send;
 }
 
 /// Why the daemon did not carry out a request.
@@ -335,6 +352,18 @@ enum ApiError {
     /// answer to make up.
     #[error("internal error: the daemon answered {0}")]
     UnexpectedOutcome(String),
+    /// A peering token could not be made or used (its core refusals are `Command`).
+    #[error(transparent)]
+    Peering(PeeringError),
+}
+
+impl From<PeeringError> for ApiError {
+    fn from(e: PeeringError) -> Self {
+        match e {
+            PeeringError::Request(r) => r.into(),
+            e => ApiError::Peering(e),
+        }
+    }
 }
 
 impl From<RequestError> for ApiError {
@@ -389,17 +418,38 @@ impl ApiError {
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
             ApiError::NotAudited(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::UnexpectedOutcome(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Peering(p) => match p {
+                PeeringError::Token(_) | PeeringError::OwnToken(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "bad_token")
+                }
+                PeeringError::NotReady(_) | PeeringError::AlreadyPeer(_) => {
+                    (StatusCode::CONFLICT, "refused")
+                }
+                PeeringError::Refused { .. } => (StatusCode::FORBIDDEN, "peering_refused"),
+                PeeringError::Pin { .. } => (StatusCode::BAD_GATEWAY, "pin_mismatch"),
+                PeeringError::Unreachable { .. } | PeeringError::Protocol { .. } => {
+                    (StatusCode::BAD_GATEWAY, "issuer_unreachable")
+                }
+                PeeringError::Tls(_) | PeeringError::Request(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+                }
+            },
             ApiError::Command(c) => match c {
                 C::WrongPassword | C::WrongMasterPassword { .. } => {
                     (StatusCode::FORBIDDEN, "wrong_password")
                 }
                 C::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "password_policy"),
-                C::PeerIsSelf | C::BadPeerAddress(_) => {
+                C::PeerIsSelf | C::BadPeerAddress(_) | C::TokenExpiryNotFuture => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "bad_value")
                 }
-                C::NoSuchPeer(_) | C::NoSuchNode(_) | C::NoStaleData(_) => {
-                    (StatusCode::NOT_FOUND, "not_found")
-                }
+                C::TokenUnknown
+                | C::TokenUsed { .. }
+                | C::TokenExpired { .. }
+                | C::TokenForOther { .. } => (StatusCode::FORBIDDEN, "peering_refused"),
+                C::NoSuchPeer(_)
+                | C::NoSuchNode(_)
+                | C::NoStaleData(_)
+                | C::NotPeeredByToken(_) => (StatusCode::NOT_FOUND, "not_found"),
                 C::NotMasterButSlave { .. } | C::NotMasterButOff { .. } => {
                     (StatusCode::CONFLICT, "not_master")
                 }
@@ -415,7 +465,8 @@ impl ApiError {
                 | C::PeerExists(_)
                 | C::NodeAddWhileEncrypting
                 | C::ArchiverChangeWhileEncrypting { .. }
-                | C::NodeExists(_) => (StatusCode::CONFLICT, "refused"),
+                | C::NodeExists(_)
+                | C::PeerFromConfig(_) => (StatusCode::CONFLICT, "refused"),
             },
         }
     }
@@ -441,6 +492,7 @@ impl ApiError {
             | ApiError::Command(_)
             | ApiError::NotSaved(_)
             | ApiError::Export(_)
+            | ApiError::Peering(_)
             | ApiError::UnexpectedOutcome(_) => None,
         }
     }
@@ -781,6 +833,24 @@ fn node_id(s: &str) -> Result<NodeId, ApiError> {
     NodeId::new(s).map_err(|e| ApiError::BadValue(e.to_string()))
 }
 
+/// The shortest and longest life of a peering token, and its default.
+const PEERING_TOKEN_LIFE: (Duration, Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600), Duration::from_secs(3600));
+
+/// How long a new peering token is valid, from the request's `expires` (`1h`, `30m`, `2d`).
+fn peering_token_lifetime(expires: Option<&str>) -> Result<Duration, ApiError> {
+    let (min, max, default) = PEERING_TOKEN_LIFE;
+    let Some(text) = expires else { return Ok(default) };
+    let d = humantime::parse_duration(text)
+        .map_err(|e| ApiError::BadValue(format!("expires {text:?}: {e} (e.g. 30m, 1h, 2d)")))?;
+    if d < min || d > max {
+        return Err(ApiError::BadValue(format!(
+            "expires {text:?}: a peering token is valid for 1 minute to 7 days"
+        )));
+    }
+    Ok(d)
+}
+
 const UNTIL_RESTART: &str = "this change lasts until the daemon restarts: the config file is the \
      source of truth at start; edit it to keep the change";
 
@@ -990,6 +1060,44 @@ async fn serve_route(
             let node = node_id(&param)?;
             control.command(Command::RemoveNode { node: node.clone() }, by).await?;
             Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
+        }
+        Route::PeeringToken => {
+            let b: api::PeeringTokenRequest = body(req).await?;
+            let for_cluster = cluster_id(&b.for_cluster)?;
+            let valid_for = peering_token_lifetime(b.expires.as_deref())?;
+            let token = control.peering_token(for_cluster, valid_for, by).await?;
+            // Never the token: who made one for whom, and until when.
+            tracing::info!(
+                for_cluster = %token.for_cluster,
+                expires_unix_ms = token.expires_unix_ms,
+                by = %principal.name,
+                "peering token issued"
+            );
+            Ok(json(StatusCode::CREATED, &token))
+        }
+        Route::PeeringEstablish => {
+            let b: api::PeeringEstablishRequest = body(req).await?;
+            let issuer = control.establish_peering(&b.token, by).await?;
+            Ok(done(
+                format!(
+                    "cluster {issuer} is now a peer of this cluster, each verified against the \
+                     other's CA; the peering survives restarts (imcrypt peering delete {issuer} \
+                     ends it on both sides)"
+                ),
+                vec![],
+            ))
+        }
+        Route::PeeringList => Ok(json(StatusCode::OK, &control.peerings().await?)),
+        Route::PeeringDelete => {
+            let peer = cluster_id(&param)?;
+            control.command(Command::DeletePeering { peer: peer.clone() }, by).await?;
+            Ok(done(
+                format!(
+                    "the peering with cluster {peer} is deleted here, and cluster {peer} is told \
+                     to delete it too; each side now refuses the other's link"
+                ),
+                vec![],
+            ))
         }
         Route::ListTokens => {
             Ok(json(StatusCode::OK, &api::TokenList { tokens: ctx.tokens.current()?.list() }))

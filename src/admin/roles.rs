@@ -82,7 +82,11 @@ pub fn allowed(route: Route) -> &'static [AdminRole] {
         | Route::RemovePeer
         | Route::AddNode
         | Route::RemoveNode
-        | Route::RotateKey => OPERATORS,
+        | Route::RotateKey
+        | Route::PeeringToken
+        | Route::PeeringEstablish
+        | Route::PeeringList
+        | Route::PeeringDelete => OPERATORS,
         Route::Enable
         | Route::Disable
         | Route::SetRemote

@@ -27,6 +27,12 @@ pub(crate) mod action {
     pub(crate) const NODE_REMOVE: &str = "node.remove";
     pub(crate) const TOKEN_CREATE: &str = "token.create";
     pub(crate) const TOKEN_REVOKE: &str = "token.revoke";
+    pub(crate) const PEERING_TOKEN: &str = "peering.token";
+    /// On the issuer: a token presented by another cluster (accepted or refused).
+    pub(crate) const PEERING_ACCEPT: &str = "peering.accept";
+    /// On the cluster that presented a token: the issuer accepted it.
+    pub(crate) const PEERING_ESTABLISH: &str = "peering.establish";
+    pub(crate) const PEERING_DELETE: &str = "peering.delete";
     /// A request to a route that reads (status, peers, alarms) refused for its token.
     pub(crate) const ADMIN_READ: &str = "admin.read";
 }
@@ -46,6 +52,12 @@ pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
         Command::RemoveNode { node } => (action::NODE_REMOVE, node.to_string()),
         Command::SetArchiver { node, .. } => ("node.archiver", node.to_string()),
         Command::AcknowledgeStaleData { peer } => ("stale_data.acknowledge", peer.to_string()),
+        Command::IssuePeeringToken { for_cluster, .. } => {
+            (action::PEERING_TOKEN, for_cluster.to_string())
+        }
+        Command::AcceptPeering { peer, .. } => (action::PEERING_ACCEPT, peer.to_string()),
+        Command::LearnPeer { peer, .. } => (action::PEERING_ESTABLISH, peer.to_string()),
+        Command::DeletePeering { peer } => (action::PEERING_DELETE, peer.to_string()),
     }
 }
 
@@ -66,8 +78,13 @@ pub(crate) fn command(by: &Request, cmd: &Command) -> Record {
         Command::Disable { i_understand_data_loss, .. } => {
             details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
         }
-        Command::AddPeer { address, .. } => {
+        Command::AddPeer { address, .. }
+        | Command::AcceptPeering { address, .. }
+        | Command::LearnPeer { learnt: crate::cluster::LearntPeer { address, .. }, .. } => {
             details.insert("address".into(), json!(address));
+        }
+        Command::IssuePeeringToken { expires, .. } => {
+            details.insert("expires_unix_ms".into(), json!(expires.unix_millis()));
         }
         Command::AddNode { archiver, .. } | Command::SetArchiver { archiver, .. } => {
             details.insert(
@@ -204,6 +221,15 @@ pub(crate) fn effects(
     }
     for e in effects {
         match e {
+            // A peer's `Unpeer` took it off the peers: the peering was deleted over there.
+            Effect::LinkDown { peer } if matches!(actor, Actor::Peer { cluster } if *cluster == peer.as_str()) =>
+            {
+                out.push(
+                    Record::new(actor.clone(), action::PEERING_DELETE, Result_::Ok)
+                        .target(peer.to_string())
+                        .detail("deleted_by", "peer"),
+                );
+            }
             Effect::KeyRingChanged(ring) => {
                 let mut r = Record::new(actor.clone(), "keyring.change", Result_::Ok);
                 r = match ring {

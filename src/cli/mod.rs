@@ -14,6 +14,7 @@ mod archive;
 mod audit;
 use crate::admin::client;
 mod commands;
+mod peering;
 mod support;
 mod tokens;
 mod viewer;
@@ -83,6 +84,12 @@ enum Command {
         command: Option<PeersCommand>,
         #[command(flatten)]
         common: commands::Common,
+    },
+    /// Peer with a cluster that has a CA of its own: a one-time token from one side,
+    /// established on the other (docs/operations.md, "Peering").
+    Peering {
+        #[command(subcommand)]
+        command: peering::PeeringCommand,
     },
     /// Add or remove a node at runtime.
     Nodes {
@@ -332,6 +339,7 @@ impl Command {
             | Command::Key { .. }
             | Command::Decrypt { .. }
             | Command::Admin { .. }
+            | Command::Peering { .. }
             | Command::View(_) => true,
             Command::Serve { .. }
             | Command::Pki { .. }
@@ -358,6 +366,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Admin { command } => tokens::admin(command),
+        Command::Peering { command } => peering::peering(command),
         Command::Demo { keep } => {
             init_logging("off");
             runtime()?.block_on(crate::demo::story::run(keep))?;

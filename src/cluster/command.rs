@@ -6,7 +6,8 @@
 use crate::crypto::password::{Password, PolicyError};
 use crate::ids::{ClusterId, DomainId, KeyVersion};
 
-use super::state::{ComplianceDb, NodeId};
+use super::peering::{LearntPeer, PeeringSecret};
+use super::state::{ComplianceDb, NodeId, Time};
 
 /// One administrator command, as given on the CLI or the admin API of this cluster.
 #[derive(Clone, Debug)]
@@ -67,6 +68,31 @@ pub enum Command {
         node: NodeId,
         archiver: Option<ComplianceDb>,
     },
+    /// Issue a peering token for cluster `for_cluster`, usable once until `expires`. Its
+    /// secret is the command's `Entropy::key`, returned in [`Outcome::PeeringToken`]; only
+    /// its SHA-256 is kept.
+    IssuePeeringToken {
+        for_cluster: ClusterId,
+        expires: Time,
+    },
+    /// On the issuer: cluster `peer` presents a token's `secret` over the pinned TLS
+    /// connection, with its peer listener's `address` and its CA certificate (`ca_pem`, already
+    /// checked to be a certificate by the daemon).
+    AcceptPeering {
+        peer: ClusterId,
+        secret: PeeringSecret,
+        address: String,
+        ca_pem: String,
+    },
+    /// On the cluster that presented a token: the issuer accepted it; record it as a peer.
+    LearnPeer {
+        peer: ClusterId,
+        learnt: LearntPeer,
+    },
+    /// Delete the peering with a peer learnt by token (both sides forget each other).
+    DeletePeering {
+        peer: ClusterId,
+    },
     /// The operator has dealt with the stale data on a removed former slave.
     AcknowledgeStaleData {
         peer: ClusterId,
@@ -89,6 +115,9 @@ pub enum Outcome {
     DisabledHere { master: ClusterId },
     /// A key download was authorised: wrap this ring under the administrator's public key.
     KeysForDownload(Box<crate::crypto::keyring::KeyRing>),
+    /// A peering token was issued: the daemon writes this secret into the token's text and
+    /// never anywhere else.
+    PeeringToken { secret: PeeringSecret, expires: Time },
 }
 
 /// Why a command was refused.
@@ -159,6 +188,40 @@ pub enum CommandError {
     NoSuchNode(NodeId),
     #[error("there is no stale-data alarm about cluster {0}")]
     NoStaleData(ClusterId),
+    #[error("a peering token must expire in the future")]
+    TokenExpiryNotFuture,
+    #[error(
+        "the token's secret matches no peering token issued by this cluster: it was altered, \
+         cut short, or was issued by another cluster; ask for a new token"
+    )]
+    TokenUnknown,
+    #[error(
+        "the peering token was already used (at {}); a token works once: ask for a new one",
+        fmt_time(*at)
+    )]
+    TokenUsed { at: Time },
+    #[error("the peering token expired at {}; ask for a new one", fmt_time(*at))]
+    TokenExpired { at: Time },
+    #[error(
+        "the peering token was made for cluster {made_for}, not for cluster {peer}; ask for a \
+         token made for {peer}"
+    )]
+    TokenForOther { made_for: ClusterId, peer: ClusterId },
+    #[error(
+        "cluster {0} is named in the configuration file ([[peers]]), which wins over peering \
+         tokens; remove it there and reload"
+    )]
+    PeerFromConfig(ClusterId),
+    #[error(
+        "cluster {0} was not peered by token; an administrator added it (imcrypt peer remove \
+         ends that)"
+    )]
+    NotPeeredByToken(ClusterId),
+}
+
+/// A time as an RFC 3339 date, for messages.
+fn fmt_time(t: Time) -> String {
+    humantime::format_rfc3339_seconds(t.system_time()).to_string()
 }
 
 /// Why a peer message was refused outright (as opposed to a [`super::RejectReason`], which is

@@ -6,7 +6,7 @@
 //! key ring for the hot path, hellos when what this cluster announces changed, the alarm set,
 //! and a `Persist` placed *before* all other effects of that input.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use crate::alarm::AlarmRegistry;
@@ -17,9 +17,10 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
 use super::command::{Command, CommandError, Outcome, PeerError};
 use super::dbprobe::DbProbes;
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
+use super::peering::LearntPeer;
 use super::state::{
     ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason, MAX_TOMBSTONES, MasterState,
-    NodeId, PersistedState, Role, STATE_FORMAT, StaleSlave, Time, Tombstone,
+    NodeId, PersistedState, Role, STATE_FORMAT, STATE_FORMATS_READ, StaleSlave, Time, Tombstone,
 };
 use super::{Effect, LOG_ENCRYPTION_DISABLED, LOG_ENCRYPTION_ENABLED, LogLevel, LogLine};
 
@@ -133,9 +134,9 @@ pub(crate) struct Cluster {
     pub(super) alarms: AlarmRegistry,
     effects: VecDeque<Effect>,
     /// Effects of the input being handled; discarded if it fails.
-    pending: Vec<Effect>,
+    pub(super) pending: Vec<Effect>,
     /// The persisted state changed during the input being handled.
-    dirty: bool,
+    pub(super) dirty: bool,
     /// The ring last given to the hot path.
     hot_ring: Option<KeyRing>,
     /// What the last hello broadcast announced.
@@ -149,6 +150,9 @@ pub(crate) struct Cluster {
     /// What the daemon's probe last learned about each node's compliance database
     /// (`handle_db_probe`). Not persisted: probed again after a restart.
     pub(super) db_probes: DbProbes,
+    /// The peers the configuration file names (set by `reconcile`): they win over peering
+    /// tokens, and are not deleted by one.
+    pub(super) configured: BTreeSet<ClusterId>,
 }
 
 impl Cluster {
@@ -165,8 +169,15 @@ impl Cluster {
         state: PersistedState,
         now: Time,
     ) -> Result<Self, StateError> {
-        if state.format != STATE_FORMAT {
+        if !STATE_FORMATS_READ.contains(&state.format) {
             return Err(StateError::UnknownFormat(state.format));
+        }
+        // An older format is written back as the current one at the first persist below.
+        let migrated = state.format != STATE_FORMAT;
+        let mut state = state;
+        state.format = STATE_FORMAT;
+        if state.learnt_peers.keys().any(|p| !state.peers.contains(p)) {
+            return Err(StateError::Inconsistent("a peer learnt by token is not a peer"));
         }
         if state.cluster != config.id {
             return Err(StateError::WrongCluster { expected: config.id, found: state.cluster });
@@ -190,13 +201,14 @@ impl Cluster {
             alarms: AlarmRegistry::new(),
             effects: VecDeque::new(),
             pending: Vec::new(),
-            dirty: false,
+            dirty: migrated,
             hot_ring: None,
             announced: None,
             next_hello: now,
             worn_out: None,
             rotation_refused: None,
             db_probes: DbProbes::default(),
+            configured: BTreeSet::new(),
         };
         c.finish(now);
         Ok(c)
@@ -463,6 +475,7 @@ impl Cluster {
             PeerMessage::State(s) => self.on_state(from, *s),
             PeerMessage::Leave(t) => self.on_leave(from, t),
             PeerMessage::Reject(r) => self.on_reject(from, r),
+            PeerMessage::Unpeer => self.on_unpeer(from),
         }
         self.finish(now);
         Ok(())
@@ -571,6 +584,15 @@ impl Cluster {
             Command::AddNode { node, archiver } => done(self.add_node(node, archiver)),
             Command::RemoveNode { node } => done(self.remove_node(&node)),
             Command::SetArchiver { node, archiver } => done(self.set_archiver(node, archiver)),
+            Command::IssuePeeringToken { for_cluster, expires } => {
+                self.issue_peering_token(for_cluster, expires, now, entropy)
+            }
+            Command::AcceptPeering { peer, secret, address, ca_pem } => {
+                let learnt = LearntPeer { address, ca_pem, since: now };
+                self.accept_peering(peer, &secret, learnt, now)
+            }
+            Command::LearnPeer { peer, learnt } => self.learn_peer(peer, learnt, now),
+            Command::DeletePeering { peer } => self.delete_peering(&peer),
             Command::AcknowledgeStaleData { peer } => {
                 if self.state.stale_slaves.remove(&peer).is_none() {
                     return Err(CommandError::NoStaleData(peer));
@@ -1009,7 +1031,7 @@ impl Cluster {
         self.state.hello_seq = (self.state.hello_seq + 1).max(now.unix_millis());
     }
 
-    fn log(&mut self, level: LogLevel, text: String) {
+    pub(super) fn log(&mut self, level: LogLevel, text: String) {
         self.pending.push(Effect::Log(LogLine { level, text }));
     }
 

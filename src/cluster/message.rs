@@ -27,6 +27,9 @@ pub(crate) enum PeerMessage {
     /// The receiver refused a `State` (or its hello contradicts it); the master raises
     /// `MAencryptionSyncRejected`.
     Reject(Rejection),
+    /// The sender deleted its peering with the receiver (a peering learnt by token): the
+    /// receiver forgets the sender too. Sent last on the link, before it goes down.
+    Unpeer,
 }
 
 impl PeerMessage {

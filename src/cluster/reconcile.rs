@@ -8,7 +8,9 @@
 //! - nodes are reconciled before peers, so the first hello to a newly added peer already says
 //!   whether this cluster is eligible (instead of a transient "no nodes");
 //! - every configured peer ends with its link up at its configured address; reconciling the
-//!   same configuration twice changes nothing and emits nothing.
+//!   same configuration twice changes nothing and emits nothing;
+//! - a peer learnt by a peering token is not removed for being absent from the file, and its
+//!   link comes up at its learnt address unless the file names it (the file wins).
 
 use std::fmt;
 
@@ -45,6 +47,7 @@ impl Cluster {
     /// Input: the configuration file's nodes and peers (at start). Returns the changes that
     /// were refused; everything else now matches `wanted`.
     pub(crate) fn reconcile(&mut self, wanted: &Wanted, now: Time) -> Vec<Refusal> {
+        self.configured = wanted.peers.iter().map(|(p, _)| p.clone()).collect();
         let mut refused = Vec::new();
         let mut apply =
             |c: &mut Self, change: String, f: &dyn Fn(&mut Self) -> Result<(), CommandError>| {
@@ -74,8 +77,10 @@ impl Cluster {
         for node in gone {
             apply(self, format!("remove node {node}"), &|c| c.remove_node(&node));
         }
+        // Peers learnt by token are not the configuration's to remove.
         let gone: Vec<ClusterId> = (self.state().peers.iter())
-            .filter(|p| wanted.peers.iter().all(|(w, _)| w != *p))
+            .filter(|p| !self.configured.contains(*p))
+            .filter(|p| !self.state().learnt_peers.contains_key(*p))
             .cloned()
             .collect();
         for peer in gone {
@@ -92,6 +97,14 @@ impl Cluster {
             }
         }
         for (peer, address) in known {
+            self.set_peer_address(peer, address);
+        }
+        // A learnt peer the configuration does not name keeps the address it gave.
+        let learnt: Vec<(ClusterId, String)> = (self.state().learnt_peers.iter())
+            .filter(|(p, _)| !self.configured.contains(*p))
+            .map(|(p, l)| (p.clone(), l.address.clone()))
+            .collect();
+        for (peer, address) in &learnt {
             self.set_peer_address(peer, address);
         }
         self.finish(now);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::peering::{IssuedToken, LearntPeer};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, PasswordRecord};
 use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
@@ -25,7 +26,7 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-pub(crate) struct Time(pub u64);
+pub struct Time(pub u64);
 
 impl Time {
     pub(crate) const fn from_unix_millis(ms: u64) -> Self {
@@ -48,6 +49,11 @@ impl Time {
     /// How long from `earlier` to `self` (zero if `earlier` is later).
     pub(crate) fn since(self, earlier: Time) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
+    /// The same instant as a [`std::time::SystemTime`] (to print it as a date).
+    pub(crate) fn system_time(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(self.0)
     }
 }
 
@@ -415,9 +421,20 @@ pub(crate) struct PersistedState {
     /// The sequence number of the last hello sent (hellos older than the newest one seen are
     /// ignored by the receiver, so a reordered network cannot bring back an old role).
     pub(crate) hello_seq: u64,
+    /// Peering tokens this cluster issued (hashes only; format 2 on).
+    #[serde(default)]
+    pub(crate) peering_tokens: Vec<IssuedToken>,
+    /// Peers learnt by a peering token, each with its address and CA (format 2 on). Each is
+    /// also in `peers`.
+    #[serde(default)]
+    pub(crate) learnt_peers: BTreeMap<ClusterId, LearntPeer>,
 }
 
-pub(crate) const STATE_FORMAT: u32 = 1;
+/// Format 2 added `peering_tokens` and `learnt_peers`. A state of format 1 (which has
+/// neither) loads as having none and is written back as format 2 ([`STATE_FORMATS_READ`]).
+pub(crate) const STATE_FORMAT: u32 = 2;
+/// The formats this build reads.
+pub(crate) const STATE_FORMATS_READ: [u32; 2] = [1, 2];
 
 /// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
 /// domains covers any realistic history of disable/enable cycles.
@@ -435,6 +452,8 @@ impl PersistedState {
             tombstones: Vec::new(),
             stale_slaves: BTreeMap::new(),
             hello_seq: 0,
+            peering_tokens: Vec::new(),
+            learnt_peers: BTreeMap::new(),
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::store::{SealedFile, StoreError};
 
 use super::control::Input;
 use super::status;
-use crate::admin::RequestError;
+use crate::admin::{RequestError, api};
 use crate::clock::now;
 
 /// Why the core stops: its state could not be written.
@@ -201,6 +201,11 @@ impl Core {
                 let _ = reply.send(s);
                 Ok(())
             }
+            Input::Peerings { reply } => {
+                let (peers, tokens) = self.cluster.peerings(t);
+                let _ = reply.send(api::PeeringList { peers, tokens });
+                Ok(())
+            }
             Input::DbProbe { node, probe } => {
                 let before = self.before(Actor::Local, None);
                 self.cluster.handle_db_probe(&node, probe, t);
@@ -334,6 +339,13 @@ impl Core {
         }
     }
 
+    /// Gives the peer TLS the CAs of the peers learnt by token, as the state now holds them
+    /// (before a link to one comes up, after one goes down).
+    fn trust_learnt_peers(&self) {
+        let learnt = &self.cluster.state().learnt_peers;
+        self.tls.set_learnt_cas(learnt.iter().map(|(p, l)| (p, l.ca_pem.as_str())));
+    }
+
     /// Carries out one effect; a failed write stops here.
     async fn carry_one(&mut self, effect: Effect) -> Result<(), Fatal> {
         {
@@ -352,6 +364,7 @@ impl Core {
                     }
                 },
                 Effect::LinkUp { peer, address } => {
+                    self.trust_learnt_peers();
                     let tls = self.tls.clone();
                     let link = spawn_link(peer.clone(), address, tls, &mut self.link_tasks);
                     if let Some(old) = self.links.insert(peer.clone(), link) {
@@ -367,6 +380,7 @@ impl Core {
                         link.stop();
                     }
                     self.allowed.write().expect("peer list lock").retain(|p| p != &peer);
+                    self.trust_learnt_peers();
                 }
                 Effect::Alarm(AlarmChange::Raise(a)) => self.alarm_raised(&a),
                 // Same condition, new text (e.g. the elapsed time of an outage): not a new

@@ -163,7 +163,12 @@ pub(crate) async fn start_with(
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (tx, rx) = mpsc::channel(1024);
-    let control = Control(tx.clone());
+    let peering = Arc::new(crate::peer::establish::Peering {
+        me: id.clone(),
+        tls: tls.clone(),
+        advertise: config.peer_advertise(),
+    });
+    let control = Control(tx.clone(), peering.clone());
     let (ring_tx, ring_rx) = watch::channel(cluster.key_ring().cloned().map(Arc::new));
     let mut worn_out = None;
     let mut hot_keys = None;
@@ -231,7 +236,7 @@ pub(crate) async fn start_with(
         peer_listener,
         tls.clone(),
         core.allowed.clone(),
-        CoreInbox(tx.clone()),
+        CoreInbox(tx.clone(), peering),
         config.peer.max_connections as usize,
     );
     tasks.spawn(until_shutdown(shutdown.clone(), peer_server).instrument(span.clone()));

@@ -43,6 +43,8 @@ pub enum LabError {
     Step { step: &'static str, reason: String },
     #[error("cannot reserve a port on 127.0.0.1: {0}")]
     Port(std::io::Error),
+    #[error(transparent)]
+    Peering(#[from] crate::peer::establish::PeeringError),
 }
 
 /// How one cluster of the lab is configured.
@@ -223,6 +225,18 @@ impl Lab {
     pub fn peer(&mut self, a: &str, b: &str) {
         self.spec_mut(a).peers.insert(cid(b));
         self.spec_mut(b).peers.insert(cid(a));
+    }
+
+    /// Peers running clusters `issuer` and `other` with a peering token, as the two commands
+    /// `imcrypt peering token --for OTHER` on `issuer` and `imcrypt peering establish` on
+    /// `other` do; nothing is written in their config files.
+    pub async fn peer_by_token(&self, issuer: &str, other: &str) -> Result<(), LabError> {
+        let by = crate::audit::Request::local;
+        let hour = Duration::from_secs(3600);
+        let control = self.daemon(issuer)?.control();
+        let token = control.peering_token(cid(other), hour, by()).await?;
+        self.daemon(other)?.control().establish_peering(&token.token, by()).await?;
+        Ok(())
     }
 
     /// Makes `from` dial its peer `to` at `via` instead of `to`'s own listener (takes effect

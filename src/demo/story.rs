@@ -46,7 +46,7 @@ pub(crate) async fn run(keep: bool) -> Result<(), LabError> {
         .map_err(|source| LabError::Io { path: std::env::temp_dir(), source })?;
     println!("imcrypt demo: clusters a, b and c on 127.0.0.1 (work dir {})", dir.path().display());
     println!("(RUST_LOG=info shows the daemons' structured logs on stderr)");
-    let mut lab = Lab::new(dir.path(), &["a", "b", "c"])?;
+    let mut lab = Lab::with_own_cas(dir.path(), &["a", "b", "c"])?;
     let mut result = story(&mut lab).await;
     if result.is_ok() && keep {
         result = keep_running(&lab).await;
@@ -62,10 +62,10 @@ pub(crate) async fn run(keep: bool) -> Result<(), LabError> {
 async fn story(lab: &mut Lab) -> Result<(), LabError> {
     let archive_path = lab.dir().join("archive.db");
     let db = DbUrl::sqlite(&archive_path);
-    println!("\n1. a development CA and one certificate per cluster, its id as DNS name (pki/)");
-    for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
-        lab.peer(x, y);
-    }
+    println!(
+        "\n1. a development CA of its own for each cluster (imcrypt pki init per cluster, \
+         pki/ID/), and its certificate, its id as DNS name"
+    );
     for id in ["a", "b", "c"] {
         let spec = lab.spec_mut(id);
         spec.hotpath = true;
@@ -73,9 +73,14 @@ async fn story(lab: &mut Lab) -> Result<(), LabError> {
         spec.archive_db = Some(db.to_string());
         lab.start(id).await?;
     }
+    for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+        lab.peer_by_token(x, y).await?;
+    }
     println!(
-        "2. started a, b and c, each peered with the other two over mutual TLS 1.3; each has a \
-         hot path for its router and archives to SQLite (archive.db)"
+        "2. started a, b and c with no peer configured, and peered each with the other two by \
+         token (imcrypt peering token on one, peering establish on the other): mutual TLS 1.3, \
+         each verified against the other's own CA; each has a hot path for its router and \
+         archives to SQLite (archive.db)"
     );
 
     enable_and_enroll(lab).await?;
@@ -317,8 +322,8 @@ async fn read_the_archive(
 
 async fn multi_master(lab: &mut Lab) -> Result<(), LabError> {
     println!(
-        "9. cluster d joins later with a certificate from the same CA (imcrypt pki add), and its \
-         administrator enables encryption there"
+        "9. cluster d joins later with a CA of its own, and its administrator enables encryption \
+         there"
     );
     lab.add_member("d")?;
     lab.start("d").await?;
@@ -328,7 +333,10 @@ async fn multi_master(lab: &mut Lab) -> Result<(), LabError> {
     let d = lab.status("d").await?;
     println!("   d: master of its own domain {}", domain(&d));
 
-    println!("10. c is restarted with d added to its peers; d is peered with c");
+    println!(
+        "10. c is restarted with d added to its peers in its config file (with d's CA); d is \
+         peered with c the same way"
+    );
     lab.peer("c", "d");
     lab.restart("c").await?;
     let c = lab.status("c").await?;

@@ -28,6 +28,8 @@ use crate::ids::ClusterId;
 /// Path of the one peer endpoint.
 pub(crate) const MESSAGE_PATH: &str = "/v1/peer/message";
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopped link still tries to deliver the `Unpeer` of a deleted peering.
+const UNPEER_GRACE: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -62,6 +64,7 @@ fn kind(m: &PeerMessage) -> u8 {
         PeerMessage::State(_) => 1,
         PeerMessage::Leave(_) => 2,
         PeerMessage::Reject(_) => 3,
+        PeerMessage::Unpeer => 4,
     }
 }
 
@@ -83,9 +86,26 @@ impl PeerLink {
         &self.address
     }
 
-    /// Stops the sender task; undelivered messages are dropped.
+    /// Stops the sender task; undelivered messages are dropped, except a queued
+    /// [`PeerMessage::Unpeer`] (a deleted peering), which is given up to [`UNPEER_GRACE`] to
+    /// be delivered first, so that the peer learns of the delete.
     pub(crate) fn stop(&self) {
-        self.task.abort();
+        let unpeer = (self.outbox.queue.lock().expect("outbox lock").iter())
+            .any(|m| matches!(m, PeerMessage::Unpeer));
+        if !unpeer {
+            self.task.abort();
+            return;
+        }
+        let (outbox, task) = (self.outbox.clone(), self.task.clone());
+        tokio::spawn(async move {
+            let flushed = async {
+                while !outbox.queue.lock().expect("outbox lock").is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let _ = tokio::time::timeout(UNPEER_GRACE, flushed).await;
+            task.abort();
+        });
     }
 }
 

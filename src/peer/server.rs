@@ -6,6 +6,13 @@
 //! not chain to that peer's CA, is refused before any message is read; bodies are limited to `MAX_BODY`; bad JSON gets a 400 that says what was
 //! wrong and changes nothing.
 //!
+//! A connection **without** a client certificate (a cluster presenting a peering token,
+//! `super::establish`) is served one request, and only `POST /v1/peer/establish`: every other
+//! path is answered 403 and reaches nothing; its body is limited to [`MAX_ESTABLISH_BODY`];
+//! it never holds a protected slot (a flood of them is evicted like any unauthenticated
+//! connection), and it is answered only after the state machine decided (each attempt is
+//! audited on this cluster, refused ones included).
+//!
 //! Against floods (docs/operations.md, "Limits"): at most `peer.max_connections` connections
 //! ([`crate::caps::Gate`]); those still in their TLS handshake share half of them, at most a
 //! quarter of that half per source address, and the oldest is evicted when a new one comes;
@@ -26,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use super::client::MESSAGE_PATH;
+use super::establish::{ESTABLISH_PATH, EstablishAnswer, EstablishRequest};
 use super::tls::PeerTls;
 use crate::caps::{Caps, Gate, Ticket};
 use crate::cluster::{PeerError, PeerMessage};
@@ -34,6 +42,8 @@ use crate::store::StoreError;
 
 /// Largest peer message accepted (a state with thousands of key versions fits easily).
 const MAX_BODY: usize = 1 << 20;
+/// Largest establish request (a CA certificate is 1 to 2 KiB).
+const MAX_ESTABLISH_BODY: usize = 16 * 1024;
 /// A real peer handshakes in milliseconds on a LAN and well under a second across the world;
 /// a connection that has not finished by then makes room.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -45,6 +55,28 @@ pub(crate) trait Inbox: Clone + Send + Sync + 'static {
         from: ClusterId,
         msg: PeerMessage,
     ) -> impl std::future::Future<Output = Result<(), DeliverError>> + Send;
+
+    /// A cluster at `source`, with no certificate yet, presents a peering token.
+    fn establish(
+        &self,
+        req: EstablishRequest,
+        source: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<EstablishAnswer, EstablishError>> + Send;
+}
+
+/// Why an establish request was not accepted; the text goes back to the presenting cluster.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EstablishError {
+    /// The state machine refused it (the token's rules), or this cluster takes no peering.
+    #[error("{0}")]
+    Refused(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    Bad(String),
+    /// Not decided now (stopping, the audit cannot be written): the same token may be tried
+    /// again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Why the core did not take a well-formed peer message. Each is answered `409 Conflict` with
@@ -110,6 +142,18 @@ async fn connection<I: Inbox>(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    if tls.get_ref().1.peer_certificates().is_none() {
+        // Not a peer yet: one establish request, nothing else (module docs).
+        let service = hyper::service::service_fn(move |req| {
+            let inbox = inbox.clone();
+            async move { Ok::<_, std::convert::Infallible>(anonymous(req, addr, inbox).await) }
+        });
+        return hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+            .map_err(|e| format!("HTTP (no client certificate): {e}"));
+    }
     let allowed = peers.read().expect("peer list lock").clone();
     let from = trust.identify(tls.get_ref().1.peer_certificates(), &allowed).ok_or_else(|| {
         "its certificate names no configured peer cluster whose CA it chains to".to_string()
@@ -132,6 +176,57 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     r
 }
 
+/// The body of `req` as `what` (at most `limit` bytes), or the answer that refuses it: 413
+/// when too large, 400 naming what did not parse.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+    what: &str,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
+        text(StatusCode::PAYLOAD_TOO_LARGE, format!("body refused: {e} (limit {limit} bytes)"))
+    })?;
+    serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("not {what}: {e}")))
+}
+
+/// The one request of a connection without a client certificate.
+async fn anonymous<I: Inbox>(
+    req: Request<Incoming>,
+    source: SocketAddr,
+    inbox: I,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != ESTABLISH_PATH || req.method() != hyper::Method::POST {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this connection presented no client certificate: only POST {ESTABLISH_PATH} \
+                 is served on it"
+            ),
+        );
+    }
+    let req: EstablishRequest =
+        match json_body(req, MAX_ESTABLISH_BODY, "an establish request").await {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
+    match inbox.establish(req, source).await {
+        Ok(answer) => {
+            let mut r = text(StatusCode::OK, serde_json::to_string(&answer).expect("serializes"));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e @ EstablishError::Refused(_)) => text(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e @ EstablishError::Bad(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ EstablishError::Unavailable(_)) => {
+            text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
+}
+
 async fn handle<I: Inbox>(
     req: Request<Incoming>,
     from: ClusterId,
@@ -143,18 +238,9 @@ async fn handle<I: Inbox>(
     if req.method() != hyper::Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use POST");
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body refused: {e} (limit {MAX_BODY} bytes)"),
-            );
-        }
-    };
-    let msg: PeerMessage = match serde_json::from_slice(&body) {
+    let msg: PeerMessage = match json_body(req, MAX_BODY, "a peer message").await {
         Ok(m) => m,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not a peer message: {e}")),
+        Err(refused) => return refused,
     };
     match inbox.deliver(from, msg).await {
         Ok(()) => text(StatusCode::NO_CONTENT, ""),

@@ -7,12 +7,21 @@
 //! names it **and** whose CA it chains to (`PeerTls::identify`: a certificate from B's CA
 //! naming C is refused); a dialled server is accepted only when its certificate chains to the
 //! dialled peer's CA and names that peer (`PeerTls::client_for`).
+//!
+//! Peering tokens (`peer::establish`) add three things: a peer learnt by token is verified
+//! against the CA it gave (unless the configuration file names that peer: the file wins);
+//! the listener serves its own CA certificate after its own, so that a cluster holding a
+//! token can find the CA whose SHA-256 the token pins; and the listener accepts a handshake
+//! without a client certificate, which `peer::server` answers on one route only
+//! (`POST /v1/peer/establish`). A client that does present a certificate must still chain to
+//! a known CA.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -54,14 +63,40 @@ pub struct TlsFiles {
 struct Trust {
     /// The cluster's own `peer.ca`: the anchor of every peer that names no CA of its own.
     default: Arc<RootCertStore>,
-    /// The peers with a CA of their own.
-    peers: BTreeMap<ClusterId, Arc<RootCertStore>>,
+    /// The peers the configuration file names, with their own CA (`None`: `default`).
+    configured: BTreeMap<ClusterId, Option<Arc<RootCertStore>>>,
+    /// Peers learnt by a peering token, with the CA each gave.
+    learnt: BTreeMap<ClusterId, Arc<RootCertStore>>,
 }
 
 impl Trust {
+    /// The configuration file first, then the learnt peers, then the cluster's own CA.
     fn of(&self, peer: &ClusterId) -> Arc<RootCertStore> {
-        self.peers.get(peer).unwrap_or(&self.default).clone()
+        match self.configured.get(peer) {
+            Some(ca) => ca.as_ref().unwrap_or(&self.default).clone(),
+            None => self.learnt.get(peer).unwrap_or(&self.default).clone(),
+        }
     }
+
+    /// Every anchor some peer may chain to.
+    fn all(&self) -> impl Iterator<Item = &Arc<RootCertStore>> {
+        let configured = self.configured.values().flatten();
+        std::iter::once(&self.default).chain(configured).chain(self.learnt.values())
+    }
+}
+
+/// This cluster's own CA, as a peering token pins it.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnCa {
+    pub(crate) pem: String,
+    /// SHA-256 of its DER encoding: the pin.
+    pub(crate) sha256: [u8; 32],
+}
+
+/// SHA-256 of a certificate's DER encoding (a peering token's pin).
+pub(crate) fn cert_sha256(cert: &CertificateDer<'_>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(cert.as_ref()).into()
 }
 
 /// Server and client configurations for the intercluster link. Clones share the trust, so a
@@ -73,15 +108,19 @@ pub struct PeerTls {
     certs: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
     trust: Arc<RwLock<Trust>>,
+    /// The CA in `peer.ca` that issued this cluster's certificate (`None`: none there did, so
+    /// this cluster cannot issue peering tokens).
+    own_ca: Option<OwnCa>,
 }
 
 impl PeerTls {
-    /// Loads the files, checks that the own certificate names `own_id`, and reads each of
-    /// `peer_cas` (a peer and the CA file it is verified against).
+    /// Loads the files, checks that the own certificate names `own_id`, and reads the CA file
+    /// of each of `peer_cas` (a configured peer, and the CA it is verified against when it
+    /// has one of its own).
     pub fn load(
         files: &TlsFiles,
         own_id: &ClusterId,
-        peer_cas: &[(ClusterId, PathBuf)],
+        peer_cas: &[(ClusterId, Option<PathBuf>)],
     ) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs = pem_files::certificates(PemKind::Certificate, &files.cert)?;
@@ -90,33 +129,93 @@ impl PeerTls {
             return Err(TlsError::OwnNameMismatch { path: files.cert.clone(), id: own_id.clone() });
         }
         let default = Arc::new(pem_files::ca_roots(&files.ca)?);
-        let trust = Arc::new(RwLock::new(Trust { default, peers: BTreeMap::new() }));
-        let verifier = Arc::new(AnyPeerCa {
-            trust: trust.clone(),
-            algs: provider.signature_verification_algorithms,
-        });
+        let algs = provider.signature_verification_algorithms;
+        let own_ca = pem_files::certificates(PemKind::CaCertificate, &files.ca)?
+            .into_iter()
+            .find(|ca| issued_by(ca, &certs, algs))
+            .map(|ca| OwnCa { pem: pem_files::certificate_pem(&ca), sha256: cert_sha256(&ca) });
+        let trust = Arc::new(RwLock::new(Trust {
+            default,
+            configured: BTreeMap::new(),
+            learnt: BTreeMap::new(),
+        }));
+        let verifier = Arc::new(AnyPeerCa { trust: trust.clone(), algs });
+        // The own CA after the own chain: what a token holder checks the pin against.
+        let mut served = certs.clone();
+        if let Some(ca) = &own_ca {
+            let der = pem_files::ca_roots_from_pem(&ca.pem).map_err(TlsError::Verifier)?.1;
+            served.extend(der.into_iter().filter(|c| !certs.contains(c)));
+        }
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(certs.clone(), key.clone_key())?;
-        let tls = Self { server: Arc::new(server), provider, certs, key: Arc::new(key), trust };
+            .with_single_cert(served, key.clone_key())?;
+        let tls =
+            Self { server: Arc::new(server), provider, certs, key: Arc::new(key), trust, own_ca };
         tls.set_peer_cas(peer_cas)?;
         // Fails here rather than at the first link: the own certificate and key must match.
         tls.client_for(own_id)?;
         Ok(tls)
     }
 
-    /// Replaces the peers that have a CA of their own (a reload of the configuration file);
-    /// the others are verified against the cluster's own CA. On error nothing changes.
-    pub(crate) fn set_peer_cas(&self, peer_cas: &[(ClusterId, PathBuf)]) -> Result<(), TlsError> {
-        let mut peers = BTreeMap::new();
+    /// Replaces the configured peers and their CAs (a reload of the configuration file); those
+    /// without a CA of their own are verified against the cluster's own CA. On error nothing
+    /// changes.
+    pub(crate) fn set_peer_cas(
+        &self,
+        peer_cas: &[(ClusterId, Option<PathBuf>)],
+    ) -> Result<(), TlsError> {
+        let mut configured = BTreeMap::new();
         for (peer, path) in peer_cas {
-            let roots = pem_files::ca_roots(path)
-                .map_err(|source| TlsError::PeerCa { peer: peer.clone(), source })?;
-            peers.insert(peer.clone(), Arc::new(roots));
+            let roots = match path {
+                Some(path) => Some(Arc::new(
+                    pem_files::ca_roots(path)
+                        .map_err(|source| TlsError::PeerCa { peer: peer.clone(), source })?,
+                )),
+                None => None,
+            };
+            configured.insert(peer.clone(), roots);
         }
-        self.trust.write().expect("trust lock").peers = peers;
+        self.trust.write().expect("trust lock").configured = configured;
         Ok(())
+    }
+
+    /// Replaces the peers learnt by token and their CAs (PEM, as the state file keeps them).
+    /// A CA that does not parse (it did when it was learnt) is left out, so that peer is
+    /// verified against the cluster's own CA and, in the normal case, refused.
+    pub(crate) fn set_learnt_cas<'a>(
+        &self,
+        learnt: impl IntoIterator<Item = (&'a ClusterId, &'a str)>,
+    ) {
+        let mut map = BTreeMap::new();
+        for (peer, pem) in learnt {
+            match pem_files::ca_roots_from_pem(pem) {
+                Ok((roots, _)) => {
+                    map.insert(peer.clone(), Arc::new(roots));
+                }
+                Err(e) => tracing::error!(%peer, error = %e, "the learnt CA of a peer is unusable"),
+            }
+        }
+        self.trust.write().expect("trust lock").learnt = map;
+    }
+
+    /// The CA that issued this cluster's certificate, which its peering tokens pin.
+    pub(crate) fn own_ca(&self) -> Option<&OwnCa> {
+        self.own_ca.as_ref()
+    }
+
+    /// The client side of the one connection a token holder makes to the token's issuer:
+    /// the server must name `issuer` and chain to the CA whose SHA-256 is `pin`, found in the
+    /// chain the server sends; nothing else is trusted. No client certificate is sent (the
+    /// issuer does not know this cluster's CA yet).
+    pub(crate) fn pinned_client(&self, pin: [u8; 32]) -> Result<Arc<ClientConfig>, TlsError> {
+        let verifier = Arc::new(PinnedCa { pin, provider: self.provider.clone() });
+        let client = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(Arc::new(client))
     }
 
     /// The client side of a link to `peer`: only `peer`'s CA is trusted (the name check,
@@ -148,6 +247,79 @@ impl PeerTls {
                     && chains_to(&trust.of(c), leaf, intermediates, UnixTime::now(), algs)
             })
             .cloned()
+    }
+}
+
+/// True when `ca` issued the chain `certs` (leaf first).
+fn issued_by(
+    ca: &CertificateDer<'_>,
+    certs: &[CertificateDer<'_>],
+    algs: WebPkiSupportedAlgorithms,
+) -> bool {
+    let mut roots = RootCertStore::empty();
+    if roots.add(ca.clone().into_owned()).is_err() {
+        return false;
+    }
+    let Some((leaf, intermediates)) = certs.split_first() else { return false };
+    chains_to(&roots, leaf, intermediates, UnixTime::now(), algs)
+}
+
+/// The pinned verifier of [`PeerTls::pinned_client`].
+#[derive(Debug)]
+struct PinnedCa {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let pinned =
+            intermediates.iter().find(|c| cert_sha256(c) == self.pin).ok_or_else(|| {
+                rustls::Error::General(
+                    "the server's certificate chain holds no CA whose SHA-256 is the token's pin \
+                 (a server that is not the token's issuer, or the issuer's CA changed)"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(pinned.clone().into_owned())?;
+        let others: Vec<CertificateDer<'_>> =
+            intermediates.iter().filter(|c| *c != pinned).cloned().collect();
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?
+            .verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -189,6 +361,13 @@ impl ClientCertVerifier for AnyPeerCa {
         &[]
     }
 
+    /// A client without a certificate completes the handshake, and `peer::server` serves it
+    /// `POST /v1/peer/establish` only (a token holder is not known yet). A client that sends
+    /// a certificate is still checked below.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -196,8 +375,7 @@ impl ClientCertVerifier for AnyPeerCa {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let trust = self.trust.read().expect("trust lock");
-        let mut stores = std::iter::once(&trust.default).chain(trust.peers.values());
-        if stores.any(|roots| chains_to(roots, end_entity, intermediates, now, self.algs)) {
+        if trust.all().any(|roots| chains_to(roots, end_entity, intermediates, now, self.algs)) {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer))
@@ -318,7 +496,7 @@ mod tests {
         let a = PeerTls::load(
             &files(ca1.path(), "a"),
             &id("a"),
-            &[(id("b"), ca2.path().join("ca.pem"))],
+            &[(id("b"), Some(ca2.path().join("ca.pem")))],
         )
         .unwrap();
         TwoCas { ca1, ca2, a }
@@ -344,7 +522,7 @@ mod tests {
         let b_tls = PeerTls::load(
             &files(t.ca2.path(), "b"),
             &b,
-            &[(a.clone(), t.ca1.path().join("ca.pem"))],
+            &[(a.clone(), Some(t.ca1.path().join("ca.pem")))],
         )
         .unwrap();
         // a dials b and b accepts a, each through the other's CA.
@@ -365,13 +543,14 @@ mod tests {
         let stranger = PeerTls::load(
             &files(other.path(), "b"),
             &b,
-            &[(a.clone(), t.ca1.path().join("ca.pem"))],
+            &[(a.clone(), Some(t.ca1.path().join("ca.pem")))],
         )
         .unwrap();
         assert!(handshake(stranger.client_for(&a).unwrap(), t.a.server.clone(), &a).is_err());
 
         // A peer CA that cannot be read is an error naming the peer, and changes nothing.
-        let e = t.a.set_peer_cas(&[(b.clone(), other.path().join("missing.pem"))]).unwrap_err();
+        let e =
+            t.a.set_peer_cas(&[(b.clone(), Some(other.path().join("missing.pem")))]).unwrap_err();
         assert!(e.to_string().starts_with("the CA of peer b: "), "{e}");
         let seen = handshake(b_tls.client_for(&a).unwrap(), t.a.server.clone(), &a).unwrap();
         assert_eq!(t.a.identify(Some(&seen), [&b]), Some(b));
