@@ -196,13 +196,7 @@ fn main() {
             lab.spec_mut(id).hotpath = true;
             lab.start(id).await.unwrap();
         }
-        let enable =
-            Command::Enable { password: Password::new("Correct-Horse-9-battery"), remote: false };
-        lab.daemon("on").unwrap().command(enable).await.unwrap();
-        let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
-        while !matches!(c.status().await, Ok(KeyStatus::On { .. })) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        encrypt_on(&lab).await;
         let url = pg.url();
         let db: imcrypt::archive::DbUrl = url.parse().unwrap();
         imcrypt::archive::Db::connect(&db).await.unwrap().ensure_schema().await.unwrap();
@@ -246,6 +240,17 @@ fn main() {
         println!("targets: on/COPY >= 0.80, on/off >= 0.95");
         lab.stop_all().await;
     });
+}
+
+/// Turns encryption on at the lab's cluster `on` and waits until its hot path seals.
+async fn encrypt_on(lab: &Lab) {
+    let enable =
+        Command::Enable { password: Password::new("Correct-Horse-9-battery"), remote: false };
+    lab.daemon("on").unwrap().command(enable).await.unwrap();
+    let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
+    while !matches!(c.status().await, Ok(KeyStatus::On { .. })) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The `imcrypt` binary measured (IMCRYPT_BENCH_BIN: another build, e.g. an older one).
@@ -348,13 +353,7 @@ async fn scale(pg: &pg::Pg) {
     let mut lab = Lab::new(dir.path(), &["on"]).unwrap();
     lab.spec_mut("on").hotpath = true;
     lab.start("on").await.unwrap();
-    let enable =
-        Command::Enable { password: Password::new("Correct-Horse-9-battery"), remote: false };
-    lab.daemon("on").unwrap().command(enable).await.unwrap();
-    let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
-    while !matches!(c.status().await, Ok(KeyStatus::On { .. })) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    encrypt_on(&lab).await;
     // The key ring file the viewer reads (docs/viewer.md), mode 0600, removed with `dir`.
     let ring = lab.daemon("on").unwrap().key_ring().borrow().clone().expect("encryption is on");
     let ring_file = dir.path().join("ring.json");
