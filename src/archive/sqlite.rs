@@ -437,6 +437,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_viewers_query_comes_in_batches_of_at_most_1000_rows_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::sqlite(dir.path().join("a.db"));
+        let mut db = Db::connect_or_create(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        let rows: Vec<_> = (0..2500).map(|i| row(&format!("m{i}"), 1, Some(vec![1]))).collect();
+        db.insert(&rows).await.unwrap();
+        let mut batches = db.select_batches(&Default::default()).await.unwrap();
+        let mut sizes = Vec::new();
+        let mut last_id = 0;
+        while let Some(b) = batches.next_batch().await.unwrap() {
+            assert!(b.iter().all(|r| r.id > last_id), "oldest first, each row once");
+            last_id = b.last().unwrap().id;
+            sizes.push(b.len());
+        }
+        assert_eq!(sizes, [1000, 1000, 500]);
+    }
+
+    #[tokio::test]
     async fn every_connection_runs_with_wal_full_sync_and_a_busy_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let url = DbUrl::sqlite(dir.path().join("a.db"));
