@@ -7,6 +7,14 @@
 //! set in: on/COPY (≥ 0.8) and on/off (≥ 0.95). PostgreSQL runs with fsync on; each run
 //! starts from an empty table. Needs PostgreSQL's server binaries (tests/support/pg.rs);
 //! `cargo bench --bench archive`.
+//!
+//! `cargo bench --bench archive -- scale`: the archive at scale instead. One `imcrypt archive`
+//! process is fed 1,000,000 events (`IMCRYPT_SCALE_ROWS` for another count) through stdin
+//! into an empty table, encryption on, and the bench prints the write rate of the last tenth
+//! against the first tenth (target ≥ 0.8); then `imcrypt view -o json` of every row with its
+//! peak RSS (VmHWM of the child, read from /proc while it runs; target under 64 MiB) and its
+//! time against a raw `COPY (SELECT …) TO STDOUT` of the same rows (target ≥ 0.9x); then a
+//! participant lookup (`imcrypt view --from`, about 1% of the rows) against that full read.
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -65,10 +73,7 @@ async fn drive(
 }
 
 fn archiver(db: &str, hotpath: &Path, listen: Option<&Path>) -> tokio::process::Child {
-    // IMCRYPT_BENCH_BIN: another build of imcrypt to measure the same way (e.g. an older one).
-    let bin = std::env::var_os("IMCRYPT_BENCH_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_imcrypt").into());
-    let mut cmd = tokio::process::Command::new(bin);
+    let mut cmd = tokio::process::Command::new(bench_bin());
     cmd.args(["archive", "--db", db, "--hotpath"]).arg(hotpath);
     if let Some(l) = listen {
         cmd.arg("--listen").arg(l);
@@ -180,6 +185,10 @@ async fn copy_rate(c: &tokio_postgres::Client) -> f64 {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let pg = pg::Pg::start_durable();
+    if std::env::args().any(|a| a == "scale") {
+        rt.block_on(scale(&pg));
+        return;
+    }
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let mut lab = Lab::new(dir.path(), &["on", "off"]).unwrap();
@@ -187,13 +196,7 @@ fn main() {
             lab.spec_mut(id).hotpath = true;
             lab.start(id).await.unwrap();
         }
-        let enable =
-            Command::Enable { password: Password::new("Correct-Horse-9-battery"), remote: false };
-        lab.daemon("on").unwrap().command(enable).await.unwrap();
-        let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
-        while !matches!(c.status().await, Ok(KeyStatus::On { .. })) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        encrypt_on(&lab).await;
         let url = pg.url();
         let db: imcrypt::archive::DbUrl = url.parse().unwrap();
         imcrypt::archive::Db::connect(&db).await.unwrap().ensure_schema().await.unwrap();
@@ -237,4 +240,183 @@ fn main() {
         println!("targets: on/COPY >= 0.80, on/off >= 0.95");
         lab.stop_all().await;
     });
+}
+
+/// Turns encryption on at the lab's cluster `on` and waits until its hot path seals.
+async fn encrypt_on(lab: &Lab) {
+    let enable =
+        Command::Enable { password: Password::new("Correct-Horse-9-battery"), remote: false };
+    lab.daemon("on").unwrap().command(enable).await.unwrap();
+    let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
+    while !matches!(c.status().await, Ok(KeyStatus::On { .. })) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The `imcrypt` binary measured (IMCRYPT_BENCH_BIN: another build, e.g. an older one).
+fn bench_bin() -> std::ffi::OsString {
+    std::env::var_os("IMCRYPT_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_imcrypt").into())
+}
+
+/// Feeds `rows` events to one `imcrypt archive` through stdin, and returns when each tenth of
+/// them was acknowledged (seconds from the first byte written).
+async fn archive_at_scale(db: &str, hotpath: &Path, rows: usize) -> Vec<f64> {
+    let mut child = archiver(db, hotpath, None);
+    let (mut input, output) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let mut acks = BufReader::new(output).lines();
+    let start = Instant::now();
+    // At most 50,000 events unacknowledged, as a router that waits for its acknowledgements
+    // sends them (the archiver refuses events beyond its queue of 100,000 rows).
+    let window = std::sync::Arc::new(tokio::sync::Semaphore::new(50_000));
+    let permits = window.clone();
+    // Generated as it goes: a million lines held at once would weigh 400 MB.
+    let writer = tokio::spawn(async move {
+        let body = "x".repeat(BODY);
+        let mut buf = Vec::with_capacity(1 << 20);
+        for i in 0..rows {
+            permits.acquire().await.unwrap().forget();
+            buf.extend_from_slice(line("s", i, &body).as_bytes());
+            if buf.len() >= 1 << 20 {
+                input.write_all(&buf).await.unwrap();
+                buf.clear();
+            }
+        }
+        input.write_all(&buf).await.unwrap();
+        input.flush().await.unwrap();
+        input
+    });
+    let tenth = rows / 10;
+    let mut marks = Vec::new();
+    for n in 1..=rows {
+        let ack = acks.next_line().await.unwrap().unwrap_or_else(|| panic!("ack {n} missing"));
+        assert!(ack.contains("\"archived\""), "{ack}");
+        window.add_permits(1);
+        if n % tenth == 0 {
+            marks.push(start.elapsed().as_secs_f64());
+        }
+    }
+    drop(writer.await.unwrap());
+    assert!(child.wait().await.unwrap().success());
+    marks
+}
+
+/// Runs `imcrypt view` with `args` (output thrown away); returns its time and its peak RSS in
+/// KiB (VmHWM, read from /proc every 10 ms while it runs: the last reading is the peak).
+async fn view_run(db: &str, ring: &Path, args: &[&str]) -> (f64, u64) {
+    let mut child = tokio::process::Command::new(bench_bin())
+        .args(["view", "--db", db, "--keys"])
+        .arg(ring)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = format!("/proc/{}/status", child.id().unwrap());
+    let mut peak = 0u64;
+    let exit = loop {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            let hwm = text.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+            if let Some(kib) = hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        tokio::select! {
+            e = child.wait() => break e.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+    assert!(exit.success(), "imcrypt view {args:?}: {exit}");
+    (secs, peak)
+}
+
+/// The database's own limit for reading the rows out: `COPY (SELECT …) TO STDOUT` of the
+/// viewer's columns and order, every byte received and thrown away. Returns (seconds, bytes).
+async fn copy_out(c: &tokio_postgres::Client) -> (f64, usize) {
+    use futures_util::TryStreamExt as _;
+    let start = Instant::now();
+    let sql = "COPY (SELECT id, message_id, recipient_key, ts_ms, direction, encrypted, \
+               from_idx, to_idx, room_idx, from_addr, to_addr, room, key_version, payload \
+               FROM imcrypt_archive ORDER BY ts_ms, id) TO STDOUT";
+    let stream = c.copy_out(sql).await.unwrap();
+    tokio::pin!(stream);
+    let mut bytes = 0;
+    while let Some(b) = stream.try_next().await.unwrap() {
+        bytes += b.len();
+    }
+    (start.elapsed().as_secs_f64(), bytes)
+}
+
+async fn scale(pg: &pg::Pg) {
+    let rows: usize =
+        std::env::var("IMCRYPT_SCALE_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    assert!(rows >= 10, "IMCRYPT_SCALE_ROWS: at least 10");
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::new(dir.path(), &["on"]).unwrap();
+    lab.spec_mut("on").hotpath = true;
+    lab.start("on").await.unwrap();
+    encrypt_on(&lab).await;
+    // The key ring file the viewer reads (docs/viewer.md), mode 0600, removed with `dir`.
+    let ring = lab.daemon("on").unwrap().key_ring().borrow().clone().expect("encryption is on");
+    let ring_file = dir.path().join("ring.json");
+    let doc = serde_json::json!({"format": "imcrypt-key-ring", "format_version": 1, "ring": *ring});
+    std::fs::write(&ring_file, doc.to_string()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ring_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let url = pg.url();
+    let db: imcrypt::archive::DbUrl = url.parse().unwrap();
+    imcrypt::archive::Db::connect(&db).await.unwrap().ensure_schema().await.unwrap();
+    let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    println!(
+        "scale: {rows} events of {BODY} B, one row each, encryption on, PostgreSQL with fsync on"
+    );
+
+    let marks = archive_at_scale(&url, &lab.hotpath_socket("on"), rows).await;
+    let tenth = (rows / 10) as f64;
+    let first = tenth / marks[0];
+    let last = tenth / (marks[9] - marks[8]);
+    println!(
+        "  archive: first tenth {first:.0} rows/s, last tenth {last:.0} rows/s, all {:.0} rows/s",
+        rows as f64 / marks[9]
+    );
+    sql.batch_execute("VACUUM ANALYZE imcrypt_archive").await.unwrap();
+
+    // Warm the server's cache the same way for both readers, then best of 2 each.
+    copy_out(&sql).await;
+    let (mut raw, mut full, mut lookup, mut rss) = (f64::MAX, f64::MAX, f64::MAX, 0u64);
+    let mut copied = 0;
+    for _ in 0..2 {
+        let (t, b) = copy_out(&sql).await;
+        raw = raw.min(t);
+        copied = b;
+        let (t, kib) = view_run(&url, &ring_file, &["-o", "json"]).await;
+        full = full.min(t);
+        rss = rss.max(kib);
+        let (t, kib) =
+            view_run(&url, &ring_file, &["-o", "json", "--from", "user7@example.com"]).await;
+        lookup = lookup.min(t);
+        rss = rss.max(kib);
+    }
+    println!(
+        "  raw COPY (SELECT …) TO STDOUT: {raw:.2} s ({:.0} rows/s, {copied} B)",
+        rows as f64 / raw
+    );
+    println!("  imcrypt view -o json, all rows: {full:.2} s ({:.0} rows/s)", rows as f64 / full);
+    println!("  imcrypt view --from (1/97 of the rows): {lookup:.3} s");
+    println!("  imcrypt view peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---|---|");
+    println!("| writes, last tenth / first tenth | {:.2} | >= 0.80 |", last / first);
+    println!("| view / raw COPY out (rate) | {:.2} | >= 0.90 |", raw / full);
+    println!("| view peak RSS | {:.1} MiB | < 64 MiB |", rss as f64 / 1024.0);
+    println!("| participant lookup / full read (time) | {:.3} | |", lookup / full);
+    lab.stop_all().await;
 }

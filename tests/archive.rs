@@ -904,3 +904,136 @@ async fn postgres_archive_view_round_trip_over_tls() {
         pg_url("localhost", &pg, &format!("sslmode=verify-full&sslrootcert={}", ca.display()));
     bounded(round_trip(&url)).await;
 }
+
+/// Fills the archive at `url` (PostgreSQL, schema in place) with `n` rows in one statement, as
+/// the archiver stores them: every `clear`th in clear (its sender one of 100 addresses, in
+/// mixed case), the others encrypted (blind indexes that match nothing the tests look for, a
+/// payload that opens under no key). Then `ANALYZE`, so the planner knows the table's size.
+async fn fill_archive(url: &DbUrl, n: u32, clear: u32) {
+    let sql = format!(
+        "INSERT INTO imcrypt_archive (message_id, recipient_key, ts_ms, direction, encrypted, \
+         from_idx, to_idx, room_idx, from_addr, to_addr, room, key_version, payload) \
+         SELECT 'm' || i, sha256(('r' || i)::bytea), i, 'inbound', i % {clear} <> 0, \
+           CASE WHEN i % {clear} <> 0 THEN sha256(('f' || i)::bytea) END, \
+           CASE WHEN i % {clear} <> 0 THEN sha256(('t' || i)::bytea) END, NULL, \
+           CASE WHEN i % {clear} = 0 THEN 'User' || (i % 100) || '@Example.com' END, \
+           CASE WHEN i % {clear} = 0 THEN 'Bob' || (i % 50) || '@example.com' END, NULL, \
+           CASE WHEN i % {clear} <> 0 THEN 1 END, \
+           CASE WHEN i % {clear} = 0 THEN convert_to(json_build_object('message_id', 'm' || i, \
+             'from', 'User' || (i % 100) || '@Example.com', 'to', 'Bob' || (i % 50) || '@example.com', \
+             'timestamp_ms', i, 'direction', 'inbound', 'body', 'hello ' || i)::text, 'UTF8') \
+           ELSE sha256(('p' || i)::bytea) END \
+         FROM generate_series(1, {n}) AS i; ANALYZE imcrypt_archive;"
+    );
+    dba_execute(url, &sql).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_filter_is_an_index_scan_at_100000_rows_also_on_an_archive_from_before() {
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        let mut db = Db::connect(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        // An archive created before the indexes on the clear columns existed.
+        dba_execute(
+            &url,
+            "DROP INDEX imcrypt_archive_from_clear, imcrypt_archive_to_clear, \
+             imcrypt_archive_room_clear",
+        )
+        .await;
+        fill_archive(&url, 100_000, 10).await;
+        db.ensure_schema().await.unwrap();
+        dba_execute(&url, "ANALYZE imcrypt_archive").await;
+        let ring = KeyRing::new(
+            imcrypt::ids::DomainId::from_bytes([1; 16]),
+            1,
+            zeroize::Zeroizing::new([2; 32]),
+        );
+        let plan = |ring: Option<KeyRing>, filter: ViewFilter| {
+            let url = url.clone();
+            async move {
+                imcrypt::archive::query_plan(&url, ring.as_ref(), &filter).await.unwrap().unwrap()
+            }
+        };
+        // An index is used when the plan says `Index Scan using NAME` or `Bitmap Index Scan on
+        // NAME`; the whole table is read when it says `Seq Scan`.
+        let uses = |plan: &str, index: &str| {
+            !plan.contains("Seq Scan")
+                && (plan.contains(&format!("Index Scan on {index} "))
+                    || plan.contains(&format!("Index Scan using {index} ")))
+        };
+        let from = ViewFilter { from: Some("USER70@example.com".into()), ..Default::default() };
+        // With a key ring: the blind index of encrypted rows, or the clear column of the others.
+        let p = plan(Some(ring.clone()), from.clone()).await;
+        assert!(uses(&p, "imcrypt_archive_from") && uses(&p, "imcrypt_archive_from_clear"), "{p}");
+        // Without one (an archive kept in clear): the clear column only, case-insensitively.
+        let p = plan(None, from.clone()).await;
+        assert!(uses(&p, "imcrypt_archive_from_clear"), "{p}");
+        let to = ViewFilter { to: Some("BOB3@example.com".into()), ..Default::default() };
+        let p = plan(Some(ring.clone()), to).await;
+        assert!(uses(&p, "imcrypt_archive_to") && uses(&p, "imcrypt_archive_to_clear"), "{p}");
+        let room = ViewFilter { room: Some("ops".into()), ..Default::default() };
+        let p = plan(Some(ring), room).await;
+        assert!(uses(&p, "imcrypt_archive_room") && uses(&p, "imcrypt_archive_room_clear"), "{p}");
+        // And the filter finds what the plan promises, whatever the case: the 1,000 rows in
+        // clear from User70@Example.com (every 100th row).
+        let (rows, bad) = view(&url, None, &from).await.unwrap();
+        assert_eq!((rows.len(), bad.len()), (1000, 0));
+        assert!(rows.iter().all(|r| r.body.starts_with("hello ") && !r.encrypted));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_prints_its_first_rows_while_the_rest_are_still_in_the_database() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let pg = pg::Pg::start();
+    bounded(async {
+        let url: DbUrl = pg.url().parse().unwrap();
+        Db::connect(&url).await.unwrap().ensure_schema().await.unwrap();
+        // 50,000 rows in clear: about 10 MB of JSON lines, far more than a pipe holds, so a
+        // viewer whose reader pauses must pause too.
+        fill_archive(&url, 50_000, 1).await;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imcrypt"));
+        cmd.args(["view", "--db", &pg.url(), "-o", "json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first: serde_json::Value =
+            serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+        assert_eq!(first["message_id"], "m1", "the oldest row comes first");
+        // While we do not read, the viewer waits with its query open in the database, the
+        // rows it has not fetched yet still there: a DBA sees its session idle in a
+        // transaction, its SELECT started and not finished.
+        let dba = pg_client(&url).await;
+        let state = wait_for("the viewer's session to wait for its reader", WAIT, async || {
+            let rows = dba
+                .query(
+                    "SELECT state FROM pg_stat_activity \
+                     WHERE query LIKE 'SELECT id, message_id%' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let s: Option<String> = rows.first().and_then(|r| r.get(0));
+            s.filter(|s| s == "idle in transaction")
+        })
+        .await;
+        assert_eq!(state, "idle in transaction");
+        // Reading on, every row of the archive arrives, in order.
+        let mut n = 1;
+        while let Some(l) = lines.next_line().await.unwrap() {
+            n += 1;
+            if n % 10_000 == 0 {
+                assert!(l.contains(&format!("\"message_id\":\"m{n}\"")), "{l}");
+            }
+        }
+        assert_eq!(n, 50_000);
+        let out = child.wait_with_output().await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    })
+    .await;
+}

@@ -295,19 +295,84 @@ impl Db {
         Ok(mark_written(rows, &written))
     }
 
-    /// Rows matching `filter`, oldest first.
+    /// Rows matching `filter`, oldest first, all at once: for tests and small archives. The
+    /// viewer reads through [`Db::select_batches`].
     pub async fn select(&mut self, filter: &SqlFilter) -> Result<Vec<StoredRow>, DbError> {
-        let (clause, params) = filter.render(self.dialect());
-        let sql = format!(
-            "SELECT id, message_id, recipient_key, ts_ms, direction, encrypted, from_idx, to_idx, \
-             room_idx, from_addr, to_addr, room, key_version, payload FROM {TABLE}{clause} \
-             ORDER BY ts_ms, id"
-        );
+        let mut batches = self.select_batches(filter).await?;
+        let mut all = Vec::new();
+        while let Some(b) = batches.next_batch().await? {
+            all.extend(b);
+        }
+        Ok(all)
+    }
+
+    /// Rows matching `filter`, oldest first, read in batches of at most [`BATCH_ROWS`]:
+    /// PostgreSQL through a portal of a read-only transaction, SQLite by stepping the
+    /// statement in a blocking task that hands batches over a channel of one, SQL Server from
+    /// tiberius's row stream as the server's packets arrive. Memory holds a few batches at
+    /// most, whatever the archive's size.
+    pub async fn select_batches(&mut self, filter: &SqlFilter) -> Result<RowBatches<'_>, DbError> {
+        let (sql, params) = filter.select_sql(self.dialect());
+        let inner = match self {
+            Db::Sqlite(s) => Batches::Sqlite(s.select_batches(sql, params, BATCH_ROWS)),
+            Db::Postgres(c) => {
+                let refs: Vec<&Param> = params.iter().collect();
+                let (tx, portal) = postgres::open_portal(c, &sql, &refs).await?;
+                Batches::Postgres { tx, portal, done: false }
+            }
+            Db::SqlServer(c) => {
+                let refs: Vec<&Param> = params.iter().collect();
+                Batches::SqlServer(sqlserver::row_stream(c, sql, &refs).await?)
+            }
+        };
+        Ok(RowBatches { inner })
+    }
+
+    /// What PostgreSQL plans for the viewer's query through `filter` (`EXPLAIN`, one line per
+    /// plan node): to check that a filter is an index scan. Other backends: `None`.
+    pub async fn explain_select(&mut self, filter: &SqlFilter) -> Result<Option<String>, DbError> {
+        let Db::Postgres(c) = self else { return Ok(None) };
+        let (sql, params) = filter.select_sql(Dialect::Postgres);
+        let sql = format!("EXPLAIN {sql}");
         let refs: Vec<&Param> = params.iter().collect();
-        match self {
-            Db::Sqlite(s) => s.select(sql, params).await,
-            Db::Postgres(c) => postgres::select(c, &sql, &refs).await,
-            Db::SqlServer(c) => sqlserver::select(c, sql, &refs).await,
+        postgres::explain(c, &sql, &refs).await.map(Some)
+    }
+}
+
+/// Most rows one batch of the viewer's query holds.
+pub const BATCH_ROWS: usize = 1000;
+
+/// The viewer's query, being read batch by batch ([`Db::select_batches`]).
+pub struct RowBatches<'a> {
+    inner: Batches<'a>,
+}
+
+enum Batches<'a> {
+    /// The read-only transaction holding the portal; rolled back when dropped.
+    Postgres {
+        tx: tokio_postgres::Transaction<'a>,
+        portal: tokio_postgres::Portal,
+        done: bool,
+    },
+    Sqlite(tokio::sync::mpsc::Receiver<Result<Vec<StoredRow>, DbError>>),
+    SqlServer(sqlserver::RowStream<'a>),
+}
+
+impl RowBatches<'_> {
+    /// The next batch (never empty), or `None` when every row was read.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<StoredRow>>, DbError> {
+        match &mut self.inner {
+            Batches::Postgres { tx, portal, done } => {
+                if *done {
+                    return Ok(None);
+                }
+                let rows = postgres::fetch(tx, portal, BATCH_ROWS).await?;
+                // A portal that gives fewer rows than asked for is exhausted.
+                *done = rows.len() < BATCH_ROWS;
+                Ok(Some(rows).filter(|r| !r.is_empty()))
+            }
+            Batches::Sqlite(rx) => rx.recv().await.transpose(),
+            Batches::SqlServer(s) => sqlserver::next_batch(s, BATCH_ROWS).await,
         }
     }
 }
@@ -345,42 +410,86 @@ fn mark_written(rows: &[Vec<Param>], written: &[(String, Vec<u8>)]) -> Vec<bool>
 /// A WHERE clause as data: each condition is an OR of column tests, all conditions ANDed.
 #[derive(Debug, Clone, Default)]
 pub struct SqlFilter {
-    conds: Vec<Vec<(String, &'static str, Vec<Param>)>>,
+    conds: Vec<Vec<Test>>,
 }
 
+/// One column test of a condition.
+#[derive(Debug, Clone)]
+struct Test {
+    col: String,
+    op: &'static str,
+    vals: Vec<Param>,
+    /// Only on rows stored in clear (`encrypted` false): spelled out so that PostgreSQL and
+    /// SQLite can use the partial indexes on the clear columns (`WHERE NOT encrypted`), whose
+    /// predicate the query must imply.
+    clear_rows_only: bool,
+}
+
+/// One alternative of [`SqlFilter::any_of`]: the column (an SQL expression), its values, and
+/// whether the test applies to rows stored in clear only.
+pub(crate) type Alternative<'a> = (&'a str, Vec<Param>, bool);
+
 impl SqlFilter {
-    /// `column IN (values)` as one alternative of a new condition group.
-    pub(crate) fn any_of(&mut self, alternatives: Vec<(&str, Vec<Param>)>) {
+    /// `column IN (values)` for each alternative, ORed, as a new condition.
+    pub(crate) fn any_of(&mut self, alternatives: Vec<Alternative<'_>>) {
         self.conds.push(
             alternatives
                 .into_iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(c, v)| (c.to_owned(), "IN", v))
+                .filter(|(_, v, _)| !v.is_empty())
+                .map(|(c, vals, clear_rows_only)| Test {
+                    col: c.to_owned(),
+                    op: "IN",
+                    vals,
+                    clear_rows_only,
+                })
                 .collect(),
         );
     }
 
     /// `column op value`, e.g. `ts_ms >= 5`.
     pub(crate) fn compare(&mut self, column: &str, op: &'static str, value: Param) {
-        self.conds.push(vec![(column.to_owned(), op, vec![value])]);
+        self.conds.push(vec![Test {
+            col: column.to_owned(),
+            op,
+            vals: vec![value],
+            clear_rows_only: false,
+        }]);
+    }
+
+    /// The viewer's query through this filter (columns in `StoredRow` order, oldest first),
+    /// and its parameters.
+    fn select_sql(&self, dialect: Dialect) -> (String, Vec<Param>) {
+        let (clause, params) = self.render(dialect);
+        let sql = format!(
+            "SELECT id, message_id, recipient_key, ts_ms, direction, encrypted, from_idx, to_idx, \
+             room_idx, from_addr, to_addr, room, key_version, payload FROM {TABLE}{clause} \
+             ORDER BY ts_ms, id"
+        );
+        (sql, params)
     }
 
     fn render(&self, dialect: Dialect) -> (String, Vec<Param>) {
         let mut params = Vec::new();
         let mut groups = Vec::new();
+        // As the partial indexes' predicates are written (`schema`, `sqlite`).
+        let clear = match dialect {
+            Dialect::Postgres => "NOT encrypted AND ",
+            Dialect::SqlServer | Dialect::Sqlite => "encrypted = 0 AND ",
+        };
         for g in &self.conds {
             let mut alts = Vec::new();
-            for (col, op, vals) in g {
+            for t in g {
                 let mut ph = Vec::new();
-                for v in vals {
+                for v in &t.vals {
                     params.push(v.clone());
                     ph.push(dialect.placeholder(params.len()));
                 }
-                alts.push(if *op == "IN" {
-                    format!("{col} IN ({})", ph.join(", "))
+                let test = if t.op == "IN" {
+                    format!("{} IN ({})", t.col, ph.join(", "))
                 } else {
-                    format!("{col} {op} {}", ph[0])
-                });
+                    format!("{} {} {}", t.col, t.op, ph[0])
+                };
+                alts.push(if t.clear_rows_only { format!("({clear}{test})") } else { test });
             }
             groups.push(if alts.is_empty() {
                 "1 = 0".to_owned()
@@ -475,17 +584,21 @@ mod tests {
     fn filters_render_with_each_dialects_placeholders() {
         let mut f = SqlFilter::default();
         f.any_of(vec![
-            ("from_idx", vec![Param::Bytes(Some(vec![1])), Param::Bytes(Some(vec![2]))]),
-            ("LOWER(from_addr)", vec![Param::Text(Some("a".into()))]),
+            ("from_idx", vec![Param::Bytes(Some(vec![1])), Param::Bytes(Some(vec![2]))], false),
+            ("LOWER(from_addr)", vec![Param::Text(Some("a".into()))], true),
         ]);
         f.compare("ts_ms", ">=", Param::I64(5));
         let (pg, p) = f.render(Dialect::Postgres);
         assert_eq!(
             pg,
-            " WHERE (from_idx IN ($1, $2) OR LOWER(from_addr) IN ($3)) AND (ts_ms >= $4)"
+            " WHERE (from_idx IN ($1, $2) OR (NOT encrypted AND LOWER(from_addr) IN ($3))) \
+             AND (ts_ms >= $4)"
         );
         assert_eq!(p.len(), 4);
         assert!(f.render(Dialect::SqlServer).0.contains("@P4"));
+        assert!(
+            f.render(Dialect::Sqlite).0.contains("(encrypted = 0 AND LOWER(from_addr) IN (?3))")
+        );
         assert!(f.render(Dialect::Sqlite).0.contains("ts_ms >= ?4"));
     }
 }

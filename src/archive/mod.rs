@@ -29,7 +29,7 @@ pub use db::{Db, DbError, ProbeResult, probe};
 pub(crate) use tls::is_loopback;
 pub use url::DbUrl;
 pub(crate) use url::{DEFAULT_DB_URL, redact};
-pub use view::{RowFailure, ViewFilter, ViewedRow, view};
+pub use view::{RowFailure, ViewFilter, ViewedRow, query_plan, view, view_batches};
 pub use writer::{Ack, Archiver, ArchiverConfig, HotpathOutages, Outcome};
 pub(crate) use writer::{serve_lines, serve_socket};
 

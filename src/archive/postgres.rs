@@ -191,32 +191,56 @@ pub(super) async fn version(c: &Client) -> Result<String, DbError> {
     Ok(row.get::<_, String>(0))
 }
 
-pub(super) async fn select(
-    c: &Client,
+/// Opens the viewer's query as a portal of a read-only transaction, so that its rows can be
+/// fetched batch by batch ([`fetch`]) instead of all at once: the server keeps the rest until
+/// asked. The transaction rolls back when dropped (nothing to undo: it only reads).
+pub(super) async fn open_portal<'c>(
+    c: &'c mut Client,
     sql: &str,
     params: &[&Param],
+) -> Result<(tokio_postgres::Transaction<'c>, tokio_postgres::Portal), DbError> {
+    let tx = c.build_transaction().read_only(true).start().await.map_err(err)?;
+    let portal = tx.bind(sql, &bind(params)).await.map_err(err)?;
+    Ok((tx, portal))
+}
+
+/// The next `max` rows (or fewer: the last ones) of `portal`.
+pub(super) async fn fetch(
+    tx: &tokio_postgres::Transaction<'_>,
+    portal: &tokio_postgres::Portal,
+    max: usize,
 ) -> Result<Vec<StoredRow>, DbError> {
+    let max = i32::try_from(max).unwrap_or(i32::MAX);
+    let rows = tx.query_portal(portal, max).await.map_err(err)?;
+    rows.iter().map(stored_row).collect()
+}
+
+/// `sql` (an `EXPLAIN`) with its parameters bound: the plan, one line per row of the answer.
+pub(super) async fn explain(c: &Client, sql: &str, params: &[&Param]) -> Result<String, DbError> {
     let rows = c.query(sql, &bind(params)).await.map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            Ok(StoredRow {
-                id: r.try_get(0).map_err(bad)?,
-                message_id: r.try_get(1).map_err(bad)?,
-                recipient_key: r.try_get(2).map_err(bad)?,
-                ts_ms: r.try_get(3).map_err(bad)?,
-                direction: r.try_get(4).map_err(bad)?,
-                encrypted: r.try_get(5).map_err(bad)?,
-                from_idx: r.try_get(6).map_err(bad)?,
-                to_idx: r.try_get(7).map_err(bad)?,
-                room_idx: r.try_get(8).map_err(bad)?,
-                from_addr: r.try_get(9).map_err(bad)?,
-                to_addr: r.try_get(10).map_err(bad)?,
-                room: r.try_get(11).map_err(bad)?,
-                key_version: r.try_get(12).map_err(bad)?,
-                payload: r.try_get(13).map_err(bad)?,
-            })
-        })
-        .collect()
+    let lines: Result<Vec<String>, DbError> =
+        rows.iter().map(|r| r.try_get::<_, String>(0).map_err(bad)).collect();
+    Ok(lines?.join("\n"))
+}
+
+/// One row of the viewer's query (columns in `StoredRow` order).
+fn stored_row(r: &tokio_postgres::Row) -> Result<StoredRow, DbError> {
+    Ok(StoredRow {
+        id: r.try_get(0).map_err(bad)?,
+        message_id: r.try_get(1).map_err(bad)?,
+        recipient_key: r.try_get(2).map_err(bad)?,
+        ts_ms: r.try_get(3).map_err(bad)?,
+        direction: r.try_get(4).map_err(bad)?,
+        encrypted: r.try_get(5).map_err(bad)?,
+        from_idx: r.try_get(6).map_err(bad)?,
+        to_idx: r.try_get(7).map_err(bad)?,
+        room_idx: r.try_get(8).map_err(bad)?,
+        from_addr: r.try_get(9).map_err(bad)?,
+        to_addr: r.try_get(10).map_err(bad)?,
+        room: r.try_get(11).map_err(bad)?,
+        key_version: r.try_get(12).map_err(bad)?,
+        payload: r.try_get(13).map_err(bad)?,
+    })
 }
 
 /// A server error is a connection problem, to retry after reconnecting, when its SQLSTATE says

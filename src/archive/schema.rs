@@ -46,6 +46,12 @@ CREATE INDEX IF NOT EXISTS imcrypt_archive_from ON imcrypt_archive (from_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_to ON imcrypt_archive (to_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_room ON imcrypt_archive (room_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_ts ON imcrypt_archive (ts_ms);
+CREATE INDEX IF NOT EXISTS imcrypt_archive_from_clear ON imcrypt_archive (LOWER(from_addr))
+    WHERE NOT encrypted;
+CREATE INDEX IF NOT EXISTS imcrypt_archive_to_clear ON imcrypt_archive (LOWER(to_addr))
+    WHERE NOT encrypted;
+CREATE INDEX IF NOT EXISTS imcrypt_archive_room_clear ON imcrypt_archive (LOWER(room))
+    WHERE NOT encrypted;
 ";
 
 pub(crate) const SQLSERVER_SCHEMA: &str = "\

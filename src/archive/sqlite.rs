@@ -54,6 +54,12 @@ CREATE INDEX IF NOT EXISTS imcrypt_archive_from ON imcrypt_archive (from_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_to ON imcrypt_archive (to_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_room ON imcrypt_archive (room_idx);
 CREATE INDEX IF NOT EXISTS imcrypt_archive_ts ON imcrypt_archive (ts_ms);
+CREATE INDEX IF NOT EXISTS imcrypt_archive_from_clear ON imcrypt_archive (LOWER(from_addr))
+    WHERE encrypted = 0;
+CREATE INDEX IF NOT EXISTS imcrypt_archive_to_clear ON imcrypt_archive (LOWER(to_addr))
+    WHERE encrypted = 0;
+CREATE INDEX IF NOT EXISTS imcrypt_archive_room_clear ON imcrypt_archive (LOWER(room))
+    WHERE encrypted = 0;
 ";
 
 /// An open SQLite archive file.
@@ -252,36 +258,65 @@ impl SqliteDb {
         .await
     }
 
-    /// Runs the viewer's SELECT (columns in `StoredRow` order).
-    pub(super) async fn select(
+    /// Runs the viewer's SELECT (columns in `StoredRow` order) in a blocking task that steps
+    /// the statement and hands over `batch` rows at a time through a channel of one: the task
+    /// waits while the reader is behind, so at most three batches exist at once (one being
+    /// filled, one in the channel, one being shown). The task holds this connection until the
+    /// last row is read or the receiver is dropped; an error ends the stream after it.
+    pub(super) fn select_batches(
         &self,
         sql: String,
         params: Vec<Param>,
-    ) -> Result<Vec<StoredRow>, DbError> {
-        self.call(move |c| {
-            let mut st = c.prepare(&sql)?;
-            let rows = st.query_map(rusqlite::params_from_iter(params.iter()), |r| {
-                Ok(StoredRow {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    recipient_key: r.get(2)?,
-                    ts_ms: r.get(3)?,
-                    direction: r.get(4)?,
-                    encrypted: r.get(5)?,
-                    from_idx: r.get(6)?,
-                    to_idx: r.get(7)?,
-                    room_idx: r.get(8)?,
-                    from_addr: r.get(9)?,
-                    to_addr: r.get(10)?,
-                    room: r.get(11)?,
-                    key_version: r.get(12)?,
-                    payload: r.get(13)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<StoredRow>, DbError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            let step = |send: &mut dyn FnMut(Vec<StoredRow>) -> bool| -> rusqlite::Result<()> {
+                let mut st = c.prepare(&sql)?;
+                let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
+                let mut buf = Vec::with_capacity(batch);
+                while let Some(r) = rows.next()? {
+                    buf.push(stored_row(r)?);
+                    if buf.len() == batch
+                        && !send(std::mem::replace(&mut buf, Vec::with_capacity(batch)))
+                    {
+                        return Ok(());
+                    }
+                }
+                if !buf.is_empty() {
+                    send(buf);
+                }
+                Ok(())
+            };
+            let mut send = |b: Vec<StoredRow>| tx.blocking_send(Ok(b)).is_ok();
+            if let Err(e) = step(&mut send) {
+                let _ = tx.blocking_send(Err(sqlite_err(&path, e)));
+            }
+        });
+        rx
     }
+}
+
+/// One row of the viewer's SELECT (columns in `StoredRow` order).
+fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRow> {
+    Ok(StoredRow {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        recipient_key: r.get(2)?,
+        ts_ms: r.get(3)?,
+        direction: r.get(4)?,
+        encrypted: r.get(5)?,
+        from_idx: r.get(6)?,
+        to_idx: r.get(7)?,
+        room_idx: r.get(8)?,
+        from_addr: r.get(9)?,
+        to_addr: r.get(10)?,
+        room: r.get(11)?,
+        key_version: r.get(12)?,
+        payload: r.get(13)?,
+    })
 }
 
 /// The eligibility probe of an SQLite URL (see `db::probe`). Never creates the file.
@@ -399,6 +434,25 @@ mod tests {
         assert_eq!(w.iter().filter(|x| **x).count(), 1);
         assert!(w[n] && !w[n + 1], "the first of two equal rows is the one written");
         assert_eq!(count(&mut db).await, n + 1);
+    }
+
+    #[tokio::test]
+    async fn the_viewers_query_comes_in_batches_of_at_most_1000_rows_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::sqlite(dir.path().join("a.db"));
+        let mut db = Db::connect_or_create(&url).await.unwrap();
+        db.ensure_schema().await.unwrap();
+        let rows: Vec<_> = (0..2500).map(|i| row(&format!("m{i}"), 1, Some(vec![1]))).collect();
+        db.insert(&rows).await.unwrap();
+        let mut batches = db.select_batches(&Default::default()).await.unwrap();
+        let mut sizes = Vec::new();
+        let mut last_id = 0;
+        while let Some(b) = batches.next_batch().await.unwrap() {
+            assert!(b.iter().all(|r| r.id > last_id), "oldest first, each row once");
+            last_id = b.last().unwrap().id;
+            sizes.push(b.len());
+        }
+        assert_eq!(sizes, [1000, 1000, 500]);
     }
 
     #[tokio::test]

@@ -235,15 +235,38 @@ pub(super) async fn version(c: &mut Client) -> Result<String, DbError> {
     Ok(row.get::<&str, _>(0).unwrap_or_default().to_owned())
 }
 
-pub(super) async fn select(
-    c: &mut Client,
+/// The viewer's query as it arrives: tiberius decodes rows from the server's TDS packets as
+/// they are polled, so nothing beyond the packet being read is buffered. It borrows the
+/// client until dropped; dropping it before the end leaves the rest of the answer for
+/// tiberius to drain before the connection's next statement (the viewer has none).
+pub(super) type RowStream<'a> =
+    futures_util::stream::BoxStream<'a, tiberius::Result<tiberius::Row>>;
+
+/// Sends the viewer's query; its rows are then read with [`next_batch`].
+pub(super) async fn row_stream<'a>(
+    c: &'a mut Client,
     sql: String,
     params: &[&Param],
-) -> Result<Vec<StoredRow>, DbError> {
+) -> Result<RowStream<'a>, DbError> {
     let mut q = tiberius::Query::new(sql);
     bind_all(&mut q, params);
-    let rows = q.query(c).await.map_err(err)?.into_first_result().await.map_err(err)?;
-    rows.iter().map(row).collect()
+    Ok(q.query(c).await.map_err(err)?.into_row_stream())
+}
+
+/// The next `max` rows of `s` (fewer at its end), or `None` when it is done.
+pub(super) async fn next_batch(
+    s: &mut RowStream<'_>,
+    max: usize,
+) -> Result<Option<Vec<StoredRow>>, DbError> {
+    use futures_util::TryStreamExt as _;
+    let mut out = Vec::with_capacity(max);
+    while out.len() < max {
+        match s.try_next().await.map_err(err)? {
+            Some(r) => out.push(row(&r)?),
+            None => break,
+        }
+    }
+    Ok(Some(out).filter(|b| !b.is_empty()))
 }
 
 /// As for PostgreSQL: shutdown in progress (6005), deadlock victim (1205) and the server's

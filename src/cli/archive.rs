@@ -164,23 +164,49 @@ pub(crate) fn view(a: ViewArgs) -> Result<(), ArchiveError> {
         since_ms: a.since,
         until_ms: a.until,
     };
-    let (rows, bad) = runtime()?.block_on(crate::archive::view(&url, ring.as_ref(), &filter))?;
+    // Each batch is printed, and its failures reported, as soon as it is read: JSON row by
+    // row, the table as one block per batch (docs/viewer.md).
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match a.output {
-        Output::Table => out.write_all(crate::archive::view::table(&rows).as_bytes())?,
-        Output::Json => {
-            for r in &rows {
-                serde_json::to_writer(&mut out, r).map_err(std::io::Error::other)?;
-                writeln!(out)?;
+    let (mut seen, mut failed, mut blocks) = (0, 0, 0);
+    runtime()?.block_on(crate::archive::view_batches(&url, ring.as_ref(), &filter, |batch| {
+        seen += batch.len();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut bad = Vec::new();
+        for r in batch {
+            match r {
+                Ok(v) => rows.push(v),
+                Err(f) => bad.push(f),
             }
         }
+        match a.output {
+            Output::Table if rows.is_empty() => {}
+            Output::Table => {
+                if blocks > 0 {
+                    writeln!(out)?;
+                }
+                blocks += 1;
+                out.write_all(crate::archive::view::table(&rows).as_bytes())?;
+            }
+            Output::Json => {
+                for r in &rows {
+                    serde_json::to_writer(&mut out, r).map_err(std::io::Error::other)?;
+                    writeln!(out)?;
+                }
+            }
+        }
+        out.flush()?;
+        failed += bad.len();
+        for f in &bad {
+            eprintln!("imcrypt: row {}: {}", f.id, f.reason);
+        }
+        Ok(())
+    }))?;
+    if blocks == 0 && matches!(a.output, Output::Table) {
+        out.write_all(crate::archive::view::table(&[]).as_bytes())?;
+        out.flush()?;
     }
-    out.flush()?;
-    for f in &bad {
-        eprintln!("imcrypt: row {}: {}", f.id, f.reason);
-    }
-    if !bad.is_empty() {
-        return Err(ArchiveError::Unreadable { failed: bad.len(), seen: rows.len() + bad.len() });
+    if failed > 0 {
+        return Err(ArchiveError::Unreadable { failed, seen });
     }
     Ok(())
 }
