@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +13,9 @@ use crate::admin::{RequestError, api};
 use crate::cluster::LearntPeer;
 use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage, Refusal, Wanted};
 use crate::ids::{ClusterId, KeyVersion};
-use crate::peer::establish::{EstablishAnswer, EstablishRequest, Peering, PeeringError};
+use crate::peer::establish::{
+    ATTEMPTS_PER_WINDOW, EstablishAnswer, EstablishRequest, Peering, PeeringError,
+};
 use crate::peer::server::{DeliverError, EstablishError};
 use crate::peer::token::Token;
 
@@ -223,6 +225,16 @@ impl crate::peer::server::Inbox for CoreInbox {
         req: EstablishRequest,
         source: SocketAddr,
     ) -> Result<EstablishAnswer, EstablishError> {
+        let taken = self.1.attempts.lock().expect("attempt budget lock").take(Instant::now());
+        if let Err(retry_after) = taken {
+            tracing::warn!(
+                %source,
+                retry_after_s = retry_after.as_secs(),
+                "a peering establish request was not taken: more than {ATTEMPTS_PER_WINDOW} in \
+                 the last minute (docs/operations.md, \"Peering\")"
+            );
+            return Err(EstablishError::Busy { retry_after });
+        }
         let secret = (req.secret())
             .ok_or_else(|| EstablishError::Bad("the secret is not 32 bytes of base64url".into()))?;
         let (_, certs) =

@@ -167,6 +167,7 @@ pub(crate) async fn start_with(
         me: id.clone(),
         tls: tls.clone(),
         advertise: config.peer_advertise(),
+        attempts: Default::default(),
     });
     let control = Control(tx.clone(), peering.clone());
     let (ring_tx, ring_rx) = watch::channel(cluster.key_ring().cloned().map(Arc::new));

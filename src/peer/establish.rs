@@ -79,12 +79,47 @@ pub(crate) struct EstablishAnswer {
     pub(crate) ca_pem: String,
 }
 
+/// Establish requests the issuer takes to its state machine per [`ATTEMPT_WINDOW`], from all
+/// sources together. A cluster with a valid token needs one; each attempt taken is a record
+/// in the audit trail (an fsync, and bytes never deleted), and the route needs no
+/// certificate, so without a budget anyone who reaches the peer port could fill the disk.
+/// Sources play no part: anyone can rotate addresses.
+pub(crate) const ATTEMPTS_PER_WINDOW: usize = 10;
+/// The window of [`ATTEMPTS_PER_WINDOW`].
+pub(crate) const ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The establish attempts taken lately (pure: the caller passes the time).
+///
+/// Invariant: at most [`ATTEMPTS_PER_WINDOW`] attempts are taken in any window of
+/// [`ATTEMPT_WINDOW`]; a refusal counts nothing and says when the next attempt is taken.
+#[derive(Debug, Default)]
+pub(crate) struct AttemptBudget {
+    taken: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl AttemptBudget {
+    /// Takes one attempt at `now`, or says how long until one is free.
+    pub(crate) fn take(&mut self, now: std::time::Instant) -> Result<(), Duration> {
+        while self.taken.front().is_some_and(|t| now.duration_since(*t) >= ATTEMPT_WINDOW) {
+            self.taken.pop_front();
+        }
+        if self.taken.len() >= ATTEMPTS_PER_WINDOW {
+            let oldest = *self.taken.front().expect("full");
+            return Err(ATTEMPT_WINDOW - now.duration_since(oldest));
+        }
+        self.taken.push_back(now);
+        Ok(())
+    }
+}
+
 /// What a cluster needs to issue tokens and to establish peerings.
 pub(crate) struct Peering {
     pub(crate) me: ClusterId,
     pub(crate) tls: PeerTls,
     /// Where other clusters dial this cluster's peer listener (`Config::peer_advertise`).
     pub(crate) advertise: Vec<String>,
+    /// Establish requests taken from clusters presenting a token ([`AttemptBudget`]).
+    pub(crate) attempts: std::sync::Mutex<AttemptBudget>,
 }
 
 /// Why a token could not be made or used.
@@ -254,5 +289,27 @@ async fn attempt(
             reason: String::from_utf8_lossy(&body).trim().to_owned(),
         }),
         other => Err(protocol(format!("{other}: {}", String::from_utf8_lossy(&body).trim()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_attempt_budget_takes_ten_a_minute_and_frees_one_as_the_oldest_ages_out() {
+        let mut b = AttemptBudget::default();
+        let t0 = Instant::now();
+        for i in 0..ATTEMPTS_PER_WINDOW as u64 {
+            assert_eq!(b.take(t0 + Duration::from_secs(i)), Ok(()), "attempt {i}");
+        }
+        // The eleventh within the minute is refused, and told when the oldest ages out.
+        let t = t0 + Duration::from_secs(20);
+        assert_eq!(b.take(t), Err(Duration::from_secs(40)));
+        // A refusal counts nothing: at 60 s exactly one attempt is free again, not two.
+        let t = t0 + ATTEMPT_WINDOW;
+        assert_eq!(b.take(t), Ok(()));
+        assert!(b.take(t).is_err());
     }
 }

@@ -77,6 +77,14 @@ pub(crate) enum EstablishError {
     /// again.
     #[error("{0}")]
     Unavailable(String),
+    /// More establish requests than the budget allows came lately (`establish::AttemptBudget`);
+    /// not taken, not recorded: the same token may be tried again after `retry_after`.
+    #[error(
+        "this cluster takes few peering requests per minute and had more lately; nothing was \
+         checked or recorded; try again in {} s",
+        retry_after.as_secs().max(1)
+    )]
+    Busy { retry_after: Duration },
 }
 
 /// Why the core did not take a well-formed peer message. Each is answered `409 Conflict` with
@@ -223,6 +231,14 @@ async fn anonymous<I: Inbox>(
         Err(e @ EstablishError::Bad(_)) => text(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ EstablishError::Unavailable(_)) => {
             text(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ EstablishError::Busy { retry_after }) => {
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(retry_after.as_secs().max(1)),
+            );
+            r
         }
     }
 }
