@@ -31,7 +31,7 @@ pub use url::DbUrl;
 pub(crate) use url::{DEFAULT_DB_URL, redact};
 pub use view::{RowFailure, ViewFilter, ViewedRow, query_plan, view, view_batches};
 pub use writer::{Ack, Archiver, ArchiverConfig, HotpathOutages, Outcome};
-pub(crate) use writer::{serve_lines, serve_socket};
+pub(crate) use writer::{DEFAULT_BATCH_ROWS, serve_lines, serve_socket};
 
 /// Why the archiver or the viewer stopped.
 #[derive(Debug, thiserror::Error)]

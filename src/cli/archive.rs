@@ -36,8 +36,8 @@ pub(crate) struct ArchiveArgs {
     /// Block delivery if unable to record: refuse new events while the database is down.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     block_delivery: bool,
-    /// Rows per database transaction (and per hot-path batch), at most.
-    #[arg(long, default_value_t = 500)]
+    /// Rows per database transaction, at most (sealed through the hot path 1,000 at a time).
+    #[arg(long, default_value_t = crate::archive::DEFAULT_BATCH_ROWS)]
     batch: usize,
 }
 
