@@ -466,7 +466,8 @@ impl ApiError {
                 | C::NodeAddWhileEncrypting
                 | C::ArchiverChangeWhileEncrypting { .. }
                 | C::NodeExists(_)
-                | C::PeerFromConfig(_) => (StatusCode::CONFLICT, "refused"),
+                | C::PeerFromConfig(_)
+                | C::PeeredByToken(_) => (StatusCode::CONFLICT, "refused"),
             },
         }
     }

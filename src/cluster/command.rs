@@ -217,6 +217,11 @@ pub enum CommandError {
          ends that)"
     )]
     NotPeeredByToken(ClusterId),
+    #[error(
+        "cluster {0} was peered by token; end that with imcrypt peering delete {0} (which tells \
+         it too and forgets its CA), not with peer remove"
+    )]
+    PeeredByToken(ClusterId),
 }
 
 /// A time as an RFC 3339 date, for messages.

@@ -176,8 +176,12 @@ impl Cluster {
         let migrated = state.format != STATE_FORMAT;
         let mut state = state;
         state.format = STATE_FORMAT;
-        if state.learnt_peers.keys().any(|p| !state.peers.contains(p)) {
-            return Err(StateError::Inconsistent("a peer learnt by token is not a peer"));
+        // The first build of peering tokens let `peer remove` drop a learnt peer and leave its entry
+        // (and CA) behind: repaired here, not refused, so that such a cluster still starts.
+        let orphans: Vec<ClusterId> =
+            state.learnt_peers.keys().filter(|p| !state.peers.contains(*p)).cloned().collect();
+        for p in &orphans {
+            state.learnt_peers.remove(p);
         }
         if state.cluster != config.id {
             return Err(StateError::WrongCluster { expected: config.id, found: state.cluster });
@@ -210,6 +214,16 @@ impl Cluster {
             db_probes: DbProbes::default(),
             configured: BTreeSet::new(),
         };
+        for p in orphans {
+            c.dirty = true;
+            c.log(
+                LogLevel::Warn,
+                format!(
+                    "the state recorded cluster {p} as peered by token but not as a peer (it was \
+                     removed with `peer remove`); its peering and CA are forgotten"
+                ),
+            );
+        }
         c.finish(now);
         Ok(c)
     }
@@ -580,7 +594,7 @@ impl Cluster {
                 Role::Off { .. } => Err(CommandError::NotEncrypting),
             },
             Command::AddPeer { peer, address } => done(self.add_peer(peer, address, now)),
-            Command::RemovePeer { peer } => done(self.remove_peer(&peer)),
+            Command::RemovePeer { peer } => done(self.remove_unlearnt_peer(&peer)),
             Command::AddNode { node, archiver } => done(self.add_node(node, archiver)),
             Command::RemoveNode { node } => done(self.remove_node(&node)),
             Command::SetArchiver { node, archiver } => done(self.set_archiver(node, archiver)),
@@ -868,6 +882,15 @@ impl Cluster {
         // hello interval later.
         let hello = self.hello(want_reply);
         self.pending.push(Effect::Send { to: peer.clone(), msg: PeerMessage::Hello(hello) });
+    }
+
+    /// `peer remove`: only for peers added at runtime or by the configuration file; a peer
+    /// learnt by token is ended by `peering delete`, which also tells it and forgets its CA.
+    fn remove_unlearnt_peer(&mut self, peer: &ClusterId) -> Result<(), CommandError> {
+        if self.state.learnt_peers.contains_key(peer) {
+            return Err(CommandError::PeeredByToken(peer.clone()));
+        }
+        self.remove_peer(peer)
     }
 
     pub(super) fn remove_peer(&mut self, peer: &ClusterId) -> Result<(), CommandError> {

@@ -8,9 +8,11 @@
 //!   and name the cluster that presents it; a refused attempt changes nothing (the token
 //!   stays usable), an accepted one marks it used in the same state write that records the
 //!   peer;
-//! - a learnt peer is always also a peer (`PersistedState::peers`) and is recorded with the
-//!   address and CA certificate it gave, which is its only trust anchor; a peer named in the
-//!   configuration file keeps the configuration's address and CA, and is never deleted here;
+//! - a learnt peer is also a peer (`PersistedState::peers`): `peer remove` refuses a learnt
+//!   peer, and a loaded state where one is not (written by an older release) is repaired by
+//!   forgetting that learnt entry; a learnt peer is recorded with the address and CA
+//!   certificate it gave, which is its only trust anchor; a peer named in the configuration
+//!   file keeps the configuration's address and CA, and is never deleted here;
 //! - a deleted peering sends [`PeerMessage::Unpeer`] before its link goes down, and a
 //!   cluster that receives it forgets that learnt peer the same way.
 
@@ -264,9 +266,18 @@ impl Cluster {
         (peers, tokens)
     }
 
+    /// Forgets learnt peer `peer` and ends its link. Should it not be a peer (the invariant
+    /// broken), the learnt entry still goes and nothing else happens.
     fn forget_learnt(&mut self, peer: &ClusterId) {
-        self.state.learnt_peers.remove(peer);
-        self.remove_peer(peer).expect("a learnt peer is a peer");
+        if self.state.learnt_peers.remove(peer).is_some() {
+            self.dirty = true;
+        }
+        if self.remove_peer(peer).is_err() {
+            self.log(
+                LogLevel::Warn,
+                format!("cluster {peer} was peered by token but was not a peer; forgotten"),
+            );
+        }
     }
 }
 
@@ -553,10 +564,44 @@ mod tests {
     }
 
     #[test]
-    fn a_state_whose_learnt_peer_is_not_a_peer_is_refused_as_inconsistent() {
+    fn a_state_whose_learnt_peer_is_not_a_peer_loads_repaired_with_a_warning() {
         let (a, _) = peered();
         let mut state = a.state().clone();
         state.peers.clear();
-        assert!(Cluster::new(ClusterConfig::new(id("a")), state, Time(1)).is_err());
+        let mut a = Cluster::new(ClusterConfig::new(id("a")), state, Time(1)).unwrap();
+        assert!(a.state().learnt_peers.is_empty(), "the learnt entry is dropped");
+        let e = drain(&mut a);
+        assert!(
+            matches!(e.first(), Some(Effect::Persist(s)) if s.learnt_peers.is_empty()),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|e| matches!(e, Effect::Log(l) if l.level == LogLevel::Warn
+                && l.text.contains("cluster b as peered by token"))),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn peer_remove_refuses_a_peer_learnt_by_token_and_changes_nothing() {
+        let (mut a, _) = peered();
+        let before = a.state().clone();
+        let e = a
+            .handle_command(Command::RemovePeer { peer: id("b") }, Time(30), Entropy::from_seed(0))
+            .unwrap_err();
+        assert_eq!(e, CommandError::PeeredByToken(id("b")));
+        assert!(e.to_string().contains("imcrypt peering delete b"), "{e}");
+        assert_eq!(a.state(), &before);
+        assert!(drain(&mut a).is_empty());
+    }
+
+    #[test]
+    fn deleting_a_learnt_peering_whose_peer_is_gone_forgets_it_without_panicking() {
+        let (mut a, _) = peered();
+        // The broken invariant as only a bug could leave it, inside one run.
+        a.state.peers.remove(&id("b"));
+        a.handle_command(Command::DeletePeering { peer: id("b") }, Time(30), Entropy::from_seed(0))
+            .unwrap();
+        assert!(a.state().learnt_peers.is_empty());
     }
 }
