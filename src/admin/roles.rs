@@ -8,7 +8,10 @@
 //! the tokens, so it could always make itself a key-custodian token; refusing it the download
 //! would be theatre, not separation. Duties are separated below it: a key-custodian downloads
 //! but cannot disable, rotate or change anything; an operator rotates and changes peers and
-//! nodes but cannot download, enable, disable or change the password.
+//! nodes but cannot download, enable, disable or change the password. Issuing a peering token
+//! and establishing a peering are `admin` only: with "enable on remote clusters" on, a cluster
+//! peered that way joins the encryption domain and receives its key ring (and an established
+//! peering can join this cluster to another's domain), which is as strong as a key download.
 //!
 //! Invariants: [`allowed`] is an exhaustive match, so a new route cannot be added without
 //! deciding who may call it; `admin` is allowed every route; a route that needs no token
@@ -24,9 +27,11 @@ use super::api::Route;
 pub enum AdminRole {
     /// Reads status, alarms and health.
     Viewer,
-    /// A viewer that also changes peers and nodes and rotates the key.
+    /// A viewer that also changes peers and nodes, lists and deletes peerings, and rotates
+    /// the key.
     Operator,
-    /// Everything: enable, disable, password change, token management, and all of the above.
+    /// Everything: enable, disable, password change, token management, peering tokens and
+    /// establishing peerings, and all of the above.
     Admin,
     /// Downloads the keys, and nothing else.
     KeyCustodian,
@@ -83,8 +88,6 @@ pub fn allowed(route: Route) -> &'static [AdminRole] {
         | Route::AddNode
         | Route::RemoveNode
         | Route::RotateKey
-        | Route::PeeringToken
-        | Route::PeeringEstablish
         | Route::PeeringList
         | Route::PeeringDelete => OPERATORS,
         Route::Enable
@@ -93,7 +96,9 @@ pub fn allowed(route: Route) -> &'static [AdminRole] {
         | Route::ChangePassword
         | Route::ListTokens
         | Route::CreateToken
-        | Route::RevokeToken => ADMINS,
+        | Route::RevokeToken
+        | Route::PeeringToken
+        | Route::PeeringEstablish => ADMINS,
         Route::DownloadKeys => CUSTODIANS,
     }
 }
@@ -182,6 +187,18 @@ mod tests {
         );
         let viewer = Principal { name: "v".into(), role: AdminRole::Viewer };
         assert!(viewer.may(Route::Alarms).is_ok() && viewer.may(Route::RotateKey).is_err());
+    }
+
+    #[test]
+    fn an_operator_lists_and_deletes_peerings_but_cannot_make_or_use_a_peering_token() {
+        // A token or an establish can bring a cluster into the domain with its key ring.
+        let operator = Principal { name: "op".into(), role: AdminRole::Operator };
+        for route in [Route::PeeringToken, Route::PeeringEstablish] {
+            let e = operator.may(route).unwrap_err().to_string();
+            assert!(e.contains("needs the role admin;"), "{route:?}: {e}");
+        }
+        assert!(operator.may(Route::PeeringList).is_ok());
+        assert!(operator.may(Route::PeeringDelete).is_ok());
     }
 
     #[test]
