@@ -427,9 +427,9 @@ impl ApiError {
                 }
                 PeeringError::Refused { .. } => (StatusCode::FORBIDDEN, "peering_refused"),
                 PeeringError::Pin { .. } => (StatusCode::BAD_GATEWAY, "pin_mismatch"),
-                PeeringError::Unreachable { .. } | PeeringError::Protocol { .. } => {
-                    (StatusCode::BAD_GATEWAY, "issuer_unreachable")
-                }
+                PeeringError::Unreachable { .. }
+                | PeeringError::NoAnswer { .. }
+                | PeeringError::Protocol { .. } => (StatusCode::BAD_GATEWAY, "issuer_unreachable"),
                 PeeringError::Tls(_) | PeeringError::Request(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "internal")
                 }

@@ -118,6 +118,11 @@ pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, Comm
         Ok(Outcome::Enabled { domain }) | Ok(Outcome::DisabledDomain { domain }) => {
             details.insert("domain".into(), json!(domain.to_string()));
         }
+        // The token's peering stands; its first answer was lost and is given again.
+        Ok(Outcome::PeeringRepeated { since }) => {
+            details.insert("repeat".into(), json!(true));
+            details.insert("since_unix_ms".into(), json!(since.unix_millis()));
+        }
         _ => {}
     }
     if let Err(e) = result {

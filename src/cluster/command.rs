@@ -118,6 +118,9 @@ pub enum Outcome {
     /// A peering token was issued: the daemon writes this secret into the token's text and
     /// never anywhere else.
     PeeringToken { secret: PeeringSecret, expires: Time },
+    /// A peering token was presented again by the cluster it peered (same secret, same CA),
+    /// whose answer was lost: answered as before, nothing changed.
+    PeeringRepeated { since: Time },
 }
 
 /// Why a command was refused.

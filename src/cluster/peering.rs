@@ -7,7 +7,9 @@
 //! - a token establishes at most one peering: it must exist, be unused, be unexpired at `now`
 //!   and name the cluster that presents it; a refused attempt changes nothing (the token
 //!   stays usable), an accepted one marks it used in the same state write that records the
-//!   peer;
+//!   peer; the same secret presented again by the cluster it peered, with the same CA, while
+//!   that peering still stands, is answered as accepted and changes nothing (its first answer
+//!   may have been lost on the way back);
 //! - a learnt peer is also a peer (`PersistedState::peers`): `peer remove` refuses a learnt
 //!   peer, and a loaded state where one is not (written by an older release) is repaired by
 //!   forgetting that learnt entry; a learnt peer is recorded with the address and CA
@@ -170,6 +172,18 @@ impl Cluster {
         let Some(i) = found else { return Err(CommandError::TokenUnknown) };
         let t = &self.state.peering_tokens[i];
         if let Some(at) = t.used {
+            // The peering this token made still stands (`since` is when it was accepted):
+            // a repeat from its peer, whose answer was lost, gets the same answer again.
+            let same = self.state.learnt_peers.get(&peer).is_some_and(|l| {
+                t.for_cluster == peer && l.since == at && l.ca_pem == learnt.ca_pem
+            });
+            if same {
+                self.log(
+                    LogLevel::Info,
+                    format!("cluster {peer} presented its peering token again; answered as before"),
+                );
+                return Ok(Outcome::PeeringRepeated { since: at });
+            }
             return Err(CommandError::TokenUsed { at });
         }
         if t.expires <= now {
@@ -366,12 +380,37 @@ mod tests {
     }
 
     #[test]
-    fn a_used_token_is_refused_as_used() {
+    fn a_used_token_is_refused_as_used_once_its_peering_is_gone() {
+        let mut a = cluster("a");
+        let s = issue(&mut a, "b", 10);
+        accept(&mut a, "b", &s, 20).unwrap();
+        a.handle_command(Command::DeletePeering { peer: id("b") }, Time(25), Entropy::from_seed(0))
+            .unwrap();
+        drain(&mut a);
+        refused(&mut a, "b", &s, 30, "already used");
+    }
+
+    #[test]
+    fn a_repeat_by_the_cluster_it_peered_is_answered_again_and_changes_nothing() {
         let mut a = cluster("a");
         let s = issue(&mut a, "b", 10);
         accept(&mut a, "b", &s, 20).unwrap();
         drain(&mut a);
-        refused(&mut a, "b", &s, 30, "already used");
+        let before = a.state().clone();
+        let o = accept(&mut a, "b", &s, 30).unwrap();
+        assert!(matches!(o, Outcome::PeeringRepeated { since: Time(20) }), "{o:?}");
+        assert_eq!(a.state(), &before, "a repeat changes nothing");
+        let e = drain(&mut a);
+        assert!(e.iter().all(|e| matches!(e, Effect::Log(_))), "no persist, no link: {e:?}");
+        // Another CA is not the same cluster's repeat.
+        let cmd = Command::AcceptPeering {
+            peer: id("b"),
+            secret: s.clone(),
+            address: "127.0.0.1:7102".into(),
+            ca_pem: "ANOTHER CA".into(),
+        };
+        let e = a.handle_command(cmd, Time(31), Entropy::from_seed(0)).unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
     }
 
     #[test]

@@ -135,8 +135,17 @@ pub enum PeeringError {
     OwnToken(ClusterId),
     #[error("cluster {0} is already a peer of this cluster; nothing was sent")]
     AlreadyPeer(ClusterId),
+    /// Before the request was sent (connect, handshake): the token did not leave.
     #[error("cannot reach cluster {issuer} at {address}: {reason}; nothing was sent")]
     Unreachable { issuer: ClusterId, address: String, reason: String },
+    /// After the request was sent: the issuer may have accepted the token.
+    #[error(
+        "sent the token to cluster {issuer} at {address} but its answer did not come back \
+         ({reason}); cluster {issuer} may have accepted it. Run imcrypt peering establish again \
+         with the same token (a repeat is answered as before and changes nothing), or check \
+         imcrypt peering list on both sides"
+    )]
+    NoAnswer { issuer: ClusterId, address: String, reason: String },
     #[error(
         "the server at {address} is not cluster {issuer} as the token pins it ({reason}); \
          nothing of the token was sent. A man in the middle, a wrong address, or cluster \
@@ -205,20 +214,14 @@ impl Peering {
         let client = self.tls.pinned_client(token.ca_sha256)?;
         let mut last = None;
         for address in &token.addresses {
-            let attempt = attempt(client.clone(), &token.issuer, address, body.clone());
-            let r = tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| {
-                Err(PeeringError::Unreachable {
-                    issuer: token.issuer.clone(),
-                    address: address.clone(),
-                    reason: format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()),
-                })
-            });
-            match r {
+            let deadline = tokio::time::Instant::now() + ATTEMPT_TIMEOUT;
+            match attempt(client.clone(), &token.issuer, address, body.clone(), deadline).await {
                 Ok(answer) => {
                     check_answer(token, &answer)?;
                     return Ok((address.clone(), answer));
                 }
-                // Another address may work; any other error is the issuer's word (or the pin's).
+                // Another address may work; any other error is the issuer's word (or the pin's),
+                // or the token was sent and the issuer may have taken it.
                 Err(e @ PeeringError::Unreachable { .. }) => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -240,29 +243,54 @@ fn check_answer(token: &Token, answer: &EstablishAnswer) -> Result<(), PeeringEr
     Ok(())
 }
 
+/// One attempt at `address`, ended at `deadline`. Until the request is handed to HTTP, a
+/// failure is [`PeeringError::Unreachable`] or [`PeeringError::Pin`] (nothing was sent); from
+/// then on a lost answer is [`PeeringError::NoAnswer`] (the issuer may have accepted).
 async fn attempt(
     client: Arc<rustls::ClientConfig>,
     issuer: &ClusterId,
     address: &str,
     body: Bytes,
+    deadline: tokio::time::Instant,
 ) -> Result<EstablishAnswer, PeeringError> {
     let unreachable = |reason: String| PeeringError::Unreachable {
         issuer: issuer.clone(),
         address: address.to_owned(),
         reason,
     };
+    let no_answer = |reason: String| PeeringError::NoAnswer {
+        issuer: issuer.clone(),
+        address: address.to_owned(),
+        reason,
+    };
+    let late = || format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs());
     let protocol = |reason: String| PeeringError::Protocol { issuer: issuer.clone(), reason };
-    let tcp = TcpStream::connect(address).await.map_err(|e| unreachable(e.to_string()))?;
-    tcp.set_nodelay(true).ok();
-    // The pin decides here, before any byte of the request exists on the wire.
-    let stream =
+    let connect = async {
+        let tcp = TcpStream::connect(address).await.map_err(|e| unreachable(e.to_string()))?;
+        tcp.set_nodelay(true).ok();
+        // The pin decides here, before any byte of the request exists on the wire.
         TlsConnector::from(client).connect(server_name(issuer), tcp).await.map_err(|e| {
             PeeringError::Pin {
                 issuer: issuer.clone(),
                 address: address.to_owned(),
                 reason: e.to_string(),
             }
-        })?;
+        })
+    };
+    let stream = (tokio::time::timeout_at(deadline, connect).await)
+        .unwrap_or_else(|_| Err(unreachable(late())))?;
+    let exchange = exchange(stream, issuer, body, &no_answer, &protocol);
+    tokio::time::timeout_at(deadline, exchange).await.unwrap_or_else(|_| Err(no_answer(late())))
+}
+
+/// The request and its answer on a pinned connection: the token leaves here.
+async fn exchange(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    issuer: &ClusterId,
+    body: Bytes,
+    no_answer: &(dyn Fn(String) -> PeeringError + Sync),
+    protocol: &(dyn Fn(String) -> PeeringError + Sync),
+) -> Result<EstablishAnswer, PeeringError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| protocol(format!("HTTP: {e}")))?;
@@ -274,12 +302,12 @@ async fn attempt(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .expect("a valid request");
-    let resp = sender.send_request(req).await.map_err(|e| protocol(format!("HTTP: {e}")))?;
+    let resp = sender.send_request(req).await.map_err(|e| no_answer(format!("HTTP: {e}")))?;
     let status = resp.status();
     let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| protocol(format!("answer: {e}")))?
+        .map_err(|e| no_answer(format!("answer: {e}")))?
         .to_bytes();
     match status {
         StatusCode::OK => serde_json::from_slice(&body)
