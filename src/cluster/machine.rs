@@ -852,7 +852,7 @@ impl Cluster {
         if peer == self.config.id {
             return Err(CommandError::PeerIsSelf);
         }
-        if address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if !is_host_port(&address) {
             return Err(CommandError::BadPeerAddress(address));
         }
         if !self.state.peers.insert(peer.clone()) {
@@ -1100,4 +1100,13 @@ impl Cluster {
         let changes = self.alarms.reconcile(desired);
         self.effects.extend(changes.into_iter().map(Effect::Alarm));
     }
+}
+
+/// Whether `address` has the shape of a peer listener's `host:port`: a host, a colon, a port
+/// number, and no longer than a DNS name (253) in brackets with a port can be. Checked before
+/// an address is kept, so that nobody can make the state or the audit trail hold a long text
+/// in its place.
+pub(crate) fn is_host_port(address: &str) -> bool {
+    address.len() <= 261
+        && address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }

@@ -49,7 +49,7 @@ mod tests;
 pub(crate) use command::PeerError;
 pub use command::{Command, CommandError, Outcome};
 pub(crate) use dbprobe::DbProbe;
-pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError};
+pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError, is_host_port};
 pub(crate) use message::PeerMessage;
 pub use peering::{LearntPeer, PeeringSecret, PeeringView, PendingTokenView};
 pub(crate) use reconcile::{Refusal, Wanted};

@@ -13,9 +13,7 @@ use crate::admin::{RequestError, api};
 use crate::cluster::LearntPeer;
 use crate::cluster::{Command, DbProbe, NodeId, Outcome, PeerMessage, Refusal, Wanted};
 use crate::ids::{ClusterId, KeyVersion};
-use crate::peer::establish::{
-    ATTEMPTS_PER_WINDOW, EstablishAnswer, EstablishRequest, Peering, PeeringError,
-};
+use crate::peer::establish::{EstablishAnswer, EstablishRequest, Peering, PeeringError};
 use crate::peer::server::{DeliverError, EstablishError};
 use crate::peer::token::Token;
 
@@ -225,16 +223,8 @@ impl crate::peer::server::Inbox for CoreInbox {
         req: EstablishRequest,
         source: SocketAddr,
     ) -> Result<EstablishAnswer, EstablishError> {
-        let taken = self.1.attempts.lock().expect("attempt budget lock").take(Instant::now());
-        if let Err(retry_after) = taken {
-            tracing::warn!(
-                %source,
-                retry_after_s = retry_after.as_secs(),
-                "a peering establish request was not taken: more than {ATTEMPTS_PER_WINDOW} in \
-                 the last minute (docs/operations.md, \"Peering\")"
-            );
-            return Err(EstablishError::Busy { retry_after });
-        }
+        // Malformed requests are answered before the budget and the audit trail: they cost
+        // neither, and no text of the client's choosing is kept.
         let secret = (req.secret())
             .ok_or_else(|| EstablishError::Bad("the secret is not 32 bytes of base64url".into()))?;
         let (_, certs) =
@@ -242,6 +232,14 @@ impl crate::peer::server::Inbox for CoreInbox {
         if certs.len() != 1 {
             return Err(EstablishError::Bad("give exactly one CA certificate".into()));
         }
+        if !crate::cluster::is_host_port(&req.address) {
+            return Err(EstablishError::Bad(
+                "address must be the host:port of the presenting cluster's peer listener (at \
+                 most 261 bytes)"
+                    .into(),
+            ));
+        }
+        self.1.take_attempt(Instant::now())?;
         let own = self.1.tls.own_ca().cloned().ok_or_else(|| {
             EstablishError::Refused(
                 "this cluster cannot take part in peering by token: its peer.ca holds no CA \

@@ -95,6 +95,10 @@ pub(crate) const ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub(crate) struct AttemptBudget {
     taken: std::collections::VecDeque<std::time::Instant>,
+    /// Requests not taken since the last warning, and when that warning was logged: one line
+    /// per window at most, so a flood cannot flood the log instead.
+    not_taken: u64,
+    warned_at: Option<std::time::Instant>,
 }
 
 impl AttemptBudget {
@@ -110,6 +114,18 @@ impl AttemptBudget {
         self.taken.push_back(now);
         Ok(())
     }
+
+    /// Counts one request not taken at `now`; `Some(count)` when a warning is due (the first
+    /// one, then at most one per [`ATTEMPT_WINDOW`]), with the requests not taken since the
+    /// last warning, this one included.
+    pub(crate) fn note_not_taken(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.not_taken += 1;
+        if self.warned_at.is_some_and(|t| now.duration_since(t) < ATTEMPT_WINDOW) {
+            return None;
+        }
+        self.warned_at = Some(now);
+        Some(std::mem::take(&mut self.not_taken))
+    }
 }
 
 /// What a cluster needs to issue tokens and to establish peerings.
@@ -120,6 +136,27 @@ pub(crate) struct Peering {
     pub(crate) advertise: Vec<String>,
     /// Establish requests taken from clusters presenting a token ([`AttemptBudget`]).
     pub(crate) attempts: std::sync::Mutex<AttemptBudget>,
+}
+
+impl Peering {
+    /// Takes one establish request from the budget at `now`, or answers why not (and warns,
+    /// at most once per window, how many were not taken).
+    pub(crate) fn take_attempt(
+        &self,
+        now: std::time::Instant,
+    ) -> Result<(), super::server::EstablishError> {
+        let mut budget = self.attempts.lock().expect("attempt budget lock");
+        let Err(retry_after) = budget.take(now) else { return Ok(()) };
+        if let Some(not_taken) = budget.note_not_taken(now) {
+            tracing::warn!(
+                not_taken,
+                retry_after_s = retry_after.as_secs(),
+                "peering establish requests not taken: more than {ATTEMPTS_PER_WINDOW} a minute \
+                 came (the count is since the last such line; docs/operations.md, \"Peering\")"
+            );
+        }
+        Err(super::server::EstablishError::Busy { retry_after })
+    }
 }
 
 /// Why a token could not be made or used.
@@ -339,5 +376,18 @@ mod tests {
         let t = t0 + ATTEMPT_WINDOW;
         assert_eq!(b.take(t), Ok(()));
         assert!(b.take(t).is_err());
+    }
+
+    #[test]
+    fn requests_not_taken_are_warned_about_once_a_minute_with_their_count() {
+        let mut b = AttemptBudget::default();
+        let t0 = Instant::now();
+        assert_eq!(b.note_not_taken(t0), Some(1), "the first one is told at once");
+        for i in 1..=500 {
+            assert_eq!(b.note_not_taken(t0 + Duration::from_millis(i * 100)), None);
+        }
+        // 50 s of refusals later, nothing; at 60 s, one line counting all of them and this one.
+        assert_eq!(b.note_not_taken(t0 + ATTEMPT_WINDOW), Some(501));
+        assert_eq!(b.note_not_taken(t0 + ATTEMPT_WINDOW), None);
     }
 }
