@@ -161,17 +161,26 @@ fn matches_pattern(pattern: &str, path: &str) -> Option<Option<String>> {
     }
 }
 
-/// Finds the route for `method` and `path`.
+/// Finds the route for `method` and `path`. A path that some route names literally is that
+/// route's path only: `/v1/peering/tokens` is never the `{id}` of `/v1/peering/{id}`, so its
+/// methods (and a 405's `Allow`) are the literal routes' alone, as docs/admin-api.yaml has
+/// them.
 pub(crate) fn find(method: &str, path: &str) -> Match {
+    let matching: Vec<(Route, Option<String>)> = Route::ALL
+        .into_iter()
+        .filter_map(|r| Some((r, matches_pattern(r.method_and_path().1, path)?)))
+        .collect();
+    let literal = matching.iter().any(|(_, param)| param.is_none());
     let mut allowed = Vec::new();
-    for r in Route::ALL {
-        let (m, pattern) = r.method_and_path();
-        if let Some(param) = matches_pattern(pattern, path) {
-            if m == method {
-                return Match::Found { route: r, param };
-            }
-            allowed.push(m);
+    for (r, param) in matching {
+        if literal && param.is_some() {
+            continue;
         }
+        let m = r.method_and_path().0;
+        if m == method {
+            return Match::Found { route: r, param };
+        }
+        allowed.push(m);
     }
     if allowed.is_empty() { Match::NotFound } else { Match::WrongMethod { allowed } }
 }
@@ -512,6 +521,16 @@ mod tests {
         );
         assert_eq!(find("GET", "/v1/peers/"), Match::NotFound);
         assert_eq!(find("PUT", "/v1/peers"), Match::WrongMethod { allowed: vec!["GET", "POST"] });
+        // A literal path is not the parameter of a sibling route (schemathesis found `Allow:
+        // POST, DELETE` on /v1/peering/establish).
+        for path in ["/v1/peering/establish", "/v1/peering/tokens"] {
+            assert_eq!(find("OPTIONS", path), Match::WrongMethod { allowed: vec!["POST"] });
+            assert_eq!(find("DELETE", path), Match::WrongMethod { allowed: vec!["POST"] });
+        }
+        assert_eq!(
+            find("DELETE", "/v1/peering/b"),
+            Match::Found { route: Route::PeeringDelete, param: Some("b".into()) }
+        );
         assert_eq!(find("GET", "/v1/nope"), Match::NotFound);
         for r in Route::ALL {
             let (m, p) = r.method_and_path();
