@@ -251,21 +251,68 @@ async fn after_a_peering_is_deleted_on_either_side_neither_side_keeps_the_other(
             establish(&lab, "b", &t).await.unwrap();
             heard(&lab, "a", "b").await;
             heard(&lab, "b", "a").await;
+            // While peered, each takes the other's certificate (400: `{}` is no peer message).
+            for (from, to) in [("a", "b"), ("b", "a")] {
+                assert_eq!(post_as_peer(&lab, from, to).await, Ok(400), "{from} -> {to}");
+            }
             let c = lab.daemon(deleter).unwrap().control();
             c.delete_peering(cid(other), Request::local()).await.unwrap();
             assert!(peers_of(&lab, deleter).await.is_empty());
             let what = format!("{other} to learn that {deleter} deleted the peering");
             wait_for(&what, WAIT, async || peers_of(&lab, other).await.is_empty().then_some(()))
                 .await;
-            // Neither lists the other: its link is down and its certificate no longer taken.
+            // Neither lists the other: its link is down and its certificate no longer taken,
+            // in either direction.
             for id in ["a", "b"] {
                 assert!(lab.status(id).await.unwrap().peers.is_empty(), "{id}");
+            }
+            for (from, to) in [("a", "b"), ("b", "a")] {
+                let e = post_as_peer(&lab, from, to).await.unwrap_err();
+                assert!(e.contains("TLS") || e.contains("HTTP"), "{from} -> {to}: {e}");
             }
             assert!(audit_text(&lab, other).contains("\"deleted_by\":\"peer\""));
         }
         lab.stop_all().await;
     })
     .await;
+}
+
+/// `POST /v1/peer/message` with body `{}` to `to`'s peer listener, presenting `from`'s own
+/// certificate and trusting `to`'s CA: the status, or why there was none.
+async fn post_as_peer(lab: &Lab, from: &str, to: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = |id: &str, file: &str| lab.dir().join(format!("pki/{id}/{file}"));
+    let files = imcrypt::peer::tls::TlsFiles {
+        cert: pki(from, &format!("{from}.pem")),
+        key: pki(from, &format!("{from}.key")),
+        ca: pki(from, "ca.pem"),
+    };
+    let tls = imcrypt::peer::tls::PeerTls::load(
+        &files,
+        &cid(from),
+        &[(cid(to), Some(pki(to, "ca.pem")))],
+    )
+    .unwrap();
+    let client = tls.client_for(&cid(to)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(lab.peer_listen(to).unwrap()).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(to.to_owned()).unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let req = format!(
+        "POST /v1/peer/message HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    // TLS 1.3: a refused client certificate shows at the first read or write, not at connect.
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("TLS: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(|e| format!("TLS: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("HTTP: no status in {text:?}"))
 }
 
 /// One HTTP/1.1 request over TLS with no client certificate; the whole answer.
