@@ -576,29 +576,23 @@ async fn insert_loop(
         let mut pause = cfg.retry_min;
         let result = loop {
             if db.is_none() {
-                let not_ready = match Db::connect_or_create(&cfg.db).await {
-                    Ok(mut d) => match d.ensure_schema().await {
-                        Ok(()) => {
-                            db = Some(d);
-                            false
-                        }
-                        Err(e) => {
-                            set_down(&shared, &cfg, &e);
-                            false
-                        }
-                    },
+                let connected = async {
+                    let mut d = Db::connect_or_create(&cfg.db).await?;
+                    d.ensure_schema().await?;
+                    Ok::<_, DbError>(d)
+                };
+                match connected.await {
+                    Ok(d) => db = Some(d),
                     Err(e) => {
                         set_down(&shared, &cfg, &e);
-                        matches!(e, DbError::NotReady { .. })
+                        let not_ready = matches!(e, DbError::NotReady { .. });
+                        if wait_for_db(&cfg.db, pause, not_ready).await {
+                            pause = cfg.retry_min;
+                        } else {
+                            pause = (pause * 2).min(cfg.retry_max);
+                        }
+                        continue;
                     }
-                };
-                if db.is_none() {
-                    if wait_for_db(&cfg.db, pause, not_ready).await {
-                        pause = cfg.retry_min;
-                    } else {
-                        pause = (pause * 2).min(cfg.retry_max);
-                    }
-                    continue;
                 }
             }
             let d = db.as_mut().expect("connected");
