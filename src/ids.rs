@@ -170,6 +170,71 @@ impl fmt::Display for Epoch {
     }
 }
 
+/// Which mastership of a domain a replicated state belongs to: a **round**, raised by every
+/// handover and promotion, and the **slot** of the cluster that is master in it (each member
+/// of a domain has its own slot, [`crate::cluster`]'s `DomainState::members`). Terms order by
+/// round, then slot; nobody accepts a state of a lower term than the one it holds.
+///
+/// Invariants: the domain's creator is master of the initial term (round 0, slot 0); two
+/// clusters with different slots never share a term, so a term has at most one master; and
+/// each term owns its own block of key versions ([`Term::versions`]), so two masters of
+/// different terms can never make two different keys under one version number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Term(u32);
+
+impl Term {
+    /// The term of the cluster that enabled encryption: round 0, slot 0 (key versions 1, 2…).
+    pub const INITIAL: Term = Term(0);
+    /// Rounds are numbered 0 to 1023 (10 bits): a domain survives 1023 handovers and
+    /// promotions.
+    pub const MAX_ROUND: u32 = (1 << 10) - 1;
+    /// Bits of a key version that number the versions of one term: 16,383 rotations per term.
+    const SEQ_BITS: u32 = 14;
+
+    /// The term of round `round` whose master has slot `slot`; `None` past [`Term::MAX_ROUND`].
+    pub fn new(round: u32, slot: u8) -> Option<Term> {
+        (round <= Self::MAX_ROUND).then_some(Term((round << 8) | u32::from(slot)))
+    }
+
+    pub fn round(self) -> u32 {
+        self.0 >> 8
+    }
+
+    pub fn slot(self) -> u8 {
+        (self.0 & 0xff) as u8
+    }
+
+    /// The key versions a master of this term may create: the term's number shifted left by
+    /// 14 bits, plus 1 to 16,383. Term 0 (the creator's) thus numbers its versions 1, 2, 3…,
+    /// as every domain made before terms existed did; round 1 with slot 2 starts at
+    /// 258·2^14 + 1 = 4,227,073. The largest term (round 1023, slot 255) ends at 2^32 − 1.
+    pub fn versions(self) -> std::ops::RangeInclusive<KeyVersion> {
+        let base = self.0 << Self::SEQ_BITS;
+        KeyVersion(base + 1)..=KeyVersion(base + ((1 << Self::SEQ_BITS) - 1))
+    }
+}
+
+impl fmt::Display for Term {
+    /// `round.slot`, e.g. `2.1`: round 2, master in slot 1.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.round(), self.slot())
+    }
+}
+
+impl<'de> Deserialize<'de> for Term {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n >> 8 > Self::MAX_ROUND {
+            return Err(serde::de::Error::custom(format!(
+                "term {n} has a round above {}",
+                Self::MAX_ROUND
+            )));
+        }
+        Ok(Term(n))
+    }
+}
+
 /// The number of a key in a domain's key ring, from 1; it is written into every record header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]

@@ -461,7 +461,13 @@ impl ApiError {
                 | C::NotEligible { .. }
                 | C::NotEncrypting
                 | C::RemoteAlreadySet(_)
-                | C::KeyVersionsExhausted
+                | C::KeyVersionsExhausted { .. }
+                | C::HandoverTargetNotReady { .. }
+                | C::HandoverToSelf
+                | C::PromoteOnMaster { .. }
+                | C::MasterStillReachable { .. }
+                | C::NoSlot(_)
+                | C::TermsExhausted
                 | C::PeerExists(_)
                 | C::NodeAddWhileEncrypting
                 | C::ArchiverChangeWhileEncrypting { .. }

@@ -59,6 +59,11 @@ pub enum AlarmName {
     /// eligible, left the domain, or holds a newer state than this master).
     #[serde(rename = "MAencryptionSyncRejected")]
     SyncRejected,
+    /// The master added key versions that a former master made under an older term while it
+    /// was cut off (handed back by it or by its slaves): exports made before lack them. Clears
+    /// when the key set is downloaded again.
+    #[serde(rename = "MAencryptionKeysRecovered")]
+    KeysRecovered,
     /// The compliance database of one of this cluster's nodes cannot be reached (the daemon's
     /// probe failed). About this cluster itself.
     #[serde(rename = "MAcomplianceDbDown")]
@@ -75,13 +80,14 @@ pub enum AlarmName {
 
 impl AlarmName {
     #[cfg(test)]
-    pub(crate) const ALL: [AlarmName; 8] = [
+    pub(crate) const ALL: [AlarmName; 9] = [
         AlarmName::AuditUnavailable,
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
         AlarmName::SlaveUnreachable,
         AlarmName::StaleData,
         AlarmName::SyncRejected,
+        AlarmName::KeysRecovered,
         AlarmName::ComplianceDbDown,
         AlarmName::Test,
     ];
@@ -94,6 +100,7 @@ impl AlarmName {
             AlarmName::SlaveUnreachable => "MAencryptionSlaveUnreachable",
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
+            AlarmName::KeysRecovered => "MAencryptionKeysRecovered",
             AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
             AlarmName::AuditUnavailable => "MAencryptionAuditUnavailable",
             AlarmName::Test => "MAimcryptTest",
@@ -110,6 +117,7 @@ impl AlarmName {
             | AlarmName::SlaveUnreachable
             | AlarmName::StaleData
             | AlarmName::SyncRejected
+            | AlarmName::KeysRecovered
             | AlarmName::ComplianceDbDown => Severity::Major,
         }
     }

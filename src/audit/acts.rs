@@ -18,6 +18,8 @@ pub(crate) mod action {
     pub(crate) const ENABLE: &str = "encryption.enable";
     pub(crate) const REMOTE: &str = "encryption.remote";
     pub(crate) const DISABLE: &str = "encryption.disable";
+    pub(crate) const HANDOVER: &str = "encryption.handover";
+    pub(crate) const PROMOTE: &str = "encryption.promote";
     pub(crate) const PASSWORD_CHANGE: &str = "password.change";
     pub(crate) const KEY_ROTATE: &str = "key.rotate";
     pub(crate) const KEY_DOWNLOAD: &str = "key.download";
@@ -58,6 +60,8 @@ pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
         Command::AcceptPeering { peer, .. } => (action::PEERING_ACCEPT, peer.to_string()),
         Command::LearnPeer { peer, .. } => (action::PEERING_ESTABLISH, peer.to_string()),
         Command::DeletePeering { peer } => (action::PEERING_DELETE, peer.to_string()),
+        Command::Handover { to, .. } => (action::HANDOVER, to.to_string()),
+        Command::Promote { .. } => (action::PROMOTE, String::new()),
     }
 }
 
@@ -77,6 +81,9 @@ pub(crate) fn command(by: &Request, cmd: &Command) -> Record {
         }
         Command::Disable { i_understand_data_loss, .. } => {
             details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
+        }
+        Command::Promote { force, .. } => {
+            details.insert("force".into(), json!(force));
         }
         Command::AddPeer { address, .. }
         | Command::AcceptPeering { address, .. }
@@ -117,6 +124,14 @@ pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, Comm
         }
         Ok(Outcome::Enabled { domain }) | Ok(Outcome::DisabledDomain { domain }) => {
             details.insert("domain".into(), json!(domain.to_string()));
+        }
+        Ok(Outcome::HandedOver { term, .. }) => {
+            details.insert("term".into(), json!(term.to_string()));
+        }
+        Ok(Outcome::Promoted { domain, term, forced }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+            details.insert("term".into(), json!(term.to_string()));
+            details.insert("forced".into(), json!(forced));
         }
         // The token's peering stands; its first answer was lost and is given again.
         Ok(Outcome::PeeringRepeated { since }) => {

@@ -4,7 +4,7 @@
 //! Every error message says, in the operator's terms, why and what to do instead.
 
 use crate::crypto::password::{Password, PolicyError};
-use crate::ids::{ClusterId, DomainId, KeyVersion};
+use crate::ids::{ClusterId, DomainId, KeyVersion, Term};
 
 use super::peering::{LearntPeer, PeeringSecret};
 use super::state::{ComplianceDb, NodeId, Time};
@@ -93,6 +93,19 @@ pub enum Command {
     DeletePeering {
         peer: ClusterId,
     },
+    /// On the master: make slave `to` master of this domain under a new term, with every key
+    /// version and the password hash; this cluster becomes its slave (`password`: the domain's).
+    Handover {
+        to: ClusterId,
+        password: Password,
+    },
+    /// On a slave whose master is lost: become master of the domain under a new term
+    /// (`password`: the domain's, checked against the hash this slave holds). Refused while the
+    /// master was heard from within `peer.master_unreachable_after`, unless `force`.
+    Promote {
+        password: Password,
+        force: bool,
+    },
     /// The operator has dealt with the stale data on a removed former slave.
     AcknowledgeStaleData {
         peer: ClusterId,
@@ -121,6 +134,11 @@ pub enum Outcome {
     /// A peering token was presented again by the cluster it peered (same secret, same CA),
     /// whose answer was lost: answered as before, nothing changed.
     PeeringRepeated { since: Time },
+    /// Cluster `to` is master from now on, under `term`; this cluster is its slave.
+    HandedOver { to: ClusterId, term: Term },
+    /// This cluster is master of `domain` under `term`. `forced`: the master had been heard
+    /// from within the unreachable threshold.
+    Promoted { domain: DomainId, term: Term, forced: bool },
 }
 
 /// Why a command was refused.
@@ -156,8 +174,39 @@ pub enum CommandError {
     Policy(#[from] PolicyError),
     #[error("\"enable on remote clusters\" is already {}", if *.0 { "on" } else { "off" })]
     RemoteAlreadySet(bool),
-    #[error("the key ring has used up all key versions; disable and enable encryption again")]
-    KeyVersionsExhausted,
+    #[error(
+        "the key versions of term {term} are used up (16,383 per term); hand the domain over to \
+         another cluster (imcrypt encryption handover), which starts a new term"
+    )]
+    KeyVersionsExhausted { term: Term },
+    #[error(
+        "cluster {peer} cannot take over: {why}; a handover goes to a slave that is connected, \
+         eligible and in sync with this master"
+    )]
+    HandoverTargetNotReady { peer: ClusterId, why: String },
+    #[error("a handover goes to another cluster, not to the master itself")]
+    HandoverToSelf,
+    #[error(
+        "promotion is only possible on a slave: this cluster is already master of domain {domain}"
+    )]
+    PromoteOnMaster { domain: DomainId },
+    #[error(
+        "the master, cluster {master}, was heard from {silent_secs} s ago (less than \
+         peer.master_unreachable_after, {after_secs} s): promoting now would make two masters \
+         act for one domain. Hand over from the master instead, wait, or repeat with --force \
+         if the master is lost for good"
+    )]
+    MasterStillReachable { master: ClusterId, silent_secs: u64, after_secs: u64 },
+    #[error(
+        "cluster {0} has no slot in this domain (the master gives one to each peer, up to 255): \
+         it cannot become master"
+    )]
+    NoSlot(ClusterId),
+    #[error(
+        "this domain has had {} handovers and promotions, the most it can have",
+        Term::MAX_ROUND
+    )]
+    TermsExhausted,
     #[error(
         "disabling deletes every key of domain {domain} on every cluster, and archived \
          messages encrypted with them become unreadable; key versions up to {newest} have not \

@@ -12,7 +12,7 @@ use std::fmt;
 use crate::alarm::AlarmRegistry;
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Password, PasswordRecord, check_policy};
-use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 
 use super::command::{Command, CommandError, Outcome, PeerError};
 use super::dbprobe::DbProbes;
@@ -252,10 +252,17 @@ impl Cluster {
     pub(crate) fn announced(&self) -> Announced {
         match &self.state.role {
             Role::Off { left } => Announced::Off { left: left.clone() },
-            Role::Master(m) => Announced::Master { domain: m.state.domain, epoch: m.state.epoch },
-            Role::Slave(s) => {
-                Announced::Slave { domain: s.domain, master: s.master.clone(), epoch: s.epoch }
-            }
+            Role::Master(m) => Announced::Master {
+                domain: m.state.domain,
+                epoch: m.state.epoch,
+                term: m.state.term,
+            },
+            Role::Slave(s) => Announced::Slave {
+                domain: s.domain,
+                master: s.master.clone(),
+                epoch: s.epoch,
+                term: s.term,
+            },
         }
     }
 
@@ -359,10 +366,23 @@ impl Cluster {
         }
         let me = &self.config.id;
         Some(match (&self.state.role, &hello.role) {
-            (Role::Master(m), Announced::Slave { domain, master, epoch })
+            (Role::Master(m), Announced::Slave { domain, master, epoch, term })
                 if *domain == m.state.domain && master == me =>
             {
-                PeerRelation::OurSlave { epoch: *epoch, in_sync: *epoch == m.state.epoch }
+                let in_sync = *epoch == m.state.epoch && *term == m.state.term;
+                PeerRelation::OurSlave { epoch: *epoch, in_sync }
+            }
+            (Role::Master(m), theirs)
+                if theirs.domain() == Some(m.state.domain)
+                    && theirs.term().is_some_and(|t| t < m.state.term) =>
+            {
+                PeerRelation::NotEnrolled {
+                    reason: format!(
+                        "it is {theirs}, an older term than this master's ({}): it is being \
+                         brought over",
+                        m.state.term
+                    ),
+                }
             }
             (Role::Master(m), Announced::Off { left }) => {
                 match self.why_not_enrolled(&m.state, hello, left.as_ref()) {
@@ -490,6 +510,8 @@ impl Cluster {
             PeerMessage::Leave(t) => self.on_leave(from, t),
             PeerMessage::Reject(r) => self.on_reject(from, r),
             PeerMessage::Unpeer => self.on_unpeer(from),
+            PeerMessage::Handover(s) => self.on_handover(from, *s),
+            PeerMessage::Handback(r) => self.on_handback(from, &r),
         }
         self.finish(now);
         Ok(())
@@ -607,6 +629,8 @@ impl Cluster {
             }
             Command::LearnPeer { peer, learnt } => self.learn_peer(peer, learnt, now),
             Command::DeletePeering { peer } => self.delete_peering(&peer),
+            Command::Handover { to, password } => self.handover(to, &password, now),
+            Command::Promote { password, force } => self.promote(&password, force, now),
             Command::AcknowledgeStaleData { peer } => {
                 if self.state.stale_slaves.remove(&peer).is_none() {
                     return Err(CommandError::NoStaleData(peer));
@@ -664,8 +688,14 @@ impl Cluster {
             password: PasswordRecord::create(password, entropy.salt, self.config.iterations),
             remote,
             remote_since: if remote { Epoch(1) } else { Epoch(0) },
+            term: Term::INITIAL,
+            members: self.initial_members(),
         };
-        self.state.role = Role::Master(Box::new(MasterState { state, downloaded_through: None }));
+        self.state.role = Role::Master(Box::new(MasterState {
+            state,
+            downloaded_through: None,
+            recovered: BTreeMap::new(),
+        }));
         self.dirty = true;
         self.log(LogLevel::Info, LOG_ENCRYPTION_ENABLED.into());
         self.log(
@@ -718,11 +748,12 @@ impl Cluster {
 
     fn rotate(&mut self, now: Time, entropy: Entropy) -> Result<Outcome, CommandError> {
         let m = self.master_state_mut("key rotation")?;
+        let term = m.state.term;
         let v = m
             .state
             .ring
-            .rotate(now.unix_secs(), entropy.key)
-            .map_err(|_| CommandError::KeyVersionsExhausted)?;
+            .rotate_in(term, now.unix_secs(), entropy.key)
+            .map_err(|_| CommandError::KeyVersionsExhausted { term })?;
         m.state.epoch = m.state.epoch.next();
         self.dirty = true;
         self.log(LogLevel::Info, format!("key rotated: key version {v} is now primary"));
@@ -737,8 +768,9 @@ impl Cluster {
         }
         let newest = m.state.ring.newest();
         let ring = Box::new(m.state.ring.clone());
-        if m.downloaded_through != Some(newest) {
+        if m.downloaded_through != Some(newest) || !m.recovered.is_empty() {
             m.downloaded_through = Some(newest);
+            m.recovered.clear();
             self.dirty = true;
         }
         self.log(LogLevel::Info, format!("key download authorised (key versions up to {newest})"));
@@ -899,7 +931,7 @@ impl Cluster {
         }
         let view = self.views.remove(peer);
         if let (Role::Master(m), Some(PeerView { hello: Some(h), .. })) = (&self.state.role, view)
-            && let Announced::Slave { domain, master, epoch } = h.role
+            && let Announced::Slave { domain, master, epoch, .. } = h.role
             && domain == m.state.domain
             && master == self.config.id
         {
@@ -910,7 +942,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn master_state(&self, what: &'static str) -> Result<&MasterState, CommandError> {
+    pub(super) fn master_state(&self, what: &'static str) -> Result<&MasterState, CommandError> {
         match &self.state.role {
             Role::Master(m) => Ok(m),
             Role::Slave(s) => {
@@ -952,6 +984,7 @@ impl Cluster {
         if let Some(msg) = offer {
             self.pending.push(Effect::Send { to: from.clone(), msg });
         }
+        self.send_handback(from);
     }
 
     fn on_state(&mut self, from: &ClusterId, s: DomainState) {
@@ -962,8 +995,11 @@ impl Cluster {
                 if let Some(v) = self.views.get_mut(from) {
                     v.hello_predates_state = true;
                 }
+                self.follow_newer_term(&s);
                 self.state.role = Role::Slave(Box::new(s));
                 self.dirty = true;
+                self.keep_handback_until_held();
+                self.send_handback(from);
                 if was_off {
                     self.log(LogLevel::Info, LOG_ENCRYPTION_ENABLED.into());
                     self.log(
@@ -975,7 +1011,9 @@ impl Cluster {
                     );
                 }
             }
-            Ok(false) => {} // the same state again (a duplicate): nothing to do
+            // The same state again (a duplicate): nothing to change, but a master that lacks
+            // versions we hold hears of them again.
+            Ok(false) => self.send_handback(from),
             Err(reason) => {
                 let msg =
                     PeerMessage::Reject(Rejection { domain: s.domain, epoch: s.epoch, reason });
@@ -1027,7 +1065,7 @@ impl Cluster {
     // ----- what to send to whom ------------------------------------------------------------
 
     /// Queues for every peer what it needs after a change of our domain state.
-    fn offer_all(&mut self) {
+    pub(super) fn offer_all(&mut self) {
         let peers: Vec<ClusterId> = self.views.keys().cloned().collect();
         for p in peers {
             if let Some(msg) = self.offer_for(&p) {
@@ -1069,6 +1107,8 @@ impl Cluster {
 
     /// Derives everything that follows from the state after an input, and queues the effects.
     pub(super) fn finish(&mut self, now: Time) {
+        self.give_slots();
+        self.drop_stray_handback();
         // Hellos: when what we announce changed, and every hello interval.
         let current = (self.announced(), self.eligibility());
         let mut hellos = Vec::new();

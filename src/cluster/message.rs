@@ -2,16 +2,19 @@
 //! sender's identity is the name in its certificate and is passed beside the message, never
 //! read from it).
 //!
-//! Invariants: every type refuses unknown fields; only [`PeerMessage::State`] carries key
-//! material, and a cluster sends it only to a peer whose last hello shows it as this master's
-//! slave or as an off, capable, eligible cluster that did not opt out of the domain.
+//! Invariants: every type refuses unknown fields; only [`PeerMessage::State`],
+//! [`PeerMessage::Handover`] and [`PeerMessage::Handback`] carry key material. A master sends
+//! its state only to a peer whose last hello shows it in this domain under this or an older
+//! term, or as an off, capable, eligible cluster that did not opt out of the domain; a handover
+//! only to its own slave; a handback only to its own master, of the same domain.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::state::{Capabilities, DomainState, Tombstone};
-use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::crypto::keyring::KeyRing;
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 
 /// One message from a peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,13 +33,20 @@ pub(crate) enum PeerMessage {
     /// The sender deleted its peering with the receiver (a peering learnt by token): the
     /// receiver forgets the sender too. Sent last on the link, before it goes down.
     Unpeer,
+    /// From the master to one of its slaves: the domain's state, naming the receiver as master
+    /// under a new term (`imcrypt encryption handover`). The sender is already its slave; it
+    /// sends this again as long as the receiver's hellos show it has not taken over.
+    Handover(Box<DomainState>),
+    /// From a slave to its master: key versions of this domain the slave holds and the master's
+    /// state lacks (made by a former master under an older term). The master adds them.
+    Handback(Box<KeyRing>),
 }
 
 impl PeerMessage {
     #[cfg(test)]
     /// True for the only message kind that carries key material.
     pub(crate) fn carries_keys(&self) -> bool {
-        matches!(self, PeerMessage::State(_))
+        matches!(self, PeerMessage::State(_) | PeerMessage::Handover(_) | PeerMessage::Handback(_))
     }
 }
 
@@ -88,11 +98,15 @@ pub(crate) enum Announced {
     Master {
         domain: DomainId,
         epoch: Epoch,
+        #[serde(default)]
+        term: Term,
     },
     Slave {
         domain: DomainId,
         master: ClusterId,
         epoch: Epoch,
+        #[serde(default)]
+        term: Term,
     },
 }
 
@@ -108,15 +122,25 @@ impl Announced {
     pub(crate) fn is_master(&self) -> bool {
         matches!(self, Announced::Master { .. })
     }
+
+    /// The term of the state it holds, if it encrypts.
+    pub(crate) fn term(&self) -> Option<Term> {
+        match self {
+            Announced::Off { .. } => None,
+            Announced::Master { term, .. } | Announced::Slave { term, .. } => Some(*term),
+        }
+    }
 }
 
 impl fmt::Display for Announced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Announced::Off { .. } => f.write_str("not encrypting"),
-            Announced::Master { domain, .. } => write!(f, "master of domain {domain}"),
-            Announced::Slave { domain, master, .. } => {
-                write!(f, "a slave of cluster {master} in domain {domain}")
+            Announced::Master { domain, term, .. } => {
+                write!(f, "master of domain {domain} (term {term})")
+            }
+            Announced::Slave { domain, master, term, .. } => {
+                write!(f, "a slave of cluster {master} in domain {domain} (term {term})")
             }
         }
     }
@@ -153,4 +177,9 @@ pub(crate) enum RejectReason {
     Fork { held: Epoch },
     #[error("the state names cluster {claimed} as master, not the sender")]
     WrongMaster { claimed: ClusterId },
+    #[error(
+        "it holds this domain under term {held}, newer than the state's term (the sender's \
+         mastership was taken over)"
+    )]
+    Fenced { held: Term },
 }

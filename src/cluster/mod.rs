@@ -33,6 +33,7 @@
 
 mod command;
 mod dbprobe;
+mod failover;
 mod machine;
 mod message;
 mod peering;

@@ -77,9 +77,26 @@ impl Cluster {
             return Err(RejectReason::NoCapability);
         }
         match &self.state.role {
+            // A master of an older term steps down (fencing: the newer term wins).
+            Role::Master(m) if m.state.domain == s.domain && s.term > m.state.term => Ok(true),
+            Role::Master(m) if m.state.domain == s.domain && s.term < m.state.term => {
+                Err(RejectReason::Fenced { held: m.state.term })
+            }
             Role::Master(m) => Err(RejectReason::IsMaster { domain: m.state.domain }),
             Role::Slave(cur) => {
-                if &cur.master != from || cur.domain != s.domain {
+                if cur.domain != s.domain {
+                    return Err(RejectReason::SlaveOfOther {
+                        master: cur.master.clone(),
+                        domain: cur.domain,
+                    });
+                }
+                if s.term < cur.term {
+                    return Err(RejectReason::Fenced { held: cur.term });
+                }
+                if s.term > cur.term {
+                    return Ok(true); // a new master of this domain (handover or promotion)
+                }
+                if &cur.master != from {
                     return Err(RejectReason::SlaveOfOther {
                         master: cur.master.clone(),
                         domain: cur.domain,
@@ -124,17 +141,27 @@ impl Cluster {
         let hello = self.views.get(peer)?.hello.as_ref()?;
         let me = &self.config.id;
         // A peer that still holds one of our ended domains gets its tombstone.
-        if let Announced::Slave { domain, master, epoch } = &hello.role
+        if let Announced::Slave { domain, master, epoch, .. } = &hello.role
             && master == me
             && let Some(t) = self.state.tombstones.iter().rev().find(|t| t.domain == *domain)
             && t.epoch > *epoch
         {
             return Some(PeerMessage::Leave(t.clone()));
         }
-        let Role::Master(m) = &self.state.role else { return None };
+        let Role::Master(m) = &self.state.role else {
+            return self.handover_for(peer, &hello.role);
+        };
         let ds = &m.state;
+        // A cluster of this domain under an older term (a former master, or a slave that still
+        // follows it) gets this term's state: fencing brings it over.
+        if hello.role.domain() == Some(ds.domain) && hello.role.term().is_some_and(|t| t < ds.term)
+        {
+            return Some(PeerMessage::State(Box::new(ds.clone())));
+        }
         match &hello.role {
-            Announced::Slave { domain, master, epoch } if *domain == ds.domain && master == me => {
+            Announced::Slave { domain, master, epoch, .. }
+                if *domain == ds.domain && master == me =>
+            {
                 if !ds.remote {
                     Some(PeerMessage::Leave(Tombstone {
                         domain: ds.domain,
@@ -206,7 +233,10 @@ impl Cluster {
         {
             return None;
         }
-        if my_domain == their_domain && !(mine.is_master() && theirs.is_master()) {
+        // One domain under two terms is no conflict: fencing makes the older term follow.
+        if my_domain == their_domain
+            && (!(mine.is_master() && theirs.is_master()) || mine.term() != theirs.term())
+        {
             return None;
         }
         Some(format!(
@@ -274,10 +304,13 @@ impl Cluster {
             },
             Role::Master(m) => {
                 for (peer, view) in &self.views {
-                    if let Some(Hello { role: Announced::Slave { domain, master, epoch }, .. }) =
-                        &view.hello
+                    if let Some(Hello {
+                        role: Announced::Slave { domain, master, epoch, term },
+                        ..
+                    }) = &view.hello
                         && master == me
                         && *domain == m.state.domain
+                        && *term == m.state.term
                         && *epoch > m.state.epoch
                     {
                         out.push(Alarm::new(
@@ -310,6 +343,25 @@ impl Cluster {
                 }
             }
             Role::Off { .. } => {}
+        }
+        if let Role::Master(m) = &self.state.role {
+            for (peer, versions) in &m.recovered {
+                let list: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
+                out.push(Alarm::new(
+                    AlarmName::KeysRecovered,
+                    peer.clone(),
+                    format!(
+                        "key versions {} of domain {} were made by a master of an older term \
+                         while it was cut off from this one, and records may have been sealed \
+                         with them; cluster {peer} handed them back, and they are now in this \
+                         master's key set, but key exports made before lack them",
+                        list.join(", "),
+                        m.state.domain
+                    ),
+                    "download the key set again (imcrypt key download) and keep the new export: \
+                     it opens every record sealed anywhere in the domain; cleared by the download",
+                ));
+            }
         }
         for (peer, view) in &self.views {
             if let Some(Hello { role: Announced::Slave { domain, master, .. }, .. }) = &view.hello
@@ -368,6 +420,13 @@ impl Cluster {
             )
         };
         let mut out = Vec::new();
+        let promote = |peer: &ClusterId| {
+            format!(
+                "{}; if cluster {peer} is lost for good, make this cluster the master of the \
+                 domain with imcrypt encryption promote (the domain password is needed)",
+                remedy(peer)
+            )
+        };
         for w in self.watched_peers() {
             let silent = now.since(w.silent_since);
             if silent < after {
@@ -397,7 +456,11 @@ impl Cluster {
                      is back"
                 ),
             };
-            out.push(Alarm::new(w.alarm, peer.clone(), cause, remedy(peer)));
+            let fix = match w.alarm {
+                AlarmName::MasterUnreachable => promote(peer),
+                _ => remedy(peer),
+            };
+            out.push(Alarm::new(w.alarm, peer.clone(), cause, fix));
         }
         out
     }

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::peering::{IssuedToken, LearntPeer};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, PasswordRecord};
-use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 
 /// A point in time: milliseconds since the Unix epoch, as read by the daemon's wall clock and
 /// passed in. The state machine never reads a clock. Timeouts (hello interval, master
@@ -302,6 +302,25 @@ pub(crate) struct DomainState {
     /// The epoch at which "enable on remote clusters" was last switched on. A cluster that
     /// left the domain on its own administrator's decision rejoins only after that.
     pub(crate) remote_since: Epoch,
+    /// The mastership this state belongs to: states order by (term, epoch), and nobody
+    /// accepts one of a lower term than the one it holds (fencing). A state without one (made
+    /// before terms existed) is of the initial term.
+    pub(crate) term: Term,
+    /// The slot of every cluster the domain's masters have peered with: a handover or a
+    /// promotion makes a term of the new master's slot, so two clusters never share a term.
+    /// Slots are given by the master, from 0 (the creator) up, and never reused.
+    pub(crate) members: BTreeMap<ClusterId, u8>,
+}
+
+impl DomainState {
+    /// The highest slot a domain gives: 255 members (and the creator).
+    pub(crate) const MAX_SLOT: u8 = u8::MAX;
+
+    /// Whether this state is newer than one of (`term`, `epoch`): a higher term wins over any
+    /// epoch; within a term, the higher epoch.
+    pub(crate) fn newer_than(&self, term: Term, epoch: Epoch) -> bool {
+        (self.term, self.epoch) > (term, epoch)
+    }
 }
 
 /// [`DomainState`] as parsed, before its invariant is checked.
@@ -315,6 +334,10 @@ struct DomainStateFields {
     password: PasswordRecord,
     remote: bool,
     remote_since: Epoch,
+    #[serde(default)]
+    term: Term,
+    #[serde(default)]
+    members: BTreeMap<ClusterId, u8>,
 }
 
 impl TryFrom<DomainStateFields> for DomainState {
@@ -328,8 +351,27 @@ impl TryFrom<DomainStateFields> for DomainState {
                 f.domain
             ));
         }
-        let DomainStateFields { domain, master, epoch, ring, password, remote, remote_since } = f;
-        Ok(Self { domain, master, epoch, ring, password, remote, remote_since })
+        let DomainStateFields {
+            domain,
+            master,
+            epoch,
+            ring,
+            password,
+            remote,
+            remote_since,
+            term,
+            members,
+        } = f;
+        if let Some(&slot) = members.get(&master)
+            && slot != term.slot()
+        {
+            return Err(format!(
+                "the master, cluster {master}, has slot {slot}, but the state's term {term} is \
+                 of slot {}",
+                term.slot()
+            ));
+        }
+        Ok(Self { domain, master, epoch, ring, password, remote, remote_since, term, members })
     }
 }
 
@@ -364,7 +406,14 @@ pub(crate) struct MasterState {
     pub(crate) state: DomainState,
     /// The newest key version included in a key download since the last key change. Disable
     /// is refused while the current key set was not downloaded (unless explicitly forced).
+    /// Cleared when key versions are recovered from a former master (their numbers may be
+    /// lower than the newest).
     pub(crate) downloaded_through: Option<KeyVersion>,
+    /// Key versions that came back from clusters which held them under an older term (a
+    /// former master that rotated while cut off, or its slaves), by who handed them back:
+    /// `MAencryptionKeysRecovered` is active until the key set is downloaded again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) recovered: BTreeMap<ClusterId, BTreeSet<KeyVersion>>,
 }
 
 /// The encryption role of a cluster.
@@ -428,13 +477,19 @@ pub(crate) struct PersistedState {
     /// also in `peers`.
     #[serde(default)]
     pub(crate) learnt_peers: BTreeMap<ClusterId, LearntPeer>,
+    /// Key versions this cluster holds that its (new) master's state lacks: it held them under
+    /// an older term, and sends them to the master until the master's state has them all
+    /// (format 3 on). Never given to the hot path; deleted with the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) handback: Option<KeyRing>,
 }
 
-/// Format 2 added `peering_tokens` and `learnt_peers`. A state of format 1 (which has
-/// neither) loads as having none and is written back as format 2 ([`STATE_FORMATS_READ`]).
-pub(crate) const STATE_FORMAT: u32 = 2;
+/// Format 2 added `peering_tokens` and `learnt_peers`; format 3 terms, slots, recovered
+/// versions and the handback. An older state loads with none of them (the initial term) and
+/// is written back as format 3 ([`STATE_FORMATS_READ`]).
+pub(crate) const STATE_FORMAT: u32 = 3;
 /// The formats this build reads.
-pub(crate) const STATE_FORMATS_READ: [u32; 2] = [1, 2];
+pub(crate) const STATE_FORMATS_READ: [u32; 3] = [1, 2, 3];
 
 /// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
 /// domains covers any realistic history of disable/enable cycles.
@@ -454,6 +509,7 @@ impl PersistedState {
             hello_seq: 0,
             peering_tokens: Vec::new(),
             learnt_peers: BTreeMap::new(),
+            handback: None,
         }
     }
 }

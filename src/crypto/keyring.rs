@@ -29,6 +29,13 @@ pub enum KeyRingError {
     VersionsExhausted(DomainId),
     #[error("key version {version} of domain {domain} is not 32 bytes of base64")]
     BadKeyBytes { domain: DomainId, version: KeyVersion },
+    #[error("the key versions of this term in domain {0} are used up (16,383 per term)")]
+    TermVersionsExhausted(DomainId),
+    #[error(
+        "key version {version} of domain {domain} is held with two different keys; neither \
+         is replaced"
+    )]
+    Clash { domain: DomainId, version: KeyVersion },
 }
 
 /// One key version: 32 secret bytes and when it was made (Unix seconds).
@@ -126,6 +133,56 @@ impl KeyRing {
         self.keys.insert(v, DomainKey::new(v, created_unix, bytes));
         self.primary = v;
         Ok(v)
+    }
+
+    /// Adds the next version of `term`'s block (the first one if the ring has none there) and
+    /// makes it primary: a master numbers new keys only inside its own term's block, so two
+    /// masters of different terms never make two keys under one number.
+    pub(crate) fn rotate_in(
+        &mut self,
+        term: crate::ids::Term,
+        created_unix: u64,
+        bytes: Zeroizing<[u8; 32]>,
+    ) -> Result<KeyVersion, KeyRingError> {
+        let block = term.versions();
+        let (first, last) = (*block.start(), *block.end());
+        let v = match self.keys.range(block).next_back() {
+            None => first,
+            Some((&v, _)) if v == last => {
+                return Err(KeyRingError::TermVersionsExhausted(self.domain));
+            }
+            Some((v, _)) => v.next().expect("below the block's end"),
+        };
+        self.keys.insert(v, DomainKey::new(v, created_unix, bytes));
+        self.primary = v;
+        Ok(v)
+    }
+
+    /// Adds `key` as a non-primary version: `Ok(true)` if it was missing, `Ok(false)` if the
+    /// ring already holds that very key, [`KeyRingError::Clash`] (and nothing changes) if it
+    /// holds another key under that version.
+    pub(crate) fn insert(&mut self, key: &DomainKey) -> Result<bool, KeyRingError> {
+        match self.keys.get(&key.version) {
+            Some(k) if k == key => Ok(false),
+            Some(_) => Err(KeyRingError::Clash { domain: self.domain, version: key.version }),
+            None => {
+                self.keys.insert(key.version, key.clone());
+                Ok(true)
+            }
+        }
+    }
+
+    /// The keys of this ring that `other` lacks (same version and bytes count as held), as a
+    /// ring of their own (primary: the newest of them); `None` if `other` holds them all or
+    /// belongs to another domain.
+    pub(crate) fn missing_from(&self, other: &KeyRing) -> Option<KeyRing> {
+        if other.domain != self.domain {
+            return None;
+        }
+        let missing: Vec<DomainKey> =
+            self.keys.values().filter(|k| other.keys.get(&k.version) != Some(k)).cloned().collect();
+        let primary = missing.last()?.version;
+        Some(Self::from_keys(self.domain, primary, missing).expect("distinct, non-empty"))
     }
 
     pub fn domain(&self) -> DomainId {

@@ -65,6 +65,8 @@ fn kind(m: &PeerMessage) -> u8 {
         PeerMessage::Leave(_) => 2,
         PeerMessage::Reject(_) => 3,
         PeerMessage::Unpeer => 4,
+        PeerMessage::Handover(_) => 5,
+        PeerMessage::Handback(_) => 6,
     }
 }
 
