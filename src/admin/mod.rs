@@ -464,6 +464,8 @@ impl ApiError {
                 | C::KeyVersionsExhausted { .. }
                 | C::HandoverTargetNotReady { .. }
                 | C::HandoverToSelf
+                | C::HandbackPending { .. }
+                | C::HandoverInProgress { .. }
                 | C::PromoteOnMaster { .. }
                 | C::MasterStillReachable { .. }
                 | C::NoSlot(_)

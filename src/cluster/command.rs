@@ -184,8 +184,19 @@ pub enum CommandError {
          eligible and in sync with this master"
     )]
     HandoverTargetNotReady { peer: ClusterId, why: String },
+    #[error(
+        "this cluster holds key versions {versions} that its master, cluster {master}, does not \
+         have yet (made under an older term): disabling here would delete the only copy. Wait \
+         until the master has them (MAencryptionKeysRecovered appears there), then disable"
+    )]
+    HandbackPending { master: ClusterId, versions: String },
     #[error("a handover goes to another cluster, not to the master itself")]
     HandoverToSelf,
+    #[error(
+        "{what} is refused while the domain is being handed over to cluster {to}; it is \
+         possible on {to} once it has taken over (or hand over to another cluster)"
+    )]
+    HandoverInProgress { what: &'static str, to: ClusterId },
     #[error(
         "promotion is only possible on a slave: this cluster is already master of domain {domain}"
     )]

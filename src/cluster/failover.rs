@@ -11,7 +11,9 @@
 //!   state lacks (its *handback*, persisted) and sends them to its new master until the
 //!   master's state holds them; the master adds them and raises `MAencryptionKeysRecovered`
 //!   until the key set is downloaded again;
-//! - a planned handover changes no key and raises no alarm.
+//! - a planned handover changes no key and raises no alarm; the old master stays master (and
+//!   refuses changes) until the new master's state reaches it, so a lost message or a failed
+//!   target never leaves the domain without a master.
 
 use std::collections::BTreeMap;
 
@@ -57,9 +59,14 @@ impl Cluster {
         }
     }
 
-    /// The highest round this cluster knows of: its own state's, or any peer's last hello.
+    /// The highest round this cluster knows of: its own state's (or its handover's), or any
+    /// peer's last hello.
     fn highest_round(&self) -> u32 {
         let own = self.domain_state().map_or(0, |d| d.term.round());
+        let own = match &self.state.role {
+            Role::Master(m) => m.handing_over.as_ref().map_or(own, |h| own.max(h.term.round())),
+            _ => own,
+        };
         let heard =
             self.views.values().filter_map(|v| v.hello.as_ref()?.role.term()).map(Term::round);
         heard.fold(own, u32::max)
@@ -71,7 +78,8 @@ impl Cluster {
         Term::new(self.highest_round() + 1, slot).ok_or(CommandError::TermsExhausted)
     }
 
-    /// `imcrypt encryption handover --to PEER`.
+    /// `imcrypt encryption handover --to PEER`: starts the handover (a new one replaces one in
+    /// progress, which is how an operator gives up on a target that failed).
     pub(super) fn handover(
         &mut self,
         to: ClusterId,
@@ -81,6 +89,17 @@ impl Cluster {
         let m = self.master_state("handing the domain over")?;
         if !m.state.password.verify(password) {
             return Err(CommandError::WrongPassword);
+        }
+        // One handover at a time: its target may take over at any moment. Only a target
+        // silent past the unreachable threshold (failed) may be replaced by another.
+        if let Some(h) = &m.handing_over
+            && let Some(v) = self.views.get(&h.master)
+            && now.since(v.last_heard.unwrap_or(v.since)) < self.config.master_unreachable_after
+        {
+            return Err(CommandError::HandoverInProgress {
+                what: "another handover",
+                to: h.master.clone(),
+            });
         }
         if to == self.config.id {
             return Err(CommandError::HandoverToSelf);
@@ -117,17 +136,18 @@ impl Cluster {
         next.master = to.clone();
         next.term = term;
         next.epoch = ds.epoch.next();
+        let domain = next.domain;
+        self.pending.push(Effect::Send { to: to.clone(), msg: handover_message(&next) });
+        let Role::Master(m) = &mut self.state.role else { unreachable!("checked above") };
+        m.handing_over = Some(Box::new(next));
+        self.dirty = true;
         self.log(
             LogLevel::Info,
             format!(
-                "encryption domain {} handed over to cluster {to} (term {term}); this cluster \
-                 is now its slave",
-                next.domain
+                "handing encryption domain {domain} over to cluster {to} (term {term}): this \
+                 cluster becomes its slave when it has taken over"
             ),
         );
-        self.pending.push(Effect::Send { to: to.clone(), msg: handover_message(&next) });
-        self.state.role = Role::Slave(Box::new(next));
-        self.dirty = true;
         Ok(Outcome::HandedOver { to, term })
     }
 
@@ -166,19 +186,13 @@ impl Cluster {
         next.master = self.config.id.clone();
         next.term = term;
         next.epoch = s.epoch.next();
-        // Versions this cluster held back for its former master are its own again.
-        if let Some(h) = self.state.handback.take() {
-            for k in h.keys() {
-                if let Err(e) = next.ring.insert(k) {
-                    self.log(LogLevel::Warn, format!("a handed-back key version is not kept: {e}"));
-                }
-            }
-        }
         let domain = next.domain;
+        let recovered = self.reclaim_handback(&mut next);
         self.state.role = Role::Master(Box::new(MasterState {
             state: next,
             downloaded_through: None,
-            recovered: BTreeMap::new(),
+            recovered,
+            handing_over: None,
         }));
         self.dirty = true;
         if reachable.is_some() {
@@ -222,10 +236,13 @@ impl Cluster {
             }
         }
         let (domain, term) = (s.domain, s.term);
+        let mut s = s;
+        let recovered = self.reclaim_handback(&mut s);
         self.state.role = Role::Master(Box::new(MasterState {
             state: s,
             downloaded_through: None,
-            recovered: BTreeMap::new(),
+            recovered,
+            handing_over: None,
         }));
         self.dirty = true;
         self.log(
@@ -238,18 +255,16 @@ impl Cluster {
         self.offer_all();
     }
 
-    /// What our former master needs while its hellos show it has not taken over yet: the
-    /// handover again (the first may have been lost).
+    /// What the target of our handover needs while its hellos show it has not taken over:
+    /// the handover again (the first may have been lost, or the target was down).
     pub(super) fn handover_for(&self, peer: &ClusterId, theirs: &Announced) -> Option<PeerMessage> {
-        let Role::Slave(s) = &self.state.role else { return None };
+        let Role::Master(m) = &self.state.role else { return None };
+        let h = m.handing_over.as_ref().filter(|h| &h.master == peer)?;
         match theirs {
             Announced::Slave { domain, master, term, .. }
-                if &s.master == peer
-                    && *domain == s.domain
-                    && master == &self.config.id
-                    && *term < s.term =>
+                if *domain == h.domain && master == &self.config.id && *term < h.term =>
             {
-                Some(handover_message(s))
+                Some(handover_message(h))
             }
             _ => None,
         }
@@ -263,6 +278,8 @@ impl Cluster {
             return;
         }
         let was_master = matches!(self.state.role, Role::Master(_));
+        let planned = matches!(&self.state.role, Role::Master(m)
+            if m.handing_over.as_ref().is_some_and(|h| h.master == next.master));
         let (old_term, old_master) = (cur.term, cur.master.clone());
         let extra = cur.ring.missing_from(&next.ring);
         let versions: Vec<String> =
@@ -278,7 +295,13 @@ impl Cluster {
                 versions.join(", ")
             )
         };
-        let line = if was_master {
+        let line = if planned {
+            format!(
+                "handover complete: cluster {} is master of encryption domain {} under term {}; \
+                 this cluster is now its slave{kept}",
+                next.master, next.domain, next.term
+            )
+        } else if was_master {
             format!(
                 "stepped down: cluster {} is master of encryption domain {} under term {}, newer \
                  than this cluster's term {old_term}; this cluster is now its slave{kept}",
@@ -291,9 +314,39 @@ impl Cluster {
                 next.master, next.term
             )
         };
-        let level =
-            if was_master || !versions.is_empty() { LogLevel::Warn } else { LogLevel::Info };
+        let level = if (was_master && !planned) || !versions.is_empty() {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        };
         self.log(level, line);
+    }
+
+    /// When this cluster becomes master: the versions it held back for its former master are
+    /// its own again, added to `next` (a new epoch if any was missing, so that the slaves get
+    /// them); they are recorded as recovered here, since exports made before lack them.
+    fn reclaim_handback(
+        &mut self,
+        next: &mut DomainState,
+    ) -> BTreeMap<ClusterId, std::collections::BTreeSet<crate::ids::KeyVersion>> {
+        let mut recovered = BTreeMap::new();
+        let Some(h) = self.state.handback.take() else { return recovered };
+        self.dirty = true;
+        let mut added = std::collections::BTreeSet::new();
+        for k in h.keys() {
+            match next.ring.insert(k) {
+                Ok(true) => {
+                    added.insert(k.version());
+                }
+                Ok(false) => {}
+                Err(e) => self.log(LogLevel::Warn, format!("a held-back key version: {e}")),
+            }
+        }
+        if !added.is_empty() {
+            next.epoch = next.epoch.next();
+            recovered.insert(self.config.id.clone(), added);
+        }
+        recovered
     }
 
     fn add_to_handback(&mut self, extra: &KeyRing) {

@@ -547,7 +547,7 @@ impl Cluster {
     fn rotation_deadline(&self) -> Option<Time> {
         let Role::Master(m) = &self.state.role else { return None };
         let primary = m.state.ring.primary_version();
-        if self.rotation_refused == Some(primary) {
+        if self.rotation_refused == Some(primary) || m.handing_over.is_some() {
             return None;
         }
         if self.worn_out_by(primary).is_some() {
@@ -689,12 +689,14 @@ impl Cluster {
             remote,
             remote_since: if remote { Epoch(1) } else { Epoch(0) },
             term: Term::INITIAL,
+            remote_since_term: Term::INITIAL,
             members: self.initial_members(),
         };
         self.state.role = Role::Master(Box::new(MasterState {
             state,
             downloaded_through: None,
             recovered: BTreeMap::new(),
+            handing_over: None,
         }));
         self.dirty = true;
         self.log(LogLevel::Info, LOG_ENCRYPTION_ENABLED.into());
@@ -712,7 +714,7 @@ impl Cluster {
 
     fn set_remote(&mut self, on: bool) -> Result<(), CommandError> {
         let what = if on { "enabling on remote clusters" } else { "disabling on remote clusters" };
-        let m = self.master_state_mut(what)?;
+        let m = self.master_state_to_change(what)?;
         if m.state.remote == on {
             return Err(CommandError::RemoteAlreadySet(on));
         }
@@ -720,6 +722,7 @@ impl Cluster {
         m.state.epoch = m.state.epoch.next();
         if on {
             m.state.remote_since = m.state.epoch;
+            m.state.remote_since_term = m.state.term;
         }
         self.dirty = true;
         self.offer_all();
@@ -733,7 +736,7 @@ impl Cluster {
         entropy: Entropy,
     ) -> Result<(), CommandError> {
         let iterations = self.config.iterations;
-        let m = self.master_state_mut("changing the password")?;
+        let m = self.master_state_to_change("changing the password")?;
         if !m.state.password.verify(old) {
             return Err(CommandError::WrongPassword);
         }
@@ -747,7 +750,7 @@ impl Cluster {
     }
 
     fn rotate(&mut self, now: Time, entropy: Entropy) -> Result<Outcome, CommandError> {
-        let m = self.master_state_mut("key rotation")?;
+        let m = self.master_state_to_change("key rotation")?;
         let term = m.state.term;
         let v = m
             .state
@@ -783,7 +786,7 @@ impl Cluster {
         force: bool,
     ) -> Result<Outcome, CommandError> {
         let me = self.config.id.clone();
-        let m = self.master_state("disabling encryption on the master")?;
+        let m = self.master_state_to_change("disabling encryption on the master")?;
         if !m.state.password.verify(password) {
             return Err(CommandError::WrongPassword);
         }
@@ -796,6 +799,7 @@ impl Cluster {
             master: me,
             epoch: m.state.epoch.next(),
             reason: LeaveReason::DomainDisabled,
+            term: m.state.term,
         };
         self.state.tombstones.push(t.clone());
         if self.state.tombstones.len() > MAX_TOMBSTONES {
@@ -820,11 +824,19 @@ impl Cluster {
         if !s.password.verify(master_password) {
             return Err(CommandError::WrongMasterPassword { master: s.master.clone() });
         }
+        if let Some(h) = &self.state.handback {
+            let versions: Vec<String> = h.versions().map(|v| v.to_string()).collect();
+            return Err(CommandError::HandbackPending {
+                master: s.master.clone(),
+                versions: versions.join(", "),
+            });
+        }
         let t = Tombstone {
             domain: s.domain,
             master: s.master.clone(),
             epoch: s.epoch,
             reason: LeaveReason::OptedOut,
+            term: s.term,
         };
         let master = t.master.clone();
         self.state.role = Role::Off { left: Some(t) };
@@ -942,6 +954,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// The master's state for a command that changes the domain: refused during a handover.
+    pub(super) fn master_state_to_change(
+        &mut self,
+        what: &'static str,
+    ) -> Result<&mut MasterState, CommandError> {
+        let m = self.master_state_mut(what)?;
+        if let Some(h) = &m.handing_over {
+            return Err(CommandError::HandoverInProgress { what, to: h.master.clone() });
+        }
+        Ok(m)
+    }
+
     pub(super) fn master_state(&self, what: &'static str) -> Result<&MasterState, CommandError> {
         match &self.state.role {
             Role::Master(m) => Ok(m),
@@ -1024,11 +1048,9 @@ impl Cluster {
 
     fn on_leave(&mut self, from: &ClusterId, t: Tombstone) {
         let Role::Slave(cur) = &self.state.role else { return };
-        if &cur.master != from
-            || t.master != cur.master
-            || t.domain != cur.domain
-            || t.epoch <= cur.epoch
-        {
+        // From our master only; the tombstone may be its own, or one a newer term's master
+        // gave it, which it passes on to us.
+        if &cur.master != from || t.domain != cur.domain || t.at() <= cur.at() {
             return; // not from our master, not our domain, or older than what we hold
         }
         let why = match t.reason {
@@ -1037,6 +1059,21 @@ impl Cluster {
             LeaveReason::OptedOut => "this cluster's administrator disabled encryption here",
         };
         let line = format!("{why}: all encryption data of domain {} deleted here", t.domain);
+        // A former master of this domain (it handed it over) keeps the tombstone to pass on to
+        // the slaves it had, which may not be peers of the newer term's master.
+        let had_slaves = self.views.values().any(|v| {
+            matches!(&v.hello, Some(Hello { role: Announced::Slave { domain, master, .. }, .. })
+                if *domain == t.domain && *master == self.config.id)
+        });
+        if had_slaves
+            && t.reason != LeaveReason::OptedOut
+            && !self.state.tombstones.iter().any(|x| x.domain == t.domain)
+        {
+            self.state.tombstones.push(t.clone());
+            if self.state.tombstones.len() > MAX_TOMBSTONES {
+                self.state.tombstones.remove(0);
+            }
+        }
         self.state.role = Role::Off { left: Some(t) };
         self.dirty = true;
         self.log(LogLevel::Info, LOG_ENCRYPTION_DISABLED.into());
@@ -1052,6 +1089,15 @@ impl Cluster {
             && held <= m.state.epoch
         {
             return; // an old message of ours arrived late: harmless
+        }
+        if let RejectReason::Fenced { held } = r.reason {
+            // The peer follows a newer term, whose master brings this cluster over too: no
+            // alarm to keep (it would outlive this master's term).
+            self.log(
+                LogLevel::Info,
+                format!("cluster {from} holds this domain under the newer term {held}"),
+            );
+            return;
         }
         self.log(
             LogLevel::Warn,

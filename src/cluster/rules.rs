@@ -122,10 +122,10 @@ impl Cluster {
                     && t.domain == s.domain
                 {
                     if t.reason == LeaveReason::OptedOut {
-                        if s.remote_since <= t.epoch {
+                        if s.remote_switched_on() <= t.at() {
                             return Err(RejectReason::OptedOut { at: t.epoch });
                         }
-                    } else if s.epoch <= t.epoch {
+                    } else if s.at() <= t.at() {
                         return Err(RejectReason::AlreadyLeft { at: t.epoch });
                     }
                 }
@@ -141,16 +141,18 @@ impl Cluster {
         let hello = self.views.get(peer)?.hello.as_ref()?;
         let me = &self.config.id;
         // A peer that still holds one of our ended domains gets its tombstone.
-        if let Announced::Slave { domain, master, epoch, .. } = &hello.role
+        if let Announced::Slave { domain, master, epoch, term } = &hello.role
             && master == me
             && let Some(t) = self.state.tombstones.iter().rev().find(|t| t.domain == *domain)
-            && t.epoch > *epoch
+            && t.at() > (*term, *epoch)
         {
             return Some(PeerMessage::Leave(t.clone()));
         }
-        let Role::Master(m) = &self.state.role else {
-            return self.handover_for(peer, &hello.role);
-        };
+
+        let Role::Master(m) = &self.state.role else { return None };
+        if let Some(msg) = self.handover_for(peer, &hello.role) {
+            return Some(msg);
+        }
         let ds = &m.state;
         // A cluster of this domain under an older term (a former master, or a slave that still
         // follows it) gets this term's state: fencing brings it over.
@@ -168,6 +170,7 @@ impl Cluster {
                         master: me.clone(),
                         epoch: ds.epoch,
                         reason: LeaveReason::RemoteDisabled,
+                        term: ds.term,
                     }))
                 } else if *epoch < ds.epoch {
                     Some(PeerMessage::State(Box::new(ds.clone())))
@@ -202,14 +205,14 @@ impl Cluster {
         if let Some(t) = left
             && t.domain == ds.domain
         {
-            if t.reason == LeaveReason::OptedOut && ds.remote_since <= t.epoch {
+            if t.reason == LeaveReason::OptedOut && ds.remote_switched_on() <= t.at() {
                 return Some(
                     "its administrator disabled encryption there; switch \"enable on remote \
                      clusters\" off and on again to enroll it again"
                         .into(),
                 );
             }
-            if t.reason != LeaveReason::OptedOut && ds.epoch <= t.epoch {
+            if t.reason != LeaveReason::OptedOut && ds.at() <= t.at() {
                 return Some("it left the domain at a newer epoch".into());
             }
         }
@@ -284,8 +287,16 @@ impl Cluster {
                 Some(v) => {
                     // Judged by the master's newest word: a hello received before the state
                     // we accepted from it is older than that state (see `PeerView`).
+                    // A master that handed over, then was told to leave by the newer term's
+                    // master (a peer of ours, which brings us over or tells us to leave too),
+                    // leaves nothing stale here.
+                    let newer_master_reaches_us = matches!(&h_role(v), Some(Announced::Off {
+                        left: Some(t) }) if t.domain == s.domain
+                            && t.term > s.term
+                            && self.views.contains_key(&t.master));
                     if let Some(h) = &v.hello
                         && !v.hello_predates_state
+                        && !newer_master_reaches_us
                         && h.role.domain() != Some(s.domain)
                     {
                         out.push(Alarm::new(
@@ -298,6 +309,31 @@ impl Cluster {
                             ),
                             "wait for the master's instruction to delete them; if this alarm \
                              stays, disable encryption here with the master's password",
+                        ));
+                    } else if let Some(Hello {
+                        role: Announced::Slave { domain, master: new, term, .. },
+                        ..
+                    }) = &v.hello
+                        && !v.hello_predates_state
+                        && *domain == s.domain
+                        && *term > s.term
+                        && new != me
+                        && !self.views.contains_key(new)
+                    {
+                        out.push(Alarm::new(
+                            AlarmName::StaleData,
+                            s.master.clone(),
+                            format!(
+                                "this cluster holds the keys of encryption domain {} under term \
+                                 {} from cluster {}, which now follows cluster {new} under the \
+                                 newer term {term}; cluster {new} is not a peer of this cluster, \
+                                 so nobody will update these keys",
+                                s.domain, s.term, s.master
+                            ),
+                            format!(
+                                "peer this cluster with cluster {new}, the domain's master: it \
+                                 then brings this cluster over to term {term}"
+                            ),
                         ));
                     }
                 }
@@ -368,6 +404,9 @@ impl Cluster {
                 && master == me
                 && self.domain_state().map(|d| d.domain) != Some(*domain)
                 && !self.state.tombstones.iter().any(|t| t.domain == *domain)
+                // A former master that handed over and then left the domain: its old slaves'
+                // hellos are behind, not a lost state.
+                && !matches!(&self.state.role, Role::Off { left: Some(t) } if t.domain == *domain)
             {
                 out.push(Alarm::new(
                     AlarmName::StaleData,
@@ -464,4 +503,9 @@ impl Cluster {
         }
         out
     }
+}
+
+/// The role in a peer's last hello, if any.
+fn h_role(v: &PeerView) -> Option<&Announced> {
+    v.hello.as_ref().map(|h| &h.role)
 }

@@ -7,7 +7,7 @@
 //! Invariants checked after every step ([`Network::violations`] collects failures):
 //! 1. no cluster holds (in its role, its hot path or its persisted state) key material of two
 //!    domains;
-//! 2. a slave's epoch for a domain never decreases;
+//! 2. a slave's (term, epoch) for a domain never decreases;
 //! 5. a key-carrying message is addressed only to a peer whose newest hello (as delivered to the
 //!    sender) shows it as the sender's slave or as an enrollable off cluster, and a cluster of
 //!    another domain that receives one stores nothing;
@@ -20,6 +20,12 @@
 //! 3. every slave whose master is its peer holds exactly its master's domain state, and every
 //!    off cluster that the master may enroll is enrolled;
 //! 4. `MAencryptionMultiMaster` is active exactly where a peering joins two domains.
+//!
+//! And for failover (terms, handovers, promotions, partitions, kills), checked after every
+//! step: at most one master per (domain, term), and no two different keys ever share a
+//! (domain, version) anywhere; once everything is healed, revived and quiet
+//! ([`Network::check_failover`]): every key version any cluster sealed with is in its
+//! domain's master's key set, and each domain has one master whose state its slaves hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,7 +33,7 @@ use std::time::Duration;
 use crate::alarm::{Alarm, AlarmChange, AlarmKey, AlarmName};
 use crate::crypto::keyring::KeyRing;
 use crate::crypto::password::{Iterations, Password};
-use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 
 use super::message::{Announced, Hello};
 use super::state::LeaveReason;
@@ -116,6 +122,21 @@ pub(crate) enum Op {
     Duplicate(usize),
     DeliverAll,
     Tick(Duration),
+    /// The current master of the domain of cluster `i` hands it over to cluster `to`.
+    Handover {
+        to: usize,
+    },
+    /// Promote cluster `i` (refused while its master was heard from recently, unless
+    /// `force`).
+    Promote(usize, bool),
+    /// Cut every link between the clusters whose bit is set in the mask and the others.
+    Partition(u32),
+    /// Repair every cut link.
+    Heal,
+    /// `kill -9` the daemon of cluster `i`: it neither receives nor runs timers until revived.
+    Kill(usize),
+    /// Start every killed daemon again from its persisted state.
+    Revive,
 }
 
 /// The simulated network.
@@ -130,9 +151,17 @@ pub(crate) struct Network {
     passwords: BTreeMap<ClusterId, usize>,
     /// Newest hello delivered, per (receiver, sender): what the receiver knows of the sender.
     delivered_hellos: BTreeMap<(ClusterId, ClusterId), Hello>,
-    /// Highest epoch each cluster ever held as a slave, per domain.
-    slave_epochs: BTreeMap<(ClusterId, DomainId), Epoch>,
+    /// Highest (term, epoch) each cluster ever held as a slave, per domain.
+    slave_epochs: BTreeMap<(ClusterId, DomainId), (Term, Epoch)>,
     violations: Vec<String>,
+    /// Cut links (each pair in both orders): messages across them are lost.
+    cut: BTreeSet<(ClusterId, ClusterId)>,
+    /// Killed daemons.
+    down: BTreeSet<ClusterId>,
+    /// Every key ever held anywhere, by (domain, version): its bytes.
+    keys_seen: BTreeMap<(DomainId, KeyVersion), [u8; 32]>,
+    /// Every key version a hot path sealed with (its primary), by domain.
+    sealed_with: BTreeMap<DomainId, BTreeSet<KeyVersion>>,
 }
 
 impl Default for Network {
@@ -158,6 +187,10 @@ impl Network {
             delivered_hellos: BTreeMap::new(),
             slave_epochs: BTreeMap::new(),
             violations: Vec::new(),
+            cut: BTreeSet::new(),
+            down: BTreeSet::new(),
+            keys_seen: BTreeMap::new(),
+            sealed_with: BTreeMap::new(),
         }
     }
 
@@ -261,8 +294,16 @@ impl Network {
     }
 
     /// The password currently set on master `m` (as the simulator set it).
-    fn password_of(&self, m: &ClusterId) -> Password {
-        Password::new(PASSWORDS[self.passwords.get(m).copied().unwrap_or(0)])
+    /// The domain password for a command on `c`: the one its domain state's record verifies
+    /// (masters change hands and passwords change on cut-off masters), else the last one the
+    /// simulator set there.
+    fn password_of(&self, c: &ClusterId) -> Password {
+        if let Some(ds) = self.cluster(c).domain_state()
+            && let Some(p) = PASSWORDS.iter().find(|p| ds.password.verify(&Password::new(**p)))
+        {
+            return Password::new(*p);
+        }
+        Password::new(PASSWORDS[self.passwords.get(c).copied().unwrap_or(0)])
     }
 
     // ----- driving ---------------------------------------------------------------------------
@@ -404,7 +445,9 @@ impl Network {
     pub(crate) fn advance(&mut self, d: Duration) {
         self.now = self.now.after(d);
         for id in self.ids() {
-            self.timeout(&id);
+            if !self.down.contains(&id) {
+                self.timeout(&id);
+            }
         }
     }
 
@@ -476,6 +519,35 @@ impl Network {
         self.violations.push("the network never became quiet".into());
     }
 
+    /// Cuts every link between the clusters of `side` and the others (added to any cut).
+    pub(crate) fn partition(&mut self, side: &[ClusterId]) {
+        for a in side {
+            for b in self.ids().iter().filter(|b| !side.contains(b)) {
+                self.cut.insert((a.clone(), b.clone()));
+                self.cut.insert((b.clone(), a.clone()));
+            }
+        }
+    }
+
+    /// Repairs every cut link.
+    pub(crate) fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// `kill -9` of `id`'s daemon: what it had in flight, and what is in flight to it, is lost;
+    /// it neither receives nor runs timers until [`Network::revive`].
+    pub(crate) fn kill(&mut self, id: &ClusterId) {
+        self.in_flight.retain(|e| &e.from != id && &e.to != id);
+        self.down.insert(id.clone());
+    }
+
+    /// Starts every killed daemon again from its persisted state.
+    pub(crate) fn revive(&mut self) {
+        for c in std::mem::take(&mut self.down) {
+            self.restart(&c);
+        }
+    }
+
     /// Applies one random-scenario step.
     pub(crate) fn apply(&mut self, op: &Op) {
         let ids = self.ids();
@@ -497,7 +569,9 @@ impl Network {
             }
             Op::ChangePassword(i) => {
                 let c = at(*i);
-                let cur = self.passwords.get(&c).copied().unwrap_or(0);
+                let cur = self.password_of(&c);
+                let cur =
+                    PASSWORDS.iter().position(|p| p.as_bytes() == cur.as_bytes()).unwrap_or(0);
                 let cmd = Command::ChangePassword {
                     old: Password::new(PASSWORDS[cur]),
                     new: Password::new(PASSWORDS[1 - cur]),
@@ -517,8 +591,8 @@ impl Network {
             }
             Op::DisableOnSlave(i) => {
                 let c = at(*i);
-                if let Role::Slave(s) = self.cluster(&c).role() {
-                    let password = self.password_of(&s.master.clone());
+                if let Role::Slave(_) = self.cluster(&c).role() {
+                    let password = self.password_of(&c);
                     let cmd = Command::Disable { password, i_understand_data_loss: false };
                     let _ = self.command(&c, cmd);
                 }
@@ -544,16 +618,40 @@ impl Network {
             Op::Duplicate(i) => self.duplicate(*i),
             Op::DeliverAll => self.deliver_all(),
             Op::Tick(d) => self.advance(*d),
+            Op::Handover { to } => {
+                let master = ids.iter().find(|c| self.cluster(c).is_master()).cloned();
+                if let Some(m) = master {
+                    let password = self.password_of(&m);
+                    let _ = self.command(&m, Command::Handover { to: at(*to), password });
+                }
+            }
+            Op::Promote(i, force) => {
+                let c = at(*i);
+                let password = self.password_of(&c);
+                let _ = self.command(&c, Command::Promote { password, force: *force });
+            }
+            Op::Partition(mask) => {
+                let side: Vec<ClusterId> =
+                    (0..n).filter(|i| mask >> (i % 32) & 1 == 1).map(|i| ids[i].clone()).collect();
+                self.partition(&side);
+            }
+            Op::Heal => self.heal(),
+            Op::Kill(i) => self.kill(&at(*i)),
+            Op::Revive => self.revive(),
         }
     }
 
     // ----- carrying effects and checking -----------------------------------------------------
 
     fn deliver_envelope(&mut self, env: Envelope) {
+        if self.down.contains(&env.to) || self.cut.contains(&(env.from.clone(), env.to.clone())) {
+            return; // lost: the receiver is down or the link is cut
+        }
         let Some(rc) = self.clusters.get_mut(&env.to) else { return };
         let domain_before = rc.machine.domain_state().map(|d| d.domain);
         let keys_of = match &env.msg {
-            PeerMessage::State(s) => Some(s.domain),
+            PeerMessage::State(s) | PeerMessage::Handover(s) => Some(s.domain),
+            PeerMessage::Handback(r) => Some(r.domain()),
             _ => None,
         };
         let hello = match &env.msg {
@@ -612,7 +710,16 @@ impl Network {
                     }
                 }
                 Effect::Log(l) => sc.logs.push(l),
-                Effect::KeyRingChanged(r) => sc.hot_ring = r.map(|b| *b),
+                Effect::KeyRingChanged(r) => {
+                    sc.hot_ring = r.map(|b| *b);
+                    // The hot path seals with the primary from now on.
+                    if let Some(ring) = &sc.hot_ring {
+                        self.sealed_with
+                            .entry(ring.domain())
+                            .or_default()
+                            .insert(ring.primary_version());
+                    }
+                }
                 Effect::LinkUp { peer, .. } => {
                     sc.links.insert(peer);
                 }
@@ -643,19 +750,44 @@ impl Network {
     }
 
     fn check_key_send(&mut self, env: &Envelope) {
-        let PeerMessage::State(s) = &env.msg else { return };
         let sender = &self.clusters[&env.from].machine;
-        let ok_sender = matches!(sender.role(), Role::Master(m) if m.state.domain == s.domain);
         let known = self.delivered_hellos.get(&(env.from.clone(), env.to.clone()));
+        let s = match &env.msg {
+            PeerMessage::State(s) => s,
+            // A handover only from a master handing its domain over to the receiver; a
+            // handback only from a slave to its master, of one domain.
+            PeerMessage::Handover(s) => {
+                let ok = matches!(sender.role(), Role::Master(m)
+                    if m.state.domain == s.domain
+                        && m.handing_over.as_deref() == Some(&**s)
+                        && s.master == env.to);
+                if !ok {
+                    self.violations.push(format!("property 5: bad handover {env:?}"));
+                }
+                return;
+            }
+            PeerMessage::Handback(r) => {
+                let ok = matches!(sender.role(), Role::Slave(d)
+                    if d.domain == r.domain() && d.master == env.to);
+                if !ok {
+                    self.violations.push(format!("property 5: bad handback from {}", env.from));
+                }
+                return;
+            }
+            _ => return,
+        };
+        let ok_sender = matches!(sender.role(), Role::Master(m) if m.state.domain == s.domain);
         let ok_target = match known.map(|h| &h.role) {
+            // Of this domain under an older term: fencing brings it over.
+            Some(r) if r.domain() == Some(s.domain) && r.term().is_some_and(|t| t < s.term) => true,
             Some(Announced::Slave { domain, master, .. }) => {
                 *domain == s.domain && master == &env.from
             }
             Some(Announced::Off { left }) => match left {
                 Some(t) if t.domain == s.domain && t.reason == LeaveReason::OptedOut => {
-                    s.remote_since > t.epoch
+                    s.remote_switched_on() > t.at()
                 }
-                Some(t) if t.domain == s.domain => s.epoch > t.epoch,
+                Some(t) if t.domain == s.domain => s.at() > t.at(),
                 _ => true,
             },
             Some(Announced::Master { .. }) | None => false,
@@ -698,13 +830,80 @@ impl Network {
         // Property 2.
         if let Role::Slave(s) = m.role() {
             let key = (id.clone(), s.domain);
-            let max = self.slave_epochs.entry(key).or_insert(s.epoch);
-            if s.epoch < *max {
-                bad.push(format!("property 2: {id}'s epoch went back from {max} to {}", s.epoch));
+            let now = (s.term, s.epoch);
+            let max = self.slave_epochs.entry(key).or_insert(now);
+            if now < *max {
+                bad.push(format!(
+                    "property 2: {id}'s (term, epoch) went back from {max:?} to {now:?}"
+                ));
             }
-            *max = (*max).max(s.epoch);
+            *max = (*max).max(now);
+        }
+        // Failover: no two different keys under one (domain, version), anywhere, ever.
+        let rings = [m.key_ring(), sc.hot_ring.as_ref(), m.state().handback.as_ref()];
+        for ring in rings.into_iter().flatten() {
+            for k in ring.keys() {
+                let seen = self.keys_seen.entry((ring.domain(), k.version())).or_insert(*k.bytes());
+                if seen != k.bytes() {
+                    bad.push(format!(
+                        "two different keys share version {} of domain {}",
+                        k.version(),
+                        ring.domain()
+                    ));
+                }
+            }
+        }
+        // Failover: at most one master per (domain, term).
+        if let Role::Master(mine) = m.role() {
+            for (other, oc) in &self.clusters {
+                if let Role::Master(theirs) = oc.machine.role()
+                    && other != id
+                    && theirs.state.domain == mine.state.domain
+                    && theirs.state.term == mine.state.term
+                {
+                    bad.push(format!(
+                        "{id} and {other} are both master of domain {} in term {}",
+                        mine.state.domain, mine.state.term
+                    ));
+                }
+            }
         }
         self.violations.extend(bad);
+    }
+
+    /// Heals every cut, revives every killed daemon and lets the network become quiet; then
+    /// returns the failover properties that do not hold: every key version a cluster sealed
+    /// with is in its domain's master's key set (when the domain still has a master), and a
+    /// domain has at most one master.
+    pub(crate) fn check_failover(&mut self) -> Vec<String> {
+        self.heal();
+        self.revive();
+        self.settle();
+        let mut bad = Vec::new();
+        for (domain, versions) in &self.sealed_with {
+            let masters: Vec<&SimCluster> = self
+                .clusters
+                .values()
+                .filter(
+                    |c| matches!(c.machine.role(), Role::Master(m) if m.state.domain == *domain),
+                )
+                .collect();
+            if masters.len() > 1 {
+                bad.push(format!("domain {domain} has {} masters once healed", masters.len()));
+            }
+            let Some(master) = masters.first() else { continue };
+            let ring = master.machine.key_ring().expect("a master holds a ring");
+            for v in versions {
+                if ring.get(*v).is_err() {
+                    bad.push(format!(
+                        "key version {v} of domain {domain} was sealed with but is missing from \
+                         the master's ({}) key set",
+                        master.machine.id()
+                    ));
+                }
+            }
+        }
+        bad
     }
 
     /// Checks the properties of a quiet network (call after [`Network::settle`]); returns the
@@ -722,6 +921,16 @@ impl Network {
                 if peered(id, &s.master) {
                     match self.cluster(&s.master).role() {
                         Role::Master(ms) if ms.state == **s => {}
+                        // Its master follows a newer term whose master it cannot reach: an
+                        // alarm says so.
+                        Role::Slave(ms)
+                            if ms.term > s.term
+                                && !peered(id, &ms.master)
+                                && self.alarm_active(id, AlarmName::StaleData, &s.master) => {}
+                        // Its master left the domain on its own (after handing it over): the
+                        // data here is stale, and an alarm says so.
+                        Role::Off { .. }
+                            if self.alarm_active(id, AlarmName::StaleData, &s.master) => {}
                         other => bad.push(format!(
                             "property 3: slave {id} holds {s:?} but its master holds {other:?}"
                         )),
@@ -738,9 +947,9 @@ impl Network {
                     let opted_out = left.as_ref().is_some_and(|t| {
                         t.domain == ds.domain
                             && if t.reason == LeaveReason::OptedOut {
-                                ds.remote_since <= t.epoch
+                                ds.remote_switched_on() <= t.at()
                             } else {
-                                ds.epoch <= t.epoch
+                                ds.at() <= t.at()
                             }
                     });
                     if peered(id, p)

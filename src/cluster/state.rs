@@ -306,6 +306,9 @@ pub(crate) struct DomainState {
     /// accepts one of a lower term than the one it holds (fencing). A state without one (made
     /// before terms existed) is of the initial term.
     pub(crate) term: Term,
+    /// The term in which "enable on remote clusters" was last switched on (with
+    /// `remote_since`, the moment it was).
+    pub(crate) remote_since_term: Term,
     /// The slot of every cluster the domain's masters have peered with: a handover or a
     /// promotion makes a term of the new master's slot, so two clusters never share a term.
     /// Slots are given by the master, from 0 (the creator) up, and never reused.
@@ -315,6 +318,16 @@ pub(crate) struct DomainState {
 impl DomainState {
     /// The highest slot a domain gives: 255 members (and the creator).
     pub(crate) const MAX_SLOT: u8 = u8::MAX;
+
+    /// When this state was made: states order by (term, epoch).
+    pub(crate) fn at(&self) -> (Term, Epoch) {
+        (self.term, self.epoch)
+    }
+
+    /// When "enable on remote clusters" was last switched on.
+    pub(crate) fn remote_switched_on(&self) -> (Term, Epoch) {
+        (self.remote_since_term, self.remote_since)
+    }
 
     /// Whether this state is newer than one of (`term`, `epoch`): a higher term wins over any
     /// epoch; within a term, the higher epoch.
@@ -336,6 +349,8 @@ struct DomainStateFields {
     remote_since: Epoch,
     #[serde(default)]
     term: Term,
+    #[serde(default)]
+    remote_since_term: Term,
     #[serde(default)]
     members: BTreeMap<ClusterId, u8>,
 }
@@ -360,6 +375,7 @@ impl TryFrom<DomainStateFields> for DomainState {
             remote,
             remote_since,
             term,
+            remote_since_term,
             members,
         } = f;
         if let Some(&slot) = members.get(&master)
@@ -371,7 +387,18 @@ impl TryFrom<DomainStateFields> for DomainState {
                 term.slot()
             ));
         }
-        Ok(Self { domain, master, epoch, ring, password, remote, remote_since, term, members })
+        Ok(Self {
+            domain,
+            master,
+            epoch,
+            ring,
+            password,
+            remote,
+            remote_since,
+            term,
+            remote_since_term,
+            members,
+        })
     }
 }
 
@@ -397,6 +424,16 @@ pub(crate) struct Tombstone {
     /// Higher than every epoch of the domain's live state.
     pub(crate) epoch: Epoch,
     pub(crate) reason: LeaveReason,
+    /// The term of the domain state it ends (compared with `epoch` as a pair).
+    #[serde(default)]
+    pub(crate) term: Term,
+}
+
+impl Tombstone {
+    /// When the domain was left: compared with a state's (term, epoch).
+    pub(crate) fn at(&self) -> (Term, Epoch) {
+        (self.term, self.epoch)
+    }
 }
 
 /// The master's own state: the domain it replicates and what only the master knows.
@@ -414,6 +451,12 @@ pub(crate) struct MasterState {
     /// `MAencryptionKeysRecovered` is active until the key set is downloaded again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) recovered: BTreeMap<ClusterId, BTreeSet<KeyVersion>>,
+    /// A handover in progress: the state that names the chosen slave as master under the new
+    /// term. This master stays master (and refuses changes) until the new master's state
+    /// reaches it, so that a handover whose message is lost, or whose target fails, never
+    /// leaves the domain without a master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) handing_over: Option<Box<DomainState>>,
 }
 
 /// The encryption role of a cluster.

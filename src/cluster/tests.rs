@@ -613,6 +613,7 @@ fn messages_from_unknown_peers_are_refused() {
         master: a.clone(),
         epoch: Epoch(1),
         reason: LeaveReason::DomainDisabled,
+        term: crate::ids::Term::INITIAL,
     });
     assert_eq!(m.handle_peer_message(&a, hello.clone(), net.now()), Err(PeerError::UnknownPeer(a)));
     assert_eq!(m.handle_peer_message(&cid("z"), hello, net.now()), Err(PeerError::FromSelf));
@@ -705,6 +706,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..64).prop_map(Op::Duplicate),
         1 => Just(Op::DeliverAll),
         1 => (1u64..400).prop_map(|s| Op::Tick(Duration::from_secs(s))),
+        1 => i.clone().prop_map(|to| Op::Handover { to }),
+        1 => (i.clone(), any::<bool>()).prop_map(|(c, f)| Op::Promote(c, f)),
     ]
 }
 
@@ -727,8 +730,8 @@ proptest! {
     }
 }
 
-/// A fault-free step: everything an operator does in normal operation on master `c0`, a peer
-/// added later, time passing (no longer than a hello interval, with every message delivered
+/// A fault-free step: everything an operator does in normal operation on master `c0`, a planned
+/// handover (from whoever is master), a peer added later, time passing (no longer than a hello interval, with every message delivered
 /// first: nobody is down), and deliveries in any order across links but in order on each link.
 fn fault_free_op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -741,6 +744,7 @@ fn fault_free_op() -> impl Strategy<Value = Op> {
         8 => (0usize..64).prop_map(Op::DeliverInOrder),
         1 => Just(Op::DeliverAll),
         1 => (1u64..=30).prop_map(|s| Op::Tick(Duration::from_secs(s))),
+        1 => (0usize..4).prop_map(|to| Op::Handover { to }),
     ]
 }
 
@@ -919,3 +923,5 @@ fn logs_alarms_and_errors_never_contain_key_material_or_passwords() {
         }
     }
 }
+
+mod failover;

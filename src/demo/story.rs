@@ -22,6 +22,7 @@ use crate::archive::{DbUrl, ViewFilter};
 use crate::cluster::Command;
 use crate::crypto::export::{KeyExport, Unwrapper};
 use crate::crypto::password::Password;
+use crate::ids::KeyVersion;
 
 const WAIT: Duration = Duration::from_secs(20);
 const PASSWORD: &str = "Demo-Passw0rd-for-a";
@@ -192,6 +193,9 @@ async fn rotate(lab: &Lab) -> Result<(), LabError> {
         let s = lab
             .wait_until(id, "holds the new key version", WAIT, |s| s.primary_version == primary)
             .await?;
+        if let Some(v) = primary {
+            hot_path_uses(lab, id, v).await?;
+        }
         println!(
             "   {id}: holds versions {} with primary {} ({} ms after rotation)",
             versions(&s),
@@ -200,6 +204,26 @@ async fn rotate(lab: &Lab) -> Result<(), LabError> {
         );
     }
     Ok(())
+}
+
+/// Waits until `id`'s hot path seals under `version`. It takes a new ring a moment after the
+/// status shows it (the ring's first reservation is written to disk first); records archived
+/// in between would still be sealed under the old version.
+async fn hot_path_uses(lab: &Lab, id: &str, version: KeyVersion) -> Result<(), LabError> {
+    use crate::hotpath::{Client, ClientConfig, KeyStatus};
+    let client = Client::new(ClientConfig::new(lab.hotpath_socket(id)));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match client.status().await {
+            Ok(KeyStatus::On { key_version, .. }) if key_version == version => return Ok(()),
+            _ if Instant::now() > deadline => {
+                return Err(step("rotate")(format!(
+                    "the hot path of {id} does not seal under key version {version}"
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
 }
 
 async fn what_the_dba_sees(db: &DbUrl, file: &Path) -> Result<(), LabError> {
