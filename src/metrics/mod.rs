@@ -469,6 +469,7 @@ mod tests {
             domain: Some(DomainId::from_bytes([1; 16])),
             master: Some(ClusterId::new("a").unwrap()),
             epoch: Some(Epoch(3)),
+            term: None,
             key_versions: vec![KeyVersion::FIRST, KeyVersion::new(2).unwrap()],
             primary_version: Some(KeyVersion::new(2).unwrap()),
             primary_created_unix: Some(1_000),
