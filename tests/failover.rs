@@ -273,7 +273,12 @@ async fn a_slave_is_promoted_after_its_master_is_killed_and_the_restarted_master
         let row = |k: &str| o.stdout.lines().find(|l| l.starts_with(k)).unwrap_or("").to_owned();
         assert!(row("role").ends_with("slave") && row("master").ends_with(" b"), "{}", o.stdout);
         assert!(row("term").ends_with(" 1.1"), "{}", o.stdout);
-        assert!(a.log_text().contains("term 1.1"), "{}", a.log_text());
+        let log = a.log_text();
+        assert!(
+            log.contains("stepped down: cluster b is master of encryption domain")
+                && log.contains("under term 1.1"),
+            "{log}"
+        );
 
         records.open_all_with_export_of(&lab, "b", d.path()).await;
         drop(a);
