@@ -90,6 +90,10 @@ fn cli_args(
         Route::PeeringList => vec!["peering", "list"],
         Route::PeeringEstablish => vec!["peering", "establish", "imcrypt-peering-v1.x"],
         Route::PeeringDelete => vec!["peering", "delete", &peer],
+        Route::Handover => {
+            vec!["encryption", "handover", "--to", &peer, "--password-file", pw2]
+        }
+        Route::Promote => vec!["encryption", "promote", "--password-file", pw2],
     };
     Some(v.into_iter().map(str::to_owned).collect())
 }
@@ -144,6 +148,8 @@ async fn every_role_can_call_its_routes_and_is_refused_the_rest_with_nothing_cha
             Route::PeeringList,
             Route::PeeringEstablish,
             Route::PeeringDelete,
+            Route::Handover,
+            Route::Promote,
             Route::Disable,
         ];
         let all: BTreeSet<String> = Route::ALL.iter().map(|r| format!("{r:?}")).collect();
@@ -173,10 +179,11 @@ async fn every_role_can_call_its_routes_and_is_refused_the_rest_with_nothing_cha
                         let o = f.run(Some(token), &args).await;
                         // This one-cluster fixture has no issuer to peer with: past the role
                         // check, an establish is refused as no token (3) and a delete as no
-                        // such peering (4), by the route itself.
+                        // such peering (4), by the route itself; and a lone master has no
+                        // slave to hand over to, and cannot be promoted (4).
                         let want = match route {
                             Route::PeeringEstablish => 3,
-                            Route::PeeringDelete => 4,
+                            Route::PeeringDelete | Route::Handover | Route::Promote => 4,
                             _ => 0,
                         };
                         assert_eq!(o.code, want, "{route:?} as {role}: {}", o.stderr);

@@ -15,7 +15,7 @@ use crate::admin::roles::AdminRole;
 use crate::alarm::sink::SinkStatus;
 use crate::alarm::{Alarm, AlarmEvent};
 use crate::cluster::PeerRelation;
-use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion};
+use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 use crate::peer::client::LinkStatus;
 
 /// Largest request body accepted (a 16384-bit RSA public key in PEM is about 3 KiB).
@@ -38,6 +38,8 @@ pub enum Route {
     ChangePassword,
     RotateKey,
     DownloadKeys,
+    Handover,
+    Promote,
     ListTokens,
     CreateToken,
     RevokeToken,
@@ -48,7 +50,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 21] = [
+    pub const ALL: [Route; 23] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -63,6 +65,8 @@ impl Route {
         Route::ChangePassword,
         Route::RotateKey,
         Route::DownloadKeys,
+        Route::Handover,
+        Route::Promote,
         Route::ListTokens,
         Route::CreateToken,
         Route::RevokeToken,
@@ -89,6 +93,8 @@ impl Route {
             Route::ChangePassword => ("POST", "/v1/password"),
             Route::RotateKey => ("POST", "/v1/keys/rotate"),
             Route::DownloadKeys => ("POST", "/v1/keys/download"),
+            Route::Handover => ("POST", "/v1/encryption/handover"),
+            Route::Promote => ("POST", "/v1/encryption/promote"),
             Route::ListTokens => ("GET", "/v1/tokens"),
             Route::CreateToken => ("POST", "/v1/tokens"),
             Route::RevokeToken => ("DELETE", "/v1/tokens/{id}"),
@@ -116,6 +122,8 @@ impl Route {
             Route::ChangePassword => Some(a::PASSWORD_CHANGE),
             Route::RotateKey => Some(a::KEY_ROTATE),
             Route::DownloadKeys => Some(a::KEY_DOWNLOAD),
+            Route::Handover => Some(a::HANDOVER),
+            Route::Promote => Some(a::PROMOTE),
             Route::CreateToken => Some(a::TOKEN_CREATE),
             Route::RevokeToken => Some(a::TOKEN_REVOKE),
             Route::PeeringToken => Some(a::PEERING_TOKEN),
@@ -202,6 +210,93 @@ pub(crate) struct DisableRequest {
     pub(crate) password: Zeroizing<String>,
     #[serde(default)]
     pub(crate) i_understand_data_loss: bool,
+}
+
+/// `POST /v1/encryption/handover` (on the master): slave `to` becomes master under a new
+/// term, this cluster its slave. The password is the domain's.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HandoverRequest {
+    pub(crate) to: String,
+    pub(crate) password: Zeroizing<String>,
+}
+
+/// The answer to `POST /v1/encryption/handover`: the new master and its term.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandedOver {
+    pub to: ClusterId,
+    #[serde(with = "term_text")]
+    pub term: Term,
+}
+
+/// `POST /v1/encryption/promote` (on a slave whose master is lost): this cluster becomes
+/// master under a new term. The password is the domain's; `force` promotes even though the
+/// master was heard from within `peer.master_unreachable_after`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PromoteRequest {
+    pub(crate) password: Zeroizing<String>,
+    #[serde(default)]
+    pub(crate) force: bool,
+}
+
+/// The answer to `POST /v1/encryption/promote`: this cluster is master of `domain` under
+/// `term`; `forced`: the old master had been heard from recently (it steps down when it
+/// hears the new term).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Promoted {
+    pub domain: DomainId,
+    #[serde(with = "term_text")]
+    pub term: Term,
+    pub forced: bool,
+}
+
+/// A [`Term`] as the admin API writes it: the text `round.slot` (e.g. `"1.2"`), as the CLI
+/// and the logs show it, not the number the peer protocol carries.
+pub(crate) mod term_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::ids::Term;
+
+    pub(crate) fn serialize<S: Serializer>(t: &Term, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Term, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a term (round.slot)")))
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Term> {
+        let (round, slot) = s.split_once('.')?;
+        Term::new(round.parse().ok()?, slot.parse().ok()?)
+    }
+
+    /// The same for an optional term (`null` where there is no domain).
+    pub(crate) mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use crate::ids::Term;
+
+        pub(crate) fn serialize<S: Serializer>(t: &Option<Term>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.collect_str(t),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Term>, D::Error> {
+            let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
+            super::parse(&s).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not a term (round.slot)"))
+            })
+        }
+    }
 }
 
 /// `PUT /v1/encryption/remote`
@@ -350,6 +445,9 @@ pub struct Status {
     pub domain: Option<DomainId>,
     pub master: Option<ClusterId>,
     pub epoch: Option<Epoch>,
+    /// The domain's term, `round.slot` (raised by every handover and promotion).
+    #[serde(default, with = "term_text::option")]
+    pub term: Option<Term>,
     pub key_versions: Vec<KeyVersion>,
     pub primary_version: Option<KeyVersion>,
     /// When the primary version was made (Unix seconds): its age drives rotation by age.
@@ -463,6 +561,9 @@ pub struct HealthReport {
     pub domain: Option<DomainId>,
     pub master: Option<ClusterId>,
     pub epoch: Option<Epoch>,
+    /// The domain's term, `round.slot`.
+    #[serde(default, with = "term_text::option")]
+    pub term: Option<Term>,
     pub critical_alarms: usize,
 }
 
@@ -478,6 +579,7 @@ impl HealthReport {
             domain: status.and_then(|s| s.domain),
             master: status.and_then(|s| s.master.clone()),
             epoch: status.and_then(|s| s.epoch),
+            term: status.and_then(|s| s.term),
             critical_alarms: status.map(critical).unwrap_or(0),
         }
     }
@@ -532,10 +634,29 @@ mod tests {
             Match::Found { route: Route::PeeringDelete, param: Some("b".into()) }
         );
         assert_eq!(find("GET", "/v1/nope"), Match::NotFound);
+        assert_eq!(
+            find("POST", "/v1/encryption/promote"),
+            Match::Found { route: Route::Promote, param: None }
+        );
         for r in Route::ALL {
             let (m, p) = r.method_and_path();
             let p = p.replace("{id}", "x");
             assert!(matches!(find(m, &p), Match::Found { route, .. } if route == r), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_term_is_written_round_dot_slot_and_read_back() {
+        let p = Promoted {
+            domain: DomainId::from_bytes([1; 16]),
+            term: Term::new(2, 7).unwrap(),
+            forced: true,
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains(r#""term":"2.7""#), "{text}");
+        assert_eq!(serde_json::from_str::<Promoted>(&text).unwrap(), p);
+        for bad in ["2", "x.1", "1.256", "1024.0", ""] {
+            assert!(term_text::parse(bad).is_none(), "{bad}");
         }
     }
 }

@@ -439,9 +439,10 @@ impl ApiError {
                     (StatusCode::FORBIDDEN, "wrong_password")
                 }
                 C::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "password_policy"),
-                C::PeerIsSelf | C::BadPeerAddress(_) | C::TokenExpiryNotFuture => {
-                    (StatusCode::UNPROCESSABLE_ENTITY, "bad_value")
-                }
+                C::PeerIsSelf
+                | C::BadPeerAddress(_)
+                | C::TokenExpiryNotFuture
+                | C::HandoverToSelf => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
                 C::TokenUnknown
                 | C::TokenUsed { .. }
                 | C::TokenExpired { .. }
@@ -463,7 +464,6 @@ impl ApiError {
                 | C::RemoteAlreadySet(_)
                 | C::KeyVersionsExhausted { .. }
                 | C::HandoverTargetNotReady { .. }
-                | C::HandoverToSelf
                 | C::HandbackPending { .. }
                 | C::HandoverInProgress { .. }
                 | C::PromoteOnMaster { .. }
@@ -971,6 +971,29 @@ async fn serve_route(
                 other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
             };
             Ok(done(msg, vec![]))
+        }
+        Route::Handover => {
+            let b: api::HandoverRequest = body(req).await?;
+            let to = cluster_id(&b.to)?;
+            let cmd = Command::Handover { to, password: password(&b.password) };
+            match with_password(ctx, control, client, cmd, by, issued).await? {
+                Outcome::HandedOver { to, term } => {
+                    tracing::info!(%to, %term, by = %principal.name, "encryption handed over");
+                    Ok(json(StatusCode::OK, &api::HandedOver { to, term }))
+                }
+                other => Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            }
+        }
+        Route::Promote => {
+            let b: api::PromoteRequest = body(req).await?;
+            let cmd = Command::Promote { password: password(&b.password), force: b.force };
+            match with_password(ctx, control, client, cmd, by, issued).await? {
+                Outcome::Promoted { domain, term, forced } => {
+                    tracing::info!(%domain, %term, forced, by = %principal.name, "promoted to master");
+                    Ok(json(StatusCode::OK, &api::Promoted { domain, term, forced }))
+                }
+                other => Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            }
         }
         Route::SetRemote => {
             let b: api::RemoteRequest = body(req).await?;

@@ -30,7 +30,7 @@ pub enum AdminRole {
     /// A viewer that also changes peers and nodes, lists and deletes peerings, and rotates
     /// the key.
     Operator,
-    /// Everything: enable, disable, password change, token management, peering tokens and
+    /// Everything: enable, disable, handover, promotion, password change, token management, peering tokens and
     /// establishing peerings, and all of the above.
     Admin,
     /// Downloads the keys, and nothing else.
@@ -92,6 +92,8 @@ pub fn allowed(route: Route) -> &'static [AdminRole] {
         | Route::PeeringDelete => OPERATORS,
         Route::Enable
         | Route::Disable
+        | Route::Handover
+        | Route::Promote
         | Route::SetRemote
         | Route::ChangePassword
         | Route::ListTokens

@@ -126,6 +126,30 @@ pub(crate) enum EncryptionCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Planned failover, on the master: make slave CLUSTER master of the domain under a new
+    /// term, with every key version; this cluster becomes its slave.
+    Handover {
+        /// The slave that becomes master (connected, eligible and in sync).
+        #[arg(long, value_name = "CLUSTER")]
+        to: String,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Unplanned failover, on a slave whose master is lost: make this cluster master of the
+    /// domain under a new term. Refused while the master was heard from within
+    /// peer.master_unreachable_after, unless --force.
+    Promote {
+        /// Promote even though the master was heard from recently: two masters may act until
+        /// the old one hears the new term (it then steps down and hands back its key versions).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Switch "enable on remote clusters" on or off (on the master).
     Remote {
         /// `on` or `off`.
@@ -389,6 +413,7 @@ pub(crate) fn status(common: &Common) -> Result<(), CliError> {
         ("domain", or_dash(s.domain.as_ref())),
         ("master", or_dash(s.master.as_ref())),
         ("epoch", or_dash(s.epoch.as_ref())),
+        ("term", or_dash(s.term.as_ref())),
         (
             "key versions",
             if versions.is_empty() {
@@ -560,6 +585,15 @@ fn test_sinks(only: Option<&str>, common: &Common) -> Result<(), CliError> {
     Ok(())
 }
 
+/// What `imcrypt encryption promote --force` says before it asks for the password.
+const FORCE_WARNING: &str = "warning: --force promotes this cluster although its master may \
+     still be alive. Until the old master hears the new term, two masters may act for one \
+     domain (each may rotate keys or change settings). When it hears the new term, the old \
+     master steps down, becomes a slave of this cluster and hands back the key versions it \
+     made; its password and settings changes are superseded by the new term. Use --force only \
+     if the master is lost for good or cut off; prefer `imcrypt encryption handover` on a \
+     master that still runs.";
+
 pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
     match cmd {
         EncryptionCommand::Enable { remote, password, common } => {
@@ -583,6 +617,47 @@ pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
             let body = api::DisableRequest { password: pw, i_understand_data_loss };
             let v = call(&common, Method::POST, "/v1/encryption/disable", Some(&body))?;
             print_done(&common, &v)
+        }
+        EncryptionCommand::Handover { to, password, common } => {
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::HandoverRequest { to, password: pw };
+            let v: api::HandedOver =
+                call(&common, Method::POST, "/v1/encryption/handover", Some(&body))?;
+            if common.output == Output::Json {
+                return print_json(&v);
+            }
+            println!(
+                "handed over: cluster {} is master of the domain under term {}; this cluster is \
+                 its slave",
+                v.to, v.term
+            );
+            Ok(())
+        }
+        EncryptionCommand::Promote { force, password, common } => {
+            if force {
+                eprintln!("{FORCE_WARNING}");
+            }
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::PromoteRequest { password: pw, force };
+            let v: api::Promoted =
+                call(&common, Method::POST, "/v1/encryption/promote", Some(&body))?;
+            if common.output == Output::Json {
+                return print_json(&v);
+            }
+            println!(
+                "promoted: this cluster is master of domain {} under term {}",
+                v.domain, v.term
+            );
+            if v.forced {
+                println!(
+                    "note: the old master had been heard from recently; until it hears term {} \
+                     it may still act as master. It then steps down and hands back any key \
+                     versions it made meanwhile (alarm MAencryptionKeysRecovered: download the \
+                     keys again)",
+                    v.term
+                );
+            }
+            Ok(())
         }
         EncryptionCommand::Remote { state, common } => {
             let body = api::RemoteRequest { enabled: state == OnOff::On };

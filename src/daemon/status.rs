@@ -39,6 +39,7 @@ pub(super) fn status(
         domain: ds.map(|d| d.domain),
         master: ds.map(|d| d.master.clone()),
         epoch: ds.map(|d| d.epoch),
+        term: ds.map(|d| d.term),
         key_versions: ds.map(|d| d.ring.versions().collect()).unwrap_or_default(),
         primary_version: ds.map(|d| d.ring.primary_version()),
         primary_created_unix: ds.map(|d| d.ring.primary().created_unix()),

@@ -32,8 +32,13 @@ fn versions(s: &Status) -> String {
     format!("[{}]", v.join(", "))
 }
 
+/// The domain and its term (`round.slot`), as `imcrypt status` shows them.
 fn domain(s: &Status) -> String {
-    s.domain.map(|d| d.to_string()).unwrap_or_else(|| "-".into())
+    match (s.domain, s.term) {
+        (Some(d), Some(t)) => format!("{d} (term {t})"),
+        (Some(d), None) => d.to_string(),
+        (None, _) => "-".into(),
+    }
 }
 
 fn step(step: &'static str) -> impl Fn(String) -> LabError {

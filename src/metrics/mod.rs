@@ -8,9 +8,9 @@
 //!   and one histogram observation per request;
 //! - **derived at scrape time** from the daemon's typed status (`admin::api::Status`, which
 //!   carries the alarm sinks' counters too) and the hot path's seal counts
-//!   ([`StateCollector`]): role, epoch, key versions, peers, alarms, database probes, sink
-//!   deliveries. A scrape asks the core for its status
-//!   once, like `GET /v1/status` does.
+//!   ([`StateCollector`]): role, epoch, term round, key versions, peers, alarms, database
+//!   probes, sink deliveries. A scrape asks the core for its status once, like
+//!   `GET /v1/status` does.
 //!
 //! Invariants: metrics off means no registry at all (`None` everywhere, not a registry nobody
 //! reads); no metric carries key material, passwords, tokens or addresses; every name starts
@@ -249,6 +249,12 @@ impl Collector for StateCollector {
             )?;
             gauge(
                 e,
+                "imcrypt_domain_term_round",
+                "Round of the domain's term: raised by every handover and promotion",
+                s.term.map(|t| (vec![], f64::from(t.round()))),
+            )?;
+            gauge(
+                e,
                 "imcrypt_key_versions",
                 "Key versions this cluster holds",
                 s.domain.map(|_| (vec![], s.key_versions.len() as f64)),
@@ -469,6 +475,7 @@ mod tests {
             domain: Some(DomainId::from_bytes([1; 16])),
             master: Some(ClusterId::new("a").unwrap()),
             epoch: Some(Epoch(3)),
+            term: crate::ids::Term::new(2, 1),
             key_versions: vec![KeyVersion::FIRST, KeyVersion::new(2).unwrap()],
             primary_version: Some(KeyVersion::new(2).unwrap()),
             primary_created_unix: Some(1_000),
@@ -531,6 +538,7 @@ mod tests {
             "imcrypt_role{role=\"master\"} 1",
             "imcrypt_role{role=\"slave\"} 0",
             "imcrypt_domain_epoch 3",
+            "imcrypt_domain_term_round 2",
             "imcrypt_key_versions 2",
             "imcrypt_key_primary_age_seconds 1000",
             "imcrypt_peer_up{peer=\"b\"} 0",
