@@ -197,6 +197,12 @@ impl Term {
         (round <= Self::MAX_ROUND).then_some(Term((round << 8) | u32::from(slot)))
     }
 
+    /// The creator's term, which states made before terms existed have too (left out of the
+    /// JSON, so that peers of that version understand it).
+    pub fn is_initial(&self) -> bool {
+        *self == Term::INITIAL
+    }
+
     pub fn round(self) -> u32 {
         self.0 >> 8
     }

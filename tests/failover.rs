@@ -409,7 +409,8 @@ async fn a_planned_handover_while_a_slave_is_down_raises_no_alarm_and_the_slave_
         .await;
         assert_eq!(o.code, 0, "{}", o.stderr);
         assert!(
-            o.stdout.contains("handed over: cluster b is master of the domain under term 1.1"),
+            o.stdout
+                .contains("handing over: cluster b becomes master of the domain under term 1.1"),
             "{}",
             o.stdout
         );

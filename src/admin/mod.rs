@@ -465,6 +465,7 @@ impl ApiError {
                 | C::KeyVersionsExhausted { .. }
                 | C::HandoverTargetNotReady { .. }
                 | C::HandbackPending { .. }
+                | C::RecoveredNotDownloaded
                 | C::HandoverInProgress { .. }
                 | C::PromoteOnMaster { .. }
                 | C::MasterStillReachable { .. }
@@ -978,7 +979,7 @@ async fn serve_route(
             let cmd = Command::Handover { to, password: password(&b.password) };
             match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::HandedOver { to, term } => {
-                    tracing::info!(%to, %term, by = %principal.name, "encryption handed over");
+                    tracing::info!(%to, %term, by = %principal.name, "encryption handover started");
                     Ok(json(StatusCode::OK, &api::HandedOver { to, term }))
                 }
                 other => Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),

@@ -627,8 +627,9 @@ pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
                 return print_json(&v);
             }
             println!(
-                "handed over: cluster {} is master of the domain under term {}; this cluster is \
-                 its slave",
+                "handing over: cluster {} becomes master of the domain under term {}; this \
+                 cluster stays master, refusing changes, until it has taken over, then is its \
+                 slave",
                 v.to, v.term
             );
             Ok(())

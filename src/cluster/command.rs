@@ -190,6 +190,11 @@ pub enum CommandError {
          until the master has them (MAencryptionKeysRecovered appears there), then disable"
     )]
     HandbackPending { master: ClusterId, versions: String },
+    #[error(
+        "key versions recovered from a former master are not in any key export yet: download \
+         the key set first (MAencryptionKeysRecovered), then hand over"
+    )]
+    RecoveredNotDownloaded,
     #[error("a handover goes to another cluster, not to the master itself")]
     HandoverToSelf,
     #[error(

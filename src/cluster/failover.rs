@@ -67,8 +67,14 @@ impl Cluster {
             Role::Master(m) => m.handing_over.as_ref().map_or(own, |h| own.max(h.term.round())),
             _ => own,
         };
-        let heard =
-            self.views.values().filter_map(|v| v.hello.as_ref()?.role.term()).map(Term::round);
+        let domain = self.domain_state().map(|d| d.domain);
+        let heard = self
+            .views
+            .values()
+            .filter_map(|v| v.hello.as_ref())
+            .filter(|h| h.role.domain().is_some() && h.role.domain() == domain)
+            .filter_map(|h| h.role.term())
+            .map(Term::round);
         heard.fold(own, u32::max)
     }
 
@@ -103,6 +109,9 @@ impl Cluster {
         }
         if to == self.config.id {
             return Err(CommandError::HandoverToSelf);
+        }
+        if !m.recovered.is_empty() {
+            return Err(CommandError::RecoveredNotDownloaded);
         }
         let ds = &m.state;
         let not_ready =
@@ -375,6 +384,34 @@ impl Cluster {
         }
     }
 
+    /// A handover whose target no longer follows this master in this domain (it disabled
+    /// encryption there, or joined another domain) is given up, so that the master is not
+    /// left refusing changes for good.
+    pub(super) fn abandon_stale_handover(&mut self) {
+        let Role::Master(m) = &mut self.state.role else { return };
+        let Some(h) = &m.handing_over else { return };
+        let Some(role) = self.views.get(&h.master).and_then(|v| v.hello.as_ref()).map(|h| &h.role)
+        else {
+            return;
+        };
+        let still = match role {
+            Announced::Slave { domain, master, .. } => {
+                *domain == h.domain && master == &self.config.id
+            }
+            Announced::Master { domain, .. } => *domain == h.domain,
+            Announced::Off { .. } => false,
+        };
+        if !still {
+            let line = format!(
+                "the handover to cluster {} is given up: it is now {role}; this cluster stays master",
+                h.master
+            );
+            m.handing_over = None;
+            self.dirty = true;
+            self.log(LogLevel::Warn, line);
+        }
+    }
+
     /// A handback is only kept while this cluster is a slave of its domain.
     pub(super) fn drop_stray_handback(&mut self) {
         let Some(h) = &self.state.handback else { return };
@@ -403,12 +440,15 @@ impl Cluster {
             .get(from)
             .and_then(|v| v.hello.as_ref())
             .is_some_and(|h| h.role.domain() == Some(m.state.domain));
-        if ring.domain() != m.state.domain || !of_domain {
+        if ring.domain() != m.state.domain || !of_domain || !m.state.members.contains_key(from) {
             return;
         }
         let mut added = Vec::new();
         let mut clashes = Vec::new();
-        for k in ring.keys() {
+        // Only versions of older terms' blocks come back: this term's block (and newer ones)
+        // is numbered by this master alone.
+        let ours = *m.state.term.versions().start();
+        for k in ring.keys().filter(|k| k.version() < ours) {
             match m.state.ring.insert(k) {
                 Ok(true) => added.push(k.version()),
                 Ok(false) => {}

@@ -1053,6 +1053,12 @@ impl Cluster {
         if &cur.master != from || t.domain != cur.domain || t.at() <= cur.at() {
             return; // not from our master, not our domain, or older than what we hold
         }
+        if self.state.handback.is_some() && t.reason != LeaveReason::DomainDisabled {
+            // The domain lives on, and the master lacks versions only this cluster holds:
+            // leave once it has them (it sends the tombstone again with its next answer).
+            self.send_handback(from);
+            return;
+        }
         let why = match t.reason {
             LeaveReason::DomainDisabled => "the master disabled encryption",
             LeaveReason::RemoteDisabled => "the master switched \"enable on remote clusters\" off",
@@ -1154,6 +1160,7 @@ impl Cluster {
     /// Derives everything that follows from the state after an input, and queues the effects.
     pub(super) fn finish(&mut self, now: Time) {
         self.give_slots();
+        self.abandon_stale_handover();
         self.drop_stray_handback();
         // Hellos: when what we announce changed, and every hello interval.
         let current = (self.announced(), self.eligibility());

@@ -98,14 +98,14 @@ pub(crate) enum Announced {
     Master {
         domain: DomainId,
         epoch: Epoch,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Term::is_initial")]
         term: Term,
     },
     Slave {
         domain: DomainId,
         master: ClusterId,
         epoch: Epoch,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Term::is_initial")]
         term: Term,
     },
 }
@@ -182,4 +182,6 @@ pub(crate) enum RejectReason {
          mastership was taken over)"
     )]
     Fenced { held: Term },
+    #[error("the state claims this domain under a newer term but shares none of its keys")]
+    NotOfDomain,
 }

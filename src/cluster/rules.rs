@@ -76,9 +76,21 @@ impl Cluster {
         if !self.config.capabilities.encryption {
             return Err(RejectReason::NoCapability);
         }
+        // A newer term of our domain is believed only from a cluster that proves it holds the
+        // domain: its ring shares a key (version and bytes) with ours. A peer of another
+        // domain knows our domain id from our hellos, but none of our keys.
+        let proves_domain = |ours: &DomainState| {
+            ours.ring.keys().any(|k| s.ring.get(k.version()).is_ok_and(|theirs| theirs == k))
+        };
         match &self.state.role {
             // A master of an older term steps down (fencing: the newer term wins).
-            Role::Master(m) if m.state.domain == s.domain && s.term > m.state.term => Ok(true),
+            Role::Master(m) if m.state.domain == s.domain && s.term > m.state.term => {
+                if proves_domain(&m.state) {
+                    Ok(true)
+                } else {
+                    Err(RejectReason::NotOfDomain)
+                }
+            }
             Role::Master(m) if m.state.domain == s.domain && s.term < m.state.term => {
                 Err(RejectReason::Fenced { held: m.state.term })
             }
@@ -94,7 +106,12 @@ impl Cluster {
                     return Err(RejectReason::Fenced { held: cur.term });
                 }
                 if s.term > cur.term {
-                    return Ok(true); // a new master of this domain (handover or promotion)
+                    // A new master of this domain (handover or promotion).
+                    return if proves_domain(cur) {
+                        Ok(true)
+                    } else {
+                        Err(RejectReason::NotOfDomain)
+                    };
                 }
                 if &cur.master != from {
                     return Err(RejectReason::SlaveOfOther {
@@ -381,6 +398,38 @@ impl Cluster {
             Role::Off { .. } => {}
         }
         if let Role::Master(m) = &self.state.role {
+            // A newer term of this domain whose master is not our peer: we cannot step down.
+            let newer: std::collections::BTreeSet<&ClusterId> = self
+                .views
+                .values()
+                .filter_map(|v| v.hello.as_ref())
+                .filter_map(|h| match &h.role {
+                    Announced::Slave { domain, master, term, .. }
+                        if *domain == m.state.domain && *term > m.state.term =>
+                    {
+                        Some(master)
+                    }
+                    _ => None,
+                })
+                .filter(|x| *x != me && !self.views.contains_key(*x))
+                .collect();
+            for x in newer {
+                out.push(Alarm::new(
+                    AlarmName::StaleData,
+                    x.clone(),
+                    format!(
+                        "this cluster is master of encryption domain {} under term {}, but \
+                         cluster {x} is master of it under a newer term and is not a peer of \
+                         this cluster: this cluster cannot hear it and step down, and what it \
+                         changes here is not in {x}'s key exports",
+                        m.state.domain, m.state.term
+                    ),
+                    format!(
+                        "peer this cluster with cluster {x}: it then steps down and hands its \
+                         key versions over"
+                    ),
+                ));
+            }
             for (peer, versions) in &m.recovered {
                 let list: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
                 out.push(Alarm::new(

@@ -305,13 +305,16 @@ pub(crate) struct DomainState {
     /// The mastership this state belongs to: states order by (term, epoch), and nobody
     /// accepts one of a lower term than the one it holds (fencing). A state without one (made
     /// before terms existed) is of the initial term.
+    #[serde(skip_serializing_if = "Term::is_initial")]
     pub(crate) term: Term,
     /// The term in which "enable on remote clusters" was last switched on (with
     /// `remote_since`, the moment it was).
+    #[serde(skip_serializing_if = "Term::is_initial")]
     pub(crate) remote_since_term: Term,
     /// The slot of every cluster the domain's masters have peered with: a handover or a
     /// promotion makes a term of the new master's slot, so two clusters never share a term.
     /// Slots are given by the master, from 0 (the creator) up, and never reused.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) members: BTreeMap<ClusterId, u8>,
 }
 
@@ -378,6 +381,11 @@ impl TryFrom<DomainStateFields> for DomainState {
             remote_since_term,
             members,
         } = f;
+        if term != Term::INITIAL && !members.contains_key(&master) {
+            return Err(format!(
+                "the state's term {term} names no slot for its master, cluster {master}"
+            ));
+        }
         if let Some(&slot) = members.get(&master)
             && slot != term.slot()
         {
@@ -425,7 +433,7 @@ pub(crate) struct Tombstone {
     pub(crate) epoch: Epoch,
     pub(crate) reason: LeaveReason,
     /// The term of the domain state it ends (compared with `epoch` as a pair).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Term::is_initial")]
     pub(crate) term: Term,
 }
 

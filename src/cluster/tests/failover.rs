@@ -353,3 +353,34 @@ proptest! {
         prop_assert!(quiet.is_empty(), "{:#?}", quiet);
     }
 }
+
+#[test]
+fn a_newer_term_is_believed_only_from_a_cluster_that_holds_the_domains_keys() {
+    let (mut net, a, b, c) = domain_of_three();
+    // z, master of its own domain, forges a state of a's domain under the highest term, with
+    // a key of its own: nobody steps down, follows it, or hands it anything.
+    let z = net.add_cluster("z");
+    net.peer(&a, &z);
+    net.peer(&b, &z);
+    net.settle();
+    let mut forged = net.cluster(&a).domain_state().unwrap().clone();
+    let foreign = {
+        let zc = net.add_cluster("zz");
+        enable(&mut net, &zc, false);
+        net.cluster(&zc).key_ring().unwrap().clone()
+    };
+    forged.master = z.clone();
+    forged.term = Term::new(Term::MAX_ROUND, 9).unwrap();
+    forged.members.insert(z.clone(), 9);
+    forged.ring = crate::crypto::keyring::KeyRing::from_keys(
+        forged.domain,
+        foreign.primary_version(),
+        foreign.keys().cloned(),
+    )
+    .unwrap();
+    for to in [&a, &b] {
+        assert_eq!(net.cluster(to).judge_state(&z, &forged), Err(RejectReason::NotOfDomain));
+    }
+    assert!(net.cluster(&a).is_master() && slave_of(&net, &b, &a) && slave_of(&net, &c, &a));
+    assert!(net.cluster(&a).state().handback.is_none());
+}
