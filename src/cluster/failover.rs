@@ -22,7 +22,7 @@ use crate::crypto::password::Password;
 use crate::ids::{ClusterId, Term};
 
 use super::command::{CommandError, Outcome};
-use super::machine::Cluster;
+use super::machine::{Cluster, version_list};
 use super::message::{Announced, PeerMessage};
 use super::state::{DomainState, MasterState, Role, Time};
 use super::{Effect, LogLevel};
@@ -100,7 +100,7 @@ impl Cluster {
         // silent past the unreachable threshold (failed) may be replaced by another.
         if let Some(h) = &m.handing_over
             && let Some(v) = self.views.get(&h.master)
-            && now.since(v.last_heard.unwrap_or(v.since)) < self.config.master_unreachable_after
+            && now.since(v.silent_since()) < self.config.master_unreachable_after
         {
             return Err(CommandError::HandoverInProgress {
                 what: "another handover",
@@ -178,7 +178,7 @@ impl Cluster {
             return Err(CommandError::WrongMasterPassword { master: s.master.clone() });
         }
         let after = self.config.master_unreachable_after;
-        let silent = self.views.get(&s.master).map(|v| now.since(v.last_heard.unwrap_or(v.since)));
+        let silent = self.views.get(&s.master).map(|v| now.since(v.silent_since()));
         let reachable = silent.filter(|d| *d < after);
         if let Some(d) = reachable
             && !force
@@ -196,14 +196,7 @@ impl Cluster {
         next.term = term;
         next.epoch = s.epoch.next();
         let domain = next.domain;
-        let recovered = self.reclaim_handback(&mut next);
-        self.state.role = Role::Master(Box::new(MasterState {
-            state: next,
-            downloaded_through: None,
-            recovered,
-            handing_over: None,
-        }));
-        self.dirty = true;
+        self.become_master(next);
         if reachable.is_some() {
             self.log(
                 LogLevel::Warn,
@@ -232,7 +225,6 @@ impl Cluster {
                 if &cur.master == from
                     && cur.domain == s.domain
                     && s.master == me
-                    && s.newer_than(cur.term, cur.epoch)
                     && s.term > cur.term
                     && s.members.get(&me) == Some(&s.term.slot()) => {}
             Role::Master(m) if m.state.domain == s.domain && m.state.term >= s.term => return,
@@ -245,15 +237,7 @@ impl Cluster {
             }
         }
         let (domain, term) = (s.domain, s.term);
-        let mut s = s;
-        let recovered = self.reclaim_handback(&mut s);
-        self.state.role = Role::Master(Box::new(MasterState {
-            state: s,
-            downloaded_through: None,
-            recovered,
-            handing_over: None,
-        }));
-        self.dirty = true;
+        self.become_master(s);
         self.log(
             LogLevel::Info,
             format!(
@@ -291,19 +275,17 @@ impl Cluster {
             if m.handing_over.as_ref().is_some_and(|h| h.master == next.master));
         let (old_term, old_master) = (cur.term, cur.master.clone());
         let extra = cur.ring.missing_from(&next.ring);
-        let versions: Vec<String> =
-            extra.iter().flat_map(KeyRing::versions).map(|v| v.to_string()).collect();
+        let kept = match &extra {
+            None => String::new(),
+            Some(e) => format!(
+                "; key versions {} exist only here and are sent to the new master",
+                version_list(e.versions())
+            ),
+        };
+        let any_kept = extra.is_some();
         if let Some(extra) = extra {
             self.add_to_handback(&extra);
         }
-        let kept = if versions.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; key versions {} exist only here and are sent to the new master",
-                versions.join(", ")
-            )
-        };
         let line = if planned {
             format!(
                 "handover complete: cluster {} is master of encryption domain {} under term {}; \
@@ -323,12 +305,22 @@ impl Cluster {
                 next.master, next.term
             )
         };
-        let level = if (was_master && !planned) || !versions.is_empty() {
-            LogLevel::Warn
-        } else {
-            LogLevel::Info
-        };
+        let level =
+            if (was_master && !planned) || any_kept { LogLevel::Warn } else { LogLevel::Info };
         self.log(level, line);
+    }
+
+    /// This cluster is master of `next` from now on (promoted, or handed the domain), with the
+    /// versions it held back taken into its ring; nothing is downloaded from it yet.
+    fn become_master(&mut self, mut next: DomainState) {
+        let recovered = self.reclaim_handback(&mut next);
+        self.state.role = Role::Master(Box::new(MasterState {
+            state: next,
+            downloaded_through: None,
+            recovered,
+            handing_over: None,
+        }));
+        self.dirty = true;
     }
 
     /// When this cluster becomes master: the versions it held back for its former master are
@@ -459,14 +451,13 @@ impl Cluster {
             m.state.epoch = m.state.epoch.next();
             m.downloaded_through = None;
             m.recovered.entry(from.clone()).or_default().extend(added.iter().copied());
-            let list: Vec<String> = added.iter().map(|v| v.to_string()).collect();
             self.dirty = true;
             self.log(
                 LogLevel::Warn,
                 format!(
                     "key versions {} of this domain came back from cluster {from}, which held \
                      them under an older term; they are now in this master's key set",
-                    list.join(", ")
+                    version_list(added.iter().copied())
                 ),
             );
             self.offer_all();

@@ -57,6 +57,12 @@ pub(super) struct PeerView {
 }
 
 impl PeerView {
+    /// Since when the peer is silent: its last message, else since we expect one (peer added
+    /// or daemon started).
+    pub(super) fn silent_since(&self) -> Time {
+        self.last_heard.unwrap_or(self.since)
+    }
+
     fn new(since: Time, address: Option<String>) -> Self {
         Self {
             hello: None,
@@ -825,10 +831,9 @@ impl Cluster {
             return Err(CommandError::WrongMasterPassword { master: s.master.clone() });
         }
         if let Some(h) = &self.state.handback {
-            let versions: Vec<String> = h.versions().map(|v| v.to_string()).collect();
             return Err(CommandError::HandbackPending {
                 master: s.master.clone(),
-                versions: versions.join(", "),
+                versions: version_list(h.versions()),
             });
         }
         let t = Tombstone {
@@ -1193,6 +1198,11 @@ impl Cluster {
         let changes = self.alarms.reconcile(desired);
         self.effects.extend(changes.into_iter().map(Effect::Alarm));
     }
+}
+
+/// Key versions as the operator reads them in logs, alarms and errors: `3, 4, 4227073`.
+pub(super) fn version_list(versions: impl IntoIterator<Item = KeyVersion>) -> String {
+    versions.into_iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Whether `address` has the shape of a peer listener's `host:port`: a host, a colon, a port

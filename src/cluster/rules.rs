@@ -8,7 +8,7 @@
 use crate::alarm::{Alarm, AlarmName};
 use crate::ids::ClusterId;
 
-use super::machine::{Cluster, PeerView};
+use super::machine::{Cluster, PeerView, version_list};
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason};
 use super::state::{DomainState, LeaveReason, Role, Time, Tombstone};
 
@@ -30,7 +30,7 @@ impl Watched<'_> {
         Watched {
             peer,
             alarm,
-            silent_since: view.last_heard.unwrap_or(view.since),
+            silent_since: view.silent_since(),
             never_heard: view.last_heard.is_none(),
         }
     }
@@ -431,7 +431,6 @@ impl Cluster {
                 ));
             }
             for (peer, versions) in &m.recovered {
-                let list: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
                 out.push(Alarm::new(
                     AlarmName::KeysRecovered,
                     peer.clone(),
@@ -440,7 +439,7 @@ impl Cluster {
                          while it was cut off from this one, and records may have been sealed \
                          with them; cluster {peer} handed them back, and they are now in this \
                          master's key set, but key exports made before lack them",
-                        list.join(", "),
+                        version_list(versions.iter().copied()),
                         m.state.domain
                     ),
                     "download the key set again (imcrypt key download) and keep the new export: \

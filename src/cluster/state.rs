@@ -331,12 +331,6 @@ impl DomainState {
     pub(crate) fn remote_switched_on(&self) -> (Term, Epoch) {
         (self.remote_since_term, self.remote_since)
     }
-
-    /// Whether this state is newer than one of (`term`, `epoch`): a higher term wins over any
-    /// epoch; within a term, the higher epoch.
-    pub(crate) fn newer_than(&self, term: Term, epoch: Epoch) -> bool {
-        (self.term, self.epoch) > (term, epoch)
-    }
 }
 
 /// [`DomainState`] as parsed, before its invariant is checked.
