@@ -2,7 +2,8 @@
 //! `imcrypt archive` writes IM events through a daemon's hot path into a real PostgreSQL, or
 //! into the default SQLite file when no database is named, `imcrypt key download` fetches the
 //! key for an OpenSSL-made RSA key, and `imcrypt view` reads the archive back with filters,
-//! including across a key rotation. Every option of both commands has a help line.
+//! including across a key rotation, after which an event sent again is still stored once.
+//! Every option of both commands has a help line.
 
 #[path = "support/pg.rs"]
 mod pg;
@@ -86,6 +87,14 @@ async fn archive_download_and_view_through_the_cli() {
         let late = r#"{"message_id":"m4","from":"alice@example.com","to":["carol@example.com"],"timestamp":1764000003000,"direction":"inbound","body":"after the rotation"}"#;
         let o = imcrypt(&["archive", "--db", &db, "--hotpath", &sock], &format!("{late}\n")).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
+        // The router sends the first events again after the rotation: they are recognised as
+        // stored (a row's identity does not depend on the key version), nothing is doubled.
+        let o = imcrypt(&["archive", "--db", &db, "--hotpath", &sock], &(events[..2].join("\n") + "\n")).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        for a in json_lines(&o.stdout) {
+            assert_eq!((a["result"].as_str(), a["rows"].as_u64()), (Some("archived"), Some(0)), "{a}");
+            assert_eq!(a["note"], "already stored: nothing was written", "{a}");
+        }
 
         // The administrator downloads the keys for an OpenSSL key pair, then views.
         let (sk, export) = download_keys(dir, &cfg).await;
@@ -115,6 +124,29 @@ async fn archive_download_and_view_through_the_cli() {
         let to_bob_early = view(&["--to", "bob@example.com", "--until", "1764000000500"]).await;
         assert_eq!(to_bob_early.len(), 1);
         assert_eq!(to_bob_early[0]["message_id"], "m1");
+
+        // A row's identity, as docs/archive.md defines it, computed by Python from the unwrapped
+        // key ring, is what the database holds as its recipient_key.
+        let ring = dir.join("ring.json");
+        let o = imcrypt(&["key", "unwrap", "--export", s(&export), "--private-key", s(&sk), "--out", s(&ring)], "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let py = std::process::Command::new("python3")
+            .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/row_identity.py"), s(&ring), "m2", " Bob@Example.com "])
+            .output()
+            .unwrap();
+        assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+        let (pg_client, conn) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let keys: Vec<String> = pg_client
+            .query("SELECT encode(recipient_key, 'hex') FROM imcrypt_archive WHERE message_id = 'm2'", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let python = String::from_utf8(py.stdout).unwrap().trim().to_owned();
+        assert_eq!(keys.len(), 2, "m2 went to alice and bob");
+        assert!(keys.contains(&python), "python's {python} is not among {keys:?}");
 
         // Without the keys the viewer shows nothing readable and says why.
         let o = imcrypt(&["view", "--db", &db, "-o", "json"], "").await;
@@ -164,7 +196,14 @@ async fn without_a_database_named_archive_and_view_use_an_sqlite_file_in_the_cur
         let file = work.join("imcrypt-archive.db");
         assert!(file.exists(), "the default archive is imcrypt-archive.db here");
 
-        // The router sends both again: archived, nothing written, and the ack says so.
+        // The key rotates, then the router sends both again: archived, nothing written, and
+        // the ack says so.
+        lab.daemon("a").unwrap().command(Command::RotateKey).await.unwrap();
+        let client = imcrypt::hotpath::Client::new(imcrypt::hotpath::ClientConfig::new(&sock));
+        wait_for("a's hot path to encrypt with key version 2", WAIT, async || {
+            matches!(client.status().await, Ok(imcrypt::hotpath::KeyStatus::On { key_version, .. }) if key_version.get() == 2).then_some(())
+        })
+        .await;
         let here = Run { dir: Some(&work), env: &[] };
         let o = imcrypt_with(here, &["archive", "--hotpath", &sock], &input).await;
         assert_eq!(o.code, 0, "{}", o.stderr);

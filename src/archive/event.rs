@@ -182,13 +182,22 @@ pub(crate) fn room_message(room: &str) -> Vec<u8> {
     [b"room\0".as_slice(), normalise(room).as_bytes()].concat()
 }
 
+/// The message whose row identity is an encrypted row's `recipient_key`: it names the row (one
+/// message, one recipient), and its key never rotates, so a row sent again after a rotation is
+/// still recognised (docs/archive.md).
+pub(crate) fn row_identity_message(message_id: &str, to: &str) -> Vec<u8> {
+    let id = message_id.as_bytes();
+    let len = u32::try_from(id.len()).expect("a message id is far shorter than 4 GiB");
+    [b"row\0".as_slice(), &len.to_be_bytes(), id, normalise(to).as_bytes()].concat()
+}
+
 /// The associated-data metadata of a row's record: binds it to its message id and recipient.
 pub(crate) fn record_metadata(message_id: &str, recipient_key: &[u8; 32]) -> Vec<u8> {
     [b"imcrypt archive v1\0".as_slice(), message_id.as_bytes(), b"\0", recipient_key].concat()
 }
 
 /// The recipient key of a plaintext row (encryption off): SHA-256 of the participant message.
-/// Encrypted rows use the recipient's blind index instead.
+/// Encrypted rows use their row identity instead (`row_identity_message`).
 pub(crate) fn plain_recipient_key(to: &str) -> [u8; 32] {
     Sha256::digest(participant_message(to)).into()
 }

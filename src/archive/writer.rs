@@ -35,7 +35,7 @@ use super::ArchiveError;
 use super::db::{Db, DbError, Param};
 use super::event::{
     Direction, Event, RowPlain, participant_message, plain_recipient_key, record_metadata,
-    room_message,
+    room_message, row_identity_message,
 };
 use super::url::DbUrl;
 use crate::crypto::record::RecordHeader;
@@ -387,30 +387,37 @@ async fn seal_chunk(
     }
     let plaintexts: Vec<Vec<u8>> =
         rows.iter().map(|r| serde_json::to_vec(r).expect("serializes")).collect();
-    let indexes = client.blind_index(msgs.iter().map(Vec::as_slice)).await?;
-    if let Some(ix) = indexes {
+    let row_msgs: Vec<Vec<u8>> =
+        rows.iter().map(|r| row_identity_message(&r.message_id, &r.to)).collect();
+    let (indexes, identities) = tokio::try_join!(
+        client.blind_index(msgs.iter().map(Vec::as_slice)),
+        client.row_identities(row_msgs.iter().map(Vec::as_slice)),
+    )?;
+    // Both or neither: encryption switched on or off between the two answers → in clear, as
+    // ENCRYPT would answer OFF too.
+    if let (Some(ix), Some(identities)) = (indexes, identities) {
         let mut it = ix.indexes.iter();
         let mut per_row = Vec::with_capacity(rows.len());
-        for r in rows {
+        for (r, id) in rows.iter().zip(identities) {
             let f = *it.next().expect("one index per message");
             let t = *it.next().expect("one index per message");
             let room = r.room.as_ref().map(|_| *it.next().expect("one index per message"));
-            per_row.push((f, t, room));
+            per_row.push((id, f, t, room));
         }
         let metas: Vec<Vec<u8>> = rows
             .iter()
             .zip(&per_row)
-            .map(|(r, (_, t, _))| record_metadata(&r.message_id, t))
+            .map(|(r, (id, ..))| record_metadata(&r.message_id, id))
             .collect();
         let answer = client
             .encrypt_batch(metas.iter().zip(&plaintexts).map(|(m, p)| (&m[..], &p[..])))
             .await?;
         if let Encrypted::Sealed(batch) = answer {
-            for ((r, (f, t, room)), rec) in rows.iter().zip(&per_row).zip(batch.iter()) {
+            for ((r, (id, f, t, room)), rec) in rows.iter().zip(&per_row).zip(batch.iter()) {
                 let v = RecordHeader::parse(rec).map(|h| h.key_version.get() as i32).ok();
                 out.push(vec![
                     Param::Text(Some(r.message_id.clone())),
-                    Param::Bytes(Some(t.to_vec())),
+                    Param::Bytes(Some(id.to_vec())),
                     Param::I64(r.timestamp_ms),
                     Param::Text(Some(r.direction.as_str().into())),
                     Param::Bool(true),

@@ -530,11 +530,12 @@ pub(crate) struct PersistedState {
 }
 
 /// Format 2 added `peering_tokens` and `learnt_peers`; format 3 terms, slots, recovered
-/// versions and the handback. An older state loads with none of them (the initial term) and
-/// is written back as format 3 ([`STATE_FORMATS_READ`]).
-pub(crate) const STATE_FORMAT: u32 = 3;
+/// versions and the handback; format 4 the row identity key in key rings. An older state
+/// loads with none of them (the initial term; the row identity key derived from the first
+/// version, which it still holds) and is written back as format 4 ([`STATE_FORMATS_READ`]).
+pub(crate) const STATE_FORMAT: u32 = 4;
 /// The formats this build reads.
-pub(crate) const STATE_FORMATS_READ: [u32; 3] = [1, 2, 3];
+pub(crate) const STATE_FORMATS_READ: [u32; 4] = [1, 2, 3, 4];
 
 /// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
 /// domains covers any realistic history of disable/enable cycles.

@@ -2,7 +2,9 @@
 //!
 //! Invariants: versions are numbered from 1 and only grow (rotation adds `max + 1` and makes it
 //! primary); the primary version is always present; key bytes are zeroized on drop and never
-//! appear in `Debug` or `Display`. The ring is pure data: key bytes and times come in from the
+//! appear in `Debug` or `Display`. The ring also holds the domain's **row identity key**
+//! (`crypto::blind`), derived once from the domain's first version and never rotated, so that
+//! an archived row keeps one identity whatever versions come and go. The ring is pure data: key bytes and times come in from the
 //! caller, so the cluster state machine can hold and replicate it without I/O.
 
 use std::collections::BTreeMap;
@@ -13,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::blind::row_identity_key;
 use super::locked::Locked;
 use crate::ids::{DomainId, KeyVersion};
 
@@ -88,19 +91,46 @@ pub struct KeyRing {
     domain: DomainId,
     primary: KeyVersion,
     keys: BTreeMap<KeyVersion, DomainKey>,
+    /// The row identity key: derived from the first version when the domain is made, then kept
+    /// as it is (rotation does not touch it; a ring that no longer holds the first version still
+    /// has it).
+    row_identity: RowIdentityKey,
 }
+
+/// The domain's row identity key (`crypto::blind::row_identity_key`). Out of core dumps and
+/// swap, zeroed on drop, compared in constant time, never in `Debug`.
+#[derive(Clone)]
+pub(crate) struct RowIdentityKey(Locked<[u8; 32]>);
+
+impl RowIdentityKey {
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl PartialEq for RowIdentityKey {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.ct_eq(&*other.0))
+    }
+}
+impl Eq for RowIdentityKey {}
 
 impl KeyRing {
     /// A new ring whose only key, version 1, is `bytes`.
     pub fn new(domain: DomainId, created_unix: u64, bytes: Zeroizing<[u8; 32]>) -> Self {
         let v = KeyVersion::FIRST;
+        let row_identity = RowIdentityKey(Locked::new(*row_identity_key(domain, &bytes)));
         let mut keys = BTreeMap::new();
         keys.insert(v, DomainKey::new(v, created_unix, bytes));
-        Self { domain, primary: v, keys }
+        Self { domain, primary: v, keys, row_identity }
     }
 
     /// Rebuilds a ring from its parts (an unwrapped export, a stored state), checking that the
-    /// primary exists and no version repeats.
+    /// primary exists and no version repeats. Its row identity key is derived from the lowest
+    /// version given, which is right while that is the domain's first version (a state stored
+    /// before rings carried the key; a full export); a stored ring brings its own key instead
+    /// (`with_row_identity`).
     pub fn from_keys(
         domain: DomainId,
         primary: KeyVersion,
@@ -119,7 +149,20 @@ impl KeyRing {
         if !map.contains_key(&primary) {
             return Err(KeyRingError::UnknownVersion { domain, version: primary });
         }
-        Ok(Self { domain, primary, keys: map })
+        let first = map.values().next().expect("not empty").bytes();
+        let row_identity = RowIdentityKey(Locked::new(*row_identity_key(domain, first)));
+        Ok(Self { domain, primary, keys: map, row_identity })
+    }
+
+    /// The same ring with the row identity key `key` (as stored with it).
+    fn with_row_identity(mut self, key: Zeroizing<[u8; 32]>) -> Self {
+        self.row_identity = RowIdentityKey(Locked::new(*key));
+        self
+    }
+
+    /// The domain's row identity key, the same on every cluster of the domain.
+    pub(crate) fn row_identity(&self) -> &RowIdentityKey {
+        &self.row_identity
     }
 
     /// Adds version `newest + 1` with `bytes` and makes it primary. Old versions stay, so
@@ -182,7 +225,8 @@ impl KeyRing {
         let missing: Vec<DomainKey> =
             self.keys.values().filter(|k| other.keys.get(&k.version) != Some(k)).cloned().collect();
         let primary = missing.last()?.version;
-        Some(Self::from_keys(self.domain, primary, missing).expect("distinct, non-empty"))
+        let part = Self::from_keys(self.domain, primary, missing).expect("distinct, non-empty");
+        Some(Self { row_identity: self.row_identity.clone(), ..part })
     }
 
     pub fn domain(&self) -> DomainId {
@@ -232,6 +276,10 @@ struct RingRepr {
     domain: DomainId,
     primary: KeyVersion,
     keys: Vec<KeyRepr>,
+    /// Absent in rings stored before it existed: then derived from the first version, which
+    /// every such ring still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row_identity: Option<Zeroizing<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,8 +290,8 @@ struct KeyRepr {
     key: Zeroizing<String>,
 }
 
-impl Serialize for KeyRing {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl KeyRing {
+    fn repr(&self, with_row_identity: bool) -> RingRepr {
         RingRepr {
             domain: self.domain,
             primary: self.primary,
@@ -256,8 +304,25 @@ impl Serialize for KeyRing {
                     key: Zeroizing::new(B64.encode(&k.bytes[..])),
                 })
                 .collect(),
+            row_identity: with_row_identity
+                .then(|| Zeroizing::new(B64.encode(&self.row_identity.0[..]))),
         }
-        .serialize(s)
+    }
+}
+
+impl Serialize for KeyRing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.repr(true).serialize(s)
+    }
+}
+
+/// A ring serialized with its key versions only, without the row identity key: what leaves
+/// the daemons for a viewer (the key ring file), which reads rows and never names them.
+pub(crate) struct VersionsOnly<'a>(pub(crate) &'a KeyRing);
+
+impl Serialize for VersionsOnly<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.repr(false).serialize(s)
     }
 }
 
@@ -279,7 +344,20 @@ impl<'de> Deserialize<'de> for KeyRing {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(serde::de::Error::custom)?;
-        KeyRing::from_keys(domain, r.primary, keys).map_err(serde::de::Error::custom)
+        let ring = KeyRing::from_keys(domain, r.primary, keys).map_err(serde::de::Error::custom)?;
+        Ok(match r.row_identity {
+            None => ring,
+            Some(b64) => {
+                let raw = Zeroizing::new(B64.decode(b64.as_bytes()).unwrap_or_default());
+                let bytes: Zeroizing<[u8; 32]> =
+                    Zeroizing::new(raw.as_slice().try_into().map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "the row identity key of domain {domain} is not 32 bytes of base64"
+                        ))
+                    })?);
+                ring.with_row_identity(bytes)
+            }
+        })
     }
 }
 

@@ -10,18 +10,26 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::keyring::KeyRing;
+use super::keyring::{KeyRing, VersionsOnly};
 
 const FORMAT: &str = "imcrypt-key-ring";
 const FORMAT_VERSION: u32 = 1;
 
 /// The document as it is on disk.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RingFile {
     format: String,
     format_version: u32,
     ring: KeyRing,
+}
+
+/// The document as this build writes it: the ring's versions, not its row identity key.
+#[derive(Serialize)]
+struct RingFileOut<'a> {
+    format: &'static str,
+    format_version: u32,
+    ring: VersionsOnly<'a>,
 }
 
 /// Why bytes are not a key ring file this build reads.
@@ -39,7 +47,7 @@ pub(crate) enum RingFileError {
 /// The file's bytes for `ring`: pretty JSON and a final newline.
 pub(crate) fn encode(ring: &KeyRing) -> Zeroizing<Vec<u8>> {
     let file =
-        RingFile { format: FORMAT.into(), format_version: FORMAT_VERSION, ring: ring.clone() };
+        RingFileOut { format: FORMAT, format_version: FORMAT_VERSION, ring: VersionsOnly(ring) };
     let mut bytes = Zeroizing::new(serde_json::to_vec_pretty(&file).expect("serializes"));
     bytes.push(b'\n');
     bytes

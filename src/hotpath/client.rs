@@ -197,6 +197,7 @@ enum Answer {
     Off,
     Status(KeyStatus),
     Indexed(BlindIndexes),
+    Identified(Vec<[u8; 32]>),
 }
 
 /// The answer to an INDEX request: one 32-byte blind index per message, in request order,
@@ -239,8 +240,8 @@ impl Future for Pending {
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
             Ok(Ok(Answer::Sealed(b))) => Ok(Encrypted::Sealed(b)),
             Ok(Ok(Answer::Off)) => Ok(Encrypted::Off),
-            Ok(Ok(Answer::Status(_) | Answer::Indexed(_))) => {
-                Err(ClientError::Protocol("STATUS or INDEXED answer to an ENCRYPT request".into()))
+            Ok(Ok(Answer::Status(_) | Answer::Indexed(_) | Answer::Identified(_))) => {
+                Err(ClientError::Protocol("STATUS, INDEXED or IDENTIFIED answer to ENCRYPT".into()))
             }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
@@ -332,17 +333,44 @@ impl Client {
         &self,
         messages: impl ExactSizeIterator<Item = &'m [u8]> + Clone,
     ) -> Result<Option<BlindIndexes>, ClientError> {
+        let count = messages.len();
+        match self.message_list(frame::kind::INDEX, messages).await? {
+            Some(Answer::Indexed(b)) if b.indexes.len() == count => Ok(Some(b)),
+            None => Ok(None),
+            Some(_) => Err(ClientError::Protocol("unexpected answer to INDEX".into())),
+        }
+    }
+
+    /// Row identities of `messages` under the domain's row identity key, which no rotation
+    /// changes (`None`: encryption is off). Each message counts as one record against the queue.
+    pub async fn row_identities<'m>(
+        &self,
+        messages: impl ExactSizeIterator<Item = &'m [u8]> + Clone,
+    ) -> Result<Option<Vec<[u8; 32]>>, ClientError> {
+        let count = messages.len();
+        match self.message_list(frame::kind::IDENTIFY, messages).await? {
+            Some(Answer::Identified(ids)) if ids.len() == count => Ok(Some(ids)),
+            None => Ok(None),
+            Some(_) => Err(ClientError::Protocol("unexpected answer to IDENTIFY".into())),
+        }
+    }
+
+    /// Sends INDEX or IDENTIFY (`ty`) and waits for its answer; `None` for OFF.
+    async fn message_list<'m>(
+        &self,
+        ty: u8,
+        messages: impl ExactSizeIterator<Item = &'m [u8]> + Clone,
+    ) -> Result<Option<Answer>, ClientError> {
         if let Some(m) = messages.clone().find(|m| m.len() > u16::MAX as usize) {
             return Err(ClientError::MetadataTooLong(m.len()));
         }
         let count = messages.len();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut f = Vec::new();
-        frame::encode_index(&mut f, id, messages);
+        frame::encode_message_list(&mut f, ty, id, messages);
         match self.enqueue(id, f, count.max(1)).await?.await {
-            Ok(Ok(Answer::Indexed(b))) if b.indexes.len() == count => Ok(Some(b)),
             Ok(Ok(Answer::Off)) => Ok(None),
-            Ok(Ok(_)) => Err(ClientError::Protocol("unexpected answer to INDEX".into())),
+            Ok(Ok(a)) => Ok(Some(a)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
@@ -590,7 +618,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
 fn admit(mut job: Job, w: Welcome) -> Option<Job> {
     let len = job.frame.len() - frame::LEN_PREFIX;
     let ty = job.frame[frame::LEN_PREFIX];
-    let count = if ty == frame::kind::ENCRYPT || ty == frame::kind::INDEX {
+    let count = if matches!(ty, frame::kind::ENCRYPT | frame::kind::INDEX | frame::kind::IDENTIFY) {
         u32::from_be_bytes(job.frame[13..17].try_into().expect("4 bytes"))
     } else {
         0
@@ -646,6 +674,10 @@ async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inf
                         })
                         .map_err(|e| ClientError::Protocol(e.to_string()));
                     (request_id, answer, false)
+                }
+                Response::Identified { request_id, identities } => {
+                    let ids = identities.chunks_exact(32).map(|c| c.try_into().expect("32 bytes"));
+                    (request_id, Ok(Answer::Identified(ids.collect())), false)
                 }
                 Response::Status { request_id, status } => {
                     (request_id, status_of(status).map(Answer::Status), false)

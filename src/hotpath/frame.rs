@@ -8,6 +8,7 @@
 //! 0x02 ENCRYPT  request_id u64 | count u32 | count × (meta_len u16 | meta | pt_len u32 | pt)
 //! 0x03 STATUS   request_id u64
 //! 0x04 INDEX    request_id u64 | count u32 | count × (len u16 | message)
+//! 0x05 IDENTIFY request_id u64 | count u32 | count × (len u16 | message)
 //!
 //! server → client
 //! 0x81 WELCOME  version u16 | max_frame u32 | max_batch u32
@@ -16,6 +17,7 @@
 //! 0x84 STATUS   request_id u64 | on u8 | (if on) domain [16] | key_version u32
 //!               | cluster_len u8 | cluster
 //! 0x85 INDEXED  request_id u64 | key_version u32 | count u32 | count × index [32]
+//! 0x86 IDENTIFIED request_id u64 | count u32 | count × row identity [32]
 //! 0x8F ERROR    request_id u64 | code u16 | closes u8 | msg_len u16 | msg (UTF-8)
 //! ```
 //!
@@ -45,11 +47,13 @@ pub(crate) mod kind {
     pub(crate) const ENCRYPT: u8 = 0x02;
     pub(crate) const STATUS: u8 = 0x03;
     pub(crate) const INDEX: u8 = 0x04;
+    pub(crate) const IDENTIFY: u8 = 0x05;
     pub(crate) const WELCOME: u8 = 0x81;
     pub(crate) const SEALED: u8 = 0x82;
     pub(crate) const OFF: u8 = 0x83;
     pub(crate) const STATUS_REPLY: u8 = 0x84;
     pub(crate) const INDEXED: u8 = 0x85;
+    pub(crate) const IDENTIFIED: u8 = 0x86;
     pub(crate) const ERROR: u8 = 0x8F;
 }
 
@@ -342,6 +346,12 @@ pub enum Request<'a> {
         request_id: u64,
         messages: MessageList<'a>,
     },
+    /// Row identities of `count` messages (docs/archive.md): keyed like blind indexes, but under
+    /// the domain's row identity key, which no rotation changes.
+    Identify {
+        request_id: u64,
+        messages: MessageList<'a>,
+    },
 }
 
 /// The messages of an INDEX request, borrowed from the receive buffer.
@@ -368,6 +378,39 @@ impl std::fmt::Debug for MessageList<'_> {
         // Participants are archive content: never in logs.
         write!(f, "MessageList({} messages, <redacted>)", self.count)
     }
+}
+
+/// What a malformed INDEX or IDENTIFY body is told: too short for its count, a message cut in
+/// its length, a message past the frame.
+type ListFaults = [&'static str; 3];
+const INDEX_FAULTS: ListFaults = [
+    "INDEX is too short for its count",
+    "INDEX message is cut in its length",
+    "INDEX message runs past the frame",
+];
+const IDENTIFY_FAULTS: ListFaults = [
+    "IDENTIFY is too short for its count",
+    "IDENTIFY message is cut in its length",
+    "IDENTIFY message runs past the frame",
+];
+
+/// The body of INDEX and IDENTIFY: a request id and at most `max_batch` messages.
+fn message_list<'a>(
+    c: &mut Cursor<'a>,
+    max_batch: u32,
+    [short, cut, past]: ListFaults,
+) -> Result<(u64, MessageList<'a>), FrameError> {
+    let request_id = c.request_id()?;
+    let count = c.u32(short)?;
+    if count > max_batch {
+        return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
+    }
+    let start = c.buf;
+    for _ in 0..count {
+        let l = c.u16(cut)? as usize;
+        c.take(l, past)?;
+    }
+    Ok((request_id, MessageList { count, body: start }))
 }
 
 /// Decodes the client frame at the front of `buf`. `max_batch` bounds ENCRYPT's record count.
@@ -407,17 +450,12 @@ pub fn decode_request(
         }
         kind::STATUS => Request::Status { request_id: c.request_id()? },
         kind::INDEX => {
-            let request_id = c.request_id()?;
-            let count = c.u32("INDEX is too short for its count")?;
-            if count > max_batch {
-                return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
-            }
-            let start = c.buf;
-            for _ in 0..count {
-                let l = c.u16("INDEX message is cut in its length")? as usize;
-                c.take(l, "INDEX message runs past the frame")?;
-            }
-            Request::Index { request_id, messages: MessageList { count, body: start } }
+            let (request_id, messages) = message_list(&mut c, max_batch, INDEX_FAULTS)?;
+            Request::Index { request_id, messages }
+        }
+        kind::IDENTIFY => {
+            let (request_id, messages) = message_list(&mut c, max_batch, IDENTIFY_FAULTS)?;
+            Request::Identify { request_id, messages }
         }
         other => return Err(FrameError::UnknownType(other)),
     };
@@ -520,6 +558,11 @@ pub enum Response<'a> {
         key_version: u32,
         indexes: &'a [u8],
     },
+    /// `identities` is `count × 32` bytes, in request order.
+    Identified {
+        request_id: u64,
+        identities: &'a [u8],
+    },
     Error {
         request_id: u64,
         code: ErrorCode,
@@ -562,6 +605,13 @@ pub fn decode_response(
             let n = count.checked_mul(32).ok_or_else(|| c.fail("INDEXED count overflows"))?;
             let indexes = c.take(n, "INDEXED indexes run past the frame")?;
             Response::Indexed { request_id, key_version, indexes }
+        }
+        kind::IDENTIFIED => {
+            let request_id = c.request_id()?;
+            let count = c.u32("IDENTIFIED is too short for its count")? as usize;
+            let n = count.checked_mul(32).ok_or_else(|| c.fail("IDENTIFIED count overflows"))?;
+            let identities = c.take(n, "IDENTIFIED row identities run past the frame")?;
+            Response::Identified { request_id, identities }
         }
         kind::STATUS_REPLY => {
             let request_id = c.request_id()?;
@@ -650,20 +700,32 @@ pub fn encode_status_request(out: &mut Vec<u8>, request_id: u64) {
     frame(out, kind::STATUS, |o| o.extend_from_slice(&request_id.to_be_bytes()));
 }
 
-/// Encodes INDEX. Messages longer than 65,535 bytes are cut to fit (the client refuses them
-/// before encoding).
-pub(crate) fn encode_index<'m>(
+/// Encodes INDEX (`kind::INDEX`) or IDENTIFY (`kind::IDENTIFY`), which share their body.
+/// Messages longer than 65,535 bytes are cut to fit (the client refuses them before encoding).
+pub(crate) fn encode_message_list<'m>(
     out: &mut Vec<u8>,
+    ty: u8,
     request_id: u64,
     messages: impl ExactSizeIterator<Item = &'m [u8]>,
 ) {
-    frame(out, kind::INDEX, |o| {
+    debug_assert!(ty == kind::INDEX || ty == kind::IDENTIFY);
+    frame(out, ty, |o| {
         o.extend_from_slice(&request_id.to_be_bytes());
         o.extend_from_slice(&(messages.len() as u32).to_be_bytes());
         for m in messages {
             let m = &m[..m.len().min(u16::MAX as usize)];
             o.extend_from_slice(&(m.len() as u16).to_be_bytes());
             o.extend_from_slice(m);
+        }
+    });
+}
+
+pub(crate) fn encode_identified(out: &mut Vec<u8>, request_id: u64, identities: &[[u8; 32]]) {
+    frame(out, kind::IDENTIFIED, |o| {
+        o.extend_from_slice(&request_id.to_be_bytes());
+        o.extend_from_slice(&(identities.len() as u32).to_be_bytes());
+        for i in identities {
+            o.extend_from_slice(i);
         }
     });
 }

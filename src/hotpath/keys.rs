@@ -117,6 +117,8 @@ pub struct KeySource {
     current: ArcSwapOption<RecordSealer>,
     /// Blind indexes under the primary version (archive search columns, docs/archive.md).
     indexer: ArcSwapOption<crate::crypto::blind::BlindIndexer>,
+    /// Row identities under the domain's row identity key (the archive's unique key).
+    row_identifier: ArcSwapOption<crate::crypto::blind::RowIdentifier>,
     /// The persisted reservations; the lock also orders saves.
     reservations: Mutex<(Reservations, Box<dyn ReservationStore>)>,
     /// Wakes the reserver when a sealer wants its next block.
@@ -147,6 +149,7 @@ impl KeySource {
             imp,
             current: ArcSwapOption::empty(),
             indexer: ArcSwapOption::empty(),
+            row_identifier: ArcSwapOption::empty(),
             reservations: Mutex::new((saved, Box::new(store))),
             wanted: Notify::new(),
             committed: watch::Sender::new(0),
@@ -160,6 +163,7 @@ impl KeySource {
     pub fn set_ring(&self, ring: Option<&KeyRing>) -> Result<(), KeyError> {
         let Some(ring) = ring else {
             self.indexer.store(None);
+            self.row_identifier.store(None);
             if self.current.swap(None).is_some() {
                 tracing::info!(cluster = %self.cluster, "hot path: encryption off");
             }
@@ -190,6 +194,8 @@ impl KeySource {
             "hot path: sealing with key version {}",
             ring.primary_version()
         );
+        // The row identifier first: a client that got indexes finds it there too.
+        self.row_identifier.store(Some(Arc::new(crate::crypto::blind::RowIdentifier::of(ring))));
         self.indexer.store(Some(Arc::new(crate::crypto::blind::BlindIndexer::primary(ring))));
         self.check_wear(&sealer);
         self.current.store(Some(Arc::new(sealer)));
@@ -205,6 +211,11 @@ impl KeySource {
     /// The blind indexer of the primary version, or `None` when encryption is off.
     pub(crate) fn indexer(&self) -> Option<Arc<crate::crypto::blind::BlindIndexer>> {
         self.indexer.load_full()
+    }
+
+    /// The domain's row identifier, or `None` when encryption is off.
+    pub(crate) fn row_identifier(&self) -> Option<Arc<crate::crypto::blind::RowIdentifier>> {
+        self.row_identifier.load_full()
     }
 
     pub(crate) fn status(&self) -> KeyStatus {

@@ -158,6 +158,17 @@ impl Session {
                     }
                     self.count(0, None);
                 }
+                (true, Request::Identify { request_id, messages }) => {
+                    match keys.row_identifier() {
+                        None => frame::encode_off(out, request_id),
+                        Some(ri) => {
+                            let ids: Vec<[u8; 32]> =
+                                messages.iter().map(|m| ri.identity(m)).collect();
+                            frame::encode_identified(out, request_id, &ids);
+                        }
+                    }
+                    self.count(0, None);
+                }
                 (true, Request::Status { request_id }) => {
                     frame::encode_status(out, request_id, &status_info(keys));
                 }
@@ -335,7 +346,12 @@ mod tests {
     fn index_answers_blind_indexes_under_the_primary_version_or_off() {
         let (ks, ring, mut s) = setup(true);
         let mut input = hello();
-        frame::encode_index(&mut input, 5, [&b"participant\0alice"[..], b"room\0ops"].into_iter());
+        frame::encode_message_list(
+            &mut input,
+            frame::kind::INDEX,
+            5,
+            [&b"participant\0alice"[..], b"room\0ops"].into_iter(),
+        );
         let mut out = Vec::new();
         s.handle(&input, &ks, &mut out, false);
         let a = answers(&out);
@@ -347,7 +363,28 @@ mod tests {
         assert_eq!(&indexes[32..], &ix.index(b"room\0ops")[..]);
         let (ks, _, mut s) = setup(false);
         let mut input = hello();
-        frame::encode_index(&mut input, 6, [&b"x"[..]].into_iter());
+        frame::encode_message_list(&mut input, frame::kind::INDEX, 6, [&b"x"[..]].into_iter());
+        let mut out = Vec::new();
+        s.handle(&input, &ks, &mut out, false);
+        assert_eq!(answers(&out)[1], Response::Off { request_id: 6 });
+    }
+
+    #[test]
+    fn identify_answers_row_identities_under_the_domain_key_that_does_not_rotate_or_off() {
+        let (ks, ring, mut s) = setup(true);
+        let mut input = hello();
+        let msgs = [&b"row\0a"[..], b"row\0b"];
+        frame::encode_message_list(&mut input, frame::kind::IDENTIFY, 5, msgs.into_iter());
+        let mut out = Vec::new();
+        s.handle(&input, &ks, &mut out, false);
+        let a = answers(&out);
+        let ri = crate::crypto::blind::RowIdentifier::of(&ring);
+        let Response::Identified { request_id: 5, identities } = a[1] else { panic!("{:?}", a[1]) };
+        assert_eq!(&identities[..32], &ri.identity(b"row\0a")[..]);
+        assert_eq!(&identities[32..], &ri.identity(b"row\0b")[..]);
+        let (ks, _, mut s) = setup(false);
+        let mut input = hello();
+        frame::encode_message_list(&mut input, frame::kind::IDENTIFY, 6, [&b"x"[..]].into_iter());
         let mut out = Vec::new();
         s.handle(&input, &ks, &mut out, false);
         assert_eq!(answers(&out)[1], Response::Off { request_id: 6 });
