@@ -96,6 +96,22 @@ async fn archive_download_and_view_through_the_cli() {
             assert_eq!(a["note"], "already stored: nothing was written", "{a}");
         }
 
+        // Which key versions the archive uses: m1 and m2's three rows under 1, m4 under 2.
+        let o = imcrypt(&["archive", "versions", "--db", &db, "-o", "json"], "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let per_version: Vec<_> =
+            json_lines(&o.stdout).iter().map(|l| (l["key_version"].as_u64(), l["rows"].as_u64(), l["oldest_ms"].as_i64(), l["newest_ms"].as_i64())).collect();
+        assert_eq!(
+            per_version,
+            [(Some(1), Some(3), Some(1764000000000), Some(1764000001000)), (Some(2), Some(1), Some(1764000003000), Some(1764000003000))]
+        );
+        let o = imcrypt(&["archive", "versions", "--db", &db], "").await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let table: Vec<Vec<&str>> = o.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(table[0], ["key", "version", "rows", "oldest", "newest"]);
+        assert_eq!(table[1], ["1", "3", "2025-11-24T16:00:00.000Z", "2025-11-24T16:00:01.000Z"]);
+        assert_eq!(table.len(), 3, "{}", o.stdout);
+
         // The administrator downloads the keys for an OpenSSL key pair, then views.
         let (sk, export) = download_keys(dir, &cfg).await;
 
@@ -266,5 +282,17 @@ fn every_option_of_archive_and_view_has_a_help_line_and_the_default_database_is_
             .unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(help.contains("IMCRYPT_ARCHIVE_DB") && !help.contains("topsecret"), "{help}");
+    }
+    let archive = cli.find_subcommand("archive").unwrap();
+    for sub in archive.get_subcommands() {
+        for arg in sub.get_arguments() {
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let name = sub.get_name();
+            assert!(
+                !help.trim().is_empty(),
+                "imcrypt archive {name} --{} has no help line",
+                arg.get_id()
+            );
+        }
     }
 }

@@ -117,6 +117,28 @@ pub struct StoredRow {
     pub(crate) payload: Vec<u8>,
 }
 
+/// Rows of one key version (`imcrypt archive versions`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VersionCount {
+    /// `None`: rows stored in clear (encryption was off).
+    pub key_version: Option<u32>,
+    pub rows: u64,
+    pub oldest_ms: i64,
+    pub newest_ms: i64,
+}
+
+/// An encrypted row's sealed columns after a rewrap, and the version it was read under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rewrapped {
+    pub(crate) id: i64,
+    pub(crate) was_version: u32,
+    pub(crate) key_version: u32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) from_idx: [u8; 32],
+    pub(crate) to_idx: [u8; 32],
+    pub(crate) room_idx: Option<[u8; 32]>,
+}
+
 /// How long a connection, or the probe's question, may take.
 pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -326,6 +348,77 @@ impl Db {
             }
         };
         Ok(RowBatches { inner })
+    }
+
+    /// How many rows each key version holds (`None`: rows stored in clear), with the oldest
+    /// and newest `ts_ms` of each, lowest version first and rows in clear last.
+    pub async fn version_counts(&mut self) -> Result<Vec<VersionCount>, DbError> {
+        let count = if self.dialect() == Dialect::SqlServer { "COUNT_BIG(*)" } else { "COUNT(*)" };
+        let sql = format!(
+            "SELECT CAST(key_version AS BIGINT), {count}, MIN(ts_ms), MAX(ts_ms) FROM {TABLE} \
+             GROUP BY key_version"
+        );
+        let rows = match self {
+            Db::Postgres(c) => postgres::integers(c, &sql).await?,
+            Db::SqlServer(c) => sqlserver::integers(c, &sql).await?,
+            Db::Sqlite(s) => s.integers(sql).await?,
+        };
+        let mut out = rows
+            .into_iter()
+            .map(|r| match r[..] {
+                [v, Some(n), Some(oldest_ms), Some(newest_ms)] => Ok(VersionCount {
+                    key_version: v
+                        .map(|v| u32::try_from(v).map_err(|_| bad(format!("key_version {v}"))))
+                        .transpose()?,
+                    rows: n as u64,
+                    oldest_ms,
+                    newest_ms,
+                }),
+                _ => Err(bad("a count per key version came back incomplete")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|c| (c.key_version.is_none(), c.key_version));
+        Ok(out)
+    }
+
+    /// Replaces the sealed columns of encrypted rows by their rewrapped values, all in one
+    /// transaction, each row only if it is still under the key version it was read with (so a
+    /// row rewrapped meanwhile is left as it is). Returns how many rows were replaced.
+    pub(crate) async fn replace_sealed(&mut self, rows: &[Rewrapped]) -> Result<u64, DbError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let d = self.dialect();
+        let sql = format!(
+            "UPDATE {TABLE} SET payload = {}, from_idx = {}, to_idx = {}, room_idx = {}, \
+             key_version = {} WHERE id = {} AND key_version = {}",
+            d.placeholder(1),
+            d.placeholder(2),
+            d.placeholder(3),
+            d.placeholder(4),
+            d.placeholder(5),
+            d.placeholder(6),
+            d.placeholder(7),
+        );
+        let params: Vec<Vec<Param>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    Param::Bytes(Some(r.payload.clone())),
+                    Param::Bytes(Some(r.from_idx.to_vec())),
+                    Param::Bytes(Some(r.to_idx.to_vec())),
+                    Param::Bytes(r.room_idx.map(|x| x.to_vec())),
+                    Param::I32(Some(r.key_version as i32)),
+                    Param::I64(r.id),
+                    Param::I32(Some(r.was_version as i32)),
+                ]
+            })
+            .collect();
+        match self {
+            Db::Postgres(c) => postgres::update_each(c, &sql, &params).await,
+            Db::SqlServer(c) => sqlserver::update_each(c, &sql, &params).await,
+            Db::Sqlite(s) => s.update_each(sql, params).await,
+        }
     }
 
     /// What PostgreSQL plans for the viewer's query through `filter` (`EXPLAIN`, one line per

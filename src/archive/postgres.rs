@@ -186,6 +186,32 @@ async fn copy(
     Ok(())
 }
 
+/// Runs `sql` once with each parameter row, all in one transaction (prepared once, the
+/// executions pipelined); returns how many rows they changed. On any error nothing changes.
+pub(super) async fn update_each(
+    c: &mut Client,
+    sql: &str,
+    rows: &[Vec<Param>],
+) -> Result<u64, DbError> {
+    let tx = c.transaction().await.map_err(err)?;
+    let st = tx.prepare(sql).await.map_err(err)?;
+    let refs: Vec<Vec<&Param>> = rows.iter().map(|r| r.iter().collect()).collect();
+    let binds: Vec<_> = refs.iter().map(|r| bind(r)).collect();
+    let runs = binds.iter().map(|b| tx.execute(&st, b));
+    let changed: u64 =
+        futures_util::future::try_join_all(runs).await.map_err(err)?.into_iter().sum();
+    tx.commit().await.map_err(err)?;
+    Ok(changed)
+}
+
+/// The rows of an aggregate query whose columns are all `BIGINT` (or NULL).
+pub(super) async fn integers(c: &Client, sql: &str) -> Result<Vec<Vec<Option<i64>>>, DbError> {
+    let rows = c.query(sql, &[]).await.map_err(err)?;
+    rows.iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<_, Option<i64>>(i).map_err(bad)).collect())
+        .collect()
+}
+
 pub(super) async fn version(c: &Client) -> Result<String, DbError> {
     let row = c.query_one("SELECT version()", &[]).await.map_err(err)?;
     Ok(row.get::<_, String>(0))

@@ -236,6 +236,39 @@ impl SqliteDb {
         Ok(format!("SQLite {v}"))
     }
 
+    /// Runs `sql` once with each parameter row, all in one immediate transaction; returns how
+    /// many rows the statements changed. On any error nothing is changed.
+    pub(super) async fn update_each(
+        &self,
+        sql: String,
+        rows: Vec<Vec<Param>>,
+    ) -> Result<u64, DbError> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut changed = 0;
+            {
+                let mut st = tx.prepare(&sql)?;
+                for params in &rows {
+                    changed += st.execute(rusqlite::params_from_iter(params.iter()))? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// The rows of an aggregate query whose columns are all integers (or NULL).
+    pub(super) async fn integers(&self, sql: String) -> Result<Vec<Vec<Option<i64>>>, DbError> {
+        self.call(move |c| {
+            let mut st = c.prepare(&sql)?;
+            let n = st.column_count();
+            let rows = st.query_map([], |r| (0..n).map(|i| r.get(i)).collect())?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Runs each INSERT … RETURNING with its parameters in one immediate transaction; returns
     /// the (message_id, recipient_key) of every row written. On any error nothing is written.
     pub(super) async fn insert(

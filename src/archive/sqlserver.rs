@@ -348,6 +348,43 @@ pub(super) async fn insert(
     }
 }
 
+/// Runs `sql` once with each parameter row, all in one transaction; returns how many rows
+/// they changed. On any error nothing changes.
+pub(super) async fn update_each(
+    c: &mut Client,
+    sql: &str,
+    rows: &[Vec<Param>],
+) -> Result<u64, DbError> {
+    async fn run(c: &mut Client, sql: &str, rows: &[Vec<Param>]) -> Result<u64, DbError> {
+        let mut changed = 0;
+        for r in rows {
+            let mut q = tiberius::Query::new(sql.to_owned());
+            bind_all(&mut q, &r.iter().collect::<Vec<_>>());
+            changed += q.execute(&mut *c).await.map_err(err)?.total();
+        }
+        Ok(changed)
+    }
+    exec(c, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
+    match run(c, sql, rows).await {
+        Ok(n) => {
+            exec(c, "COMMIT TRANSACTION").await?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = exec(c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
+            Err(e)
+        }
+    }
+}
+
+/// The rows of an aggregate query whose columns are all `BIGINT` (or NULL).
+pub(super) async fn integers(c: &mut Client, sql: &str) -> Result<Vec<Vec<Option<i64>>>, DbError> {
+    let rows = c.simple_query(sql).await.map_err(err)?.into_first_result().await.map_err(err)?;
+    rows.iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<i64, _>(i).map_err(bad)).collect())
+        .collect()
+}
+
 fn bind_all(q: &mut tiberius::Query<'_>, params: &[&Param]) {
     for p in params {
         match (*p).clone() {

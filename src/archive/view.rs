@@ -214,10 +214,10 @@ pub(crate) fn cell(s: &str) -> String {
 /// [`BATCH_ROWS`](super::db::BATCH_ROWS) rows, each with its own header and widths.
 pub(crate) fn table(rows: &[ViewedRow]) -> String {
     let head = ["id", "time", "dir", "from", "to", "room", "message id", "body"];
-    let data: Vec<[String; 8]> = rows
+    let data: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.id.to_string(),
                 r.timestamp.clone(),
                 r.direction.clone(),
@@ -229,8 +229,13 @@ pub(crate) fn table(rows: &[ViewedRow]) -> String {
             ]
         })
         .collect();
-    let mut w = head.map(str::len);
-    for d in &data {
+    aligned(&head, &data)
+}
+
+/// Rows of cells under a heading, each column as wide as its widest cell, two spaces apart.
+pub(crate) fn aligned(head: &[&str], data: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for d in data {
         for (i, c) in d.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
@@ -243,8 +248,50 @@ pub(crate) fn table(rows: &[ViewedRow]) -> String {
         out.push('\n');
     };
     line(head.to_vec());
-    for d in &data {
+    for d in data {
         line(d.iter().map(String::as_str).collect());
     }
     out
+}
+
+/// `imcrypt archive versions` as a table: rows per key version, oldest and newest message.
+pub(crate) fn versions_table(counts: &[super::db::VersionCount]) -> String {
+    let head = ["key version", "rows", "oldest", "newest"];
+    let data: Vec<Vec<String>> = counts
+        .iter()
+        .map(|c| {
+            vec![
+                c.key_version.map_or("in clear".into(), |v| v.to_string()),
+                c.rows.to_string(),
+                rfc3339(c.oldest_ms),
+                rfc3339(c.newest_ms),
+            ]
+        })
+        .collect();
+    aligned(&head, &data)
+}
+
+/// `imcrypt archive versions -o json`: one object per key version.
+#[derive(Debug, Serialize)]
+pub(crate) struct VersionLine {
+    /// `null`: rows stored in clear.
+    key_version: Option<u32>,
+    rows: u64,
+    oldest: String,
+    newest: String,
+    oldest_ms: i64,
+    newest_ms: i64,
+}
+
+impl From<&super::db::VersionCount> for VersionLine {
+    fn from(c: &super::db::VersionCount) -> Self {
+        Self {
+            key_version: c.key_version,
+            rows: c.rows,
+            oldest: rfc3339(c.oldest_ms),
+            newest: rfc3339(c.newest_ms),
+            oldest_ms: c.oldest_ms,
+            newest_ms: c.newest_ms,
+        }
+    }
 }

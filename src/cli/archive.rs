@@ -22,8 +22,8 @@ pub(crate) struct ArchiveArgs {
     /// The daemon's hot path: its socket ([hotpath.socket] path in its config), or, from
     /// another node, tcp+tls://HOST:PORT?cert=FILE&key=FILE&ca=FILE[&server_name=NAME] (this
     /// node's certificate; docs/hotpath.md).
-    #[arg(long)]
-    hotpath: crate::hotpath::Endpoint,
+    #[arg(long, required = true)]
+    hotpath: Option<crate::hotpath::Endpoint>,
     /// Read events from connections on this Unix socket instead of standard input.
     #[arg(long)]
     listen: Option<PathBuf>,
@@ -39,6 +39,23 @@ pub(crate) struct ArchiveArgs {
     /// Rows per database transaction, at most (sealed through the hot path 1,000 at a time).
     #[arg(long, default_value_t = crate::archive::DEFAULT_BATCH_ROWS)]
     batch: usize,
+    #[command(subcommand)]
+    command: Option<ArchiveCommand>,
+}
+
+/// Work on an archive that is there already (docs/archive.md, "Key versions in the archive").
+#[derive(Debug, Clone, clap::Subcommand)]
+pub(crate) enum ArchiveCommand {
+    /// How many rows each key version holds, with the oldest and newest message of each: when
+    /// a version holds none, retiring it loses nothing.
+    Versions {
+        /// The compliance database, as for `imcrypt archive` (never created here).
+        #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
+        db: String,
+        /// How to print: an aligned table, or JSON lines (one object per key version).
+        #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -93,10 +110,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, ArchiveError> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// `imcrypt archive`.
+/// `imcrypt archive`, and its subcommands.
 pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
+    if let Some(ArchiveCommand::Versions { db, output }) = a.command {
+        return versions(&db, output);
+    }
     let url: DbUrl = a.db.parse()?;
-    let mut cfg = ArchiverConfig::new(url, a.hotpath);
+    let hotpath = a.hotpath.expect("clap requires --hotpath without a subcommand");
+    let mut cfg = ArchiverConfig::new(url, hotpath);
     cfg.outbound = a.outbound;
     cfg.max_queue = a.max_queue.max(1);
     cfg.block_delivery = a.block_delivery;
@@ -128,6 +149,28 @@ pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
             n => Err(ArchiveError::NotArchived(n)),
         }
     })
+}
+
+/// `imcrypt archive versions`.
+fn versions(db: &str, output: Output) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    let url: DbUrl = db.parse()?;
+    let counts = runtime()?.block_on(async {
+        let mut db = crate::archive::Db::connect(&url).await?;
+        db.version_counts().await
+    })?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Table => out.write_all(crate::archive::view::versions_table(&counts).as_bytes())?,
+        Output::Json => {
+            for c in &counts {
+                let line = crate::archive::view::VersionLine::from(c);
+                serde_json::to_writer(&mut out, &line).map_err(std::io::Error::other)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    Ok(out.flush()?)
 }
 
 fn load_keys(a: &ViewArgs) -> Result<Option<KeyRing>, ArchiveError> {

@@ -136,7 +136,8 @@ enum Command {
         output: commands::Output,
     },
     /// The reference archiver: IM events (JSON lines) in, encrypted rows in the compliance
-    /// database out (docs/archive.md).
+    /// database out (docs/archive.md); `imcrypt archive versions` shows what an archive holds.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Archive(archive::ArchiveArgs),
     /// Read the compliance database: filter by participant, room and time, decrypt, print.
     View(archive::ViewArgs),
