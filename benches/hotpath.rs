@@ -296,6 +296,7 @@ fn main() {
         let task = server_rt.spawn(serve_all(
             l,
             Some(tcp),
+            None,
             keys,
             ServerConfig::default(),
             None,

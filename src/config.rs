@@ -119,6 +119,10 @@ pub(crate) struct HotpathSection {
     pub(crate) limits: crate::hotpath::ServerConfig,
     #[serde(default)]
     pub(crate) tcp: Option<crate::hotpath::TcpConfig>,
+    /// `[hotpath.rewrap_socket]`: where `imcrypt archive rewrap` reaches the daemon; none
+    /// without it.
+    #[serde(default)]
+    pub(crate) rewrap_socket: Option<crate::hotpath::RewrapSocketConfig>,
 }
 
 /// Knobs for tests and demos of mixed-version networks; never set them in production.
@@ -410,6 +414,14 @@ impl Config {
         if let Some(h) = &mut c.hotpath {
             abs(&mut h.socket.path);
             h.limits.validate().map_err(|e| format!("hotpath.limits: {e}"))?;
+            if let Some(r) = &mut h.rewrap_socket {
+                abs(&mut r.path);
+                if r.path == h.socket.path {
+                    return Err("hotpath.rewrap_socket.path: it is hotpath.socket.path; the \
+                                rewrap socket needs a path of its own"
+                        .into());
+                }
+            }
             if let Some(t) = &mut h.tcp {
                 let given = [&t.cert, &t.key, &t.ca].iter().filter(|f| f.is_some()).count();
                 if given != 0 && given != 3 {
@@ -627,7 +639,7 @@ archiver = "postgresql"
         let ops = include_str!("../docs/operations.md");
         let admin_doc = include_str!("../docs/admin.md");
         let text = GOOD.replace("hello_interval = \"2s\"\n", "")
-            + "\n[hotpath.socket]\npath = \"hp.sock\"\n";
+            + "\n[hotpath.socket]\npath = \"hp.sock\"\n[hotpath.rewrap_socket]\npath = \"rw.sock\"\n";
         let c = Config::parse(&text, Path::new("/")).unwrap();
         let d = |v: Duration| format!("`{}`", humantime::format_duration(v));
         let n = |v: u32| format!("`{v}`");
@@ -646,6 +658,10 @@ archiver = "postgresql"
             ("password.pbkdf2_iterations".into(), n(c.password.pbkdf2_iterations.get())),
             ("db_probe.interval".into(), d(c.db_probe.interval)),
             ("hotpath.socket.mode".into(), format!("`0o{:o}`", h.socket.mode)),
+            (
+                "hotpath.rewrap_socket.mode".into(),
+                format!("`0o{:o}`", h.rewrap_socket.as_ref().unwrap().mode),
+            ),
             ("hotpath.limits.max_frame".into(), n(h.limits.max_frame)),
             ("hotpath.limits.max_batch".into(), n(h.limits.max_batch)),
             ("hotpath.limits.handshake_timeout".into(), d(h.limits.handshake_timeout)),

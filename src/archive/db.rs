@@ -129,7 +129,7 @@ pub struct VersionCount {
 
 /// An encrypted row's sealed columns after a rewrap, and the version it was read under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Rewrapped {
+pub(crate) struct ResealedRow {
     pub(crate) id: i64,
     pub(crate) was_version: u32,
     pub(crate) key_version: u32,
@@ -383,10 +383,13 @@ impl Db {
 
     /// Replaces the sealed columns of encrypted rows by their rewrapped values, all in one
     /// transaction, each row only if it is still under the key version it was read with (so a
-    /// row rewrapped meanwhile is left as it is). Returns how many rows were replaced.
-    pub(crate) async fn replace_sealed(&mut self, rows: &[Rewrapped]) -> Result<u64, DbError> {
+    /// row rewrapped meanwhile is left as it is). Returns, per row, whether it was replaced.
+    pub(crate) async fn replace_sealed(
+        &mut self,
+        rows: &[ResealedRow],
+    ) -> Result<Vec<bool>, DbError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let d = self.dialect();
         let sql = format!(
@@ -414,11 +417,12 @@ impl Db {
                 ]
             })
             .collect();
-        match self {
-            Db::Postgres(c) => postgres::update_each(c, &sql, &params).await,
-            Db::SqlServer(c) => sqlserver::update_each(c, &sql, &params).await,
-            Db::Sqlite(s) => s.update_each(sql, params).await,
-        }
+        let changed = match self {
+            Db::Postgres(c) => postgres::update_each(c, &sql, &params).await?,
+            Db::SqlServer(c) => sqlserver::update_each(c, &sql, &params).await?,
+            Db::Sqlite(s) => s.update_each(sql, params).await?,
+        };
+        Ok(changed.into_iter().map(|n| n > 0).collect())
     }
 
     /// What PostgreSQL plans for the viewer's query through `filter` (`EXPLAIN`, one line per

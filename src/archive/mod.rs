@@ -15,6 +15,7 @@
 pub mod db;
 pub(crate) mod event;
 mod postgres;
+pub mod rewrap;
 mod schema;
 mod sqlite;
 mod sqlserver;
@@ -48,4 +49,9 @@ pub enum ArchiveError {
     Unreadable { failed: usize, seen: usize },
     #[error("{0} events were refused or failed (see the acknowledgements)")]
     NotArchived(u64),
+    /// The rewrap job could not go on (the daemon's rewrap socket, encryption off).
+    #[error("rewrap: {0}")]
+    Rewrap(String),
+    #[error("{0} rows could not be rewrapped (see above); they stay as they were")]
+    NotRewrapped(usize),
 }

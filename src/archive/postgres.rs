@@ -187,19 +187,19 @@ async fn copy(
 }
 
 /// Runs `sql` once with each parameter row, all in one transaction (prepared once, the
-/// executions pipelined); returns how many rows they changed. On any error nothing changes.
+/// executions pipelined); returns how many rows each run changed. On any error nothing
+/// changes.
 pub(super) async fn update_each(
     c: &mut Client,
     sql: &str,
     rows: &[Vec<Param>],
-) -> Result<u64, DbError> {
+) -> Result<Vec<u64>, DbError> {
     let tx = c.transaction().await.map_err(err)?;
     let st = tx.prepare(sql).await.map_err(err)?;
     let refs: Vec<Vec<&Param>> = rows.iter().map(|r| r.iter().collect()).collect();
     let binds: Vec<_> = refs.iter().map(|r| bind(r)).collect();
     let runs = binds.iter().map(|b| tx.execute(&st, b));
-    let changed: u64 =
-        futures_util::future::try_join_all(runs).await.map_err(err)?.into_iter().sum();
+    let changed = futures_util::future::try_join_all(runs).await.map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(changed)
 }

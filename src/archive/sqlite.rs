@@ -237,19 +237,19 @@ impl SqliteDb {
     }
 
     /// Runs `sql` once with each parameter row, all in one immediate transaction; returns how
-    /// many rows the statements changed. On any error nothing is changed.
+    /// many rows each run changed. On any error nothing is changed.
     pub(super) async fn update_each(
         &self,
         sql: String,
         rows: Vec<Vec<Param>>,
-    ) -> Result<u64, DbError> {
+    ) -> Result<Vec<u64>, DbError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut changed = 0;
+            let mut changed = Vec::with_capacity(rows.len());
             {
                 let mut st = tx.prepare(&sql)?;
                 for params in &rows {
-                    changed += st.execute(rusqlite::params_from_iter(params.iter()))? as u64;
+                    changed.push(st.execute(rusqlite::params_from_iter(params.iter()))? as u64);
                 }
             }
             tx.commit()?;

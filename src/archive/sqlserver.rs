@@ -349,18 +349,18 @@ pub(super) async fn insert(
 }
 
 /// Runs `sql` once with each parameter row, all in one transaction; returns how many rows
-/// they changed. On any error nothing changes.
+/// each run changed. On any error nothing changes.
 pub(super) async fn update_each(
     c: &mut Client,
     sql: &str,
     rows: &[Vec<Param>],
-) -> Result<u64, DbError> {
-    async fn run(c: &mut Client, sql: &str, rows: &[Vec<Param>]) -> Result<u64, DbError> {
-        let mut changed = 0;
+) -> Result<Vec<u64>, DbError> {
+    async fn run(c: &mut Client, sql: &str, rows: &[Vec<Param>]) -> Result<Vec<u64>, DbError> {
+        let mut changed = Vec::with_capacity(rows.len());
         for r in rows {
             let mut q = tiberius::Query::new(sql.to_owned());
             bind_all(&mut q, &r.iter().collect::<Vec<_>>());
-            changed += q.execute(&mut *c).await.map_err(err)?.total();
+            changed.push(q.execute(&mut *c).await.map_err(err)?.total());
         }
         Ok(changed)
     }

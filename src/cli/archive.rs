@@ -56,6 +56,22 @@ pub(crate) enum ArchiveCommand {
         #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
         output: Output,
     },
+    /// Seal every row under an older key version again under the primary version (payload
+    /// and blind indexes), through the daemon's rewrap socket; resumable, rate-limited.
+    Rewrap {
+        /// The compliance database, as for `imcrypt archive` (never created here).
+        #[arg(long, env = "IMCRYPT_ARCHIVE_DB", hide_env_values = true, default_value = DEFAULT_DB_URL)]
+        db: String,
+        /// The daemon's rewrap socket: [hotpath.rewrap_socket] path in its config.
+        #[arg(long)]
+        hotpath: crate::hotpath::Endpoint,
+        /// Only rows under key versions below N (default: every version but the primary).
+        #[arg(long, value_name = "N")]
+        below_version: Option<u32>,
+        /// Rows per second, at most (default: as fast as the database takes them).
+        #[arg(long, value_name = "ROWS_PER_S", value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -112,8 +128,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, ArchiveError> {
 
 /// `imcrypt archive`, and its subcommands.
 pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
-    if let Some(ArchiveCommand::Versions { db, output }) = a.command {
-        return versions(&db, output);
+    match a.command {
+        Some(ArchiveCommand::Versions { db, output }) => return versions(&db, output),
+        Some(ArchiveCommand::Rewrap { db, hotpath, below_version, rate }) => {
+            let cfg = crate::archive::rewrap::RewrapConfig {
+                db: db.parse()?,
+                hotpath,
+                below: below_version,
+                rate,
+            };
+            return rewrap(&cfg);
+        }
+        None => {}
     }
     let url: DbUrl = a.db.parse()?;
     let hotpath = a.hotpath.expect("clap requires --hotpath without a subcommand");
@@ -149,6 +175,49 @@ pub(crate) fn archive(a: ArchiveArgs) -> Result<(), ArchiveError> {
             n => Err(ArchiveError::NotArchived(n)),
         }
     })
+}
+
+/// `imcrypt archive rewrap`: a progress bar on a terminal, then what was done.
+fn rewrap(cfg: &crate::archive::rewrap::RewrapConfig) -> Result<(), ArchiveError> {
+    use std::io::IsTerminal;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let style = indicatif::ProgressStyle::with_template(
+            "rewrap {bar:40} {pos}/{len} rows  {per_sec}  eta {eta}",
+        )
+        .expect("a valid template");
+        indicatif::ProgressBar::new(0).with_style(style)
+    });
+    let report = runtime()?.block_on(crate::archive::rewrap::run(cfg, |p| {
+        if let Some(b) = &bar {
+            b.set_length(p.total);
+            b.set_position(p.done);
+        }
+    }));
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    for (id, why) in &report.failed {
+        eprintln!("imcrypt: row {id}: {why}");
+    }
+    let moved: Vec<String> =
+        report.rewrapped.iter().map(|(v, n)| format!("{n} from key version {v}")).collect();
+    let n: u64 = report.rewrapped.values().sum();
+    println!(
+        "rewrapped {n} rows to key version {}{}{}; {} failed",
+        report.to_version,
+        if moved.is_empty() { String::new() } else { format!(": {}", moved.join(", ")) },
+        if report.already > 0 {
+            format!(" ({} were rewrapped by another job meanwhile)", report.already)
+        } else {
+            String::new()
+        },
+        report.failed.len()
+    );
+    if !report.failed.is_empty() {
+        return Err(ArchiveError::NotRewrapped(report.failed.len()));
+    }
+    Ok(())
 }
 
 /// `imcrypt archive versions`.

@@ -293,7 +293,8 @@ impl CliError {
                 use crate::archive::ArchiveError as A;
                 match e {
                     A::Keys(_) => 3,
-                    A::Unreadable { .. } => 7,
+                    A::Unreadable { .. } | A::NotRewrapped(_) => 7,
+                    A::Rewrap(_) => 1,
                     A::Db(_) | A::Listen { .. } | A::Io(_) | A::NotArchived(_) => 1,
                 }
             }

@@ -186,6 +186,10 @@ pub(crate) async fn start_with(
         worn_out = Some(keys.worn_out());
         hot_keys = Some(keys.clone());
         let listener = span.in_scope(|| crate::hotpath::bind_unix(&hp.socket))?;
+        let rewrap = match &hp.rewrap_socket {
+            Some(r) => Some(span.in_scope(|| crate::hotpath::bind_unix(&r.socket()))?),
+            None => None,
+        };
         let tcp = match config.hotpath_tcp() {
             Some((addr, files, nodes)) => {
                 let tls = crate::hotpath::server_config(&files, nodes)?;
@@ -205,7 +209,8 @@ pub(crate) async fn start_with(
         tasks.spawn(
             async move {
                 if let Err(e) =
-                    crate::hotpath::serve_all(listener, tcp, keys, limits, counted, stop).await
+                    crate::hotpath::serve_all(listener, tcp, rewrap, keys, limits, counted, stop)
+                        .await
                 {
                     tracing::error!(error = %e, "hot path stopped");
                 }

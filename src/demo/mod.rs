@@ -294,7 +294,10 @@ impl Lab {
             ));
         }
         if m.spec.hotpath {
-            t.push_str(&format!("\n[hotpath.socket]\npath = \"state/{id}/hotpath.sock\"\n"));
+            t.push_str(&format!(
+                "\n[hotpath.socket]\npath = \"state/{id}/hotpath.sock\"\n\
+                 [hotpath.rewrap_socket]\npath = \"state/{id}/rewrap.sock\"\n"
+            ));
         }
         if m.spec.metrics {
             t.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{}\"\n", m.metrics_port.port()));
@@ -371,6 +374,11 @@ impl Lab {
     /// The hot-path socket of `id` (when its spec has `hotpath`).
     pub fn hotpath_socket(&self, id: &str) -> PathBuf {
         self.dir.join("state").join(id).join("hotpath.sock")
+    }
+
+    /// The rewrap socket of `id` (when its spec has `hotpath`).
+    pub fn rewrap_socket(&self, id: &str) -> PathBuf {
+        self.dir.join("state").join(id).join("rewrap.sock")
     }
 
     pub fn daemon(&self, id: &str) -> Result<&DaemonHandle, LabError> {

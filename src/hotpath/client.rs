@@ -198,6 +198,24 @@ enum Answer {
     Status(KeyStatus),
     Indexed(BlindIndexes),
     Identified(Vec<[u8; 32]>),
+    Rewrapped(Rewrapped),
+}
+
+/// The answer to REWRAP: per record, in request order, the record sealed again under
+/// `key_version` with the row's blind indexes, or why it was not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrapped {
+    pub key_version: KeyVersion,
+    pub items: Vec<Result<RewrappedRecord, String>>,
+}
+
+/// One archived row's record after a rewrap, and its blind indexes under the new version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrappedRecord {
+    pub record: Vec<u8>,
+    pub from_idx: [u8; 32],
+    pub to_idx: [u8; 32],
+    pub room_idx: Option<[u8; 32]>,
 }
 
 /// The answer to an INDEX request: one 32-byte blind index per message, in request order,
@@ -240,9 +258,12 @@ impl Future for Pending {
         Pin::new(&mut self.rx).poll(cx).map(|r| match r {
             Ok(Ok(Answer::Sealed(b))) => Ok(Encrypted::Sealed(b)),
             Ok(Ok(Answer::Off)) => Ok(Encrypted::Off),
-            Ok(Ok(Answer::Status(_) | Answer::Indexed(_) | Answer::Identified(_))) => {
-                Err(ClientError::Protocol("STATUS, INDEXED or IDENTIFIED answer to ENCRYPT".into()))
-            }
+            Ok(Ok(
+                Answer::Status(_)
+                | Answer::Indexed(_)
+                | Answer::Identified(_)
+                | Answer::Rewrapped(_),
+            )) => Err(ClientError::Protocol("a non-SEALED answer to ENCRYPT".into())),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         })
@@ -312,6 +333,29 @@ impl Client {
         frame::encode_encrypt(&mut f, id, records);
         let rx = self.enqueue(id, f, count.max(1)).await?;
         Ok(Pending { rx })
+    }
+
+    /// Has the daemon seal archived rows' records again under its primary version, with
+    /// their blind indexes under it (`None`: encryption is off). Only on the daemon's rewrap
+    /// socket; elsewhere the answer is [`ClientError::Refused`] with `NotPermitted`.
+    pub async fn rewrap<'r>(
+        &self,
+        records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
+    ) -> Result<Option<Rewrapped>, ClientError> {
+        let count = records.len();
+        if let Some((m, _)) = records.clone().find(|(m, _)| m.len() > u16::MAX as usize) {
+            return Err(ClientError::MetadataTooLong(m.len()));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut f = Vec::with_capacity(frame::encrypt_frame_len(records.clone()));
+        frame::encode_rewrap(&mut f, id, records);
+        match self.enqueue(id, f, count.max(1)).await?.await {
+            Ok(Ok(Answer::Rewrapped(r))) if r.items.len() == count => Ok(Some(r)),
+            Ok(Ok(Answer::Off)) => Ok(None),
+            Ok(Ok(_)) => Err(ClientError::Protocol("unexpected answer to REWRAP".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
     }
 
     /// Asks whether encryption is on, and with which domain and key version.
@@ -618,7 +662,10 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
 fn admit(mut job: Job, w: Welcome) -> Option<Job> {
     let len = job.frame.len() - frame::LEN_PREFIX;
     let ty = job.frame[frame::LEN_PREFIX];
-    let count = if matches!(ty, frame::kind::ENCRYPT | frame::kind::INDEX | frame::kind::IDENTIFY) {
+    let count = if matches!(
+        ty,
+        frame::kind::ENCRYPT | frame::kind::INDEX | frame::kind::IDENTIFY | frame::kind::REWRAP
+    ) {
         u32::from_be_bytes(job.frame[13..17].try_into().expect("4 bytes"))
     } else {
         0
@@ -678,6 +725,28 @@ async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inf
                 Response::Identified { request_id, identities } => {
                     let ids = identities.chunks_exact(32).map(|c| c.try_into().expect("32 bytes"));
                     (request_id, Ok(Answer::Identified(ids.collect())), false)
+                }
+                Response::Rewrapped { request_id, key_version, items } => {
+                    let answer = KeyVersion::new(key_version)
+                        .map(|key_version| {
+                            let items = items.iter().map(|i| match i {
+                                frame::RewrappedItem::Done {
+                                    record,
+                                    from_idx,
+                                    to_idx,
+                                    room_idx,
+                                } => Ok(RewrappedRecord {
+                                    record: record.to_vec(),
+                                    from_idx,
+                                    to_idx,
+                                    room_idx,
+                                }),
+                                frame::RewrappedItem::Failed(why) => Err(why.to_owned()),
+                            });
+                            Answer::Rewrapped(Rewrapped { key_version, items: items.collect() })
+                        })
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                    (request_id, answer, false)
                 }
                 Response::Status { request_id, status } => {
                     (request_id, status_of(status).map(Answer::Status), false)

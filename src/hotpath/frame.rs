@@ -9,6 +9,7 @@
 //! 0x03 STATUS   request_id u64
 //! 0x04 INDEX    request_id u64 | count u32 | count × (len u16 | message)
 //! 0x05 IDENTIFY request_id u64 | count u32 | count × (len u16 | message)
+//! 0x06 REWRAP   request_id u64 | count u32 | count × (meta_len u16 | meta | rec_len u32 | record)
 //!
 //! server → client
 //! 0x81 WELCOME  version u16 | max_frame u32 | max_batch u32
@@ -18,6 +19,9 @@
 //!               | cluster_len u8 | cluster
 //! 0x85 INDEXED  request_id u64 | key_version u32 | count u32 | count × index [32]
 //! 0x86 IDENTIFIED request_id u64 | count u32 | count × row identity [32]
+//! 0x87 REWRAPPED request_id u64 | key_version u32 | count u32 | count × item, where item =
+//!               0x00 | rec_len u32 | record | from_idx [32] | to_idx [32] | room u8 | [room_idx [32]]
+//!             | 0x01 | msg_len u16 | msg (UTF-8: why this record was not rewrapped)
 //! 0x8F ERROR    request_id u64 | code u16 | closes u8 | msg_len u16 | msg (UTF-8)
 //! ```
 //!
@@ -48,12 +52,14 @@ pub(crate) mod kind {
     pub(crate) const STATUS: u8 = 0x03;
     pub(crate) const INDEX: u8 = 0x04;
     pub(crate) const IDENTIFY: u8 = 0x05;
+    pub(crate) const REWRAP: u8 = 0x06;
     pub(crate) const WELCOME: u8 = 0x81;
     pub(crate) const SEALED: u8 = 0x82;
     pub(crate) const OFF: u8 = 0x83;
     pub(crate) const STATUS_REPLY: u8 = 0x84;
     pub(crate) const INDEXED: u8 = 0x85;
     pub(crate) const IDENTIFIED: u8 = 0x86;
+    pub(crate) const REWRAPPED: u8 = 0x87;
     pub(crate) const ERROR: u8 = 0x8F;
 }
 
@@ -83,6 +89,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The server failed in a way the request did not cause.
     Internal,
+    /// The request is not allowed on this connection (REWRAP outside the rewrap socket).
+    NotPermitted,
     /// A code this build does not know (from a newer peer).
     Other(u16),
 }
@@ -102,6 +110,7 @@ impl ErrorCode {
             ErrorCode::KeyExhausted => "key_exhausted",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotPermitted => "not_permitted",
             ErrorCode::Other(_) => "other",
         }
     }
@@ -119,6 +128,7 @@ impl ErrorCode {
             ErrorCode::KeyExhausted => 17,
             ErrorCode::ShuttingDown => 18,
             ErrorCode::Internal => 19,
+            ErrorCode::NotPermitted => 20,
             ErrorCode::Other(c) => c,
         }
     }
@@ -136,6 +146,7 @@ impl ErrorCode {
             17 => ErrorCode::KeyExhausted,
             18 => ErrorCode::ShuttingDown,
             19 => ErrorCode::Internal,
+            20 => ErrorCode::NotPermitted,
             c => ErrorCode::Other(c),
         }
     }
@@ -153,6 +164,7 @@ impl ErrorCode {
             | ErrorCode::UnknownType
             | ErrorCode::KeyExhausted
             | ErrorCode::Internal
+            | ErrorCode::NotPermitted
             // A newer peer's code: not known to be worth retrying.
             | ErrorCode::Other(_) => false,
         }
@@ -352,6 +364,12 @@ pub enum Request<'a> {
         request_id: u64,
         messages: MessageList<'a>,
     },
+    /// Archived rows' records to seal again under the primary version (docs/archive.md,
+    /// "Rewrap"): `(metadata, record)` pairs, as ENCRYPT carries `(metadata, plaintext)`.
+    Rewrap {
+        request_id: u64,
+        records: RecordList<'a>,
+    },
 }
 
 /// The messages of an INDEX request, borrowed from the receive buffer.
@@ -378,6 +396,46 @@ impl std::fmt::Debug for MessageList<'_> {
         // Participants are archive content: never in logs.
         write!(f, "MessageList({} messages, <redacted>)", self.count)
     }
+}
+
+/// What a malformed ENCRYPT or REWRAP body is told: too short for its count, cut in a
+/// metadata length, metadata past the frame, cut in a payload length, payload past the frame.
+type RecordFaults = [&'static str; 5];
+const ENCRYPT_FAULTS: RecordFaults = [
+    "ENCRYPT is too short for its record count",
+    "ENCRYPT record is cut in its metadata length",
+    "ENCRYPT record metadata runs past the frame",
+    "ENCRYPT record is cut in its plaintext length",
+    "ENCRYPT record plaintext runs past the frame",
+];
+const REWRAP_FAULTS: RecordFaults = [
+    "REWRAP is too short for its record count",
+    "REWRAP item is cut in its metadata length",
+    "REWRAP item metadata runs past the frame",
+    "REWRAP item is cut in its record length",
+    "REWRAP item record runs past the frame",
+];
+
+/// The body of ENCRYPT and REWRAP: a request id and at most `max_batch` (metadata, payload)
+/// pairs.
+fn record_list<'a>(
+    c: &mut Cursor<'a>,
+    max_batch: u32,
+    [short, cut_meta, past_meta, cut, past]: RecordFaults,
+) -> Result<(u64, RecordList<'a>), FrameError> {
+    let request_id = c.request_id()?;
+    let count = c.u32(short)?;
+    if count > max_batch {
+        return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
+    }
+    let start = c.buf;
+    for _ in 0..count {
+        let ml = c.u16(cut_meta)? as usize;
+        c.take(ml, past_meta)?;
+        let pl = c.u32(cut)? as usize;
+        c.take(pl, past)?;
+    }
+    Ok((request_id, RecordList { count, body: start }))
 }
 
 /// What a malformed INDEX or IDENTIFY body is told: too short for its count, a message cut in
@@ -413,6 +471,51 @@ fn message_list<'a>(
     Ok((request_id, MessageList { count, body: start }))
 }
 
+/// One REWRAPPED item: the record sealed again with the row's blind indexes under the new
+/// version, or why the record was not rewrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RewrappedItem<'a> {
+    Done { record: &'a [u8], from_idx: [u8; 32], to_idx: [u8; 32], room_idx: Option<[u8; 32]> },
+    Failed(&'a str),
+}
+
+/// The items of a REWRAPPED answer, borrowed from the receive buffer (validated on decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewrappedList<'a> {
+    count: u32,
+    body: &'a [u8],
+}
+
+impl<'a> RewrappedList<'a> {
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RewrappedItem<'a>> + 'a {
+        let mut c = Cursor { buf: self.body, id: None };
+        let ok = "validated by decode_response";
+        let idx = |b: &[u8]| -> [u8; 32] { b.try_into().expect("32 bytes") };
+        (0..self.count).map(move |_| {
+            if c.u8(ok).expect(ok) == 0 {
+                let l = c.u32(ok).expect(ok) as usize;
+                let record = c.take(l, ok).expect(ok);
+                let from_idx = idx(c.take(32, ok).expect(ok));
+                let to_idx = idx(c.take(32, ok).expect(ok));
+                let room_idx = (c.u8(ok).expect(ok) == 1).then(|| idx(c.take(32, ok).expect(ok)));
+                RewrappedItem::Done { record, from_idx, to_idx, room_idx }
+            } else {
+                let l = c.u16(ok).expect(ok) as usize;
+                let m = c.take(l, ok).expect(ok);
+                RewrappedItem::Failed(std::str::from_utf8(m).expect(ok))
+            }
+        })
+    }
+}
+
 /// Decodes the client frame at the front of `buf`. `max_batch` bounds ENCRYPT's record count.
 pub fn decode_request(
     buf: &[u8],
@@ -433,20 +536,12 @@ pub fn decode_request(
             Request::Hello { min_version, max_version }
         }
         kind::ENCRYPT => {
-            let request_id = c.request_id()?;
-            let count = c.u32("ENCRYPT is too short for its record count")?;
-            if count > max_batch {
-                return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
-            }
-            let start = c.buf;
-            for _ in 0..count {
-                let ml = c.u16("ENCRYPT record is cut in its metadata length")? as usize;
-                c.take(ml, "ENCRYPT record metadata runs past the frame")?;
-                let pl = c.u32("ENCRYPT record is cut in its plaintext length")? as usize;
-                c.take(pl, "ENCRYPT record plaintext runs past the frame")?;
-            }
-            c.end()?;
-            Request::Encrypt { request_id, records: RecordList { count, body: start } }
+            let (request_id, records) = record_list(&mut c, max_batch, ENCRYPT_FAULTS)?;
+            Request::Encrypt { request_id, records }
+        }
+        kind::REWRAP => {
+            let (request_id, records) = record_list(&mut c, max_batch, REWRAP_FAULTS)?;
+            Request::Rewrap { request_id, records }
         }
         kind::STATUS => Request::Status { request_id: c.request_id()? },
         kind::INDEX => {
@@ -563,6 +658,12 @@ pub enum Response<'a> {
         request_id: u64,
         identities: &'a [u8],
     },
+    /// One item per REWRAP record, in request order, sealed under `key_version`.
+    Rewrapped {
+        request_id: u64,
+        key_version: u32,
+        items: RewrappedList<'a>,
+    },
     Error {
         request_id: u64,
         code: ErrorCode,
@@ -605,6 +706,41 @@ pub fn decode_response(
             let n = count.checked_mul(32).ok_or_else(|| c.fail("INDEXED count overflows"))?;
             let indexes = c.take(n, "INDEXED indexes run past the frame")?;
             Response::Indexed { request_id, key_version, indexes }
+        }
+        kind::REWRAPPED => {
+            let request_id = c.request_id()?;
+            let key_version = c.u32("REWRAPPED is too short for its key version")?;
+            let count = c.u32("REWRAPPED is too short for its count")?;
+            let start = c.buf;
+            for _ in 0..count {
+                match c.u8("REWRAPPED item is cut in its status")? {
+                    0 => {
+                        let l = c.u32("REWRAPPED item is cut in its record length")? as usize;
+                        c.take(l, "REWRAPPED item record runs past the frame")?;
+                        c.take(64, "REWRAPPED item indexes run past the frame")?;
+                        match c.u8("REWRAPPED item is cut in its room flag")? {
+                            0 => {}
+                            1 => {
+                                c.take(32, "REWRAPPED item room index runs past the frame")?;
+                            }
+                            _ => return Err(c.fail("REWRAPPED item room flag is not 0 or 1")),
+                        }
+                    }
+                    1 => {
+                        let l = c.u16("REWRAPPED item is cut in its message length")? as usize;
+                        let m = c.take(l, "REWRAPPED item message runs past the frame")?;
+                        if std::str::from_utf8(m).is_err() {
+                            return Err(c.fail("REWRAPPED item message is not UTF-8"));
+                        }
+                    }
+                    _ => return Err(c.fail("REWRAPPED item status is not 0 or 1")),
+                }
+            }
+            Response::Rewrapped {
+                request_id,
+                key_version,
+                items: RewrappedList { count, body: start },
+            }
         }
         kind::IDENTIFIED => {
             let request_id = c.request_id()?;
@@ -694,6 +830,46 @@ pub fn encode_encrypt<'r>(
             o.extend_from_slice(pt);
         }
     });
+}
+
+/// Encodes REWRAP: `(metadata, record)` pairs, laid out as ENCRYPT's.
+pub(crate) fn encode_rewrap<'r>(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])>,
+) {
+    encode_encrypt(out, request_id, records);
+    out[LEN_PREFIX] = kind::REWRAP;
+}
+
+/// Starts a REWRAPPED answer; items follow (`push_rewrapped`, `push_rewrap_failed`), then
+/// `finish_rewrapped`. Returns where the frame starts.
+pub(crate) fn begin_rewrapped(out: &mut Vec<u8>, request_id: u64, key_version: u32) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    out.push(kind::REWRAPPED);
+    out.extend_from_slice(&request_id.to_be_bytes());
+    out.extend_from_slice(&key_version.to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    at
+}
+
+/// Appends a failed item (`why` is cut to 65,535 bytes at a character boundary).
+pub(crate) fn push_rewrap_failed(out: &mut Vec<u8>, why: &str) {
+    let mut end = why.len().min(u16::MAX as usize);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(1);
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&why.as_bytes()[..end]);
+}
+
+/// Completes the frame begun at `at` with `count` items.
+pub(crate) fn finish_rewrapped(out: &mut [u8], at: usize, count: u32) {
+    let len = (out.len() - at - LEN_PREFIX) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    out[at + 17..at + 21].copy_from_slice(&count.to_be_bytes());
 }
 
 pub fn encode_status_request(out: &mut Vec<u8>, request_id: u64) {

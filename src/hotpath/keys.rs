@@ -119,6 +119,8 @@ pub struct KeySource {
     indexer: ArcSwapOption<crate::crypto::blind::BlindIndexer>,
     /// Row identities under the domain's row identity key (the archive's unique key).
     row_identifier: ArcSwapOption<crate::crypto::blind::RowIdentifier>,
+    /// Every version of the domain, to open records for a rewrap (REWRAP, rewrap socket only).
+    ring: ArcSwapOption<KeyRing>,
     /// The persisted reservations; the lock also orders saves.
     reservations: Mutex<(Reservations, Box<dyn ReservationStore>)>,
     /// Wakes the reserver when a sealer wants its next block.
@@ -150,6 +152,7 @@ impl KeySource {
             current: ArcSwapOption::empty(),
             indexer: ArcSwapOption::empty(),
             row_identifier: ArcSwapOption::empty(),
+            ring: ArcSwapOption::empty(),
             reservations: Mutex::new((saved, Box::new(store))),
             wanted: Notify::new(),
             committed: watch::Sender::new(0),
@@ -164,11 +167,14 @@ impl KeySource {
         let Some(ring) = ring else {
             self.indexer.store(None);
             self.row_identifier.store(None);
+            self.ring.store(None);
             if self.current.swap(None).is_some() {
                 tracing::info!(cluster = %self.cluster, "hot path: encryption off");
             }
             return Ok(());
         };
+        // Versions may come and go (recovered, retired) while the primary stays.
+        self.ring.store(Some(Arc::new(ring.clone())));
         if let Some(cur) = self.current.load().as_ref()
             && cur.domain() == ring.domain()
             && cur.key_version() == ring.primary_version()
@@ -211,6 +217,17 @@ impl KeySource {
     /// The blind indexer of the primary version, or `None` when encryption is off.
     pub(crate) fn indexer(&self) -> Option<Arc<crate::crypto::blind::BlindIndexer>> {
         self.indexer.load_full()
+    }
+
+    /// Which AEAD implementation seals and opens.
+    pub(crate) fn aead(&self) -> AeadImpl {
+        self.imp
+    }
+
+    /// Every key version of the domain (to open records for a rewrap), or `None` when
+    /// encryption is off.
+    pub(crate) fn ring(&self) -> Option<Arc<KeyRing>> {
+        self.ring.load_full()
     }
 
     /// The domain's row identifier, or `None` when encryption is off.

@@ -25,10 +25,12 @@ pub mod session;
 mod tls;
 
 pub use client::{
-    BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, SealedBatch,
+    BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, Rewrapped,
+    RewrappedRecord, SealedBatch,
 };
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
 pub use server::{
-    ServerConfig, ServerError, TcpTls, UnixSocketConfig, bind_unix, serve, serve_all, serve_with,
+    RewrapSocketConfig, ServerConfig, ServerError, TcpTls, UnixSocketConfig, bind_unix, serve,
+    serve_all, serve_with,
 };
 pub use tls::{Endpoint, EndpointError, TcpConfig, TlsEndpoint, server_config};

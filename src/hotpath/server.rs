@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -81,6 +81,37 @@ fn default_mode() -> u32 {
 impl UnixSocketConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into(), mode: default_mode(), group: None }
+    }
+}
+
+/// Where and how the rewrap socket is made (`[hotpath.rewrap_socket]`): the same frames as the
+/// hot-path socket, and REWRAP too (`imcrypt archive rewrap`). Owner only by default, since a
+/// rewrap needs more trust than sealing new records: give it to the archive's administrators,
+/// not to the router's group.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapSocketConfig {
+    pub path: PathBuf,
+    /// Permission bits of the socket file (default 0o600: the daemon's user only).
+    #[serde(default = "owner_only")]
+    pub mode: u32,
+    /// Group owning the socket (name from /etc/group, or a numeric gid).
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+fn owner_only() -> u32 {
+    0o600
+}
+
+impl RewrapSocketConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), mode: owner_only(), group: None }
+    }
+
+    /// The socket as `bind_unix` makes it.
+    pub fn socket(&self) -> UnixSocketConfig {
+        UnixSocketConfig { path: self.path.clone(), mode: self.mode, group: self.group.clone() }
     }
 }
 
@@ -240,7 +271,7 @@ pub async fn serve_with(
     metrics: Option<Arc<HotpathMetrics>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    serve_all(listener, None, keys, config, metrics, shutdown).await
+    serve_all(listener, None, None, keys, config, metrics, shutdown).await
 }
 
 /// The TCP listener of the hot path and its TLS configuration (`super::tls::server_config`).
@@ -249,10 +280,12 @@ pub struct TcpTls {
     pub tls: Arc<rustls::ServerConfig>,
 }
 
-/// As [`serve_with`], also on `tcp` when given: the same frames, caps and shutdown.
+/// As [`serve_with`], also on `tcp` when given, and on `rewrap` (the rewrap socket, whose
+/// connections may also send REWRAP) when given: the same frames, caps and shutdown.
 pub async fn serve_all(
     listener: UnixListener,
     tcp: Option<TcpTls>,
+    rewrap: Option<UnixListener>,
     keys: Arc<KeySource>,
     config: ServerConfig,
     metrics: Option<Arc<HotpathMetrics>>,
@@ -264,6 +297,9 @@ pub async fn serve_all(
     let tcp = tcp.map(|t| {
         let gate = Gate::new("hot-path TCP listener", Caps::new(config.max_connections as usize));
         (t.listener, tokio_rustls::TlsAcceptor::from(t.tls), gate)
+    });
+    let rewrap = rewrap.map(|l| {
+        (l, Gate::new("hot-path rewrap listener", Caps::new(config.max_connections as usize)))
     });
     let budget = Arc::new(Semaphore::new(config.max_buffered as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -284,7 +320,16 @@ pub async fn serve_all(
                 let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
-                    let conn = Conn { ticket: &ticket, budget, config: &config };
+                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
+                    let r = ticket.guard(connection(stream, &keys, conn, metrics, stop)).await;
+                    log_end(r);
+                });
+            }
+            (stream, ticket) = accept_rewrap(rewrap.as_ref()) => {
+                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
+                let (metrics, budget) = (metrics.clone(), budget.clone());
+                conns.spawn(async move {
+                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: true };
                     let r = ticket.guard(connection(stream, &keys, conn, metrics, stop)).await;
                     log_end(r);
                 });
@@ -295,7 +340,7 @@ pub async fn serve_all(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let _ = stream.set_nodelay(true);
-                    let conn = Conn { ticket: &ticket, budget, config: &config };
+                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
                     let serve = async {
                         // Node certificates are checked inside the handshake (`tls`).
                         let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(BufReader::with_capacity(READ_AHEAD, stream)))
@@ -310,6 +355,7 @@ pub async fn serve_all(
     }
     drop(listener);
     drop(tcp);
+    drop(rewrap);
     let _ = stop_tx.send(true);
     let open = conns.len();
     tracing::info!(open, "hot path shutting down");
@@ -335,6 +381,14 @@ async fn accept_tcp(
     }
 }
 
+/// The next connection of the rewrap socket with its slot; never, without one.
+async fn accept_rewrap(rewrap: Option<&(UnixListener, Arc<Gate>)>) -> (UnixStream, Ticket) {
+    match rewrap {
+        Some((listener, gate)) => gate.accept(listener).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn log_end(r: Option<io::Result<()>>) {
     match r {
         Some(Err(e)) => tracing::debug!(error = %e, "hot-path connection ended with an error"),
@@ -348,6 +402,8 @@ struct Conn<'a> {
     ticket: &'a Ticket,
     budget: Arc<Semaphore>,
     config: &'a ServerConfig,
+    /// Accepted on the rewrap socket: REWRAP is served.
+    may_rewrap: bool,
 }
 
 /// Drives one connection: read, `Session::handle`, write, until close.
@@ -361,7 +417,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let config = conn.config;
     let limits = Limits { max_frame: config.max_frame, max_batch: config.max_batch };
     let timed = metrics.clone();
-    let mut session = Session::new(limits, NonceSource::from_os()).with_metrics(metrics);
+    let mut session = Session::new(limits, NonceSource::from_os())
+        .with_metrics(metrics)
+        .with_rewrap(conn.may_rewrap);
     // When the bytes that completed the requests being answered were read (metrics on only).
     let mut read_at = timed.as_ref().map(|_| Instant::now());
     let mut inbuf: Vec<u8> = Vec::with_capacity(FREE_BUFFER);

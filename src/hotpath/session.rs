@@ -20,6 +20,7 @@ use super::keys::{KeySource, KeyStatus};
 use crate::crypto::counter::CounterError;
 use crate::crypto::random::NonceSource;
 use crate::crypto::record::RecordError;
+use crate::crypto::record::RecordOpener;
 use crate::metrics::HotpathMetrics;
 
 /// Limits a session enforces.
@@ -54,6 +55,8 @@ pub struct Session {
     limits: Limits,
     greeted: bool,
     nonces: NonceSource,
+    /// Whether REWRAP is served: only to connections of the rewrap socket.
+    may_rewrap: bool,
     /// `None`: metrics off, nothing counted.
     metrics: Option<Arc<HotpathMetrics>>,
     /// ENCRYPT and INDEX requests answered since the driver last asked ([`Self::take_answered`]).
@@ -62,10 +65,16 @@ pub struct Session {
 
 impl Session {
     pub fn new(limits: Limits, nonces: NonceSource) -> Self {
-        Self { limits, greeted: false, nonces, metrics: None, answered: 0 }
+        Self { limits, greeted: false, nonces, metrics: None, answered: 0, may_rewrap: false }
     }
 
     /// Counts requests, records and errors in `metrics` (once per batch, not per record).
+    /// Serves REWRAP on this connection (the rewrap socket's connections only).
+    pub(crate) fn with_rewrap(mut self, allowed: bool) -> Self {
+        self.may_rewrap = allowed;
+        self
+    }
+
     pub(crate) fn with_metrics(mut self, metrics: Option<Arc<HotpathMetrics>>) -> Self {
         self.metrics = metrics;
         self
@@ -171,6 +180,65 @@ impl Session {
                 }
                 (true, Request::Status { request_id }) => {
                     frame::encode_status(out, request_id, &status_info(keys));
+                }
+                (true, Request::Rewrap { request_id, records }) => {
+                    if !self.may_rewrap {
+                        frame::encode_error(
+                            out,
+                            request_id,
+                            ErrorCode::NotPermitted,
+                            false,
+                            "REWRAP is served on the daemon's rewrap socket only \
+                             ([hotpath.rewrap_socket])",
+                        );
+                        self.count(0, Some(ErrorCode::NotPermitted));
+                        used += n;
+                        continue;
+                    }
+                    let (Some(sealer), Some(ring), Some(ix)) =
+                        (keys.sealer(), keys.ring(), keys.indexer())
+                    else {
+                        frame::encode_off(out, request_id);
+                        self.count(0, None);
+                        used += n;
+                        continue;
+                    };
+                    match sealer.take_batch(records.len()) {
+                        Ok(mut permit) => {
+                            let mut opener = RecordOpener::new(&ring, keys.aead());
+                            let at =
+                                frame::begin_rewrapped(out, request_id, sealer.key_version().get());
+                            for (meta, rec) in records.iter() {
+                                crate::archive::rewrap::reseal_into(
+                                    &mut opener,
+                                    &mut permit,
+                                    &mut self.nonces,
+                                    &ix,
+                                    meta,
+                                    rec,
+                                    out,
+                                );
+                            }
+                            frame::finish_rewrapped(out, at, records.len() as u32);
+                            self.count(records.len(), None);
+                        }
+                        Err(RecordError::Counter(CounterError::ReservationExhausted))
+                            if !give_up =>
+                        {
+                            return Progress { used, next: Next::WaitForReservation };
+                        }
+                        Err(e) => {
+                            frame::encode_error(
+                                out,
+                                request_id,
+                                ErrorCode::ReservationUnavailable,
+                                false,
+                                &format!("nothing was rewrapped, retry later: {e}"),
+                            );
+                            self.count(0, Some(ErrorCode::ReservationUnavailable));
+                        }
+                    }
+                    keys.note_use(&sealer);
                 }
                 (true, Request::Encrypt { request_id, records }) => {
                     let Some(sealer) = keys.sealer() else {
