@@ -838,8 +838,9 @@ pub(crate) fn encode_rewrap<'r>(
     request_id: u64,
     records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])>,
 ) {
+    let at = out.len();
     encode_encrypt(out, request_id, records);
-    out[LEN_PREFIX] = kind::REWRAP;
+    out[at + LEN_PREFIX] = kind::REWRAP;
 }
 
 /// Starts a REWRAPPED answer; items follow (`push_rewrapped`, `push_rewrap_failed`), then

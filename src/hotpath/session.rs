@@ -459,6 +459,69 @@ mod tests {
     }
 
     #[test]
+    fn rewrap_reseals_rows_under_the_primary_only_on_the_rewrap_socket() {
+        use crate::archive::event::{participant_message, room_message};
+        use crate::crypto::blind::BlindIndexer;
+        let (ks, ring, _) = setup(true);
+        // A row sealed under version 1, then the key rotates.
+        let row = br#"{"message_id":"m1","from":"Alice@x","to":"bob@x","room":"ops","timestamp_ms":5,"direction":"inbound","body":"hi"}"#;
+        let sealer = ks.sealer().unwrap();
+        let rec = sealer.seal(&mut NonceSource::from_os(), b"meta", row).unwrap();
+        let not_a_row = sealer.seal(&mut NonceSource::from_os(), b"meta", b"[1]").unwrap();
+        let mut ring2 = ring.clone();
+        ring2.rotate(2, Zeroizing::new([3; 32])).unwrap();
+        ks.set_ring(Some(&ring2)).unwrap();
+        let items =
+            [(&b"meta"[..], &rec[..]), (b"other meta", &rec[..]), (b"meta", &not_a_row[..])];
+
+        let mut input = hello();
+        frame::encode_rewrap(&mut input, 9, items.into_iter());
+        let mut out = Vec::new();
+        let mut router = Session::new(LIMITS, NonceSource::from_os());
+        router.handle(&input, &ks, &mut out, false);
+        let Response::Error { request_id: 9, code: ErrorCode::NotPermitted, closes: false, .. } =
+            answers(&out)[1]
+        else {
+            panic!("{:?}", answers(&out)[1])
+        };
+
+        let mut out = Vec::new();
+        let mut admin = Session::new(LIMITS, NonceSource::from_os()).with_rewrap(true);
+        admin.handle(&input, &ks, &mut out, false);
+        let a = answers(&out);
+        let Response::Rewrapped { request_id: 9, key_version: 2, items } = &a[1] else {
+            panic!("{:?}", a[1])
+        };
+        let got: Vec<_> = items.iter().collect();
+        let ix = BlindIndexer::primary(&ring2);
+        let frame::RewrappedItem::Done { record, from_idx, to_idx, room_idx } = &got[0] else {
+            panic!("{:?}", got[0])
+        };
+        let mut op = RecordOpener::new(&ring2, AeadImpl::RustCrypto);
+        assert_eq!(
+            &op.open(record, b"meta").unwrap()[..],
+            &row[..],
+            "same plaintext, same metadata"
+        );
+        assert_eq!(
+            crate::crypto::record::RecordHeader::parse(record).unwrap().key_version.get(),
+            2
+        );
+        assert_eq!(*from_idx, ix.index(&participant_message("alice@x")));
+        assert_eq!(*to_idx, ix.index(&participant_message("bob@x")));
+        assert_eq!(*room_idx, Some(ix.index(&room_message("ops"))));
+        assert!(
+            matches!(got[1], frame::RewrappedItem::Failed(why) if why.contains("authenticat")),
+            "{:?}",
+            got[1]
+        );
+        assert_eq!(
+            got[2],
+            frame::RewrappedItem::Failed("the record opened but is not an archive row")
+        );
+    }
+
+    #[test]
     fn encryption_off_is_an_answer() {
         let (ks, _, mut s) = setup(false);
         let mut input = hello();
