@@ -282,7 +282,8 @@ pub(crate) fn effects(
             | Effect::Send { .. }
             | Effect::Log(_)
             | Effect::LinkUp { .. }
-            | Effect::LinkDown { .. } => {}
+            | Effect::LinkDown { .. }
+            | Effect::RetryLink { .. } => {}
         }
     }
     out

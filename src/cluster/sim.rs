@@ -67,6 +67,8 @@ pub(crate) struct SimCluster {
     /// Every raise carried out, in order (what the daemon's alarm history and sinks get).
     pub(crate) raises: Vec<Alarm>,
     pub(crate) downloads: Vec<KeyRing>,
+    /// Every `Effect::RetryLink` carried out, in order: the peers heard after a silence.
+    pub(crate) link_retries: Vec<ClusterId>,
     /// The peers whose transport link is up (`Effect::LinkUp` / `LinkDown`).
     links: BTreeSet<ClusterId>,
 }
@@ -244,6 +246,7 @@ impl Network {
                 alarms: BTreeMap::new(),
                 raises: Vec::new(),
                 downloads: Vec::new(),
+                link_retries: Vec::new(),
                 links: BTreeSet::new(),
             },
         );
@@ -726,6 +729,8 @@ impl Network {
                 Effect::LinkDown { peer } => {
                     sc.links.remove(&peer);
                 }
+                // The simulated network has no backoff (every message goes at once): recorded.
+                Effect::RetryLink { peer } => sc.link_retries.push(peer),
             }
         }
         self.violations.extend(bad);

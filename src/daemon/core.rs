@@ -375,6 +375,11 @@ impl Core {
                         allowed.push(peer);
                     }
                 }
+                Effect::RetryLink { peer } => {
+                    if let Some(link) = self.links.get(&peer) {
+                        link.retry_now();
+                    }
+                }
                 Effect::LinkDown { peer } => {
                     if let Some(link) = self.links.remove(&peer) {
                         link.stop();

@@ -175,6 +175,27 @@ fn after_the_master_is_lost_a_promoted_slave_leads_and_the_old_master_steps_down
 }
 
 #[test]
+fn a_peer_heard_after_a_silence_has_its_link_retried_at_once_and_one_talking_as_usual_not() {
+    let (mut net, a, b, _c) = domain_of_three();
+    net.kill(&a);
+    wait_past_threshold(&mut net);
+    net.command(&b, Command::Promote { password: pw(0), force: false }).unwrap();
+    net.settle();
+    // c talks to b every hello interval: no retry of b's link to it.
+    let before = net.get(&b).link_retries.len();
+    net.advance(Duration::from_secs(30));
+    net.deliver_all();
+    assert_eq!(net.get(&b).link_retries.len(), before, "{:?}", net.get(&b).link_retries);
+    // The old master is back: its first hello tells b that its link to a (which would back
+    // off while a was down) may try at once; a steps down within that round trip.
+    net.revive();
+    net.deliver_all();
+    assert_eq!(net.get(&b).link_retries[before..], [a.clone()]);
+    assert!(slave_of(&net, &a, &b), "a stepped down without waiting for a timer");
+    assert_clean(&net);
+}
+
+#[test]
 fn versions_a_cut_off_master_made_reach_the_new_master_and_the_alarm_asks_for_a_download() {
     let (mut net, a, b, c) = domain_of_three();
     // a and c are cut off from b: a rotates there, and c seals with that version.
