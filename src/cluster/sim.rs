@@ -993,8 +993,10 @@ impl Network {
     }
 }
 
-/// The ground truth of a conflicting peering: both encrypt, in two domains or as two masters;
-/// a slave and its own (former) master are a stale-data matter, not a multi-master one.
+/// The ground truth of a conflicting peering: both encrypt, in two domains, or in one domain
+/// and one term under two masters (two masters of one term, or clusters following two masters
+/// of one term); a slave and its own (former) master are a stale-data matter, not a
+/// multi-master one.
 fn conflict(a: &Cluster, b: &Cluster) -> bool {
     let (ra, rb) = (a.announced(), b.announced());
     let (Some(da), Some(db)) = (ra.domain(), rb.domain()) else { return false };
@@ -1003,7 +1005,7 @@ fn conflict(a: &Cluster, b: &Cluster) -> bool {
     if slave_of(&ra, b.id()) || slave_of(&rb, a.id()) {
         return false;
     }
-    da != db || (ra.is_master() && rb.is_master())
+    da != db || (ra.term() == rb.term() && ra.master(a.id()) != rb.master(b.id()))
 }
 
 fn strip_seq(s: &PersistedState) -> PersistedState {
