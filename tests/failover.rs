@@ -250,7 +250,16 @@ async fn a_slave_is_promoted_after_its_master_is_killed_and_the_restarted_master
         // Both requests are audited on b against b, the cluster to be promoted; the accepted
         // one names the master it replaced.
         let o = imcrypt(
-            &["audit", "show", "-c", &cfg(&lab, "b"), "--action", "encryption.promote", "-o", "json"],
+            &[
+                "audit",
+                "show",
+                "-c",
+                &cfg(&lab, "b"),
+                "--action",
+                "encryption.promote",
+                "-o",
+                "json",
+            ],
             "",
         )
         .await;

@@ -293,11 +293,8 @@ pub(crate) fn effects(
 mod tests {
     use super::*;
     use crate::crypto::password::Password;
+    use crate::demo::cid as id;
     use crate::ids::{DomainId, Term};
-
-    fn id(s: &str) -> ClusterId {
-        ClusterId::new(s).unwrap()
-    }
 
     #[test]
     fn a_promotion_is_recorded_against_the_promoted_cluster_and_names_the_master_it_replaces() {

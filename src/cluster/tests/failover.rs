@@ -191,7 +191,7 @@ fn a_peer_heard_after_a_silence_has_its_link_retried_at_once_and_one_talking_as_
     // off while a was down) may try at once; a steps down within that round trip.
     net.revive();
     net.deliver_all();
-    assert_eq!(net.get(&b).link_retries[before..], [a.clone()]);
+    assert_eq!(&net.get(&b).link_retries[before..], std::slice::from_ref(&a));
     assert!(slave_of(&net, &a, &b), "a stepped down without waiting for a timer");
     assert_clean(&net);
 }
@@ -246,7 +246,10 @@ fn two_masters_of_one_term_made_while_split_are_detected_when_their_sides_meet()
     net.command(&b, Command::Promote { password: pw(0), force: false }).unwrap();
     net.command(&a, Command::Handover { to: c.clone(), password: pw(0) }).unwrap();
     net.settle();
-    assert_eq!((term_of(&net, &b).to_string(), term_of(&net, &c).to_string()), ("1.1".into(), "1.2".into()));
+    assert_eq!(
+        (term_of(&net, &b).to_string(), term_of(&net, &c).to_string()),
+        ("1.1".into(), "1.2".into())
+    );
     // Each side peers a new cluster; each master gives it the next free slot: 3 on both sides.
     let (x, y) = (net.add_cluster("x"), net.add_cluster("y"));
     net.peer(&c, &x);
@@ -268,7 +271,9 @@ fn two_masters_of_one_term_made_while_split_are_detected_when_their_sides_meet()
     };
     let (vx, vy) = (rotate(&mut net, &x), rotate(&mut net, &y));
     assert_eq!(vx, vy);
-    let key = |net: &Network, at: &ClusterId| net.cluster(at).key_ring().unwrap().get(vx).unwrap().clone();
+    let key = |net: &Network, at: &ClusterId| {
+        net.cluster(at).key_ring().unwrap().get(vx).unwrap().clone()
+    };
     let (kx, ky) = (key(&net, &x), key(&net, &y));
     assert!(kx != ky);
     net.settle();
@@ -285,7 +290,10 @@ fn two_masters_of_one_term_made_while_split_are_detected_when_their_sides_meet()
         let alarm = alarm.unwrap_or_else(|| panic!("{at} about {about}"));
         assert!(alarm.cause.contains("two masters hold the same term"), "{}", alarm.cause);
         let r = &alarm.remedy;
-        assert!(r.contains("key set from cluster") && r.contains(" x ") && r.contains(" y "), "{r}");
+        assert!(
+            r.contains("key set from cluster") && r.contains(" x ") && r.contains(" y "),
+            "{r}"
+        );
     }
     assert!(slave_of(&net, &a, &x) && slave_of(&net, &c, &x) && slave_of(&net, &b, &y));
     assert!(net.cluster(&x).is_master() && net.cluster(&y).is_master());
@@ -301,7 +309,9 @@ fn two_masters_of_one_term_made_while_split_are_detected_when_their_sides_meet()
     // A merge of the two rings refuses the version and changes nothing.
     let mut ring = net.cluster(&x).key_ring().unwrap().clone();
     let e = ring.insert(&ky).unwrap_err();
-    assert!(matches!(e, KeyRingError::Clash { domain: d, version } if d == domain && version == vx));
+    assert!(
+        matches!(e, KeyRingError::Clash { domain: d, version } if d == domain && version == vx)
+    );
     assert!(ring.get(vx).unwrap() == &kx);
     // The simulator's invariants see exactly this case (it is detected, not prevented).
     for v in net.violations() {
