@@ -247,6 +247,30 @@ async fn a_slave_is_promoted_after_its_master_is_killed_and_the_restarted_master
         lab.wait_until("c", "slave of b in term 1.1", WAIT, slave_of_in_term("b", "1.1"))
             .await
             .unwrap();
+        // Both requests are audited on b against b, the cluster to be promoted; the accepted
+        // one names the master it replaced.
+        let o = imcrypt(
+            &[
+                "audit",
+                "show",
+                "-c",
+                &cfg(&lab, "b"),
+                "--action",
+                "encryption.promote",
+                "-o",
+                "json",
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let acts: Vec<serde_json::Value> =
+            o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(acts.len(), 2, "{}", o.stdout);
+        assert!(acts.iter().all(|e| e["target"] == "b"), "{}", o.stdout);
+        assert_eq!((&acts[0]["result"], &acts[1]["result"]), (&"refused".into(), &"ok".into()));
+        assert_eq!(acts[1]["details"]["replaces"], "a", "{}", o.stdout);
+        assert_eq!(acts[1]["details"]["term"], "1.1", "{}", o.stdout);
 
         // b rotates (a version of its own term's block); c's router seals with it.
         let o = imcrypt(&["key", "rotate", "-c", &cfg(&lab, "b")], "").await;

@@ -989,7 +989,7 @@ async fn serve_route(
             let b: api::PromoteRequest = body(req).await?;
             let cmd = Command::Promote { password: password(&b.password), force: b.force };
             match with_password(ctx, control, client, cmd, by, issued).await? {
-                Outcome::Promoted { domain, term, forced } => {
+                Outcome::Promoted { domain, term, forced, .. } => {
                     tracing::info!(%domain, %term, forced, by = %principal.name, "promoted to master");
                     Ok(json(StatusCode::OK, &api::Promoted { domain, term, forced }))
                 }

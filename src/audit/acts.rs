@@ -39,8 +39,10 @@ pub(crate) mod action {
     pub(crate) const ADMIN_READ: &str = "admin.read";
 }
 
-/// The action and target a command is recorded under.
-pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
+/// The action and target a command run on cluster `me` is recorded under. The target is
+/// what the act is about: for a handover and a promotion, the cluster that becomes master
+/// (the one named by `--to`, or `me`, which promotes itself).
+pub(crate) fn action_of(cmd: &Command, me: &ClusterId) -> (&'static str, String) {
     match cmd {
         Command::Enable { .. } => (action::ENABLE, String::new()),
         Command::EnableRemote | Command::DisableRemote => (action::REMOTE, String::new()),
@@ -61,13 +63,14 @@ pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
         Command::LearnPeer { peer, .. } => (action::PEERING_ESTABLISH, peer.to_string()),
         Command::DeletePeering { peer } => (action::PEERING_DELETE, peer.to_string()),
         Command::Handover { to, .. } => (action::HANDOVER, to.to_string()),
-        Command::Promote { .. } => (action::PROMOTE, String::new()),
+        Command::Promote { .. } => (action::PROMOTE, me.to_string()),
     }
 }
 
-/// The record of `cmd`, asked for by `by`, before it runs ([`outcome`] completes it).
-pub(crate) fn command(by: &Request, cmd: &Command) -> Record {
-    let (action, target) = action_of(cmd);
+/// The record of `cmd` on cluster `me`, asked for by `by`, before it runs ([`outcome`]
+/// completes it).
+pub(crate) fn command(by: &Request, cmd: &Command, me: &ClusterId) -> Record {
+    let (action, target) = action_of(cmd, me);
     let mut details = by.details.clone();
     match cmd {
         Command::Enable { remote, .. } => {
@@ -128,10 +131,11 @@ pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, Comm
         Ok(Outcome::HandedOver { term, .. }) => {
             details.insert("term".into(), json!(term.to_string()));
         }
-        Ok(Outcome::Promoted { domain, term, forced }) => {
+        Ok(Outcome::Promoted { domain, term, forced, replaced }) => {
             details.insert("domain".into(), json!(domain.to_string()));
             details.insert("term".into(), json!(term.to_string()));
             details.insert("forced".into(), json!(forced));
+            details.insert("replaces".into(), json!(replaced.to_string()));
         }
         // The token's peering stands; its first answer was lost and is given again.
         Ok(Outcome::PeeringRepeated { since }) => {
@@ -278,8 +282,54 @@ pub(crate) fn effects(
             | Effect::Send { .. }
             | Effect::Log(_)
             | Effect::LinkUp { .. }
-            | Effect::LinkDown { .. } => {}
+            | Effect::LinkDown { .. }
+            | Effect::RetryLink { .. } => {}
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::password::Password;
+    use crate::demo::cid as id;
+    use crate::ids::{DomainId, Term};
+
+    #[test]
+    fn a_promotion_is_recorded_against_the_promoted_cluster_and_names_the_master_it_replaces() {
+        let cmd = Command::Promote { password: Password::new("not recorded"), force: false };
+        let mut r = command(&Request::local(), &cmd, &id("b"));
+        assert_eq!((r.action.as_str(), r.target.as_str()), (action::PROMOTE, "b"));
+        assert_eq!(r.details["force"], json!(false));
+
+        let done = Outcome::Promoted {
+            domain: DomainId::from_bytes([7; 16]),
+            term: Term::new(1, 1).unwrap(),
+            forced: false,
+            replaced: id("a"),
+        };
+        outcome(&mut r, &Ok(done));
+        assert_eq!(r.target, "b", "the outcome keeps the target");
+        assert_eq!(r.details["replaces"], json!("a"));
+        assert_eq!(r.details["term"], json!("1.1"));
+        assert!(!serde_json::to_string(&r.details).unwrap().contains("not recorded"));
+    }
+
+    #[test]
+    fn a_handover_is_recorded_against_the_cluster_it_names_not_this_one() {
+        let cmd = Command::Handover { to: id("b"), password: Password::new("x") };
+        let r = command(&Request::local(), &cmd, &id("a"));
+        assert_eq!((r.action.as_str(), r.target.as_str()), (action::HANDOVER, "b"));
+    }
+
+    #[test]
+    fn a_refused_promotion_keeps_its_target_and_says_why() {
+        let cmd = Command::Promote { password: Password::new("x"), force: true };
+        let mut r = command(&Request::local(), &cmd, &id("b"));
+        outcome(&mut r, &Err(CommandError::NotEncrypting));
+        assert_eq!(r.target, "b");
+        assert_eq!(r.result, Result_::Refused);
+        assert!(r.reason.is_some() && !r.details.contains_key("replaces"));
+    }
 }

@@ -136,9 +136,10 @@ pub enum Outcome {
     PeeringRepeated { since: Time },
     /// Cluster `to` is master from now on, under `term`; this cluster is its slave.
     HandedOver { to: ClusterId, term: Term },
-    /// This cluster is master of `domain` under `term`. `forced`: the master had been heard
-    /// from within the unreachable threshold.
-    Promoted { domain: DomainId, term: Term, forced: bool },
+    /// This cluster is master of `domain` under `term`, in place of `replaced` (the master it
+    /// followed until now). `forced`: that master had been heard from within the unreachable
+    /// threshold.
+    Promoted { domain: DomainId, term: Term, forced: bool, replaced: ClusterId },
 }
 
 /// Why a command was refused.

@@ -214,7 +214,7 @@ impl Cluster {
             ),
         );
         self.offer_all();
-        Ok(Outcome::Promoted { domain, term, forced: reachable.is_some() })
+        Ok(Outcome::Promoted { domain, term, forced: reachable.is_some(), replaced: old_master })
     }
 
     /// A handover from our master naming this cluster as master.

@@ -509,7 +509,14 @@ impl Cluster {
         let Some(view) = self.views.get_mut(from) else {
             return Err(PeerError::UnknownPeer(from.clone()));
         };
+        // Within one hello interval of its last message the peer is talking as usual; after a
+        // longer silence, its message is news that it is reachable again.
+        let back = view.address.is_some()
+            && view.last_heard.is_none_or(|t| now.since(t) > self.config.hello_interval);
         view.last_heard = Some(now);
+        if back {
+            self.pending.push(Effect::RetryLink { peer: from.clone() });
+        }
         match msg {
             PeerMessage::Hello(h) => self.on_hello(from, h),
             PeerMessage::State(s) => self.on_state(from, *s),

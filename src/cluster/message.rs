@@ -119,15 +119,21 @@ impl Announced {
         }
     }
 
-    pub(crate) fn is_master(&self) -> bool {
-        matches!(self, Announced::Master { .. })
-    }
-
     /// The term of the state it holds, if it encrypts.
     pub(crate) fn term(&self) -> Option<Term> {
         match self {
             Announced::Off { .. } => None,
             Announced::Master { term, .. } | Announced::Slave { term, .. } => Some(*term),
+        }
+    }
+
+    /// The master of the state it holds, if it encrypts: `by` itself (the cluster announcing
+    /// this role) when it is master.
+    pub(crate) fn master<'a>(&'a self, by: &'a ClusterId) -> Option<&'a ClusterId> {
+        match self {
+            Announced::Off { .. } => None,
+            Announced::Master { .. } => Some(by),
+            Announced::Slave { master, .. } => Some(master),
         }
     }
 }

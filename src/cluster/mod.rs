@@ -95,6 +95,15 @@ pub(crate) enum Effect {
     LinkDown {
         peer: ClusterId,
     },
+    /// `peer` was heard from after a silence longer than the hello interval (or for the first
+    /// time since start): it is reachable, so a link to it that waits out a reconnect backoff
+    /// tries again at once. Without it, a peer that comes back (an old master restarted, a
+    /// partition healed) waits up to the link's longest backoff to hear from this cluster,
+    /// and an old master that much longer to step down. Never needed for correctness: the
+    /// link retries by itself; it only makes the retry prompt.
+    RetryLink {
+        peer: ClusterId,
+    },
 }
 
 /// How important a log line is.

@@ -253,11 +253,24 @@ impl Cluster {
         {
             return None;
         }
-        // One domain under two terms is no conflict: fencing makes the older term follow.
-        if my_domain == their_domain
-            && (!(mine.is_master() && theirs.is_master()) || mine.term() != theirs.term())
-        {
-            return None;
+        // One domain under two terms is no conflict: fencing makes the older term follow. One
+        // term has one master, the cluster whose slot it names, except in one case that is
+        // not prevented (docs/behaviour.md, F11): two masters acting at once (a partition, or
+        // `--force`) each gave the same free slot to a different new cluster, and both were
+        // later made master in the same round. Then two masters share one (domain, term), and
+        // so one block of key versions: each may have made a different key under one version.
+        // Whoever meets a cluster of that other master in that term says so, since no state
+        // or handback can settle it (neither term fences the other, and the rings clash).
+        if my_domain == their_domain {
+            let (me, term) = (&self.config.id, mine.term());
+            if term != theirs.term() || mine.master(me) == theirs.master(peer) {
+                return None;
+            }
+            return Some(format!(
+                "this cluster is {mine} and peer cluster {peer} is {theirs}: two masters hold \
+                 the same term of one domain, so each may have made a different key under the \
+                 same version number; no key material crosses between them"
+            ));
         }
         Some(format!(
             "this cluster is {mine} and peer cluster {peer} is {theirs}: one peer network can \
@@ -272,16 +285,22 @@ impl Cluster {
         for (peer, view) in &self.views {
             let Some(h) = &view.hello else { continue };
             if let Some(why) = self.conflict_with(peer, &h.role) {
-                out.push(Alarm::new(
-                    AlarmName::MultiMaster,
-                    peer.clone(),
-                    why,
-                    format!(
+                let mine = self.announced();
+                let remedy = match (mine.master(me), h.role.master(peer)) {
+                    // One domain: the two masters of one term (F11) cannot be merged.
+                    (Some(x), Some(y)) if mine.domain() == h.role.domain() => format!(
+                        "download the key set from cluster {x} and from cluster {y} and keep \
+                         both exports (together they open every record sealed on either side); \
+                         then keep one master: disable encryption on the other one and peer its \
+                         clusters with the master you keep (docs/operations.md, \"Limits\")"
+                    ),
+                    _ => format!(
                         "keep one master per peer network: disable encryption on one side \
                          (download its keys first), or remove the peering between this cluster \
                          and {peer}"
                     ),
-                ));
+                };
+                out.push(Alarm::new(AlarmName::MultiMaster, peer.clone(), why, remedy));
             }
         }
         match &self.state.role {

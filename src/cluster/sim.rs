@@ -67,6 +67,8 @@ pub(crate) struct SimCluster {
     /// Every raise carried out, in order (what the daemon's alarm history and sinks get).
     pub(crate) raises: Vec<Alarm>,
     pub(crate) downloads: Vec<KeyRing>,
+    /// Every `Effect::RetryLink` carried out, in order: the peers heard after a silence.
+    pub(crate) link_retries: Vec<ClusterId>,
     /// The peers whose transport link is up (`Effect::LinkUp` / `LinkDown`).
     links: BTreeSet<ClusterId>,
 }
@@ -244,6 +246,7 @@ impl Network {
                 alarms: BTreeMap::new(),
                 raises: Vec::new(),
                 downloads: Vec::new(),
+                link_retries: Vec::new(),
                 links: BTreeSet::new(),
             },
         );
@@ -726,6 +729,8 @@ impl Network {
                 Effect::LinkDown { peer } => {
                     sc.links.remove(&peer);
                 }
+                // The simulated network has no backoff (every message goes at once): recorded.
+                Effect::RetryLink { peer } => sc.link_retries.push(peer),
             }
         }
         self.violations.extend(bad);
@@ -988,8 +993,10 @@ impl Network {
     }
 }
 
-/// The ground truth of a conflicting peering: both encrypt, in two domains or as two masters;
-/// a slave and its own (former) master are a stale-data matter, not a multi-master one.
+/// The ground truth of a conflicting peering: both encrypt, in two domains, or in one domain
+/// and one term under two masters (two masters of one term, or clusters following two masters
+/// of one term); a slave and its own (former) master are a stale-data matter, not a
+/// multi-master one.
 fn conflict(a: &Cluster, b: &Cluster) -> bool {
     let (ra, rb) = (a.announced(), b.announced());
     let (Some(da), Some(db)) = (ra.domain(), rb.domain()) else { return false };
@@ -998,7 +1005,7 @@ fn conflict(a: &Cluster, b: &Cluster) -> bool {
     if slave_of(&ra, b.id()) || slave_of(&rb, a.id()) {
         return false;
     }
-    da != db || (ra.is_master() && rb.is_master())
+    da != db || (ra.term() == rb.term() && ra.master(a.id()) != rb.master(b.id()))
 }
 
 fn strip_seq(s: &PersistedState) -> PersistedState {

@@ -169,7 +169,7 @@ impl Core {
         match input {
             Input::Command { cmd, by, reply } => {
                 let before = self.before(by.actor.clone(), None);
-                let mut record = acts::command(&by, &cmd);
+                let mut record = acts::command(&by, &cmd, self.cluster.id());
                 // Commands may run PBKDF2 (about 0.08 s at 600,000 iterations): tell the
                 // runtime, so that this worker's other tasks move elsewhere meanwhile.
                 let cluster = &mut self.cluster;
@@ -373,6 +373,11 @@ impl Core {
                     let mut allowed = self.allowed.write().expect("peer list lock");
                     if !allowed.contains(&peer) {
                         allowed.push(peer);
+                    }
+                }
+                Effect::RetryLink { peer } => {
+                    if let Some(link) = self.links.get(&peer) {
+                        link.retry_now();
                     }
                 }
                 Effect::LinkDown { peer } => {

@@ -1,5 +1,8 @@
 //! The sending side of the intercluster link: one task per peer with a persistent mutually
 //! authenticated HTTPS connection, retry with exponential backoff, and a small outbox.
+//! A link waiting out its backoff tries again at once when [`PeerLink::retry_now`] says the
+//! peer is reachable (the state machine heard from it after a silence), so a peer that comes
+//! back hears from this cluster within a round trip, not after up to [`BACKOFF_MAX`].
 //!
 //! The state machine tolerates lost, duplicated and reordered messages (hellos repeat, states
 //! carry epochs), so the outbox keeps only the newest message of each kind while a peer is
@@ -21,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 
+use super::backoff::Backoff;
 use super::tls::{PeerTls, TlsError, server_name};
 use crate::cluster::PeerMessage;
 use crate::ids::ClusterId;
@@ -46,6 +50,8 @@ pub struct LinkStatus {
 struct Outbox {
     queue: Mutex<VecDeque<PeerMessage>>,
     notify: Notify,
+    /// Wakes the task from its backoff (only while it waits one: no permit is kept).
+    retry: Notify,
 }
 
 /// The handle the daemon uses to send to one peer. Dropping the last clone does not stop the
@@ -78,6 +84,12 @@ impl PeerLink {
         q.push_back(msg);
         drop(q);
         self.outbox.notify.notify_one();
+    }
+
+    /// The peer is reachable: if the task waits out a backoff, it stops waiting and tries
+    /// again at once, from the minimum backoff. Nothing happens while it does not wait.
+    pub(crate) fn retry_now(&self) {
+        self.outbox.retry.notify_waiters();
     }
 
     pub(crate) fn status(&self) -> LinkStatus {
@@ -125,7 +137,7 @@ pub(crate) fn spawn_link(
     let task = tasks.spawn(tracing::Instrument::in_current_span(async move {
         let l = Sender { outbox: l.0, status: l.1 };
         let mut conn: Option<SendRequest<Full<Bytes>>> = None;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         loop {
             let next = l.outbox.queue.lock().expect("outbox lock").front().cloned();
             let Some(msg) = next else {
@@ -138,7 +150,7 @@ pub(crate) fn spawn_link(
                 .unwrap_or(Err(LinkError::TimedOut));
             match result {
                 Ok(()) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     {
                         let mut st = l.status.lock().expect("status lock");
                         st.connected = true;
@@ -172,8 +184,13 @@ pub(crate) fn spawn_link(
                         st.connected = false;
                         st.last_error = Some(e);
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff.next_wait()) => {}
+                        () = l.outbox.retry.notified() => {
+                            tracing::debug!(peer = %peer, "peer heard from; retrying its link now");
+                            backoff.reset();
+                        }
+                    }
                 }
             }
         }

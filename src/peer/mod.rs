@@ -4,6 +4,7 @@
 //! client certificate is served `POST /v1/peer/establish` only: a cluster presenting a
 //! peering token (`establish`, `token`).
 
+pub(crate) mod backoff;
 pub(crate) mod client;
 pub mod establish;
 pub(crate) mod server;

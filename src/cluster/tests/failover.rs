@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::super::message::{Announced, RejectReason};
 use super::super::sim::{Envelope, Network, Op};
 use super::*;
+use crate::crypto::keyring::KeyRingError;
 use crate::ids::Term;
 
 /// a master of a domain with every peer enrolled, key versions 1 and 2.
@@ -175,6 +176,27 @@ fn after_the_master_is_lost_a_promoted_slave_leads_and_the_old_master_steps_down
 }
 
 #[test]
+fn a_peer_heard_after_a_silence_has_its_link_retried_at_once_and_one_talking_as_usual_not() {
+    let (mut net, a, b, _c) = domain_of_three();
+    net.kill(&a);
+    wait_past_threshold(&mut net);
+    net.command(&b, Command::Promote { password: pw(0), force: false }).unwrap();
+    net.settle();
+    // c talks to b every hello interval: no retry of b's link to it.
+    let before = net.get(&b).link_retries.len();
+    net.advance(Duration::from_secs(30));
+    net.deliver_all();
+    assert_eq!(net.get(&b).link_retries.len(), before, "{:?}", net.get(&b).link_retries);
+    // The old master is back: its first hello tells b that its link to a (which would back
+    // off while a was down) may try at once; a steps down within that round trip.
+    net.revive();
+    net.deliver_all();
+    assert_eq!(&net.get(&b).link_retries[before..], std::slice::from_ref(&a));
+    assert!(slave_of(&net, &a, &b), "a stepped down without waiting for a timer");
+    assert_clean(&net);
+}
+
+#[test]
 fn versions_a_cut_off_master_made_reach_the_new_master_and_the_alarm_asks_for_a_download() {
     let (mut net, a, b, c) = domain_of_three();
     // a and c are cut off from b: a rotates there, and c seals with that version.
@@ -211,6 +233,96 @@ fn versions_a_cut_off_master_made_reach_the_new_master_and_the_alarm_asks_for_a_
     net.settle();
     assert!(net.alarm(&b, AlarmName::KeysRecovered, recovered[0]).is_none());
     assert_clean(&net);
+}
+
+#[test]
+fn two_masters_of_one_term_made_while_split_are_detected_when_their_sides_meet() {
+    // F11. a is master (term 0.0; slots a 0, b 1, c 2); b is cut off from a and c.
+    let (mut net, a, b, c) = domain_of_three();
+    let domain = net.cluster(&a).domain_state().unwrap().domain;
+    net.partition(std::slice::from_ref(&b));
+    wait_past_threshold(&mut net);
+    // Two masters act at once, both in round 1: b promoted, and a hands over to c.
+    net.command(&b, Command::Promote { password: pw(0), force: false }).unwrap();
+    net.command(&a, Command::Handover { to: c.clone(), password: pw(0) }).unwrap();
+    net.settle();
+    assert_eq!(
+        (term_of(&net, &b).to_string(), term_of(&net, &c).to_string()),
+        ("1.1".into(), "1.2".into())
+    );
+    // Each side peers a new cluster; each master gives it the next free slot: 3 on both sides.
+    let (x, y) = (net.add_cluster("x"), net.add_cluster("y"));
+    net.peer(&c, &x);
+    net.peer(&a, &x);
+    net.peer(&b, &y);
+    net.settle();
+    let slot = |m: &ClusterId, of: &ClusterId| net.cluster(m).domain_state().unwrap().members[of];
+    assert_eq!((slot(&c, &x), slot(&b, &y)), (3, 3));
+    // Both new clusters are made master in the same round: one term, two masters.
+    net.command(&c, Command::Handover { to: x.clone(), password: pw(0) }).unwrap();
+    net.command(&b, Command::Handover { to: y.clone(), password: pw(0) }).unwrap();
+    net.settle();
+    assert!(net.cluster(&x).is_master() && net.cluster(&y).is_master());
+    assert_eq!(term_of(&net, &x), term_of(&net, &y));
+    // Each rotates: one version number, two different keys.
+    let rotate = |net: &mut Network, m: &ClusterId| match net.command(m, Command::RotateKey) {
+        Ok(Outcome::Rotated { primary }) => primary,
+        other => panic!("{other:?}"),
+    };
+    let (vx, vy) = (rotate(&mut net, &x), rotate(&mut net, &y));
+    assert_eq!(vx, vy);
+    let key = |net: &Network, at: &ClusterId| {
+        net.cluster(at).key_ring().unwrap().get(vx).unwrap().clone()
+    };
+    let (kx, ky) = (key(&net, &x), key(&net, &y));
+    assert!(kx != ky);
+    net.settle();
+    for id in net.ids() {
+        assert!(!net.get(&id).raises.iter().any(|r| r.name() == AlarmName::MultiMaster), "{id}");
+    }
+
+    // The sides meet again: a and c (slaves of x) are peered with b (slave of y), all of one
+    // domain and term. Both sides raise MAencryptionMultiMaster; no state or key crosses.
+    net.heal();
+    net.settle();
+    for (at, about) in [(&b, &a), (&b, &c), (&a, &b), (&c, &b)] {
+        let alarm = net.alarm(at, AlarmName::MultiMaster, about);
+        let alarm = alarm.unwrap_or_else(|| panic!("{at} about {about}"));
+        assert!(alarm.cause.contains("two masters hold the same term"), "{}", alarm.cause);
+        let r = &alarm.remedy;
+        assert!(
+            r.contains("key set from cluster") && r.contains(" x ") && r.contains(" y "),
+            "{r}"
+        );
+    }
+    assert!(slave_of(&net, &a, &x) && slave_of(&net, &c, &x) && slave_of(&net, &b, &y));
+    assert!(net.cluster(&x).is_master() && net.cluster(&y).is_master());
+    for (at, k) in [(&x, &kx), (&a, &kx), (&c, &kx), (&y, &ky), (&b, &ky)] {
+        assert!(key(&net, at) == *k, "{at} holds its own master's key {vx}");
+    }
+    // The two masters peered directly: the same, on both.
+    net.peer(&x, &y);
+    net.settle();
+    assert!(net.alarm(&x, AlarmName::MultiMaster, &y).is_some());
+    assert!(net.alarm(&y, AlarmName::MultiMaster, &x).is_some());
+    assert!(key(&net, &x) == kx && key(&net, &y) == ky);
+    // A merge of the two rings refuses the version and changes nothing.
+    let mut ring = net.cluster(&x).key_ring().unwrap().clone();
+    let e = ring.insert(&ky).unwrap_err();
+    assert!(
+        matches!(e, KeyRingError::Clash { domain: d, version } if d == domain && version == vx)
+    );
+    assert!(ring.get(vx).unwrap() == &kx);
+    // The simulator's invariants see exactly this case (it is detected, not prevented).
+    for v in net.violations() {
+        assert!(
+            v.contains("both master of domain") || v.contains("two different keys share version"),
+            "{v}"
+        );
+    }
+    assert!(!net.violations().is_empty());
+    let q = net.check_quiet();
+    assert!(q.is_empty(), "{q:#?}");
 }
 
 #[test]
