@@ -238,8 +238,41 @@ fn main() {
             );
         }
         println!("targets: on/COPY >= 0.80, on/off >= 0.95");
+        rewrap_rate(&lab, &url, &sql).await;
         lab.stop_all().await;
     });
+}
+
+/// Key lifecycle: the rate of `imcrypt archive rewrap` next to the archive's write rate, for
+/// the same rows in the same run: archive `EVENTS` rows through stdin, rotate, rewrap them all.
+async fn rewrap_rate(lab: &Lab, url: &str, sql: &tokio_postgres::Client) {
+    sql.batch_execute("TRUNCATE imcrypt_archive").await.unwrap();
+    let write = run_archiver(url, &lab.hotpath_socket("on"), None, "rw").await;
+    lab.daemon("on").unwrap().command(Command::RotateKey).await.unwrap();
+    let c = Client::new(ClientConfig::new(lab.hotpath_socket("on")));
+    while !matches!(c.status().await, Ok(KeyStatus::On { key_version, .. }) if key_version.get() == 2)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    let out = tokio::process::Command::new(bench_bin())
+        .args(["archive", "rewrap", "--db", url, "--hotpath"])
+        .arg(lab.rewrap_socket("on"))
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(out.status.success(), "imcrypt archive rewrap: {}", out.status);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let rows = EVENTS + 1; // and the warm-up event
+    assert!(said.starts_with(&format!("rewrapped {rows} rows to key version 2")), "{said}");
+    let rewrap = rows as f64 / secs;
+    println!();
+    println!("key lifecycle: {rows} rows archived under version 1, rotated, rewrapped to 2");
+    println!("| imcrypt archive (stdin, encryption on) | imcrypt archive rewrap | rewrap/write |");
+    println!("|---|---|---|");
+    println!("| {write:.0} rows/s | {rewrap:.0} rows/s | {:.2} |", rewrap / write);
 }
 
 /// Turns encryption on at the lab's cluster `on` and waits until its hot path seals.

@@ -382,7 +382,7 @@ impl Db {
     }
 
     /// Replaces the sealed columns of encrypted rows by their rewrapped values, all in one
-    /// transaction, each row only if it is still under the key version it was read with (so a
+    /// transaction (PostgreSQL: one `UPDATE … FROM unnest(…)`; elsewhere one `UPDATE` per row), each row only if it is still under the key version it was read with (so a
     /// row rewrapped meanwhile is left as it is). Returns, per row, whether it was replaced.
     pub(crate) async fn replace_sealed(
         &mut self,
@@ -390,6 +390,9 @@ impl Db {
     ) -> Result<Vec<bool>, DbError> {
         if rows.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Db::Postgres(c) = self {
+            return postgres::replace_sealed(c, rows).await;
         }
         let d = self.dialect();
         let sql = format!(
@@ -418,7 +421,7 @@ impl Db {
             })
             .collect();
         let changed = match self {
-            Db::Postgres(c) => postgres::update_each(c, &sql, &params).await?,
+            Db::Postgres(_) => unreachable!("PostgreSQL replaces all rows in one statement"),
             Db::SqlServer(c) => sqlserver::update_each(c, &sql, &params).await?,
             Db::Sqlite(s) => s.update_each(sql, params).await?,
         };

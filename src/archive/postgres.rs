@@ -186,22 +186,33 @@ async fn copy(
     Ok(())
 }
 
-/// Runs `sql` once with each parameter row, all in one transaction (prepared once, the
-/// executions pipelined); returns how many rows each run changed. On any error nothing
-/// changes.
-pub(super) async fn update_each(
-    c: &mut Client,
-    sql: &str,
-    rows: &[Vec<Param>],
-) -> Result<Vec<u64>, DbError> {
-    let tx = c.transaction().await.map_err(err)?;
-    let st = tx.prepare(sql).await.map_err(err)?;
-    let refs: Vec<Vec<&Param>> = rows.iter().map(|r| r.iter().collect()).collect();
-    let binds: Vec<_> = refs.iter().map(|r| bind(r)).collect();
-    let runs = binds.iter().map(|b| tx.execute(&st, b));
-    let changed = futures_util::future::try_join_all(runs).await.map_err(err)?;
-    tx.commit().await.map_err(err)?;
-    Ok(changed)
+/// Replaces the sealed columns of `rows` with one `UPDATE … FROM unnest(…)` (one statement,
+/// one round trip, however many rows), each row only while it is still under the version it
+/// was read with. Returns, per row, whether it was replaced.
+pub(super) async fn replace_sealed(
+    c: &Client,
+    rows: &[super::db::ResealedRow],
+) -> Result<Vec<bool>, DbError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let was: Vec<i32> = rows.iter().map(|r| r.was_version as i32).collect();
+    let now: Vec<i32> = rows.iter().map(|r| r.key_version as i32).collect();
+    let payload: Vec<&[u8]> = rows.iter().map(|r| &r.payload[..]).collect();
+    let from: Vec<&[u8]> = rows.iter().map(|r| &r.from_idx[..]).collect();
+    let to: Vec<&[u8]> = rows.iter().map(|r| &r.to_idx[..]).collect();
+    let room: Vec<Option<&[u8]>> =
+        rows.iter().map(|r| r.room_idx.as_ref().map(|x| &x[..])).collect();
+    let sql = format!(
+        "UPDATE {TABLE} AS t SET payload = u.payload, from_idx = u.from_idx, to_idx = u.to_idx, \
+         room_idx = u.room_idx, key_version = u.now \
+         FROM unnest($1::BIGINT[], $2::INTEGER[], $3::INTEGER[], $4::BYTEA[], $5::BYTEA[], \
+                     $6::BYTEA[], $7::BYTEA[]) \
+              AS u(id, was, now, payload, from_idx, to_idx, room_idx) \
+         WHERE t.id = u.id AND t.key_version = u.was RETURNING t.id"
+    );
+    let done =
+        c.query(&sql, &[&ids, &was, &now, &payload, &from, &to, &room]).await.map_err(err)?;
+    let done: std::collections::HashSet<i64> = done.iter().map(|r| r.get(0)).collect();
+    Ok(ids.iter().map(|id| done.contains(id)).collect())
 }
 
 /// The rows of an aggregate query whose columns are all `BIGINT` (or NULL).
