@@ -335,8 +335,16 @@ pub(super) async fn insert(
     if chunks.len() == 1 {
         return run(c, chunks).await;
     }
+    in_transaction(c, async |c| run(c, chunks).await).await
+}
+
+/// Runs `work` inside `BEGIN TRANSACTION … COMMIT`; rolls back if it fails.
+async fn in_transaction<T>(
+    c: &mut Client,
+    work: impl AsyncFnOnce(&mut Client) -> Result<T, DbError>,
+) -> Result<T, DbError> {
     exec(c, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
-    match run(c, chunks).await {
+    match work(c).await {
         Ok(w) => {
             exec(c, "COMMIT TRANSACTION").await?;
             Ok(w)
@@ -364,17 +372,7 @@ pub(super) async fn update_each(
         }
         Ok(changed)
     }
-    exec(c, "SET XACT_ABORT ON; BEGIN TRANSACTION").await?;
-    match run(c, sql, rows).await {
-        Ok(n) => {
-            exec(c, "COMMIT TRANSACTION").await?;
-            Ok(n)
-        }
-        Err(e) => {
-            let _ = exec(c, "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION").await;
-            Err(e)
-        }
-    }
+    in_transaction(c, async |c| run(c, sql, rows).await).await
 }
 
 /// The rows of an aggregate query whose columns are all `BIGINT` (or NULL).

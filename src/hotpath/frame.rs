@@ -416,6 +416,21 @@ const REWRAP_FAULTS: RecordFaults = [
     "REWRAP item record runs past the frame",
 ];
 
+/// The request id and item count that open every batch request, the count at most
+/// `max_batch`.
+fn list_head(
+    c: &mut Cursor<'_>,
+    max_batch: u32,
+    short: &'static str,
+) -> Result<(u64, u32), FrameError> {
+    let request_id = c.request_id()?;
+    let count = c.u32(short)?;
+    if count > max_batch {
+        return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
+    }
+    Ok((request_id, count))
+}
+
 /// The body of ENCRYPT and REWRAP: a request id and at most `max_batch` (metadata, payload)
 /// pairs.
 fn record_list<'a>(
@@ -423,11 +438,7 @@ fn record_list<'a>(
     max_batch: u32,
     [short, cut_meta, past_meta, cut, past]: RecordFaults,
 ) -> Result<(u64, RecordList<'a>), FrameError> {
-    let request_id = c.request_id()?;
-    let count = c.u32(short)?;
-    if count > max_batch {
-        return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
-    }
+    let (request_id, count) = list_head(c, max_batch, short)?;
     let start = c.buf;
     for _ in 0..count {
         let ml = c.u16(cut_meta)? as usize;
@@ -458,11 +469,7 @@ fn message_list<'a>(
     max_batch: u32,
     [short, cut, past]: ListFaults,
 ) -> Result<(u64, MessageList<'a>), FrameError> {
-    let request_id = c.request_id()?;
-    let count = c.u32(short)?;
-    if count > max_batch {
-        return Err(FrameError::BatchTooLarge { request_id, count, max: max_batch });
-    }
+    let (request_id, count) = list_head(c, max_batch, short)?;
     let start = c.buf;
     for _ in 0..count {
         let l = c.u16(cut)? as usize;
