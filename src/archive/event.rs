@@ -182,6 +182,14 @@ pub(crate) fn room_message(room: &str) -> Vec<u8> {
     [b"room\0".as_slice(), normalise(room).as_bytes()].concat()
 }
 
+/// The messages whose blind indexes a row stores, in column order: `from_idx`, `to_idx`,
+/// and `room_idx` when the row has a room. The archiver and the rewrap both index through it.
+pub(crate) fn index_messages(from: &str, to: &str, room: Option<&str>) -> Vec<Vec<u8>> {
+    let mut m = vec![participant_message(from), participant_message(to)];
+    m.extend(room.map(room_message));
+    m
+}
+
 /// The message whose row identity is an encrypted row's `recipient_key`: it names the row (one
 /// message, one recipient), and its key never rotates, so a row sent again after a rotation is
 /// still recognised (docs/archive.md).

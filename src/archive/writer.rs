@@ -34,8 +34,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::ArchiveError;
 use super::db::{Db, DbError, Param};
 use super::event::{
-    Direction, Event, RowPlain, participant_message, plain_recipient_key, record_metadata,
-    room_message, row_identity_message,
+    Direction, Event, RowPlain, index_messages, plain_recipient_key, record_metadata,
+    row_identity_message,
 };
 use super::url::DbUrl;
 use crate::crypto::record::RecordHeader;
@@ -379,11 +379,7 @@ async fn seal_chunk(
 ) -> Result<(), SealError> {
     let mut msgs: Vec<Vec<u8>> = Vec::with_capacity(rows.len() * 3);
     for r in rows {
-        msgs.push(participant_message(&r.from));
-        msgs.push(participant_message(&r.to));
-        if let Some(room) = &r.room {
-            msgs.push(room_message(room));
-        }
+        msgs.extend(index_messages(&r.from, &r.to, r.room.as_deref()));
     }
     let plaintexts: Vec<Vec<u8>> =
         rows.iter().map(|r| serde_json::to_vec(r).expect("serializes")).collect();

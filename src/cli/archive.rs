@@ -65,7 +65,8 @@ pub(crate) enum ArchiveCommand {
         /// The daemon's rewrap socket: [hotpath.rewrap_socket] path in its config.
         #[arg(long)]
         hotpath: crate::hotpath::Endpoint,
-        /// Only rows under key versions below N (default: every version but the primary).
+        /// Only rows under key versions below N (default: every version older than the
+        /// primary).
         #[arg(long, value_name = "N")]
         below_version: Option<u32>,
         /// Rows per second, at most (default: as fast as the database takes them).
@@ -197,8 +198,14 @@ fn rewrap(cfg: &crate::archive::rewrap::RewrapConfig) -> Result<(), ArchiveError
         b.finish_and_clear();
     }
     let report = report?;
-    for (id, why) in &report.failed {
+    // The first failures by row, then how many more: a version the daemon cannot open at all
+    // would otherwise print one line per row of it.
+    const SHOWN: usize = 20;
+    for (id, why) in report.failed.iter().take(SHOWN) {
         eprintln!("imcrypt: row {id}: {why}");
+    }
+    if report.failed.len() > SHOWN {
+        eprintln!("imcrypt: … and {} more rows not rewrapped", report.failed.len() - SHOWN);
     }
     let moved: Vec<String> =
         report.rewrapped.iter().map(|(v, n)| format!("{n} from key version {v}")).collect();

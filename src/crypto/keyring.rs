@@ -345,19 +345,25 @@ impl<'de> Deserialize<'de> for KeyRing {
             .collect::<Result<Vec<_>, _>>()
             .map_err(serde::de::Error::custom)?;
         let ring = KeyRing::from_keys(domain, r.primary, keys).map_err(serde::de::Error::custom)?;
-        Ok(match r.row_identity {
-            None => ring,
-            Some(b64) => {
-                let raw = Zeroizing::new(B64.decode(b64.as_bytes()).unwrap_or_default());
-                let bytes: Zeroizing<[u8; 32]> =
-                    Zeroizing::new(raw.as_slice().try_into().map_err(|_| {
-                        serde::de::Error::custom(format!(
-                            "the row identity key of domain {domain} is not 32 bytes of base64"
-                        ))
-                    })?);
-                ring.with_row_identity(bytes)
+        let Some(b64) = r.row_identity else { return Ok(ring) };
+        let bad = |why: &str| {
+            serde::de::Error::custom(format!("the row identity key of domain {domain} {why}"))
+        };
+        let raw = Zeroizing::new(
+            B64.decode(b64.as_bytes()).map_err(|e| bad(&format!("is not base64: {e}")))?,
+        );
+        let bytes: Zeroizing<[u8; 32]> =
+            Zeroizing::new(raw.as_slice().try_into().map_err(|_| bad("is not 32 bytes"))?);
+        // While the ring holds version 1, the key must be the one derived from it: a state or
+        // a peer that says otherwise would split the archive's duplicate detection.
+        if let Ok(first) = ring.get(KeyVersion::FIRST) {
+            use subtle::ConstantTimeEq;
+            let derived = row_identity_key(domain, first.bytes());
+            if !bool::from(derived.ct_eq(&*bytes)) {
+                return Err(bad("is not the one derived from its key version 1"));
             }
-        })
+        }
+        Ok(ring.with_row_identity(bytes))
     }
 }
 
@@ -367,6 +373,18 @@ mod tests {
 
     fn ring() -> KeyRing {
         KeyRing::new(DomainId::from_bytes([1; 16]), 100, Zeroizing::new([7; 32]))
+    }
+
+    #[test]
+    fn a_stored_row_identity_key_that_is_not_derived_from_version_1_is_refused() {
+        let r = ring();
+        let mut v = serde_json::to_value(&r).unwrap();
+        v["row_identity"] = serde_json::Value::String(B64.encode([9u8; 32]));
+        let e = serde_json::from_value::<KeyRing>(v.clone()).unwrap_err().to_string();
+        assert!(e.contains("not the one derived from its key version 1"), "{e}");
+        v["row_identity"] = serde_json::Value::String("not base64!".into());
+        let e = serde_json::from_value::<KeyRing>(v).unwrap_err().to_string();
+        assert!(e.contains("is not base64"), "{e}");
     }
 
     #[test]

@@ -68,13 +68,13 @@ impl Session {
         Self { limits, greeted: false, nonces, metrics: None, answered: 0, may_rewrap: false }
     }
 
-    /// Counts requests, records and errors in `metrics` (once per batch, not per record).
     /// Serves REWRAP on this connection (the rewrap socket's connections only).
     pub(crate) fn with_rewrap(mut self, allowed: bool) -> Self {
         self.may_rewrap = allowed;
         self
     }
 
+    /// Counts requests, records and errors in `metrics` (once per batch, not per record).
     pub(crate) fn with_metrics(mut self, metrics: Option<Arc<HotpathMetrics>>) -> Self {
         self.metrics = metrics;
         self
@@ -195,50 +195,9 @@ impl Session {
                         used += n;
                         continue;
                     }
-                    let (Some(sealer), Some(ring), Some(ix)) =
-                        (keys.sealer(), keys.ring(), keys.indexer())
-                    else {
-                        frame::encode_off(out, request_id);
-                        self.count(0, None);
-                        used += n;
-                        continue;
-                    };
-                    match sealer.take_batch(records.len()) {
-                        Ok(mut permit) => {
-                            let mut opener = RecordOpener::new(&ring, keys.aead());
-                            let at =
-                                frame::begin_rewrapped(out, request_id, sealer.key_version().get());
-                            for (meta, rec) in records.iter() {
-                                crate::archive::rewrap::reseal_into(
-                                    &mut opener,
-                                    &mut permit,
-                                    &mut self.nonces,
-                                    &ix,
-                                    meta,
-                                    rec,
-                                    out,
-                                );
-                            }
-                            frame::finish_rewrapped(out, at, records.len() as u32);
-                            self.count(records.len(), None);
-                        }
-                        Err(RecordError::Counter(CounterError::ReservationExhausted))
-                            if !give_up =>
-                        {
-                            return Progress { used, next: Next::WaitForReservation };
-                        }
-                        Err(e) => {
-                            frame::encode_error(
-                                out,
-                                request_id,
-                                ErrorCode::ReservationUnavailable,
-                                false,
-                                &format!("nothing was rewrapped, retry later: {e}"),
-                            );
-                            self.count(0, Some(ErrorCode::ReservationUnavailable));
-                        }
+                    if let Some(wait) = self.rewrap(keys, request_id, records, out, give_up) {
+                        return Progress { used, next: wait };
                     }
-                    keys.note_use(&sealer);
                 }
                 (true, Request::Encrypt { request_id, records }) => {
                     let Some(sealer) = keys.sealer() else {
@@ -273,18 +232,7 @@ impl Session {
                             if exhausted && !give_up {
                                 return Progress { used, next: Next::WaitForReservation };
                             }
-                            let (code, msg) = match e {
-                                RecordError::Counter(CounterError::ReservationExhausted) => (
-                                    ErrorCode::ReservationUnavailable,
-                                    "the invocation-counter reservation could not be persisted in \
-                                     time; nothing was sealed, retry later"
-                                        .to_owned(),
-                                ),
-                                RecordError::Counter(CounterError::KeyExhausted) => {
-                                    (ErrorCode::KeyExhausted, e.to_string())
-                                }
-                                other => (ErrorCode::Internal, other.to_string()),
-                            };
+                            let (code, msg) = seal_error(e);
                             frame::encode_error(out, request_id, code, false, &msg);
                             self.count(0, Some(code));
                         }
@@ -294,6 +242,81 @@ impl Session {
             }
             used += n;
         }
+    }
+
+    /// Answers REWRAP (rewrap socket only): each record opened with the domain's ring and
+    /// sealed again under the primary version with its row's blind indexes under that same
+    /// version. `Some(next)` when the request must wait for a counter reservation.
+    fn rewrap(
+        &mut self,
+        keys: &KeySource,
+        request_id: u64,
+        records: frame::RecordList<'_>,
+        out: &mut Vec<u8>,
+        give_up: bool,
+    ) -> Option<Next> {
+        if !self.may_rewrap {
+            frame::encode_error(
+                out,
+                request_id,
+                ErrorCode::NotPermitted,
+                false,
+                "REWRAP is served on the daemon's rewrap socket only ([hotpath.rewrap_socket])",
+            );
+            self.count(0, Some(ErrorCode::NotPermitted));
+            return None;
+        }
+        // Sealer, indexer and ring are swapped one after the other on a rotation: loaded
+        // again until the sealer and the indexer are of one version.
+        let mut loaded = (keys.sealer(), keys.indexer(), keys.ring());
+        for _ in 0..3 {
+            match &loaded {
+                (Some(s), Some(ix), Some(_)) if s.key_version() != ix.version() => {
+                    loaded = (keys.sealer(), keys.indexer(), keys.ring());
+                }
+                _ => break,
+            }
+        }
+        let (Some(sealer), Some(ix), Some(ring)) = loaded else {
+            frame::encode_off(out, request_id);
+            self.count(0, None);
+            return None;
+        };
+        if sealer.key_version() != ix.version() {
+            let (code, msg) = (ErrorCode::ShuttingDown, "the key is rotating; retry");
+            frame::encode_error(out, request_id, code, false, msg);
+            self.count(0, Some(code));
+            return None;
+        }
+        match sealer.take_batch(records.len()) {
+            Ok(mut permit) => {
+                let mut opener = RecordOpener::new(&ring, keys.aead());
+                let at = frame::begin_rewrapped(out, request_id, sealer.key_version().get());
+                for (meta, rec) in records.iter() {
+                    crate::archive::rewrap::reseal_into(
+                        &mut opener,
+                        &mut permit,
+                        &mut self.nonces,
+                        &ix,
+                        meta,
+                        rec,
+                        out,
+                    );
+                }
+                frame::finish_rewrapped(out, at, records.len() as u32);
+                self.count(records.len(), None);
+            }
+            Err(RecordError::Counter(CounterError::ReservationExhausted)) if !give_up => {
+                return Some(Next::WaitForReservation);
+            }
+            Err(e) => {
+                let (code, msg) = seal_error(e);
+                frame::encode_error(out, request_id, code, false, &msg);
+                self.count(0, Some(code));
+            }
+        }
+        keys.note_use(&sealer);
+        None
     }
 
     /// The answer to a connection that announces a frame too large to be a HELLO before
@@ -333,6 +356,22 @@ fn status_info(keys: &KeySource) -> StatusInfo {
 
 fn protocol_error(out: &mut Vec<u8>, e: &FrameError) {
     frame::encode_error(out, e.request_id().unwrap_or(0), e.code(), true, &e.to_string());
+}
+
+/// The ERROR an ENCRYPT or REWRAP gets when its batch cannot be sealed: nothing was sealed.
+fn seal_error(e: RecordError) -> (ErrorCode, String) {
+    match e {
+        RecordError::Counter(CounterError::ReservationExhausted) => (
+            ErrorCode::ReservationUnavailable,
+            "the invocation-counter reservation could not be persisted in time; nothing was \
+             sealed, retry later"
+                .to_owned(),
+        ),
+        RecordError::Counter(CounterError::KeyExhausted) => {
+            (ErrorCode::KeyExhausted, e.to_string())
+        }
+        other => (ErrorCode::Internal, other.to_string()),
+    }
 }
 
 #[cfg(test)]
