@@ -23,6 +23,8 @@ pub(crate) mod action {
     pub(crate) const PASSWORD_CHANGE: &str = "password.change";
     pub(crate) const KEY_ROTATE: &str = "key.rotate";
     pub(crate) const KEY_DOWNLOAD: &str = "key.download";
+    pub(crate) const KEY_RETIRE: &str = "key.retire";
+    pub(crate) const KEY_RESTORE: &str = "key.restore";
     pub(crate) const PEER_ADD: &str = "peer.add";
     pub(crate) const PEER_REMOVE: &str = "peer.remove";
     pub(crate) const NODE_ADD: &str = "node.add";
@@ -47,6 +49,8 @@ pub(crate) fn action_of(cmd: &Command) -> (&'static str, String) {
         Command::ChangePassword { .. } => (action::PASSWORD_CHANGE, String::new()),
         Command::RotateKey => (action::KEY_ROTATE, String::new()),
         Command::DownloadKeys { .. } => (action::KEY_DOWNLOAD, String::new()),
+        Command::RetireKeys { .. } => (action::KEY_RETIRE, String::new()),
+        Command::RestoreKeys { .. } => (action::KEY_RESTORE, String::new()),
         Command::Disable { .. } => (action::DISABLE, String::new()),
         Command::AddPeer { peer, .. } => (action::PEER_ADD, peer.to_string()),
         Command::RemovePeer { peer } => (action::PEER_REMOVE, peer.to_string()),
@@ -80,6 +84,10 @@ pub(crate) fn command(by: &Request, cmd: &Command) -> Record {
             details.insert("remote".into(), json!(false));
         }
         Command::Disable { i_understand_data_loss, .. } => {
+            details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
+        }
+        Command::RetireKeys { below, i_understand_data_loss, .. } => {
+            details.insert("below".into(), json!(below.get()));
             details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
         }
         Command::Promote { force, .. } => {
@@ -121,6 +129,22 @@ pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, Comm
         }
         Ok(Outcome::Rotated { primary }) => {
             details.insert("primary".into(), json!(primary.get()));
+        }
+        Ok(Outcome::Retired { domain, retired, destroy_at }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+            details.insert(
+                "versions".into(),
+                json!(retired.iter().map(|v| v.get()).collect::<Vec<_>>()),
+            );
+            details.insert("destroy_at_unix_ms".into(), json!(destroy_at.map(|t| t.unix_millis())));
+        }
+        Ok(Outcome::Restored { domain, versions, domain_back }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+            details.insert(
+                "versions".into(),
+                json!(versions.iter().map(|v| v.get()).collect::<Vec<_>>()),
+            );
+            details.insert("domain_back".into(), json!(domain_back));
         }
         Ok(Outcome::Enabled { domain }) | Ok(Outcome::DisabledDomain { domain }) => {
             details.insert("domain".into(), json!(domain.to_string()));

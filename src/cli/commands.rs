@@ -192,6 +192,30 @@ pub(crate) enum KeyCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// On the master: remove every key version below N from every cluster's key set. The
+    /// master keeps them for encryption.destruction_grace (imcrypt key restore), then
+    /// destroys them; records under them open only with a key export made before.
+    Retire {
+        /// Retire the versions below this one (at most the primary version, which stays).
+        #[arg(long, value_name = "N")]
+        below: u32,
+        /// Retire even though the current keys were not downloaded since the last change:
+        /// archived messages encrypted with the retired versions become unreadable.
+        #[arg(long)]
+        i_understand_data_loss: bool,
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Take back what a retirement (on the master) or a disable (of this master's domain)
+    /// removed, while its grace period lasts.
+    Restore {
+        #[command(flatten)]
+        password: PasswordSource,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Download every key version, wrapped with your RSA public key (docs/formats.md §2).
     Download {
         /// Your RSA public key, PEM (SPKI or PKCS#1), 2048 bits or more (3072+ recommended).
@@ -432,6 +456,21 @@ pub(crate) fn status(common: &Common) -> Result<(), CliError> {
     print_peers(&s.peers);
     println!();
     print_alarms(&s.alarms);
+    if !s.pending_destruction.is_empty() {
+        println!();
+        println!("{:<9} {:<34} {:<14} DESTROYED AT", "PENDING", "DOMAIN", "KEY VERSIONS");
+        for p in &s.pending_destruction {
+            let versions: Vec<String> = p.versions.iter().map(|v| v.to_string()).collect();
+            let at = crate::cluster::Time::from_unix_millis(p.destroy_unix_ms).system_time();
+            println!(
+                "{:<9} {:<34} {:<14} {}",
+                p.kind.to_string(),
+                p.domain.to_string(),
+                versions.join(", "),
+                humantime::format_rfc3339_seconds(at)
+            );
+        }
+    }
     if !s.sinks.is_empty() {
         println!();
         println!(
@@ -703,6 +742,23 @@ pub(crate) fn key(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Rotate { common } => {
             let v = call(&common, Method::POST, "/v1/keys/rotate", NO_BODY)?;
+            print_done(&common, &v)
+        }
+        KeyCommand::Retire { below, i_understand_data_loss, password, common } => {
+            let below = crate::ids::KeyVersion::new(below).map_err(|_| {
+                CliError::Usage(
+                    "--below 0: key versions start at 1; give a version from 2 up".into(),
+                )
+            })?;
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::RetireRequest { password: pw, below, i_understand_data_loss };
+            let v = call(&common, Method::POST, "/v1/keys/retire", Some(&body))?;
+            print_done(&common, &v)
+        }
+        KeyCommand::Restore { password, common } => {
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::RestoreRequest { password: pw };
+            let v = call(&common, Method::POST, "/v1/keys/restore", Some(&body))?;
             print_done(&common, &v)
         }
         KeyCommand::Download { public_key, out, force, password, common } => {

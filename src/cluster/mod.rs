@@ -34,6 +34,7 @@
 mod command;
 mod dbprobe;
 mod failover;
+mod lifecycle;
 mod machine;
 mod message;
 mod peering;
@@ -54,7 +55,9 @@ pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError, is_host_
 pub(crate) use message::PeerMessage;
 pub use peering::{LearntPeer, PeeringSecret, PeeringView, PendingTokenView};
 pub(crate) use reconcile::{Refusal, Wanted};
-pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role};
+pub(crate) use state::{
+    Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Removed, Role,
+};
 pub use state::{ComplianceDb, Time};
 
 use crate::alarm::AlarmChange;
