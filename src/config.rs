@@ -605,6 +605,21 @@ archiver = "postgresql"
         )
         .unwrap();
         assert_eq!(rotating.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(c.encryption.destruction_grace, Duration::from_secs(7 * 86400));
+        let grace = |v: &str| {
+            Config::parse(
+                &format!("{GOOD}\n[encryption]\ndestruction_grace = \"{v}\"\n"),
+                Path::new("/"),
+            )
+            .map(|c| c.encryption.destruction_grace)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(grace("0s"), Ok(Duration::ZERO), "zero: the manual's immediate destruction");
+        assert_eq!(grace("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["soon", "400d"] {
+            let e = grace(bad).unwrap_err();
+            assert!(e.contains("encryption.destruction_grace: "), "{bad}: {e}");
+        }
         assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
         assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
         assert_eq!(c.admin.max_failures, 5);
