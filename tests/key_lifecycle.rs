@@ -17,10 +17,6 @@ use imcrypt::crypto::record::RecordSealer;
 use imcrypt::ids::{ClusterId, KeyVersion};
 use support::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn ring_of(lab: &Lab, id: &str) -> Arc<KeyRing> {
     lab.daemon(id).unwrap().key_ring().borrow().clone().expect("a key ring")
 }
@@ -66,36 +62,9 @@ async fn restore(cfg: &str) -> Out {
 
 /// Downloads a's keys for a new admin key pair and unwraps them into `DIR/NAME.ring`.
 async fn export_and_unwrap(dir: &Path, cfg: &str, name: &str) -> std::path::PathBuf {
-    let key = openssl_key_pair(dir, name, KeyKind::Rsa(2048));
-    let export = dir.join(format!("{name}.export.json"));
-    let o = imcrypt(
-        &[
-            "key",
-            "download",
-            "--public-key",
-            s(&key.public),
-            "--out",
-            s(&export),
-            "--password-stdin",
-            "-c",
-            cfg,
-        ],
-        &format!("{PASSWORD}\n"),
-    )
-    .await;
-    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (key, export) = download_keys(dir, cfg, name).await;
     let ring = dir.join(format!("{name}.ring"));
-    let args = [
-        "key",
-        "unwrap",
-        "--export",
-        s(&export),
-        "--private-key",
-        s(&key.private),
-        "--out",
-        s(&ring),
-    ];
-    let o = imcrypt(&args, "").await;
+    let o = unwrap_keys(&export, &key, &ring).await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     ring
 }
