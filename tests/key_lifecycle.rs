@@ -204,6 +204,17 @@ async fn after_the_grace_period_the_retired_versions_are_destroyed_and_restore_f
             .map(|e| e["event"].as_str().unwrap())
             .collect();
         assert_eq!(events, vec!["raised", "cleared"], "{report}");
+        // Audited: the administrator's retirement, and the timer's destruction.
+        for (action, actor) in [("key.retire", "admin"), ("key.destroy", "local")] {
+            let o =
+                imcrypt(&["audit", "show", "--action", action, "-o", "json", "-c", &cfg], "").await;
+            assert_eq!(o.code, 0, "{}", o.stderr);
+            let shown: Vec<serde_json::Value> =
+                o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            assert_eq!(shown.len(), 1, "{action}: {}", o.stdout);
+            assert_eq!(shown[0]["actor"]["kind"], actor, "{}", shown[0]);
+            assert_eq!(shown[0]["details"]["versions"], serde_json::json!([1, 2]), "{}", shown[0]);
+        }
         lab.stop_all().await;
     })
     .await;

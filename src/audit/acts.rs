@@ -25,6 +25,8 @@ pub(crate) mod action {
     pub(crate) const KEY_DOWNLOAD: &str = "key.download";
     pub(crate) const KEY_RETIRE: &str = "key.retire";
     pub(crate) const KEY_RESTORE: &str = "key.restore";
+    /// Key material pending destruction destroyed at the end of its grace period (a timer).
+    pub(crate) const KEY_DESTROY: &str = "key.destroy";
     pub(crate) const PEER_ADD: &str = "peer.add";
     pub(crate) const PEER_REMOVE: &str = "peer.remove";
     pub(crate) const NODE_ADD: &str = "node.add";
@@ -174,12 +176,15 @@ fn versions(ring: &KeyRing) -> Vec<u32> {
     ring.versions().map(|v| v.get()).collect()
 }
 
-/// A summary of the role, to see whether an input changed it.
+/// A summary of the role, to see whether an input changed it, and of what is pending
+/// destruction, to record what a timer destroyed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RoleView {
     role: &'static str,
     domain: Option<String>,
     master: Option<String>,
+    /// Each entry pending destruction: (domain, versions, when it is destroyed).
+    pending: Vec<(String, Vec<u32>, u64)>,
 }
 
 impl RoleView {
@@ -191,10 +196,22 @@ impl RoleView {
             Role::Slave(_) => "slave",
         };
         let d = c.domain_state();
+        let pending = c
+            .pending_destruction()
+            .iter()
+            .map(|p| {
+                (
+                    p.removed.domain().to_string(),
+                    versions(p.removed.ring()),
+                    p.destroy_at.unix_millis(),
+                )
+            })
+            .collect();
         Self {
             role,
             domain: d.map(|d| d.domain.to_string()),
             master: d.map(|d| d.master.to_string()),
+            pending,
         }
     }
 }
@@ -251,7 +268,18 @@ pub(crate) fn effects(
             out.push(base(Result_::Ok));
         }
     }
-    if before != after {
+    // Gone from the area without an administrator's restore: destroyed by the timer.
+    if *actor == Actor::Local {
+        for (domain, vs, at) in before.pending.iter().filter(|p| !after.pending.contains(p)) {
+            out.push(
+                Record::new(actor.clone(), action::KEY_DESTROY, Result_::Ok)
+                    .target(domain.clone())
+                    .detail("versions", vs.clone())
+                    .detail("destroy_at_unix_ms", *at),
+            );
+        }
+    }
+    if (before.role, &before.domain, &before.master) != (after.role, &after.domain, &after.master) {
         let mut r = Record::new(actor.clone(), "role.change", Result_::Ok)
             .target(after.role)
             .detail("from", before.role);
