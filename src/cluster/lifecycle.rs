@@ -226,8 +226,9 @@ impl Cluster {
             unreachable!("matched above")
         };
         let domain = master.state.domain;
-        // Newer than the tombstone that told the slaves to delete the domain: they accept it.
-        let mut epoch = master.state.epoch;
+        // Newer than the tombstone that told the slaves to delete the domain (its epoch is the
+        // state's next; the tombstone itself may have been dropped as too old): they accept it.
+        let mut epoch = master.state.epoch.next();
         self.state.tombstones.retain(|t| {
             let ours = t.domain == domain;
             if ours {

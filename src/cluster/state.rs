@@ -2,7 +2,9 @@
 //!
 //! Invariants:
 //! - a cluster holds the key ring of at most one domain: the ring lives only inside
-//!   [`Role::Master`] or [`Role::Slave`], and its domain is the role's domain;
+//!   [`Role::Master`] or [`Role::Slave`], and its domain is the role's domain (a master's
+//!   pending destruction area keeps what a retirement or a disable removed, usable by nobody
+//!   but a restore, until its grace period ends);
 //! - a domain's epoch only grows on its master; a slave's epoch for its domain never decreases;
 //! - everything here is plain data (no I/O), serde-serializable for the sealed state file
 //!   (`deny_unknown_fields`, so a state written by a newer version is refused, not misread).
