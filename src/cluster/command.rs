@@ -245,7 +245,8 @@ pub enum CommandError {
     )]
     TermsExhausted,
     #[error(
-        "disabling deletes every key of domain {domain} on every cluster, and archived \
+        "disabling deletes every key of domain {domain} on every cluster (the master keeps \
+         them only for the grace period, encryption.destruction_grace), and archived \
          messages encrypted with them become unreadable; key versions up to {newest} have not \
          all been downloaded since the last key change. Download the keys first, or repeat \
          the command with --i-understand-data-loss"

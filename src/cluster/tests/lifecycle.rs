@@ -300,3 +300,22 @@ fn a_cluster_that_missed_a_retirement_does_not_hand_the_retired_versions_back() 
     assert!(net.cluster(&c).state().handback.is_none());
     assert!(!net.alarm_active(&b, AlarmName::KeysRecovered, &c));
 }
+
+#[test]
+fn a_restart_keeps_what_is_pending_and_still_destroys_it_on_time() {
+    let (mut net, a, ..) = domain_of_three_versions(SimSettings::default());
+    net.command(&a, retire(3, false)).unwrap();
+    net.settle();
+    let pending = net.cluster(&a).pending_destruction().to_vec();
+    // Through the state file's JSON, as the daemon stores it (format 5).
+    let disk: PersistedState =
+        serde_json::from_str(&serde_json::to_string(&net.get(&a).disk).unwrap()).unwrap();
+    assert_eq!(disk.format, 5);
+    assert_eq!(disk.pending_destruction, pending);
+    net.restart(&a);
+    assert_eq!(net.cluster(&a).pending_destruction(), &pending[..]);
+    pass(&mut net, 7 * DAY);
+    assert!(net.cluster(&a).pending_destruction().is_empty());
+    assert_eq!(versions(&net, &a), vec![3]);
+    assert_clean(&net);
+}
