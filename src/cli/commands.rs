@@ -46,6 +46,20 @@ pub(crate) struct PasswordSource {
     password_stdin: bool,
 }
 
+/// The flags of a command that deletes key material everywhere (disable on the master, key
+/// retire): the guard's acknowledgement, the password, the connection.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Guarded {
+    /// Go ahead even though the current keys were not downloaded since the last change:
+    /// archived messages encrypted with the keys deleted become unreadable.
+    #[arg(long)]
+    i_understand_data_loss: bool,
+    #[command(flatten)]
+    password: PasswordSource,
+    #[command(flatten)]
+    common: Common,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PeersCommand {
     /// Add a peer to the running daemon (until restart; see docs/admin.md).
@@ -117,14 +131,8 @@ pub(crate) enum EncryptionCommand {
     /// Turn encryption off: on the master for the whole domain (deletes every key), on a
     /// slave for this cluster only (needs the master's password).
     Disable {
-        /// Disable even though the current keys were not downloaded since the last change:
-        /// archived messages encrypted with them become unreadable.
-        #[arg(long)]
-        i_understand_data_loss: bool,
         #[command(flatten)]
-        password: PasswordSource,
-        #[command(flatten)]
-        common: Common,
+        guarded: Guarded,
     },
     /// Planned failover, on the master: make slave CLUSTER master of the domain under a new
     /// term, with every key version; this cluster becomes its slave.
@@ -199,14 +207,8 @@ pub(crate) enum KeyCommand {
         /// Retire the versions below this one (at most the primary version, which stays).
         #[arg(long, value_name = "N")]
         below: u32,
-        /// Retire even though the current keys were not downloaded since the last change:
-        /// archived messages encrypted with the retired versions become unreadable.
-        #[arg(long)]
-        i_understand_data_loss: bool,
         #[command(flatten)]
-        password: PasswordSource,
-        #[command(flatten)]
-        common: Common,
+        guarded: Guarded,
     },
     /// Take back what a retirement (on the master) or a disable (of this master's domain)
     /// removed, while its grace period lasts.
@@ -651,7 +653,9 @@ pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
             let v = call(&common, Method::POST, "/v1/encryption/enable", Some(&body))?;
             print_done(&common, &v)
         }
-        EncryptionCommand::Disable { i_understand_data_loss, password, common } => {
+        EncryptionCommand::Disable {
+            guarded: Guarded { i_understand_data_loss, password, common },
+        } => {
             let pw = read_password(&password, "Encryption password (the master's)")?;
             let body = api::DisableRequest { password: pw, i_understand_data_loss };
             let v = call(&common, Method::POST, "/v1/encryption/disable", Some(&body))?;
@@ -744,7 +748,10 @@ pub(crate) fn key(cmd: KeyCommand) -> Result<(), CliError> {
             let v = call(&common, Method::POST, "/v1/keys/rotate", NO_BODY)?;
             print_done(&common, &v)
         }
-        KeyCommand::Retire { below, i_understand_data_loss, password, common } => {
+        KeyCommand::Retire {
+            below,
+            guarded: Guarded { i_understand_data_loss, password, common },
+        } => {
             let below = crate::ids::KeyVersion::new(below).map_err(|_| {
                 CliError::Usage(
                     "--below 0: key versions start at 1; give a version from 2 up".into(),
