@@ -243,13 +243,47 @@ pub(crate) struct MetricsSection {
 }
 
 /// `[encryption]`: what the master does on its own.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EncryptionSection {
     /// Rotate the key once the primary version is older than this (e.g. "90d"); unset: only
     /// on command, and when a cluster has used it 0.9·2^32 times.
     #[serde(default, deserialize_with = "crate::duration::optional_nonzero")]
     pub(crate) rotate_after: Option<Duration>,
+    /// How long the master keeps key versions removed by `key retire` or a disable, for
+    /// `key restore`, before destroying them ("0s": at once, as the product manual has it).
+    #[serde(default = "default_destruction_grace", deserialize_with = "destruction_grace")]
+    pub(crate) destruction_grace: Duration,
+}
+
+impl Default for EncryptionSection {
+    fn default() -> Self {
+        Self { rotate_after: None, destruction_grace: default_destruction_grace() }
+    }
+}
+
+fn default_destruction_grace() -> Duration {
+    crate::cluster::ClusterConfig::DEFAULT_DESTRUCTION_GRACE
+}
+
+/// The longest `encryption.destruction_grace`: a year. Removed keys are meant to go; an
+/// operator who needs them longer keeps a key export.
+const MAX_DESTRUCTION_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn destruction_grace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = crate::duration::deserialize(d).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "encryption.destruction_grace: {e} (e.g. \"7d\", or \"0s\")"
+        ))
+    })?;
+    if v > MAX_DESTRUCTION_GRACE {
+        return Err(serde::de::Error::custom(format!(
+            "encryption.destruction_grace: {} is longer than the most allowed, 365 days; keep a \
+             key export instead of keeping removed keys on the master",
+            humantime::format_duration(v)
+        )));
+    }
+    Ok(v)
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -583,6 +617,21 @@ archiver = "postgresql"
         )
         .unwrap();
         assert_eq!(rotating.encryption.rotate_after, Some(Duration::from_secs(90 * 86400)));
+        assert_eq!(c.encryption.destruction_grace, Duration::from_secs(7 * 86400));
+        let grace = |v: &str| {
+            Config::parse(
+                &format!("{GOOD}\n[encryption]\ndestruction_grace = \"{v}\"\n"),
+                Path::new("/"),
+            )
+            .map(|c| c.encryption.destruction_grace)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(grace("0s"), Ok(Duration::ZERO), "zero: the manual's immediate destruction");
+        assert_eq!(grace("2s"), Ok(Duration::from_secs(2)));
+        for bad in ["soon", "400d"] {
+            let e = grace(bad).unwrap_err();
+            assert!(e.contains("encryption.destruction_grace: "), "{bad}: {e}");
+        }
         assert_eq!(c.admin_token_file(), Path::new("/etc/imcrypt/state/a/admin.token"));
         assert_eq!(c.admin_cert_files().0, Path::new("/etc/imcrypt/pki/a.pem"));
         assert_eq!(c.admin.max_failures, 5);
@@ -688,6 +737,10 @@ archiver = "postgresql"
         }
         assert_eq!(c.encryption.rotate_after, None);
         assert_eq!(documented_default(ops, "encryption.rotate_after"), "unset");
+        assert_eq!(
+            documented_default(ops, "encryption.destruction_grace"),
+            d(c.encryption.destruction_grace)
+        );
     }
 
     /// The example of docs/operations.md, "Alarm delivery", is a config that loads, and the

@@ -72,6 +72,8 @@ fn cli_args(
         Route::Enable => vec!["encryption", "enable", "--password-file", pw],
         Route::SetRemote => vec!["encryption", "remote", "on"],
         Route::RotateKey => vec!["key", "rotate"],
+        Route::RetireKeys => vec!["key", "retire", "--below", "2", "--password-file", pw],
+        Route::RestoreKeys => vec!["key", "restore", "--password-file", pw],
         Route::DownloadKeys => {
             vec!["key", "download", "--public-key", key, "--password-file", pw, "--out", &export]
         }
@@ -126,7 +128,8 @@ async fn every_role_can_call_its_routes_and_is_refused_the_rest_with_nothing_cha
         let pw2 = f.file("pw2.txt", NEW_PASSWORD);
         let key = openssl_key_pair(f.dir.path(), "custodian", KeyKind::Rsa(2048));
         // An order in which every allowed call can succeed: nodes before encryption is on,
-        // the download after the last rotation, disable last.
+        // the download after the last rotation (retire needs it), restore after retire,
+        // disable last.
         let order = [
             Route::Status,
             Route::Peers,
@@ -140,6 +143,8 @@ async fn every_role_can_call_its_routes_and_is_refused_the_rest_with_nothing_cha
             Route::SetRemote,
             Route::RotateKey,
             Route::DownloadKeys,
+            Route::RetireKeys,
+            Route::RestoreKeys,
             Route::ChangePassword,
             Route::ListTokens,
             Route::CreateToken,

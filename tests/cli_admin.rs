@@ -188,17 +188,7 @@ impl Network {
 
     /// `imcrypt key unwrap` of `export` with `key` into `ring_file`.
     async fn unwrap_keys(&self, export: &Path, key: &KeyPair, ring_file: &Path) -> Out {
-        let args = [
-            "key",
-            "unwrap",
-            "--export",
-            s(export),
-            "--private-key",
-            s(&key.private),
-            "--out",
-            s(ring_file),
-        ];
-        imcrypt(&args, "").await
+        unwrap_keys(export, key, ring_file).await
     }
 
     async fn stop(mut self) {

@@ -20,25 +20,8 @@ fn s(p: &Path) -> &str {
 /// The administrator makes an OpenSSL key pair in `dir` and downloads the keys for it from the
 /// master configured in `cfg`; returns the private key and the export.
 async fn download_keys(dir: &Path, cfg: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let KeyPair { private: sk, public: pk } = openssl_key_pair(dir, "admin", KeyKind::Rsa(3072));
-    let export = dir.join("export.json");
-    let o = imcrypt(
-        &[
-            "key",
-            "download",
-            "--public-key",
-            s(&pk),
-            "--out",
-            s(&export),
-            "--password-stdin",
-            "-c",
-            cfg,
-        ],
-        &format!("{PASSWORD}\n"),
-    )
-    .await;
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    (sk, export)
+    let (KeyPair { private, .. }, export) = support::download_keys(dir, cfg, "admin").await;
+    (private, export)
 }
 
 fn json_lines(s: &str) -> Vec<serde_json::Value> {

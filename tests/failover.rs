@@ -137,39 +137,9 @@ impl Records {
     /// Downloads the key set from `master` through the CLI (a new RSA-3072 key pair made with
     /// openssl), unwraps it and decrypts every record with `imcrypt decrypt`: all must open.
     async fn open_all_with_export_of(&self, lab: &Lab, master: &str, dir: &Path) {
-        let key = openssl_key_pair(dir, &format!("admin-{master}"), KeyKind::Rsa(3072));
-        let export = dir.join(format!("export-{master}.json"));
-        let o = imcrypt(
-            &[
-                "key",
-                "download",
-                "--public-key",
-                s(&key.public),
-                "--out",
-                s(&export),
-                "--password-stdin",
-                "-c",
-                &cfg(lab, master),
-            ],
-            &format!("{PASSWORD}\n"),
-        )
-        .await;
-        assert_eq!(o.code, 0, "{}", o.stderr);
+        let (key, export) = download_keys(dir, &cfg(lab, master), &format!("admin-{master}")).await;
         let ring = dir.join(format!("ring-{master}.json"));
-        let o = imcrypt(
-            &[
-                "key",
-                "unwrap",
-                "--export",
-                s(&export),
-                "--private-key",
-                s(&key.private),
-                "--out",
-                s(&ring),
-            ],
-            "",
-        )
-        .await;
+        let o = unwrap_keys(&export, &key, &ring).await;
         assert_eq!(o.code, 0, "{}", o.stderr);
         let records = dir.join("records.jsonl");
         std::fs::write(&records, self.lines.join("\n") + "\n").unwrap();

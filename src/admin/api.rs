@@ -37,6 +37,8 @@ pub enum Route {
     SetRemote,
     ChangePassword,
     RotateKey,
+    RetireKeys,
+    RestoreKeys,
     DownloadKeys,
     Handover,
     Promote,
@@ -50,7 +52,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub const ALL: [Route; 23] = [
+    pub const ALL: [Route; 25] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -64,6 +66,8 @@ impl Route {
         Route::SetRemote,
         Route::ChangePassword,
         Route::RotateKey,
+        Route::RetireKeys,
+        Route::RestoreKeys,
         Route::DownloadKeys,
         Route::Handover,
         Route::Promote,
@@ -92,6 +96,8 @@ impl Route {
             Route::SetRemote => ("PUT", "/v1/encryption/remote"),
             Route::ChangePassword => ("POST", "/v1/password"),
             Route::RotateKey => ("POST", "/v1/keys/rotate"),
+            Route::RetireKeys => ("POST", "/v1/keys/retire"),
+            Route::RestoreKeys => ("POST", "/v1/keys/restore"),
             Route::DownloadKeys => ("POST", "/v1/keys/download"),
             Route::Handover => ("POST", "/v1/encryption/handover"),
             Route::Promote => ("POST", "/v1/encryption/promote"),
@@ -121,6 +127,8 @@ impl Route {
             Route::SetRemote => Some(a::REMOTE),
             Route::ChangePassword => Some(a::PASSWORD_CHANGE),
             Route::RotateKey => Some(a::KEY_ROTATE),
+            Route::RetireKeys => Some(a::KEY_RETIRE),
+            Route::RestoreKeys => Some(a::KEY_RESTORE),
             Route::DownloadKeys => Some(a::KEY_DOWNLOAD),
             Route::Handover => Some(a::HANDOVER),
             Route::Promote => Some(a::PROMOTE),
@@ -210,6 +218,23 @@ pub(crate) struct DisableRequest {
     pub(crate) password: Zeroizing<String>,
     #[serde(default)]
     pub(crate) i_understand_data_loss: bool,
+}
+
+/// `POST /v1/keys/retire` (on the master): remove every key version below `below`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetireRequest {
+    pub(crate) password: Zeroizing<String>,
+    pub(crate) below: KeyVersion,
+    #[serde(default)]
+    pub(crate) i_understand_data_loss: bool,
+}
+
+/// `POST /v1/keys/restore`: take back what is pending destruction (see docs/operations.md).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreRequest {
+    pub(crate) password: Zeroizing<String>,
 }
 
 /// `POST /v1/encryption/handover` (on the master): slave `to` becomes master under a new
@@ -464,6 +489,39 @@ pub struct Status {
     pub db_probes: Vec<DbProbeStatus>,
     /// Each configured alarm sink and its delivery counters.
     pub sinks: Vec<SinkStatus>,
+    /// Key material removed on this master and not yet destroyed, oldest first (only
+    /// `imcrypt key restore` uses it).
+    #[serde(default)]
+    pub pending_destruction: Vec<PendingStatus>,
+}
+
+/// One entry of the pending destruction area, as the status shows it (never key bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingStatus {
+    /// `retired` (versions retired from the domain) or `disabled` (the whole domain).
+    pub kind: PendingKind,
+    pub domain: DomainId,
+    pub versions: Vec<KeyVersion>,
+    pub removed_unix_ms: u64,
+    /// When it is destroyed for good.
+    pub destroy_unix_ms: u64,
+}
+
+/// What a pending entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingKind {
+    Retired,
+    Disabled,
+}
+
+impl std::fmt::Display for PendingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PendingKind::Retired => "retired",
+            PendingKind::Disabled => "disabled",
+        })
+    }
 }
 
 /// One node's compliance database as the daemon's probe last found it.

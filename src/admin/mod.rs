@@ -454,7 +454,13 @@ impl ApiError {
                 C::NotMasterButSlave { .. } | C::NotMasterButOff { .. } => {
                     (StatusCode::CONFLICT, "not_master")
                 }
-                C::KeysNotDownloaded { .. } => (StatusCode::CONFLICT, "keys_not_downloaded"),
+                C::KeysNotDownloaded { .. } | C::RetireNotDownloaded { .. } => {
+                    (StatusCode::CONFLICT, "keys_not_downloaded")
+                }
+                C::RetireAbovePrimary { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
+                C::NothingToRetire { .. } | C::NothingToRestore { .. } => {
+                    (StatusCode::CONFLICT, "nothing_to_do")
+                }
                 C::NoCapability
                 | C::AlreadyMaster { .. }
                 | C::AlreadySlave { .. }
@@ -1033,6 +1039,65 @@ async fn serve_route(
                     "download the keys again: the last download does not hold this version".into(),
                 ],
             ))
+        }
+        Route::RetireKeys => {
+            let b: api::RetireRequest = body(req).await?;
+            let cmd = Command::RetireKeys {
+                password: password(&b.password),
+                below: b.below,
+                i_understand_data_loss: b.i_understand_data_loss,
+            };
+            let (domain, retired, destroy_at) =
+                match with_password(ctx, control, client, cmd, by, issued).await? {
+                    Outcome::Retired { domain, retired, destroy_at } => {
+                        (domain, retired, destroy_at)
+                    }
+                    other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+                };
+            let list = retired.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+            let kept = match destroy_at {
+                Some(t) => format!(
+                    "this master keeps them until {} (imcrypt key restore brings them back), then \
+                     destroys them for good",
+                    humantime::format_rfc3339_seconds(t.system_time())
+                ),
+                None => "destroyed at once (encryption.destruction_grace is 0)".into(),
+            };
+            Ok(done(
+                format!(
+                    "key versions {list} of domain {domain} retired: every cluster deletes them at \
+                     the next sync; {kept}"
+                ),
+                vec![
+                    "records sealed under them open only with a key export made before this \
+                     retirement: keep it"
+                        .into(),
+                ],
+            ))
+        }
+        Route::RestoreKeys => {
+            let b: api::RestoreRequest = body(req).await?;
+            let cmd = Command::RestoreKeys { password: password(&b.password) };
+            let msg = match with_password(ctx, control, client, cmd, by, issued).await? {
+                Outcome::Restored { domain, versions, domain_back } => {
+                    let list =
+                        versions.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+                    if domain_back {
+                        format!(
+                            "encryption domain {domain} restored with key versions {list}: this \
+                             cluster is its master again; its former slaves enrol again at the \
+                             next sync if \"enable on remote clusters\" is on"
+                        )
+                    } else {
+                        format!(
+                            "key versions {list} of domain {domain} restored: every cluster holds \
+                             them again at the next sync"
+                        )
+                    }
+                }
+                other => return Err(ApiError::UnexpectedOutcome(format!("{other:?}"))),
+            };
+            Ok(done(msg, vec![]))
         }
         Route::DownloadKeys => {
             let b: api::DownloadRequest = body(req).await?;

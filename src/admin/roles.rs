@@ -92,6 +92,8 @@ pub fn allowed(route: Route) -> &'static [AdminRole] {
         | Route::PeeringDelete => OPERATORS,
         Route::Enable
         | Route::Disable
+        | Route::RetireKeys
+        | Route::RestoreKeys
         | Route::Handover
         | Route::Promote
         | Route::SetRemote

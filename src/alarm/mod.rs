@@ -64,6 +64,12 @@ pub enum AlarmName {
     /// when the key set is downloaded again.
     #[serde(rename = "MAencryptionKeysRecovered")]
     KeysRecovered,
+    /// Key material removed on this master (retired versions, or a disabled domain) is
+    /// destroyed for good within a day, at the end of `encryption.destruction_grace` (at once
+    /// when that is shorter than a day). About this cluster; cleared when it is destroyed or
+    /// restored.
+    #[serde(rename = "MAencryptionKeysPendingDestruction")]
+    KeysPendingDestruction,
     /// The compliance database of one of this cluster's nodes cannot be reached (the daemon's
     /// probe failed). About this cluster itself.
     #[serde(rename = "MAcomplianceDbDown")]
@@ -80,7 +86,7 @@ pub enum AlarmName {
 
 impl AlarmName {
     #[cfg(test)]
-    pub(crate) const ALL: [AlarmName; 9] = [
+    pub(crate) const ALL: [AlarmName; 10] = [
         AlarmName::AuditUnavailable,
         AlarmName::MultiMaster,
         AlarmName::MasterUnreachable,
@@ -88,6 +94,7 @@ impl AlarmName {
         AlarmName::StaleData,
         AlarmName::SyncRejected,
         AlarmName::KeysRecovered,
+        AlarmName::KeysPendingDestruction,
         AlarmName::ComplianceDbDown,
         AlarmName::Test,
     ];
@@ -101,6 +108,7 @@ impl AlarmName {
             AlarmName::StaleData => "MAencryptionStaleData",
             AlarmName::SyncRejected => "MAencryptionSyncRejected",
             AlarmName::KeysRecovered => "MAencryptionKeysRecovered",
+            AlarmName::KeysPendingDestruction => "MAencryptionKeysPendingDestruction",
             AlarmName::ComplianceDbDown => "MAcomplianceDbDown",
             AlarmName::AuditUnavailable => "MAencryptionAuditUnavailable",
             AlarmName::Test => "MAimcryptTest",
@@ -112,7 +120,8 @@ impl AlarmName {
     fn severity(self) -> Severity {
         match self {
             AlarmName::MultiMaster | AlarmName::AuditUnavailable => Severity::Critical,
-            AlarmName::Test => Severity::Warning,
+            // Planned, and nothing is wrong yet: a reminder that a restore is still possible.
+            AlarmName::Test | AlarmName::KeysPendingDestruction => Severity::Warning,
             AlarmName::MasterUnreachable
             | AlarmName::SlaveUnreachable
             | AlarmName::StaleData

@@ -23,6 +23,10 @@ pub(crate) mod action {
     pub(crate) const PASSWORD_CHANGE: &str = "password.change";
     pub(crate) const KEY_ROTATE: &str = "key.rotate";
     pub(crate) const KEY_DOWNLOAD: &str = "key.download";
+    pub(crate) const KEY_RETIRE: &str = "key.retire";
+    pub(crate) const KEY_RESTORE: &str = "key.restore";
+    /// Key material pending destruction destroyed at the end of its grace period (a timer).
+    pub(crate) const KEY_DESTROY: &str = "key.destroy";
     pub(crate) const PEER_ADD: &str = "peer.add";
     pub(crate) const PEER_REMOVE: &str = "peer.remove";
     pub(crate) const NODE_ADD: &str = "node.add";
@@ -49,6 +53,8 @@ pub(crate) fn action_of(cmd: &Command, me: &ClusterId) -> (&'static str, String)
         Command::ChangePassword { .. } => (action::PASSWORD_CHANGE, String::new()),
         Command::RotateKey => (action::KEY_ROTATE, String::new()),
         Command::DownloadKeys { .. } => (action::KEY_DOWNLOAD, String::new()),
+        Command::RetireKeys { .. } => (action::KEY_RETIRE, String::new()),
+        Command::RestoreKeys { .. } => (action::KEY_RESTORE, String::new()),
         Command::Disable { .. } => (action::DISABLE, String::new()),
         Command::AddPeer { peer, .. } => (action::PEER_ADD, peer.to_string()),
         Command::RemovePeer { peer } => (action::PEER_REMOVE, peer.to_string()),
@@ -83,6 +89,10 @@ pub(crate) fn command(by: &Request, cmd: &Command, me: &ClusterId) -> Record {
             details.insert("remote".into(), json!(false));
         }
         Command::Disable { i_understand_data_loss, .. } => {
+            details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
+        }
+        Command::RetireKeys { below, i_understand_data_loss, .. } => {
+            details.insert("below".into(), json!(below.get()));
             details.insert("i_understand_data_loss".into(), json!(i_understand_data_loss));
         }
         Command::Promote { force, .. } => {
@@ -125,6 +135,22 @@ pub(crate) fn outcome(r: &mut Record, result: &std::result::Result<Outcome, Comm
         Ok(Outcome::Rotated { primary }) => {
             details.insert("primary".into(), json!(primary.get()));
         }
+        Ok(Outcome::Retired { domain, retired, destroy_at }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+            details.insert(
+                "versions".into(),
+                json!(retired.iter().map(|v| v.get()).collect::<Vec<_>>()),
+            );
+            details.insert("destroy_at_unix_ms".into(), json!(destroy_at.map(|t| t.unix_millis())));
+        }
+        Ok(Outcome::Restored { domain, versions, domain_back }) => {
+            details.insert("domain".into(), json!(domain.to_string()));
+            details.insert(
+                "versions".into(),
+                json!(versions.iter().map(|v| v.get()).collect::<Vec<_>>()),
+            );
+            details.insert("domain_back".into(), json!(domain_back));
+        }
         Ok(Outcome::Enabled { domain }) | Ok(Outcome::DisabledDomain { domain }) => {
             details.insert("domain".into(), json!(domain.to_string()));
         }
@@ -154,12 +180,15 @@ fn versions(ring: &KeyRing) -> Vec<u32> {
     ring.versions().map(|v| v.get()).collect()
 }
 
-/// A summary of the role, to see whether an input changed it.
+/// A summary of the role, to see whether an input changed it, and of what is pending
+/// destruction, to record what a timer destroyed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RoleView {
     role: &'static str,
     domain: Option<String>,
     master: Option<String>,
+    /// Each entry pending destruction: (domain, versions, when it is destroyed).
+    pending: Vec<(String, Vec<u32>, u64)>,
 }
 
 impl RoleView {
@@ -171,10 +200,22 @@ impl RoleView {
             Role::Slave(_) => "slave",
         };
         let d = c.domain_state();
+        let pending = c
+            .pending_destruction()
+            .iter()
+            .map(|p| {
+                (
+                    p.removed.domain().to_string(),
+                    versions(p.removed.ring()),
+                    p.destroy_at.unix_millis(),
+                )
+            })
+            .collect();
         Self {
             role,
             domain: d.map(|d| d.domain.to_string()),
             master: d.map(|d| d.master.to_string()),
+            pending,
         }
     }
 }
@@ -231,7 +272,18 @@ pub(crate) fn effects(
             out.push(base(Result_::Ok));
         }
     }
-    if before != after {
+    // Gone from the area without an administrator's restore: destroyed by the timer.
+    if *actor == Actor::Local {
+        for (domain, vs, at) in before.pending.iter().filter(|p| !after.pending.contains(p)) {
+            out.push(
+                Record::new(actor.clone(), action::KEY_DESTROY, Result_::Ok)
+                    .target(domain.clone())
+                    .detail("versions", vs.clone())
+                    .detail("destroy_at_unix_ms", *at),
+            );
+        }
+    }
+    if (before.role, &before.domain, &before.master) != (after.role, &after.domain, &after.master) {
         let mut r = Record::new(actor.clone(), "role.change", Result_::Ok)
             .target(after.role)
             .detail("from", before.role);

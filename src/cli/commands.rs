@@ -46,6 +46,20 @@ pub(crate) struct PasswordSource {
     password_stdin: bool,
 }
 
+/// The flags of a command that deletes key material everywhere (disable on the master, key
+/// retire): the guard's acknowledgement, the password, the connection.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Guarded {
+    /// Go ahead even though the current keys were not downloaded since the last change:
+    /// archived messages encrypted with the keys deleted become unreadable.
+    #[arg(long)]
+    i_understand_data_loss: bool,
+    #[command(flatten)]
+    password: PasswordSource,
+    #[command(flatten)]
+    common: Common,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PeersCommand {
     /// Add a peer to the running daemon (until restart; see docs/admin.md).
@@ -117,14 +131,8 @@ pub(crate) enum EncryptionCommand {
     /// Turn encryption off: on the master for the whole domain (deletes every key), on a
     /// slave for this cluster only (needs the master's password).
     Disable {
-        /// Disable even though the current keys were not downloaded since the last change:
-        /// archived messages encrypted with them become unreadable.
-        #[arg(long)]
-        i_understand_data_loss: bool,
         #[command(flatten)]
-        password: PasswordSource,
-        #[command(flatten)]
-        common: Common,
+        guarded: Guarded,
     },
     /// Planned failover, on the master: make slave CLUSTER master of the domain under a new
     /// term, with every key version; this cluster becomes its slave.
@@ -189,6 +197,24 @@ pub(crate) enum PasswordCommand {
 pub(crate) enum KeyCommand {
     /// Add a key version on the master and make it primary.
     Rotate {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// On the master: remove every key version below N from every cluster's key set. The
+    /// master keeps them for encryption.destruction_grace (imcrypt key restore), then
+    /// destroys them; records under them open only with a key export made before.
+    Retire {
+        /// Retire the versions below this one (at most the primary version, which stays).
+        #[arg(long, value_name = "N")]
+        below: u32,
+        #[command(flatten)]
+        guarded: Guarded,
+    },
+    /// Take back what a retirement (on the master) or a disable (of this master's domain)
+    /// removed, while its grace period lasts.
+    Restore {
+        #[command(flatten)]
+        password: PasswordSource,
         #[command(flatten)]
         common: Common,
     },
@@ -432,6 +458,21 @@ pub(crate) fn status(common: &Common) -> Result<(), CliError> {
     print_peers(&s.peers);
     println!();
     print_alarms(&s.alarms);
+    if !s.pending_destruction.is_empty() {
+        println!();
+        println!("{:<9} {:<34} {:<14} DESTROYED AT", "PENDING", "DOMAIN", "KEY VERSIONS");
+        for p in &s.pending_destruction {
+            let versions: Vec<String> = p.versions.iter().map(|v| v.to_string()).collect();
+            let at = crate::cluster::Time::from_unix_millis(p.destroy_unix_ms).system_time();
+            println!(
+                "{:<9} {:<34} {:<14} {}",
+                p.kind.to_string(),
+                p.domain.to_string(),
+                versions.join(", "),
+                humantime::format_rfc3339_seconds(at)
+            );
+        }
+    }
     if !s.sinks.is_empty() {
         println!();
         println!(
@@ -612,7 +653,9 @@ pub(crate) fn encryption(cmd: EncryptionCommand) -> Result<(), CliError> {
             let v = call(&common, Method::POST, "/v1/encryption/enable", Some(&body))?;
             print_done(&common, &v)
         }
-        EncryptionCommand::Disable { i_understand_data_loss, password, common } => {
+        EncryptionCommand::Disable {
+            guarded: Guarded { i_understand_data_loss, password, common },
+        } => {
             let pw = read_password(&password, "Encryption password (the master's)")?;
             let body = api::DisableRequest { password: pw, i_understand_data_loss };
             let v = call(&common, Method::POST, "/v1/encryption/disable", Some(&body))?;
@@ -703,6 +746,26 @@ pub(crate) fn key(cmd: KeyCommand) -> Result<(), CliError> {
     match cmd {
         KeyCommand::Rotate { common } => {
             let v = call(&common, Method::POST, "/v1/keys/rotate", NO_BODY)?;
+            print_done(&common, &v)
+        }
+        KeyCommand::Retire {
+            below,
+            guarded: Guarded { i_understand_data_loss, password, common },
+        } => {
+            let below = crate::ids::KeyVersion::new(below).map_err(|_| {
+                CliError::Usage(
+                    "--below 0: key versions start at 1; give a version from 2 up".into(),
+                )
+            })?;
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::RetireRequest { password: pw, below, i_understand_data_loss };
+            let v = call(&common, Method::POST, "/v1/keys/retire", Some(&body))?;
+            print_done(&common, &v)
+        }
+        KeyCommand::Restore { password, common } => {
+            let pw = read_password(&password, "Encryption password")?;
+            let body = api::RestoreRequest { password: pw };
+            let v = call(&common, Method::POST, "/v1/keys/restore", Some(&body))?;
             print_done(&common, &v)
         }
         KeyCommand::Download { public_key, out, force, password, common } => {

@@ -30,6 +30,21 @@ pub enum Command {
     },
     /// On the master: add a key version and make it primary; old versions stay for decryption.
     RotateKey,
+    /// On the master: remove every key version below `below` from the domain's key ring
+    /// (every cluster drops them at the next sync; the master keeps them for the grace
+    /// period). `below` may not be above the primary version, which stays. Refused unless the
+    /// current key set was downloaded since its last change, or `i_understand_data_loss`.
+    RetireKeys {
+        password: Password,
+        below: KeyVersion,
+        i_understand_data_loss: bool,
+    },
+    /// Take back what is pending destruction: on the master, the versions retired from its
+    /// domain (`password`: the domain's); on a cluster whose own domain was disabled here,
+    /// that domain, as master again (`password`: that domain's).
+    RestoreKeys {
+        password: Password,
+    },
     /// On the master: check that a key download is allowed (password) and record it. The
     /// daemon validates the administrator's public key *before* issuing this command and wraps
     /// the ring of [`Outcome::KeysForDownload`].
@@ -122,6 +137,12 @@ pub enum Outcome {
     Enabled { domain: DomainId },
     /// The new primary key version.
     Rotated { primary: KeyVersion },
+    /// Versions `retired` left the ring of `domain`; they are destroyed at `destroy_at`
+    /// (`None`: destroyed already, the grace period is zero).
+    Retired { domain: DomainId, retired: Vec<KeyVersion>, destroy_at: Option<Time> },
+    /// What was pending destruction is back: these versions of `domain` (and, after a
+    /// disable, the domain itself with this cluster as its master: `domain_back`).
+    Restored { domain: DomainId, versions: Vec<KeyVersion>, domain_back: bool },
     /// Disabled on the master: every cluster of `domain` deletes its keys.
     DisabledDomain { domain: DomainId },
     /// Disabled on this slave only; its copy of the keys is deleted.
@@ -225,12 +246,34 @@ pub enum CommandError {
     )]
     TermsExhausted,
     #[error(
-        "disabling deletes every key of domain {domain} on every cluster, and archived \
+        "disabling deletes every key of domain {domain} on every cluster (the master keeps \
+         them only for the grace period, encryption.destruction_grace), and archived \
          messages encrypted with them become unreadable; key versions up to {newest} have not \
          all been downloaded since the last key change. Download the keys first, or repeat \
          the command with --i-understand-data-loss"
     )]
     KeysNotDownloaded { domain: DomainId, newest: KeyVersion },
+    #[error(
+        "retiring deletes key versions {versions} of domain {domain} on every cluster (the \
+         master keeps them only for the grace period), and archived messages encrypted with \
+         them become unreadable without a key export that holds them; key versions up to \
+         {newest} have not all been downloaded since the last key change. Download the keys \
+         first (and keep the export), or repeat the command with --i-understand-data-loss"
+    )]
+    RetireNotDownloaded { domain: DomainId, versions: String, newest: KeyVersion },
+    #[error(
+        "cannot retire below key version {below}: the primary version is {primary}, and it \
+         must stay (new records are sealed with it, and a key set is never empty); retire \
+         below {primary} or lower"
+    )]
+    RetireAbovePrimary { below: KeyVersion, primary: KeyVersion },
+    #[error("there is no key version below {below} to retire (the oldest held is {oldest})")]
+    NothingToRetire { below: KeyVersion, oldest: KeyVersion },
+    #[error(
+        "nothing is pending destruction {where_}: there is nothing to restore (what was \
+         removed more than encryption.destruction_grace ago is destroyed for good)"
+    )]
+    NothingToRestore { where_: String },
     #[error("cluster {0} is already a peer")]
     PeerExists(ClusterId),
     #[error("cluster {0} is not a peer")]
@@ -294,7 +337,7 @@ pub enum CommandError {
 }
 
 /// A time as an RFC 3339 date, for messages.
-fn fmt_time(t: Time) -> String {
+pub(super) fn fmt_time(t: Time) -> String {
     humantime::format_rfc3339_seconds(t.system_time()).to_string()
 }
 

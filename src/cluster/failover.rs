@@ -274,7 +274,8 @@ impl Cluster {
         let planned = matches!(&self.state.role, Role::Master(m)
             if m.handing_over.as_ref().is_some_and(|h| h.master == next.master));
         let (old_term, old_master) = (cur.term, cur.master.clone());
-        let extra = cur.ring.missing_from(&next.ring);
+        // Versions the domain's master retired are not kept: they left the domain for good.
+        let extra = cur.ring.missing_from(&next.ring).and_then(|e| e.except(&next.retired));
         let kept = match &extra {
             None => String::new(),
             Some(e) => format!(
@@ -440,7 +441,10 @@ impl Cluster {
         // Only versions of older terms' blocks come back: this term's block (and newer ones)
         // is numbered by this master alone.
         let ours = *m.state.term.versions().start();
-        for k in ring.keys().filter(|k| k.version() < ours) {
+        // A retired version is not taken back (a cluster that missed the retirement holds it).
+        for k in
+            ring.keys().filter(|k| k.version() < ours && !m.state.retired.contains(&k.version()))
+        {
             match m.state.ring.insert(k) {
                 Ok(true) => added.push(k.version()),
                 Ok(false) => {}

@@ -16,11 +16,13 @@ use crate::ids::{ClusterId, DomainId, Epoch, KeyVersion, Term};
 
 use super::command::{Command, CommandError, Outcome, PeerError};
 use super::dbprobe::DbProbes;
+use super::lifecycle::downloaded_or_acknowledged;
 use super::message::{Announced, Eligibility, Hello, PeerMessage, RejectReason, Rejection};
 use super::peering::LearntPeer;
 use super::state::{
     ClusterConfig, ComplianceDb, DomainState, Entropy, LeaveReason, MAX_TOMBSTONES, MasterState,
-    NodeId, PersistedState, Role, STATE_FORMAT, STATE_FORMATS_READ, StaleSlave, Time, Tombstone,
+    NodeId, PersistedState, Removed, Role, STATE_FORMAT, STATE_FORMATS_READ, StaleSlave, Time,
+    Tombstone,
 };
 use super::{Effect, LOG_ENCRYPTION_DISABLED, LOG_ENCRYPTION_ENABLED, LogLevel, LogLine};
 
@@ -417,7 +419,10 @@ impl Cluster {
     /// when a hot path wore it out).
     pub(crate) fn poll_timeout(&self) -> Option<Time> {
         let hello = (!self.views.is_empty()).then_some(self.next_hello);
-        [hello, self.unreachable_deadline(), self.rotation_deadline()].into_iter().flatten().min()
+        [hello, self.unreachable_deadline(), self.rotation_deadline(), self.destruction_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next effect to carry out, in order.
@@ -530,10 +535,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Lets time pass: periodic hellos, the master-unreachable alarm, and automatic key
-    /// rotation on the master when [`Cluster::rotation_due`] says so (the new key comes from
+    /// Lets time pass: periodic hellos, the master-unreachable alarm, the destruction of key
+    /// material whose grace period is over (`lifecycle`), and automatic key rotation on the master when [`Cluster::rotation_due`] says so (the new key comes from
     /// `entropy`, which is not used otherwise).
     pub(crate) fn handle_timeout(&mut self, now: Time, entropy: Entropy) {
+        self.destroy_expired(now);
         if let Some(why) = self.rotation_due(now) {
             self.log(LogLevel::Info, format!("rotating the key automatically: {why}"));
             if let Err(e) = self.transaction(|c| c.rotate(now, entropy)) {
@@ -622,9 +628,13 @@ impl Cluster {
             Command::DisableRemote => done(self.set_remote(false)),
             Command::ChangePassword { old, new } => done(self.change_password(&old, &new, entropy)),
             Command::RotateKey => self.rotate(now, entropy),
+            Command::RetireKeys { password, below, i_understand_data_loss } => {
+                self.retire(&password, below, i_understand_data_loss, now)
+            }
+            Command::RestoreKeys { password } => self.restore_keys(&password, now),
             Command::DownloadKeys { password } => self.download(&password),
             Command::Disable { password, i_understand_data_loss } => match &self.state.role {
-                Role::Master(_) => self.disable_on_master(&password, i_understand_data_loss),
+                Role::Master(_) => self.disable_on_master(&password, i_understand_data_loss, now),
                 Role::Slave(_) => self.disable_on_slave(&password),
                 Role::Off { .. } => Err(CommandError::NotEncrypting),
             },
@@ -674,23 +684,9 @@ impl Cluster {
             }
             Role::Off { .. } => {}
         }
-        if let Eligibility::NotEligible { reason } = self.eligibility() {
-            return Err(CommandError::NotEligible { reason });
-        }
         // Better than the manual: refuse to create a second master where we already know one,
         // instead of creating the conflict and raising an alarm afterwards.
-        for (peer, view) in &self.views {
-            // A former slave of ours still being told to leave an old domain is no obstacle.
-            if let Some(h) = &view.hello
-                && h.role.domain().is_some()
-                && !matches!(&h.role, Announced::Slave { master, .. } if *master == self.config.id)
-            {
-                return Err(CommandError::PeerEncrypts {
-                    peer: peer.clone(),
-                    role: h.role.to_string(),
-                });
-            }
-        }
+        self.may_become_master()?;
         check_policy(password, None)?;
         let domain = DomainId::from_bytes(entropy.domain);
         let state = DomainState {
@@ -704,6 +700,7 @@ impl Cluster {
             term: Term::INITIAL,
             remote_since_term: Term::INITIAL,
             members: self.initial_members(),
+            retired: BTreeSet::new(),
         };
         self.state.role = Role::Master(Box::new(MasterState {
             state,
@@ -793,18 +790,20 @@ impl Cluster {
         Ok(Outcome::KeysForDownload(ring))
     }
 
+    /// Disable on the master: the domain's state is kept pending destruction for the grace
+    /// period (`lifecycle`), its slaves delete their keys at once.
     fn disable_on_master(
         &mut self,
         password: &Password,
         force: bool,
+        now: Time,
     ) -> Result<Outcome, CommandError> {
         let me = self.config.id.clone();
         let m = self.master_state_to_change("disabling encryption on the master")?;
         if !m.state.password.verify(password) {
             return Err(CommandError::WrongPassword);
         }
-        let newest = m.state.ring.newest();
-        if !force && m.downloaded_through != Some(newest) {
+        if let Err(newest) = downloaded_or_acknowledged(m, force) {
             return Err(CommandError::KeysNotDownloaded { domain: m.state.domain, newest });
         }
         let t = Tombstone {
@@ -818,13 +817,25 @@ impl Cluster {
         if self.state.tombstones.len() > MAX_TOMBSTONES {
             self.state.tombstones.remove(0);
         }
-        self.state.role = Role::Off { left: Some(t.clone()) };
+        let old = std::mem::replace(&mut self.state.role, Role::Off { left: Some(t.clone()) });
         self.dirty = true;
+        let kept = match old {
+            Role::Master(m) => self.keep_for_grace(Removed::Disabled { master: m }, now),
+            _ => None,
+        };
+        let here = match kept {
+            Some(at) => format!(
+                "this master keeps them until {} (imcrypt key restore brings the domain back)",
+                super::command::fmt_time(at)
+            ),
+            None => "this master destroys them at once (encryption.destruction_grace is 0)".into(),
+        };
         self.log(LogLevel::Info, LOG_ENCRYPTION_DISABLED.into());
         self.log(
             LogLevel::Warn,
             format!(
-                "encryption domain {} disabled: every cluster of the domain deletes its keys",
+                "encryption domain {} disabled: every cluster of the domain deletes its keys; \
+                 {here}",
                 t.domain
             ),
         );

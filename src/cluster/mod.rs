@@ -16,7 +16,8 @@
 //!
 //! Invariants (each is asserted by the simulator in `sim`, a test-only module, over random
 //! networks):
-//! 1. a cluster holds the key material of at most one domain;
+//! 1. a cluster holds the key material of at most one domain (besides its pending
+//!    destruction area, which nothing but `key restore` uses; see `lifecycle`);
 //! 2. a slave's epoch for its domain never decreases (no rollback, no replay);
 //! 3. once the network is quiet, every slave whose master is its peer holds exactly the
 //!    master's domain state (key ring and settings);
@@ -34,6 +35,7 @@
 mod command;
 mod dbprobe;
 mod failover;
+mod lifecycle;
 mod machine;
 mod message;
 mod peering;
@@ -54,7 +56,9 @@ pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError, is_host_
 pub(crate) use message::PeerMessage;
 pub use peering::{LearntPeer, PeeringSecret, PeeringView, PendingTokenView};
 pub(crate) use reconcile::{Refusal, Wanted};
-pub(crate) use state::{Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Role};
+pub(crate) use state::{
+    Capabilities, ClusterConfig, Entropy, NodeId, PersistedState, Removed, Role,
+};
 pub use state::{ComplianceDb, Time};
 
 use crate::alarm::AlarmChange;

@@ -466,6 +466,7 @@ impl Cluster {
                 ));
             }
         }
+        out.extend(self.pending_destruction_alarm(now));
         for (peer, view) in &self.views {
             if let Some(Hello { role: Announced::Slave { domain, master, .. }, .. }) = &view.hello
                 && master == me

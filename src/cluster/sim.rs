@@ -80,6 +80,7 @@ pub(crate) struct SimSettings {
     pub(crate) hello_interval: Duration,
     pub(crate) master_unreachable_after: Duration,
     pub(crate) rotate_after: Option<Duration>,
+    pub(crate) destruction_grace: Duration,
 }
 
 impl Default for SimSettings {
@@ -89,6 +90,7 @@ impl Default for SimSettings {
             hello_interval: Duration::from_secs(30),
             master_unreachable_after: Duration::from_secs(300),
             rotate_after: None,
+            destruction_grace: ClusterConfig::DEFAULT_DESTRUCTION_GRACE,
         }
     }
 }
@@ -213,6 +215,7 @@ impl Network {
             hello_interval: self.settings.hello_interval,
             master_unreachable_after: self.settings.master_unreachable_after,
             rotate_after: self.settings.rotate_after,
+            destruction_grace: self.settings.destruction_grace,
         }
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Invariants:
 //! - a cluster holds the key ring of at most one domain: the ring lives only inside
-//!   [`Role::Master`] or [`Role::Slave`], and its domain is the role's domain;
+//!   [`Role::Master`] or [`Role::Slave`], and its domain is the role's domain (a master's
+//!   pending destruction area keeps what a retirement or a disable removed, usable by nobody
+//!   but a restore, until its grace period ends);
 //! - a domain's epoch only grows on its master; a slave's epoch for its domain never decreases;
 //! - everything here is plain data (no I/O), serde-serializable for the sealed state file
 //!   (`deny_unknown_fields`, so a state written by a newer version is refused, not misread).
@@ -260,6 +262,9 @@ pub(crate) struct ClusterConfig {
     pub(crate) master_unreachable_after: Duration,
     /// On the master: rotate the key once the primary version is older than this.
     pub(crate) rotate_after: Option<Duration>,
+    /// On the master: how long key versions removed by a retirement or a disable stay
+    /// restorable before they are destroyed (zero: destroyed at once, as the manual has it).
+    pub(crate) destruction_grace: Duration,
 }
 
 impl ClusterConfig {
@@ -268,6 +273,8 @@ impl ClusterConfig {
     pub(crate) const DEFAULT_HELLO_INTERVAL: Duration = Duration::from_secs(10);
     /// `peer.master_unreachable_after` when the config file does not say.
     pub(crate) const DEFAULT_MASTER_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
+    /// `encryption.destruction_grace` when the config file does not say: 7 days.
+    pub(crate) const DEFAULT_DESTRUCTION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
     pub(crate) fn new(id: ClusterId) -> Self {
         Self {
@@ -277,6 +284,7 @@ impl ClusterConfig {
             hello_interval: Self::DEFAULT_HELLO_INTERVAL,
             master_unreachable_after: Self::DEFAULT_MASTER_UNREACHABLE_AFTER,
             rotate_after: None,
+            destruction_grace: Self::DEFAULT_DESTRUCTION_GRACE,
         }
     }
 }
@@ -316,6 +324,11 @@ pub(crate) struct DomainState {
     /// Slots are given by the master, from 0 (the creator) up, and never reused.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) members: BTreeMap<ClusterId, u8>,
+    /// The key versions the master retired and did not restore: nobody takes them back into
+    /// the ring (a cluster of an older term hands back only versions not listed here), so a
+    /// retired version never returns by failover.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub(crate) retired: BTreeSet<KeyVersion>,
 }
 
 impl DomainState {
@@ -350,6 +363,8 @@ struct DomainStateFields {
     remote_since_term: Term,
     #[serde(default)]
     members: BTreeMap<ClusterId, u8>,
+    #[serde(default)]
+    retired: BTreeSet<KeyVersion>,
 }
 
 impl TryFrom<DomainStateFields> for DomainState {
@@ -374,6 +389,7 @@ impl TryFrom<DomainStateFields> for DomainState {
             term,
             remote_since_term,
             members,
+            retired,
         } = f;
         if term != Term::INITIAL && !members.contains_key(&master) {
             return Err(format!(
@@ -400,6 +416,7 @@ impl TryFrom<DomainStateFields> for DomainState {
             term,
             remote_since_term,
             members,
+            retired,
         })
     }
 }
@@ -527,15 +544,61 @@ pub(crate) struct PersistedState {
     /// (format 3 on). Never given to the hot path; deleted with the domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) handback: Option<KeyRing>,
+    /// On a master (or a master that disabled its domain): key material removed by a
+    /// retirement or a disable, kept until its grace period ends (format 5 on). Never given
+    /// to the hot path, never in a key download, never sent to a peer; only `key restore`
+    /// takes it back. Oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) pending_destruction: Vec<PendingDestruction>,
+}
+
+/// Key material the master removed, kept (sealed with the rest of the state) until
+/// `destroy_at`, then zeroized for good.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PendingDestruction {
+    pub(crate) removed_at: Time,
+    pub(crate) destroy_at: Time,
+    pub(crate) removed: Removed,
+}
+
+/// What a [`PendingDestruction`] holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum Removed {
+    /// Key versions retired from the domain's ring (this ring holds exactly them).
+    Retired { ring: KeyRing },
+    /// The whole domain, disabled on this master: its master state as it was.
+    Disabled { master: Box<MasterState> },
+}
+
+impl Removed {
+    /// The domain the removed keys belong to.
+    pub(crate) fn domain(&self) -> DomainId {
+        match self {
+            Removed::Retired { ring } => ring.domain(),
+            Removed::Disabled { master } => master.state.domain,
+        }
+    }
+
+    /// The key versions removed.
+    pub(crate) fn ring(&self) -> &KeyRing {
+        match self {
+            Removed::Retired { ring } => ring,
+            Removed::Disabled { master } => &master.state.ring,
+        }
+    }
 }
 
 /// Format 2 added `peering_tokens` and `learnt_peers`; format 3 terms, slots, recovered
-/// versions and the handback; format 4 the row identity key in key rings. An older state
-/// loads with none of them (the initial term; the row identity key derived from the first
-/// version, which it still holds) and is written back as format 4 ([`STATE_FORMATS_READ`]).
-pub(crate) const STATE_FORMAT: u32 = 4;
+/// versions and the handback; format 4 the row identity key in key rings; format 5 the
+/// pending destruction area and the retired versions of a domain. An older state loads with
+/// none of them (the initial term; the row identity key derived from the first version, which
+/// it still holds; nothing pending or retired) and is written back as format 5
+/// ([`STATE_FORMATS_READ`]).
+pub(crate) const STATE_FORMAT: u32 = 5;
 /// The formats this build reads.
-pub(crate) const STATE_FORMATS_READ: [u32; 4] = [1, 2, 3, 4];
+pub(crate) const STATE_FORMATS_READ: [u32; 5] = [1, 2, 3, 4, 5];
 
 /// How many tombstones a cluster keeps. Each is a few dozen bytes; keeping the last 64
 /// domains covers any realistic history of disable/enable cycles.
@@ -556,6 +619,7 @@ impl PersistedState {
             peering_tokens: Vec::new(),
             learnt_peers: BTreeMap::new(),
             handback: None,
+            pending_destruction: Vec::new(),
         }
     }
 }

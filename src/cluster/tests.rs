@@ -925,3 +925,4 @@ fn logs_alarms_and_errors_never_contain_key_material_or_passwords() {
 }
 
 mod failover;
+mod lifecycle;

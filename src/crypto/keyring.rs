@@ -1,7 +1,7 @@
 //! The key ring of one encryption domain: numbered AES-256 key versions, one of them primary.
 //!
 //! Invariants: versions are numbered from 1 and only grow (rotation adds `max + 1` and makes it
-//! primary); the primary version is always present; key bytes are zeroized on drop and never
+//! primary); the primary version is always present (retiring old versions never removes it); key bytes are zeroized on drop and never
 //! appear in `Debug` or `Display`. The ring also holds the domain's **row identity key**
 //! (`crypto::blind`), derived once from the domain's first version and never rotated, so that
 //! an archived row keeps one identity whatever versions come and go. The ring is pure data: key bytes and times come in from the
@@ -39,6 +39,8 @@ pub enum KeyRingError {
          is replaced"
     )]
     Clash { domain: DomainId, version: KeyVersion },
+    #[error("key version {primary} of domain {domain} is primary and cannot be retired")]
+    RetirePrimary { domain: DomainId, primary: KeyVersion },
 }
 
 /// One key version: 32 secret bytes and when it was made (Unix seconds).
@@ -227,6 +229,50 @@ impl KeyRing {
         let primary = missing.last()?.version;
         let part = Self::from_keys(self.domain, primary, missing).expect("distinct, non-empty");
         Some(Self { row_identity: self.row_identity.clone(), ..part })
+    }
+
+    /// Removes every version below `below` and returns them as a ring of their own (primary:
+    /// the newest of them, same row identity key), or `None` if there is none. Refused with
+    /// [`KeyRingError::RetirePrimary`] (nothing changes) when `below` is above the primary,
+    /// which always stays: a ring is never left empty, and new records keep their key.
+    pub(crate) fn retire_below(
+        &mut self,
+        below: KeyVersion,
+    ) -> Result<Option<KeyRing>, KeyRingError> {
+        if below > self.primary {
+            return Err(KeyRingError::RetirePrimary { domain: self.domain, primary: self.primary });
+        }
+        let kept = self.keys.split_off(&below);
+        let removed = std::mem::replace(&mut self.keys, kept);
+        let Some(primary) = removed.keys().next_back().copied() else { return Ok(None) };
+        Ok(Some(Self {
+            domain: self.domain,
+            primary,
+            keys: removed,
+            row_identity: self.row_identity.clone(),
+        }))
+    }
+
+    /// This ring without the versions in `drop` (primary: the newest left), or `None` if
+    /// nothing would be left.
+    pub(crate) fn except(&self, drop: &std::collections::BTreeSet<KeyVersion>) -> Option<KeyRing> {
+        let keys: BTreeMap<KeyVersion, DomainKey> = self
+            .keys
+            .iter()
+            .filter(|(v, _)| !drop.contains(v))
+            .map(|(v, k)| (*v, k.clone()))
+            .collect();
+        let primary = if keys.contains_key(&self.primary) {
+            self.primary
+        } else {
+            *keys.keys().next_back()?
+        };
+        Some(Self { domain: self.domain, primary, keys, row_identity: self.row_identity.clone() })
+    }
+
+    /// The oldest version this ring holds.
+    pub(crate) fn oldest(&self) -> KeyVersion {
+        *self.keys.keys().next().expect("a key ring is never empty")
     }
 
     pub fn domain(&self) -> DomainId {

@@ -50,9 +50,10 @@ pub enum RecordError {
     #[error("record header names an invalid cluster id")]
     BadClusterId,
     #[error(
-        "record was sealed with key version {version}, which this key ring of domain {domain} does not hold"
+        "record was sealed with key version {version}, which this key ring of domain {domain} \
+         does not hold (it holds {held}): {hint}"
     )]
-    UnknownKeyVersion { domain: DomainId, version: KeyVersion },
+    UnknownKeyVersion { domain: DomainId, version: KeyVersion, held: String, hint: &'static str },
     #[error(
         "record failed authentication: it was altered, or belongs to another domain, key or row \
          (its associated data does not match)"
@@ -305,10 +306,8 @@ impl<'r> RecordOpener<'r> {
         if let Some(key) = self.keys.get(&slot) {
             return key.open(h.nonce, &aad, h.body).map_err(|_| RecordError::Authentication);
         }
-        let dk = self
-            .ring
-            .get(h.key_version)
-            .map_err(|_| RecordError::UnknownKeyVersion { domain, version: h.key_version })?;
+        let dk =
+            self.ring.get(h.key_version).map_err(|_| unknown_version(self.ring, h.key_version))?;
         let key = AeadKey::new(self.imp, &record_key(domain, h.key_version, h.cluster, dk.bytes()));
         let pt = key.open(h.nonce, &aad, h.body).map_err(|_| RecordError::Authentication)?;
         // Cached only once a record authenticated under it: forged rows with made-up cluster
@@ -316,6 +315,24 @@ impl<'r> RecordOpener<'r> {
         self.keys.insert(slot, key);
         Ok(pt)
     }
+}
+
+/// The error for a record under a version `ring` lacks, with where its key can be found: a
+/// version below the ring's oldest was retired (`imcrypt key retire`), and only a key export
+/// made before the retirement holds it; one above its newest is newer than the export.
+fn unknown_version(ring: &KeyRing, version: KeyVersion) -> RecordError {
+    let held = ring.versions().map(|v| v.to_string()).collect::<Vec<_>>().join(", ");
+    let hint = if version < ring.oldest() {
+        "that version was retired (imcrypt key retire); its key is only in a key export made \
+         before the retirement: unwrap that export (imcrypt key unwrap) and read with its key ring"
+    } else if version > ring.newest() {
+        "that version is newer than this key ring: download the keys again (imcrypt key \
+         download) and unwrap the new export"
+    } else {
+        "that version was retired (imcrypt key retire) or was recovered after this export was \
+         made; unwrap a key export that holds it (one made before its retirement)"
+    };
+    RecordError::UnknownKeyVersion { domain: ring.domain(), version, held, hint }
 }
 
 #[cfg(test)]
@@ -399,12 +416,20 @@ mod tests {
         assert_eq!(&op.open(&old, b"").unwrap()[..], b"old");
         assert_eq!(&op.open(&new, b"").unwrap()[..], b"new");
         let (v1_only, _) = setup();
-        assert_eq!(
-            RecordOpener::new(&v1_only, AeadImpl::Ring).open(&new, b""),
-            Err(RecordError::UnknownKeyVersion {
-                domain: v1_only.domain(),
-                version: KeyVersion::new(2).unwrap()
-            })
+        let e = RecordOpener::new(&v1_only, AeadImpl::Ring).open(&new, b"").unwrap_err();
+        assert!(matches!(e, RecordError::UnknownKeyVersion { version, .. } if version.get() == 2));
+        assert!(e.to_string().contains("(it holds 1): that version is newer"), "{e}");
+        // A ring that retired version 1 names the export made before the retirement.
+        let mut retired = ring.clone();
+        retired.retire_below(KeyVersion::new(2).unwrap()).unwrap();
+        let e = RecordOpener::new(&retired, AeadImpl::Ring).open(&old, b"").unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "key version 1, which this key ring of domain 05050505050505050505050505050505 \
+                 does not hold (it holds 2): that version was retired (imcrypt key retire); its \
+                 key is only in a key export made before the retirement"
+            ),
+            "{e}"
         );
     }
 

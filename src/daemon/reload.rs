@@ -179,7 +179,7 @@ pub(crate) fn restart_needed(started: &Config, new: &Config) -> Vec<&'static str
             "admin.max_concurrent_password_checks",
         ),
         (a.password != b.password, "password.pbkdf2_iterations"),
-        (a.encryption != b.encryption, "encryption.rotate_after"),
+        (a.encryption != b.encryption, "encryption.rotate_after, encryption.destruction_grace"),
         (a.hotpath != b.hotpath, "hotpath"),
         (dbs.0 != dbs.1, "nodes.db"),
         (a.db_probe != b.db_probe, "db_probe.interval"),

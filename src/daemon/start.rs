@@ -37,6 +37,7 @@ fn cluster_config(config: &Config) -> ClusterConfig {
     cc.hello_interval = config.peer.hello_interval;
     cc.master_unreachable_after = config.peer.master_unreachable_after;
     cc.rotate_after = config.encryption.rotate_after;
+    cc.destruction_grace = config.encryption.destruction_grace;
     if config.testing.legacy_software {
         cc.capabilities = crate::cluster::Capabilities::LEGACY;
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::admin::api;
 use crate::alarm::sink::Sinks;
-use crate::cluster::{Cluster, PeerRelation, Role};
+use crate::cluster::{Cluster, PeerRelation, Removed, Role};
 use crate::ids::ClusterId;
 use crate::peer::client::PeerLink;
 
@@ -53,5 +53,19 @@ pub(super) fn status(
             .map(|(n, reachable)| api::DbProbeStatus { node: n.to_string(), reachable })
             .collect(),
         sinks: sinks.snapshot(),
+        pending_destruction: c
+            .pending_destruction()
+            .iter()
+            .map(|p| api::PendingStatus {
+                kind: match p.removed {
+                    Removed::Retired { .. } => api::PendingKind::Retired,
+                    Removed::Disabled { .. } => api::PendingKind::Disabled,
+                },
+                domain: p.removed.domain(),
+                versions: p.removed.ring().versions().collect(),
+                removed_unix_ms: p.removed_at.unix_millis(),
+                destroy_unix_ms: p.destroy_at.unix_millis(),
+            })
+            .collect(),
     }
 }

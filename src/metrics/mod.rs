@@ -490,6 +490,7 @@ mod tests {
             }],
             alarms: vec![Alarm::new(AlarmName::MultiMaster, b, "cause", "remedy")],
             db_probes: vec![DbProbeStatus { node: "n1".into(), reachable: false }],
+            pending_destruction: vec![],
             sinks: vec![SinkStatus {
                 name: "pager".into(),
                 kind: "webhook".into(),

@@ -175,6 +175,26 @@ pub fn tls_client_trusting(ca: &Path) -> std::sync::Arc<rustls::ClientConfig> {
     std::sync::Arc::new(cfg)
 }
 
+/// The administrator's download through the binary: an RSA-3072 key pair made with openssl
+/// in `dir` (`NAME.pem`, `NAME.pub.pem`), and the keys of the master configured in `cfg`
+/// downloaded for it into `DIR/NAME.export.json` (asserted to succeed).
+pub async fn download_keys(dir: &Path, cfg: &str, name: &str) -> (KeyPair, PathBuf) {
+    let key = openssl_key_pair(dir, name, KeyKind::Rsa(3072));
+    let export = dir.join(format!("{name}.export.json"));
+    let args = ["key", "download", "--public-key", s(&key.public), "--out", s(&export)];
+    let o =
+        imcrypt(&[&args[..], &["--password-stdin", "-c", cfg]].concat(), &format!("{PASSWORD}\n"))
+            .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    (key, export)
+}
+
+/// `imcrypt key unwrap` of `export` with `key`'s private key into the key ring file `ring`.
+pub async fn unwrap_keys(export: &Path, key: &KeyPair, ring: &Path) -> Out {
+    let args = ["--export", s(export), "--private-key", s(&key.private), "--out", s(ring)];
+    imcrypt(&[&["key", "unwrap"][..], &args].concat(), "").await
+}
+
 /// What the `imcrypt` binary printed and how it exited.
 pub struct Out {
     pub code: i32,
