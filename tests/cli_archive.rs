@@ -394,6 +394,22 @@ async fn rewrap_story(db: &str) {
     assert_eq!(from_user3.len(), (0..N).filter(|i| i % 7 == 3).count());
     let ops = messages(db, &export, &sk, &["--room", "ops"]).await;
     assert_eq!(ops.len(), N.div_ceil(3));
+
+    // No row needs versions 1 and 2 any more: retire them (the keys were downloaded after the
+    // last rotation), and the archive still reads whole with an export of version 3 alone.
+    let args = ["key", "retire", "--below", "3", "--password-stdin", "-c", &cfg];
+    let o = imcrypt(&args, &format!("{PASSWORD}\n")).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let st =
+        lab.wait_until("a", "version 3 only", WAIT, |st| st.key_versions.len() == 1).await.unwrap();
+    assert_eq!(st.primary_version.map(|v| v.get()), Some(3));
+    let after = dir.join("after-retire");
+    std::fs::create_dir(&after).unwrap();
+    let (sk3, export3) = download_keys(&after, &cfg).await;
+    let only_v3: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&export3).unwrap()).unwrap();
+    assert_eq!(only_v3["keys"].as_array().unwrap().len(), 1, "{only_v3}");
+    assert_eq!(messages(db, &export3, &sk3, &[]).await, before);
     // A re-sent event is still recognised after the rewrap (its row identity stayed).
     let first = events.lines().next().unwrap().to_owned() + "\n";
     let o = imcrypt(&["archive", "--db", db, "--hotpath", &sock], &first).await;
@@ -403,7 +419,7 @@ async fn rewrap_story(db: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrap_moves_a_postgresql_archive_to_the_primary_version_and_resumes_after_kill_9() {
+async fn rewrap_moves_a_postgresql_archive_to_the_primary_version_resumes_after_kill_9_and_lets_old_versions_retire() {
     bounded(async {
         let pg = pg::Pg::start();
         rewrap_story(&pg.url()).await;
@@ -412,7 +428,7 @@ async fn rewrap_moves_a_postgresql_archive_to_the_primary_version_and_resumes_af
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrap_moves_an_sqlite_archive_to_the_primary_version_and_resumes_after_kill_9() {
+async fn rewrap_moves_an_sqlite_archive_to_the_primary_version_resumes_after_kill_9_and_lets_old_versions_retire() {
     bounded(async {
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", d.path().join("archive.db").display());
