@@ -419,7 +419,7 @@ async fn rewrap_story(db: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrap_moves_a_postgresql_archive_to_the_primary_version_resumes_after_kill_9_and_lets_old_versions_retire() {
+async fn rewrap_of_a_postgresql_archive_survives_kill_9_and_lets_old_versions_retire() {
     bounded(async {
         let pg = pg::Pg::start();
         rewrap_story(&pg.url()).await;
@@ -428,7 +428,7 @@ async fn rewrap_moves_a_postgresql_archive_to_the_primary_version_resumes_after_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rewrap_moves_an_sqlite_archive_to_the_primary_version_resumes_after_kill_9_and_lets_old_versions_retire() {
+async fn rewrap_of_an_sqlite_archive_survives_kill_9_and_lets_old_versions_retire() {
     bounded(async {
         let d = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", d.path().join("archive.db").display());
