@@ -220,11 +220,29 @@ pub(crate) struct DisableRequest {
     pub(crate) i_understand_data_loss: bool,
 }
 
+/// A key version from any JSON number without a fractional part: JSON has one number type,
+/// and `4469.0` is the integer 4469 (JSON Schema says so too, and clients generated from
+/// docs/admin-api.yaml may send it so).
+fn integral_key_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<KeyVersion, D::Error> {
+    use serde::de::Error as _;
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    let v = whole.and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+        D::Error::custom(format!("{n} is not a key version (an integer from 1 to 4294967295)"))
+    })?;
+    KeyVersion::new(v).map_err(D::Error::custom)
+}
+
 /// `POST /v1/keys/retire` (on the master): remove every key version below `below`.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RetireRequest {
     pub(crate) password: Zeroizing<String>,
+    #[serde(deserialize_with = "integral_key_version")]
     pub(crate) below: KeyVersion,
     #[serde(default)]
     pub(crate) i_understand_data_loss: bool,
@@ -670,6 +688,24 @@ pub(crate) struct ErrorDetail {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retire_body_takes_a_version_written_as_a_whole_number_in_any_form() {
+        let parse = |below: &str| {
+            serde_json::from_str::<super::RetireRequest>(&format!(
+                r#"{{"password":"p","below":{below}}}"#
+            ))
+            .map(|r| r.below.get())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("4469"), Ok(4469));
+        assert_eq!(parse("4469.0"), Ok(4469));
+        assert_eq!(parse("4.469e3"), Ok(4469));
+        assert!(parse("4469.5").unwrap_err().contains("is not a key version"));
+        assert!(parse("-1").unwrap_err().contains("is not a key version"));
+        assert!(parse("4294967296").unwrap_err().contains("is not a key version"));
+        assert!(parse("0").is_err());
+    }
+
     use super::*;
 
     #[test]
