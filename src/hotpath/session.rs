@@ -468,12 +468,7 @@ mod tests {
         };
         assert_eq!(&indexes[..32], &ix.index(b"participant\0alice")[..]);
         assert_eq!(&indexes[32..], &ix.index(b"room\0ops")[..]);
-        let (ks, _, mut s) = setup(false);
-        let mut input = hello();
-        frame::encode_message_list(&mut input, frame::kind::INDEX, 6, [&b"x"[..]].into_iter());
-        let mut out = Vec::new();
-        s.handle(&input, &ks, &mut out, false);
-        assert_eq!(answers(&out)[1], Response::Off { request_id: 6 });
+        assert_answered_off(frame::kind::INDEX);
     }
 
     #[test]
@@ -489,9 +484,14 @@ mod tests {
         let Response::Identified { request_id: 5, identities } = a[1] else { panic!("{:?}", a[1]) };
         assert_eq!(&identities[..32], &ri.identity(b"row\0a")[..]);
         assert_eq!(&identities[32..], &ri.identity(b"row\0b")[..]);
+        assert_answered_off(frame::kind::IDENTIFY);
+    }
+
+    /// An INDEX or IDENTIFY (`kind`) to a cluster with encryption off is answered OFF.
+    fn assert_answered_off(kind: u8) {
         let (ks, _, mut s) = setup(false);
         let mut input = hello();
-        frame::encode_message_list(&mut input, frame::kind::IDENTIFY, 6, [&b"x"[..]].into_iter());
+        frame::encode_message_list(&mut input, kind, 6, [&b"x"[..]].into_iter());
         let mut out = Vec::new();
         s.handle(&input, &ks, &mut out, false);
         assert_eq!(answers(&out)[1], Response::Off { request_id: 6 });
