@@ -46,6 +46,10 @@ fi
 ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1 || apt_install rsyslog-gnutls
 [ -x /usr/bin/prometheus-alertmanager ] || apt_install prometheus-alertmanager
 
+# Chromium and chromedriver: tests/console.rs drives the web console in a real, headless
+# browser.
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
+
 # Schemathesis (from PyPI, pinned so that a run is reproducible): tests/admin_api.rs fuzzes
 # the admin API of a live daemon against docs/admin-api.yaml. Installed in a virtualenv under
 # target/, so nothing outside the repository changes.

@@ -189,6 +189,23 @@ pub(crate) struct AdminSection {
     /// Connections to the admin listener at once (docs/operations.md, "Limits").
     #[serde(default = "default_admin_connections", deserialize_with = "positive")]
     pub(crate) max_connections: u32,
+    /// Serve the web console on this listener, under `/ui/` (docs/console.md).
+    #[serde(default = "yes")]
+    pub(crate) console: bool,
+    /// A console session unused this long is logged out.
+    #[serde(
+        default = "default_console_idle_timeout",
+        deserialize_with = "crate::duration::nonzero"
+    )]
+    pub(crate) console_idle_timeout: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_console_idle_timeout() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 fn default_admin_connections() -> u32 {
@@ -700,6 +717,8 @@ archiver = "postgresql"
             ("password_attempts_per_minute", n(c.admin.password_attempts_per_minute)),
             ("max_concurrent_password_checks", n(c.admin.max_concurrent_password_checks)),
             ("max_connections", n(c.admin.max_connections)),
+            ("console", format!("`{}`", c.admin.console)),
+            ("console_idle_timeout", d(c.admin.console_idle_timeout)),
         ];
         let mut expected = vec![
             ("peer.hello_interval".to_owned(), d(c.peer.hello_interval)),

@@ -305,3 +305,45 @@ async fn an_unwritable_audit_refuses_download_disable_and_password_change_and_st
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_list_asks_the_daemon_which_filters_and_says_when_its_chain_is_broken() {
+    bounded(async {
+        let one = One::enabled().await;
+        let key = openssl_key_pair(one.dir.path(), "auditor", KeyKind::Rsa(2048));
+        assert_eq!(one.download(&key, PASSWORD).await.code, 0);
+        let list = |args: &[&str]| {
+            let args = [&["audit", "list", "-c", &one.cfg][..], args].concat();
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                imcrypt(&args, "").await
+            }
+        };
+
+        // The records the files hold, filtered by the daemon as `audit show` filters them.
+        let o = list(&["--action", "key.", "-o", "json"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        let listed: Vec<Entry> =
+            o.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let on_disk: Vec<Entry> =
+            one.entries().into_iter().filter(|e| e.action.starts_with("key.")).collect();
+        assert_eq!(listed, on_disk);
+        assert_eq!(listed.last().unwrap().action, "key.download");
+        assert!(o.stderr.contains("audit chain intact"), "{}", o.stderr);
+        let o = list(&["--limit", "1"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(o.stdout.lines().count(), 2, "a header and the newest record: {}", o.stdout);
+        let o = list(&["--since", "yesterday-ish"]).await;
+        assert_eq!(o.code, 3, "a bad time is a bad value: {}", o.stderr);
+        assert!(o.stderr.contains("since"), "{}", o.stderr);
+
+        // A record changed behind the daemon's back: the daemon's own check finds it.
+        let text = std::fs::read_to_string(one.log()).unwrap();
+        std::fs::write(one.log(), text.replacen("key.download", "key.dowNload", 1)).unwrap();
+        let o = list(&[]).await;
+        assert_eq!(o.code, 8, "{}{}", o.stdout, o.stderr);
+        assert!(o.stderr.contains("does not verify"), "{}", o.stderr);
+    })
+    .await;
+}

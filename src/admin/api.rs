@@ -49,10 +49,11 @@ pub enum Route {
     PeeringEstablish,
     PeeringList,
     PeeringDelete,
+    Audit,
 }
 
 impl Route {
-    pub const ALL: [Route; 25] = [
+    pub const ALL: [Route; 26] = [
         Route::Status,
         Route::Peers,
         Route::AddPeer,
@@ -78,6 +79,7 @@ impl Route {
         Route::PeeringEstablish,
         Route::PeeringList,
         Route::PeeringDelete,
+        Route::Audit,
     ];
 
     /// The HTTP method and the path pattern (`{id}` stands for one path segment).
@@ -108,6 +110,7 @@ impl Route {
             Route::PeeringEstablish => ("POST", "/v1/peering/establish"),
             Route::PeeringList => ("GET", "/v1/peering"),
             Route::PeeringDelete => ("DELETE", "/v1/peering/{id}"),
+            Route::Audit => ("GET", "/v1/audit"),
         }
     }
 
@@ -140,6 +143,41 @@ impl Route {
             Route::PeeringList => None,
             // Names and roles, no secret: read like the status.
             Route::ListTokens => None,
+            // Reading the trail is not an act on the domain (as `imcrypt audit show` is not).
+            Route::Audit => None,
+        }
+    }
+
+    /// Whether the route reads a JSON request body (the others never read one, whatever is
+    /// sent).
+    pub(crate) fn takes_body(self) -> bool {
+        match self {
+            Route::AddPeer
+            | Route::AddNode
+            | Route::Enable
+            | Route::Disable
+            | Route::SetRemote
+            | Route::ChangePassword
+            | Route::RetireKeys
+            | Route::RestoreKeys
+            | Route::DownloadKeys
+            | Route::Handover
+            | Route::Promote
+            | Route::CreateToken
+            | Route::PeeringToken
+            | Route::PeeringEstablish => true,
+            Route::Status
+            | Route::Peers
+            | Route::RemovePeer
+            | Route::RemoveNode
+            | Route::Alarms
+            | Route::Health
+            | Route::RotateKey
+            | Route::ListTokens
+            | Route::RevokeToken
+            | Route::PeeringList
+            | Route::PeeringDelete
+            | Route::Audit => false,
         }
     }
 
@@ -563,6 +601,19 @@ pub struct PeerStatus {
     /// come every `hello_interval`); `None`: nothing since this daemon started.
     #[serde(default)]
     pub last_hello_unix_ms: Option<u64>,
+    /// What the peer said of itself in its last hello; `None`: nothing heard since start.
+    #[serde(default)]
+    pub announced: Option<PeerAnnounced>,
+}
+
+/// A peer's role as its last hello announced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAnnounced {
+    pub role: Role,
+    pub domain: Option<DomainId>,
+    /// The master it follows (a slave).
+    pub master: Option<ClusterId>,
+    pub epoch: Option<Epoch>,
 }
 
 /// `GET /v1/alarms`: the active alarms and the recent raises and clears, oldest first.
@@ -570,6 +621,50 @@ pub struct PeerStatus {
 pub(crate) struct AlarmsReport {
     pub(crate) active: Vec<Alarm>,
     pub(crate) history: Vec<AlarmEvent>,
+}
+
+/// `GET /v1/audit`'s query: which records (all optional).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// RFC 3339 time or a duration ago (`2h`).
+    #[serde(default)]
+    pub(crate) since: Option<String>,
+    /// An administrator's name, a peer's cluster id, `anonymous` or `local`.
+    #[serde(default)]
+    pub(crate) actor: Option<String>,
+    /// An action (`key.download`) or a family (`key.`).
+    #[serde(default)]
+    pub(crate) action: Option<String>,
+    /// At most this many of the newest matching records (default 100, at most 1000).
+    #[serde(default)]
+    pub(crate) limit: Option<usize>,
+}
+
+/// The default and largest `limit` of `GET /v1/audit`.
+pub(crate) const AUDIT_LIMIT: (usize, usize) = (100, 1000);
+
+/// `GET /v1/audit`: the newest records that match, oldest first, and the chain's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditReport {
+    /// `false`: `[audit] enabled = false`, nothing is recorded.
+    pub enabled: bool,
+    pub chain: ChainReport,
+    /// How many records match in all (more than `records` holds when over the limit).
+    pub matched: u64,
+    pub records: Vec<crate::audit::Entry>,
+}
+
+/// Whether the audit chain verifies, from its first record to the last one written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainReport {
+    pub intact: bool,
+    /// The records read, and the first and last of them (none while the trail is empty).
+    pub records: u64,
+    pub first: Option<u64>,
+    pub last: Option<u64>,
+    /// What is wrong, naming the file, line and record, when it is not intact.
+    pub problem: Option<String>,
 }
 
 /// `GET /v1/health`'s verdict, most severe first where several apply; each has its own HTTP

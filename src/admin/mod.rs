@@ -24,6 +24,7 @@
 
 pub mod api;
 pub mod client;
+mod console;
 mod limit;
 mod proof;
 mod refusals;
@@ -158,6 +159,8 @@ struct Ctx {
     audit: Audit,
     /// How often anonymous refusals are recorded ([`refusals`]).
     refusals: Mutex<refusals::Refusals>,
+    /// The web console, unless `admin.console = false`.
+    console: Option<console::Console>,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -229,6 +232,7 @@ impl Admin {
                 metrics,
                 audit,
                 refusals: Mutex::default(),
+                console: a.console.then(|| console::Console::new(a.console_idle_timeout)),
             }),
         })
     }
@@ -271,6 +275,13 @@ async fn connection(
         let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
             let (method, route) = metric_labels(&req);
+            if let Some(console) = &ctx.console
+                && console::is_console(req.uri().path())
+            {
+                let r = console::serve(req, addr, &ctx, console, &control, &ticket).await;
+                ctx.metrics.request(method, route, r.status().as_u16());
+                return Ok::<_, std::convert::Infallible>(r);
+            }
             let (mut issued, mut known) = (None, None);
             let found = api::find(req.method().as_str(), req.uri().path());
             let path = req.uri().path().to_owned();
@@ -355,6 +366,9 @@ enum ApiError {
     /// A peering token could not be made or used (its core refusals are `Command`).
     #[error(transparent)]
     Peering(PeeringError),
+    /// A console form without this session's CSRF token, or sent from another site.
+    #[error("{0}")]
+    CrossSite(String),
 }
 
 impl From<PeeringError> for ApiError {
@@ -385,6 +399,7 @@ impl ApiError {
             ApiError::NoToken => (StatusCode::UNAUTHORIZED, "no_token"),
             ApiError::WrongToken { .. } => (StatusCode::UNAUTHORIZED, "wrong_token"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "role_forbidden"),
+            ApiError::CrossSite(_) => (StatusCode::FORBIDDEN, "cross_site"),
             ApiError::Tokens(t) => match t {
                 TokensError::BadName { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_value"),
                 TokensError::NameTaken(_) => (StatusCode::CONFLICT, "refused"),
@@ -497,6 +512,7 @@ impl ApiError {
             ApiError::NoToken
             | ApiError::WrongToken { .. }
             | ApiError::Forbidden(_)
+            | ApiError::CrossSite(_)
             | ApiError::Tokens(_)
             | ApiError::NotFound(_)
             | ApiError::WrongMethod { .. }
@@ -559,6 +575,14 @@ fn done(message: impl Into<String>, notes: Vec<String>) -> Response<Full<Bytes>>
 /// The method and route labels of `imcrypt_admin_requests_total`: only values of the route
 /// table (or "other"), never what a client typed, so the series stay few.
 fn metric_labels<B>(req: &Request<B>) -> (&'static str, &'static str) {
+    if console::is_console(req.uri().path()) {
+        let method = match *req.method() {
+            hyper::Method::GET => "GET",
+            hyper::Method::POST => "POST",
+            _ => "other",
+        };
+        return (method, "/ui/");
+    }
     match api::find(req.method().as_str(), req.uri().path()) {
         Match::Found { route, .. } => route.method_and_path(),
         Match::WrongMethod { .. } | Match::NotFound => ("other", "other"),
@@ -735,7 +759,9 @@ fn check_json(req: &Request<Incoming>) -> Result<(), ApiError> {
     if json { Ok(()) } else { Err(ApiError::NotJson(text.chars().take(100).collect())) }
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+/// The JSON body of a request to a route that takes one: at most [`api::MAX_BODY`] bytes,
+/// decided from `Content-Length` before reading when it is given.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -745,7 +771,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
         return Err(ApiError::TooLarge);
     }
     check_json(&req)?;
-    let bytes = Limited::new(req.into_body(), api::MAX_BODY)
+    Ok(Limited::new(req.into_body(), api::MAX_BODY)
         .collect()
         .await
         .map_err(|e| {
@@ -755,8 +781,11 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
                 ApiError::BadBody(e.to_string())
             }
         })?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadBody(e.to_string()))
+        .to_bytes())
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
 
 fn password(s: &zeroize::Zeroizing<String>) -> Password {
@@ -765,8 +794,8 @@ fn password(s: &zeroize::Zeroizing<String>) -> Password {
 
 /// Who sent a password request, for the limits: the token's credential and the client its
 /// proof names (or none).
-fn client_of(req: &Request<Incoming>, ctx: &Ctx, credential: Credential) -> Client {
-    ctx.proofs.client(credential, req.headers().get(proof::HEADER).map(HeaderValue::as_bytes))
+fn client_of(call: &Call, ctx: &Ctx) -> Client {
+    ctx.proofs.client(call.credential, call.proof.as_deref())
 }
 
 /// Runs a command that carries a password: rate limits first, then a PBKDF2 slot, then the
@@ -909,30 +938,40 @@ async fn handle(
     *known = Some(principal.clone());
     // Before the body is read: a refused role changes nothing and costs no hashing.
     principal.may(route)?;
-    let req = Authenticated { req, principal, credential, peer };
-    serve_route(req, route, param.unwrap_or_default(), ctx, control, issued).await
+    let query = req.uri().query().map(str::to_owned);
+    let proof = req.headers().get(proof::HEADER).map(|v| v.as_bytes().to_vec());
+    let body = if route.takes_body() { read_body(req).await? } else { Bytes::new() };
+    let call = Call { principal, credential, peer, proof, query, body };
+    serve_route(call, route, param.unwrap_or_default(), ctx, control, issued).await
 }
 
-/// A request whose token was checked: who sent it (the one place a route handler learns it,
-/// e.g. for an audit record), the token's credential in the password limits, and from where.
-struct Authenticated {
-    req: Request<Incoming>,
+/// A request whose token was checked and whose role allows its route, whatever brought it
+/// (the API's JSON, or a form of the console, [`console`]): who sent it (the one place a route
+/// handler learns it, e.g. for an audit record), the token's credential in the password
+/// limits, from where, and what it carries. Both go through [`serve_route`], so the console
+/// has the API's checks, limits and audit records and no others.
+struct Call {
     principal: Principal,
     credential: Credential,
     peer: SocketAddr,
+    /// The client proof the request presented ([`proof::HEADER`]).
+    proof: Option<Vec<u8>>,
+    query: Option<String>,
+    /// The JSON body; empty unless the route [takes one](Route::takes_body).
+    body: Bytes,
 }
 
 /// Answers `route` for an administrator whose role allows it.
 async fn serve_route(
-    a: Authenticated,
+    call: Call,
     route: Route,
     param: String,
     ctx: &Arc<Ctx>,
     control: &impl Daemon,
     issued: &mut Option<String>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let Authenticated { req, principal, credential, peer } = a;
-    let client = (credential, client_of(&req, ctx, credential), peer);
+    let client = (call.credential, client_of(&call, ctx), call.peer);
+    let Call { principal, peer, query, body, .. } = call;
     let by = crate::audit::Request {
         actor: actor(&principal),
         source: Some(peer.to_string()),
@@ -940,7 +979,8 @@ async fn serve_route(
     };
     match route {
         Route::Status => Ok(json(StatusCode::OK, &control.status().await?)),
-        Route::Health => Ok(health(&ctx.cluster, req.uri().query(), control).await),
+        Route::Health => Ok(health(&ctx.cluster, query.as_deref(), control).await),
+        Route::Audit => Ok(json(StatusCode::OK, &audit_report(ctx, query.as_deref()).await?)),
         Route::Peers => Ok(json(StatusCode::OK, &control.status().await?.peers)),
         Route::Alarms => {
             let active = control.status().await?.alarms;
@@ -948,7 +988,7 @@ async fn serve_route(
             Ok(json(StatusCode::OK, &report))
         }
         Route::Enable => {
-            let b: api::EnableRequest = body(req).await?;
+            let b: api::EnableRequest = parse(&body)?;
             let cmd = Command::Enable { password: password(&b.password), remote: b.remote };
             let domain = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::Enabled { domain } => domain,
@@ -962,7 +1002,7 @@ async fn serve_route(
             Ok(done(msg, vec![]))
         }
         Route::Disable => {
-            let b: api::DisableRequest = body(req).await?;
+            let b: api::DisableRequest = parse(&body)?;
             let cmd = Command::Disable {
                 password: password(&b.password),
                 i_understand_data_loss: b.i_understand_data_loss,
@@ -980,7 +1020,7 @@ async fn serve_route(
             Ok(done(msg, vec![]))
         }
         Route::Handover => {
-            let b: api::HandoverRequest = body(req).await?;
+            let b: api::HandoverRequest = parse(&body)?;
             let to = cluster_id(&b.to)?;
             let cmd = Command::Handover { to, password: password(&b.password) };
             match with_password(ctx, control, client, cmd, by, issued).await? {
@@ -992,7 +1032,7 @@ async fn serve_route(
             }
         }
         Route::Promote => {
-            let b: api::PromoteRequest = body(req).await?;
+            let b: api::PromoteRequest = parse(&body)?;
             let cmd = Command::Promote { password: password(&b.password), force: b.force };
             match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::Promoted { domain, term, forced, .. } => {
@@ -1003,7 +1043,7 @@ async fn serve_route(
             }
         }
         Route::SetRemote => {
-            let b: api::RemoteRequest = body(req).await?;
+            let b: api::RemoteRequest = parse(&body)?;
             control
                 .command(if b.enabled { Command::EnableRemote } else { Command::DisableRemote }, by)
                 .await?;
@@ -1017,7 +1057,7 @@ async fn serve_route(
             ))
         }
         Route::ChangePassword => {
-            let b: api::PasswordChangeRequest = body(req).await?;
+            let b: api::PasswordChangeRequest = parse(&body)?;
             let cmd = Command::ChangePassword {
                 old: password(&b.old_password),
                 new: password(&b.new_password),
@@ -1041,7 +1081,7 @@ async fn serve_route(
             ))
         }
         Route::RetireKeys => {
-            let b: api::RetireRequest = body(req).await?;
+            let b: api::RetireRequest = parse(&body)?;
             let cmd = Command::RetireKeys {
                 password: password(&b.password),
                 below: b.below,
@@ -1076,7 +1116,7 @@ async fn serve_route(
             ))
         }
         Route::RestoreKeys => {
-            let b: api::RestoreRequest = body(req).await?;
+            let b: api::RestoreRequest = parse(&body)?;
             let cmd = Command::RestoreKeys { password: password(&b.password) };
             let msg = match with_password(ctx, control, client, cmd, by, issued).await? {
                 Outcome::Restored { domain, versions, domain_back } => {
@@ -1100,7 +1140,7 @@ async fn serve_route(
             Ok(done(msg, vec![]))
         }
         Route::DownloadKeys => {
-            let b: api::DownloadRequest = body(req).await?;
+            let b: api::DownloadRequest = parse(&body)?;
             // The key is checked before the password is looked at.
             let to = parse_public_key(&b.public_key_pem)?;
             let cmd = Command::DownloadKeys { password: password(&b.password) };
@@ -1125,7 +1165,7 @@ async fn serve_route(
             Ok(json(StatusCode::OK, &doc))
         }
         Route::AddPeer => {
-            let b: api::AddPeerRequest = body(req).await?;
+            let b: api::AddPeerRequest = parse(&body)?;
             let peer = cluster_id(&b.id)?;
             control
                 .command(Command::AddPeer { peer: peer.clone(), address: b.address.clone() }, by)
@@ -1148,7 +1188,7 @@ async fn serve_route(
             Ok(done(format!("cluster {peer} is no longer a peer"), vec![UNTIL_RESTART.into()]))
         }
         Route::AddNode => {
-            let b: api::AddNodeRequest = body(req).await?;
+            let b: api::AddNodeRequest = parse(&body)?;
             let node = node_id(&b.id)?;
             let archiver = archiver(&b.archiver)?;
             control.command(Command::AddNode { node: node.clone(), archiver }, by).await?;
@@ -1160,7 +1200,7 @@ async fn serve_route(
             Ok(done(format!("node {node} removed"), vec![UNTIL_RESTART.into()]))
         }
         Route::PeeringToken => {
-            let b: api::PeeringTokenRequest = body(req).await?;
+            let b: api::PeeringTokenRequest = parse(&body)?;
             let for_cluster = cluster_id(&b.for_cluster)?;
             let valid_for = peering_token_lifetime(b.expires.as_deref())?;
             let token = control.peering_token(for_cluster, valid_for, by).await?;
@@ -1174,7 +1214,7 @@ async fn serve_route(
             Ok(json(StatusCode::CREATED, &token))
         }
         Route::PeeringEstablish => {
-            let b: api::PeeringEstablishRequest = body(req).await?;
+            let b: api::PeeringEstablishRequest = parse(&body)?;
             let issuer = control.establish_peering(&b.token, by).await?;
             Ok(done(
                 format!(
@@ -1201,7 +1241,7 @@ async fn serve_route(
             Ok(json(StatusCode::OK, &api::TokenList { tokens: ctx.tokens.current()?.list() }))
         }
         Route::CreateToken => {
-            let b: api::CreateTokenRequest = body(req).await?;
+            let b: api::CreateTokenRequest = parse(&body)?;
             let record = token_record(ctx, by, crate::audit::acts::action::TOKEN_CREATE);
             let audit = ctx.audit.clone();
             let new = token_change(ctx, move |f, now| {
@@ -1243,6 +1283,53 @@ async fn serve_route(
             ))
         }
     }
+}
+
+/// `GET /v1/audit`: reads the trail off the async workers ([`Audit::scan`]).
+async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditReport, ApiError> {
+    let q: api::AuditQuery = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| ApiError::BadValue(format!("query: {e}")))?;
+    let (default, max) = api::AUDIT_LIMIT;
+    let limit = q.limit.unwrap_or(default);
+    if limit > max {
+        return Err(ApiError::BadValue(format!("limit {limit}: at most {max}")));
+    }
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| crate::audit::chain::parse_since(s, std::time::SystemTime::now()))
+        .transpose()
+        .map_err(|why| ApiError::BadValue(format!("since: {why}")))?;
+    let filter = crate::audit::chain::Filter { since, actor: q.actor, action: q.action };
+    let audit = ctx.audit.clone();
+    let scan = tokio::task::spawn_blocking(move || audit.scan(&filter, limit))
+        .await
+        .map_err(|_| ApiError::Stopping)?;
+    let Some(scan) = scan else {
+        let chain =
+            api::ChainReport { intact: true, records: 0, first: None, last: None, problem: None };
+        return Ok(api::AuditReport { enabled: false, chain, matched: 0, records: vec![] });
+    };
+    let chain = match &scan.verdict {
+        Ok(s) => api::ChainReport {
+            intact: true,
+            records: s.records,
+            first: Some(s.first),
+            last: Some(s.last),
+            problem: None,
+        },
+        Err(crate::audit::chain::ChainError::Empty) => {
+            api::ChainReport { intact: true, records: 0, first: None, last: None, problem: None }
+        }
+        Err(e) => api::ChainReport {
+            intact: false,
+            records: 0,
+            first: None,
+            last: None,
+            problem: Some(e.to_string()),
+        },
+    };
+    Ok(api::AuditReport { enabled: true, chain, matched: scan.matched, records: scan.records })
 }
 
 /// Writes the audit record of a token change that is valid, before the change is saved (a

@@ -81,7 +81,7 @@ const CUSTODIANS: &[AdminRole] = &[AdminRole::Admin, AdminRole::KeyCustodian];
 pub fn allowed(route: Route) -> &'static [AdminRole] {
     match route {
         Route::Health => EVERYONE,
-        Route::Status | Route::Alarms => READERS,
+        Route::Status | Route::Alarms | Route::Audit => READERS,
         Route::Peers
         | Route::AddPeer
         | Route::RemovePeer

@@ -45,11 +45,11 @@ pub(crate) struct AlarmEvent {
     pub(crate) about: ClusterId,
     /// For a raise: its severity, cause and remedy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    severity: Option<Severity>,
+    pub(crate) severity: Option<Severity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    cause: Option<String>,
+    pub(crate) cause: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    remedy: Option<String>,
+    pub(crate) remedy: Option<String>,
 }
 
 /// A cloneable handle on the shared history.

@@ -41,6 +41,9 @@ pub(crate) mod action {
     pub(crate) const PEERING_DELETE: &str = "peering.delete";
     /// A request to a route that reads (status, peers, alarms) refused for its token.
     pub(crate) const ADMIN_READ: &str = "admin.read";
+    /// An administrator logged in to the web console with their token, or out of it.
+    pub(crate) const CONSOLE_LOGIN: &str = "console.login";
+    pub(crate) const CONSOLE_LOGOUT: &str = "console.logout";
 }
 
 /// The action and target a command run on cluster `me` is recorded under. The target is

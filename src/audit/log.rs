@@ -366,6 +366,24 @@ impl Audit {
         Ok(())
     }
 
+    /// The last `limit` records that `filter` keeps, and whether the whole chain verifies up
+    /// to the last record written (`GET /v1/audit`). Blocking: it reads every file, holding
+    /// the trail's lock so that no record is written mid-read (a few milliseconds per MiB).
+    /// `None`: the trail is off (`[audit] enabled = false`).
+    pub(crate) fn scan(
+        &self,
+        filter: &super::chain::Filter,
+        limit: usize,
+    ) -> Option<super::chain::Scan> {
+        let log = self.log.as_ref()?;
+        let log = log.lock().unwrap_or_else(|p| p.into_inner());
+        let head = (log.seq > 0).then_some((log.seq, log.hash));
+        Some(match files_in(&log.dir) {
+            Ok(files) => super::chain::scan(&files, head, filter, limit),
+            Err(e) => super::chain::Scan { records: vec![], matched: 0, verdict: Err(e) },
+        })
+    }
+
     /// As [`Audit::write`], off the async workers.
     pub(crate) async fn write_async(&self, records: Vec<Record>) -> Result<(), Arc<AuditError>> {
         if self.log.is_none() || records.is_empty() {

@@ -1,5 +1,6 @@
 //! `imcrypt audit verify|show`: the audit trail read offline, on the daemon's host (the files
-//! are the daemon's, mode 0600: run as its user). Neither talks to the daemon.
+//! are the daemon's, mode 0600: run as its user); neither talks to the daemon. `imcrypt audit
+//! list` asks the daemon instead (`GET /v1/audit`), from anywhere its admin API is reached.
 //!
 //! Invariant: `verify` succeeds only if every record of the files links to the one before it,
 //! and, with `--config`, the chain ends exactly at the sealed head the daemon wrote last; it
@@ -8,11 +9,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::audit::chain::{self, ChainError, Verifier};
-use crate::audit::{Entry, Hash};
+use crate::audit::Hash;
+use crate::audit::chain::{self, ChainError, Filter, Verifier};
 
 use super::CliError;
-use super::commands::Output;
+use super::commands::{Common, NO_BODY, Output, call};
+use crate::admin::api;
+use crate::audit::Entry;
+use hyper::Method;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AuditCommand {
@@ -20,6 +24,25 @@ pub(crate) enum AuditCommand {
     Verify {
         #[command(flatten)]
         files: Files,
+    },
+    /// Ask the daemon for its newest audit records (any host, a reading role's token) and
+    /// whether its chain verifies.
+    List {
+        /// Only records at or after this time: RFC 3339 or a duration ago (`90m`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records of this actor (an administrator's name, a cluster id, `anonymous`,
+        /// `local`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action (`key.download`), or a family of them (`key.`).
+        #[arg(long)]
+        action: Option<String>,
+        /// At most this many of the newest matching records (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        common: Common,
     },
     /// Print audit records, oldest first, filtered.
     Show {
@@ -73,6 +96,9 @@ impl Files {
 pub(super) fn audit(command: AuditCommand) -> Result<(), CliError> {
     match command {
         AuditCommand::Verify { files } => verify(&files),
+        AuditCommand::List { since, actor, action, limit, common } => {
+            list(&api::AuditQuery { since, actor, action, limit: Some(limit) }, &common)
+        }
         AuditCommand::Show { files, since, actor, action, output } => {
             let since = since.map(|s| parse_since(&s)).transpose()?;
             show(&files, Filter { since, actor, action }, output)
@@ -140,44 +166,45 @@ fn verify(files: &Files) -> Result<(), CliError> {
     Ok(())
 }
 
-struct Filter {
-    since: Option<std::time::SystemTime>,
-    actor: Option<String>,
-    action: Option<String>,
-}
-
-impl Filter {
-    fn keeps(&self, e: &Entry) -> bool {
-        let t = humantime::parse_rfc3339(&e.time).ok();
-        self.since.is_none_or(|s| t.is_some_and(|t| t >= s))
-            && self.actor.as_deref().is_none_or(|a| e.actor.label() == a)
-            && self
-                .action
-                .as_deref()
-                .is_none_or(|a| e.action == a || (a.ends_with('.') && e.action.starts_with(a)))
-    }
-}
-
 fn parse_since(s: &str) -> Result<std::time::SystemTime, CliError> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t);
+    chain::parse_since(s, std::time::SystemTime::now())
+        .map_err(|why| CliError::Usage(format!("--since {why}")))
+}
+
+const HEADER: [&str; 6] = ["TIME", "SEQ", "ACTOR", "ACTION", "TARGET", "RESULT"];
+
+fn header(out: &mut impl Write) -> std::io::Result<()> {
+    let [t, s, a, c, g, r] = HEADER;
+    writeln!(out, "{t:<24} {s:>6} {a:<12} {c:<20} {g:<14} {r:<8} DETAILS")
+}
+
+/// One record as a row of the table of `show` and `list`.
+fn row(out: &mut impl Write, e: &Entry) -> std::io::Result<()> {
+    let mut details: Vec<String> = e.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if let Some(r) = &e.reason {
+        details.insert(0, format!("reason={r:?}"));
     }
-    let ago = humantime::parse_duration(s).map_err(|_| {
-        CliError::Usage(format!("--since {s:?}: neither an RFC 3339 time nor a duration like 2h"))
-    })?;
-    Ok(std::time::SystemTime::now() - ago)
+    if let Some(s) = &e.source {
+        details.insert(0, format!("from={s}"));
+    }
+    writeln!(
+        out,
+        "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} {}",
+        e.time,
+        e.seq,
+        e.actor.label(),
+        e.action,
+        e.target,
+        e.result,
+        details.join(" ")
+    )
 }
 
 fn show(files: &Files, filter: Filter, output: Output) -> Result<(), CliError> {
     let (paths, _) = files.resolve()?;
     let mut out = std::io::stdout().lock();
     if output == Output::Table {
-        writeln!(
-            out,
-            "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} DETAILS",
-            "TIME", "SEQ", "ACTOR", "ACTION", "TARGET", "RESULT"
-        )
-        .map_err(CliError::Output)?;
+        header(&mut out).map_err(CliError::Output)?;
     }
     for p in &paths {
         let bytes =
@@ -198,30 +225,49 @@ fn show(files: &Files, filter: Filter, output: Output) -> Result<(), CliError> {
             }
             match output {
                 Output::Json => out.write_all(line).and_then(|()| out.write_all(b"\n")),
-                Output::Table => {
-                    let mut details: Vec<String> =
-                        e.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    if let Some(r) = &e.reason {
-                        details.insert(0, format!("reason={r:?}"));
-                    }
-                    if let Some(s) = &e.source {
-                        details.insert(0, format!("from={s}"));
-                    }
-                    writeln!(
-                        out,
-                        "{:<24} {:>6} {:<12} {:<20} {:<14} {:<8} {}",
-                        e.time,
-                        e.seq,
-                        e.actor.label(),
-                        e.action,
-                        e.target,
-                        e.result,
-                        details.join(" ")
-                    )
-                }
+                Output::Table => row(&mut out, &e),
             }
             .map_err(CliError::Output)?;
         }
     }
+    Ok(())
+}
+
+/// `imcrypt audit list`: the daemon's own reading of its trail (`GET /v1/audit`), from any
+/// host with a token of a role that reads: the records that match and whether the chain
+/// verifies. Exits 8 when it does not, as `verify` does.
+fn list(q: &api::AuditQuery, common: &Common) -> Result<(), CliError> {
+    let query = serde_urlencoded::to_string(q).map_err(|e| CliError::Usage(e.to_string()))?;
+    let path = if query.is_empty() { "/v1/audit".to_owned() } else { format!("/v1/audit?{query}") };
+    let r: api::AuditReport = call(common, Method::GET, &path, NO_BODY)?;
+    let mut out = std::io::stdout().lock();
+    let w = |out: &mut std::io::StdoutLock| -> std::io::Result<()> {
+        if common.output == Output::Json {
+            for e in &r.records {
+                writeln!(out, "{}", e.line())?;
+            }
+            return Ok(());
+        }
+        header(out)?;
+        for e in &r.records {
+            row(out, e)?;
+        }
+        Ok(())
+    };
+    w(&mut out).map_err(CliError::Output)?;
+    let summary = if !r.enabled {
+        "the daemon's audit trail is off ([audit] enabled = false)".to_owned()
+    } else if r.chain.intact {
+        format!(
+            "{} of {} matching records; audit chain intact: {} records, ending at the last one \
+             the daemon wrote",
+            r.records.len(),
+            r.matched,
+            r.chain.records
+        )
+    } else {
+        return Err(CliError::AuditRemote(r.chain.problem.unwrap_or_default()));
+    };
+    eprintln!("{summary}");
     Ok(())
 }

@@ -237,6 +237,9 @@ enum CliError {
     /// `audit verify`: the chain is broken (or a file cannot be read).
     #[error("audit trail: {0}")]
     Audit(#[from] crate::audit::chain::ChainError),
+    /// `audit list`: the daemon found its chain broken.
+    #[error("the daemon's audit trail does not verify: {0}")]
+    AuditRemote(String),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -257,7 +260,7 @@ impl CliError {
             CliError::SinksFailed { .. } | CliError::Store(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Audit(crate::audit::chain::ChainError::Read { .. }) => 1,
-            CliError::Audit(_) => 8,
+            CliError::Audit(_) | CliError::AuditRemote(_) => 8,
             CliError::PublicKey { .. }
             | CliError::Config(_)
             | CliError::Password(_)

@@ -53,7 +53,7 @@ pub(crate) use command::PeerError;
 pub use command::{Command, CommandError, Outcome};
 pub(crate) use dbprobe::DbProbe;
 pub(crate) use machine::{Checkpoint, Cluster, PeerRelation, StateError, is_host_port};
-pub(crate) use message::PeerMessage;
+pub(crate) use message::{Announced, PeerMessage};
 pub use peering::{LearntPeer, PeeringSecret, PeeringView, PendingTokenView};
 pub(crate) use reconcile::{Refusal, Wanted};
 pub(crate) use state::{

@@ -33,6 +33,17 @@ const MIN_ITERATIONS: u32 = 100_000;
 const SALT_LEN: usize = 16;
 const HASH_LEN: usize = 32;
 
+/// The policy in the operator's words, shown before a password is chosen (the console), from
+/// the same constants [`check_policy`] enforces.
+pub fn policy_rules() -> [String; 4] {
+    [
+        format!("{MIN_LEN} to {MAX_LEN} characters"),
+        "at least 3 of the 4 classes: lowercase, uppercase, digit, symbol".into(),
+        "different from the current password".into(),
+        "no control, invisible formatting or unassigned characters (RFC 8265 OpaqueString)".into(),
+    ]
+}
+
 /// Which rule of the password policy a candidate broke. The message names the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {

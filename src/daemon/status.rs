@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::admin::api;
 use crate::alarm::sink::Sinks;
-use crate::cluster::{Cluster, PeerRelation, Removed, Role};
+use crate::cluster::{Announced, Cluster, PeerRelation, Removed, Role};
 use crate::ids::ClusterId;
 use crate::peer::client::PeerLink;
 
@@ -30,6 +30,7 @@ pub(super) fn status(
             relation: c.peer_relation(p).unwrap_or(PeerRelation::NotHeardFrom),
             link: links.get(p).map(PeerLink::status).unwrap_or_default(),
             last_hello_unix_ms: c.peer_last_heard(p).map(|t| t.unix_millis()),
+            announced: c.peer_announced(p).map(announced),
         })
         .collect();
     api::Status {
@@ -67,5 +68,26 @@ pub(super) fn status(
                 destroy_unix_ms: p.destroy_at.unix_millis(),
             })
             .collect(),
+    }
+}
+
+/// A peer's last hello, as the status shows it.
+fn announced(a: &Announced) -> api::PeerAnnounced {
+    match a {
+        Announced::Off { .. } => {
+            api::PeerAnnounced { role: api::Role::Off, domain: None, master: None, epoch: None }
+        }
+        Announced::Master { domain, epoch, .. } => api::PeerAnnounced {
+            role: api::Role::Master,
+            domain: Some(*domain),
+            master: None,
+            epoch: Some(*epoch),
+        },
+        Announced::Slave { domain, master, epoch, .. } => api::PeerAnnounced {
+            role: api::Role::Slave,
+            domain: Some(*domain),
+            master: Some(master.clone()),
+            epoch: Some(*epoch),
+        },
     }
 }

@@ -440,6 +440,12 @@ async fn keep_running(lab: &Lab) -> Result<(), LabError> {
         "  imcrypt key download --public-key {d}/admin.pub.pem --out {d}/export2.json --config {d}/a.toml"
     );
     println!("     (the password of a is {PASSWORD})");
+    let a = lab.daemon("a")?.admin_addr();
+    println!(
+        "Or open a's web console, https://{a}/ui/ (docs/console.md), with the token in \
+         {d}/state/a/admin.token; its certificate names the cluster \"a\", signed by \
+         {d}/pki/ca.pem, so the browser asks you to accept it."
+    );
     println!("Press Ctrl-C to stop the clusters and remove {d}.");
     tokio::signal::ctrl_c().await.map_err(|e| step("Ctrl-C")(e.to_string()))?;
     Ok(())

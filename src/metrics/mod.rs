@@ -487,6 +487,7 @@ mod tests {
                 relation: crate::cluster::PeerRelation::NotHeardFrom,
                 link: Default::default(),
                 last_hello_unix_ms: Some(1_500_000),
+                announced: None,
             }],
             alarms: vec![Alarm::new(AlarmName::MultiMaster, b, "cause", "remedy")],
             db_probes: vec![DbProbeStatus { node: "n1".into(), reachable: false }],
