@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use super::ArchiveError;
-use super::db::{Db, Param, SqlFilter, StoredRow};
+use super::db::{Db, DbError, Param, SqlFilter, StoredRow};
 use super::event::{RowPlain, normalise, participant_message, record_metadata, room_message};
 use super::url::DbUrl;
 use crate::crypto::aead::AeadImpl;
@@ -151,6 +151,12 @@ fn open_row(opener: Option<&mut RecordOpener<'_>>, r: &StoredRow) -> Result<View
 /// of the query (at most [`BATCH_ROWS`](super::db::BATCH_ROWS) rows, oldest first) to `each` as soon as it is read
 /// and opened: each row shown or its failure, in order. Memory holds a few batches, whatever
 /// the size of the archive; `each` returning an error stops the read.
+///
+/// Reading and opening overlap: a task reads the next batch (the database producing it, the
+/// driver parsing it) while this one is opened and handed on, so neither waits for the other
+/// (with one after the other, the viewer read at 0.85–0.93 of the database's own `COPY`). The
+/// channel between them holds one batch: at most three are in memory (being read, waiting,
+/// being shown).
 pub async fn view_batches(
     db: &DbUrl,
     ring: Option<&KeyRing>,
@@ -158,16 +164,50 @@ pub async fn view_batches(
     mut each: impl FnMut(Vec<Result<ViewedRow, RowFailure>>) -> Result<(), ArchiveError>,
 ) -> Result<(), ArchiveError> {
     let mut conn = Db::connect(db).await?;
-    let mut batches = conn.select_batches(&sql_filter(ring, filter)).await?;
+    let sql = sql_filter(ring, filter);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<StoredRow>, DbError>>(1);
+    let reader = tokio::spawn(async move {
+        let mut batches = match conn.select_batches(&sql).await {
+            Ok(b) => b,
+            Err(e) => return drop(tx.send(Err(e)).await),
+        };
+        loop {
+            let (batch, more) = match batches.next_batch().await {
+                Ok(Some(rows)) => (Ok(rows), true),
+                Ok(None) => return,
+                Err(e) => (Err(e), false),
+            };
+            // A closed channel: the viewer stopped (its output failed), so stop reading too.
+            if tx.send(batch).await.is_err() || !more {
+                return;
+            }
+        }
+    });
     let mut opener = ring.map(|r| RecordOpener::new(r, AeadImpl::default()));
-    while let Some(rows) = batches.next_batch().await? {
-        let shown = rows
-            .iter()
-            .map(|r| open_row(opener.as_mut(), r).map_err(|reason| RowFailure { id: r.id, reason }))
-            .collect();
-        each(shown)?;
+    let shown = async {
+        while let Some(rows) = rx.recv().await {
+            let shown = rows?
+                .iter()
+                .map(|r| {
+                    open_row(opener.as_mut(), r).map_err(|reason| RowFailure { id: r.id, reason })
+                })
+                .collect();
+            each(shown)?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if shown.is_err() {
+        reader.abort();
+    }
+    // Every batch arrived (or the reader was stopped); a panic in the reader is a bug and
+    // stays one here, rather than an archive that looks shorter than it is.
+    if let Err(e) = reader.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    shown
 }
 
 /// As [`view_batches`], all rows at once: for callers that know the selection is small.
