@@ -125,8 +125,13 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
 }
 
+/// The text of the element `css`, waiting for it to be there (a form's answer is a redirect
+/// and a new page; the overview's live part is replaced every 2 s).
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    support::wait_for(&format!("the element {css}"), WAIT, async || {
+        c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+    })
+    .await
 }
 
 /// Polls until the element `css` has attribute `attr` = `want` (the picture refreshes every
@@ -455,6 +460,18 @@ async fn a_viewer_sees_no_actions_and_forged_or_forbidden_posts_change_nothing()
             (Role::Master, before.key_versions.clone(), before.epoch),
             "refused posts changed nothing"
         );
+        // Each refusal is in the audit trail, as the API's refusals are.
+        let trail = std::fs::read_to_string(dir.path().join("state/a/audit.log")).unwrap();
+        let recorded = |who: &str, code: &str| {
+            trail.lines().any(|l| {
+                l.contains("\"key.rotate\"")
+                    && l.contains("\"refused\"")
+                    && l.contains(who)
+                    && l.contains(&format!("\"code\":\"{code}\""))
+            })
+        };
+        assert!(recorded("victor", "role_forbidden"), "{trail}");
+        assert!(recorded("alice", "cross_site"), "{trail}");
         // The same form with its token does rotate: the refusals were the checks, not a
         // broken form.
         let r = js(&c, &post("rotate", true)).await;

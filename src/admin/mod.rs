@@ -1289,6 +1289,14 @@ async fn serve_route(
 async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditReport, ApiError> {
     let q: api::AuditQuery = serde_urlencoded::from_str(query.unwrap_or_default())
         .map_err(|e| ApiError::BadValue(format!("query: {e}")))?;
+    // An empty field is no filter (what a form with an empty box sends).
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let q = api::AuditQuery {
+        since: given(q.since),
+        actor: given(q.actor),
+        action: given(q.action),
+        limit: q.limit,
+    };
     let (default, max) = api::AUDIT_LIMIT;
     let limit = q.limit.unwrap_or(default);
     if limit > max {

@@ -335,19 +335,9 @@ async fn route(
         (&Method::GET, "/ui/audit") => {
             forbidden(Route::Audit)?;
             let query = req.uri().query().unwrap_or_default();
+            // The form shows what was asked; the API's handler reads and checks it.
             let q: api::AuditQuery = serde_urlencoded::from_str(query).unwrap_or_default();
-            // Empty fields of the filter form mean "any".
-            let q = api::AuditQuery {
-                since: q.since.filter(|s| !s.is_empty()),
-                actor: q.actor.filter(|s| !s.is_empty()),
-                action: q.action.filter(|s| !s.is_empty()),
-                limit: q.limit,
-            };
-            let shown = serde_urlencoded::to_string(&q).unwrap_or_default();
-            let report = match super::audit_report(ctx, Some(&shown)).await {
-                Ok(r) => Ok(r),
-                Err(e) => Err(e.to_string()),
-            };
+            let report = super::audit_report(ctx, Some(query)).await.map_err(|e| e.to_string());
             Ok(html(StatusCode::OK, pages::audit(&frame, &q, &report)))
         }
         (&Method::GET, "/ui/keys") => {
