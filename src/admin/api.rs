@@ -663,7 +663,8 @@ pub struct ChainReport {
     pub records: u64,
     pub first: Option<u64>,
     pub last: Option<u64>,
-    /// What is wrong, naming the file, line and record, when it is not intact.
+    /// What is wrong, naming the file, line and record, when it is not intact (then
+    /// `records`, `first` and `last` are 0 and none: nothing after the break is vouched for).
     pub problem: Option<String>,
 }
 

@@ -161,6 +161,9 @@ struct Ctx {
     refusals: Mutex<refusals::Refusals>,
     /// The web console, unless `admin.console = false`.
     console: Option<console::Console>,
+    /// One audit trail scan at a time (`GET /v1/audit` reads every file): more are told to
+    /// retry, so readers cannot pile up blocking threads.
+    audit_scans: Semaphore,
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<ServerConfig, AdminError> {
@@ -233,6 +236,7 @@ impl Admin {
                 audit,
                 refusals: Mutex::default(),
                 console: a.console.then(|| console::Console::new(a.console_idle_timeout)),
+                audit_scans: Semaphore::new(1),
             }),
         })
     }
@@ -345,6 +349,8 @@ enum ApiError {
     RateLimited(#[from] Refused),
     #[error("too many password checks are in progress; try again in a moment")]
     Busy,
+    #[error("another reading of the audit trail is in progress; try again in a moment")]
+    AuditBusy,
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error("the daemon is stopping")]
@@ -427,7 +433,7 @@ impl ApiError {
             ApiError::RateLimited(Refused::Overall { .. } | Refused::CredentialShare { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }
-            ApiError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ApiError::Busy | ApiError::AuditBusy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
             ApiError::NotSaved(_) => (StatusCode::INTERNAL_SERVER_ERROR, "not_saved"),
             ApiError::Export(_) => (StatusCode::INTERNAL_SERVER_ERROR, "export_failed"),
@@ -505,7 +511,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited(r) => Some(r.retry_after()),
-            ApiError::Busy | ApiError::Stopping => Some(Duration::from_secs(1)),
+            ApiError::Busy | ApiError::AuditBusy | ApiError::Stopping => {
+                Some(Duration::from_secs(1))
+            }
             ApiError::NotAudited(_) | ApiError::Tokens(TokensError::Unaudited(_)) => {
                 Some(Duration::from_secs(5))
             }
@@ -759,9 +767,17 @@ fn check_json(req: &Request<Incoming>) -> Result<(), ApiError> {
     if json { Ok(()) } else { Err(ApiError::NotJson(text.chars().take(100).collect())) }
 }
 
-/// The JSON body of a request to a route that takes one: at most [`api::MAX_BODY`] bytes,
-/// decided from `Content-Length` before reading when it is given.
+/// The JSON body of a request to a route that takes one (see [`read_limited`]).
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    read_limited(req, check_json).await
+}
+
+/// A request's body of at most [`api::MAX_BODY`] bytes, refused from its `Content-Length`
+/// before reading when it is given, then `check`ed (its type) before it is read.
+async fn read_limited(
+    req: Request<Incoming>,
+    check: impl FnOnce(&Request<Incoming>) -> Result<(), ApiError>,
+) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -770,7 +786,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
         return Err(ApiError::TooLarge);
     }
-    check_json(&req)?;
+    check(&req)?;
     Ok(Limited::new(req.into_body(), api::MAX_BODY)
         .collect()
         .await
@@ -1287,16 +1303,13 @@ async fn serve_route(
 
 /// `GET /v1/audit`: reads the trail off the async workers ([`Audit::scan`]).
 async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditReport, ApiError> {
-    let q: api::AuditQuery = serde_urlencoded::from_str(query.unwrap_or_default())
-        .map_err(|e| ApiError::BadValue(format!("query: {e}")))?;
     // An empty field is no filter (what a form with an empty box sends).
-    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
-    let q = api::AuditQuery {
-        since: given(q.since),
-        actor: given(q.actor),
-        action: given(q.action),
-        limit: q.limit,
-    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default())
+        .map_err(|e| ApiError::BadValue(format!("query: {e}")))?;
+    let given: Vec<_> = pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    let q: api::AuditQuery =
+        serde_urlencoded::from_str(&serde_urlencoded::to_string(given).unwrap_or_default())
+            .map_err(|e| ApiError::BadValue(format!("query: {e}")))?;
     let (default, max) = api::AUDIT_LIMIT;
     let limit = q.limit.unwrap_or(default);
     if limit > max {
@@ -1309,10 +1322,11 @@ async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditR
         .transpose()
         .map_err(|why| ApiError::BadValue(format!("since: {why}")))?;
     let filter = crate::audit::chain::Filter { since, actor: q.actor, action: q.action };
+    let _one = ctx.audit_scans.try_acquire().map_err(|_| ApiError::AuditBusy)?;
     let audit = ctx.audit.clone();
     let scan = tokio::task::spawn_blocking(move || audit.scan(&filter, limit))
         .await
-        .map_err(|_| ApiError::Stopping)?;
+        .map_err(|e| ApiError::UnexpectedOutcome(format!("the audit trail reader failed: {e}")))?;
     let Some(scan) = scan else {
         let chain =
             api::ChainReport { intact: true, records: 0, first: None, last: None, problem: None };

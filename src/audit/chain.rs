@@ -125,8 +125,8 @@ impl Verifier {
         Self { head: Some((seq, hash, false)), ..Self::default() }
     }
 
-    /// Checks the next line (without its line feed) found at `at`.
-    pub fn push(&mut self, line: &[u8], at: Place) -> Result<(), ChainError> {
+    /// Checks the next line (without its line feed) found at `at`; the record it holds.
+    pub fn push(&mut self, line: &[u8], at: Place) -> Result<Entry, ChainError> {
         let after = self.last.map_or(0, |(s, _)| s);
         let e = parse_line(line).map_err(|why| ChainError::NotARecord {
             at: at.clone(),
@@ -171,7 +171,7 @@ impl Verifier {
         }
         self.last = Some((e.seq, h));
         self.records += 1;
-        Ok(())
+        Ok(e)
     }
 
     /// Checks every line of `file`.
@@ -283,8 +283,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn keeps(&self, e: &Entry) -> bool {
-        let t = humantime::parse_rfc3339(&e.time).ok();
-        self.since.is_none_or(|s| t.is_some_and(|t| t >= s))
+        self.since.is_none_or(|s| humantime::parse_rfc3339(&e.time).is_ok_and(|t| t >= s))
             && self.actor.as_deref().is_none_or(|a| e.actor.label() == a)
             && self
                 .action
@@ -315,32 +314,50 @@ pub struct Scan {
     pub verdict: Result<Summary, ChainError>,
 }
 
-/// Verifies `files` (in chain order) against `head`, and keeps the last `limit` records that
-/// `filter` keeps, in one pass.
-pub fn scan(files: &[PathBuf], head: Option<(u64, Hash)>, filter: &Filter, limit: usize) -> Scan {
+/// Verifies the audit files `files` (opened in chain order, with their paths) up to the
+/// record `head` names, and keeps the last `limit` records that `filter` keeps, in one pass
+/// that holds one line in memory at a time. Records after the head (written since it was
+/// taken) are not read, so a trail that grows meanwhile still verifies.
+pub fn scan(
+    files: Vec<(PathBuf, std::fs::File)>,
+    head: Option<(u64, Hash)>,
+    filter: &Filter,
+    limit: usize,
+) -> Scan {
+    use std::io::BufRead;
     let mut v = match head {
         Some((seq, hash)) => Verifier::with_head(seq, hash),
         None => Verifier::new(),
     };
+    let end = head.map_or(0, |(seq, _)| seq);
     let mut kept = std::collections::VecDeque::with_capacity(limit.min(1024));
     let mut matched = 0u64;
-    let mut walk = || -> Result<(), ChainError> {
-        for file in files {
-            let bytes = std::fs::read(file)
-                .map_err(|source| ChainError::Read { path: file.clone(), source })?;
-            for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
-                let at = Place { file: file.clone(), line: i + 1 };
-                let Some(line) = line.strip_suffix(b"\n") else {
+    let walk = || -> Result<(), ChainError> {
+        for (path, file) in files {
+            let mut reader = std::io::BufReader::new(file);
+            let mut line = Vec::new();
+            for n in 1.. {
+                if v.last.is_some_and(|(seq, _)| seq >= end) {
+                    return Ok(());
+                }
+                line.clear();
+                reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(|source| ChainError::Read { path: path.clone(), source })?;
+                if line.is_empty() {
+                    break;
+                }
+                let at = Place { file: path.clone(), line: n };
+                let Some(record) = line.strip_suffix(b"\n") else {
                     return Err(ChainError::CutShort { at });
                 };
-                v.push(line, at)?;
-                let e = parse_line(line).expect("the verifier parsed it");
+                let e = v.push(record, at)?;
                 if filter.keeps(&e) {
                     matched += 1;
-                    if kept.len() == limit {
-                        kept.pop_front();
-                    }
                     if limit > 0 {
+                        if kept.len() == limit {
+                            kept.pop_front();
+                        }
                         kept.push_back(e);
                     }
                 }

@@ -367,19 +367,33 @@ impl Audit {
     }
 
     /// The last `limit` records that `filter` keeps, and whether the whole chain verifies up
-    /// to the last record written (`GET /v1/audit`). Blocking: it reads every file, holding
-    /// the trail's lock so that no record is written mid-read (a few milliseconds per MiB).
-    /// `None`: the trail is off (`[audit] enabled = false`).
+    /// to the last record written when the scan began (`GET /v1/audit`). Blocking (it reads
+    /// every file), but the trail's lock is held only to take the head and open the files:
+    /// records written meanwhile wait for nothing, and are not read. `None`: the trail is off
+    /// (`[audit] enabled = false`).
     pub(crate) fn scan(
         &self,
         filter: &super::chain::Filter,
         limit: usize,
     ) -> Option<super::chain::Scan> {
         let log = self.log.as_ref()?;
-        let log = log.lock().unwrap_or_else(|p| p.into_inner());
-        let head = (log.seq > 0).then_some((log.seq, log.hash));
-        Some(match files_in(&log.dir) {
-            Ok(files) => super::chain::scan(&files, head, filter, limit),
+        let opened = {
+            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let head = (log.seq > 0).then_some((log.seq, log.hash));
+            // Open handles survive a rotation that renames a file after the lock is released.
+            files_in(&log.dir).and_then(|paths| {
+                paths
+                    .into_iter()
+                    .map(|p| match std::fs::File::open(&p) {
+                        Ok(f) => Ok((p, f)),
+                        Err(source) => Err(ChainError::Read { path: p, source }),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|files| (files, head))
+            })
+        };
+        Some(match opened {
+            Ok((files, head)) => super::chain::scan(files, head, filter, limit),
             Err(e) => super::chain::Scan { records: vec![], matched: 0, verdict: Err(e) },
         })
     }

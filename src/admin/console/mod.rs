@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
+use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -43,6 +43,7 @@ use session::{Flash, Sessions};
 /// The session cookie: `__Host-` makes the browser refuse it unless `Secure`, `Path=/` and
 /// without `Domain`, so no other site or path can set or shadow it.
 const COOKIE_NAME: &str = "__Host-imcrypt-console";
+const COOKIE_ATTRIBUTES: &str = "Path=/; Secure; HttpOnly; SameSite=Strict";
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
@@ -104,6 +105,7 @@ fn harden(r: &mut Response<Full<Bytes>>) {
     // with the console's own forms, and [`same_origin`] could no longer tell them apart.
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
     h.insert("strict-transport-security", HeaderValue::from_static("max-age=31536000"));
     h.insert("cache-control", HeaderValue::from_static("no-store"));
 }
@@ -177,9 +179,11 @@ fn cookie(req: &Request<Incoming>) -> Option<String> {
 /// whose token was revoked meanwhile ends here.
 fn me(req: &Request<Incoming>, ctx: &Ctx, console: &Console) -> Result<Option<Me>, Page> {
     let Some(id) = cookie(req) else { return Ok(None) };
+    // The overview's own refresh is not the administrator's use of the session.
+    let touch = req.uri().path() != "/ui/live";
     let (token, csrf, proof) = {
         let mut sessions = console.sessions();
-        let Some(s) = sessions.get(&id, Instant::now()) else { return Ok(None) };
+        let Some(s) = sessions.get(&id, Instant::now(), touch) else { return Ok(None) };
         (s.token.clone(), s.csrf.clone(), s.proof.clone())
     };
     let tokens = ctx.tokens.current().map_err(|e| {
@@ -221,28 +225,18 @@ fn same_origin(req: &Request<Incoming>) -> Result<(), ApiError> {
 /// The body of a console form: `application/x-www-form-urlencoded`, at most
 /// [`api::MAX_BODY`] bytes.
 async fn form_body(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
-        return Err(ApiError::TooLarge);
-    }
-    let kind = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !kind.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
-        return Err(ApiError::BadBody(format!(
-            "a console form is sent as application/x-www-form-urlencoded, not {kind:?}"
-        )));
-    }
-    let bytes = Limited::new(req.into_body(), api::MAX_BODY).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            ApiError::TooLarge
+    let bytes = super::read_limited(req, |req| {
+        let kind = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if kind.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
+            Ok(())
         } else {
-            ApiError::BadBody(e.to_string())
+            Err(ApiError::BadBody(format!(
+                "a console form is sent as application/x-www-form-urlencoded, not {kind:?}"
+            )))
         }
-    })?;
-    Ok(Zeroizing::new(bytes.to_bytes().to_vec()))
+    })
+    .await?;
+    Ok(Zeroizing::new(bytes.to_vec()))
 }
 
 fn form<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -283,6 +277,11 @@ async fn route(
         _ => {}
     }
     let Some(me) = me(&req, ctx, console)? else {
+        if method != Method::GET {
+            // As the API records a request without a token (coalesced per source).
+            let e = ApiError::NoToken;
+            super::record_refusal(ctx, &Match::NotFound, &path, peer, None, e).await;
+        }
         return match method {
             Method::GET if path != "/ui/live" => Err(Page::Redirect("/ui/login")),
             _ => Err(Page::error(
@@ -296,7 +295,7 @@ async fn route(
     // An administrator's connection: no longer one a flood of idle ones can evict.
     ticket.establish();
     let flash = if method == Method::GET && path != "/ui/live" {
-        console.sessions().get(&me.id, Instant::now()).and_then(|s| s.flash.take())
+        console.sessions().get(&me.id, Instant::now(), true).and_then(|s| s.flash.take())
     } else {
         None
     };
@@ -365,7 +364,15 @@ async fn route(
                 check_csrf(&me, &body)
             };
             if let Err(e) = checked.await {
-                return Err(refused(ctx, None, &path, peer, &me.principal, e).await);
+                let record = Record::new(super::actor(&me.principal), ACT_LOGOUT, Outcome::Refused)
+                    .source(Some(peer.to_string()))
+                    .reason(e.to_string())
+                    .detail("code", e.status().1);
+                if let Err(w) = ctx.audit.write_async(vec![record]).await {
+                    tracing::error!(error = %w, "the audit record of a refused logout was not written");
+                }
+                let (status, _) = e.status();
+                return Err(Page::error(status, "Refused", e.to_string()));
             }
             console.sessions().remove(&me.id);
             let record = Record::new(super::actor(&me.principal), ACT_LOGOUT, Outcome::Ok)
@@ -375,7 +382,8 @@ async fn route(
                 tracing::error!(error = %e, "the audit record of a console logout was not written");
             }
             let mut r = redirect("/ui/login");
-            r.headers_mut().insert(SET_COOKIE, HeaderValue::from_static(CLEAR_COOKIE));
+            let clear = format!("{COOKIE_NAME}=; {COOKIE_ATTRIBUTES}; Max-Age=0");
+            r.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&clear).expect("ASCII"));
             Ok(r)
         }
         (&Method::POST, p) if p.starts_with("/ui/act/") => {
@@ -394,8 +402,6 @@ async fn route(
 
 const ACT_LOGIN: &str = crate::audit::acts::action::CONSOLE_LOGIN;
 const ACT_LOGOUT: &str = crate::audit::acts::action::CONSOLE_LOGOUT;
-const CLEAR_COOKIE: &str = "__Host-imcrypt-console=; Path=/; Secure; HttpOnly; SameSite=Strict; \
-                            Max-Age=0";
 
 fn unavailable(e: super::RequestError) -> Page {
     Page::error(StatusCode::SERVICE_UNAVAILABLE, "Daemon unavailable", e.to_string())
@@ -452,6 +458,9 @@ async fn login(
     console: &Console,
 ) -> Result<Response<Full<Bytes>>, Page> {
     same_origin(&req).map_err(|e| Page::error(StatusCode::FORBIDDEN, "Refused", e.to_string()))?;
+    // A new login replaces the browser's old session, if any (no session fixation either:
+    // the new id is always fresh).
+    let old = cookie(&req);
     let body = form_body(req).await.map_err(bad_form)?;
     let f: LoginForm = form(&body).map_err(bad_form)?;
     let given = f.token.trim();
@@ -488,10 +497,16 @@ async fn login(
             ApiError::NotAudited(e).to_string(),
         ));
     }
-    let id = console.sessions().create(Zeroizing::new(given.to_owned()), Instant::now());
+    let id = {
+        let mut sessions = console.sessions();
+        if let Some(old) = old {
+            sessions.remove(&old);
+        }
+        sessions.create(Zeroizing::new(given.to_owned()), Instant::now())
+    };
     tracing::info!(name = %principal.name, role = %principal.role, %peer, "console login");
     let mut r = redirect("/ui/");
-    let cookie = format!("{COOKIE_NAME}={id}; Path=/; Secure; HttpOnly; SameSite=Strict");
+    let cookie = format!("{COOKIE_NAME}={id}; {COOKIE_ATTRIBUTES}");
     r.headers_mut().insert(SET_COOKIE, HeaderValue::from_str(&cookie).expect("hex is a header"));
     Ok(r)
 }
@@ -596,42 +611,19 @@ async fn act(
         Ok(body) => body,
         Err(e) => return Err(refused(ctx, Some(route), &path, peer, &me.principal, e).await),
     };
-    let mut param = String::new();
-    let call_body = match name {
-        "enable" => {
-            let f: EnableForm = form(&body).map_err(bad_form)?;
-            to_json(&api::EnableRequest { password: f.password, remote: f.remote.is_some() })
+    let (call_body, param) = match parse_action(name, &body) {
+        Ok(Parsed::Request(body)) => (body, String::new()),
+        Ok(Parsed::Param(id)) => (Bytes::new(), id),
+        Ok(Parsed::PasswordsDiffer) => {
+            // Caught before it is a request: the API never sees it, so nothing records it.
+            flash(console, me, false, "the two new passwords differ; nothing was changed");
+            return Err(Page::Redirect("/ui/encryption"));
         }
-        "disable" => {
-            let f: DisableForm = form(&body).map_err(bad_form)?;
-            to_json(&api::DisableRequest {
-                password: f.password,
-                i_understand_data_loss: f.i_understand_data_loss.is_some(),
-            })
-        }
-        "remote" => {
-            let f: RemoteForm = form(&body).map_err(bad_form)?;
-            to_json(&api::RemoteRequest { enabled: f.enabled == "on" })
-        }
-        "password" => {
-            let f: ChangePasswordForm = form(&body).map_err(bad_form)?;
-            if f.new_password != f.new_password_again {
-                flash(console, me, false, "the two new passwords differ; nothing was changed");
-                return Err(Page::Redirect("/ui/encryption"));
-            }
-            to_json(&api::PasswordChangeRequest {
-                old_password: f.old_password,
-                new_password: f.new_password,
-            })
-        }
-        "check-key" => {
-            let f: KeyForm = form(&body).map_err(bad_form)?;
-            let checked = match crate::crypto::export::parse_public_key(&f.public_key_pem) {
-                Ok(k) => Ok(pages::KeyCheck {
-                    bits: k.bits(),
-                    fingerprint: k.fingerprint_hex(),
-                    pem: f.public_key_pem.clone(),
-                }),
+        Ok(Parsed::CheckKey(pem)) => {
+            let checked = match crate::crypto::export::parse_public_key(&pem) {
+                Ok(k) => {
+                    Ok(pages::KeyCheck { bits: k.bits(), fingerprint: k.fingerprint_hex(), pem })
+                }
                 Err(e) => Err(e.to_string()),
             };
             let status = if me.may(Route::Status) {
@@ -643,28 +635,8 @@ async fn act(
                 if checked.is_ok() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             return Ok(html(code, pages::keys(frame, status.as_ref(), Some(&checked))));
         }
-        "download" => {
-            let f: KeyForm = form(&body).map_err(bad_form)?;
-            to_json(&api::DownloadRequest {
-                password: f.password,
-                public_key_pem: f.public_key_pem,
-            })
-        }
-        "peer-add" => {
-            let f: IdForm = form(&body).map_err(bad_form)?;
-            to_json(&api::AddPeerRequest { id: f.id, address: f.address })
-        }
-        "node-add" => {
-            let f: IdForm = form(&body).map_err(bad_form)?;
-            to_json(&api::AddNodeRequest { id: f.id, archiver: f.archiver })
-        }
-        "peer-remove" | "node-remove" => {
-            let f: IdForm = form(&body).map_err(bad_form)?;
-            param = f.id;
-            Bytes::new()
-        }
-        // "rotate": no fields but the CSRF token.
-        _ => Bytes::new(),
+        // A form that does not parse is recorded as the API records a body that does not.
+        Err(e) => return Err(refused(ctx, Some(route), &path, peer, &me.principal, e).await),
     };
     let call = Call {
         principal: me.principal.clone(),
@@ -678,7 +650,7 @@ async fn act(
     let found = Match::Found { route, param: Some(param.clone()) };
     let answer = super::serve_route(call, route, param, ctx, control, &mut issued).await;
     if let Some(p) = issued
-        && let Some(s) = console.sessions().get(&me.id, Instant::now())
+        && let Some(s) = console.sessions().get(&me.id, Instant::now(), true)
     {
         s.proof = Some(p);
     }
@@ -714,12 +686,74 @@ async fn act(
     }
 }
 
+/// What a console form asks for.
+enum Parsed {
+    /// The API request's JSON body.
+    Request(Bytes),
+    /// The `{id}` of a route that takes one (remove a peer or a node).
+    Param(String),
+    /// A password change whose two new passwords differ.
+    PasswordsDiffer,
+    /// "Check the key": the public key to check before a download.
+    CheckKey(String),
+}
+
+/// The API request the form of action `name` stands for.
+fn parse_action(name: &str, body: &[u8]) -> Result<Parsed, ApiError> {
+    Ok(Parsed::Request(match name {
+        "enable" => {
+            let f: EnableForm = form(body)?;
+            to_json(&api::EnableRequest { password: f.password, remote: f.remote.is_some() })
+        }
+        "disable" => {
+            let f: DisableForm = form(body)?;
+            to_json(&api::DisableRequest {
+                password: f.password,
+                i_understand_data_loss: f.i_understand_data_loss.is_some(),
+            })
+        }
+        "remote" => {
+            let f: RemoteForm = form(body)?;
+            to_json(&api::RemoteRequest { enabled: f.enabled == "on" })
+        }
+        "password" => {
+            let f: ChangePasswordForm = form(body)?;
+            if f.new_password != f.new_password_again {
+                return Ok(Parsed::PasswordsDiffer);
+            }
+            to_json(&api::PasswordChangeRequest {
+                old_password: f.old_password,
+                new_password: f.new_password,
+            })
+        }
+        "check-key" => return Ok(Parsed::CheckKey(form::<KeyForm>(body)?.public_key_pem)),
+        "download" => {
+            let f: KeyForm = form(body)?;
+            to_json(&api::DownloadRequest {
+                password: f.password,
+                public_key_pem: f.public_key_pem,
+            })
+        }
+        "peer-add" => {
+            let f: IdForm = form(body)?;
+            to_json(&api::AddPeerRequest { id: f.id, address: f.address })
+        }
+        "node-add" => {
+            let f: IdForm = form(body)?;
+            to_json(&api::AddNodeRequest { id: f.id, archiver: f.archiver })
+        }
+        "peer-remove" | "node-remove" => return Ok(Parsed::Param(form::<IdForm>(body)?.id)),
+        // "rotate": no fields but the CSRF token.
+        _ => Bytes::new(),
+    }))
+}
+
 fn flash(console: &Console, me: &Me, ok: bool, text: &str) {
     flash_notes(console, me, ok, text.to_owned(), vec![]);
 }
 
 fn flash_notes(console: &Console, me: &Me, ok: bool, text: String, notes: Vec<String>) {
-    if let Some(s) = console.sessions().get(&me.id, Instant::now()) {
+    if let Some(s) = console.sessions().get(&me.id, Instant::now(), true) {
         s.flash = Some(Flash { ok, text, notes });
     }
 }
