@@ -28,16 +28,8 @@ pub(crate) enum AuditCommand {
     /// Ask the daemon for its newest audit records (any host, a reading role's token) and
     /// whether its chain verifies.
     List {
-        /// Only records at or after this time: RFC 3339 or a duration ago (`90m`).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only records of this actor (an administrator's name, a cluster id, `anonymous`,
-        /// `local`).
-        #[arg(long)]
-        actor: Option<String>,
-        /// Only this action (`key.download`), or a family of them (`key.`).
-        #[arg(long)]
-        action: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// At most this many of the newest matching records (at most 1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -48,21 +40,28 @@ pub(crate) enum AuditCommand {
     Show {
         #[command(flatten)]
         files: Files,
-        /// Only records at or after this time: RFC 3339 (`2026-12-01T10:00:00Z`) or a
-        /// duration ago (`90m`, `2d`).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only records of this actor: an administrator's name, a peer's cluster id,
-        /// `anonymous` or `local`.
-        #[arg(long)]
-        actor: Option<String>,
-        /// Only this action (`key.download`), or a family of them (`key.`).
-        #[arg(long)]
-        action: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// How to print: a table, or the records' JSON lines as stored.
         #[arg(long, short, value_enum, default_value_t = Output::Table, env = "IMCRYPT_OUTPUT")]
         output: Output,
     },
+}
+
+/// Which records `show` and `list` print.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only records at or after this time: RFC 3339 (`2026-12-01T10:00:00Z`) or a duration
+    /// ago (`90m`, `2d`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records of this actor: an administrator's name, a peer's cluster id, `anonymous`
+    /// or `local`.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this action (`key.download`), or a family of them (`key.`).
+    #[arg(long)]
+    action: Option<String>,
 }
 
 /// Which audit files to read.
@@ -96,10 +95,10 @@ impl Files {
 pub(super) fn audit(command: AuditCommand) -> Result<(), CliError> {
     match command {
         AuditCommand::Verify { files } => verify(&files),
-        AuditCommand::List { since, actor, action, limit, common } => {
+        AuditCommand::List { filter: FilterArgs { since, actor, action }, limit, common } => {
             list(&api::AuditQuery { since, actor, action, limit: Some(limit) }, &common)
         }
-        AuditCommand::Show { files, since, actor, action, output } => {
+        AuditCommand::Show { files, filter: FilterArgs { since, actor, action }, output } => {
             let since = since.map(|s| parse_since(&s)).transpose()?;
             show(&files, Filter { since, actor, action }, output)
         }
