@@ -202,11 +202,23 @@ fn console_url(lab: &Lab, path: &str) -> String {
 
 async fn log_in(c: &Client, lab: &Lab, token: &str) {
     c.goto(&console_url(lab, "/ui/")).await.unwrap();
-    assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"), "not logged in yet");
+    let url = c.current_url().await.unwrap();
+    assert!(url.path().ends_with("/ui/login"), "not logged in yet, but at {url}");
     submit(c, "#login", &[("token", token)]).await;
     if c.wait().for_element(Locator::Css("#who-name")).await.is_err() {
         let url = c.current_url().await.unwrap();
         panic!("not logged in: at {url}: {}", c.source().await.unwrap_or_default());
+    }
+}
+
+/// Submits the logout form and waits for its answer, the login page: `submit` returns once
+/// the form is sent, and a `goto` before the answer would cancel the navigation and keep the
+/// session alive.
+async fn log_out(c: &Client) {
+    submit(c, "#logout", &[]).await;
+    if c.wait().for_element(Locator::Css("#login")).await.is_err() {
+        let url = c.current_url().await.unwrap();
+        panic!("not logged out: at {url}");
     }
 }
 
@@ -386,8 +398,7 @@ async fn an_admin_runs_the_domain_from_the_console_in_a_real_browser() {
         assert_eq!((headers[1].as_str(), headers[2].as_str()), (Some("DENY"), Some("no-store")));
 
         // Log out: the session is gone, the console asks for the token again.
-        submit(&c, "#logout", &[]).await;
-        assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
+        log_out(&c).await;
         c.goto(&console_url(&lab, "/ui/alarms")).await.unwrap();
         assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
         c.close().await.unwrap();
@@ -441,7 +452,7 @@ async fn a_viewer_sees_no_actions_and_forged_or_forbidden_posts_change_nothing()
         assert_eq!(r[0], 403, "{r}");
 
         // An admin's form without its CSRF token is refused too.
-        submit(&c, "#logout", &[]).await;
+        log_out(&c).await;
         log_in(&c, &lab, &admin).await;
         let r = js(&c, &post("rotate", false)).await;
         assert_eq!(r[0], 403, "{r}");
