@@ -428,7 +428,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut idle_by = Instant::now() + config.idle_timeout;
     let mut start = 0;
     let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
-    let hello_by = Instant::now() + config.handshake_timeout;
+    // One timer for both deadlines: HELLO's until the session is greeted, then idleness's.
+    // A frame only moves `idle_by`; the timer is moved to it when it fires early, so a
+    // request costs no timer registration (the timer wheel takes a lock per insert and per
+    // removal, and every frame would do both).
+    let deadline = tokio::time::sleep_until(Instant::now() + config.handshake_timeout);
+    tokio::pin!(deadline);
+    // Made once, for the same reason: a fresh `wait_for` per read registers with the watch
+    // channel all connections share.
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     let mut wait_until: Option<Instant> = None;
     let mut stopping = false;
     loop {
@@ -442,6 +453,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if !was_greeted && session.greeted() {
             // A router, not a stray connection: it keeps its slot.
             conn.ticket.establish();
+            deadline.as_mut().reset(idle_by);
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -493,14 +505,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             drop(granted.take());
             // Nothing more is read until the budget grants the whole frame.
             let want = u32::try_from(next).expect("frames are at most max_frame, a u32");
+            deadline.as_mut().reset(idle_by);
             tokio::select! {
                 g = conn.budget.clone().acquire_many_owned(want) => {
                     granted = Some(g.expect("the budget is never closed"));
                 }
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    return stream.shutdown().await;
-                }
-                _ = tokio::time::sleep_until(idle_by) => return stream.shutdown().await,
+                // Not `stopping` here: a stopping connection returned above.
+                _ = &mut stopped => return stream.shutdown().await,
+                _ = &mut deadline => return stream.shutdown().await,
             }
         }
         let want = next.max(inbuf.len() + (16 << 10));
@@ -518,12 +530,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     return stream.shutdown().await;
                 }
             }
-            _ = async { let _ = stop.wait_for(|s| *s).await; }, if !stopping => stopping = true,
-            _ = tokio::time::sleep_until(idle_by), if session.greeted() => {
-                tracing::debug!(idle = ?config.idle_timeout, "idle hot-path connection closed");
-                return stream.shutdown().await;
-            }
-            _ = tokio::time::sleep_until(hello_by), if !session.greeted() => {
+            _ = &mut stopped, if !stopping => stopping = true,
+            _ = &mut deadline => {
+                if session.greeted() {
+                    if Instant::now() < idle_by {
+                        // A frame came since the timer was set: wait for the rest of the time.
+                        deadline.as_mut().reset(idle_by);
+                        continue;
+                    }
+                    tracing::debug!(idle = ?config.idle_timeout, "idle hot-path connection closed");
+                    return stream.shutdown().await;
+                }
                 frame::encode_error(
                     &mut out,
                     0,
