@@ -39,6 +39,7 @@ use super::frame;
 use super::keys::KeySource;
 use super::session::{Limits, Next, Session};
 use super::tls::READ_AHEAD;
+use super::uds::QuietUnixStream;
 use crate::caps::{Caps, Gate, Ticket};
 use crate::crypto::random::NonceSource;
 use crate::metrics::HotpathMetrics;
@@ -321,7 +322,10 @@ pub async fn serve_all(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
-                    let r = ticket.guard(connection(stream, &keys, conn, metrics, stop)).await;
+                    let serve = async {
+                        connection(QuietUnixStream::from_tokio(stream)?, &keys, conn, metrics, stop).await
+                    };
+                    let r = ticket.guard(serve).await;
                     log_end(r);
                 });
             }
@@ -330,7 +334,10 @@ pub async fn serve_all(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: true };
-                    let r = ticket.guard(connection(stream, &keys, conn, metrics, stop)).await;
+                    let serve = async {
+                        connection(QuietUnixStream::from_tokio(stream)?, &keys, conn, metrics, stop).await
+                    };
+                    let r = ticket.guard(serve).await;
                     log_end(r);
                 });
             }

@@ -1,0 +1,131 @@
+//! A Unix stream socket that the runtime watches for readability only, for both ends of the
+//! hot path's socket.
+//!
+//! Why: Tokio's `UnixStream` asks epoll for readability and writability at once. On a Unix
+//! stream socket the kernel signals "writable" again every time the peer reads what was
+//! written, so on a request/answer connection each end is woken once more per round trip for
+//! nothing: five `epoll_wait` returns per single-record round trip instead of two (strace), and
+//! each of those wakes costs the reading end a wake-up of the other end's thread. Here writes
+//! are tried directly (the socket buffer is rarely full: frames are small and answered in
+//! order); only a write that would block registers for writability, through a duplicate of
+//! the descriptor (epoll keys its registrations on the descriptor), until a write finds room
+//! at its first try again.
+//!
+//! Invariants:
+//! - The descriptor is owned here, never replaced, and closed only after its registrations
+//!   are dropped (field order), which is what registering it with the runtime requires.
+//! - Reads behave as Tokio's: a read shorter than the room given means the socket is drained
+//!   (readiness is cleared without a read that would block; a later edge sets it again).
+
+// The second module with `unsafe` code (after `crypto::locked`): registering a descriptor
+// with the runtime, and reading into the caller's uninitialised buffer, as Tokio's own
+// sockets do. Each block says why it holds.
+#![allow(unsafe_code)]
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+pub(crate) struct QuietUnixStream {
+    /// Registered for writability since a write had to wait for room; dropped (deregistered)
+    /// when a write finds room at its first try. Declared before `io`: dropped first.
+    writable: Option<AsyncFd<OwnedFd>>,
+    io: AsyncFd<StdUnixStream>,
+}
+
+impl QuietUnixStream {
+    /// Takes over a connected socket from Tokio's `UnixStream`.
+    pub(crate) fn from_tokio(s: tokio::net::UnixStream) -> io::Result<Self> {
+        let s = s.into_std()?;
+        s.set_nonblocking(true)?;
+        // SAFETY: the `AsyncFd` owns the socket, nothing here replaces it (no `get_mut`, no
+        // `into_inner`), and dropping the `AsyncFd` deregisters before the socket closes.
+        let io = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }?;
+        Ok(Self { writable: None, io })
+    }
+
+    /// Registers a duplicate of the descriptor for writability.
+    fn watch_writable(&mut self) -> io::Result<&AsyncFd<OwnedFd>> {
+        if self.writable.is_none() {
+            let dup = OwnedFd::from(self.io.get_ref().try_clone()?);
+            // SAFETY: as in `from_tokio`: the duplicate is owned by this `AsyncFd` alone and
+            // closed only when it drops, after deregistering.
+            let w = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }?;
+            self.writable = Some(w);
+        }
+        Ok(self.writable.as_ref().expect("registered above"))
+    }
+}
+
+impl AsyncRead for QuietUnixStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let mut guard = ready!(this.io.poll_read_ready(cx))?;
+            // SAFETY: `read` only writes initialised bytes into the slice, and nothing here
+            // de-initialises any of it.
+            let room = unsafe { buf.unfilled_mut() };
+            let want = room.len();
+            match guard.try_io(|s| Ok(rustix::io::read(s.get_ref(), &mut *room)?.0.len())) {
+                Ok(Ok(n)) => {
+                    // SAFETY: `read` initialised the first `n` bytes of the unfilled part.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    if n > 0 && n < want {
+                        guard.clear_ready();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for QuietUnixStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut waited = false;
+        loop {
+            match this.io.get_ref().write(data) {
+                Ok(n) => {
+                    // Room at the first try: the registration for writability goes (and its
+                    // wake-ups with it). A connection whose writes keep finding the buffer
+                    // full (heavy pipelining) keeps it rather than register for every write.
+                    if !waited {
+                        this.writable = None;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => waited = true,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            let w = this.watch_writable()?;
+            let mut guard = ready!(w.poll_write_ready(cx))?;
+            // Writable or not, try again: the write says.
+            guard.clear_ready();
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
+    }
+}
