@@ -129,3 +129,42 @@ impl AsyncWrite for QuietUnixStream {
         Poll::Ready(self.io.get_ref().shutdown(std::net::Shutdown::Write))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A write larger than both socket buffers must wait for room (through the duplicate
+    /// registered for writability) and still arrive whole and in order.
+    #[tokio::test]
+    async fn a_write_that_finds_the_buffer_full_waits_for_room_and_arrives_whole() {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (mut a, mut b) =
+            (QuietUnixStream::from_tokio(a).unwrap(), QuietUnixStream::from_tokio(b).unwrap());
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            a.write_all(&sent).await.unwrap();
+            a.shutdown().await.unwrap();
+            a
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "8 MiB cannot fit in the socket buffers: the write waits");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), b.read_to_end(&mut got))
+            .await
+            .expect("the waiting write was woken when room came")
+            .unwrap();
+        let mut a = writer.await.unwrap();
+        assert!(got == data, "{} bytes of {} arrived, or out of order", got.len(), data.len());
+        // The other way, a write that finds room at once.
+        b.write_all(b"answer").await.unwrap();
+        let mut back = [0u8; 6];
+        a.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"answer");
+    }
+}
