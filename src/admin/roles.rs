@@ -131,12 +131,18 @@ pub struct Forbidden {
 }
 
 impl Principal {
-    /// Whether this principal may call `route`, by [`allowed`].
+    /// Whether this principal's role may call `route`, by [`allowed`] (what the console asks
+    /// before it offers an action; [`Self::may`] says why not).
+    pub fn allows(&self, route: Route) -> bool {
+        allowed(route).contains(&self.role)
+    }
+
+    /// Whether this principal may call `route`, and if not, who may.
     pub fn may(&self, route: Route) -> Result<(), Forbidden> {
-        let needed = allowed(route);
-        if needed.contains(&self.role) {
+        if self.allows(route) {
             return Ok(());
         }
+        let needed = allowed(route);
         let (method, path) = route.method_and_path();
         Err(Forbidden { method, path, needed, name: self.name.clone(), held: self.role })
     }

@@ -156,12 +156,8 @@ struct Me {
     credential: Credential,
     csrf: String,
     proof: Option<String>,
-}
-
-impl Me {
-    fn may(&self, route: Route) -> bool {
-        self.principal.may(route).is_ok()
-    }
+    /// The message the last act left for the next page; taken by a GET of a page only.
+    flash: Option<Flash>,
 }
 
 fn cookie(req: &Request<Incoming>) -> Option<String> {
@@ -181,17 +177,19 @@ fn me(req: &Request<Incoming>, ctx: &Ctx, console: &Console) -> Result<Option<Me
     let Some(id) = cookie(req) else { return Ok(None) };
     // The overview's own refresh is not the administrator's use of the session.
     let touch = req.uri().path() != "/ui/live";
-    let (token, csrf, proof) = {
+    let page = touch && req.method() == Method::GET;
+    let (token, csrf, proof, flash) = {
         let mut sessions = console.sessions();
         let Some(s) = sessions.get(&id, Instant::now(), touch) else { return Ok(None) };
-        (s.token.clone(), s.csrf.clone(), s.proof.clone())
+        let flash = if page { s.flash.take() } else { None };
+        (s.token.clone(), s.csrf.clone(), s.proof.clone(), flash)
     };
     let tokens = ctx.tokens.current().map_err(|e| {
         Page::error(StatusCode::SERVICE_UNAVAILABLE, "Tokens unavailable", e.to_string())
     })?;
     match tokens.authenticate(&token) {
         Lookup::Valid(principal, credential) => {
-            Ok(Some(Me { id, principal, credential, csrf, proof }))
+            Ok(Some(Me { id, principal, credential, csrf, proof, flash }))
         }
         Lookup::Revoked(_) | Lookup::Unknown => {
             console.sessions().remove(&id);
@@ -276,7 +274,7 @@ async fn route(
         (&Method::POST, "/ui/login") => return login(req, peer, ctx, console).await,
         _ => {}
     }
-    let Some(me) = me(&req, ctx, console)? else {
+    let Some(mut me) = me(&req, ctx, console)? else {
         if method != Method::GET {
             // As the API records a request without a token (coalesced per source).
             let e = ApiError::NoToken;
@@ -294,11 +292,7 @@ async fn route(
     };
     // An administrator's connection: no longer one a flood of idle ones can evict.
     ticket.establish();
-    let flash = if method == Method::GET && path != "/ui/live" {
-        console.sessions().get(&me.id, Instant::now(), true).and_then(|s| s.flash.take())
-    } else {
-        None
-    };
+    let flash = me.flash.take();
     let frame = pages::Frame {
         cluster: ctx.cluster.as_str(),
         who: &me.principal,
@@ -313,7 +307,7 @@ async fn route(
     };
     match (&method, path.as_str()) {
         (&Method::GET, "/ui/") => {
-            if !me.may(Route::Status) {
+            if !me.principal.allows(Route::Status) {
                 // A key-custodian reads no status: its page is the key download.
                 return Err(Page::Redirect("/ui/keys"));
             }
@@ -340,7 +334,7 @@ async fn route(
             Ok(html(StatusCode::OK, pages::audit(&frame, &q, &report)))
         }
         (&Method::GET, "/ui/keys") => {
-            let status = if me.may(Route::Status) {
+            let status = if me.principal.allows(Route::Status) {
                 Some(control.status().await.map_err(unavailable)?)
             } else {
                 None
@@ -626,7 +620,7 @@ async fn act(
                 }
                 Err(e) => Err(e.to_string()),
             };
-            let status = if me.may(Route::Status) {
+            let status = if me.principal.allows(Route::Status) {
                 Some(control.status().await.map_err(unavailable)?)
             } else {
                 None

@@ -21,12 +21,6 @@ pub(super) struct Frame<'a> {
     pub(super) here: &'a str,
 }
 
-impl Frame<'_> {
-    fn may(&self, route: Route) -> bool {
-        self.who.may(route).is_ok()
-    }
-}
-
 /// A public key checked before a download: its size and fingerprint, and the PEM itself so
 /// the download form can send it again.
 pub(super) struct KeyCheck {
@@ -56,12 +50,12 @@ fn csrf(f: &Frame) -> Markup {
 /// The page around `content`: who is logged in, the navigation, the message of the last form.
 fn page(f: &Frame, title: &str, content: Markup) -> Markup {
     let nav: [(&str, &str, bool); 6] = [
-        ("/ui/", "Overview", f.may(Route::Status)),
-        ("/ui/alarms", "Alarms", f.may(Route::Alarms)),
-        ("/ui/encryption", "Encryption", f.may(Route::Status)),
-        ("/ui/keys", "Keys", f.may(Route::DownloadKeys) || f.may(Route::Status)),
-        ("/ui/peers", "Peers and nodes", f.may(Route::Status)),
-        ("/ui/audit", "Audit", f.may(Route::Audit)),
+        ("/ui/", "Overview", f.who.allows(Route::Status)),
+        ("/ui/alarms", "Alarms", f.who.allows(Route::Alarms)),
+        ("/ui/encryption", "Encryption", f.who.allows(Route::Status)),
+        ("/ui/keys", "Keys", f.who.allows(Route::DownloadKeys) || f.who.allows(Route::Status)),
+        ("/ui/peers", "Peers and nodes", f.who.allows(Route::Status)),
+        ("/ui/audit", "Audit", f.who.allows(Route::Audit)),
     ];
     html! {
         (DOCTYPE)
@@ -310,7 +304,7 @@ pub(super) fn encryption(f: &Frame, s: &Status) -> Markup {
         "Encryption",
         html! {
             (status_table(s))
-            @if !encrypting && f.may(Route::Enable) {
+            @if !encrypting && f.who.allows(Route::Enable) {
                 section {
                     h2 { "Enable encryption" }
                     p { "This cluster becomes the master of a new encryption domain: it makes the key and keeps the password you set here." }
@@ -323,7 +317,7 @@ pub(super) fn encryption(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if encrypting && s.role == Role::Master && f.may(Route::SetRemote) {
+            @if encrypting && s.role == Role::Master && f.who.allows(Route::SetRemote) {
                 section {
                     h2 { "Enable on remote clusters" }
                     form #remote.action method="post" action="/ui/act/remote" {
@@ -340,7 +334,7 @@ pub(super) fn encryption(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if s.role == Role::Master && f.may(Route::ChangePassword) {
+            @if s.role == Role::Master && f.who.allows(Route::ChangePassword) {
                 section {
                     h2 { "Change the encryption password" }
                     form #password.action method="post" action="/ui/act/password" {
@@ -353,7 +347,7 @@ pub(super) fn encryption(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if encrypting && f.may(Route::Disable) {
+            @if encrypting && f.who.allows(Route::Disable) {
                 section.danger {
                     h2 { "Disable encryption" }
                     @if s.role == Role::Master {
@@ -374,7 +368,7 @@ pub(super) fn encryption(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if !f.may(Route::Enable) {
+            @if !f.who.allows(Route::Enable) {
                 p.note { "Your role " (f.who.role) " reads this page; enabling, disabling and the password need the role admin." }
             }
         },
@@ -410,7 +404,7 @@ pub(super) fn keys(
                     p.warning { (p.kind) " versions " (p.versions.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")) " are kept until their destruction (imcrypt key restore)" }
                 }
             }
-            @if master && f.may(Route::RotateKey) {
+            @if master && f.who.allows(Route::RotateKey) {
                 section {
                     h2 { "Rotate" }
                     p { "Makes a new key version, primary from now on; older versions stay for reading. Download the keys again after a rotation." }
@@ -420,7 +414,7 @@ pub(super) fn keys(
                     }
                 }
             }
-            @if f.may(Route::DownloadKeys) {
+            @if f.who.allows(Route::DownloadKeys) {
                 section {
                     h2 { "Download Encryption Key" }
                     @if !master {
@@ -467,7 +461,7 @@ pub(super) fn peers(f: &Frame, s: &Status) -> Markup {
         "Peers and nodes",
         html! {
             table #peers {
-                tr { th { "Peer" } th { "Address" } th { "Relation" } th { "Link" } th { "Last hello" } @if f.may(Route::RemovePeer) { th {} } }
+                tr { th { "Peer" } th { "Address" } th { "Relation" } th { "Link" } th { "Last hello" } @if f.who.allows(Route::RemovePeer) { th {} } }
                 @for p in &s.peers {
                     tr data-peer=(p.id.as_str()) {
                         td { (p.id) }
@@ -475,7 +469,7 @@ pub(super) fn peers(f: &Frame, s: &Status) -> Markup {
                         td { (p.relation) }
                         td { (if p.link.connected { "connected".to_owned() } else { format!("down{}", p.link.last_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()) }) }
                         td { (p.last_hello_unix_ms.map(|ms| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()).unwrap_or_else(|| "—".into())) }
-                        @if f.may(Route::RemovePeer) {
+                        @if f.who.allows(Route::RemovePeer) {
                             td {
                                 form.action.inline method="post" action="/ui/act/peer-remove" {
                                     (csrf(f))
@@ -487,7 +481,7 @@ pub(super) fn peers(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if f.may(Route::AddPeer) {
+            @if f.who.allows(Route::AddPeer) {
                 h2 { "Add a peer" }
                 p.note { "Until the daemon restarts: the config file's [[peers]] are the source of truth at start." }
                 form #peer-add.action.inline method="post" action="/ui/act/peer-add" {
@@ -508,7 +502,7 @@ pub(super) fn peers(f: &Frame, s: &Status) -> Markup {
                     }
                 }
             }
-            @if f.may(Route::AddNode) {
+            @if f.who.allows(Route::AddNode) {
                 p.note { "A node cannot be added while encryption is on (the product's rule): disable first." }
                 form #node-add.action.inline method="post" action="/ui/act/node-add" {
                     (csrf(f))
@@ -521,7 +515,7 @@ pub(super) fn peers(f: &Frame, s: &Status) -> Markup {
                     button type="submit" { "Add node" }
                 }
             }
-            @if f.may(Route::RemoveNode) {
+            @if f.who.allows(Route::RemoveNode) {
                 form #node-remove.action.inline method="post" action="/ui/act/node-remove" {
                     (csrf(f))
                     label { "Node id " input name="id" required; }
