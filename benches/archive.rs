@@ -15,6 +15,9 @@
 //! peak RSS (VmHWM of the child, read from /proc while it runs; target under 64 MiB) and its
 //! time against a raw `COPY (SELECT …) TO STDOUT` of the same rows (target ≥ 0.9x); then a
 //! participant lookup (`imcrypt view --from`, about 1% of the rows) against that full read.
+//! Beside the archiver's decay it prints the database's own: the same rows copied again by
+//! binary `COPY` into an empty table like the archive, one commit per 10,000 rows (the
+//! archiver's batch), first tenth against last tenth.
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -333,6 +336,60 @@ async fn archive_at_scale(db: &str, hotpath: &Path, rows: usize) -> Vec<f64> {
     marks
 }
 
+/// The database's own write rate as the table grows, for the archiver's decay to be read
+/// against: the archived rows copied again, oldest first, by binary `COPY` into an empty table
+/// created like the archive (columns, identity, unique key, indexes), one commit per 10,000
+/// rows (the archiver's default batch). Only the `COPY`s are timed, not the reading of the
+/// rows. Returns the rates (rows/s) of the first and the last tenth.
+async fn copy_growth(c: &tokio_postgres::Client, rows: usize) -> (f64, f64) {
+    const BATCH: i64 = 10_000;
+    c.batch_execute(
+        "DROP TABLE IF EXISTS copy_target; \
+         CREATE TABLE copy_target (LIKE imcrypt_archive INCLUDING ALL);",
+    )
+    .await
+    .unwrap();
+    let select = c
+        .prepare(&format!(
+            "SELECT id, {COLS} FROM imcrypt_archive WHERE id > $1 ORDER BY id LIMIT {BATCH}"
+        ))
+        .await
+        .unwrap();
+    let types: Vec<Type> = select.columns()[1..].iter().map(|c| c.type_().clone()).collect();
+    let tenth = rows / 10;
+    let (mut after, mut copied, mut spent, mut marks) = (0i64, 0usize, 0f64, Vec::new());
+    loop {
+        let fetched = c.query(&select, &[&after]).await.unwrap();
+        let Some(last) = fetched.last() else { break };
+        after = last.get(0);
+        let batch: Vec<Vec<Raw>> = fetched
+            .iter()
+            .map(|r| (1..=types.len()).map(|k| r.get::<_, Raw>(k)).collect())
+            .collect();
+        let start = Instant::now();
+        let sink = c
+            .copy_in(&format!("COPY copy_target ({COLS}) FROM STDIN (FORMAT binary)"))
+            .await
+            .unwrap();
+        let w = BinaryCopyInWriter::new(sink, &types);
+        tokio::pin!(w);
+        for r in &batch {
+            let v: Vec<&(dyn ToSql + Sync)> = r.iter().map(|x| x as &(dyn ToSql + Sync)).collect();
+            w.as_mut().write(&v).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        spent += start.elapsed().as_secs_f64();
+        let before = copied;
+        copied += batch.len();
+        if copied / tenth > before / tenth {
+            marks.push(spent);
+        }
+    }
+    assert!(marks.len() >= 10, "{copied} rows copied, {rows} expected");
+    c.batch_execute("DROP TABLE copy_target").await.unwrap();
+    (tenth as f64 / marks[0], tenth as f64 / (marks[9] - marks[8]))
+}
+
 /// Runs `imcrypt view` with `args` (output thrown away); returns its time and its peak RSS in
 /// KiB (VmHWM, read from /proc every 10 ms while it runs: the last reading is the peak).
 async fn view_run(db: &str, ring: &Path, args: &[&str]) -> (f64, u64) {
@@ -419,6 +476,11 @@ async fn scale(pg: &pg::Pg) {
         "  archive: first tenth {first:.0} rows/s, last tenth {last:.0} rows/s, all {:.0} rows/s",
         rows as f64 / marks[9]
     );
+    let (copy_first, copy_last) = copy_growth(&sql, rows).await;
+    println!(
+        "  the database's own binary COPY of the same rows, one commit per 10,000: first \
+         tenth {copy_first:.0} rows/s, last tenth {copy_last:.0} rows/s"
+    );
     sql.batch_execute("VACUUM ANALYZE imcrypt_archive").await.unwrap();
 
     // Warm the server's cache the same way for both readers, then best of 2 each.
@@ -448,6 +510,10 @@ async fn scale(pg: &pg::Pg) {
     println!("| measure | value | target |");
     println!("|---|---|---|");
     println!("| writes, last tenth / first tenth | {:.2} | >= 0.80 |", last / first);
+    println!(
+        "| the database's own COPY, last tenth / first tenth | {:.2} | (the limit) |",
+        copy_last / copy_first
+    );
     println!("| view / raw COPY out (rate) | {:.2} | >= 0.90 |", raw / full);
     println!("| view peak RSS | {:.1} MiB | < 64 MiB |", rss as f64 / 1024.0);
     println!("| participant lookup / full read (time) | {:.3} | |", lookup / full);
