@@ -509,10 +509,17 @@ impl Config {
         // Counted even without `[metrics]`: a reload may start the listener.
         caps.push(("metrics.max_connections", self.metrics_max_connections() as usize));
         if let Some(h) = &self.hotpath {
-            caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
+            let n = h.limits.max_connections as usize;
+            // A Unix-socket connection whose answer waits for room in the socket holds a
+            // second descriptor while it waits (`hotpath::uds` watches a duplicate for
+            // writability), so it counts twice; the rewrap socket caps its own connections at
+            // the same number, and so does the TCP listener.
+            caps.push(("hotpath.limits.max_connections (Unix socket, 2 descriptors each)", 2 * n));
+            if h.rewrap_socket.is_some() {
+                caps.push(("hotpath.limits.max_connections (rewrap socket, 2 each)", 2 * n));
+            }
             if h.tcp.is_some() {
-                // The TCP listener caps its own connections at the same number.
-                caps.push(("hotpath.limits.max_connections", h.limits.max_connections as usize));
+                caps.push(("hotpath.limits.max_connections (TCP listener)", n));
             }
         }
         caps

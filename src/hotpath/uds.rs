@@ -12,8 +12,15 @@
 //! at its first try again.
 //!
 //! Invariants:
-//! - The descriptor is owned here, never replaced, and closed only after its registrations
-//!   are dropped (field order), which is what registering it with the runtime requires.
+//! - Each registered descriptor (the socket, and its duplicate while a write waits) is owned
+//!   by its `AsyncFd`, never replaced, and closed only after that `AsyncFd` has deregistered
+//!   it, which is what registering a descriptor with the runtime requires.
+//! - A connection holds a second descriptor while its writes wait for room; the daemon's
+//!   descriptor budget counts two per hot-path Unix connection (`Config::listener_caps`). A
+//!   duplicate that cannot be had (no descriptor left) fails the write, and with it the
+//!   connection, as any I/O error does; the client sends its unanswered requests again on
+//!   its next connection.
+//! - Like Tokio's sockets, it must be polled inside a Tokio runtime.
 //! - Reads behave as Tokio's: a read shorter than the room given means the socket is drained
 //!   (readiness is cleared without a read that would block; a later edge sets it again).
 
@@ -32,9 +39,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 pub(crate) struct QuietUnixStream {
-    /// Registered for writability since a write had to wait for room; dropped (deregistered)
-    /// when a write finds room at its first try. Declared before `io`: dropped first.
+    /// Registered for writability since a write had to wait for room; dropped (deregistered,
+    /// then closed) when a write finds room without having waited since the last one.
     writable: Option<AsyncFd<OwnedFd>>,
+    /// A write would have blocked since the last write that went through: the connection is
+    /// writing faster than its peer reads, and keeps its registration for writability
+    /// rather than make and drop one per write.
+    waited: bool,
     io: AsyncFd<StdUnixStream>,
 }
 
@@ -46,7 +57,7 @@ impl QuietUnixStream {
         // SAFETY: the `AsyncFd` owns the socket, nothing here replaces it (no `get_mut`, no
         // `into_inner`), and dropping the `AsyncFd` deregisters before the socket closes.
         let io = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE) }?;
-        Ok(Self { writable: None, io })
+        Ok(Self { writable: None, waited: false, io })
     }
 
     /// Registers a duplicate of the descriptor for writability.
@@ -99,19 +110,18 @@ impl AsyncWrite for QuietUnixStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let mut waited = false;
         loop {
             match this.io.get_ref().write(data) {
                 Ok(n) => {
-                    // Room at the first try: the registration for writability goes (and its
-                    // wake-ups with it). A connection whose writes keep finding the buffer
-                    // full (heavy pipelining) keeps it rather than register for every write.
-                    if !waited {
+                    // Room without a wait since the last write: the registration for
+                    // writability goes (and its wake-ups with it). A connection whose writes
+                    // keep finding the buffer full (heavy pipelining) keeps it.
+                    if !std::mem::take(&mut this.waited) {
                         this.writable = None;
                     }
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => waited = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.waited = true,
                 Err(e) => return Poll::Ready(Err(e)),
             }
             let w = this.watch_writable()?;
