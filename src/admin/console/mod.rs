@@ -156,8 +156,6 @@ struct Me {
     credential: Credential,
     csrf: String,
     proof: Option<String>,
-    /// The message the last act left for the next page; taken by a GET of a page only.
-    flash: Option<Flash>,
 }
 
 fn cookie(req: &Request<Incoming>) -> Option<String> {
@@ -177,19 +175,17 @@ fn me(req: &Request<Incoming>, ctx: &Ctx, console: &Console) -> Result<Option<Me
     let Some(id) = cookie(req) else { return Ok(None) };
     // The overview's own refresh is not the administrator's use of the session.
     let touch = req.uri().path() != "/ui/live";
-    let page = touch && req.method() == Method::GET;
-    let (token, csrf, proof, flash) = {
+    let (token, csrf, proof) = {
         let mut sessions = console.sessions();
         let Some(s) = sessions.get(&id, Instant::now(), touch) else { return Ok(None) };
-        let flash = if page { s.flash.take() } else { None };
-        (s.token.clone(), s.csrf.clone(), s.proof.clone(), flash)
+        (s.token.clone(), s.csrf.clone(), s.proof.clone())
     };
     let tokens = ctx.tokens.current().map_err(|e| {
         Page::error(StatusCode::SERVICE_UNAVAILABLE, "Tokens unavailable", e.to_string())
     })?;
     match tokens.authenticate(&token) {
         Lookup::Valid(principal, credential) => {
-            Ok(Some(Me { id, principal, credential, csrf, proof, flash }))
+            Ok(Some(Me { id, principal, credential, csrf, proof }))
         }
         Lookup::Revoked(_) | Lookup::Unknown => {
             console.sessions().remove(&id);
@@ -274,7 +270,7 @@ async fn route(
         (&Method::POST, "/ui/login") => return login(req, peer, ctx, console).await,
         _ => {}
     }
-    let Some(mut me) = me(&req, ctx, console)? else {
+    let Some(me) = me(&req, ctx, console)? else {
         if method != Method::GET {
             // As the API records a request without a token (coalesced per source).
             let e = ApiError::NoToken;
@@ -292,7 +288,13 @@ async fn route(
     };
     // An administrator's connection: no longer one a flood of idle ones can evict.
     ticket.establish();
-    let flash = me.flash.take();
+    // Taken here, once the session's token is known to be valid (not in `me()`, which a
+    // logged-in visit to the login page calls too, before it redirects).
+    let flash = if method == Method::GET && path != "/ui/live" {
+        console.sessions().get(&me.id, Instant::now(), true).and_then(|s| s.flash.take())
+    } else {
+        None
+    };
     let frame = pages::Frame {
         cluster: ctx.cluster.as_str(),
         who: &me.principal,
