@@ -339,8 +339,9 @@ async fn archive_at_scale(db: &str, hotpath: &Path, rows: usize) -> Vec<f64> {
 /// The database's own write rate as the table grows, for the archiver's decay to be read
 /// against: the archived rows copied again, oldest first, by binary `COPY` into an empty table
 /// created like the archive (columns, identity, unique key, indexes), one commit per 10,000
-/// rows (the archiver's default batch). Only the `COPY`s are timed, not the reading of the
-/// rows. Returns the rates (rows/s) of the first and the last tenth.
+/// rows (the archiver's default batch; no batch crosses a tenth's end). Only the `COPY`s are
+/// timed, not the reading of the rows in between. Returns the rates (rows/s) of the first and
+/// the last tenth.
 async fn copy_growth(c: &tokio_postgres::Client, rows: usize) -> (f64, f64) {
     const BATCH: i64 = 10_000;
     c.batch_execute(
@@ -351,7 +352,7 @@ async fn copy_growth(c: &tokio_postgres::Client, rows: usize) -> (f64, f64) {
     .unwrap();
     let select = c
         .prepare(&format!(
-            "SELECT id, {COLS} FROM imcrypt_archive WHERE id > $1 ORDER BY id LIMIT {BATCH}"
+            "SELECT id, {COLS} FROM imcrypt_archive WHERE id > $1 ORDER BY id LIMIT $2"
         ))
         .await
         .unwrap();
@@ -359,7 +360,9 @@ async fn copy_growth(c: &tokio_postgres::Client, rows: usize) -> (f64, f64) {
     let tenth = rows / 10;
     let (mut after, mut copied, mut spent, mut marks) = (0i64, 0usize, 0f64, Vec::new());
     loop {
-        let fetched = c.query(&select, &[&after]).await.unwrap();
+        // A batch never crosses a tenth's end, so each tenth is timed over its own rows.
+        let limit = BATCH.min((tenth * (copied / tenth + 1) - copied) as i64);
+        let fetched = c.query(&select, &[&after, &limit]).await.unwrap();
         let Some(last) = fetched.last() else { break };
         after = last.get(0);
         let batch: Vec<Vec<Raw>> = fetched

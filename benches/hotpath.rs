@@ -53,7 +53,8 @@ use imcrypt::store::SealedFile;
 
 const SIZE: usize = 256;
 const BATCH: usize = 64;
-/// Pairs of metrics-off/metrics-on runs.
+/// Rounds of paired runs: metrics off/on, Unix socket/TCP, and each limit with its hot-path
+/// figure.
 const ROUNDS: usize = 8;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -229,17 +230,16 @@ impl PingPong {
         } else {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let s = self.tokio.as_mut().expect("one of the two");
-            let mut warm = 2000;
+            for _ in 0..2000 {
+                s.write_all(&self.q).await.unwrap();
+                s.read_exact(&mut self.a).await.unwrap();
+            }
             let start = Instant::now();
-            while warm > 0 || start.elapsed() < budget {
+            while start.elapsed() < budget {
                 let t = Instant::now();
                 s.write_all(&self.q).await.unwrap();
                 s.read_exact(&mut self.a).await.unwrap();
-                if warm > 0 {
-                    warm -= 1;
-                } else {
-                    lat.push(t.elapsed());
-                }
+                lat.push(t.elapsed());
             }
         }
         lat.sort();
@@ -258,7 +258,7 @@ impl Drop for PingPong {
 /// Set in the child of [`PingPong`]: `PATH,REQUEST_BYTES,ANSWER_BYTES,TOKIO`.
 const ECHO_ENV: &str = "IMCRYPT_BENCH_ECHO";
 
-/// The median of `v` and its range.
+/// The median of `v` (the upper one of an even count) and its range.
 fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[v.len() / 2], v[0], v[v.len() - 1])
