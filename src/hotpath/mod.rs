@@ -32,6 +32,7 @@ pub use client::{
     RewrappedRecord, SealedBatch,
 };
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
+pub(crate) use server::REWRAP_MAX_CONNECTIONS;
 pub use server::{
     RewrapSocketConfig, ServerConfig, ServerError, TcpTls, UnixSocketConfig, bind_unix, serve,
     serve_all, serve_with,

@@ -147,6 +147,11 @@ pub struct ServerConfig {
 /// pipelined batch of small records, so the router's usual frames never wait for the budget.
 pub(crate) const FREE_BUFFER: usize = 64 << 10;
 
+/// Connections to the rewrap socket at once. Its client is `imcrypt archive rewrap`, one
+/// connection per running rewrap; a cap of its own keeps the descriptors it may hold small
+/// (`Config::listener_caps`).
+pub(crate) const REWRAP_MAX_CONNECTIONS: u32 = 16;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -300,7 +305,7 @@ pub async fn serve_all(
         (t.listener, tokio_rustls::TlsAcceptor::from(t.tls), gate)
     });
     let rewrap = rewrap.map(|l| {
-        (l, Gate::new("hot-path rewrap listener", Caps::new(config.max_connections as usize)))
+        (l, Gate::new("hot-path rewrap listener", Caps::new(REWRAP_MAX_CONNECTIONS as usize)))
     });
     let budget = Arc::new(Semaphore::new(config.max_buffered as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
