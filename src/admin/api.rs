@@ -668,6 +668,12 @@ pub struct ChainReport {
     pub problem: Option<String>,
 }
 
+impl ChainReport {
+    /// Intact, and nothing in it: an empty trail, or one that is off.
+    pub(crate) const EMPTY: ChainReport =
+        ChainReport { intact: true, records: 0, first: None, last: None, problem: None };
+}
+
 /// `GET /v1/health`'s verdict, most severe first where several apply; each has its own HTTP
 /// status (see [`Health::http_status`] and docs/operations.md, "Health").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

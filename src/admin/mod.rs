@@ -1328,8 +1328,7 @@ async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditR
         .await
         .map_err(|e| ApiError::UnexpectedOutcome(format!("the audit trail reader failed: {e}")))?;
     let Some(scan) = scan else {
-        let chain =
-            api::ChainReport { intact: true, records: 0, first: None, last: None, problem: None };
+        let chain = api::ChainReport::EMPTY;
         return Ok(api::AuditReport { enabled: false, chain, matched: 0, records: vec![] });
     };
     let chain = match &scan.verdict {
@@ -1340,15 +1339,11 @@ async fn audit_report(ctx: &Arc<Ctx>, query: Option<&str>) -> Result<api::AuditR
             last: Some(s.last),
             problem: None,
         },
-        Err(crate::audit::chain::ChainError::Empty) => {
-            api::ChainReport { intact: true, records: 0, first: None, last: None, problem: None }
-        }
+        Err(crate::audit::chain::ChainError::Empty) => api::ChainReport::EMPTY,
         Err(e) => api::ChainReport {
             intact: false,
-            records: 0,
-            first: None,
-            last: None,
             problem: Some(e.to_string()),
+            ..api::ChainReport::EMPTY
         },
     };
     Ok(api::AuditReport { enabled: true, chain, matched: scan.matched, records: scan.records })

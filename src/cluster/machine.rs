@@ -287,12 +287,12 @@ impl Cluster {
         matches!(self.state.role, Role::Master(_))
     }
 
-    /// When `peer` was last heard from (a hello or any other message); `None`: not since start.
     /// The role `peer` announced in its last hello (what it said, not what we concluded).
     pub(crate) fn peer_announced(&self, peer: &ClusterId) -> Option<&Announced> {
         self.views.get(peer)?.hello.as_ref().map(|h| &h.role)
     }
 
+    /// When `peer` was last heard from (a hello or any other message); `None`: not since start.
     pub(crate) fn peer_last_heard(&self, peer: &ClusterId) -> Option<Time> {
         self.views.get(peer).and_then(|v| v.last_heard)
     }
