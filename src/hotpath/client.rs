@@ -155,7 +155,10 @@ impl ClientError {
 /// The sealed records of one batch, in request order, in one buffer.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SealedBatch {
-    /// `count × (record_len u32 | record)`, a slice of the connection's receive buffer.
+    /// `count × (record_len u32 | record)`, copied out of the connection's receive buffer in
+    /// one allocation of its own size: the receive buffer stays with the connection and is
+    /// reused (a slice of it would make every read after an answer allocate and fault in a
+    /// fresh buffer, and a caller keeping answers would keep whole receive buffers alive).
     raw: Bytes,
     count: u32,
 }
@@ -689,7 +692,7 @@ fn admit(mut job: Job, w: Welcome) -> Option<Job> {
 }
 
 /// Reads answers until the connection ends, delivering each to its request. SEALED bodies
-/// are handed to the caller without a copy (a slice of the receive buffer).
+/// are copied out once (see [`SealedBatch`]); the receive buffer is reused.
 async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inflight: InFlight) {
     let mut buf = BytesMut::with_capacity(64 << 10);
     buf.extend_from_slice(&leftover);
@@ -705,9 +708,8 @@ async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inf
             };
             let (id, answer, closes) = match resp {
                 Response::Sealed { request_id, records } => {
-                    let off = records.raw().as_ptr() as usize - buf.as_ptr() as usize;
-                    let (len, count) = (records.raw().len(), records.len() as u32);
-                    let raw = buf.split_to(n).freeze().slice(off..off + len);
+                    let raw = Bytes::copy_from_slice(records.raw());
+                    let count = records.len() as u32;
                     (request_id, Ok(Answer::Sealed(SealedBatch { raw, count })), false)
                 }
                 Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
@@ -768,9 +770,7 @@ async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inf
                     return;
                 }
             };
-            if !matches!(answer, Ok(Answer::Sealed(_))) {
-                buf.advance(n);
-            }
+            buf.advance(n);
             let job = inflight.lock().expect("not poisoned").remove(&id);
             match job {
                 Some(j) => j.answer(answer),
