@@ -18,10 +18,13 @@
 //! of the single-record request's and answer's sizes between this process and a child (this
 //! binary again, as an echo peer: two processes, as router and daemon), the round-trip limit
 //! (target: single-record p50 <= 1.3x its p50); and in-process full-record sealing, the
-//! throughput limit (target: 64-record frames, 16 in flight on two connections, >= 0.8x).
-//! Each limit alternates with its hot-path figure in back-to-back pairs, as above, and the
-//! median of the pairs' ratios is printed with their range: the ping-pong's own time moves
-//! by an order of magnitude with the state of the machine's virtual CPUs.
+//! throughput limit (target: 64-record frames, 16 in flight on two connections, >= 0.8x);
+//! and, beside it, the transport's own limit: the same frames' bytes over two connections to
+//! a child that answers with a SEALED answer's bytes and does nothing else (blocking I/O on
+//! both ends). Each limit runs back to back with its hot-path figure in rounds (the order
+//! rotating), and the median of the rounds' ratios is printed with their range: the
+//! ping-pong's own time moves by an order of magnitude with the state of the machine's
+//! virtual CPUs.
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
@@ -258,6 +261,119 @@ impl Drop for PingPong {
 /// Set in the child of [`PingPong`]: `PATH,REQUEST_BYTES,ANSWER_BYTES,TOKIO`.
 const ECHO_ENV: &str = "IMCRYPT_BENCH_ECHO";
 
+/// Set in the child of [`Transport`]: `PATH,REQUEST_BYTES,ANSWER_BYTES,CONNECTIONS`.
+const STREAM_ENV: &str = "IMCRYPT_BENCH_STREAM";
+
+/// The peer of [`Transport`], in the child process: `conns` connections, each served by a
+/// thread that reads what has arrived (up to 256 KiB) and answers each complete `req`-byte
+/// frame in it with `ans` bytes, all of one read's answers in one write, as the hot-path
+/// server writes what one read's frames produced; until the parent hangs up.
+fn stream_echo(path: &str, req: usize, ans: usize, conns: usize) {
+    let threads: Vec<_> = (0..conns)
+        .map(|_| {
+            let mut s = UnixStream::connect(path).expect("the parent listens");
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 << 10];
+                let answers = vec![0xa5u8; ans * (buf.len() / req + 1)];
+                // Bytes of a frame not yet complete: their content does not matter.
+                let mut partial = 0;
+                loop {
+                    let n = match s.read(&mut buf[partial..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let frames = (partial + n) / req;
+                    partial = (partial + n) % req;
+                    if s.write_all(&answers[..frames * ans]).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// The transport's own throughput limit: the 2-connection batched run's bytes, with nothing
+/// done to them. Per connection, `req`-byte frames (one 64-record ENCRYPT's size) go to a
+/// child process (this binary again, as the daemon's process would be), `window` in flight,
+/// and come back as `ans`-byte answers (one SEALED answer's size); blocking I/O on both ends,
+/// a writer and a reader thread per connection here, a thread per connection in the child.
+/// No socket-based service can move these records faster on this host. The child lives as
+/// long as this value, so runs can alternate with the hot path's.
+struct Transport {
+    conns: Vec<UnixStream>,
+    child: std::process::Child,
+    req: usize,
+    ans: usize,
+}
+
+impl Transport {
+    fn start(dir: &Path, req: usize, ans: usize, conns: usize) -> Transport {
+        let path = dir.join("stream.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env(STREAM_ENV, format!("{},{req},{ans},{conns}", path.display()))
+            .spawn()
+            .unwrap();
+        let conns = (0..conns).map(|_| listener.accept().unwrap().0).collect();
+        Transport { conns, child, req, ans }
+    }
+
+    /// Frames answered per second over all connections, for `budget` after a warm-up of a
+    /// fifth of it; every frame sent is answered before this returns.
+    fn run(&self, budget: Duration, window: usize) -> f64 {
+        let (req, ans) = (vec![0x5au8; self.req], self.ans);
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = self
+                .conns
+                .iter()
+                .map(|conn| {
+                    let (mut wr, mut rd) = (conn.try_clone().unwrap(), conn.try_clone().unwrap());
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    // One token per frame in flight: the reader takes it before the answer.
+                    let (sent, answered) = std::sync::mpsc::sync_channel::<()>(window - 1);
+                    let halt = stop.clone();
+                    let req = &req;
+                    scope.spawn(move || {
+                        while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                            sent.send(()).unwrap();
+                            wr.write_all(req).unwrap();
+                        }
+                    });
+                    scope.spawn(move || {
+                        let mut a = vec![0u8; ans];
+                        let (mut n, mut start, mut warm) = (0u64, Instant::now(), true);
+                        let mut rate = None;
+                        while answered.recv().is_ok() {
+                            rd.read_exact(&mut a).unwrap();
+                            n += 1;
+                            if warm && start.elapsed() > budget / 5 {
+                                (warm, n, start) = (false, 0, Instant::now());
+                            }
+                            if !warm && rate.is_none() && start.elapsed() >= budget {
+                                rate = Some(n as f64 / start.elapsed().as_secs_f64());
+                                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        rate.expect("the run lasted its budget")
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|r| r.join().unwrap()).sum()
+        })
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.conns.clear();
+        let _ = self.child.wait();
+    }
+}
+
 /// The median of `v` (the upper one of an even count) and its range.
 fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -265,6 +381,13 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
+    if let Ok(v) = std::env::var(STREAM_ENV) {
+        let mut it = v.rsplitn(4, ',');
+        let conns = it.next().unwrap().parse().unwrap();
+        let ans = it.next().unwrap().parse().unwrap();
+        let req = it.next().unwrap().parse().unwrap();
+        return stream_echo(it.next().unwrap(), req, ans, conns);
+    }
     if let Ok(v) = std::env::var(ECHO_ENV) {
         let mut it = v.rsplitn(4, ',');
         let tokio = it.next().unwrap() == "true";
@@ -398,7 +521,19 @@ fn main() {
     // The limits, in rounds: (blocking ping-pong p50, Tokio ping-pong p50, single-record
     // p50) and (in-process full-record sealing, 2-connection batched) records/s.
     let mut latency_rounds = Vec::new();
-    let mut throughput_pairs = Vec::new();
+    let mut throughput_rounds = Vec::new();
+    // The transport's limit, with the sizes of a 64-record request and its SEALED answer.
+    let batch_request = {
+        let recs: Vec<_> = (0..BATCH).map(|i| (format!("msg-{i:04}").into_bytes(), &pt)).collect();
+        let mut f = Vec::new();
+        imcrypt::hotpath::frame::encode_encrypt(
+            &mut f,
+            1,
+            recs.iter().map(|(m, p)| (&m[..], &p[..])),
+        );
+        f.len()
+    };
+    let transport = Transport::start(dir.path(), batch_request, 17 + BATCH * (4 + sealed_len), 2);
 
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let rec = |i: usize| (format!("msg-{i:04}").into_bytes(), pt.clone());
@@ -450,8 +585,8 @@ fn main() {
         );
         // The limits against the hot path, in pairs likewise: the ping-pongs' runs and a run
         // of single-record round trips back to back (each round rotating which goes first),
-        // then in-process sealing and 64-record frames on two connections (each round
-        // swapping them). A virtual CPU that sleeps between round trips, or another tenant's
+        // then in-process sealing, the bare transport and 64-record frames on two connections
+        // (rotating likewise). A virtual CPU that sleeps between round trips, or another tenant's
         // burst, then weighs on all figures of a round alike instead of on one figure of the
         // run. The round trips run in a task of the client's runtime, as a router's delivery
         // task would: as the runtime's `block_on` future itself they would cost one more
@@ -484,14 +619,21 @@ fn main() {
                 }
             }
             latency_rounds.push((blocking.unwrap(), tokio.unwrap(), hot.unwrap()));
-            let first = round % 2 == 0;
-            let mut local = first.then(|| rate(budget / 2, &mut seal_record));
-            let (x, y) = tokio::join!(
-                pipelined(&two[0], budget / 2, &batch, 16),
-                pipelined(&two[1], budget / 2, &batch, 16)
-            );
-            let local = local.take().unwrap_or_else(|| rate(budget / 2, &mut seal_record));
-            throughput_pairs.push((local, x + y));
+            let (mut local, mut bare, mut hot) = (None, None, None);
+            for leg in 0..3 {
+                match (round + leg) % 3 {
+                    0 => local = Some(rate(budget / 2, &mut seal_record)),
+                    1 => bare = Some(transport.run(budget / 2, 16) * BATCH as f64),
+                    _ => {
+                        let (x, y) = tokio::join!(
+                            pipelined(&two[0], budget / 2, &batch, 16),
+                            pipelined(&two[1], budget / 2, &batch, 16)
+                        );
+                        hot = Some(x + y);
+                    }
+                }
+            }
+            throughput_rounds.push((local.unwrap(), bare.unwrap(), hot.unwrap()));
         }
         vec![
             ("unix socket: 64/frame, 16 in flight", unix_med, None),
@@ -589,7 +731,11 @@ fn main() {
     let (latency, lat_min, lat_max) = ratio(|r| (r.0, r.2));
     let (floor, floor_min, floor_max) = ratio(|r| (r.1, r.2));
     let (tokio_pp, tokio_min, tokio_max) = ratio(|r| (r.0, r.1));
-    let (two, two_min, two_max) = spread(throughput_pairs.iter().map(|(l, h)| h / l).collect());
+    let per_round =
+        |f: fn(&(f64, f64, f64)) -> f64| spread(throughput_rounds.iter().map(f).collect());
+    let (two, two_min, two_max) = per_round(|r| r.2 / r.0);
+    let (wire, wire_min, wire_max) = per_round(|r| r.1 / r.0);
+    let (over, over_min, over_max) = per_round(|r| r.2 / r.1);
     let p50s = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
         let mut v: Vec<Duration> = latency_rounds.iter().map(f).collect();
         v.sort();
@@ -615,5 +761,11 @@ fn main() {
          connections) against in-process full-record sealing: {two:.3}x ({two_min:.3}-\
          {two_max:.3}), target >= 0.8: {}",
         if two >= 0.8 { "met" } else { "NOT met" },
+    );
+    println!(
+        "limits, median of {ROUNDS} rounds (range): the same bytes over the same 2 connections \
+         with nothing done to them ({batch_request} B frames, 16 in flight, blocking I/O on both \
+         ends) move {wire:.3}x ({wire_min:.3}-{wire_max:.3}) of in-process sealing's records/s; \
+         the hot path reaches {over:.3}x ({over_min:.3}-{over_max:.3}) of that",
     );
 }
