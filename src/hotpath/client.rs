@@ -234,7 +234,8 @@ type Reply = oneshot::Sender<Result<Answer, ClientError>>;
 
 struct Job {
     id: u64,
-    frame: Vec<u8>,
+    /// Shared with the write in progress: written as it is, never copied into a buffer.
+    frame: Bytes,
     attempts: u32,
     reply: Reply,
     _permit: Option<OwnedSemaphorePermit>,
@@ -450,7 +451,7 @@ impl Client {
             }
         };
         let (reply, rx) = oneshot::channel();
-        let job = Job { id, frame, attempts: 0, reply, _permit: Some(permit) };
+        let job = Job { id, frame: frame.into(), attempts: 0, reply, _permit: Some(permit) };
         self.tx.send(job).map_err(|_| ClientError::Closed)?;
         Ok(rx)
     }
@@ -494,6 +495,24 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -602,7 +621,8 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
             max_answer.min(u64::from(u32::MAX)) as u32,
             inflight.clone(),
         ));
-        let mut out = Vec::with_capacity(256 << 10);
+        // The frames of one write: everything queued, up to 256 KiB.
+        let mut frames: Vec<Bytes> = Vec::new();
         let mut reader_done = false;
         loop {
             // Next job: re-sends first, then new requests.
@@ -628,18 +648,19 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 reader_done = true;
                 break;
             };
-            out.clear();
-            let mut batch = Some(job);
+            frames.clear();
+            let (mut bytes, mut batch) = (0, Some(job));
             while let Some(job) = batch.take() {
                 if let Some(j) = admit(job, welcome) {
-                    out.extend_from_slice(&j.frame);
+                    bytes += j.frame.len();
+                    frames.push(j.frame.clone());
                     inflight.lock().expect("not poisoned").insert(j.id, j);
                 }
-                if out.len() < 256 << 10 {
+                if bytes < 256 << 10 {
                     batch = retry.pop_front().or_else(|| rx.try_recv().ok());
                 }
             }
-            if !out.is_empty() && wr.write_all(&out).await.is_err() {
+            if write_frames(&mut wr, &frames).await.is_err() {
                 break;
             }
         }
@@ -662,6 +683,35 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         tracing::info!(endpoint = %cfg.endpoint, unanswered = n, "hot-path connection lost");
     }
+}
+
+/// Writes `frames` in order with vectored writes (of at most 64 frames each), so that queued
+/// requests go out in one system call without being copied into one buffer first.
+async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
+    const SLICES: usize = 64;
+    // The frame being written, and how much of it is written.
+    let (mut i, mut done) = (0, 0);
+    while i < frames.len() {
+        let mut slices = [std::io::IoSlice::new(&[]); SLICES];
+        let n = (frames.len() - i).min(SLICES);
+        slices[0] = std::io::IoSlice::new(&frames[i][done..]);
+        for (s, f) in slices[1..n].iter_mut().zip(&frames[i + 1..]) {
+            *s = std::io::IoSlice::new(f);
+        }
+        let mut written = wr.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let left = frames[i].len() - done;
+            if written < left {
+                (done, written) = (done + written, 0);
+            } else {
+                (i, done, written) = (i + 1, 0, written - left);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a job against the server's limits; fails it (and returns `None`) if it cannot fit.
@@ -799,4 +849,77 @@ fn status_of(s: StatusInfo) -> Result<KeyStatus, ClientError> {
             cluster: ClusterId::new(cluster).map_err(|e| ClientError::Protocol(e.to_string()))?,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes at most `max` bytes per write, from as many slices as that spans.
+    struct Trickle {
+        got: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            this.calls += 1;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(this.max - n);
+                this.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_frames_arrive_whole_and_in_order_whatever_each_write_takes() {
+        // 100 frames of 1..=100 bytes: more than one vectored write's 64 slices.
+        let frames: Vec<Bytes> =
+            (1..=100u8).map(|n| Bytes::from(vec![n; usize::from(n)])).collect();
+        let all: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        for max in [1, 7, 100, 4096, usize::MAX] {
+            let mut w = Trickle { got: Vec::new(), max, calls: 0 };
+            write_frames(&mut w, &frames).await.unwrap();
+            assert_eq!(w.got, all, "at most {max} bytes per write");
+            if max == usize::MAX {
+                assert_eq!(w.calls, 2, "64 frames per write, then the other 36");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_takes_nothing_fails_the_write() {
+        let mut w = Trickle { got: Vec::new(), max: 0, calls: 0 };
+        let e = write_frames(&mut w, &[Bytes::from_static(b"frame")]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);
+    }
 }

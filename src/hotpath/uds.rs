@@ -103,15 +103,17 @@ impl AsyncRead for QuietUnixStream {
     }
 }
 
-impl AsyncWrite for QuietUnixStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl QuietUnixStream {
+    /// Tries `write` until it goes through, waiting for room through the duplicate
+    /// descriptor when it would block.
+    fn poll_write_with(
+        &mut self,
         cx: &mut Context<'_>,
-        data: &[u8],
+        mut write: impl FnMut(&StdUnixStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
+        let this = self;
         loop {
-            match this.io.get_ref().write(data) {
+            match write(this.io.get_ref()) {
                 Ok(n) => {
                     // Room without a wait since the last write: the registration for
                     // writability goes (and its wake-ups with it). A connection whose writes
@@ -129,6 +131,29 @@ impl AsyncWrite for QuietUnixStream {
             // Writable or not, try again: the write says.
             guard.clear_ready();
         }
+    }
+}
+
+impl AsyncWrite for QuietUnixStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |mut s| s.write(data))
+    }
+
+    /// The client writes the frames it has queued with one call, none copied into a buffer.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(cx, |mut s| s.write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
