@@ -431,16 +431,23 @@ fn main() {
 
     // The service.
     let dir = tempfile::tempdir().unwrap();
-    // The round-trip limit, with the sizes of one record's request and SEALED answer
-    // (length prefix, type, request id, count, record length, record).
-    let mut request = Vec::new();
-    imcrypt::hotpath::frame::encode_encrypt(
-        &mut request,
-        1,
-        [(&b"msg-0000"[..], &pt[..])].into_iter(),
-    );
-    let answer_len = 4 + 1 + 8 + 4 + 4 + sealed_len;
-    let ping = PingPong::start(dir.path(), request.len(), answer_len, false);
+    let rec = |i: usize| (format!("msg-{i:04}").into_bytes(), pt.clone());
+    let one: Vec<_> = vec![rec(0)];
+    let batch: Vec<_> = (0..BATCH).map(rec).collect();
+    // The sizes of the ENCRYPT request for `recs` and of its SEALED answer (length prefix,
+    // type, request id, count, then per record its length and the record), for the limits.
+    let sizes = |recs: &[(Vec<u8>, Vec<u8>)]| {
+        let mut request = Vec::new();
+        imcrypt::hotpath::frame::encode_encrypt(
+            &mut request,
+            1,
+            recs.iter().map(|(m, p)| (&m[..], &p[..])),
+        );
+        (request.len(), 4 + 1 + 8 + 4 + recs.len() * (4 + sealed_len))
+    };
+    // The round-trip limit, with the sizes of one record's request and answer.
+    let (request_len, answer_len) = sizes(&one);
+    let ping = PingPong::start(dir.path(), request_len, answer_len, false);
     let path = dir.path().join("hot.sock");
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
@@ -522,23 +529,11 @@ fn main() {
     // p50) and (in-process full-record sealing, 2-connection batched) records/s.
     let mut latency_rounds = Vec::new();
     let mut throughput_rounds = Vec::new();
-    // The transport's limit, with the sizes of a 64-record request and its SEALED answer.
-    let batch_request = {
-        let recs: Vec<_> = (0..BATCH).map(|i| (format!("msg-{i:04}").into_bytes(), &pt)).collect();
-        let mut f = Vec::new();
-        imcrypt::hotpath::frame::encode_encrypt(
-            &mut f,
-            1,
-            recs.iter().map(|(m, p)| (&m[..], &p[..])),
-        );
-        f.len()
-    };
-    let transport = Transport::start(dir.path(), batch_request, 17 + BATCH * (4 + sealed_len), 2);
+    // The transport's limit, with the sizes of a 64-record request and its answer.
+    let (batch_request, batch_answer) = sizes(&batch);
+    let transport = Transport::start(dir.path(), batch_request, batch_answer, 2);
 
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let rec = |i: usize| (format!("msg-{i:04}").into_bytes(), pt.clone());
-    let one: Vec<_> = vec![rec(0)];
-    let batch: Vec<_> = (0..BATCH).map(rec).collect();
     // Metrics on/off ratios of the pairs, sorted.
     let mut metrics_ratios = Vec::new();
     let rows = client_rt.block_on(async {
@@ -594,7 +589,7 @@ fn main() {
         // the driver before it polls a woken `block_on` future).
         let single = Arc::new(Client::new(ClientConfig::new(&path)));
         let one = Arc::new(one.clone());
-        let mut tokio_ping = Some(PingPong::start(dir.path(), request.len(), answer_len, true));
+        let mut tokio_ping = Some(PingPong::start(dir.path(), request_len, answer_len, true));
         let mut ping = Some(ping);
         let two = [Client::new(ClientConfig::new(&path)), Client::new(ClientConfig::new(&path))];
         for round in 0..ROUNDS {
@@ -744,7 +739,7 @@ fn main() {
     println!(
         "limits, p50 per round: bare ping-pong of {} B / {answer_len} B between two processes, \
          blocking I/O {}, Tokio on both ends {}; single-record round trip {}",
-        request.len(),
+        request_len,
         p50s(|r| r.0),
         p50s(|r| r.1),
         p50s(|r| r.2),

@@ -111,22 +111,21 @@ impl QuietUnixStream {
         cx: &mut Context<'_>,
         mut write: impl FnMut(&StdUnixStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let this = self;
         loop {
-            match write(this.io.get_ref()) {
+            match write(self.io.get_ref()) {
                 Ok(n) => {
                     // Room without a wait since the last write: the registration for
                     // writability goes (and its wake-ups with it). A connection whose writes
                     // keep finding the buffer full (heavy pipelining) keeps it.
-                    if !std::mem::take(&mut this.waited) {
-                        this.writable = None;
+                    if !std::mem::take(&mut self.waited) {
+                        self.writable = None;
                     }
                     return Poll::Ready(Ok(n));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => this.waited = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.waited = true,
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            let w = this.watch_writable()?;
+            let w = self.watch_writable()?;
             let mut guard = ready!(w.poll_write_ready(cx))?;
             // Writable or not, try again: the write says.
             guard.clear_ready();
