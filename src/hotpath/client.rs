@@ -17,7 +17,7 @@
 //!   at most `max_attempts` times in all. Sealing is safe to repeat: a record is delivered to the
 //!   caller at most once, so the archive never holds two ciphertexts of one record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -457,7 +457,20 @@ impl Client {
     }
 }
 
-type InFlight = Arc<Mutex<HashMap<u64, Job>>>;
+/// The requests written on a connection and not yet answered, in the order they were
+/// written. The server answers in request order (docs/hotpath.md, "Exactly one answer"), so
+/// an answer is for the front one: no lookup by id on the hot path. An answer for another
+/// one in flight is still delivered to it (found by a search); one for none is logged.
+type InFlight = Arc<Mutex<VecDeque<Job>>>;
+
+/// Takes the job in flight that `id` answers: the front one, as the server answers in order.
+fn take_answered(inflight: &mut VecDeque<Job>, id: u64) -> Option<Job> {
+    if inflight.front().is_some_and(|j| j.id == id) {
+        return inflight.pop_front();
+    }
+    let at = inflight.iter().position(|j| j.id == id)?;
+    inflight.remove(at)
+}
 
 /// What the server announced in WELCOME.
 #[derive(Debug, Clone, Copy)]
@@ -610,7 +623,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         };
         backoff = cfg.reconnect_min;
         tracing::debug!(endpoint = %cfg.endpoint, "hot path connected");
-        let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let inflight: InFlight = Arc::new(Mutex::new(VecDeque::new()));
         let (rd, mut wr) = tokio::io::split(stream);
         let max_answer = u64::from(welcome.max_frame)
             + u64::from(welcome.max_batch) * (FIXED_OVERHEAD as u64 + 255 + 4)
@@ -654,7 +667,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 if let Some(j) = admit(job, welcome) {
                     bytes += j.frame.len();
                     frames.push(j.frame.clone());
-                    inflight.lock().expect("not poisoned").insert(j.id, j);
+                    inflight.lock().expect("not poisoned").push_back(j);
                 }
                 if bytes < 256 << 10 {
                     batch = retry.pop_front().or_else(|| rx.try_recv().ok());
@@ -669,8 +682,7 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
             let _ = reader.await;
         }
         // The connection is gone: what it left unanswered is sent again, or fails.
-        let mut lost: Vec<Job> =
-            inflight.lock().expect("not poisoned").drain().map(|(_, j)| j).collect();
+        let mut lost: Vec<Job> = inflight.lock().expect("not poisoned").drain(..).collect();
         lost.sort_by_key(|j| std::cmp::Reverse(j.id));
         let n = lost.len();
         for j in lost {
@@ -821,7 +833,7 @@ async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inf
                 }
             };
             buf.advance(n);
-            let job = inflight.lock().expect("not poisoned").remove(&id);
+            let job = take_answered(&mut inflight.lock().expect("not poisoned"), id);
             match job {
                 Some(j) => j.answer(answer),
                 None => tracing::warn!(id, "answer for no request in flight"),
@@ -854,6 +866,24 @@ fn status_of(s: StatusInfo) -> Result<KeyStatus, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(id: u64) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job { id, frame: Bytes::new(), attempts: 1, reply, _permit: None }
+    }
+
+    /// The server answers in order, so an answer takes the front job; one out of order still
+    /// reaches its own request, and one for no request in flight takes nothing.
+    #[test]
+    fn an_answer_takes_the_request_it_answers_and_no_other() {
+        let mut inflight: VecDeque<Job> = (1..=4).map(job).collect();
+        assert_eq!(take_answered(&mut inflight, 1).map(|j| j.id), Some(1));
+        assert_eq!(take_answered(&mut inflight, 3).map(|j| j.id), Some(3));
+        assert_eq!(take_answered(&mut inflight, 9).map(|j| j.id), None);
+        assert_eq!(take_answered(&mut inflight, 3).map(|j| j.id), None, "answered once only");
+        let left: Vec<u64> = inflight.iter().map(|j| j.id).collect();
+        assert_eq!(left, [2, 4], "the others stay in flight, in order");
+    }
 
     /// Takes at most `max` bytes per write, from as many slices as that spans.
     struct Trickle {
