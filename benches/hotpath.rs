@@ -24,11 +24,11 @@
 //! both ends). Each limit runs back to back with its hot-path figure in rounds (the order
 //! rotating), and the median of the rounds' ratios is printed with their range: the
 //! ping-pong's own time moves by an order of magnitude with the state of the machine's
-//! virtual CPUs. Each run of a round also notes the share of the machine's CPU time that its
-//! host took (steal, from `/proc/stat`): the ratios are the medians of the rounds with under
-//! 5% stolen in every run, and the rounds go on (up to 24) until 8 such were had; with fewer
-//! than 3, the bench prints the median of all rounds with the host's share and judges no
-//! target from them.
+//! virtual CPUs. Each run of a round also notes the share of the CPUs' busy time that the
+//! host took (steal, from `/proc/stat`): the limits' ratios are the medians of the rounds
+//! with under 5% stolen in every run, and the rounds go on (up to 24) until 8 such were had;
+//! with fewer than 3, the bench prints the median of all rounds with the host's share and
+//! judges neither limit target ("steal not measured" where `/proc/stat` cannot tell).
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
@@ -64,11 +64,12 @@ use imcrypt::store::SealedFile;
 
 const SIZE: usize = 256;
 const BATCH: usize = 64;
-/// Rounds of paired runs: metrics off/on, Unix socket/TCP, and each limit with its hot-path
-/// figure.
+/// Rounds of paired runs: metrics off/on and Unix socket/TCP; and the least number of rounds
+/// of the limits (each limit with its hot-path figure).
 const ROUNDS: usize = 8;
 /// Rounds of the limits run at most while fewer than `ROUNDS` of them were quiet (under
-/// `STEAL_LIMIT` of the machine's CPU time stolen by its host in each of their runs).
+/// `STEAL_LIMIT` stolen by the host in each of their runs), counted apart for the latency
+/// rounds and the throughput rounds.
 const MAX_ROUNDS: usize = 24;
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -385,43 +386,57 @@ impl Drop for Transport {
     }
 }
 
-/// How many of `rounds` had under `STEAL_LIMIT` of the CPU time stolen in each of their runs.
-fn quiet_count<T>(rounds: &[(T, f64)]) -> usize {
-    rounds.iter().filter(|r| r.1 < STEAL_LIMIT).count()
+/// A round's worst share stolen over its runs; `None` if any run's could not be measured.
+type Stolen = Option<f64>;
+
+/// How many of `rounds` had under `STEAL_LIMIT` stolen in each of their runs.
+fn quiet_count<T>(rounds: &[(T, Stolen)]) -> usize {
+    rounds.iter().filter(|r| r.1.is_some_and(|s| s < STEAL_LIMIT)).count()
+}
+
+/// Whether steal was measured in every round (it is not where `/proc/stat` cannot tell).
+fn measured<T>(rounds: &[(T, Stolen)]) -> bool {
+    rounds.iter().all(|r| r.1.is_some())
 }
 
 /// The rounds a ratio of the limits is taken from, and the words that say which: those with
-/// under `STEAL_LIMIT` of the CPU time stolen in each of their runs, if at least 3 were;
-/// otherwise all of them, with the host's share, so that nobody mistakes the figure for one
-/// of this machine.
-fn quiet<T: Copy>(rounds: &[(T, f64)]) -> (Vec<T>, String) {
+/// under `STEAL_LIMIT` stolen in each of their runs, if at least 3 were; otherwise all of
+/// them, with the host's share, so that nobody mistakes the figure for one of this machine.
+fn quiet<T: Copy>(rounds: &[(T, Stolen)]) -> (Vec<T>, String) {
+    let all = || rounds.iter().map(|r| r.0).collect();
     let limit = STEAL_LIMIT * 100.0;
+    if !measured(rounds) {
+        return (all(), format!("median of {} rounds (steal not measured)", rounds.len()));
+    }
     if quiet_count(rounds) >= 3 {
-        let quiet: Vec<T> = rounds.iter().filter(|r| r.1 < STEAL_LIMIT).map(|r| r.0).collect();
+        let quiet: Vec<T> =
+            rounds.iter().filter(|r| r.1.is_some_and(|s| s < STEAL_LIMIT)).map(|r| r.0).collect();
         let note = format!(
-            "median of the {} rounds of {} with under {limit:.0}% of the CPU time stolen by the \
-             host",
+            "median of the {} rounds of {} with under {limit:.0}% of the CPUs' busy time stolen \
+             by the host in each run",
             quiet.len(),
             rounds.len()
         );
         return (quiet, note);
     }
-    let (steal, _, _) = spread(rounds.iter().map(|r| r.1 * 100.0).collect());
+    let (steal, _, _) = spread(rounds.iter().map(|r| r.1.unwrap_or(0.0) * 100.0).collect());
     let note = format!(
-        "median of all {} rounds, only {} of them with under {limit:.0}% of the CPU time stolen \
-         by the host (median {steal:.0}%: the host's load, not this machine's limit)",
+        "median of all {} rounds, only {} of them with under {limit:.0}% of the CPUs' busy time \
+         stolen by the host in each run (median of the rounds' worst runs {steal:.0}%: the \
+         host's load, not this machine's limit)",
         rounds.len(),
         quiet_count(rounds)
     );
-    (rounds.iter().map(|r| r.0).collect(), note)
+    (all(), note)
 }
 
-/// "met" or "NOT met", or, when fewer than 3 rounds were quiet, that the run cannot tell.
-fn verdict<T>(met: bool, rounds: &[(T, f64)]) -> &'static str {
-    match (quiet_count(rounds) >= 3, met) {
-        (false, _) => "not judged (too few quiet rounds)",
-        (true, true) => "met",
-        (true, false) => "NOT met",
+/// "met" or "NOT met"; or, when steal was measured and fewer than 3 rounds were quiet, that
+/// the run cannot tell.
+fn verdict<T>(met: bool, rounds: &[(T, Stolen)]) -> &'static str {
+    match (measured(rounds) && quiet_count(rounds) < 3, met) {
+        (true, _) => "not judged (too few quiet rounds)",
+        (false, true) => "met",
+        (false, false) => "NOT met",
     }
 }
 
@@ -646,11 +661,13 @@ fn main() {
         let mut round = 0;
         while round < ROUNDS
             || (round < MAX_ROUNDS
+                && measured(&latency_rounds)
+                && measured(&throughput_rounds)
                 && (quiet_count(&latency_rounds) < ROUNDS
                     || quiet_count(&throughput_rounds) < ROUNDS))
         {
             let (mut blocking, mut tokio, mut hot) = (None, None, None);
-            let mut stolen: f64 = 0.0;
+            let mut stolen: Stolen = Some(0.0);
             for leg in 0..3 {
                 let steal = Steal::start();
                 match (round + leg) % 3 {
@@ -670,11 +687,11 @@ fn main() {
                         hot = Some(pct(&task.await.unwrap().0, 0.5));
                     }
                 }
-                stolen = stolen.max(steal.share());
+                stolen = stolen.zip(steal.share()).map(|(a, b)| a.max(b));
             }
             latency_rounds.push(((blocking.unwrap(), tokio.unwrap(), hot.unwrap()), stolen));
             let (mut local, mut bare, mut hot) = (None, None, None);
-            let mut stolen: f64 = 0.0;
+            let mut stolen: Stolen = Some(0.0);
             for leg in 0..3 {
                 let steal = Steal::start();
                 match (round + leg) % 3 {
@@ -688,7 +705,7 @@ fn main() {
                         hot = Some(x + y);
                     }
                 }
-                stolen = stolen.max(steal.share());
+                stolen = stolen.zip(steal.share()).map(|(a, b)| a.max(b));
             }
             throughput_rounds.push(((local.unwrap(), bare.unwrap(), hot.unwrap()), stolen));
             round += 1;
@@ -803,8 +820,8 @@ fn main() {
         format!("{:.1?}-{:.1?}", v[0], v[v.len() - 1])
     };
     println!(
-        "limits, p50 per round: bare ping-pong of {} B / {answer_len} B between two processes, \
-         blocking I/O {}, Tokio on both ends {}; single-record round trip {}",
+        "limits, p50 per round used: bare ping-pong of {} B / {answer_len} B between two \
+         processes, blocking I/O {}, Tokio on both ends {}; single-record round trip {}",
         request_len,
         p50s(|r| r.0),
         p50s(|r| r.1),
@@ -824,9 +841,9 @@ fn main() {
         verdict(two >= 0.8, &throughput_rounds),
     );
     println!(
-        "limits, {throughput_note}; ranges in parentheses: the same bytes over the same 2 connections \
-         with nothing done to them ({batch_request} B frames, 16 in flight, blocking I/O on both \
-         ends) move {wire:.3}x ({wire_min:.3}-{wire_max:.3}) of in-process sealing's records/s; \
+        "limits, {throughput_note}; ranges in parentheses: the same bytes over the same 2 \
+         connections with nothing done to them ({batch_request} B frames, 16 in flight, blocking \
+         I/O on both ends) move {wire:.3}x ({wire_min:.3}-{wire_max:.3}) of in-process sealing's records/s; \
          the hot path reaches {over:.3}x ({over_min:.3}-{over_max:.3}) of that",
     );
 }

@@ -1,38 +1,51 @@
-//! How much of the machine's CPU time its host took during a run. On a virtual machine a
-//! ratio of two runs is only as good as the host's quiet during both.
+//! How much of the time this virtual machine's CPUs wanted to run its host took instead
+//! (steal). A ratio of two runs is only as good as the host's quiet during both.
 
-/// The machine's CPU time stolen by its host (the `steal` column of `/proc/stat`) since a
-/// moment. On a virtual machine whose host is busy, a run's figures fall by whatever share
-/// the host took during it; two figures of one ratio can each lose a different share, so a
-/// ratio is only as good as the steal during both of its runs.
+/// The CPU time stolen by the host (the `steal` column of `/proc/stat`) since a moment, as a
+/// share of the time the machine's CPUs were busy or stolen (idle and iowait left out: an
+/// idle virtual CPU accrues no steal, so against all time a half-idle run would look half as
+/// stolen as it was). A run under steal goes slower by an amount that grows with the share,
+/// not in proportion to it, and the two runs of one ratio can lose different amounts.
 pub struct Steal {
-    at: Option<(u64, u64)>,
+    at: Option<Ticks>,
 }
 
-/// Above this share of the machine's CPU time stolen during a run, its figure is not used
-/// for a target's ratio when enough quieter runs were had.
+/// Above this share stolen during any run of a round, the round is not used for a target's
+/// ratio when enough quieter rounds were had.
 pub const STEAL_LIMIT: f64 = 0.05;
 
 impl Steal {
     pub fn start() -> Steal {
-        Steal { at: cpu_times() }
+        Steal { at: ticks() }
     }
 
-    /// The share of all CPUs' time stolen since `start` (0 where `/proc/stat` says nothing).
-    pub fn share(&self) -> f64 {
-        match (self.at, cpu_times()) {
-            (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0) as f64,
-            _ => 0.0,
-        }
+    /// The share stolen since `start`; `None` where `/proc/stat` cannot tell (not Linux, or
+    /// a line this code does not know).
+    pub fn share(&self) -> Option<f64> {
+        let (a, b) = (self.at?, ticks()?);
+        let stolen = b.steal.saturating_sub(a.steal);
+        let wanted = b.wanted.saturating_sub(a.wanted);
+        Some(if wanted == 0 { 0.0 } else { stolen as f64 / wanted as f64 })
     }
 }
 
-/// (steal, total) of all CPUs, in clock ticks: the first eight columns of the `cpu` line
-/// (user, nice, system, idle, iowait, irq, softirq, steal; guest time is inside user's).
-fn cpu_times() -> Option<(u64, u64)> {
+#[derive(Clone, Copy)]
+struct Ticks {
+    steal: u64,
+    /// Busy or stolen: user, nice, system, irq, softirq and steal (guest time is inside
+    /// user's and nice's).
+    wanted: u64,
+}
+
+/// All CPUs' ticks from the `cpu` line of `/proc/stat`, whose first eight columns are user,
+/// nice, system, idle, iowait, irq, softirq, steal.
+fn ticks() -> Option<Ticks> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> =
         line.split_whitespace().take(8).map(|f| f.parse().ok()).collect::<Option<_>>()?;
-    (v.len() == 8).then(|| (v[7], v.iter().sum()))
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    Some(Ticks { steal, wanted: user + nice + system + irq + softirq + steal })
 }
