@@ -389,9 +389,14 @@ impl Drop for Transport {
 /// A round's worst share stolen over its runs; `None` if any run's could not be measured.
 type Stolen = Option<f64>;
 
-/// How many of `rounds` had under `STEAL_LIMIT` stolen in each of their runs.
+/// Under `STEAL_LIMIT` stolen in each of the round's runs.
+fn is_quiet(stolen: Stolen) -> bool {
+    stolen.is_some_and(|s| s < STEAL_LIMIT)
+}
+
+/// How many of `rounds` were quiet.
 fn quiet_count<T>(rounds: &[(T, Stolen)]) -> usize {
-    rounds.iter().filter(|r| r.1.is_some_and(|s| s < STEAL_LIMIT)).count()
+    rounds.iter().filter(|r| is_quiet(r.1)).count()
 }
 
 /// Whether steal was measured in every round (it is not where `/proc/stat` cannot tell).
@@ -399,25 +404,34 @@ fn measured<T>(rounds: &[(T, Stolen)]) -> bool {
     rounds.iter().all(|r| r.1.is_some())
 }
 
-/// The rounds a ratio of the limits is taken from, and the words that say which: those with
-/// under `STEAL_LIMIT` stolen in each of their runs, if at least 3 were; otherwise all of
-/// them, with the host's share, so that nobody mistakes the figure for one of this machine.
-fn quiet<T: Copy>(rounds: &[(T, Stolen)]) -> (Vec<T>, String) {
+/// The rounds a ratio of the limits is taken from.
+struct Used<T> {
+    rounds: Vec<T>,
+    /// The words that say which rounds.
+    note: String,
+    /// Whether the ratio may be held against its target: steal was not measured (as before
+    /// the filter), or enough rounds were quiet.
+    judged: bool,
+}
+
+/// The quiet rounds, if at least 3 were; otherwise all of them, with the host's share, so
+/// that nobody mistakes the figure for one of this machine (and it is not judged).
+fn quiet<T: Copy>(rounds: &[(T, Stolen)]) -> Used<T> {
     let all = || rounds.iter().map(|r| r.0).collect();
     let limit = STEAL_LIMIT * 100.0;
     if !measured(rounds) {
-        return (all(), format!("median of {} rounds (steal not measured)", rounds.len()));
+        let note = format!("median of {} rounds (steal not measured)", rounds.len());
+        return Used { rounds: all(), note, judged: true };
     }
     if quiet_count(rounds) >= 3 {
-        let quiet: Vec<T> =
-            rounds.iter().filter(|r| r.1.is_some_and(|s| s < STEAL_LIMIT)).map(|r| r.0).collect();
+        let quiet: Vec<T> = rounds.iter().filter(|r| is_quiet(r.1)).map(|r| r.0).collect();
         let note = format!(
             "median of the {} rounds of {} with under {limit:.0}% of the CPUs' busy time stolen \
              by the host in each run",
             quiet.len(),
             rounds.len()
         );
-        return (quiet, note);
+        return Used { rounds: quiet, note, judged: true };
     }
     let (steal, _, _) = spread(rounds.iter().map(|r| r.1.unwrap_or(0.0) * 100.0).collect());
     let note = format!(
@@ -427,16 +441,15 @@ fn quiet<T: Copy>(rounds: &[(T, Stolen)]) -> (Vec<T>, String) {
         rounds.len(),
         quiet_count(rounds)
     );
-    (all(), note)
+    Used { rounds: all(), note, judged: false }
 }
 
-/// "met" or "NOT met"; or, when steal was measured and fewer than 3 rounds were quiet, that
-/// the run cannot tell.
-fn verdict<T>(met: bool, rounds: &[(T, Stolen)]) -> &'static str {
-    match (measured(rounds) && quiet_count(rounds) < 3, met) {
-        (true, _) => "not judged (too few quiet rounds)",
-        (false, true) => "met",
-        (false, false) => "NOT met",
+/// "met" or "NOT met"; or, for a ratio of too few quiet rounds, that the run cannot tell.
+fn verdict(met: bool, judged: bool) -> &'static str {
+    match (judged, met) {
+        (false, _) => "not judged (too few quiet rounds)",
+        (true, true) => "met",
+        (true, false) => "NOT met",
     }
 }
 
@@ -793,11 +806,11 @@ fn main() {
     );
     // Against the limits of this machine, in rounds (above), the quiet ones if there are
     // enough of them.
-    let (latency_used, latency_note) = quiet(&latency_rounds);
-    let (throughput_used, throughput_note) = quiet(&throughput_rounds);
+    let (latency_used, throughput_used) = (quiet(&latency_rounds), quiet(&throughput_rounds));
     let ratio = |f: fn(&(Duration, Duration, Duration)) -> (Duration, Duration)| {
         spread(
             latency_used
+                .rounds
                 .iter()
                 .map(|r| {
                     let (limit, hot) = f(r);
@@ -810,12 +823,12 @@ fn main() {
     let (floor, floor_min, floor_max) = ratio(|r| (r.1, r.2));
     let (tokio_pp, tokio_min, tokio_max) = ratio(|r| (r.0, r.1));
     let per_round =
-        |f: fn(&(f64, f64, f64)) -> f64| spread(throughput_used.iter().map(f).collect());
+        |f: fn(&(f64, f64, f64)) -> f64| spread(throughput_used.rounds.iter().map(f).collect());
     let (two, two_min, two_max) = per_round(|r| r.2 / r.0);
     let (wire, wire_min, wire_max) = per_round(|r| r.1 / r.0);
     let (over, over_min, over_max) = per_round(|r| r.2 / r.1);
     let p50s = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
-        let mut v: Vec<Duration> = latency_used.iter().map(f).collect();
+        let mut v: Vec<Duration> = latency_used.rounds.iter().map(f).collect();
         v.sort();
         format!("{:.1?}-{:.1?}", v[0], v[v.len() - 1])
     };
@@ -828,22 +841,25 @@ fn main() {
         p50s(|r| r.2),
     );
     println!(
-        "limits, {latency_note}; ranges in parentheses: single-record p50 = {latency:.2}x \
+        "limits, {}; ranges in parentheses: single-record p50 = {latency:.2}x \
          ({lat_min:.2}-{lat_max:.2}) of the blocking ping-pong's, target <= 1.3: {}; \
          {floor:.2}x ({floor_min:.2}-{floor_max:.2}) of the Tokio ping-pong's, which is itself \
          {tokio_pp:.2}x ({tokio_min:.2}-{tokio_max:.2}) of the blocking one's",
-        verdict(latency <= 1.3, &latency_rounds),
+        latency_used.note,
+        verdict(latency <= 1.3, latency_used.judged),
     );
     println!(
-        "limits, {throughput_note}; ranges in parentheses: batched (64/frame, 16 in flight, 2 \
+        "limits, {}; ranges in parentheses: batched (64/frame, 16 in flight, 2 \
          connections) against in-process full-record sealing: {two:.3}x ({two_min:.3}-\
          {two_max:.3}), target >= 0.8: {}",
-        verdict(two >= 0.8, &throughput_rounds),
+        throughput_used.note,
+        verdict(two >= 0.8, throughput_used.judged),
     );
     println!(
-        "limits, {throughput_note}; ranges in parentheses: the same bytes over the same 2 \
-         connections with nothing done to them ({batch_request} B frames, 16 in flight, blocking \
-         I/O on both ends) move {wire:.3}x ({wire_min:.3}-{wire_max:.3}) of in-process sealing's records/s; \
-         the hot path reaches {over:.3}x ({over_min:.3}-{over_max:.3}) of that",
+        "limits, {}; ranges in parentheses: the same bytes over the same 2 connections with \
+         nothing done to them ({batch_request} B frames, 16 in flight, blocking I/O on both \
+         ends) move {wire:.3}x ({wire_min:.3}-{wire_max:.3}) of in-process sealing's \
+         records/s; the hot path reaches {over:.3}x ({over_min:.3}-{over_max:.3}) of that",
+        throughput_used.note,
     );
 }

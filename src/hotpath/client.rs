@@ -458,7 +458,7 @@ impl Client {
 }
 
 /// The requests written on a connection and not yet answered, in the order they were
-/// written. The server answers in request order (docs/hotpath.md, "Exactly one answer"), so
+/// written. The server answers in request order (docs/hotpath.md, "Request ids"), so
 /// an answer is for the front one: no lookup by id on the hot path. An answer for another
 /// one in flight is still delivered to it (found by a search); one for none is logged.
 type InFlight = Arc<Mutex<VecDeque<Job>>>;
