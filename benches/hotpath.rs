@@ -29,10 +29,17 @@
 //! with under 5% stolen in every run, and the rounds go on (up to 24) until 8 such were had;
 //! with fewer than 3, the bench prints the median of all rounds with the host's share and
 //! judges neither limit target ("steal not measured" where `/proc/stat` cannot tell).
+//! The throughput rounds also take the CPU time (`/proc/self/task/*/schedstat`) that the
+//! server runtime's threads (the daemon) and the client runtime's thread (the router) spend
+//! per record of the batched run, and that in-process sealing spends per record; from them the
+//! bench prints the most the batched run could reach with both ends on this machine's CPUs,
+//! and with the daemon on all of them alone.
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "common/steal.rs"]
 mod steal;
 
@@ -46,6 +53,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cpu::Cpu;
 use steal::{STEAL_LIMIT, Steal};
 
 use imcrypt::crypto::aead::{AeadImpl, AeadKey};
@@ -71,6 +79,8 @@ const ROUNDS: usize = 8;
 /// `STEAL_LIMIT` stolen by the host in each of their runs), counted apart for the latency
 /// rounds and the throughput rounds.
 const MAX_ROUNDS: usize = 24;
+/// The server runtime's threads, whose CPU time is the daemon's in the throughput rounds.
+const SERVER_THREADS: &str = "hotpath-server";
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -530,7 +540,7 @@ fn main() {
     let path = dir.path().join("hot.sock");
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
-        .thread_name("hotpath-server")
+        .thread_name(SERVER_THREADS)
         .enable_all()
         .build()
         .unwrap();
@@ -704,23 +714,35 @@ fn main() {
             }
             latency_rounds.push(((blocking.unwrap(), tokio.unwrap(), hot.unwrap()), stolen));
             let (mut local, mut bare, mut hot) = (None, None, None);
+            // CPU time per record: in-process sealing's; the daemon's and the router's.
+            let (mut local_cpu, mut hot_cpu) = (None, None);
             let mut stolen: Stolen = Some(0.0);
             for leg in 0..3 {
                 let steal = Steal::start();
+                let cpu = Cpu::start(SERVER_THREADS);
                 match (round + leg) % 3 {
-                    0 => local = Some(rate(budget / 2, &mut seal_record)),
+                    0 => {
+                        let r = rate(budget / 2, &mut seal_record);
+                        (local, local_cpu) = (Some(r), cpu.used().map(|u| u.this / r));
+                    }
                     1 => bare = Some(transport.run(budget / 2, 16) * BATCH as f64),
                     _ => {
                         let (x, y) = tokio::join!(
                             pipelined(&two[0], budget / 2, &batch, 16),
                             pipelined(&two[1], budget / 2, &batch, 16)
                         );
-                        hot = Some(x + y);
+                        let r = x + y;
+                        (hot, hot_cpu) = (Some(r), cpu.used().map(|u| (u.named / r, u.this / r)));
                     }
                 }
                 stolen = stolen.zip(steal.share()).map(|(a, b)| a.max(b));
             }
-            throughput_rounds.push(((local.unwrap(), bare.unwrap(), hot.unwrap()), stolen));
+            let cpu = local_cpu
+                .zip(hot_cpu)
+                .map(|(l, (daemon, router))| PerRecord { daemon: daemon / l, router: router / l });
+            let t =
+                Throughput { local: local.unwrap(), bare: bare.unwrap(), hot: hot.unwrap(), cpu };
+            throughput_rounds.push((t, stolen));
             round += 1;
         }
         vec![
@@ -823,10 +845,10 @@ fn main() {
     let (floor, floor_min, floor_max) = ratio(|r| (r.1, r.2));
     let (tokio_pp, tokio_min, tokio_max) = ratio(|r| (r.0, r.1));
     let per_round =
-        |f: fn(&(f64, f64, f64)) -> f64| spread(throughput_used.rounds.iter().map(f).collect());
-    let (two, two_min, two_max) = per_round(|r| r.2 / r.0);
-    let (wire, wire_min, wire_max) = per_round(|r| r.1 / r.0);
-    let (over, over_min, over_max) = per_round(|r| r.2 / r.1);
+        |f: fn(&Throughput) -> f64| spread(throughput_used.rounds.iter().map(f).collect());
+    let (two, two_min, two_max) = per_round(|r| r.hot / r.local);
+    let (wire, wire_min, wire_max) = per_round(|r| r.bare / r.local);
+    let (over, over_min, over_max) = per_round(|r| r.hot / r.bare);
     let p50s = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
         let mut v: Vec<Duration> = latency_used.rounds.iter().map(f).collect();
         v.sort();
@@ -862,4 +884,47 @@ fn main() {
          records/s; the hot path reaches {over:.3}x ({over_min:.3}-{over_max:.3}) of that",
         throughput_used.note,
     );
+    // What one record costs each end in CPU time, against what sealing it in-process costs.
+    let cpu: Vec<PerRecord> = throughput_used.rounds.iter().filter_map(|r| r.cpu).collect();
+    if cpu.len() < throughput_used.rounds.len() {
+        println!("limits: CPU time per record not measured (no /proc/self/task/*/schedstat)");
+    } else {
+        let f = |f: fn(&PerRecord) -> f64| spread(cpu.iter().map(f).collect());
+        let (daemon, daemon_min, daemon_max) = f(|c| c.daemon);
+        let (router, router_min, router_max) = f(|c| c.router);
+        let (both, both_min, both_max) = f(|c| c.daemon + c.router);
+        let n = cores as f64;
+        println!(
+            "limits, the same rounds; ranges in parentheses: CPU time per record of the batched \
+             run against in-process sealing's: the daemon's threads {daemon:.2}x \
+             ({daemon_min:.2}-{daemon_max:.2}), the router's thread {router:.2}x \
+             ({router_min:.2}-{router_max:.2}), together {both:.2}x ({both_min:.2}-{both_max:.2}); \
+             so on {cores} CPUs shared by both ends the batched run can reach at most {:.3}x of \
+             in-process sealing's rate (it reached {two:.3}x), and the daemon on {cores} CPUs \
+             of its own at most {:.3}x",
+            n / both,
+            n / daemon,
+        );
+    }
+}
+
+/// One throughput round's figures (records/s).
+#[derive(Clone, Copy)]
+struct Throughput {
+    /// In-process full-record sealing, on this thread.
+    local: f64,
+    /// The bare transport.
+    bare: f64,
+    /// 64-record frames, 16 in flight, on two connections.
+    hot: f64,
+    /// `None` where `/proc` cannot tell.
+    cpu: Option<PerRecord>,
+}
+
+/// CPU time per record of the batched run, as a multiple of in-process sealing's: the
+/// daemon's (the server runtime's threads) and the router's (the client runtime's thread).
+#[derive(Clone, Copy)]
+struct PerRecord {
+    daemon: f64,
+    router: f64,
 }
