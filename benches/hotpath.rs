@@ -31,9 +31,9 @@
 //! judges neither limit target ("steal not measured" where `/proc/stat` cannot tell).
 //! The throughput rounds also take the CPU time (`/proc/self/task/*/schedstat`) that the
 //! server runtime's threads (the daemon) and the client runtime's thread (the router) spend
-//! per record of the batched run, and that in-process sealing spends per record; from them the
-//! bench prints the most the batched run could reach with both ends on this machine's CPUs,
-//! and with the daemon on all of them alone.
+//! per record of the batched run, against in-process sealing's time per record; from them the
+//! bench prints what the machine's CPUs, all busy, would carry at that cost per record: with
+//! both ends on them, and with the daemon alone on them.
 //! `cargo bench --bench hotpath`; `IMCRYPT_BENCH_MS` sets the time per figure (default 1000).
 
 #[path = "common/mod.rs"]
@@ -714,19 +714,16 @@ fn main() {
             }
             latency_rounds.push(((blocking.unwrap(), tokio.unwrap(), hot.unwrap()), stolen));
             let (mut local, mut bare, mut hot) = (None, None, None);
-            // CPU time per record: in-process sealing's; the daemon's and the router's.
-            let (mut local_cpu, mut hot_cpu) = (None, None);
+            // CPU time per record of the batched run: the daemon's and the router's.
+            let mut hot_cpu = None;
             let mut stolen: Stolen = Some(0.0);
             for leg in 0..3 {
                 let steal = Steal::start();
-                let cpu = Cpu::start(SERVER_THREADS);
                 match (round + leg) % 3 {
-                    0 => {
-                        let r = rate(budget / 2, &mut seal_record);
-                        (local, local_cpu) = (Some(r), cpu.used().map(|u| u.this / r));
-                    }
+                    0 => local = Some(rate(budget / 2, &mut seal_record)),
                     1 => bare = Some(transport.run(budget / 2, 16) * BATCH as f64),
                     _ => {
+                        let cpu = Cpu::start(SERVER_THREADS);
                         let (x, y) = tokio::join!(
                             pipelined(&two[0], budget / 2, &batch, 16),
                             pipelined(&two[1], budget / 2, &batch, 16)
@@ -737,11 +734,14 @@ fn main() {
                 }
                 stolen = stolen.zip(steal.share()).map(|(a, b)| a.max(b));
             }
-            let cpu = local_cpu
-                .zip(hot_cpu)
-                .map(|(l, (daemon, router))| PerRecord { daemon: daemon / l, router: router / l });
-            let t =
-                Throughput { local: local.unwrap(), bare: bare.unwrap(), hot: hot.unwrap(), cpu };
+            let local = local.unwrap();
+            // In-process sealing's cost per record is its time per record on its one thread
+            // (1 / its rate), so that the ceilings below are in the ratio's own terms.
+            let cpu = hot_cpu.map(|(daemon, router)| PerRecord {
+                daemon: daemon * local,
+                router: router * local,
+            });
+            let t = Throughput { local, bare: bare.unwrap(), hot: hot.unwrap(), cpu };
             throughput_rounds.push((t, stolen));
             round += 1;
         }
@@ -887,7 +887,10 @@ fn main() {
     // What one record costs each end in CPU time, against what sealing it in-process costs.
     let cpu: Vec<PerRecord> = throughput_used.rounds.iter().filter_map(|r| r.cpu).collect();
     if cpu.len() < throughput_used.rounds.len() {
-        println!("limits: CPU time per record not measured (no /proc/self/task/*/schedstat)");
+        println!(
+            "limits: CPU time per record not measured (the threads' /proc/self/task/*/schedstat \
+             could not be read)"
+        );
     } else {
         let f = |f: fn(&PerRecord) -> f64| spread(cpu.iter().map(f).collect());
         let (daemon, daemon_min, daemon_max) = f(|c| c.daemon);
@@ -895,13 +898,14 @@ fn main() {
         let (both, both_min, both_max) = f(|c| c.daemon + c.router);
         let n = cores as f64;
         println!(
-            "limits, the same rounds; ranges in parentheses: CPU time per record of the batched \
-             run against in-process sealing's: the daemon's threads {daemon:.2}x \
-             ({daemon_min:.2}-{daemon_max:.2}), the router's thread {router:.2}x \
-             ({router_min:.2}-{router_max:.2}), together {both:.2}x ({both_min:.2}-{both_max:.2}); \
-             so on {cores} CPUs shared by both ends the batched run can reach at most {:.3}x of \
-             in-process sealing's rate (it reached {two:.3}x), and the daemon on {cores} CPUs \
-             of its own at most {:.3}x",
+            "limits, the same rounds, medians of the rounds' figures (which need not add up); ranges in \
+             parentheses: CPU time per record of the batched run against in-process sealing's \
+             time per record: the daemon's threads {daemon:.2}x ({daemon_min:.2}-\
+             {daemon_max:.2}), the router's thread {router:.2}x ({router_min:.2}-\
+             {router_max:.2}), together {both:.2}x ({both_min:.2}-{both_max:.2}); at that cost \
+             per record, {cores} CPUs busy all the time would carry {:.3}x of in-process \
+             sealing's rate with both ends on them (the batched run reached {two:.3}x), and \
+             {:.3}x with the daemon alone on them",
             n / both,
             n / daemon,
         );
@@ -921,8 +925,12 @@ struct Throughput {
     cpu: Option<PerRecord>,
 }
 
-/// CPU time per record of the batched run, as a multiple of in-process sealing's: the
-/// daemon's (the server runtime's threads) and the router's (the client runtime's thread).
+/// CPU time per record of the batched run, as a multiple of in-process sealing's time per
+/// record: the daemon's (the server runtime's threads) and the router's (the client
+/// runtime's thread). Its window is the CPUs' average use over the whole batched run, whose
+/// rate leaves out the warm-up: the warm-up runs at about the same rate, and the filling and
+/// draining of the pipeline (under a millisecond each, at lower load) can only make both
+/// figures a little low, by well under 1%.
 #[derive(Clone, Copy)]
 struct PerRecord {
     daemon: f64,

@@ -4,13 +4,16 @@
 //! machine's CPUs, the rate is capped by what one record costs both of them together.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// CPU time of the calling thread and of the threads named `name` (as Tokio's
-/// `Builder::thread_name` names a runtime's workers), from one moment.
+/// CPU time of one thread (the one that called [`Cpu::start`], wherever `used` is called)
+/// and of the threads named `name` (as Tokio's `Builder::thread_name` names a runtime's
+/// workers and blocking threads), from one moment.
 pub struct Cpu {
     name: &'static str,
+    /// `/proc/self/task/<tid>` of the thread that called `start`.
+    this: Option<PathBuf>,
     at: Option<(u64, Threads)>,
     wall: Instant,
 }
@@ -18,9 +21,10 @@ pub struct Cpu {
 /// CPU time per thread id, of the threads of one name.
 type Threads = HashMap<String, u64>;
 
-/// The CPUs used since [`Cpu::start`], on average: 1.0 is one CPU busy all the time.
+/// The CPUs used since [`Cpu::start`], on average over the wall time: 1.0 is one CPU busy
+/// all the time.
 #[derive(Debug, Clone, Copy)]
-pub struct Used {
+pub struct CpusUsed {
     /// By the thread that called `start`.
     pub this: f64,
     /// By the threads named as given.
@@ -29,26 +33,40 @@ pub struct Used {
 
 impl Cpu {
     pub fn start(name: &'static str) -> Cpu {
-        Cpu { name, at: now(name), wall: Instant::now() }
+        // `/proc/thread-self` links to `<pid>/task/<tid>` of the thread that reads it.
+        let this = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|l| l.file_name().map(|tid| Path::new("/proc/self/task").join(tid)));
+        let at = this.as_deref().and_then(|t| now(t, name));
+        Cpu { name, this, at, wall: Instant::now() }
     }
 
-    /// `None` where `/proc` cannot tell (not Linux, or no thread of that name). Call it on
-    /// the thread that called `start`: `this` is whichever thread calls.
-    pub fn used(&self) -> Option<Used> {
+    /// `None` where `/proc` cannot tell (not Linux, no thread of that name, or the calling
+    /// thread of `start` has ended).
+    pub fn used(&self) -> Option<CpusUsed> {
         let wall = self.wall.elapsed().as_nanos() as f64;
-        let ((this0, named0), (this1, named1)) = (self.at.as_ref()?, now(self.name)?);
-        // Per thread, so that a thread that ends in between (a runtime's blocking thread)
-        // takes only its own time with it; one started in between counts from zero.
-        let named: u64 =
-            named1.iter().map(|(tid, t)| t.saturating_sub(*named0.get(tid).unwrap_or(&0))).sum();
-        Some(Used { this: this1.saturating_sub(*this0) as f64 / wall, named: named as f64 / wall })
+        let ((this0, named0), (this1, named1)) =
+            (self.at.as_ref()?, now(self.this.as_deref()?, self.name)?);
+        // Per thread, so that one started in between counts from zero. One that ended in
+        // between is missing from the sum, with its time in the window (Tokio's blocking
+        // threads end only after 10 s idle, longer than a bench's window).
+        let named: u64 = named1
+            .iter()
+            .map(|(tid, t)| t.saturating_sub(named0.get(tid).copied().unwrap_or(0)))
+            .sum();
+        Some(CpusUsed {
+            this: this1.saturating_sub(*this0) as f64 / wall,
+            named: named as f64 / wall,
+        })
     }
 }
 
-fn now(name: &str) -> Option<(u64, Threads)> {
+fn now(this: &Path, name: &str) -> Option<(u64, Threads)> {
     let named = named(name)?;
-    (!named.is_empty()).then_some(())?;
-    Some((on_cpu(Path::new("/proc/thread-self"))?, named))
+    if named.is_empty() {
+        return None;
+    }
+    Some((on_cpu(this)?, named))
 }
 
 /// The threads named `name`.
