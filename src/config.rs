@@ -510,16 +510,14 @@ impl Config {
         caps.push(("metrics.max_connections", self.metrics_max_connections() as usize));
         if let Some(h) = &self.hotpath {
             let n = h.limits.max_connections as usize;
-            // A Unix-socket connection whose answer waits for room in the socket holds a
-            // second descriptor while it waits (`hotpath::uds` watches a duplicate for
-            // writability), so it counts twice; the rewrap socket has a small cap of its own,
-            // and the TCP listener caps its own connections at `max_connections`.
-            caps.push(("hotpath.limits.max_connections (Unix socket, 2 descriptors each)", 2 * n));
+            // The rewrap socket has a small cap of its own, and the TCP listener caps its own
+            // connections at `max_connections`.
+            caps.push(("hotpath.limits.max_connections (Unix socket)", n));
             if h.rewrap_socket.is_some() {
                 // The label names the figure: keep the two together.
                 const _: () = assert!(crate::hotpath::REWRAP_MAX_CONNECTIONS == 16);
                 let rewrap = crate::hotpath::REWRAP_MAX_CONNECTIONS as usize;
-                caps.push(("the rewrap socket's 16 connections (2 descriptors each)", 2 * rewrap));
+                caps.push(("the rewrap socket's 16 connections", rewrap));
             }
             if h.tcp.is_some() {
                 caps.push(("hotpath.limits.max_connections (TCP listener)", n));
@@ -708,18 +706,18 @@ archiver = "postgresql"
         line[cell.len()..].split('|').next().unwrap_or("").trim()
     }
 
-    /// A hot-path Unix connection may hold a second descriptor while its answers wait for
-    /// room (`hotpath::uds`), so the budget that keeps state writes safe counts two; and the
-    /// defaults still fit in the 1024 descriptors docs/operations.md promises.
+    /// The budget that keeps state writes safe counts every hot-path socket's connections
+    /// (one descriptor each), the rewrap socket's included; and the defaults still fit in the
+    /// 1024 descriptors docs/operations.md promises.
     #[test]
-    fn the_descriptor_budget_counts_two_per_hot_path_socket_connection() {
+    fn the_descriptor_budget_counts_each_hot_path_socket_connection() {
         let text = GOOD.to_owned()
             + "\n[hotpath.socket]\npath = \"hp.sock\"\n[hotpath.rewrap_socket]\npath = \"rw.sock\"\n";
         let c = Config::parse(&text, Path::new("/")).unwrap();
         let caps = c.listener_caps();
         let hot: usize = caps.iter().filter(|(k, _)| k.contains("hot")).map(|(_, n)| n).sum();
         let rewrap: usize = caps.iter().filter(|(k, _)| k.contains("rewrap")).map(|(_, n)| n).sum();
-        assert_eq!((hot, rewrap), (2 * 256, 2 * 16), "{caps:?}");
+        assert_eq!((hot, rewrap), (256, 16), "{caps:?}");
         let all: usize = caps.iter().map(|(_, n)| n).sum();
         assert!(all + 64 <= 1024, "{caps:?}");
     }

@@ -1,8 +1,7 @@
 //! imcrypt keeps instant-message compliance archives encrypted across a network of peered IM
 //! clusters. See docs/ for the behaviour, the formats and the operations guide.
 
-// Denied everywhere but in crypto::locked, which places key material in pages of its own, and
-// hotpath::uds, which registers the hot path's Unix sockets with the runtime for readability only.
+// Denied everywhere but in crypto::locked, which places key material in pages of its own.
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 

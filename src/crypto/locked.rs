@@ -10,8 +10,8 @@
 //! zeroes the whole mapping before unmapping it, so even a type that does not zeroize itself
 //! (ring's AES key schedule) leaves nothing behind.
 //!
-//! One of the crate's two modules with `unsafe` code (the other is `hotpath::uds`): four
-//! system calls on a mapping it owns (through `rustix`) and the placement of one value in it. Invariants: the mapping is page
+//! The crate's one module with `unsafe` code: four system calls on a mapping it owns
+//! (through `rustix`) and the placement of one value in it. Invariants: the mapping is page
 //! aligned and at least `size_of::<T>()` long, so the pointer is valid and aligned for `T` for
 //! the life of the `Locked`; the value is written once in `new`, dropped once in `drop`, and
 //! only shared through `&`/`&mut` borrows of the `Locked`.

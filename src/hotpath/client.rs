@@ -35,7 +35,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use super::frame::{self, ErrorCode, Response, SealedIter, StatusInfo};
 use super::keys::KeyStatus;
 use super::tls::{Endpoint, READ_AHEAD};
-use super::uds::QuietUnixStream;
 use crate::crypto::record::FIXED_OVERHEAD;
 use crate::ids::{ClusterId, DomainId, KeyVersion};
 
@@ -481,8 +480,7 @@ struct Welcome {
 
 /// A connection to the daemon: its Unix socket, or TCP with mutual TLS.
 enum Stream {
-    /// Watched for readability only (`super::uds`: no wake-up each time the server reads).
-    Unix(QuietUnixStream),
+    Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<BufReader<TcpStream>>>),
 }
 
@@ -549,8 +547,7 @@ impl AsyncWrite for Stream {
 async fn open(endpoint: &Endpoint) -> Result<Stream, String> {
     match endpoint {
         Endpoint::Unix(path) => {
-            let s = UnixStream::connect(path).await.map_err(|e| e.to_string())?;
-            QuietUnixStream::from_tokio(s).map(Stream::Unix).map_err(|e| e.to_string())
+            UnixStream::connect(path).await.map(Stream::Unix).map_err(|e| e.to_string())
         }
         Endpoint::Tls(t) => {
             let config = t.client_config().map_err(|e| e.to_string())?;

@@ -9,8 +9,6 @@
 //! - `tls`: TCP with mutual TLS for routers on other nodes: `[hotpath.tcp]`, the server's
 //!   verifier (a node certificate of this cluster), the client's endpoint URL.
 //! - `client`: the router's async, pipelined, reconnecting client with a bounded queue.
-//! - `uds`: the Unix socket as both ends use it, watched for readability only (a write that
-//!   finds the buffer full waits for room): one wake-up per answer, not two.
 //!
 //! Invariants (detailed in each module and in docs/hotpath.md): every request gets exactly
 //! one answer — ciphertexts, "encryption is off", or an explicit error; a key ring change
@@ -25,7 +23,6 @@ mod keys;
 mod server;
 pub mod session;
 mod tls;
-mod uds;
 
 pub use client::{
     BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, Rewrapped,

@@ -39,7 +39,6 @@ use super::frame;
 use super::keys::KeySource;
 use super::session::{Limits, Next, Session};
 use super::tls::READ_AHEAD;
-use super::uds::QuietUnixStream;
 use crate::caps::{Caps, Gate, Ticket};
 use crate::crypto::random::NonceSource;
 use crate::metrics::HotpathMetrics;
@@ -328,7 +327,7 @@ pub async fn serve_all(
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
                     let serve = async {
-                        connection(QuietUnixStream::from_tokio(stream)?, &keys, conn, metrics, stop).await
+                        connection(stream, &keys, conn, metrics, stop).await
                     };
                     let r = ticket.guard(serve).await;
                     log_end(r);
@@ -340,7 +339,7 @@ pub async fn serve_all(
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: true };
                     let serve = async {
-                        connection(QuietUnixStream::from_tokio(stream)?, &keys, conn, metrics, stop).await
+                        connection(stream, &keys, conn, metrics, stop).await
                     };
                     let r = ticket.guard(serve).await;
                     log_end(r);
