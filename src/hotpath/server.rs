@@ -326,11 +326,7 @@ pub async fn serve_all(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
-                    let serve = async {
-                        connection(stream, &keys, conn, metrics, stop).await
-                    };
-                    let r = ticket.guard(serve).await;
-                    log_end(r);
+                    log_end(ticket.guard(connection(stream, &keys, conn, metrics, stop)).await);
                 });
             }
             (stream, ticket) = accept_rewrap(rewrap.as_ref()) => {
@@ -338,11 +334,7 @@ pub async fn serve_all(
                 let (metrics, budget) = (metrics.clone(), budget.clone());
                 conns.spawn(async move {
                     let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: true };
-                    let serve = async {
-                        connection(stream, &keys, conn, metrics, stop).await
-                    };
-                    let r = ticket.guard(serve).await;
-                    log_end(r);
+                    log_end(ticket.guard(connection(stream, &keys, conn, metrics, stop)).await);
                 });
             }
             (stream, ticket) = accept_tcp(tcp.as_ref()) => {
