@@ -1,7 +1,7 @@
 //! The hot path over real Unix sockets in temp dirs, with real server and client tasks: many
-//! clients, a daemon restart mid-stream, bad frames, rotation mid-stream, encryption off, the
-//! client's queue policies, and a reservation that cannot be persisted. Every test is bounded
-//! in time.
+//! clients, a daemon restart mid-stream and one while idle, callers that give up halfway, bad
+//! frames, rotation mid-stream, encryption off, the client's queue policies, and a reservation
+//! that cannot be persisted. Every test is bounded in time.
 
 mod support;
 
@@ -207,6 +207,64 @@ async fn a_daemon_restart_mid_stream_loses_and_duplicates_nothing() {
     let saved: Reservations =
         SealedFile::new(&counters, &node, Purpose::Counters).load().unwrap().unwrap();
     assert_eq!(saved.get(r.domain(), KeyVersion::FIRST), 2 * BLOCK);
+}
+
+/// A caller that gives up halfway (its future dropped once its request is written, before
+/// the answer is read) leaves nothing behind: the next caller gets its own record, never the
+/// abandoned one's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_mid_request_never_hands_its_answer_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let r = ring();
+    let server = Server::start(
+        &path,
+        keys_with(Arc::new(MemoryReservations::new()), Some(&r)),
+        ServerConfig::default(),
+    );
+    let cl = client(&path);
+    let mut opener = RecordOpener::new(&r, AeadImpl::Ring);
+    timeout(LIMIT, cl.status()).await.unwrap().unwrap();
+    for i in 0..50 {
+        {
+            // One poll: the request is written and its answer not yet come; then dropped.
+            let mut abandoned = std::pin::pin!(cl.encrypt(b"abandoned", b"never read"));
+            std::future::poll_fn(|cx| {
+                let _ = abandoned.as_mut().poll(cx);
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        let (meta, pt) = (format!("row {i}"), format!("message {i}"));
+        let got = timeout(LIMIT, cl.encrypt(meta.as_bytes(), pt.as_bytes())).await.unwrap();
+        let recs = sealed(got.unwrap());
+        assert_eq!(recs.len(), 1);
+        let opened = opener.open(&recs[0], meta.as_bytes()).expect("its own record");
+        assert_eq!(&opened[..], pt.as_bytes());
+    }
+    server.stop().await;
+}
+
+/// A daemon restart while the router is idle costs the next record nothing: the stale
+/// connection is found dead before the record is sent on it, so even a client allowed one
+/// attempt seals it on the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_idle_does_not_cost_the_next_record_an_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let r = ring();
+    let keys = || keys_with(Arc::new(MemoryReservations::new()), Some(&r));
+    let first = Server::start(&path, keys(), ServerConfig::default());
+    let cl = Client::new(ClientConfig { max_attempts: 1, ..ClientConfig::new(&path) });
+    let mut opener = RecordOpener::new(&r, AeadImpl::Ring);
+    let before = sealed(timeout(LIMIT, cl.encrypt(b"row 1", b"before")).await.unwrap().unwrap());
+    assert_eq!(&opener.open(&before[0], b"row 1").unwrap()[..], b"before");
+    first.stop().await;
+    let second = Server::start(&path, keys(), ServerConfig::default());
+    let after = timeout(LIMIT, cl.encrypt(b"row 2", b"after")).await.unwrap();
+    let after = sealed(after.expect("sealed on the new connection, within one attempt"));
+    assert_eq!(&opener.open(&after[0], b"row 2").unwrap()[..], b"after");
+    second.stop().await;
 }
 
 /// Reads answer frames until EOF.

@@ -1,9 +1,13 @@
 //! The router's client: async, pipelined over one connection, reconnecting, with a bounded
 //! queue for the time the daemon is unreachable.
 //!
-//! A `Client` owns a driver task. Callers encode their request in their own task (`submit`),
-//! queue it, and await its `Pending` answer; the driver numbers and writes requests, a reader
-//! task matches answers to requests by id. Many requests are in flight at once.
+//! A `Client` owns a driver task. A caller encodes its request in its own task. If the
+//! connection is idle and nothing is queued, the caller writes the request and reads its
+//! answer itself (`Client::direct`): a single record's round trip takes one task, as a
+//! plain socket client's would. Otherwise the request is queued and the driver, in one task
+//! per connection, numbers and writes queued requests and matches answers to them by id:
+//! many requests are in flight at once. Whoever uses the connection gives it back idle, at a
+//! frame boundary, or closes it.
 //!
 //! Invariants:
 //! - Every submitted request resolves exactly once: with the server's answer (ciphertexts,
@@ -19,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +33,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::frame::{self, ErrorCode, Response, SealedIter, StatusInfo};
 use super::keys::KeyStatus;
@@ -235,6 +240,7 @@ struct Job {
     id: u64,
     /// Shared with the write in progress: written as it is, never copied into a buffer.
     frame: Bytes,
+    /// How many times the frame was written whole on a connection.
     attempts: u32,
     reply: Reply,
     _permit: Option<OwnedSemaphorePermit>,
@@ -250,6 +256,17 @@ impl Job {
     }
 }
 
+/// What an ENCRYPT request's answer means to its caller.
+fn encrypted(answer: Result<Answer, ClientError>) -> Result<Encrypted, ClientError> {
+    match answer? {
+        Answer::Sealed(b) => Ok(Encrypted::Sealed(b)),
+        Answer::Off => Ok(Encrypted::Off),
+        Answer::Status(_) | Answer::Indexed(_) | Answer::Identified(_) | Answer::Rewrapped(_) => {
+            Err(ClientError::Protocol("a non-SEALED answer to ENCRYPT".into()))
+        }
+    }
+}
+
 /// A submitted request's answer, to await later (pipelining).
 pub struct Pending {
     rx: oneshot::Receiver<Result<Answer, ClientError>>,
@@ -259,24 +276,125 @@ impl Future for Pending {
     type Output = Result<Encrypted, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| match r {
-            Ok(Ok(Answer::Sealed(b))) => Ok(Encrypted::Sealed(b)),
-            Ok(Ok(Answer::Off)) => Ok(Encrypted::Off),
-            Ok(Ok(
-                Answer::Status(_)
-                | Answer::Indexed(_)
-                | Answer::Identified(_)
-                | Answer::Rewrapped(_),
-            )) => Err(ClientError::Protocol("a non-SEALED answer to ENCRYPT".into())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
-        })
+        Pin::new(&mut self.rx).poll(cx).map(|r| encrypted(r.unwrap_or(Err(ClientError::Closed))))
     }
+}
+
+/// The connection, as callers and the driver share it.
+///
+/// Invariant: whoever holds the connection (a caller in `Direct`, the driver in
+/// `Pipelined`) is the only one writing to it or reading from it, and gives it back at a
+/// frame boundary with nothing in flight (`Idle`), or closes it (`Down`).
+enum Link {
+    /// Not connected: the driver is connecting, or waiting to.
+    Down,
+    /// Connected, nothing in flight, nobody using it.
+    Idle(Conn),
+    /// A caller is exchanging its one request on it ([`Client::direct`]).
+    Direct,
+    /// The driver is pipelining queued requests on it ([`pipeline`]).
+    Pipelined,
+}
+
+/// A connection with its receive buffer (which may hold the start of the next answer) and
+/// the server's limits.
+struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+    welcome: Welcome,
+}
+
+impl Conn {
+    /// Whether the server ended this idle connection (its idle timeout, a restart) or sent
+    /// on it unasked since its last use. Nobody reads an idle connection, so this is checked
+    /// before it is used again; it costs no system call unless the socket became readable,
+    /// as Tokio keeps track of that. A connection that did is not used again.
+    fn ended_while_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        Pin::new(&mut self.stream).poll_read(&mut cx, &mut rb).is_ready()
+    }
+}
+
+/// What the callers and the driver share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the driver: a request queued, the link handed back with requests queued or
+    /// lost, or the client dropped. Only the driver waits on it.
+    wake: Notify,
+}
+
+struct State {
+    link: Link,
+    /// Requests for the driver to write, in order; re-sends go first.
+    queue: VecDeque<Job>,
+    /// The `Client` is dropped, or the driver is gone: nothing new is queued.
+    closed: bool,
+}
+
+impl State {
+    /// The client is dropped and nothing it queued is left: the driver's work is over.
+    fn is_done(&self) -> bool {
+        self.closed && self.queue.is_empty()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("no code panics while holding the client's state")
+    }
+}
+
+/// A caller's use of an idle connection. Dropping it hands the connection back: `Idle` if
+/// the exchange ended at a frame boundary (`kept`), else the connection is closed and the
+/// driver reconnects. So a caller that gives up halfway (its future dropped) never leaves
+/// half a frame or an unread answer on the connection.
+struct Lease<'a> {
+    shared: &'a Shared,
+    conn: Option<Conn>,
+    kept: bool,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let conn = self.conn.take();
+        let (closing, wake) = {
+            let mut st = self.shared.lock();
+            let closing = match conn {
+                Some(c) if self.kept => {
+                    st.link = Link::Idle(c);
+                    None
+                }
+                c => {
+                    st.link = Link::Down;
+                    c
+                }
+            };
+            let wake = closing.is_some() || !st.queue.is_empty() || st.closed;
+            (closing, wake)
+        };
+        drop(closing);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// How a caller's direct exchange ended.
+enum Direct {
+    /// The connection was down or in use: the request goes through the driver.
+    Busy,
+    Answered(Result<Answer, ClientError>),
+    /// The connection failed before the answer came; `sent` if the frame was written whole.
+    Lost {
+        sent: bool,
+    },
 }
 
 /// A hot-path client. Cheap to share (`Arc<Client>`); all methods take `&self`.
 pub struct Client {
-    tx: mpsc::UnboundedSender<Job>,
+    shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
     cfg: Arc<ClientConfig>,
@@ -288,17 +406,27 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Dropping the client queues nothing more; the driver still answers (or fails) every
+/// request already submitted, then exits by itself.
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
 impl Client {
     /// Starts the client; it connects in the background (and again whenever the connection
     /// is lost). Must be called inside a Tokio runtime.
     pub fn new(cfg: ClientConfig) -> Self {
         let cfg = Arc::new(cfg);
-        let (tx, rx) = mpsc::unbounded_channel();
-        // Dropping the client closes the queue; the driver still answers (or fails) every
-        // request already submitted, then exits by itself.
-        tokio::spawn(drive(cfg.clone(), rx));
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { link: Link::Down, queue: VecDeque::new(), closed: false }),
+            wake: Notify::new(),
+        });
+        tokio::spawn(drive(shared.clone(), cfg.clone()));
         Self {
-            tx,
+            shared,
             permits: Arc::new(Semaphore::new(cfg.max_queue.min(Semaphore::MAX_PERMITS))),
             next_id: AtomicU64::new(1),
             cfg,
@@ -311,7 +439,7 @@ impl Client {
         metadata: &[u8],
         plaintext: &[u8],
     ) -> Result<Encrypted, ClientError> {
-        self.submit([(metadata, plaintext)].into_iter()).await?.await
+        self.encrypt_batch([(metadata, plaintext)].into_iter()).await
     }
 
     /// Encrypts a batch in one frame; all sealed under one key version, or one error.
@@ -319,7 +447,9 @@ impl Client {
         &self,
         records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
     ) -> Result<Encrypted, ClientError> {
-        self.submit(records).await?.await
+        let (id, f, weight) =
+            self.records_frame(records, |f, id, r| frame::encode_encrypt(f, id, r))?;
+        encrypted(self.call(id, f, weight).await)
     }
 
     /// Queues a batch and returns once it is queued (or at once with an error): await the
@@ -328,14 +458,10 @@ impl Client {
         &self,
         records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
     ) -> Result<Pending, ClientError> {
-        let count = records.len();
-        if let Some((m, _)) = records.clone().find(|(m, _)| m.len() > u16::MAX as usize) {
-            return Err(ClientError::MetadataTooLong(m.len()));
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut f = Vec::with_capacity(frame::encrypt_frame_len(records.clone()));
-        frame::encode_encrypt(&mut f, id, records);
-        let rx = self.enqueue(id, f, count.max(1)).await?;
+        let (id, f, weight) =
+            self.records_frame(records, |f, id, r| frame::encode_encrypt(f, id, r))?;
+        let permit = self.permit(weight).await?;
+        let rx = self.push(id, f.into(), 0, permit)?;
         Ok(Pending { rx })
     }
 
@@ -347,18 +473,12 @@ impl Client {
         records: impl ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
     ) -> Result<Option<Rewrapped>, ClientError> {
         let count = records.len();
-        if let Some((m, _)) = records.clone().find(|(m, _)| m.len() > u16::MAX as usize) {
-            return Err(ClientError::MetadataTooLong(m.len()));
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut f = Vec::with_capacity(frame::encrypt_frame_len(records.clone()));
-        frame::encode_rewrap(&mut f, id, records);
-        match self.enqueue(id, f, count.max(1)).await?.await {
-            Ok(Ok(Answer::Rewrapped(r))) if r.items.len() == count => Ok(Some(r)),
-            Ok(Ok(Answer::Off)) => Ok(None),
-            Ok(Ok(_)) => Err(ClientError::Protocol("unexpected answer to REWRAP".into())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+        let (id, f, weight) =
+            self.records_frame(records, |f, id, r| frame::encode_rewrap(f, id, r))?;
+        match self.call(id, f, weight).await? {
+            Answer::Rewrapped(r) if r.items.len() == count => Ok(Some(r)),
+            Answer::Off => Ok(None),
+            _ => Err(ClientError::Protocol("unexpected answer to REWRAP".into())),
         }
     }
 
@@ -367,11 +487,9 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut f = Vec::with_capacity(13);
         frame::encode_status_request(&mut f, id);
-        match self.enqueue(id, f, 1).await?.await {
-            Ok(Ok(Answer::Status(s))) => Ok(s),
-            Ok(Ok(_)) => Err(ClientError::Protocol("non-STATUS answer to STATUS".into())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+        match self.call(id, f, 1).await? {
+            Answer::Status(s) => Ok(s),
+            _ => Err(ClientError::Protocol("non-STATUS answer to STATUS".into())),
         }
     }
 
@@ -416,11 +534,9 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut f = Vec::new();
         frame::encode_message_list(&mut f, ty, id, messages);
-        match self.enqueue(id, f, count.max(1)).await?.await {
-            Ok(Ok(Answer::Off)) => Ok(None),
-            Ok(Ok(a)) => Ok(Some(a)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+        match self.call(id, f, count.max(1)).await? {
+            Answer::Off => Ok(None),
+            a => Ok(Some(a)),
         }
     }
 
@@ -429,40 +545,147 @@ impl Client {
         self.cfg.max_queue.min(Semaphore::MAX_PERMITS) - self.permits.available_permits()
     }
 
-    async fn enqueue(
+    /// A request of records, encoded by `encode` under a fresh id, and its weight in the queue.
+    fn records_frame<'r, I>(
         &self,
-        id: u64,
-        frame: Vec<u8>,
-        weight: usize,
-    ) -> Result<oneshot::Receiver<Result<Answer, ClientError>>, ClientError> {
+        records: I,
+        encode: impl FnOnce(&mut Vec<u8>, u64, I),
+    ) -> Result<(u64, Vec<u8>, usize), ClientError>
+    where
+        I: ExactSizeIterator<Item = (&'r [u8], &'r [u8])> + Clone,
+    {
+        if let Some((m, _)) = records.clone().find(|(m, _)| m.len() > u16::MAX as usize) {
+            return Err(ClientError::MetadataTooLong(m.len()));
+        }
+        let weight = records.len().max(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut f = Vec::with_capacity(frame::encrypt_frame_len(records.clone()));
+        encode(&mut f, id, records);
+        Ok((id, f, weight))
+    }
+
+    /// Sends one request and waits for its answer: on the idle connection itself when it
+    /// can ([`Client::direct`]), through the driver's queue otherwise.
+    async fn call(&self, id: u64, frame: Vec<u8>, weight: usize) -> Result<Answer, ClientError> {
+        let permit = self.permit(weight).await?;
+        let attempts = match self.direct(id, &frame).await {
+            Direct::Answered(answer) => {
+                drop(permit);
+                return answer;
+            }
+            Direct::Busy => 0,
+            Direct::Lost { sent } => {
+                tracing::info!(endpoint = %self.cfg.endpoint, unanswered = 1, "hot-path connection lost");
+                u32::from(sent)
+            }
+        };
+        if attempts >= self.cfg.max_attempts {
+            return Err(ClientError::ConnectionLost { attempts });
+        }
+        let rx = self.push(id, frame.into(), attempts, permit)?;
+        rx.await.unwrap_or(Err(ClientError::Closed))
+    }
+
+    /// Exchanges one request on the connection if it is idle and nothing is queued before
+    /// it: the caller's own task writes the frame and reads the answer, with no hand-over to
+    /// the driver and back (each one a wake-up and a poll on the single-record round trip).
+    async fn direct(&self, id: u64, frame: &[u8]) -> Direct {
+        let conn = {
+            let mut st = self.shared.lock();
+            if !st.queue.is_empty() || !matches!(st.link, Link::Idle(_)) {
+                return Direct::Busy;
+            }
+            let Link::Idle(conn) = std::mem::replace(&mut st.link, Link::Direct) else {
+                unreachable!("checked above")
+            };
+            conn
+        };
+        let mut lease = Lease { shared: &self.shared, conn: Some(conn), kept: true };
+        let conn = lease.conn.as_mut().expect("leased above");
+        if let Err(e) = conn.welcome.check(frame) {
+            return Direct::Answered(Err(e));
+        }
+        let max = conn.welcome.max_answer();
+        lease.kept = false;
+        if conn.ended_while_idle() || conn.stream.write_all(frame).await.is_err() {
+            return Direct::Lost { sent: false };
+        }
+        loop {
+            match frame::decode_response(&conn.buf, max) {
+                Ok(Some((resp, n))) => {
+                    let decoded = decode(resp);
+                    conn.buf.advance(n);
+                    match decoded {
+                        Decoded::Answer { id: got, answer, closes } if got == id => {
+                            lease.kept = !closes;
+                            return Direct::Answered(answer);
+                        }
+                        Decoded::Answer { id: got, .. } => {
+                            tracing::warn!(id = got, "answer for no request in flight");
+                        }
+                        Decoded::ConnectionEnds => return Direct::Lost { sent: true },
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable answer from the hot-path server");
+                    return Direct::Lost { sent: true };
+                }
+            }
+            reserve(&mut conn.buf, max);
+            match conn.stream.read_buf(&mut conn.buf).await {
+                Ok(0) | Err(_) => return Direct::Lost { sent: true },
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// `weight` places in the queue, waited for or refused by the configured policy.
+    async fn permit(&self, weight: usize) -> Result<OwnedSemaphorePermit, ClientError> {
         let max = self.cfg.max_queue;
         let w = u32::try_from(weight)
             .ok()
             .filter(|&w| w as usize <= max)
             .ok_or(ClientError::BatchLargerThanQueue { count: weight, max })?;
         let permits = self.permits.clone();
-        let permit = match self.cfg.when_full {
+        match self.cfg.when_full {
             QueuePolicy::Block => {
-                permits.acquire_many_owned(w).await.map_err(|_| ClientError::Closed)?
+                permits.acquire_many_owned(w).await.map_err(|_| ClientError::Closed)
             }
             QueuePolicy::Fail => {
-                permits.try_acquire_many_owned(w).map_err(|_| ClientError::QueueFull { max })?
+                permits.try_acquire_many_owned(w).map_err(|_| ClientError::QueueFull { max })
             }
-        };
+        }
+    }
+
+    /// Queues a request for the driver; its answer comes through the receiver.
+    fn push(
+        &self,
+        id: u64,
+        frame: Bytes,
+        attempts: u32,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<oneshot::Receiver<Result<Answer, ClientError>>, ClientError> {
         let (reply, rx) = oneshot::channel();
-        let job = Job { id, frame: frame.into(), attempts: 0, reply, _permit: Some(permit) };
-        self.tx.send(job).map_err(|_| ClientError::Closed)?;
+        let job = Job { id, frame, attempts, reply, _permit: Some(permit) };
+        {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            st.queue.push_back(job);
+        }
+        self.shared.wake.notify_one();
         Ok(rx)
     }
 }
 
-/// The requests written on a connection and not yet answered, in the order they were
-/// written. The server answers in request order (docs/hotpath.md, "Request ids"), so
-/// an answer is for the front one: no lookup by id on the hot path. An answer for another
-/// one in flight is still delivered to it (found by a search); one for none is logged.
-type InFlight = Arc<Mutex<VecDeque<Job>>>;
-
 /// Takes the job in flight that `id` answers: the front one, as the server answers in order.
+///
+/// The server answers in request order (docs/hotpath.md, "Request ids"), so an answer is
+/// for the front one: no lookup by id on the hot path. An answer for another one in flight
+/// is still delivered to it (found by a search); one for none is logged.
 fn take_answered(inflight: &mut VecDeque<Job>, id: u64) -> Option<Job> {
     if inflight.front().is_some_and(|j| j.id == id) {
         return inflight.pop_front();
@@ -476,6 +699,37 @@ fn take_answered(inflight: &mut VecDeque<Job>, id: u64) -> Option<Job> {
 struct Welcome {
     max_frame: u32,
     max_batch: u32,
+}
+
+impl Welcome {
+    /// Whether a request frame fits the server's limits.
+    fn check(self, frame: &[u8]) -> Result<(), ClientError> {
+        let len = frame.len() - frame::LEN_PREFIX;
+        let ty = frame[frame::LEN_PREFIX];
+        let count = if matches!(
+            ty,
+            frame::kind::ENCRYPT | frame::kind::INDEX | frame::kind::IDENTIFY | frame::kind::REWRAP
+        ) {
+            u32::from_be_bytes(frame[13..17].try_into().expect("4 bytes"))
+        } else {
+            0
+        };
+        if len > self.max_frame as usize {
+            Err(ClientError::TooLargeForServer { len, max: self.max_frame })
+        } else if count > self.max_batch {
+            Err(ClientError::BatchTooLarge { count: count as usize, max: self.max_batch })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The largest answer a request within these limits can get.
+    fn max_answer(self) -> u32 {
+        let max = u64::from(self.max_frame)
+            + u64::from(self.max_batch) * (FIXED_OVERHEAD as u64 + 255 + 4)
+            + 1024;
+        max.min(u64::from(u32::MAX)) as u32
+    }
 }
 
 /// A connection to the daemon: its Unix socket, or TCP with mutual TLS.
@@ -562,17 +816,18 @@ async fn open(endpoint: &Endpoint) -> Result<Stream, String> {
     }
 }
 
-async fn connect(cfg: &ClientConfig) -> Result<(Stream, Welcome, Vec<u8>), String> {
+async fn connect(cfg: &ClientConfig) -> Result<Conn, String> {
     let mut s = open(&cfg.endpoint).await?;
     let mut hello = Vec::new();
     frame::encode_hello(&mut hello, frame::VERSION, frame::VERSION);
     s.write_all(&hello).await.map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(64 << 10);
+    let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
         match frame::decode_response(&buf, 4096).map_err(|e| e.to_string())? {
             Some((Response::Welcome { version: _, max_frame, max_batch }, n)) => {
-                buf.drain(..n);
-                return Ok((s, Welcome { max_frame, max_batch }, buf));
+                buf.advance(n);
+                let welcome = Welcome { max_frame, max_batch };
+                return Ok(Conn { stream: s, buf, welcome });
             }
             Some((Response::Error { message, .. }, _)) => return Err(message.into_owned()),
             Some((other, _)) => return Err(format!("expected WELCOME, got {other:?}")),
@@ -584,34 +839,53 @@ async fn connect(cfg: &ClientConfig) -> Result<(Stream, Welcome, Vec<u8>), Strin
     }
 }
 
-/// The driver: (re)connects, writes queued requests, hands the connection's answers to the
-/// reader task, and re-queues or fails what a lost connection left unanswered.
-async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut retry: VecDeque<Job> = VecDeque::new();
+/// On the driver's exit, however it exits: nothing more is queued, and what is queued fails.
+struct DriverExit<'a>(&'a Shared);
+
+impl Drop for DriverExit<'_> {
+    fn drop(&mut self) {
+        let left: Vec<Job> = {
+            let mut st = self.0.lock();
+            st.closed = true;
+            st.queue.drain(..).collect()
+        };
+        for j in left {
+            j.answer(Err(ClientError::Closed));
+        }
+    }
+}
+
+/// The driver: (re)connects, pipelines queued requests, and re-queues or fails what a lost
+/// connection left unanswered. While the connection is idle it leaves it to the callers.
+async fn drive(shared: Arc<Shared>, cfg: Arc<ClientConfig>) {
+    let _exit = DriverExit(&shared);
     let mut backoff = cfg.reconnect_min;
-    let mut closed = false;
     loop {
-        retry.retain(|j| !j.reply.is_closed());
-        if closed && retry.is_empty() {
-            return;
+        {
+            let mut st = shared.lock();
+            st.queue.retain(|j| !j.reply.is_closed());
+            if st.is_done() {
+                return;
+            }
         }
         let conn = tokio::time::timeout(cfg.connect_timeout, connect(&cfg))
             .await
             .unwrap_or_else(|_elapsed| Err("handshake timed out".into()));
-        let (stream, welcome, leftover) = match conn {
+        let conn = match conn {
             Ok(c) => c,
             Err(why) => {
                 tracing::debug!(endpoint = %cfg.endpoint, error = %why, "hot path unreachable");
-                // Keep accepting jobs while waiting, so a closed client is noticed.
+                // Requests queue meanwhile; a dropped client with none queued ends the wait.
                 let sleep = tokio::time::sleep(backoff);
                 tokio::pin!(sleep);
                 loop {
+                    let notified = shared.wake.notified();
+                    if shared.lock().is_done() {
+                        return;
+                    }
                     tokio::select! {
                         _ = &mut sleep => break,
-                        j = rx.recv(), if !closed => match j {
-                            Some(j) => retry.push_back(j),
-                            None => closed = true,
-                        },
+                        _ = notified => {}
                     }
                 }
                 backoff = (backoff * 2).min(cfg.reconnect_max);
@@ -620,232 +894,293 @@ async fn drive(cfg: Arc<ClientConfig>, mut rx: mpsc::UnboundedReceiver<Job>) {
         };
         backoff = cfg.reconnect_min;
         tracing::debug!(endpoint = %cfg.endpoint, "hot path connected");
-        let inflight: InFlight = Arc::new(Mutex::new(VecDeque::new()));
-        let (rd, mut wr) = tokio::io::split(stream);
-        let max_answer = u64::from(welcome.max_frame)
-            + u64::from(welcome.max_batch) * (FIXED_OVERHEAD as u64 + 255 + 4)
-            + 1024;
-        let mut reader = tokio::spawn(read_answers(
-            rd,
-            leftover,
-            max_answer.min(u64::from(u32::MAX)) as u32,
-            inflight.clone(),
-        ));
-        // The frames of one write: everything queued, up to 256 KiB.
-        let mut frames: Vec<Bytes> = Vec::new();
-        let mut reader_done = false;
+        shared.lock().link = Link::Idle(conn);
+        // Serve the connection until it is lost.
         loop {
-            // Next job: re-sends first, then new requests.
-            let job = match retry.pop_front() {
-                Some(j) => Some(j),
-                None if closed => None,
-                None => tokio::select! {
-                    j = rx.recv() => j,
-                    _ = &mut reader => {
-                        reader_done = true;
-                        break;
+            let notified = shared.wake.notified();
+            let conn = {
+                let mut st = shared.lock();
+                match st.link {
+                    Link::Down => break,
+                    Link::Idle(_) if !st.queue.is_empty() || st.closed => {
+                        let Link::Idle(conn) = std::mem::replace(&mut st.link, Link::Pipelined)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        Some(conn)
                     }
-                },
-            };
-            let Some(job) = job else {
-                closed = true;
-                if inflight.lock().expect("not poisoned").is_empty() {
-                    reader.abort();
-                    return;
-                }
-                // Wait for the last answers.
-                let _ = (&mut reader).await;
-                reader_done = true;
-                break;
-            };
-            frames.clear();
-            let (mut bytes, mut batch) = (0, Some(job));
-            while let Some(job) = batch.take() {
-                if let Some(j) = admit(job, welcome) {
-                    bytes += j.frame.len();
-                    frames.push(j.frame.clone());
-                    inflight.lock().expect("not poisoned").push_back(j);
-                }
-                if bytes < 256 << 10 {
-                    batch = retry.pop_front().or_else(|| rx.try_recv().ok());
-                }
-            }
-            if write_frames(&mut wr, &frames).await.is_err() {
-                break;
-            }
-        }
-        if !reader_done {
-            reader.abort();
-            let _ = reader.await;
-        }
-        // The connection is gone: what it left unanswered is sent again, or fails.
-        let mut lost: Vec<Job> = inflight.lock().expect("not poisoned").drain(..).collect();
-        lost.sort_by_key(|j| std::cmp::Reverse(j.id));
-        let n = lost.len();
-        for j in lost {
-            if j.attempts >= cfg.max_attempts {
-                let attempts = j.attempts;
-                j.answer(Err(ClientError::ConnectionLost { attempts }));
-            } else {
-                retry.push_front(j);
-            }
-        }
-        tracing::info!(endpoint = %cfg.endpoint, unanswered = n, "hot-path connection lost");
-    }
-}
-
-/// Writes `frames` in order with vectored writes (of at most 64 frames each), so that queued
-/// requests go out in one system call without being copied into one buffer first.
-async fn write_frames<W: AsyncWrite + Unpin>(wr: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
-    const SLICES: usize = 64;
-    // The frame being written, and how much of it is written.
-    let (mut i, mut done) = (0, 0);
-    while i < frames.len() {
-        let mut slices = [std::io::IoSlice::new(&[]); SLICES];
-        let n = (frames.len() - i).min(SLICES);
-        slices[0] = std::io::IoSlice::new(&frames[i][done..]);
-        for (s, f) in slices[1..n].iter_mut().zip(&frames[i + 1..]) {
-            *s = std::io::IoSlice::new(f);
-        }
-        let mut written = wr.write_vectored(&slices[..n]).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let left = frames[i].len() - done;
-            if written < left {
-                (done, written) = (done + written, 0);
-            } else {
-                (i, done, written) = (i + 1, 0, written - left);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Checks a job against the server's limits; fails it (and returns `None`) if it cannot fit.
-fn admit(mut job: Job, w: Welcome) -> Option<Job> {
-    let len = job.frame.len() - frame::LEN_PREFIX;
-    let ty = job.frame[frame::LEN_PREFIX];
-    let count = if matches!(
-        ty,
-        frame::kind::ENCRYPT | frame::kind::INDEX | frame::kind::IDENTIFY | frame::kind::REWRAP
-    ) {
-        u32::from_be_bytes(job.frame[13..17].try_into().expect("4 bytes"))
-    } else {
-        0
-    };
-    let err = if len > w.max_frame as usize {
-        Some(ClientError::TooLargeForServer { len, max: w.max_frame })
-    } else if count > w.max_batch {
-        Some(ClientError::BatchTooLarge { count: count as usize, max: w.max_batch })
-    } else {
-        None
-    };
-    if let Some(e) = err {
-        job.answer(Err(e));
-        return None;
-    }
-    job.attempts += 1;
-    Some(job)
-}
-
-/// Reads answers until the connection ends, delivering each to its request. SEALED bodies
-/// are copied out once (see [`SealedBatch`]); the receive buffer is reused.
-async fn read_answers(mut rd: ReadHalf<Stream>, leftover: Vec<u8>, max: u32, inflight: InFlight) {
-    let mut buf = BytesMut::with_capacity(64 << 10);
-    buf.extend_from_slice(&leftover);
-    loop {
-        loop {
-            let (resp, n) = match frame::decode_response(&buf, max) {
-                Ok(Some(x)) => x,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable answer from the hot-path server");
-                    return;
+                    Link::Idle(_) | Link::Direct | Link::Pipelined => None,
                 }
             };
-            let (id, answer, closes) = match resp {
-                Response::Sealed { request_id, records } => {
-                    let raw = Bytes::copy_from_slice(records.raw());
-                    let count = records.len() as u32;
-                    (request_id, Ok(Answer::Sealed(SealedBatch { raw, count })), false)
-                }
-                Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
-                Response::Indexed { request_id, key_version, indexes } => {
-                    let answer = KeyVersion::new(key_version)
-                        .map(|key_version| {
-                            Answer::Indexed(BlindIndexes {
-                                key_version,
-                                indexes: indexes
-                                    .chunks_exact(32)
-                                    .map(|c| c.try_into().expect("32 bytes"))
-                                    .collect(),
-                            })
-                        })
-                        .map_err(|e| ClientError::Protocol(e.to_string()));
-                    (request_id, answer, false)
-                }
-                Response::Identified { request_id, identities } => {
-                    let ids = identities.chunks_exact(32).map(|c| c.try_into().expect("32 bytes"));
-                    (request_id, Ok(Answer::Identified(ids.collect())), false)
-                }
-                Response::Rewrapped { request_id, key_version, items } => {
-                    let answer = KeyVersion::new(key_version)
-                        .map(|key_version| {
-                            let items = items.iter().map(|i| match i {
-                                frame::RewrappedItem::Done {
-                                    record,
-                                    from_idx,
-                                    to_idx,
-                                    room_idx,
-                                } => Ok(RewrappedRecord {
-                                    record: record.to_vec(),
-                                    from_idx,
-                                    to_idx,
-                                    room_idx,
-                                }),
-                                frame::RewrappedItem::Failed(why) => Err(why.to_owned()),
-                            });
-                            Answer::Rewrapped(Rewrapped { key_version, items: items.collect() })
-                        })
-                        .map_err(|e| ClientError::Protocol(e.to_string()));
-                    (request_id, answer, false)
-                }
-                Response::Status { request_id, status } => {
-                    (request_id, status_of(status).map(Answer::Status), false)
-                }
-                Response::Error { request_id, code, closes, message } => {
-                    if request_id == 0 || code.is_transient() && closes {
-                        // A connection-level error: the driver re-sends what is in flight.
-                        tracing::warn!(?code, %message, "hot-path server closed the connection");
+            let Some(conn) = conn else {
+                notified.await;
+                continue;
+            };
+            match pipeline(&shared, conn).await {
+                Ok(conn) => {
+                    let mut st = shared.lock();
+                    if st.is_done() {
                         return;
                     }
-                    let e = ClientError::Refused { code, message: message.into_owned() };
-                    (request_id, Err(e), closes)
+                    st.link = Link::Idle(conn);
                 }
-                Response::Welcome { .. } => {
-                    tracing::warn!("unexpected second WELCOME from the hot-path server");
-                    return;
+                Err(lost) => {
+                    shared.lock().link = Link::Down;
+                    requeue(&shared, &cfg, lost);
+                    break;
                 }
-            };
-            buf.advance(n);
-            let job = take_answered(&mut inflight.lock().expect("not poisoned"), id);
-            match job {
-                Some(j) => j.answer(answer),
-                None => tracing::warn!(id, "answer for no request in flight"),
             }
-            if closes {
-                return;
-            }
-        }
-        let want = frame::frame_len(&buf).unwrap_or(0).max(buf.len() + (16 << 10));
-        buf.reserve(want.min(max as usize + 4).saturating_sub(buf.len()));
-        match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
         }
     }
+}
+
+/// What a lost connection left unanswered is sent again first, in its order, or fails when
+/// it was sent `max_attempts` times already.
+fn requeue(shared: &Shared, cfg: &ClientConfig, mut lost: Vec<Job>) {
+    let n = lost.len();
+    lost.sort_by_key(|j| std::cmp::Reverse(j.id));
+    let mut failed = Vec::new();
+    {
+        let mut st = shared.lock();
+        for j in lost {
+            if j.attempts >= cfg.max_attempts {
+                failed.push(j);
+            } else {
+                st.queue.push_front(j);
+            }
+        }
+    }
+    for j in failed {
+        let attempts = j.attempts;
+        j.answer(Err(ClientError::ConnectionLost { attempts }));
+    }
+    tracing::info!(endpoint = %cfg.endpoint, unanswered = n, "hot-path connection lost");
+}
+
+/// Unwritten bytes the driver takes from the queue at most: one write's worth.
+const OUTBOX_MAX: usize = 256 << 10;
+
+/// Pipelines queued requests on `conn` in one task: writes them as they come, reads and
+/// delivers their answers, until nothing is queued or in flight (then the connection is
+/// handed back, at a frame boundary) or the connection fails (then its unanswered requests
+/// are returned).
+async fn pipeline(shared: &Shared, conn: Conn) -> Result<Conn, Vec<Job>> {
+    let Conn { stream, mut buf, welcome } = conn;
+    let max = welcome.max_answer();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut inflight: VecDeque<Job> = VecDeque::new();
+    let mut out = Outbox::default();
+    loop {
+        let notified = shared.wake.notified();
+        if out.bytes < OUTBOX_MAX {
+            let mut st = shared.lock();
+            while out.bytes < OUTBOX_MAX {
+                let Some(mut job) = st.queue.pop_front() else { break };
+                if let Err(e) = welcome.check(&job.frame) {
+                    job.answer(Err(e));
+                    continue;
+                }
+                job.attempts += 1;
+                out.push(job.frame.clone());
+                inflight.push_back(job);
+            }
+        }
+        if out.is_empty() && inflight.is_empty() {
+            return Ok(Conn { stream: rd.unsplit(wr), buf, welcome });
+        }
+        reserve(&mut buf, max);
+        let mut slices = [IoSlice::new(&[]); Outbox::SLICES];
+        let n = out.slices(&mut slices);
+        tokio::select! {
+            biased;
+            r = rd.read_buf(&mut buf), if !inflight.is_empty() => {
+                if !matches!(r, Ok(n) if n > 0) || deliver(&mut buf, max, &mut inflight).is_err() {
+                    return Err(unanswered(inflight, &out));
+                }
+            }
+            r = wr.write_vectored(&slices[..n]), if n > 0 => match r {
+                Ok(written) if written > 0 => out.advance(written),
+                _ => return Err(unanswered(inflight, &out)),
+            },
+            () = notified => {}
+        }
+    }
+}
+
+/// What a failed connection leaves unanswered. The requests whose frames were not written
+/// whole (the last ones in flight, as frames go out in the order they are taken) were not
+/// sent: that attempt does not count.
+fn unanswered(inflight: VecDeque<Job>, out: &Outbox) -> Vec<Job> {
+    // Saturating: only a server answering ids it was never sent could make it matter.
+    let sent = inflight.len().saturating_sub(out.frames.len());
+    let mut jobs: Vec<Job> = inflight.into();
+    for j in &mut jobs[sent..] {
+        j.attempts -= 1;
+    }
+    jobs
+}
+
+/// Frames waiting to be written, in order, and how much of the first is written: written
+/// with vectored writes (of at most `SLICES` frames each), so that queued requests go out in
+/// one system call without being copied into one buffer first.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the first frame already written.
+    done: usize,
+    /// Bytes not yet written.
+    bytes: usize,
+}
+
+impl Outbox {
+    const SLICES: usize = 64;
+
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Fills `slices` with what to write next; returns how many it filled.
+    fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; Self::SLICES]) -> usize {
+        let mut n = 0;
+        for (s, f) in slices.iter_mut().zip(&self.frames) {
+            *s = IoSlice::new(if n == 0 { &f[self.done..] } else { f });
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops what a write took: `written` bytes from the front.
+    fn advance(&mut self, mut written: usize) {
+        self.bytes -= written;
+        while written > 0 {
+            let left = self.frames[0].len() - self.done;
+            if written < left {
+                (self.done, written) = (self.done + written, 0);
+            } else {
+                self.frames.pop_front();
+                (self.done, written) = (0, written - left);
+            }
+        }
+    }
+}
+
+/// The connection cannot carry more answers: it failed, or the server ends it.
+struct ConnectionEnds;
+
+/// Delivers every whole answer in `buf` to its request.
+fn deliver(
+    buf: &mut BytesMut,
+    max: u32,
+    inflight: &mut VecDeque<Job>,
+) -> Result<(), ConnectionEnds> {
+    loop {
+        let (resp, n) = match frame::decode_response(buf, max) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable answer from the hot-path server");
+                return Err(ConnectionEnds);
+            }
+        };
+        let decoded = decode(resp);
+        buf.advance(n);
+        let Decoded::Answer { id, answer, closes } = decoded else {
+            return Err(ConnectionEnds);
+        };
+        match take_answered(inflight, id) {
+            Some(j) => j.answer(answer),
+            None => tracing::warn!(id, "answer for no request in flight"),
+        }
+        if closes {
+            return Err(ConnectionEnds);
+        }
+    }
+}
+
+/// Room in `buf` for the rest of the answer it holds the start of, or for the next ones.
+fn reserve(buf: &mut BytesMut, max: u32) {
+    let want = frame::frame_len(buf).unwrap_or(0).max(buf.len() + (16 << 10));
+    buf.reserve(want.min(max as usize + 4).saturating_sub(buf.len()));
+}
+
+/// An answer frame, read.
+enum Decoded {
+    /// The answer to request `id`; after it the server closes the connection if `closes`.
+    Answer { id: u64, answer: Result<Answer, ClientError>, closes: bool },
+    /// The server ends the connection: what is in flight gets no answer on it.
+    ConnectionEnds,
+}
+
+/// Reads one answer frame. SEALED bodies are copied out once (see [`SealedBatch`]), so the
+/// receive buffer is reused.
+fn decode(resp: Response<'_>) -> Decoded {
+    let (id, answer, closes) = match resp {
+        Response::Sealed { request_id, records } => {
+            let raw = Bytes::copy_from_slice(records.raw());
+            let count = records.len() as u32;
+            (request_id, Ok(Answer::Sealed(SealedBatch { raw, count })), false)
+        }
+        Response::Off { request_id } => (request_id, Ok(Answer::Off), false),
+        Response::Indexed { request_id, key_version, indexes } => {
+            let answer = KeyVersion::new(key_version)
+                .map(|key_version| {
+                    Answer::Indexed(BlindIndexes {
+                        key_version,
+                        indexes: indexes
+                            .chunks_exact(32)
+                            .map(|c| c.try_into().expect("32 bytes"))
+                            .collect(),
+                    })
+                })
+                .map_err(|e| ClientError::Protocol(e.to_string()));
+            (request_id, answer, false)
+        }
+        Response::Identified { request_id, identities } => {
+            let ids = identities.chunks_exact(32).map(|c| c.try_into().expect("32 bytes"));
+            (request_id, Ok(Answer::Identified(ids.collect())), false)
+        }
+        Response::Rewrapped { request_id, key_version, items } => {
+            let answer = KeyVersion::new(key_version)
+                .map(|key_version| {
+                    let items = items.iter().map(|i| match i {
+                        frame::RewrappedItem::Done { record, from_idx, to_idx, room_idx } => {
+                            Ok(RewrappedRecord {
+                                record: record.to_vec(),
+                                from_idx,
+                                to_idx,
+                                room_idx,
+                            })
+                        }
+                        frame::RewrappedItem::Failed(why) => Err(why.to_owned()),
+                    });
+                    Answer::Rewrapped(Rewrapped { key_version, items: items.collect() })
+                })
+                .map_err(|e| ClientError::Protocol(e.to_string()));
+            (request_id, answer, false)
+        }
+        Response::Status { request_id, status } => {
+            (request_id, status_of(status).map(Answer::Status), false)
+        }
+        Response::Error { request_id, code, closes, message } => {
+            if request_id == 0 || code.is_transient() && closes {
+                // A connection-level error: the driver re-sends what is in flight.
+                tracing::warn!(?code, %message, "hot-path server closed the connection");
+                return Decoded::ConnectionEnds;
+            }
+            let e = ClientError::Refused { code, message: message.into_owned() };
+            (request_id, Err(e), closes)
+        }
+        Response::Welcome { .. } => {
+            tracing::warn!("unexpected second WELCOME from the hot-path server");
+            return Decoded::ConnectionEnds;
+        }
+    };
+    Decoded::Answer { id, answer, closes }
 }
 
 fn status_of(s: StatusInfo) -> Result<KeyStatus, ClientError> {
@@ -882,71 +1217,42 @@ mod tests {
         assert_eq!(left, [2, 4], "the others stay in flight, in order");
     }
 
-    /// Takes at most `max` bytes per write, from as many slices as that spans.
-    struct Trickle {
-        got: Vec<u8>,
-        max: usize,
-        calls: usize,
+    /// A write that takes at most `max` bytes, from as many slices as that spans.
+    fn trickle(got: &mut Vec<u8>, bufs: &[IoSlice<'_>], max: usize) -> usize {
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(max - n);
+            got.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        n
     }
 
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
-        }
-
-        fn poll_write_vectored(
-            self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            let this = self.get_mut();
-            this.calls += 1;
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(this.max - n);
-                this.got.extend_from_slice(&b[..take]);
-                n += take;
-            }
-            Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn queued_frames_arrive_whole_and_in_order_whatever_each_write_takes() {
+    #[test]
+    fn queued_frames_go_out_whole_and_in_order_whatever_each_write_takes() {
         // 100 frames of 1..=100 bytes: more than one vectored write's 64 slices.
         let frames: Vec<Bytes> =
             (1..=100u8).map(|n| Bytes::from(vec![n; usize::from(n)])).collect();
         let all: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         for max in [1, 7, 100, 4096, usize::MAX] {
-            let mut w = Trickle { got: Vec::new(), max, calls: 0 };
-            write_frames(&mut w, &frames).await.unwrap();
-            assert_eq!(w.got, all, "at most {max} bytes per write");
+            let mut out = Outbox::default();
+            frames.iter().for_each(|f| out.push(f.clone()));
+            assert_eq!(out.bytes, all.len());
+            let (mut got, mut writes) = (Vec::new(), 0);
+            while !out.is_empty() {
+                let written = {
+                    let mut slices = [IoSlice::new(&[]); Outbox::SLICES];
+                    let n = out.slices(&mut slices);
+                    trickle(&mut got, &slices[..n], max)
+                };
+                out.advance(written);
+                writes += 1;
+            }
+            assert_eq!(got, all, "at most {max} bytes per write");
+            assert_eq!(out.bytes, 0, "nothing left to write");
             if max == usize::MAX {
-                assert_eq!(w.calls, 2, "64 frames per write, then the other 36");
+                assert_eq!(writes, 2, "64 frames per write, then the other 36");
             }
         }
-    }
-
-    #[tokio::test]
-    async fn a_stream_that_takes_nothing_fails_the_write() {
-        let mut w = Trickle { got: Vec::new(), max: 0, calls: 0 };
-        let e = write_frames(&mut w, &[Bytes::from_static(b"frame")]).await.unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);
     }
 }
