@@ -341,8 +341,11 @@ impl State {
 }
 
 impl Shared {
+    /// The state. A panic while it was held leaves nothing half-done that matters here (every
+    /// change is one assignment or one queue operation), and the drops that lock it must not
+    /// panic in turn: so a poisoned lock is used as it is.
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("no code panics while holding the client's state")
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -575,11 +578,13 @@ impl Client {
             }
             Direct::Busy => 0,
             Direct::Lost { sent } => {
-                tracing::info!(endpoint = %self.cfg.endpoint, unanswered = 1, "hot-path connection lost");
-                u32::from(sent)
+                let unanswered = u32::from(sent);
+                tracing::info!(endpoint = %self.cfg.endpoint, unanswered, "hot-path connection lost");
+                unanswered
             }
         };
-        if attempts >= self.cfg.max_attempts {
+        // A request is always sent once, whatever `max_attempts` says (as through the driver).
+        if attempts > 0 && attempts >= self.cfg.max_attempts {
             return Err(ClientError::ConnectionLost { attempts });
         }
         let rx = self.push(id, frame.into(), attempts, permit)?;
@@ -607,7 +612,10 @@ impl Client {
         }
         let max = conn.welcome.max_answer();
         lease.kept = false;
-        if conn.ended_while_idle() || conn.stream.write_all(frame).await.is_err() {
+        if conn.ended_while_idle()
+            || conn.stream.write_all(frame).await.is_err()
+            || conn.stream.flush().await.is_err()
+        {
             return Direct::Lost { sent: false };
         }
         loop {
@@ -620,8 +628,11 @@ impl Client {
                             lease.kept = !closes;
                             return Direct::Answered(answer);
                         }
-                        Decoded::Answer { id: got, .. } => {
+                        Decoded::Answer { id: got, closes, .. } => {
                             tracing::warn!(id = got, "answer for no request in flight");
+                            if closes {
+                                return Direct::Lost { sent: true };
+                            }
                         }
                         Decoded::ConnectionEnds => return Direct::Lost { sent: true },
                     }
@@ -674,7 +685,12 @@ impl Client {
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            st.queue.push_back(job);
+            // A re-send goes first, as the driver's do.
+            if attempts > 0 {
+                st.queue.push_front(job);
+            } else {
+                st.queue.push_back(job);
+            }
         }
         self.shared.wake.notify_one();
         Ok(rx)
@@ -957,7 +973,8 @@ fn requeue(shared: &Shared, cfg: &ClientConfig, mut lost: Vec<Job>) {
     tracing::info!(endpoint = %cfg.endpoint, unanswered = n, "hot-path connection lost");
 }
 
-/// Unwritten bytes the driver takes from the queue at most: one write's worth.
+/// Unwritten bytes the driver takes from the queue at most (a write takes up to
+/// [`Outbox::SLICES`] frames of them).
 const OUTBOX_MAX: usize = 256 << 10;
 
 /// Pipelines queued requests on `conn` in one task: writes them as they come, reads and
@@ -970,6 +987,8 @@ async fn pipeline(shared: &Shared, conn: Conn) -> Result<Conn, Vec<Job>> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut inflight: VecDeque<Job> = VecDeque::new();
     let mut out = Outbox::default();
+    // Written since the last flush.
+    let mut unflushed = false;
     loop {
         let notified = shared.wake.notified();
         if out.bytes < OUTBOX_MAX {
@@ -985,12 +1004,21 @@ async fn pipeline(shared: &Shared, conn: Conn) -> Result<Conn, Vec<Job>> {
                 inflight.push_back(job);
             }
         }
-        if out.is_empty() && inflight.is_empty() {
+        if out.is_empty() && inflight.is_empty() && !unflushed {
             return Ok(Conn { stream: rd.unsplit(wr), buf, welcome });
         }
         reserve(&mut buf, max);
         let mut slices = [IoSlice::new(&[]); Outbox::SLICES];
         let n = out.slices(&mut slices);
+        // What is written is flushed once nothing more is to be written: TLS may keep the end
+        // of it buffered when the socket is full (a Unix socket's flush does nothing).
+        let write = async {
+            if n > 0 {
+                wr.write_vectored(&slices[..n]).await.map(Some)
+            } else {
+                wr.flush().await.map(|()| None)
+            }
+        };
         tokio::select! {
             biased;
             r = rd.read_buf(&mut buf), if !inflight.is_empty() => {
@@ -998,8 +1026,12 @@ async fn pipeline(shared: &Shared, conn: Conn) -> Result<Conn, Vec<Job>> {
                     return Err(unanswered(inflight, &out));
                 }
             }
-            r = wr.write_vectored(&slices[..n]), if n > 0 => match r {
-                Ok(written) if written > 0 => out.advance(written),
+            r = write, if n > 0 || unflushed => match r {
+                Ok(Some(written)) if written > 0 => {
+                    out.advance(written);
+                    unflushed = true;
+                }
+                Ok(None) => unflushed = false,
                 _ => return Err(unanswered(inflight, &out)),
             },
             () = notified => {}

@@ -460,6 +460,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
+            // TLS may keep the end of the answers buffered when the socket is full; they must
+            // reach the router before this task waits for its next request.
+            stream.flush().await?;
             out.clear();
             if out.capacity() > 1 << 20 {
                 out.shrink_to(64 << 10);
