@@ -619,30 +619,20 @@ impl Client {
             return Direct::Lost { sent: false };
         }
         loop {
-            match frame::decode_response(&conn.buf, max) {
-                Ok(Some((resp, n))) => {
-                    let decoded = decode(resp);
-                    conn.buf.advance(n);
-                    match decoded {
-                        Decoded::Answer { id: got, answer, closes } if got == id => {
-                            lease.kept = !closes;
-                            return Direct::Answered(answer);
-                        }
-                        Decoded::Answer { id: got, closes, .. } => {
-                            tracing::warn!(id = got, "answer for no request in flight");
-                            if closes {
-                                return Direct::Lost { sent: true };
-                            }
-                        }
-                        Decoded::ConnectionEnds => return Direct::Lost { sent: true },
+            match next_answer(&mut conn.buf, max) {
+                Ok(Some(a)) if a.id == id => {
+                    lease.kept = !a.closes;
+                    return Direct::Answered(a.answer);
+                }
+                Ok(Some(a)) => {
+                    tracing::warn!(id = a.id, "answer for no request in flight");
+                    if a.closes {
+                        return Direct::Lost { sent: true };
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "unreadable answer from the hot-path server");
-                    return Direct::Lost { sent: true };
-                }
+                Err(ConnectionEnds) => return Direct::Lost { sent: true },
             }
             reserve(&mut conn.buf, max);
             match conn.stream.read_buf(&mut conn.buf).await {
@@ -1110,20 +1100,7 @@ fn deliver(
     max: u32,
     inflight: &mut VecDeque<Job>,
 ) -> Result<(), ConnectionEnds> {
-    loop {
-        let (resp, n) = match frame::decode_response(buf, max) {
-            Ok(Some(x)) => x,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "unreadable answer from the hot-path server");
-                return Err(ConnectionEnds);
-            }
-        };
-        let decoded = decode(resp);
-        buf.advance(n);
-        let Decoded::Answer { id, answer, closes } = decoded else {
-            return Err(ConnectionEnds);
-        };
+    while let Some(Answered { id, answer, closes }) = next_answer(buf, max)? {
         match take_answered(inflight, id) {
             Some(j) => j.answer(answer),
             None => tracing::warn!(id, "answer for no request in flight"),
@@ -1132,6 +1109,22 @@ fn deliver(
             return Err(ConnectionEnds);
         }
     }
+    Ok(())
+}
+
+/// Takes the next whole answer out of `buf` (`None` while it holds none whole).
+fn next_answer(buf: &mut BytesMut, max: u32) -> Result<Option<Answered>, ConnectionEnds> {
+    let (resp, n) = match frame::decode_response(buf, max) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable answer from the hot-path server");
+            return Err(ConnectionEnds);
+        }
+    };
+    let answered = decode(resp);
+    buf.advance(n);
+    answered.map(Some)
 }
 
 /// Room in `buf` for the rest of the answer it holds the start of, or for the next ones.
@@ -1140,17 +1133,18 @@ fn reserve(buf: &mut BytesMut, max: u32) {
     buf.reserve(want.min(max as usize + 4).saturating_sub(buf.len()));
 }
 
-/// An answer frame, read.
-enum Decoded {
-    /// The answer to request `id`; after it the server closes the connection if `closes`.
-    Answer { id: u64, answer: Result<Answer, ClientError>, closes: bool },
-    /// The server ends the connection: what is in flight gets no answer on it.
-    ConnectionEnds,
+/// An answer frame, read: the answer to request `id`; after it the server closes the
+/// connection if `closes`.
+struct Answered {
+    id: u64,
+    answer: Result<Answer, ClientError>,
+    closes: bool,
 }
 
-/// Reads one answer frame. SEALED bodies are copied out once (see [`SealedBatch`]), so the
-/// receive buffer is reused.
-fn decode(resp: Response<'_>) -> Decoded {
+/// Reads one answer frame; `Err` when the server ends the connection with it (what is in
+/// flight gets no answer on it). SEALED bodies are copied out once (see [`SealedBatch`]), so
+/// the receive buffer is reused.
+fn decode(resp: Response<'_>) -> Result<Answered, ConnectionEnds> {
     let (id, answer, closes) = match resp {
         Response::Sealed { request_id, records } => {
             let raw = Bytes::copy_from_slice(records.raw());
@@ -1202,17 +1196,17 @@ fn decode(resp: Response<'_>) -> Decoded {
             if request_id == 0 || code.is_transient() && closes {
                 // A connection-level error: the driver re-sends what is in flight.
                 tracing::warn!(?code, %message, "hot-path server closed the connection");
-                return Decoded::ConnectionEnds;
+                return Err(ConnectionEnds);
             }
             let e = ClientError::Refused { code, message: message.into_owned() };
             (request_id, Err(e), closes)
         }
         Response::Welcome { .. } => {
             tracing::warn!("unexpected second WELCOME from the hot-path server");
-            return Decoded::ConnectionEnds;
+            return Err(ConnectionEnds);
         }
     };
-    Decoded::Answer { id, answer, closes }
+    Ok(Answered { id, answer, closes })
 }
 
 fn status_of(s: StatusInfo) -> Result<KeyStatus, ClientError> {
