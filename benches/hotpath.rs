@@ -63,8 +63,8 @@ use imcrypt::crypto::random::{NonceSource, new_key};
 use imcrypt::crypto::record::RecordSealer;
 use imcrypt::crypto::seal::{NodeKey, Purpose};
 use imcrypt::hotpath::{
-    Client, ClientConfig, Encrypted, KeySource, ServerConfig, TcpTls, UnixSocketConfig, bind_unix,
-    serve, serve_all, serve_with,
+    CONNECTION_THREAD, Client, ClientConfig, Encrypted, KeySource, ServerConfig, TcpTls,
+    UnixSocketConfig, bind_unix, serve, serve_all, serve_with,
 };
 use imcrypt::ids::{ClusterId, DomainId};
 use imcrypt::metrics::Metrics;
@@ -79,8 +79,11 @@ const ROUNDS: usize = 8;
 /// `STEAL_LIMIT` stolen by the host in each of their runs), counted apart for the latency
 /// rounds and the throughput rounds.
 const MAX_ROUNDS: usize = 24;
-/// The server runtime's threads, whose CPU time is the daemon's in the throughput rounds.
+/// The server runtime's threads.
 const SERVER_THREADS: &str = "hotpath-server";
+/// The daemon's threads, whose CPU time is the daemon's in the throughput rounds: its runtime's
+/// and its connections' own.
+const DAEMON_THREADS: &[&str] = &[SERVER_THREADS, CONNECTION_THREAD];
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
@@ -723,7 +726,7 @@ fn main() {
                     0 => local = Some(rate(budget / 2, &mut seal_record)),
                     1 => bare = Some(transport.run(budget / 2, 16) * BATCH as f64),
                     _ => {
-                        let cpu = Cpu::start(SERVER_THREADS);
+                        let cpu = Cpu::start(DAEMON_THREADS);
                         let (x, y) = tokio::join!(
                             pipelined(&two[0], budget / 2, &batch, 16),
                             pipelined(&two[1], budget / 2, &batch, 16)

@@ -519,3 +519,105 @@ async fn the_socket_has_its_mode_and_a_live_one_is_never_taken_over() {
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+/// A raw connection that has said HELLO and read its WELCOME.
+async fn greeted(path: &Path) -> UnixStream {
+    let mut s = UnixStream::connect(path).await.unwrap();
+    let mut hello = Vec::new();
+    frame::encode_hello(&mut hello, 1, 1);
+    s.write_all(&hello).await.unwrap();
+    let mut len = [0u8; 4];
+    timeout(LIMIT, s.read_exact(&mut len)).await.unwrap().unwrap();
+    let mut welcome = vec![0; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut welcome).await.unwrap();
+    let whole = [&len[..], &welcome].concat();
+    let (r, _) = frame::decode_response(&whole, 1 << 20).unwrap().unwrap();
+    assert!(matches!(r, Response::Welcome { .. }), "{r:?}");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_closes_idle_connections_at_once_not_after_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let keys = keys_with(Arc::new(MemoryReservations::new()), Some(&ring()));
+    let drain_timeout = Duration::from_secs(30);
+    let server = Server::start(&path, keys, ServerConfig { drain_timeout, ..Default::default() });
+    let router = client(&path);
+    assert_eq!(sealed(timeout(LIMIT, router.encrypt(b"m", b"x")).await.unwrap().unwrap()).len(), 1);
+    let mut idle = greeted(&path).await;
+    // A request the server has read, answered before the close.
+    let mut status = Vec::new();
+    frame::encode_status_request(&mut status, 9);
+    idle.write_all(&status).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    server.stop().await;
+    // A connection whose thread the stop did not wake would hold `serve` for the drain timeout.
+    assert!(t.elapsed() < drain_timeout / 3, "stop took {:?}", t.elapsed());
+    let answers = read_all_answers(&mut idle).await;
+    assert_eq!(answers, vec![(9, None, false)], "the STATUS answered, then EOF");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_reads_no_answers_is_cut_after_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let keys = keys_with(Arc::new(MemoryReservations::new()), Some(&ring()));
+    let config = ServerConfig { drain_timeout: Duration::from_millis(300), ..Default::default() };
+    let server = Server::start(&path, keys, config);
+    let s = greeted(&path).await.into_std().unwrap();
+    s.set_nonblocking(false).unwrap();
+    let ours = s.try_clone().unwrap();
+    // Batches the server answers into a socket nobody reads: once both directions are full,
+    // the server's connection blocks writing and this writer blocks too.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut s = s;
+        let mut batch = Vec::new();
+        frame::encode_encrypt(&mut batch, 1, (0..64).map(|_| (&b"m"[..], &[0x5a; 256][..])));
+        while s.write_all(&batch).is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!writer.is_finished(), "the writer must be blocked, not refused");
+    server.stop().await;
+    // The daemon's end closed (both ways), seen without reading: a read would make room for
+    // the daemon's blocked write and let it finish on its own.
+    let closed = tokio::task::spawn_blocking(move || {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let limit = Timespec { tv_sec: LIMIT.as_secs() as i64, tv_nsec: 0 };
+        let mut fds = [PollFd::new(&ours, PollFlags::RDHUP)];
+        let n = poll(&mut fds, Some(&limit)).unwrap();
+        // Ends the writer too, if it still runs.
+        let _ = ours.shutdown(std::net::Shutdown::Both);
+        n == 1 && fds[0].revents().contains(PollFlags::RDHUP)
+    });
+    assert!(timeout(LIMIT * 2, closed).await.unwrap().unwrap(), "the connection was not cut");
+    writer.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_silent_for_the_idle_timeout_is_closed_and_one_that_sends_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let keys = keys_with(Arc::new(MemoryReservations::new()), Some(&ring()));
+    let idle_timeout = Duration::from_millis(400);
+    let server = Server::start(&path, keys, ServerConfig { idle_timeout, ..Default::default() });
+    let mut s = greeted(&path).await;
+    // Twice the idle timeout, with a request every quarter of it: still open.
+    for id in 1..=8u64 {
+        let mut status = Vec::new();
+        frame::encode_status_request(&mut status, id);
+        s.write_all(&status).await.unwrap();
+        let mut len = [0u8; 4];
+        timeout(LIMIT, s.read_exact(&mut len)).await.unwrap().unwrap();
+        let mut body = vec![0; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).await.unwrap();
+        tokio::time::sleep(idle_timeout / 4).await;
+    }
+    // Then silent: closed, with nothing outstanding to answer.
+    let t = std::time::Instant::now();
+    assert_eq!(read_all_answers(&mut s).await, vec![]);
+    assert!(t.elapsed() >= idle_timeout / 2, "closed after {:?}", t.elapsed());
+    server.stop().await;
+}

@@ -5,7 +5,9 @@
 //! - `session`: one connection's protocol logic, sans I/O.
 //! - `keys`: the key source the state machine's `Effect::KeyRingChanged` updates, and the
 //!   invocation-counter reservations persisted ahead of use.
-//! - `server`: the listeners and per-connection driver (`bind_unix`, `serve`, `serve_all`).
+//! - `server`: the listeners (`bind_unix`, `serve`, `serve_all`).
+//! - `connection`: one connection: a thread that reads, answers and writes with blocking I/O,
+//!   and a task that keeps its deadlines and the listener's shutdown.
 //! - `tls`: TCP with mutual TLS for routers on other nodes: `[hotpath.tcp]`, the server's
 //!   verifier (a node certificate of this cluster), the client's endpoint URL.
 //! - `client`: the router's async, pipelined, reconnecting client with a bounded queue.
@@ -18,6 +20,7 @@
 //! to the cluster's CA and names one of its nodes gets past the TLS handshake.
 
 mod client;
+mod connection;
 pub mod frame;
 mod keys;
 mod server;
@@ -28,6 +31,7 @@ pub use client::{
     BlindIndexes, Client, ClientConfig, ClientError, Encrypted, Pending, QueuePolicy, Rewrapped,
     RewrappedRecord, SealedBatch,
 };
+pub use connection::CONNECTION_THREAD;
 pub use keys::{KeyError, KeySource, KeyStatus, MemoryReservations, ReservationStore};
 pub(crate) use server::REWRAP_MAX_CONNECTIONS;
 pub use server::{

@@ -1,6 +1,7 @@
 //! The hot-path listeners: a Unix domain socket, and optionally TCP with mutual TLS for
-//! routers on other nodes (`super::tls`); one task per connection, each driving a `Session`.
-//! The daemon binds with `bind_unix` (and a `TcpListener`) and runs `serve_all` until shutdown.
+//! routers on other nodes (`super::tls`); each connection gets a thread that drives its
+//! `Session` and a task that watches it (`super::connection`). The daemon binds with
+//! `bind_unix` (and a `TcpListener`) and runs `serve_all` until shutdown.
 //!
 //! - Both listeners speak the same frames with the same `ServerConfig`: each caps its own
 //!   connections at `max_connections`, they share one `max_buffered` budget, and a TLS
@@ -11,8 +12,8 @@
 //!   under a temporary name, chmod/chowned, then renamed into place.
 //! - A live socket at the path is never taken over; a stale one (nobody accepting) is replaced.
 //! - Shutdown is one mechanism: the `shutdown` future. Then the listener stops accepting, every
-//!   connection answers the frames it has already received, closes, and `serve` returns once all
-//!   connections are closed (or `drain_timeout` passes).
+//!   connection answers the frames it has already read, closes, and `serve` returns once all
+//!   connections are closed (or `drain_timeout` passes: the rest are cut).
 //! - One connection's bad frames or death never affects another connection.
 //! - Caps (docs/hotpath.md, "Limits"): at most `max_connections` connections (through the
 //!   shared [`Gate`]; one that has not sent HELLO is evicted first when the listener is full); a
@@ -29,18 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
+use super::connection::{self, Shared, Socket};
 use super::frame;
 use super::keys::KeySource;
-use super::session::{Limits, Next, Session};
-use super::tls::READ_AHEAD;
 use crate::caps::{Caps, Gate, Ticket};
-use crate::crypto::random::NonceSource;
 use crate::metrics::HotpathMetrics;
 
 /// Why the hot-path listener cannot start.
@@ -301,7 +298,7 @@ pub async fn serve_all(
     let gate = Gate::new("hot-path listener", Caps::new(config.max_connections as usize));
     let tcp = tcp.map(|t| {
         let gate = Gate::new("hot-path TCP listener", Caps::new(config.max_connections as usize));
-        (t.listener, tokio_rustls::TlsAcceptor::from(t.tls), gate)
+        (t.listener, t.tls, gate)
     });
     let rewrap = rewrap.map(|l| {
         (l, Gate::new("hot-path rewrap listener", Caps::new(REWRAP_MAX_CONNECTIONS as usize)))
@@ -316,44 +313,35 @@ pub async fn serve_all(
         };
         tokio::spawn(keys.clone().run_reserver(stop, Duration::from_millis(100)))
     };
+    let shared = Arc::new(Shared {
+        keys,
+        config: config.clone(),
+        metrics,
+        budget,
+        stop: stop_rx,
+        runtime: tokio::runtime::Handle::current(),
+    });
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let (socket, ticket, may_rewrap) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            (stream, ticket) = gate.accept(&listener) => {
-                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
-                let (metrics, budget) = (metrics.clone(), budget.clone());
-                conns.spawn(async move {
-                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
-                    log_end(ticket.guard(connection(stream, &keys, conn, metrics, stop)).await);
-                });
-            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            (stream, ticket) = gate.accept(&listener) => (Socket::unix(stream), ticket, false),
             (stream, ticket) = accept_rewrap(rewrap.as_ref()) => {
-                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
-                let (metrics, budget) = (metrics.clone(), budget.clone());
-                conns.spawn(async move {
-                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: true };
-                    log_end(ticket.guard(connection(stream, &keys, conn, metrics, stop)).await);
-                });
+                (Socket::unix(stream), ticket, true)
             }
             (stream, ticket) = accept_tcp(tcp.as_ref()) => {
-                let acceptor = tcp.as_ref().expect("accepted on it").1.clone();
-                let (keys, config, stop) = (keys.clone(), config.clone(), stop_rx.clone());
-                let (metrics, budget) = (metrics.clone(), budget.clone());
-                conns.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let conn = Conn { ticket: &ticket, budget, config: &config, may_rewrap: false };
-                    let serve = async {
-                        // Node certificates are checked inside the handshake (`tls`).
-                        let tls = tokio::time::timeout(config.handshake_timeout, acceptor.accept(BufReader::with_capacity(READ_AHEAD, stream)))
-                            .await
-                            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-                        connection(tls, &keys, conn, metrics, stop).await
-                    };
-                    log_end(ticket.guard(serve).await);
-                });
+                let tls = tcp.as_ref().expect("accepted on it").1.clone();
+                (Socket::tcp(stream, tls), ticket, false)
             }
+        };
+        match socket {
+            Ok(socket) => {
+                if let Some(watcher) = connection::start(socket, ticket, may_rewrap, &shared) {
+                    conns.spawn(watcher);
+                }
+            }
+            Err(e) => ticket.dropped(format!("cannot take the socket off the reactor: {e}")),
         }
     }
     drop(listener);
@@ -376,7 +364,7 @@ pub async fn serve_all(
 
 /// The next TCP connection with its slot; never, without a TCP listener.
 async fn accept_tcp(
-    tcp: Option<&(TcpListener, tokio_rustls::TlsAcceptor, Arc<Gate>)>,
+    tcp: Option<&(TcpListener, Arc<rustls::ServerConfig>, Arc<Gate>)>,
 ) -> (tokio::net::TcpStream, Ticket) {
     match tcp {
         Some((listener, _, gate)) => gate.accept(listener).await,
@@ -389,175 +377,6 @@ async fn accept_rewrap(rewrap: Option<&(UnixListener, Arc<Gate>)>) -> (UnixStrea
     match rewrap {
         Some((listener, gate)) => gate.accept(listener).await,
         None => std::future::pending().await,
-    }
-}
-
-fn log_end(r: Option<io::Result<()>>) {
-    match r {
-        Some(Err(e)) => tracing::debug!(error = %e, "hot-path connection ended with an error"),
-        Some(Ok(())) => {}
-        None => tracing::debug!("hot-path connection without HELLO evicted"),
-    }
-}
-
-/// What one connection holds of the listener's shared caps.
-struct Conn<'a> {
-    ticket: &'a Ticket,
-    budget: Arc<Semaphore>,
-    config: &'a ServerConfig,
-    /// Accepted on the rewrap socket: REWRAP is served.
-    may_rewrap: bool,
-}
-
-/// Drives one connection: read, `Session::handle`, write, until close.
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    keys: &KeySource,
-    conn: Conn<'_>,
-    metrics: Option<Arc<HotpathMetrics>>,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let config = conn.config;
-    let limits = Limits { max_frame: config.max_frame, max_batch: config.max_batch };
-    let timed = metrics.clone();
-    let mut session = Session::new(limits, NonceSource::from_os())
-        .with_metrics(metrics)
-        .with_rewrap(conn.may_rewrap);
-    // When the bytes that completed the requests being answered were read (metrics on only).
-    let mut read_at = timed.as_ref().map(|_| Instant::now());
-    let mut inbuf: Vec<u8> = Vec::with_capacity(FREE_BUFFER);
-    // The share of `max_buffered` held for a frame larger than FREE_BUFFER being read.
-    let mut granted: Option<OwnedSemaphorePermit> = None;
-    let mut idle_by = Instant::now() + config.idle_timeout;
-    let mut start = 0;
-    let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
-    // One timer for both deadlines: HELLO's until the session is greeted, then idleness's.
-    // A frame only moves `idle_by`; the timer is moved to it when it fires early, so a
-    // request costs no timer registration (the timer wheel takes a lock per insert and per
-    // removal, and every frame would do both).
-    let deadline = tokio::time::sleep_until(Instant::now() + config.handshake_timeout);
-    tokio::pin!(deadline);
-    // Made once, for the same reason: a fresh `wait_for` per read registers with the watch
-    // channel all connections share.
-    let stopped = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tokio::pin!(stopped);
-    let mut wait_until: Option<Instant> = None;
-    let mut stopping = false;
-    loop {
-        let give_up = wait_until.is_some_and(|d| Instant::now() >= d);
-        let was_greeted = session.greeted();
-        let p = session.handle(&inbuf[start..], keys, &mut out, give_up);
-        start += p.used;
-        if p.used > 0 {
-            idle_by = Instant::now() + config.idle_timeout;
-        }
-        if !was_greeted && session.greeted() {
-            // A router, not a stray connection: it keeps its slot.
-            conn.ticket.establish();
-            deadline.as_mut().reset(idle_by);
-        }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            // TLS may keep the end of the answers buffered when the socket is full; they must
-            // reach the router before this task waits for its next request.
-            stream.flush().await?;
-            out.clear();
-            if out.capacity() > 1 << 20 {
-                out.shrink_to(64 << 10);
-            }
-        }
-        if let (Some(m), Some(t)) = (&timed, read_at) {
-            let n = session.take_answered();
-            if n > 0 {
-                m.observe(n, t.elapsed());
-            }
-        }
-        match p.next {
-            Next::Close => return stream.shutdown().await,
-            Next::WaitForReservation => {
-                let d = *wait_until.get_or_insert(Instant::now() + config.reservation_wait);
-                let left = d.saturating_duration_since(Instant::now());
-                keys.wait_for_reservation(left.min(Duration::from_millis(50))).await;
-                continue;
-            }
-            Next::NeedMore => wait_until = None,
-        }
-        if stopping {
-            // Everything received is answered; what the client sends later it will resend.
-            return stream.shutdown().await;
-        }
-        // Compact, and make room for at least the rest of the frame at the front.
-        if start == inbuf.len() {
-            inbuf.clear();
-            start = 0;
-        } else if start > 0 {
-            inbuf.drain(..start);
-            start = 0;
-        }
-        let next = frame::frame_len(&inbuf).unwrap_or(0);
-        if next <= FREE_BUFFER {
-            if granted.take().is_some() {
-                // The large frame is answered: its share goes back, and so does its memory.
-                inbuf.shrink_to(FREE_BUFFER);
-            }
-        } else if granted.as_ref().is_none_or(|g| g.num_permits() < next) {
-            if !session.greeted() {
-                Session::before_hello(&mut out, next);
-                stream.write_all(&out).await?;
-                return stream.shutdown().await;
-            }
-            drop(granted.take());
-            // Nothing more is read until the budget grants the whole frame.
-            let want = u32::try_from(next).expect("frames are at most max_frame, a u32");
-            deadline.as_mut().reset(idle_by);
-            tokio::select! {
-                g = conn.budget.clone().acquire_many_owned(want) => {
-                    granted = Some(g.expect("the budget is never closed"));
-                }
-                // Not `stopping` here: a stopping connection returned above.
-                _ = &mut stopped => return stream.shutdown().await,
-                _ = &mut deadline => return stream.shutdown().await,
-            }
-        }
-        let want = next.max(inbuf.len() + (16 << 10));
-        inbuf.reserve_exact(want - inbuf.len());
-        tokio::select! {
-            r = stream.read_buf(&mut inbuf) => {
-                if read_at.is_some() {
-                    read_at = Some(Instant::now());
-                }
-                if r? == 0 {
-                    if !inbuf.is_empty() {
-                        Session::truncated(&mut out, inbuf.len());
-                        stream.write_all(&out).await?;
-                    }
-                    return stream.shutdown().await;
-                }
-            }
-            _ = &mut stopped, if !stopping => stopping = true,
-            _ = &mut deadline => {
-                if session.greeted() {
-                    if Instant::now() < idle_by {
-                        // A frame came since the timer was set: wait for the rest of the time.
-                        deadline.as_mut().reset(idle_by);
-                        continue;
-                    }
-                    tracing::debug!(idle = ?config.idle_timeout, "idle hot-path connection closed");
-                    return stream.shutdown().await;
-                }
-                frame::encode_error(
-                    &mut out,
-                    0,
-                    frame::ErrorCode::HandshakeRequired,
-                    true,
-                    "no HELLO received in time",
-                );
-                stream.write_all(&out).await?;
-                return stream.shutdown().await;
-            }
-        }
     }
 }
 
