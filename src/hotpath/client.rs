@@ -1022,11 +1022,45 @@ async fn pipeline(shared: &Shared, conn: Conn) -> Result<Conn, Vec<Job>> {
                     unflushed = true;
                 }
                 Ok(None) => unflushed = false,
-                _ => return Err(unanswered(inflight, &out)),
+                _ => {
+                    drain(&mut rd, &mut buf, max, &mut inflight).await;
+                    return Err(unanswered(inflight, &out));
+                }
             },
             () = notified => {}
         }
     }
+}
+
+/// How long a connection that can no longer be written is read for the answers still due.
+/// The daemon's default `drain_timeout`, after which it cuts a closing connection anyway.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// Delivers the answers still coming on a connection that can no longer be written, until it
+/// ends (or [`DRAIN_WAIT`] passes). A daemon that stops answers every request it has read,
+/// then closes; on a Unix socket it stops reading first, so the router's writes fail while
+/// those answers are on their way, and without this they would be thrown away and the
+/// requests sent again.
+async fn drain<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: u32,
+    inflight: &mut VecDeque<Job>,
+) {
+    let answers = async {
+        while !inflight.is_empty() {
+            reserve(buf, max);
+            match rd.read_buf(buf).await {
+                Ok(n) if n > 0 => {
+                    if deliver(buf, max, inflight).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_WAIT, answers).await;
 }
 
 /// What a failed connection leaves unanswered. The requests whose frames were not written

@@ -26,10 +26,10 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 
 use super::frame;
 use super::keys::KeySource;
@@ -76,7 +76,8 @@ impl Socket {
     ) -> io::Result<Socket> {
         let s = s.into_std()?;
         s.set_nonblocking(false)?;
-        s.set_nodelay(true)?;
+        // Answers are written whole, once per burst of requests: nothing to coalesce.
+        let _ = s.set_nodelay(true);
         Ok(Socket::Tcp(Arc::new(s), tls))
     }
 
@@ -112,10 +113,12 @@ enum End {
 /// What a connection's thread and its watcher share.
 struct Line {
     born: Instant,
-    /// When the connection expires, in microseconds after `born`; the thread moves it.
+    /// When the connection expires, in microseconds after `born`; the thread moves it, later
+    /// as frames come, and earlier once (HELLO, when `idle_timeout` is the shorter), which it
+    /// tells the watcher through `moved`.
     deadline: AtomicU64,
+    moved: Notify,
     end: AtomicU8,
-    greeted: AtomicBool,
 }
 
 impl Line {
@@ -123,8 +126,8 @@ impl Line {
         Line {
             born: Instant::now(),
             deadline: AtomicU64::new(first.as_micros() as u64),
+            moved: Notify::new(),
             end: AtomicU8::new(End::Running as u8),
-            greeted: AtomicBool::new(false),
         }
     }
 
@@ -178,8 +181,8 @@ pub(super) fn start(
         ticket.dropped(format!("no thread for the connection: {e}"));
         return None;
     }
-    let stop = shared.stop.clone();
-    Some(watch_over(socket, ticket, line, stop, done))
+    let (stop, grace) = (shared.stop.clone(), shared.config.drain_timeout);
+    Some(watch_over(socket, ticket, line, stop, done, grace))
 }
 
 fn log_end(r: io::Result<()>, end: End) {
@@ -203,13 +206,17 @@ impl Drop for CutOnDrop {
 }
 
 /// The watcher: ends when the thread does, and shuts the socket down when a deadline passes,
-/// the connection is evicted or the listener stops.
+/// the connection is evicted or the listener stops. Only the reading side first, so that the
+/// thread still answers what it has read (and, before HELLO, says why it closes); both ways
+/// if the thread has not ended `grace` later (one blocked writing to a router that reads
+/// nothing).
 async fn watch_over(
     socket: Socket,
     ticket: Arc<Ticket>,
     line: Arc<Line>,
     mut stop: watch::Receiver<bool>,
     mut done: oneshot::Receiver<()>,
+    grace: Duration,
 ) {
     let mut armed = CutOnDrop(Some(socket.clone_handle()));
     loop {
@@ -224,20 +231,19 @@ async fn watch_over(
                 line.cut(&socket, End::Stop, Shutdown::Read);
                 break;
             }
+            _ = line.moved.notified() => {}
             _ = tokio::time::sleep_until(at) => {
-                if Instant::now() < line.deadline() {
-                    continue;
+                if Instant::now() >= line.deadline() {
+                    line.cut(&socket, End::Expired, Shutdown::Read);
+                    break;
                 }
-                // Before HELLO the thread still writes why it closes; after it, a thread
-                // blocked writing to a router that reads nothing must end too.
-                let how =
-                    if line.greeted.load(Ordering::Relaxed) { Shutdown::Both } else { Shutdown::Read };
-                line.cut(&socket, End::Expired, how);
-                break;
             }
         }
     }
-    let _ = done.await;
+    if tokio::time::timeout(grace, &mut done).await.is_err() {
+        socket.shutdown(Shutdown::Both);
+        let _ = done.await;
+    }
     // The thread has ended: nothing left to cut.
     armed.0 = None;
 }
@@ -370,15 +376,24 @@ impl Read for TlsIo {
             if n > 0 && self.sock.0.buffer().is_empty() {
                 return Ok(n);
             }
-            if self.conn.read_tls(&mut self.sock)? == 0 && n > 0 {
-                return Ok(n);
+            // Once there is something to return, an error or the end waits for the next call
+            // (each comes again: the socket's, and rustls's, which keeps its error).
+            match self.conn.read_tls(&mut self.sock) {
+                Ok(0) | Err(_) if n > 0 => return Ok(n),
+                Ok(_) => {}
+                Err(e) => return Err(e),
             }
             if let Err(e) = self.conn.process_new_packets() {
+                if n > 0 {
+                    return Ok(n);
+                }
                 // The alert that says why, if it can be sent.
                 let _ = self.send();
                 return Err(io::Error::new(io::ErrorKind::InvalidData, e));
             }
-            self.send()?;
+            if let Err(e) = self.send() {
+                return if n > 0 { Ok(n) } else { Err(e) };
+            }
         }
     }
 }
@@ -442,7 +457,7 @@ fn serve<T: Transport>(
         if !was_greeted && session.greeted() {
             // A router, not a stray connection: it keeps its slot.
             ticket.establish();
-            line.greeted.store(true, Ordering::Relaxed);
+            line.moved.notify_one();
         }
         if !out.is_empty() {
             stream.write_all(&out)?;
