@@ -257,10 +257,10 @@ fn run(
     shared: &Shared,
 ) -> io::Result<()> {
     match socket {
-        Socket::Unix(s) => serve(UnixIo(s), ticket, line, may_rewrap, shared),
+        Socket::Unix(s) => serve(SharedIo(s), ticket, line, may_rewrap, shared),
         Socket::Tcp(s, tls) => {
             let mut conn = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
-            let mut io = TcpIo(BufReader::with_capacity(READ_AHEAD, Tcp(s)));
+            let mut io = TcpIo(BufReader::with_capacity(READ_AHEAD, SharedIo(s)));
             // Node certificates are checked inside the handshake (`tls`); the watcher's first
             // deadline bounds it.
             while conn.is_handshaking() {
@@ -281,17 +281,29 @@ trait Transport: Read + Write {
     fn close(&mut self) -> io::Result<()>;
 }
 
-struct UnixIo(Arc<UnixStream>);
+/// A socket shared with the watcher (which only shuts it down), read and written through
+/// `&S`, as std's sockets allow.
+struct SharedIo<S>(Arc<S>);
 
-impl Read for UnixIo {
+impl<S> Read for SharedIo<S>
+where
+    for<'a> &'a S: Read,
+{
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&*self.0).read(buf)
     }
 }
 
-impl Write for UnixIo {
+impl<S> Write for SharedIo<S>
+where
+    for<'a> &'a S: Write,
+{
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -299,22 +311,14 @@ impl Write for UnixIo {
     }
 }
 
-impl Transport for UnixIo {
+impl Transport for SharedIo<UnixStream> {
     fn close(&mut self) -> io::Result<()> {
         self.0.shutdown(Shutdown::Write)
     }
 }
 
-struct Tcp(Arc<TcpStream>);
-
-impl Read for Tcp {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
 /// The TCP socket beneath TLS: reads through [`READ_AHEAD`] bytes of buffer, writes straight.
-struct TcpIo(BufReader<Tcp>);
+struct TcpIo(BufReader<SharedIo<TcpStream>>);
 
 impl Read for TcpIo {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -324,11 +328,11 @@ impl Read for TcpIo {
 
 impl Write for TcpIo {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0.get_ref().0).write(buf)
+        self.0.get_mut().write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        (&*self.0.get_ref().0).write_vectored(bufs)
+        self.0.get_mut().write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -441,7 +445,6 @@ fn serve<T: Transport>(
     let (mut start, mut filled) = (0, 0);
     // The share of `max_buffered` held for a frame larger than FREE_BUFFER being read.
     let mut granted: Option<OwnedSemaphorePermit> = None;
-    let mut idle_by = line.deadline();
     let mut out: Vec<u8> = Vec::with_capacity(64 << 10);
     let mut wait_until: Option<Instant> = None;
     let mut stopping = false;
@@ -451,8 +454,7 @@ fn serve<T: Transport>(
         let p = session.handle(&inbuf[start..filled], keys, &mut out, give_up);
         start += p.used;
         if p.used > 0 && session.greeted() {
-            idle_by = Instant::now() + config.idle_timeout;
-            line.expire_at(idle_by);
+            line.expire_at(Instant::now() + config.idle_timeout);
         }
         if !was_greeted && session.greeted() {
             // A router, not a stray connection: it keeps its slot.
@@ -513,7 +515,7 @@ fn serve<T: Transport>(
             drop(granted.take());
             // Nothing more is read until the budget grants the whole frame.
             let want = u32::try_from(next).expect("frames are at most max_frame, a u32");
-            match wait_for_budget(shared, want, idle_by) {
+            match wait_for_budget(shared, want, line.deadline()) {
                 Some(g) => granted = Some(g),
                 None => return stream.close(),
             }
@@ -566,7 +568,7 @@ fn serve<T: Transport>(
 }
 
 /// Waits until the budget grants `want` bytes: `None` when the listener stops or the
-/// connection reaches `idle_by` first.
+/// connection reaches `idle_by` (its deadline) first.
 fn wait_for_budget(shared: &Shared, want: u32, idle_by: Instant) -> Option<OwnedSemaphorePermit> {
     let mut stop = shared.stop.clone();
     let budget = shared.budget.clone();
