@@ -624,3 +624,93 @@ async fn a_router_silent_for_the_idle_timeout_is_closed_and_one_that_sends_is_no
     assert!(t.elapsed() >= idle_timeout / 2, "closed after {:?}", t.elapsed());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_listener_returns_only_after_its_connection_threads_have_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let store = Arc::new(MemoryReservations::new());
+    let keys = keys_with(store.clone(), Some(&ring()));
+    // The connection's thread is still waiting for a reservation when the drain timeout cuts
+    // its socket: the listener has to wait for it, not leave it behind.
+    let config = ServerConfig {
+        drain_timeout: Duration::from_millis(200),
+        reservation_wait: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let server = Server::start(&path, keys.clone(), config);
+    let mut s = greeted(&path).await;
+    store.fail_saves(true);
+    let sealer = keys.sealer().unwrap();
+    while sealer.counter().take().is_ok() {}
+    drop(sealer);
+    let mut batch = Vec::new();
+    frame::encode_encrypt(&mut batch, 1, [(&b"m"[..], &b"x"[..])].into_iter());
+    s.write_all(&batch).await.unwrap();
+    // Time for the thread to read the frame and start waiting (nothing shows that it has; if
+    // it has not yet, the test passes without testing anything, it cannot fail wrongly).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop().await;
+    // Each thread holds the listener's key source: only this test's handle may be left.
+    assert_eq!(Arc::strong_count(&keys), 1, "a connection thread outlived its listener");
+}
+
+/// Debug lines of the connection threads, as a daemon's log would show them.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        struct To(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for To {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            // Error level elsewhere, so that the error-level span of the test is enabled as the
+            // daemon's is at every level.
+            .with_env_filter("error,imcrypt::hotpath::connection=debug")
+            .with_ansi(false)
+            .with_writer(move || To(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_threads_log_lines_name_the_listeners_cluster() {
+    use tracing::Instrument;
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = sock(&dir);
+    let keys = keys_with(Arc::new(MemoryReservations::new()), Some(&ring()));
+    let config = ServerConfig { idle_timeout: Duration::from_millis(200), ..Default::default() };
+    let listener = bind_unix(&UnixSocketConfig::new(&path)).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    // The span the daemon gives its hot-path task (src/daemon/start.rs).
+    let span = tracing::error_span!("cluster", id = %"threads-span-test");
+    let task = tokio::spawn(
+        serve(listener, keys, config, async move {
+            let _ = stopped.await;
+        })
+        .instrument(span),
+    );
+    let mut s = greeted(&path).await;
+    // Silent: the connection's thread closes it as idle and logs that at debug level.
+    assert_eq!(read_all_answers(&mut s).await, vec![]);
+    let _ = stop.send(());
+    timeout(LIMIT, task).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        text.lines().any(|l| l.contains("cluster{id=threads-span-test}")
+            && l.contains("idle hot-path connection closed")),
+        "no idle line under the listener's span in:\n{text}"
+    );
+}

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::frame;
 use super::keys::KeySource;
@@ -54,6 +54,10 @@ pub(super) struct Shared {
     pub(super) stop: watch::Receiver<bool>,
     /// The daemon's runtime, for the few waits a connection makes on it (budget, reservation).
     pub(super) runtime: tokio::runtime::Handle,
+    /// Held by every connection's thread through its `Arc<Shared>`: the listener's receiver
+    /// sees the channel close once the last thread has ended, so that the listener does not
+    /// return while a thread may still wait on the runtime it is about to lose.
+    pub(super) _alive: mpsc::Sender<()>,
 }
 
 /// An accepted socket, taken off the runtime's reactor: its thread blocks on it.
@@ -168,10 +172,13 @@ pub(super) fn start(
     let ticket = Arc::new(ticket);
     let line = Arc::new(Line::new(shared.config.handshake_timeout));
     let (done_tx, done) = oneshot::channel::<()>();
+    // The listener's span (the daemon's names its cluster), which a thread does not inherit.
+    let span = tracing::Span::current();
     let thread = {
         let (socket, ticket, line, shared) =
             (socket.clone_handle(), ticket.clone(), line.clone(), shared.clone());
         std::thread::Builder::new().name(CONNECTION_THREAD.into()).spawn(move || {
+            let _span = span.entered();
             let r = run(socket, &ticket, &line, may_rewrap, &shared);
             log_end(r, line.end());
             drop(done_tx);

@@ -13,7 +13,9 @@
 //! - A live socket at the path is never taken over; a stale one (nobody accepting) is replaced.
 //! - Shutdown is one mechanism: the `shutdown` future. Then the listener stops accepting, every
 //!   connection answers the frames it has already read, closes, and `serve` returns once all
-//!   connections are closed (or `drain_timeout` passes: the rest are cut).
+//!   connections are closed (or `drain_timeout` passes: the rest are cut) and every
+//!   connection's thread has ended (waited for at most `reservation_wait` more, with a warning
+//!   if one has not).
 //! - One connection's bad frames or death never affects another connection.
 //! - Caps (docs/hotpath.md, "Limits"): at most `max_connections` connections (through the
 //!   shared [`Gate`]; one that has not sent HELLO is evicted first when the listener is full); a
@@ -31,7 +33,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::connection::{self, Shared, Socket};
@@ -142,6 +144,10 @@ pub struct ServerConfig {
 /// Bytes a connection may buffer of its own, without a share of `max_buffered`: room for a
 /// pipelined batch of small records, so the router's usual frames never wait for the budget.
 pub(crate) const FREE_BUFFER: usize = 64 << 10;
+
+/// How long past `reservation_wait` the listener waits at shutdown for connection threads
+/// whose sockets are cut: time to answer what they hold and see the cut.
+const THREAD_END_SLACK: Duration = Duration::from_secs(1);
 
 /// Connections to the rewrap socket at once. Its client is `imcrypt archive rewrap`, one
 /// connection per running rewrap; a cap of its own keeps the descriptors it may hold small
@@ -313,6 +319,7 @@ pub async fn serve_all(
         };
         tokio::spawn(keys.clone().run_reserver(stop, Duration::from_millis(100)))
     };
+    let (alive, mut threads_ended) = mpsc::channel::<()>(1);
     let shared = Arc::new(Shared {
         keys,
         config: config.clone(),
@@ -320,6 +327,7 @@ pub async fn serve_all(
         budget,
         stop: stop_rx,
         runtime: tokio::runtime::Handle::current(),
+        _alive: alive,
     });
     tokio::pin!(shutdown);
     loop {
@@ -359,6 +367,13 @@ pub async fn serve_all(
         conns.shutdown().await;
     }
     let _ = reserver.await;
+    // Every connection is closed or cut; a thread may still be in a reservation wait, which
+    // gives up within `reservation_wait`, then finds its socket cut and ends.
+    drop(shared);
+    let bound = config.reservation_wait + THREAD_END_SLACK;
+    if tokio::time::timeout(bound, threads_ended.recv()).await.is_err() {
+        tracing::warn!(waited = ?bound, "hot-path connection threads still running at shutdown");
+    }
     Ok(())
 }
 
