@@ -470,6 +470,14 @@ async fn while_the_daemon_is_down_requests_queue_then_fail_or_block_by_policy() 
     server.stop().await;
 }
 
+/// Uses up the counter's current reservation while no new one can be saved: the next batch
+/// waits for a reservation (`reservation_wait`), then is refused.
+fn use_up_reservations(store: &MemoryReservations, keys: &KeySource) {
+    store.fail_saves(true);
+    let sealer = keys.sealer().unwrap();
+    while sealer.counter().take().is_ok() {}
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_that_cannot_be_persisted_is_an_explicit_error_not_a_drop() {
     let dir = tempfile::tempdir().unwrap();
@@ -480,9 +488,7 @@ async fn a_reservation_that_cannot_be_persisted_is_an_explicit_error_not_a_drop(
         ServerConfig { reservation_wait: Duration::from_millis(150), ..Default::default() };
     let server = Server::start(&path, keys.clone(), config);
     let cl = client(&path);
-    store.fail_saves(true);
-    let sealer = keys.sealer().unwrap();
-    while sealer.counter().take().is_ok() {}
+    use_up_reservations(&store, &keys);
     let e = timeout(LIMIT, cl.encrypt(b"", b"x")).await.unwrap().unwrap_err();
     assert!(
         matches!(e, ClientError::Refused { code: ErrorCode::ReservationUnavailable, .. }),
@@ -640,10 +646,7 @@ async fn a_stopped_listener_returns_only_after_its_connection_threads_have_ended
     };
     let server = Server::start(&path, keys.clone(), config);
     let mut s = greeted(&path).await;
-    store.fail_saves(true);
-    let sealer = keys.sealer().unwrap();
-    while sealer.counter().take().is_ok() {}
-    drop(sealer);
+    use_up_reservations(&store, &keys);
     let mut batch = Vec::new();
     frame::encode_encrypt(&mut batch, 1, [(&b"m"[..], &b"x"[..])].into_iter());
     s.write_all(&batch).await.unwrap();
