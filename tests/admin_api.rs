@@ -47,14 +47,29 @@ fn refused(r: Result<bytes::Bytes, ClientError>) -> Refusal {
 
 /// Sends `head` and `body` over TLS as they are and returns what the daemon answers.
 async fn raw(t: &Target, head: &str, body: &[u8]) -> String {
+    raw_paused(t, head, std::time::Duration::ZERO, body).await
+}
+
+/// Whether the first answer in `answers` says `Connection: close` (hyper writes header names
+/// in lower case).
+fn says_close(answers: &str) -> bool {
+    let head = answers.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().any(|l| l.eq_ignore_ascii_case("connection: close"))
+}
+
+/// Like [`raw`], with `rest` sent `pause` after `head`, in a write of its own: the way a client
+/// whose body (and next request) comes late looks to the daemon.
+async fn raw_paused(t: &Target, head: &str, pause: std::time::Duration, rest: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cfg = tls_client_trusting(&t.ca);
     let tcp = tokio::net::TcpStream::connect(&t.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(t.server_name.clone()).unwrap();
     let mut s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     s.write_all(head.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    tokio::time::sleep(pause).await;
     // The daemon may answer and close before it has read the body.
-    let _ = s.write_all(body).await;
+    let _ = s.write_all(rest).await;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     String::from_utf8_lossy(&out).into_owned()
@@ -173,6 +188,7 @@ async fn a_body_over_the_limit_is_refused_by_its_length_or_cut_off_at_the_limit(
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 413") && head.contains("body_too_large"), "{head}");
+        assert!(says_close(&head), "an unread body closes the connection: {head}");
         let chunk = vec![b' '; 100 * 1024];
         let mut chunked = format!("{:x}\r\n", chunk.len()).into_bytes();
         chunked.extend_from_slice(&chunk);
@@ -188,6 +204,85 @@ async fn a_body_over_the_limit_is_refused_by_its_length_or_cut_off_at_the_limit(
         )
         .await;
         assert!(head.starts_with("HTTP/1.1 413") && head.contains("body_too_large"), "{head}");
+        assert!(says_close(&head), "a body cut off closes the connection: {head}");
+        f.unchanged().await;
+    })
+    .await;
+}
+
+/// A request refused before its body is read (here: no token, or a route that does not exist)
+/// still has its body read and thrown away, so the connection answers the next request, even
+/// when the body comes late in a write of its own. Schemathesis, through urllib3, which sends a
+/// body that way, once got "EOF occurred in violation of protocol" when the daemon closed such
+/// a connection instead. A body that never comes closes the connection after the answer, and
+/// the answer says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_is_read_leaves_the_connection_usable() {
+    bounded(async {
+        let f = MasterAndSlave::start().await;
+        let t = target(&f.lab, "a", None);
+        let token = t.token.as_str();
+        let late = std::time::Duration::from_millis(300);
+        let status = format!(
+            "GET /v1/status HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let body = r#"{"password":"Demo-Passw0rd!","remote":true}"#;
+        for (head, refusal) in [
+            (String::new(), "HTTP/1.1 401"),
+            (format!("Authorization: Bearer {token}\r\n"), "HTTP/1.1 404"),
+        ] {
+            let path = if refusal.ends_with("404") { "/v1/no-such-route" } else { "/v1/encryption/enable" };
+            let answers = raw_paused(
+                &t,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nHost: a\r\n{head}Content-Type: application/json\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    body.len()
+                ),
+                late,
+                format!("{body}{status}").as_bytes(),
+            )
+            .await;
+            assert!(answers.starts_with(refusal), "{answers}");
+            assert!(!says_close(&answers), "{answers}");
+            assert!(answers.contains("HTTP/1.1 200"), "the next request was answered: {answers}");
+        }
+
+        // A body read, then refused: the same.
+        let answers = raw(
+            &t,
+            &format!(
+                "POST /v1/encryption/enable HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}{status}"
+            ),
+            b"",
+        )
+        .await;
+        assert!(answers.starts_with("HTTP/1.1 400") && answers.contains("bad_body"), "{answers}");
+        assert!(!says_close(&answers), "{answers}");
+        assert!(answers.contains("HTTP/1.1 200"), "the next request was answered: {answers}");
+
+        // A body announced and never sent: the refusal, after the drain's bound, says that the
+        // connection closes.
+        let answers = raw(
+            &t,
+            "POST /v1/encryption/enable HTTP/1.1\r\nHost: a\r\n\
+             Content-Type: application/json\r\nContent-Length: 40\r\n\r\n",
+            b"",
+        )
+        .await;
+        assert!(answers.starts_with("HTTP/1.1 401") && answers.contains("no_token"), "{answers}");
+        assert!(says_close(&answers), "{answers}");
+        // A client that waits for `100 Continue` is refused without being asked for its body.
+        let answers = raw(
+            &t,
+            "POST /v1/encryption/enable HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\
+             Content-Type: application/json\r\nContent-Length: 40\r\n\r\n",
+            b"",
+        )
+        .await;
+        assert!(answers.starts_with("HTTP/1.1 401") && says_close(&answers), "{answers}");
         f.unchanged().await;
     })
     .await;

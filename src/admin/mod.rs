@@ -5,7 +5,9 @@
 //!
 //! Invariants:
 //! - nothing is read from a request body before its token is checked and its role allowed
-//!   (401 and 403 change nothing), and no body over [`api::MAX_BODY`] is read at all;
+//!   (401 and 403 change nothing), and no body over [`api::MAX_BODY`] is read at all; a body
+//!   no route read is drained and thrown away, so a refusal leaves the connection usable
+//!   ([`body`]);
 //! - a request is answered as the token file is at that moment: a token created or revoked by
 //!   the CLI or the API takes effect at the next request ([`tokens::LiveTokens`]);
 //! - a request that carries a password passes the rate limits ([`limit`]), keyed on its
@@ -23,6 +25,7 @@
 //!   its slot.
 
 pub mod api;
+mod body;
 pub mod client;
 mod console;
 mod limit;
@@ -38,9 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
@@ -63,6 +66,7 @@ use crate::pem_files::{self, PemFileError, PemKind};
 use crate::store::StoreError;
 
 use api::{ErrorBody, ErrorDetail, Match, Route};
+use body::{AdminRequest, BodySlot, read_limited};
 use limit::{Client, Credential, Limits, Outcome as Checked, PasswordLimiter, Refused};
 use proof::ProofKey;
 use roles::{Forbidden, Principal};
@@ -279,28 +283,31 @@ async fn connection(
         let (ctx, control, ticket) = (ctx.clone(), control.clone(), ticket.clone());
         async move {
             let (method, route) = metric_labels(&req);
+            let (req, body) = BodySlot::hold(req);
             if let Some(console) = &ctx.console
                 && console::is_console(req.uri().path())
             {
-                let r = console::serve(req, addr, &ctx, console, &control, &ticket).await;
+                let mut r = console::serve(req, addr, &ctx, console, &control, &ticket).await;
+                close_unless_settled(&body, &mut r).await;
                 ctx.metrics.request(method, route, r.status().as_u16());
                 return Ok::<_, std::convert::Infallible>(r);
             }
             let (mut issued, mut known) = (None, None);
             let found = api::find(req.method().as_str(), req.uri().path());
             let path = req.uri().path().to_owned();
-            let r = match handle(req, addr, &ctx, &control, &ticket, &mut issued, &mut known).await
-            {
-                Ok(mut r) => {
-                    if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
-                        r.headers_mut().insert(proof::HEADER, v);
+            let mut r =
+                match handle(req, addr, &ctx, &control, &ticket, &mut issued, &mut known).await {
+                    Ok(mut r) => {
+                        if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
+                            r.headers_mut().insert(proof::HEADER, v);
+                        }
+                        r
                     }
-                    r
-                }
-                Err(e) => {
-                    record_refusal(&ctx, &found, &path, addr, known.as_ref(), e).await.response()
-                }
-            };
+                    Err(e) => record_refusal(&ctx, &found, &path, addr, known.as_ref(), e)
+                        .await
+                        .response(),
+                };
+            close_unless_settled(&body, &mut r).await;
             ctx.metrics.request(method, route, r.status().as_u16());
             Ok::<_, std::convert::Infallible>(r)
         }
@@ -311,6 +318,14 @@ async fn connection(
         .serve_connection(TokioIo::new(tls), service)
         .await
         .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// Drains what no route read of the request's body ([`BodySlot::settle`]); if some of it is
+/// left unread, the answer says `Connection: close` and hyper closes the connection after it.
+async fn close_unless_settled<B>(body: &BodySlot, answer: &mut Response<B>) {
+    if !body.settle().await {
+        answer.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// Every way a request can fail. [`ApiError::status`] maps each to its HTTP status and code.
@@ -551,10 +566,6 @@ impl ApiError {
         if let Some(s) = retry {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
         }
-        if matches!(self, ApiError::TooLarge) {
-            // The rest of the body is never read: end the connection rather than drain it.
-            r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-        }
         if let ApiError::WrongMethod { allowed, .. } = self
             && let Ok(v) = HeaderValue::from_str(allowed)
         {
@@ -729,7 +740,7 @@ async fn record_refusal(
 /// credential in the password limits. A missing, unknown or revoked token is counted
 /// (`imcrypt_admin_token_refusals_total`) and answered 401; a revoked one is answered as an
 /// unknown one, so a stolen token does not tell that it was ever valid.
-fn check_token(req: &Request<Incoming>, ctx: &Ctx) -> Result<(Principal, Credential), ApiError> {
+fn check_token(req: &AdminRequest, ctx: &Ctx) -> Result<(Principal, Credential), ApiError> {
     let given = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(bearer);
     let Some(given) = given else {
         ctx.metrics.token_refused("missing");
@@ -758,7 +769,7 @@ fn bearer(value: &str) -> Option<&str> {
 /// A body is JSON: its Content-Type is `application/json` or a `+json` type (any case, any
 /// parameters). A body sent without a Content-Type is read as JSON, as the CLI of earlier
 /// releases sent it.
-fn check_json(req: &Request<Incoming>) -> Result<(), ApiError> {
+fn check_json(req: &AdminRequest) -> Result<(), ApiError> {
     let Some(v) = req.headers().get(CONTENT_TYPE) else { return Ok(()) };
     let text = String::from_utf8_lossy(v.as_bytes());
     let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -768,36 +779,8 @@ fn check_json(req: &Request<Incoming>) -> Result<(), ApiError> {
 }
 
 /// The JSON body of a request to a route that takes one (see [`read_limited`]).
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn read_body(req: AdminRequest) -> Result<Bytes, ApiError> {
     read_limited(req, check_json).await
-}
-
-/// A request's body of at most [`api::MAX_BODY`] bytes, refused from its `Content-Length`
-/// before reading when it is given, then `check`ed (its type) before it is read.
-async fn read_limited(
-    req: Request<Incoming>,
-    check: impl FnOnce(&Request<Incoming>) -> Result<(), ApiError>,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > api::MAX_BODY as u64) {
-        return Err(ApiError::TooLarge);
-    }
-    check(&req)?;
-    Ok(Limited::new(req.into_body(), api::MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::TooLarge
-            } else {
-                ApiError::BadBody(e.to_string())
-            }
-        })?
-        .to_bytes())
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -916,7 +899,7 @@ const UNTIL_RESTART: &str = "this change lasts until the daemon restarts: the co
      source of truth at start; edit it to keep the change";
 
 async fn handle(
-    req: Request<Incoming>,
+    req: AdminRequest,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
     control: &impl Daemon,

@@ -24,11 +24,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::body::AdminRequest;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -71,7 +71,7 @@ pub(super) fn is_console(path: &str) -> bool {
 /// Answers a request under `/ui/` (the caller checked [`is_console`] and that the console is
 /// on).
 pub(super) async fn serve(
-    req: Request<Incoming>,
+    req: AdminRequest,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
     console: &Console,
@@ -158,7 +158,7 @@ struct Me {
     proof: Option<String>,
 }
 
-fn cookie(req: &Request<Incoming>) -> Option<String> {
+fn cookie(req: &AdminRequest) -> Option<String> {
     req.headers()
         .get_all(COOKIE)
         .iter()
@@ -171,7 +171,7 @@ fn cookie(req: &Request<Incoming>) -> Option<String> {
 
 /// The session the request's cookie names, if it is live and its token still valid. A session
 /// whose token was revoked meanwhile ends here.
-fn me(req: &Request<Incoming>, ctx: &Ctx, console: &Console) -> Result<Option<Me>, Page> {
+fn me(req: &AdminRequest, ctx: &Ctx, console: &Console) -> Result<Option<Me>, Page> {
     let Some(id) = cookie(req) else { return Ok(None) };
     // The overview's own refresh is not the administrator's use of the session.
     let touch = req.uri().path() != "/ui/live";
@@ -197,7 +197,7 @@ fn me(req: &Request<Incoming>, ctx: &Ctx, console: &Console) -> Result<Option<Me
 /// Refuses a POST that another site made the browser send. Browsers send `Origin` with every
 /// POST, and `Sec-Fetch-Site`; a client that sends neither (curl) is not a browser a page
 /// could steer, and still needs the CSRF token of a session.
-fn same_origin(req: &Request<Incoming>) -> Result<(), ApiError> {
+fn same_origin(req: &AdminRequest) -> Result<(), ApiError> {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site")
         && !matches!(site, "same-origin" | "none")
@@ -218,7 +218,7 @@ fn same_origin(req: &Request<Incoming>) -> Result<(), ApiError> {
 
 /// The body of a console form: `application/x-www-form-urlencoded`, at most
 /// [`api::MAX_BODY`] bytes.
-async fn form_body(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+async fn form_body(req: AdminRequest) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     let bytes = super::read_limited(req, |req| {
         let kind = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if kind.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded") {
@@ -244,7 +244,7 @@ struct CsrfField {
 }
 
 async fn route(
-    req: Request<Incoming>,
+    req: AdminRequest,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
     console: &Console,
@@ -448,7 +448,7 @@ struct LoginForm {
 }
 
 async fn login(
-    req: Request<Incoming>,
+    req: AdminRequest,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
     console: &Console,
@@ -582,7 +582,7 @@ fn to_json(v: &impl serde::Serialize) -> Bytes {
 
 #[allow(clippy::too_many_arguments)]
 async fn act(
-    req: Request<Incoming>,
+    req: AdminRequest,
     name: &str,
     peer: SocketAddr,
     ctx: &Arc<Ctx>,
