@@ -274,6 +274,22 @@ async fn a_request_refused_before_its_body_is_read_leaves_the_connection_usable(
         .await;
         assert!(answers.starts_with("HTTP/1.1 401") && answers.contains("no_token"), "{answers}");
         assert!(says_close(&answers), "{answers}");
+        // A refused body over the limit, chunked so that only reading finds it out: closed.
+        let mut chunked = b"4000\r\n".to_vec();
+        for _ in 0..5 {
+            chunked.extend_from_slice(&[b' '; 0x4000]);
+            chunked.extend_from_slice(b"\r\n4000\r\n");
+        }
+        chunked.extend_from_slice(&[b' '; 0x4000]);
+        chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+        let answers = raw(
+            &t,
+            "POST /v1/encryption/enable HTTP/1.1\r\nHost: a\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &chunked,
+        )
+        .await;
+        assert!(answers.starts_with("HTTP/1.1 401") && says_close(&answers), "{answers}");
         // A client that waits for `100 Continue` is refused without being asked for its body.
         let answers = raw(
             &t,

@@ -11,11 +11,12 @@
 //! protocol" either way, on a request that had nothing wrong with it.
 //!
 //! Invariants:
-//! - no byte of a body is read before the request's token is checked and its role allowed,
-//!   and no more than [`api::MAX_BODY`] bytes of one are ever read (a body that declares more
-//!   is refused from its `Content-Length`);
-//! - a body left unread is read and thrown away, never looked at, for at most
-//!   [`DRAIN_TIMEOUT`], before the answer goes out; the connection then serves the next request
+//! - no byte of a body is read before the request's token is checked and its role allowed
+//!   (but for the console's login form, which carries the token), and no more than
+//!   [`api::MAX_BODY`] bytes of one are ever read (a body that declares more is refused from
+//!   its `Content-Length`);
+//! - a body left unread is read and thrown away as it comes, never looked at nor kept, for at
+//!   most [`DRAIN_TIMEOUT`] from the moment the answer is ready, before the answer goes out; the connection then serves the next request
 //!   (unless the client waits for a `100 Continue` before sending it: a refusal does not ask
 //!   for a body);
 //! - an answer given while part of its request's body is still unread (too large, too slow, or
@@ -27,9 +28,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::Request;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{CONTENT_LENGTH, EXPECT};
+use hyper::{Request, Version};
 
 use super::{ApiError, api};
 
@@ -58,10 +59,14 @@ impl BodySlot {
     /// `req` with its body in a slot, and the connection's handle on that slot.
     pub(super) fn hold(req: Request<Incoming>) -> (AdminRequest, BodySlot) {
         let (parts, body) = req.into_parts();
-        let waits_for_continue = parts
-            .headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        // As hyper decides it: the last `Expect` header, on HTTP/1.1.
+        let waits_for_continue = parts.version > Version::HTTP_10
+            && parts
+                .headers
+                .get_all(EXPECT)
+                .iter()
+                .next_back()
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let slot = BodySlot(Arc::new(Mutex::new(Slot::Unread { body, waits_for_continue })));
         (Request::from_parts(parts, slot.clone()), slot)
     }
@@ -101,9 +106,21 @@ impl BodySlot {
         if waits_for_continue || body.size_hint().lower() > api::MAX_BODY as u64 {
             return false;
         }
-        let drained = Limited::new(body, api::MAX_BODY).collect();
-        matches!(tokio::time::timeout(DRAIN_TIMEOUT, drained).await, Ok(Ok(_)))
+        matches!(tokio::time::timeout(DRAIN_TIMEOUT, discard(body)).await, Ok(true))
     }
+}
+
+/// Reads `body` to its end, keeping none of it; false if it is over [`api::MAX_BODY`] bytes or
+/// fails.
+async fn discard(mut body: Incoming) -> bool {
+    let mut left = api::MAX_BODY;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return false };
+        let n = frame.data_ref().map_or(0, Bytes::len);
+        let Some(rest) = left.checked_sub(n) else { return false };
+        left = rest;
+    }
+    true
 }
 
 /// A request's body of at most [`api::MAX_BODY`] bytes, refused from its `Content-Length`
