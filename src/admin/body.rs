@@ -16,9 +16,9 @@
 //!   [`api::MAX_BODY`] bytes of one are ever read (a body that declares more is refused from
 //!   its `Content-Length`);
 //! - a body left unread is read and thrown away as it comes, never looked at nor kept, for at
-//!   most [`DRAIN_TIMEOUT`] from the moment the answer is ready, before the answer goes out; the connection then serves the next request
-//!   (unless the client waits for a `100 Continue` before sending it: a refusal does not ask
-//!   for a body);
+//!   most [`DRAIN_TIMEOUT`] from the moment the answer is ready, before the answer goes out;
+//!   the connection then serves the next request (unless the client waits for a
+//!   `100 Continue` before sending it: a refusal does not ask for a body);
 //! - an answer given while part of its request's body is still unread (too large, too slow, or
 //!   cut off by an error) says `Connection: close`, and hyper closes the connection after it
 //!   (RFC 9112 §9.6), so the client opens a new one for its next request.
@@ -78,12 +78,12 @@ impl BodySlot {
     /// The body, for the route that reads it; `None` if it was taken already.
     fn take(&self) -> Option<Incoming> {
         let mut slot = self.lock();
-        if let Slot::Taken { .. } = *slot {
-            return None;
-        }
         match std::mem::replace(&mut *slot, Slot::Taken { whole: false }) {
             Slot::Unread { body, .. } => Some(body),
-            Slot::Taken { .. } => None,
+            taken @ Slot::Taken { .. } => {
+                *slot = taken;
+                None
+            }
         }
     }
 
@@ -110,15 +110,14 @@ impl BodySlot {
     }
 }
 
-/// Reads `body` to its end, keeping none of it; false if it is over [`api::MAX_BODY`] bytes or
-/// fails.
-async fn discard(mut body: Incoming) -> bool {
-    let mut left = api::MAX_BODY;
+/// Reads `body` to its end, keeping none of it; false if it is over [`api::MAX_BODY`] bytes (the
+/// same [`Limited`] bound as [`read_limited`]) or fails.
+async fn discard(body: Incoming) -> bool {
+    let mut body = Limited::new(body, api::MAX_BODY);
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return false };
-        let n = frame.data_ref().map_or(0, Bytes::len);
-        let Some(rest) = left.checked_sub(n) else { return false };
-        left = rest;
+        if frame.is_err() {
+            return false;
+        }
     }
     true
 }

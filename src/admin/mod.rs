@@ -284,29 +284,12 @@ async fn connection(
         async move {
             let (method, route) = metric_labels(&req);
             let (req, body) = BodySlot::hold(req);
-            if let Some(console) = &ctx.console
-                && console::is_console(req.uri().path())
-            {
-                let mut r = console::serve(req, addr, &ctx, console, &control, &ticket).await;
-                close_unless_settled(&body, &mut r).await;
-                ctx.metrics.request(method, route, r.status().as_u16());
-                return Ok::<_, std::convert::Infallible>(r);
-            }
-            let (mut issued, mut known) = (None, None);
-            let found = api::find(req.method().as_str(), req.uri().path());
-            let path = req.uri().path().to_owned();
-            let mut r =
-                match handle(req, addr, &ctx, &control, &ticket, &mut issued, &mut known).await {
-                    Ok(mut r) => {
-                        if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
-                            r.headers_mut().insert(proof::HEADER, v);
-                        }
-                        r
-                    }
-                    Err(e) => record_refusal(&ctx, &found, &path, addr, known.as_ref(), e)
-                        .await
-                        .response(),
-                };
+            let mut r = match &ctx.console {
+                Some(console) if console::is_console(req.uri().path()) => {
+                    console::serve(req, addr, &ctx, console, &control, &ticket).await
+                }
+                _ => answer(req, addr, &ctx, &control, &ticket).await,
+            };
             close_unless_settled(&body, &mut r).await;
             ctx.metrics.request(method, route, r.status().as_u16());
             Ok::<_, std::convert::Infallible>(r)
@@ -318,6 +301,29 @@ async fn connection(
         .serve_connection(TokioIo::new(tls), service)
         .await
         .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// The API's answer to `req`: the route's, with the client proof it issued, or the refusal,
+/// recorded as [`record_refusal`] says.
+async fn answer(
+    req: AdminRequest,
+    addr: SocketAddr,
+    ctx: &Arc<Ctx>,
+    control: &impl Daemon,
+    ticket: &Ticket,
+) -> Response<Full<Bytes>> {
+    let (mut issued, mut known) = (None, None);
+    let found = api::find(req.method().as_str(), req.uri().path());
+    let path = req.uri().path().to_owned();
+    match handle(req, addr, ctx, control, ticket, &mut issued, &mut known).await {
+        Ok(mut r) => {
+            if let Some(v) = issued.and_then(|p| HeaderValue::from_str(&p).ok()) {
+                r.headers_mut().insert(proof::HEADER, v);
+            }
+            r
+        }
+        Err(e) => record_refusal(ctx, &found, &path, addr, known.as_ref(), e).await.response(),
+    }
 }
 
 /// Drains what no route read of the request's body ([`BodySlot::settle`]); if some of it is
